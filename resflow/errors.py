@@ -1,0 +1,53 @@
+"""One error type that always says what happened, where, and how to fix it.
+
+Every refusal resflow makes (bad raster, malformed config, tampered gallery, unknown
+backend) is a :class:`ResflowError` so the CLI can print it as one clear message and exit
+non-zero, and reports can record it per input without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class ResflowError(Exception):
+    """A user-facing error: the thing at fault, the problem, and the fix.
+
+    Parameters
+    ----------
+    where
+        The file, store, field or address at fault (``"data/scene.tif"``, ``"config.backend"``).
+    problem
+        What is wrong, in one sentence.
+    fix
+        What the user can do about it, in one sentence.
+
+    Examples
+    --------
+    >>> str(ResflowError("a.tif", "the file is empty (0 bytes)", "re-download it"))
+    'a.tif: the file is empty (0 bytes). Fix: re-download it.'
+    """
+
+    def __init__(self, where: str, problem: str, fix: str) -> None:
+        self.where = str(where)
+        self.problem = problem.rstrip(".")
+        self.fix = fix.rstrip(".")
+        super().__init__(f"{self.where}: {self.problem}. Fix: {self.fix}.")
+
+    def as_record(self) -> dict[str, str]:
+        """The error as a JSON-ready record for store attributes and run reports."""
+        return {"where": self.where, "problem": self.problem, "fix": self.fix}
+
+
+class InputError(ResflowError):
+    """An input raster, label file or archive that cannot be used."""
+
+
+class ConfigError(ResflowError):
+    """A malformed or inconsistent configuration, refused before any work starts."""
+
+
+class GalleryError(ResflowError):
+    """A model gallery that is missing, tampered with or of an unknown schema."""
+
+
+class BackendError(ResflowError):
+    """An engine that is unknown, not installed, or unreachable."""
