@@ -1,0 +1,1 @@
+"""Engine fixtures: one Dask cluster and one Spark session shared by the whole test session."""
