@@ -1,0 +1,1 @@
+"""Offline training of a model gallery: labels, regions, buckets, decoders, evaluation."""
