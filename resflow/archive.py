@@ -1,0 +1,241 @@
+"""The imagery archive: one Zarr v3 store holding many scenes, read chip by chip.
+
+Layout written by :func:`resflow.ingest.ingest`::
+
+    ARCHIVE.zarr/                  root attrs: resflow_kind="archive", format, refused=[...]
+      scenes/<name>/               attrs: SceneInfo fields + complete (written last)
+        image        (band, y, x)  source dtype, chunks (nbands, chip, chip), grid_mapping
+        x, y         (x,), (y,)    pixel-centre coordinates in CRS units
+        band         (band,)       1-based band numbers (names in attrs band_names)
+        spatial_ref  ()            CF grid mapping: crs_wkt, spatial_ref, GeoTransform
+        valid_fraction (chip_row, chip_col) float32, share of valid pixels per chip
+
+Each scene group opens with plain ``xarray.open_zarr(path, group="scenes/<name>")`` and
+rioxarray's ``.rio.crs`` / ``.rio.transform()``. Only scenes whose ``complete`` attribute
+is true are listed: an interrupted ingest never yields a scene that looks finished.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from resflow.chips import ChipPixels, ChipRef, chip_grid, halo_indices, window_km2
+from resflow.errors import InputError
+from resflow.harmonise import harmonise
+
+ARCHIVE_KIND = "archive"
+FORMAT_VERSION = 1
+SCENES = "scenes"
+
+
+@dataclass(frozen=True)
+class SceneInfo:
+    """What the archive knows about one complete scene.
+
+    Attributes
+    ----------
+    name
+        Sanitised group name inside the archive (``scenes/<name>``).
+    height, width
+        Scene size in pixels.
+    band_names
+        One name per source band (see :mod:`resflow.harmonise`).
+    dtype
+        Source dtype, kept unchanged in the store.
+    crs_wkt
+        Coordinate reference system as WKT.
+    transform
+        Affine ``(a, b, c, d, e, f)`` in rasterio order, pixel corner to CRS units.
+    nodata
+        Source nodata value, or None.
+    chip
+        Chip edge = Zarr chunk edge, pixels.
+    source, sha256
+        The raster the scene came from and its checksum at ingest.
+    stats
+        Per-band robust scaling ``{"low": [...], "high": [...], "percentiles": [2, 98]}``.
+    rgb
+        0-based source band indices feeding the models' 3 channels.
+    """
+
+    name: str
+    height: int
+    width: int
+    band_names: tuple[str, ...]
+    dtype: str
+    crs_wkt: str
+    transform: tuple[float, ...]
+    nodata: float | None
+    chip: int
+    source: str
+    sha256: str
+    stats: dict
+    rgb: tuple[int, int, int]
+
+    def to_attrs(self) -> dict[str, Any]:
+        """JSON-ready attributes for the scene group."""
+        return asdict(self)
+
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any]) -> SceneInfo:
+        """Rebuild from scene group attributes (extra keys such as ``complete`` ignored)."""
+        return cls(
+            name=attrs["name"], height=int(attrs["height"]), width=int(attrs["width"]),
+            band_names=tuple(attrs["band_names"]), dtype=attrs["dtype"],
+            crs_wkt=attrs["crs_wkt"], transform=tuple(attrs["transform"]),
+            nodata=attrs["nodata"], chip=int(attrs["chip"]), source=attrs["source"],
+            sha256=attrs["sha256"], stats=dict(attrs["stats"]), rgb=tuple(attrs["rgb"]),
+        )
+
+    @property
+    def resolution(self) -> tuple[float, float]:
+        """Pixel size ``(x, y)`` in CRS units (metres, or degrees for geographic CRSs)."""
+        a, b, _, d, e, _ = self.transform[:6]
+        return math.hypot(a, d), math.hypot(b, e)
+
+    @property
+    def km2(self) -> float:
+        """Ground footprint of the whole scene in km^2."""
+        return window_km2(self.transform, self.crs_wkt, 0, 0, self.height, self.width)
+
+
+class Archive:
+    """A read-only view of an imagery archive written by :func:`resflow.ingest.ingest`.
+
+    Picklable (only the path and metadata travel), so it can be shipped to workers; array
+    handles are reopened lazily on each side.
+
+    Examples
+    --------
+    >>> arc = Archive.open("archive.zarr")                       # doctest: +SKIP
+    >>> refs = arc.chips()                                         # doctest: +SKIP
+    >>> arc.read_chip(refs[0], halo=32).image.shape                # doctest: +SKIP
+    (3, 320, 320)
+    """
+
+    def __init__(self, path: Path, scenes: dict[str, SceneInfo], refused: list[dict]) -> None:
+        self.path = path
+        self.scenes = scenes
+        self.refused = refused
+        self._arrays: dict[str, zarr.Array] = {}
+
+    @classmethod
+    def open(cls, path: str | Path) -> Archive:
+        """Open an archive; only complete scenes are listed.
+
+        Raises
+        ------
+        InputError
+            if the path is not a resflow archive.
+        """
+        path = Path(path)
+        root = open_root(path)
+        scenes: dict[str, SceneInfo] = {}
+        if SCENES in root:
+            for name, group in sorted(root[SCENES].groups()):
+                if group.attrs.get("complete") is True:
+                    scenes[name] = SceneInfo.from_attrs(dict(group.attrs))
+        return cls(path, scenes, list(root.attrs.get("refused", [])))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "scenes": self.scenes, "refused": self.refused}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"], state["scenes"], state["refused"])  # type: ignore[misc]
+
+    def image(self, scene: str) -> zarr.Array:
+        """The raw ``(band, y, x)`` source-dtype array of a scene."""
+        if scene not in self._arrays:
+            self._scene(scene)
+            self._arrays[scene] = zarr.open_array(self.path, path=f"{SCENES}/{scene}/image",
+                                                  mode="r")
+        return self._arrays[scene]
+
+    def chips(self, scenes: Iterable[str] | None = None) -> list[ChipRef]:
+        """Chip references tiling the given scenes (all by default) exactly once.
+
+        Ordered by scene name, then row-major. Footprints are in km^2.
+        """
+        refs: list[ChipRef] = []
+        for name in sorted(self.scenes) if scenes is None else scenes:
+            info = self._scene(name)
+            fractions = zarr.open_array(self.path, path=f"{SCENES}/{name}/valid_fraction",
+                                        mode="r")[...]
+            for row, col, y0, x0, h, w in chip_grid(info.height, info.width, info.chip):
+                refs.append(ChipRef(
+                    scene=name, row=row, col=col, y0=y0, x0=x0, height=h, width=w,
+                    chip=info.chip,
+                    km2=window_km2(info.transform, info.crs_wkt, y0, x0, h, w),
+                    valid_fraction=float(fractions[row, col]),
+                ))
+        return refs
+
+    def read_chip(self, ref: ChipRef, halo: int = 0) -> ChipPixels:
+        """Read one chip plus ``halo`` pixels of context, harmonised to the models' input.
+
+        The result is always ``(3, chip + 2*halo, chip + 2*halo)``: beyond the scene edge the
+        pixels are reflected as with dask's ``boundary="reflect"`` (see :mod:`resflow.chips`).
+        """
+        info = self._scene(ref.scene)
+        rows = halo_indices(ref.y0, ref.chip, halo, info.height)
+        cols = halo_indices(ref.x0, ref.chip, halo, info.width)
+        r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+        slab = np.asarray(self.image(ref.scene)[:, r0:r1, c0:c1])
+        pixels = slab[:, rows - r0][:, :, cols - c0]
+        image, valid = harmonise(pixels, info.nodata, info.rgb, info.stats)
+        return ChipPixels(image=image, valid=valid)
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready description: scenes, bands, CRS, resolution, chips, km^2, refusals."""
+        scenes = []
+        for info in self.scenes.values():
+            rows, cols = -(-info.height // info.chip), -(-info.width // info.chip)
+            crs = _crs_name(info.crs_wkt)
+            scenes.append({
+                "name": info.name, "source": info.source, "height": info.height,
+                "width": info.width, "bands": list(info.band_names), "dtype": info.dtype,
+                "nodata": info.nodata, "crs": crs, "resolution": list(info.resolution),
+                "chip": info.chip, "chips": rows * cols, "km2": round(info.km2, 6),
+                "rgb": list(info.rgb),
+            })
+        return {"path": str(self.path), "kind": ARCHIVE_KIND, "scenes": scenes,
+                "refused": self.refused}
+
+    def _scene(self, name: str) -> SceneInfo:
+        try:
+            return self.scenes[name]
+        except KeyError:
+            raise InputError(f"{self.path}: scene '{name}'", "no complete scene of that name",
+                             f"use one of {sorted(self.scenes)} or re-run `resflow ingest`"
+                             ) from None
+
+
+def open_root(path: Path, mode: str = "r") -> zarr.Group:
+    """Open the root group of a resflow archive, refusing anything else with a clear error."""
+    if not path.exists():
+        raise InputError(str(path), "the archive does not exist",
+                         "create it with `resflow ingest SRC... --out ARCHIVE.zarr`")
+    try:
+        root = zarr.open_group(path, mode=mode, use_consolidated=False)
+    except Exception as exc:  # zarr raises several types for a non-store folder
+        raise InputError(str(path), f"not a Zarr store ({exc.__class__.__name__})",
+                         "pass the .zarr folder written by `resflow ingest`") from exc
+    if root.attrs.get("resflow_kind") != ARCHIVE_KIND:
+        raise InputError(str(path), "not a resflow imagery archive",
+                         "pass the .zarr folder written by `resflow ingest`")
+    return root
+
+
+def _crs_name(crs_wkt: str) -> str:
+    from pyproj import CRS
+
+    crs = CRS.from_wkt(crs_wkt)
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else crs.name

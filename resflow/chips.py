@@ -1,0 +1,144 @@
+"""Chips: the unit of work, its ground footprint, and halo reads padded by reflection.
+
+A scene is cut on a regular grid of ``chip x chip`` pixels (the Zarr chunk grid), so every
+chip is exactly one chunk and the chips of a scene tile it exactly once. Chips on the right
+and bottom edges are smaller in the scene; when read they are padded to the nominal shape.
+
+Halo reads follow dask's ``map_overlap`` vocabulary: a chip read with ``halo=h`` returns
+``chip + 2*h`` pixels a side, and pixels beyond the scene edge are filled with
+``boundary="reflect"`` exactly as dask does it (the edge pixel is repeated, which numpy calls
+``np.pad(mode="symmetric")``). Every read therefore has the same shape wherever the chip
+lies, and a chip's result never depends on its neighbours in a batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from pyproj import CRS, Geod
+
+
+@dataclass(frozen=True, order=True)
+class ChipRef:
+    """A reference to one chip of one scene: cheap to ship to any worker.
+
+    Attributes
+    ----------
+    scene
+        Scene (group) name inside the archive.
+    row, col
+        Position on the chip grid (chip units).
+    y0, x0
+        Top-left pixel of the in-scene window.
+    height, width
+        Size of the in-scene window in pixels; edge chips are smaller than ``chip``.
+    chip
+        Nominal chip edge in pixels (the Zarr chunk edge).
+    km2
+        Ground footprint of the in-scene window in km^2.
+    valid_fraction
+        Share of the in-scene window's pixels that hold data (not nodata, finite), 0..1.
+    """
+
+    scene: str
+    row: int
+    col: int
+    y0: int
+    x0: int
+    height: int
+    width: int
+    chip: int
+    km2: float
+    valid_fraction: float
+
+
+@dataclass
+class ChipPixels:
+    """The harmonised pixels of one chip read with a halo.
+
+    Attributes
+    ----------
+    image
+        float32 ``(3, chip + 2*halo, chip + 2*halo)`` in ``[0, 1]``; invalid pixels are 0.
+    valid
+        bool ``(chip + 2*halo, chip + 2*halo)``; False where the source held nodata, NaN or Inf.
+    """
+
+    image: np.ndarray
+    valid: np.ndarray
+
+
+def chip_grid(height: int, width: int, chip: int) -> Iterator[tuple[int, int, int, int, int, int]]:
+    """Yield ``(row, col, y0, x0, h, w)`` for the chips tiling a ``height x width`` scene.
+
+    Row-major order; windows are clipped at the scene edge so they never overlap.
+
+    Examples
+    --------
+    >>> [w[4:] for w in chip_grid(300, 200, 256)]
+    [(256, 200), (44, 200)]
+    """
+    for row, y0 in enumerate(range(0, height, chip)):
+        for col, x0 in enumerate(range(0, width, chip)):
+            yield row, col, y0, x0, min(chip, height - y0), min(chip, width - x0)
+
+
+def grid_shape(height: int, width: int, chip: int) -> tuple[int, int]:
+    """Number of chip rows and columns covering the scene (ceil division)."""
+    return -(-height // chip), -(-width // chip)
+
+
+@lru_cache(maxsize=64)
+def _crs(crs_wkt: str) -> CRS:
+    return CRS.from_wkt(crs_wkt)
+
+
+def window_km2(transform: tuple[float, ...], crs_wkt: str,
+               y0: int, x0: int, h: int, w: int) -> float:
+    """Ground area of a pixel window in km^2.
+
+    Projected CRSs: pixel area from the affine determinant times the CRS unit in metres,
+    squared. Geographic CRSs (degrees): geodesic area of the window's corner polygon on the
+    CRS ellipsoid (``pyproj.Geod``), so a chip near the pole is correctly smaller.
+
+    Examples
+    --------
+    >>> from pyproj import CRS
+    >>> window_km2((10.0, 0, 0, 0, -10.0, 0), CRS.from_epsg(32631).to_wkt(), 0, 0, 100, 100)
+    1.0
+    """
+    a, b, c, d, e, f = transform[:6]
+    crs = _crs(crs_wkt)
+    if crs.is_geographic:
+        corners = [(x0, y0), (x0 + w, y0), (x0 + w, y0 + h), (x0, y0 + h)]
+        lons = [a * px + b * py + c for px, py in corners]
+        lats = [d * px + e * py + f for px, py in corners]
+        geod = crs.get_geod() or Geod(ellps="WGS84")
+        area_m2, _ = geod.polygon_area_perimeter(lons, lats)
+        return abs(area_m2) / 1e6
+    unit_m = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
+    return abs(a * e - b * d) * h * w * unit_m**2 / 1e6
+
+
+def symmetric_index(index: np.ndarray, n: int) -> np.ndarray:
+    """Map any integer pixel index onto ``[0, n)`` by mirror reflection, edge repeated.
+
+    This is dask's ``boundary="reflect"`` (numpy's ``mode="symmetric"``), extended
+    periodically so halos wider than the scene still resolve.
+
+    Examples
+    --------
+    >>> symmetric_index(np.arange(-2, 7), 5).tolist()
+    [1, 0, 0, 1, 2, 3, 4, 4, 3]
+    """
+    period = 2 * n
+    folded = np.mod(index, period)
+    return np.where(folded >= n, period - 1 - folded, folded)
+
+
+def halo_indices(start: int, length: int, halo: int, n: int) -> np.ndarray:
+    """In-scene indices of a chip axis of nominal ``length`` plus ``halo`` on each side."""
+    return symmetric_index(np.arange(start - halo, start + length + halo), n)

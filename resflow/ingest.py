@@ -1,0 +1,360 @@
+"""Ingest: any GDAL-readable raster into one Zarr v3 imagery archive, one group per scene.
+
+Each scene is streamed window by window (memory bounded by ``window_rows`` squared, not by
+scene size), scenes run in parallel threads, and the scene's ``complete`` attribute is
+written last, so an interrupted ingest never leaves a scene that looks finished. A re-run
+skips complete scenes whose source checksum, chip and band selection are unchanged, and
+redoes the rest. Inputs that cannot be used are refused one by one with an
+:class:`~resflow.errors.InputError` and recorded in the root attribute ``refused``; the
+other inputs still ingest. The layout is described in :mod:`resflow.archive`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import warnings
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import zarr
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.windows import Window
+from zarr.errors import ZarrUserWarning
+
+from resflow import __version__
+from resflow.archive import ARCHIVE_KIND, FORMAT_VERSION, SCENES, SceneInfo
+from resflow.chips import grid_shape
+from resflow.config import IngestConfig
+from resflow.errors import InputError
+from resflow.harmonise import StatsSampler, band_names, select_rgb, valid_mask
+
+RASTER_SUFFIXES = frozenset({
+    ".tif", ".tiff", ".gtiff", ".jp2", ".img", ".vrt", ".nc", ".hdf", ".h5", ".png",
+    ".jpg", ".jpeg", ".asc", ".bil", ".dem", ".ntf", ".sid", ".ecw",
+})
+"""File suffixes (lower-case) picked up when a folder is given; explicit files are always tried."""
+
+
+@dataclass
+class IngestResult:
+    """What one ingest run did.
+
+    Attributes
+    ----------
+    path
+        The archive written.
+    ingested
+        Scene names written by this run.
+    skipped
+        Scene names already complete and unchanged (checksum), left as they were.
+    refused
+        One record per refused input: ``{"source", "where", "problem", "fix"}``.
+    """
+
+    path: Path
+    ingested: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    refused: list[dict] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when no input was refused."""
+        return not self.refused
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A raster that passed inspection, ready to be written as one scene."""
+
+    source: Path
+    info: SceneInfo
+
+
+def ingest(sources: Iterable[str | Path], out: str | Path, config: IngestConfig | None = None,
+           *, rgb: Sequence[int] | None = None, progress: bool = False) -> IngestResult:
+    """Ingest rasters (files or folders of rasters) into the archive at ``out``.
+
+    Parameters
+    ----------
+    sources
+        Raster files, or folders whose rasters (searched recursively) are ingested.
+    out
+        The ``.zarr`` archive; created if missing, updated in place otherwise.
+    config
+        Chip edge (pixels), parallel scenes and streaming window size.
+    rgb
+        0-based band indices feeding the models' R, G, B, overriding the rules of
+        :mod:`resflow.harmonise` for every source of this run.
+    progress
+        Show a tqdm bar over scenes.
+
+    Returns
+    -------
+    IngestResult
+        Scenes written, skipped and refused. Refusals never raise.
+
+    Examples
+    --------
+    >>> from resflow.samples import sample_path
+    >>> r = ingest([sample_path("atlanta-pan")], tmp / "a.zarr")   # doctest: +SKIP
+    >>> r.ingested                                                   # doctest: +SKIP
+    ['sample_geotiff']
+    """
+    config = config or IngestConfig()
+    out = Path(out)
+    result = IngestResult(path=out)
+    files, refusals = _discover(sources)
+    root = _open_for_writing(out)
+    plans: list[_Plan] = []
+    for path, name in zip(files, _scene_names(files), strict=True):
+        try:
+            plans.append(_inspect(path, name, config.chip, rgb))
+        except InputError as err:
+            refusals.append(_refusal(path, err))
+    todo = []
+    for plan in plans:
+        if _is_current(root, plan.info):
+            result.skipped.append(plan.info.name)
+        else:
+            todo.append(plan)
+    bar = _progress(len(todo), progress)
+    with ThreadPoolExecutor(max_workers=config.workers) as pool:
+        futures = {pool.submit(_write_scene, root, plan, config): plan for plan in todo}
+        for future in as_completed(futures):
+            plan = futures[future]
+            try:
+                future.result()
+                result.ingested.append(plan.info.name)
+            except InputError as err:
+                refusals.append(_refusal(plan.source, err))
+            bar.update(1)
+    bar.close()
+    result.ingested.sort()
+    result.refused = refusals
+    _record(root, out, files, refusals)
+    return result
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="scene", desc="ingest", disable=not enabled)
+
+
+def _refusal(source: Path | str, err: InputError) -> dict:
+    return {"source": str(source), **err.as_record()}
+
+
+def _discover(sources: Iterable[str | Path]) -> tuple[list[Path], list[dict]]:
+    """Expand folders into their rasters; refuse missing paths and folders without rasters."""
+    files: list[Path] = []
+    refusals: list[dict] = []
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*")
+                           if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES)
+            if not found:
+                refusals.append(_refusal(path, InputError(
+                    str(path), "the folder holds no raster files "
+                    f"({', '.join(sorted(RASTER_SUFFIXES)[:6])}, ...)",
+                    "point at a folder of GeoTIFFs or name the raster files directly")))
+            files.extend(found)
+        elif not path.exists():
+            refusals.append(_refusal(path, InputError(
+                str(path), "the file does not exist", "check the path and spelling")))
+        else:
+            files.append(path)
+    unique = list(dict.fromkeys(p.resolve() for p in files))
+    return unique, refusals
+
+
+def _scene_names(files: Sequence[Path]) -> list[str]:
+    """Sanitised group names; a stem shared by several files gets its folder prepended."""
+    def clean(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or "scene"
+
+    stems = [clean(p.stem) for p in files]
+    return [clean(f"{p.parent.name}_{p.stem}") if stems.count(s) > 1 else s
+            for p, s in zip(files, stems, strict=True)]
+
+
+def sha256(path: Path, block: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _inspect(path: Path, name: str, chip: int, rgb: Sequence[int] | None) -> _Plan:
+    """Check that a raster can become a scene; raise one :class:`InputError` if not."""
+    where = str(path)
+    if path.stat().st_size == 0:
+        raise InputError(where, "the file is empty (0 bytes)", "re-download or re-export it")
+    try:
+        with warnings.catch_warnings():
+            # A missing geotransform is reported below as a refusal, not as a warning.
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            ds = rasterio.open(path)
+        with ds:
+            count, dtypes, crs, transform = ds.count, ds.dtypes, ds.crs, ds.transform
+            height, width, nodata = ds.height, ds.width, ds.nodata
+            descriptions, colorinterp = ds.descriptions, [c.name for c in ds.colorinterp]
+            has_gcps = bool(ds.gcps[0]) or bool(ds.rpcs)
+    except RasterioError as exc:
+        raise InputError(where, f"not a readable raster, or truncated or corrupt (GDAL: {exc})",
+                         "check it is a GeoTIFF or other GDAL raster and re-download it if a "
+                         "transfer was cut short") from exc
+    if count == 0:
+        raise InputError(where, "the raster has zero bands", "export it again with its bands")
+    if any(d.startswith("complex") for d in dtypes):
+        raise InputError(where, f"complex pixels ({dtypes[0]}, e.g. SAR) are not supported",
+                         "convert to amplitude or intensity first, e.g. "
+                         "`gdal_translate -ot Float32` of abs(value)")
+    if transform.is_identity and has_gcps:
+        raise InputError(where, "the raster is georeferenced by GCPs or RPCs only, without a "
+                         "geotransform", "warp it to a grid first with `gdalwarp`")
+    missing = [what for what, ok in (("CRS", crs is not None),
+                                     ("geotransform", not transform.is_identity)) if not ok]
+    if missing:
+        raise InputError(where, f"the raster has no {' and no '.join(missing)}",
+                         "georeference it first, e.g. `gdal_edit.py -a_srs EPSG:xxxx "
+                         "-a_ullr ulx uly lrx lry`")
+    names = band_names(path, count, descriptions, colorinterp)
+    info = SceneInfo(
+        name=name, height=height, width=width, band_names=names, dtype=dtypes[0],
+        crs_wkt=crs.to_wkt(), transform=tuple(transform)[:6], nodata=nodata, chip=chip,
+        source=str(path), sha256=sha256(path), stats={}, rgb=select_rgb(where, names, rgb),
+    )
+    return _Plan(source=path, info=info)
+
+
+def _open_for_writing(out: Path) -> zarr.Group:
+    """Open or create the archive root; refuse a folder that is some other Zarr store."""
+    root = zarr.open_group(out, mode="a", zarr_format=3, use_consolidated=False)
+    kind = root.attrs.get("resflow_kind")
+    if kind not in (None, ARCHIVE_KIND):
+        raise InputError(str(out), f"the store is a resflow '{kind}' store, not an archive",
+                         "choose another --out path")
+    # Rewriting the root attributes also drops consolidated metadata from an earlier run,
+    # which would otherwise describe scenes this run is about to redo.
+    root.attrs.update({"resflow_kind": ARCHIVE_KIND, "format": FORMAT_VERSION,
+                       "resflow_version": __version__})
+    root.require_group(SCENES)
+    return root
+
+
+def _is_current(root: zarr.Group, info: SceneInfo) -> bool:
+    """A scene is current when complete and ingested from the same bytes the same way."""
+    key = f"{SCENES}/{info.name}"
+    if key not in root:
+        return False
+    attrs = root[key].attrs
+    return (attrs.get("complete") is True and attrs.get("sha256") == info.sha256
+            and attrs.get("chip") == info.chip and tuple(attrs.get("rgb", ())) == info.rgb)
+
+
+def _write_scene(root: zarr.Group, plan: _Plan, config: IngestConfig) -> None:
+    """Stream one raster into ``scenes/<name>``, marking it complete only at the very end."""
+    info = plan.info
+    scenes = root[SCENES]
+    if info.name in scenes:
+        del scenes[info.name]
+    group = scenes.create_group(info.name, attributes={**info.to_attrs(), "complete": False})
+    try:
+        stats, fractions = _stream(group, plan, config)
+    except (RasterioError, OSError) as exc:
+        del scenes[info.name]
+        raise InputError(str(plan.source), f"the raster is truncated or corrupt: reading its "
+                         f"pixels failed (GDAL: {exc})", "re-download or re-export it") from exc
+    group.create_array("valid_fraction", data=fractions, chunks=fractions.shape,
+                       dimension_names=("chip_row", "chip_col"),
+                       attributes={"long_name": "share of valid pixels per chip"})
+    group.attrs.update({"stats": stats})
+    group.attrs["complete"] = True
+
+
+def _stream(group: zarr.Group, plan: _Plan, config: IngestConfig) -> tuple[dict, np.ndarray]:
+    """Copy pixels window by window; collect scaling stats and per-chip valid fractions."""
+    info = plan.info
+    nbands, chip = len(info.band_names), info.chip
+    _write_coords(group, info)
+    fill = info.nodata if info.nodata is not None and not np.isnan(info.nodata) else 0
+    image_attrs = {"grid_mapping": "spatial_ref", "coordinates": "spatial_ref",
+                   "long_name": list(info.band_names)}
+    if info.nodata is not None:
+        image_attrs["_FillValue"] = info.nodata
+    image = group.create_array(
+        "image", shape=(nbands, info.height, info.width), chunks=(nbands, chip, chip),
+        dtype=info.dtype, fill_value=fill, dimension_names=("band", "y", "x"),
+        attributes=image_attrs,
+    )
+    # Windows are whole multiples of the chip so every chunk is written exactly once.
+    step = max(chip, config.window_rows // chip * chip)
+    sampler = StatsSampler(info.height, info.width, info.nodata)
+    valid_count = np.zeros(grid_shape(info.height, info.width, chip), dtype=np.int64)
+    with rasterio.open(plan.source) as ds:
+        for y0 in range(0, info.height, step):
+            for x0 in range(0, info.width, step):
+                h, w = min(step, info.height - y0), min(step, info.width - x0)
+                pixels = ds.read(window=Window(x0, y0, w, h))
+                image[:, y0:y0 + h, x0:x0 + w] = pixels
+                sampler.add(y0, x0, pixels)
+                _count_valid(valid_count, valid_mask(pixels, info.nodata), y0, x0, chip)
+    rows, cols = valid_count.shape
+    heights = np.minimum(chip, info.height - chip * np.arange(rows))
+    widths = np.minimum(chip, info.width - chip * np.arange(cols))
+    fractions = (valid_count / np.outer(heights, widths)).astype(np.float32)
+    return sampler.stats(), fractions
+
+
+def _count_valid(counts: np.ndarray, valid: np.ndarray, y0: int, x0: int, chip: int) -> None:
+    """Add a window's valid-pixel counts to the per-chip totals (window is chip-aligned)."""
+    h, w = valid.shape
+    ph, pw = -(-h // chip) * chip, -(-w // chip) * chip
+    padded = np.zeros((ph, pw), dtype=np.int64)
+    padded[:h, :w] = valid
+    per_chip = padded.reshape(ph // chip, chip, pw // chip, chip).sum(axis=(1, 3))
+    r, c = y0 // chip, x0 // chip
+    counts[r:r + per_chip.shape[0], c:c + per_chip.shape[1]] += per_chip
+
+
+def _write_coords(group: zarr.Group, info: SceneInfo) -> None:
+    """CF coordinates and grid mapping so xarray and rioxarray read CRS and transform."""
+    from pyproj import CRS
+
+    a, b, c, d, e, f = info.transform
+    geographic = CRS.from_wkt(info.crs_wkt).is_geographic
+    x = c + a * (np.arange(info.width) + 0.5)
+    y = f + e * (np.arange(info.height) + 0.5)
+    names = ("longitude", "latitude") if geographic else ("projection_x_coordinate",
+                                                         "projection_y_coordinate")
+    for dim, values, standard in (("x", x, names[0]), ("y", y, names[1])):
+        group.create_array(dim, data=values, dimension_names=(dim,),
+                           attributes={"standard_name": standard, "axis": dim.upper()})
+    group.create_array("band", data=np.arange(1, len(info.band_names) + 1, dtype=np.int64),
+                       dimension_names=("band",))
+    ref = group.create_array("spatial_ref", shape=(), dtype="int64", fill_value=0,
+                             dimension_names=(), attributes={
+                                 "crs_wkt": info.crs_wkt, "spatial_ref": info.crs_wkt,
+                                 "GeoTransform": " ".join(repr(v) for v in (c, a, b, f, d, e)),
+                             })
+    ref[...] = 0
+
+
+def _record(root: zarr.Group, out: Path, files: Sequence[Path], refusals: list[dict]) -> None:
+    """Keep refusals of earlier runs for other inputs; replace those for this run's inputs."""
+    touched = {str(p) for p in files} | {r["source"] for r in refusals}
+    kept = [r for r in root.attrs.get("refused", []) if r["source"] not in touched]
+    root.attrs["refused"] = kept + refusals
+    with warnings.catch_warnings():
+        # Consolidated metadata lets plain xarray.open_zarr open groups without a warning.
+        warnings.simplefilter("ignore", ZarrUserWarning)
+        zarr.consolidate_metadata(out)
