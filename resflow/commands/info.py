@@ -1,0 +1,68 @@
+"""``resflow info``: what an archive (or an output store) holds, and what was refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``info`` command to the CLI."""
+    app.command("info")(info_command)
+
+
+def info_command(
+    archive: Annotated[Path, typer.Argument(help="archive (or run output) store")],
+    as_json: Annotated[bool, typer.Option("--json", help="print machine-readable JSON")] = False,
+) -> None:
+    """Describe scenes, bands, CRS, resolution, chips, km^2 and refused inputs."""
+    from resflow.errors import ResflowError
+
+    try:
+        summary = describe(archive)
+    except ResflowError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    if as_json or summary.get("kind") != "archive":
+        typer.echo(json.dumps(summary, indent=2, default=str))
+    else:
+        typer.echo(format_archive(summary))
+
+
+def describe(path: Path) -> dict:
+    """The summary dict of an imagery archive, or of an output store via resflow.outputs."""
+    import zarr
+
+    from resflow.archive import Archive
+
+    if path.is_dir():
+        try:
+            kind = zarr.open_group(path, mode="r", use_consolidated=False).attrs.get(
+                "resflow_kind")
+        except Exception:  # not a Zarr store: Archive.open says so clearly
+            kind = None
+        if kind == "output":
+            from resflow.outputs import describe as describe_output
+
+            return describe_output(path)
+    return Archive.open(path).summary()
+
+
+def format_archive(summary: dict) -> str:
+    """Human-readable lines for an archive summary."""
+    lines = [f"archive {summary['path']}: {len(summary['scenes'])} scenes"]
+    for s in summary["scenes"]:
+        res = s["resolution"]
+        lines.append(
+            f"  {s['name']}: {s['width']}x{s['height']} px, {len(s['bands'])} bands "
+            f"{','.join(s['bands'])} ({s['dtype']}, nodata {s['nodata']}), {s['crs']}, "
+            f"pixel {res[0]:.6g} x {res[1]:.6g}, {s['chips']} chips of {s['chip']} px, "
+            f"{s['km2']:.4g} km^2, rgb bands {[b + 1 for b in s['rgb']]}")
+    if summary["refused"]:
+        lines.append(f"refused inputs: {len(summary['refused'])}")
+        lines.extend(f"  {r['source']}: {r['problem']}. Fix: {r['fix']}."
+                     for r in summary["refused"])
+    return "\n".join(lines)
