@@ -41,6 +41,7 @@ import zarr
 import zarr.errors
 
 from resflow.errors import ResflowError
+from resflow.report import REPORT_NAME
 
 if TYPE_CHECKING:
     from resflow.archive import Archive, SceneInfo
@@ -48,7 +49,6 @@ if TYPE_CHECKING:
 
 KIND = "output"
 FORMAT_VERSION = 1
-REPORT_NAME = "run_report.json"
 LEDGER = "chip_done"
 # Run settings that change the pixels: a resumed run must use the same ones.
 PIXEL_SETTINGS = ("gallery", "halo", "threshold")

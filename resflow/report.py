@@ -1,0 +1,173 @@
+"""The run report: what a run did, how fast, on what, and the exact config to redo it.
+
+One JSON document per run, kept next to the maps it describes (``OUT/run_report.json`` and
+the output store's root attribute ``run_report``, both written by
+:meth:`resflow.outputs.OutputStore.finalize`). It embeds the exact run config, so any map can
+be reproduced, and the library versions, so any speed can be explained.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field
+
+STAGES = ("read", "preprocess", "stage1", "stage2", "regroup", "stage3", "write", "scheduling")
+"""Per-stage time keys, seconds summed over all tasks (``scheduling`` = wall time the engine
+spent outside the stage functions: task dispatch, serialisation, waiting)."""
+
+REPORT_NAME = "run_report.json"
+"""File name of the report inside an output store."""
+
+VERSIONED = ("torch", "numpy", "dask", "distributed", "pyspark", "zarr", "xarray", "rasterio",
+             "rioxarray", "resflow")
+
+
+def collect_versions() -> dict[str, str]:
+    """Versions of Python and of the installed libraries that shape a run's results and speed.
+
+    Libraries that are not installed (pyspark on a Dask-only machine) are left out.
+    """
+    versions = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+class BucketUse(BaseModel):
+    """One spectral/semantic bucket of the run: how many chips it served and with what model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bucket: int
+    model: str = Field(description='the segmenter serving it: "mono" or "bucket-<k>"')
+    chips: int = Field(ge=0)
+
+
+class ClusterShape(BaseModel):
+    """The compute the run had: workers (Dask workers or Spark executors) x threads each."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workers: int = Field(ge=1)
+    threads_per_worker: int = Field(ge=1)
+    gpus: int = Field(0, ge=0)
+
+    def __str__(self) -> str:
+        text = (f"{self.workers} worker{'s' * (self.workers != 1)} x "
+                f"{self.threads_per_worker} thread{'s' * (self.threads_per_worker != 1)}")
+        return text + (f", {self.gpus} GPU{'s' * (self.gpus != 1)}" if self.gpus else "")
+
+
+class RunReport(BaseModel):
+    """Everything one inference run produced and spent.
+
+    Attributes
+    ----------
+    out
+        The output store.
+    chips
+        Chips written by this run (a resumed run counts only its own).
+    km2
+        Ground area of those chips, km^2.
+    buckets
+        Buckets used, with chips per bucket and the model serving each.
+    stage_seconds
+        Seconds per stage (keys of :data:`STAGES`), summed over tasks.
+    wall_s
+        Wall-clock seconds from planning to the last chip written.
+    backend, cluster
+        Engine name and the shape of its cluster.
+    config
+        The exact run config (``RunConfig.model_dump(mode="json")``).
+    errors
+        Per-input errors, each ``{"where", "problem", "fix"}`` (``ResflowError.as_record()``).
+    peak_rss_mb
+        Peak resident memory of the driver process, MiB, if measured.
+
+    Examples
+    --------
+    >>> r = RunReport(out="o.zarr", chips=24, km2=5.31, wall_s=12.4, backend="dask",
+    ...               cluster=ClusterShape(workers=2, threads_per_worker=1))
+    >>> r.summary_line()
+    'resflow: 24 chips, 5.31 km^2 in 12.4 s = 0.43 km^2/s on dask (2 workers x 1 thread) -> o.zarr'
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    out: str
+    chips: int = Field(ge=0)
+    km2: float = Field(ge=0)
+    buckets: list[BucketUse] = Field(default_factory=list)
+    stage_seconds: dict[str, float] = Field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    wall_s: float = Field(ge=0)
+    backend: str
+    cluster: ClusterShape
+    config: dict[str, Any] = Field(default_factory=dict)
+    errors: list[dict[str, str]] = Field(default_factory=list)
+    versions: dict[str, str] = Field(default_factory=collect_versions)
+    finished_utc: str = Field(
+        default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    peak_rss_mb: float | None = None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def km2_per_s(self) -> float:
+        """Area rate, km^2 of imagery per wall-clock second."""
+        return self.km2 / self.wall_s if self.wall_s else 0.0
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def chips_per_s(self) -> float:
+        """Chips per wall-clock second."""
+        return self.chips / self.wall_s if self.wall_s else 0.0
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def summary(self) -> str:
+        """The one-line summary, kept in the JSON so ``resflow info`` can show it."""
+        return self.summary_line()
+
+    def summary_line(self) -> str:
+        """The CLI's final line: chips, area, time, rate, engine and cluster, output."""
+        line = (f"resflow: {self.chips} chips, {self.km2:.2f} km^2 in {self.wall_s:.1f} s = "
+                f"{self.km2_per_s:.2f} km^2/s on {self.backend} ({self.cluster}) -> {self.out}")
+        if self.errors:
+            line += f" ({len(self.errors)} input error{'s' * (len(self.errors) != 1)})"
+        return line
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready report, as passed to :meth:`resflow.outputs.OutputStore.finalize`."""
+        return self.model_dump(mode="json")
+
+    def write(self, path: Path | str) -> Path:
+        """Write the report as JSON to ``path`` (a file, or a directory to hold
+        ``run_report.json``); returns the file written.
+
+        For a finished run :meth:`resflow.outputs.OutputStore.finalize` writes it into the
+        store; this is for reports kept elsewhere (a failed run, a benchmark series).
+        """
+        target = Path(path)
+        if target.is_dir():
+            target = target / REPORT_NAME
+        target.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return target
+
+    @classmethod
+    def read(cls, path: Path | str) -> RunReport:
+        """Read a report written by :meth:`write` or by ``OutputStore.finalize``."""
+        target = Path(path)
+        if target.is_dir():
+            target = target / REPORT_NAME
+        data = json.loads(target.read_text())
+        for derived in ("km2_per_s", "chips_per_s", "summary"):
+            data.pop(derived, None)
+        return cls.model_validate(data)
