@@ -208,12 +208,16 @@ def _inspect(path: Path, name: str, chip: int, rgb: Sequence[int] | None) -> _Pl
             height, width, nodata = ds.height, ds.width, ds.nodata
             descriptions, colorinterp = ds.descriptions, [c.name for c in ds.colorinterp]
             has_gcps = bool(ds.gcps[0]) or bool(ds.rpcs)
+            subdatasets = ds.subdatasets
     except RasterioError as exc:
         raise InputError(where, f"not a readable raster, or truncated or corrupt (GDAL: {exc})",
                          "check it is a GeoTIFF or other GDAL raster and re-download it if a "
                          "transfer was cut short") from exc
     if count == 0:
-        raise InputError(where, "the raster has zero bands", "export it again with its bands")
+        inside = f" (it is a container of {len(subdatasets)} subdatasets)" if subdatasets else ""
+        raise InputError(where, f"the raster has zero bands{inside}",
+                         "export the bands (or one subdataset) to a GeoTIFF first, e.g. "
+                         "`gdal_translate NETCDF:file.nc:var out.tif`")
     if any(d.startswith("complex") for d in dtypes):
         raise InputError(where, f"complex pixels ({dtypes[0]}, e.g. SAR) are not supported",
                          "convert to amplitude or intensity first, e.g. "
@@ -272,8 +276,10 @@ def _write_scene(root: zarr.Group, plan: _Plan, config: IngestConfig) -> None:
         stats, fractions = _stream(group, plan, config)
     except (RasterioError, OSError) as exc:
         del scenes[info.name]
+        detail = exc.__cause__ or exc  # GDAL's own message sits on the cause
         raise InputError(str(plan.source), f"the raster is truncated or corrupt: reading its "
-                         f"pixels failed (GDAL: {exc})", "re-download or re-export it") from exc
+                         f"pixels failed (GDAL: {detail})", "re-download or re-export it"
+                         ) from exc
     group.create_array("valid_fraction", data=fractions, chunks=fractions.shape,
                        dimension_names=("chip_row", "chip_col"),
                        attributes={"long_name": "share of valid pixels per chip"})
