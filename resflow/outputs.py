@@ -293,15 +293,35 @@ class OutputStore:
                                "in zarr.json)", "check the path, or run `resflow run` to make one")
         return cls(out, dict(attrs["scenes"]))
 
+    def _group(self, scene: str) -> str:
+        if scene not in self.groups:
+            raise ResflowError(f"{self.path}: scene {scene!r}", "the scene has no group in this "
+                               "output", f"use one of {sorted(self.groups)}")
+        return self.groups[scene]
+
     def _array(self, scene: str, name: str) -> zarr.Array:
+        """A cached read-write handle, so a worker opens each array's metadata once."""
         key = (scene, name)
         if key not in self._arrays:
-            if scene not in self.groups:
-                raise ResflowError(f"{self.path}: scene {scene!r}", "the scene has no group in "
-                                   "this output", "create the output from the same archive")
-            self._arrays[key] = zarr.open_array(str(self.path), path=f"{self.groups[scene]}/{name}",
+            self._arrays[key] = zarr.open_array(str(self.path), path=f"{self._group(scene)}/{name}",
                                                 mode="r+", zarr_format=3)
         return self._arrays[key]
+
+    def read_array(self, scene: str, name: str) -> zarr.Array:
+        """A read-only handle on one array (``probability``, ``mask``, ``chip_done``) of a scene."""
+        return zarr.open_array(str(self.path), path=f"{self._group(scene)}/{name}", mode="r",
+                               zarr_format=3)
+
+    def georeference(self, scene: str) -> tuple[str, tuple[float, ...]]:
+        """The scene's CRS as WKT and its affine ``(a, b, c, d, e, f)`` (rasterio order)."""
+        attrs = self.read_array(scene, "spatial_ref").attrs
+        c, a, b, f, d, e = (float(v) for v in attrs["GeoTransform"].split())
+        return str(attrs["crs_wkt"]), (a, b, c, d, e, f)
+
+    @property
+    def complete(self) -> bool:
+        """True once :meth:`finalize` has run."""
+        return bool((_read_root_attrs(self.path) or {}).get("complete"))
 
     def write_chip(self, ref: ChipRef, probability: np.ndarray, threshold: float) -> None:
         """Write one chip's probability and mask (one chunk each), then its ledger entry.
