@@ -397,10 +397,10 @@ def describe(path: Path | str) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``path``, ``complete``, ``chips_done``, ``chips_total``, ``percent``, ``scenes`` (one
-        dict per scene: ``scene``, ``group``, ``height``, ``width`` (pixels), ``chip``,
-        ``chips_done``, ``chips_total``, ``percent``) and ``summary`` (the run report's
-        one-line summary, or None while incomplete).
+        ``path``, ``kind`` (``"output"``), ``complete``, ``chips_done``, ``chips_total``,
+        ``percent``, ``scenes`` (one dict per scene: ``scene``, ``group``, ``height``,
+        ``width`` (pixels), ``chip``, ``chips_done``, ``chips_total``, ``percent``) and
+        ``summary`` (the run report's one-line summary, or None while incomplete).
     """
     store = OutputStore.open(path)
     attrs = _read_root_attrs(store.path) or {}
@@ -418,7 +418,7 @@ def describe(path: Path | str) -> dict[str, Any]:
     total = sum(s["chips_total"] for s in scenes)
     complete = bool(attrs.get("complete"))
     report = attrs.get("run_report") or {}
-    return {"path": str(store.path), "complete": complete, "chips_done": done,
+    return {"path": str(store.path), "kind": KIND, "complete": complete, "chips_done": done,
             "chips_total": total, "percent": _percent(done, total), "scenes": scenes,
             "summary": report.get("summary") if complete else None}
 

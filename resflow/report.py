@@ -57,9 +57,30 @@ class ClusterShape(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    workers: int = Field(ge=1)
+    workers: int = Field(ge=0)
     threads_per_worker: int = Field(ge=1)
     gpus: int = Field(0, ge=0)
+    details: dict[str, Any] = Field(default_factory=dict,
+                                    description="the engine's own description, as given")
+
+    @classmethod
+    def from_executor(cls, description: dict[str, Any]) -> ClusterShape:
+        """Normalise an ``Executor.describe()`` dict, keeping it whole in ``details``.
+
+        Engines report threads as one number or a list (workers may differ: the largest is
+        kept) and GPUs as a count, a list of devices, or ``"pinned"`` (one GPU per worker).
+        """
+        threads = description.get("threads_per_worker", 1)
+        gpus = description.get("gpus", 0)
+        workers = int(description.get("workers", 1))
+        if isinstance(gpus, list | tuple):
+            gpus = len(gpus)
+        elif not isinstance(gpus, int):
+            gpus = workers if gpus else 0
+        return cls(workers=workers,
+                   threads_per_worker=max(threads) if isinstance(threads, list | tuple) and threads
+                   else int(threads or 1),
+                   gpus=gpus, details=description)
 
     def __str__(self) -> str:
         text = (f"{self.workers} worker{'s' * (self.workers != 1)} x "

@@ -34,6 +34,19 @@ def test_summary_line_states_chips_area_time_rate_engine_and_output():
     assert str(gpu_box) == "1 worker x 4 threads, 1 GPU"
 
 
+def test_cluster_shape_from_any_engine_description():
+    dask = {"backend": "dask", "workers": 2, "threads_per_worker": [1, 2], "gpus": ["0", "1"],
+            "dashboard": "http://127.0.0.1:8787/status"}
+    shape = ClusterShape.from_executor(dask)
+    assert (shape.workers, shape.threads_per_worker, shape.gpus) == (2, 2, 2)
+    assert shape.details == dask
+    pinned = ClusterShape.from_executor({"workers": 3, "threads_per_worker": 1, "gpus": "pinned"})
+    assert pinned.gpus == 3
+    local = ClusterShape.from_executor({"backend": "local", "workers": 1, "threads_per_worker": 1,
+                                        "gpus": []})
+    assert str(local) == "1 worker x 1 thread"
+
+
 def test_json_round_trip_keeps_config_versions_and_derived_rates(tmp_path):
     report = make_report()
     path = report.write(tmp_path)
