@@ -10,23 +10,25 @@ on a Spark executor, alone or in any batch. Measured on the reference CPU (torch
 oneDNN 3.12, float32), for Lite0 features and segmenter probabilities:
 
 * Intra-op thread count changes results: the oneDNN 1x1 projection convolutions with 144+
-  input channels split their reduction across threads (features differ by up to 5e-6,
+  input channels split their reduction across threads (features differ by up to 1.1e-5,
   probabilities by 1.2e-7, between 1, 2 and 3 threads). Stage functions therefore run with
   :data:`STAGE_THREADS` intra-op threads in the calling thread (the setting is per thread,
   so concurrent tasks do not disturb each other) and engines get parallelism from
   concurrent tasks instead.
 * Batch shape changes results: oneDNN picks a different 3x3 convolution kernel for a batch
   of 1 than for larger batches (probabilities differ by 1.2e-7); with oneDNN disabled the
-  native kernels even depend on a chip's position in the batch, and run 4 to 10 times
-  slower. Within one batch shape, position and neighbours do not matter with oneDNN. On
-  the CPU every convolution call therefore holds exactly one chip, which is also the
-  fastest measured (24 ms against 43 ms per 256 px chip for features, 2 threads), so
-  ``batch_size`` does not affect CPU results at all. The hashing head's linear layers run
-  in fixed blocks of :data:`HEAD_ROWS` rows, zero-padded.
+  native kernels even depend on a chip's position in the batch (features 2.4e-6) and run
+  2 to 12 times slower. Within one batch shape, position and neighbours do not matter
+  with oneDNN. On the CPU every convolution call therefore holds exactly one chip, which
+  is also the fastest measured (24 ms against 43 ms per 256 px chip for features, 2
+  threads), so ``batch_size`` does not affect CPU results at all. The hashing head's
+  linear layers differ between one row and many (1.1e-6, matrix-vector against
+  matrix-matrix kernels), so they run in fixed blocks of :data:`HEAD_ROWS` rows,
+  zero-padded.
 * On CUDA, micro-batches have exactly ``batch_size`` chips (the last one zero-padded and
-  the padding dropped) with deterministic cuDNN, so results do not depend on the batch a
-  chip lands in; they may differ from CPU results and between GPU models, and a change of
-  ``batch_size`` may change them in the last bits.
+  the padding dropped) and cuDNN runs in deterministic mode, so that a chip's result does
+  not depend on the batch it lands in (not yet measured on a GPU). GPU results differ
+  from CPU results, and may change with ``batch_size`` or the GPU model.
 
 Bitwise reproducibility across machines also needs the same torch build and CPU
 instruction set (oneDNN dispatches on AVX2/AVX-512).
