@@ -1,0 +1,83 @@
+"""The ingest, info and doctor commands end to end on real samples."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from resflow.cli import app
+from resflow.errors import BackendError
+from resflow.plugins import declared_backends, list_backends, load_backend
+from resflow.samples import sample_path
+
+runner = CliRunner()
+
+
+def test_help_lists_data_commands() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("ingest", "info", "doctor"):
+        assert command in result.stdout
+
+
+def test_ingest_then_info(tmp_path: Path) -> None:
+    out = tmp_path / "a.zarr"
+    result = runner.invoke(app, ["ingest", str(sample_path("landsat8")),
+                                 str(sample_path("rgbn")), "--out", str(out), "--chip", "512",
+                                 "--workers", "2"])
+    assert result.exit_code == 0, result.stderr
+    assert "2 ingested, 0 unchanged, 0 refused" in result.stdout
+    again = runner.invoke(app, ["ingest", str(sample_path("rgbn")), "--out", str(out),
+                                "--chip", "512"])
+    assert "0 ingested, 1 unchanged" in again.stdout
+    info = json.loads(runner.invoke(app, ["info", str(out), "--json"]).stdout)
+    scenes = {s["name"]: s for s in info["scenes"]}
+    landsat = scenes["LC08_L1TP_224078_20200518_20200518_01_RT"]
+    assert landsat["crs"] == "EPSG:32621" and landsat["resolution"] == [30.0, 30.0]
+    assert landsat["chips"] == 4 * 4 and landsat["bands"] == ["blue", "green", "red"]
+    assert landsat["km2"] == pytest.approx(2041 * 1860 * 900 / 1e6)
+    text = runner.invoke(app, ["info", str(out)]).stdout
+    assert "rgbn: 515x403 px, 4 bands red,green,blue,nir" in text
+
+
+def test_rgb_override(tmp_path: Path) -> None:
+    out = tmp_path / "a.zarr"
+    result = runner.invoke(app, ["ingest", str(sample_path("rgbn")), "--out", str(out),
+                                 "--rgb", "4,3,2"])
+    assert result.exit_code == 0
+    info = json.loads(runner.invoke(app, ["info", str(out), "--json"]).stdout)
+    assert info["scenes"][0]["rgb"] == [3, 2, 1]
+    bad = runner.invoke(app, ["ingest", str(sample_path("rgbn")), "--out", str(out),
+                              "--rgb", "red"])
+    assert bad.exit_code == 2 and "--rgb" in bad.stderr
+
+
+def test_info_refuses_a_non_archive(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["info", str(tmp_path / "missing.zarr")])
+    assert result.exit_code == 2 and "the archive does not exist" in result.stderr
+    (tmp_path / "plain").mkdir()
+    result = runner.invoke(app, ["info", str(tmp_path / "plain")])
+    assert result.exit_code == 2 and "Fix:" in result.stderr
+
+
+def test_doctor_reports_environment() -> None:
+    result = runner.invoke(app, ["doctor", "--json"])
+    assert result.exit_code == 0
+    report = json.loads(result.stdout)
+    assert {"python", "java", "torch", "cuda", "gpus", "backends"} <= set(report)
+    assert "local" in report["backends"]
+
+
+def test_backend_registry() -> None:
+    assert {"local", "dask", "spark"} <= set(declared_backends())
+    assert list_backends() is list_backends()  # cached
+    with pytest.raises(BackendError, match=r"installed backends: .*local.*resflow\[dask\]"):
+        load_backend("ray")
+
+
+def test_load_local_backend() -> None:
+    pytest.importorskip("resflow.local")
+    assert load_backend("local") is list_backends()["local"]
