@@ -1,0 +1,171 @@
+"""Stage 3 offline: the mono decoder on all labelled chips, then per-bucket fine-tunes.
+
+The encoder is the frozen ImageNet Lite0 shared by every model, so only decoders train and
+the encoder's feature maps can be computed once per chip and augmentation instead of once
+per step: training then costs decoder passes only and runs in minutes on two CPU cores.
+Because the encoder is not rotation-equivariant, each of the eight flips/rotations (the
+dihedral group, ``AUGMENTATIONS``) is encoded separately, about 1.8 MB of maps per variant
+for a 256 px chip.
+
+The loss is class-balanced: binary cross-entropy with the positive class weighted by the
+train set's negative/positive pixel ratio (capped), plus soft Dice, both over scored pixels
+only (valid data inside the scene; reflected padding is not a label). The checkpoint kept
+is the one with the lowest validation loss, evaluated every ``eval_every`` steps, so the
+validation region, never the test region, decides when to stop.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from resflow.models.efficientnet import EfficientNetLite0
+from resflow.models.segmentation import SIZE_MULTIPLE, SegmentationDecoder
+
+#: Dihedral variants as (quarter turns, flip left-right): identity first.
+AUGMENTATIONS = tuple((k, flip) for flip in (False, True) for k in range(4))
+#: Cap on the positive-class weight, so a chip set with almost no buildings stays stable.
+MAX_POS_WEIGHT = 10.0
+
+
+@dataclass
+class Encoded:
+    """Encoder maps of a chip set under each augmentation, with targets and scoring weights.
+
+    ``maps[a][level]`` is ``(N, C, h, w)`` for augmentation ``a``; ``target`` and ``weight``
+    are ``(A, N, 1, S, S)`` float32, transformed like the images.
+    """
+
+    maps: list[list[torch.Tensor]]
+    target: torch.Tensor
+    weight: torch.Tensor
+    size: tuple[int, int]
+
+    def __len__(self) -> int:
+        return self.target.shape[1]
+
+
+def encode(encoder: EfficientNetLite0, images: np.ndarray, target: np.ndarray,
+           weight: np.ndarray, augment: bool = True) -> Encoded:
+    """Run the frozen encoder once per chip and augmentation.
+
+    Parameters
+    ----------
+    images
+        ``(N, 3, S, S)`` float32 in ``[0, 1]``.
+    target
+        ``(N, S, S)`` building mask (0/1).
+    weight
+        ``(N, S, S)`` 1 where a pixel is scored, 0 elsewhere.
+    augment
+        All eight dihedral variants (training) or the identity only (validation).
+    """
+    augs = AUGMENTATIONS if augment else AUGMENTATIONS[:1]
+    x = torch.from_numpy(np.ascontiguousarray(images, np.float32))
+    y = torch.from_numpy(np.asarray(target, np.float32))[:, None]
+    w = torch.from_numpy(np.asarray(weight, np.float32))[:, None]
+    size = tuple(x.shape[-2:])
+    pad = (0, -size[1] % SIZE_MULTIPLE, 0, -size[0] % SIZE_MULTIPLE)
+    maps, targets, weights = [], [], []
+    encoder.eval()
+    with torch.no_grad():
+        for turns, flip in augs:
+            image = F.pad(_dihedral(x, turns, flip), pad, mode="reflect") if any(pad) \
+                else _dihedral(x, turns, flip)
+            maps.append([m.contiguous() for m in encoder.feature_maps(image)])
+            targets.append(_dihedral(y, turns, flip))
+            weights.append(_dihedral(w, turns, flip))
+    return Encoded(maps, torch.stack(targets), torch.stack(weights), size)
+
+
+def positive_weight(data: Encoded) -> float:
+    """Negative/positive ratio of the scored pixels, capped at :data:`MAX_POS_WEIGHT`."""
+    pos = float((data.target * data.weight).sum())
+    neg = float(((1 - data.target) * data.weight).sum())
+    return float(min(MAX_POS_WEIGHT, max(1.0, neg / max(pos, 1.0))))
+
+
+def loss_fn(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
+            pos_weight: float) -> torch.Tensor:
+    """Class-balanced BCE plus soft Dice, over pixels with ``weight > 0`` only."""
+    bce = F.binary_cross_entropy_with_logits(
+        logits, target, weight=weight, pos_weight=torch.tensor(pos_weight), reduction="sum")
+    bce = bce / weight.sum().clamp_min(1.0)
+    prob = torch.sigmoid(logits) * weight
+    dice = 1 - (2 * (prob * target).sum() + 1) / (prob.sum() + (target * weight).sum() + 1)
+    return bce + dice
+
+
+def train_decoder(train: Encoded, validation: Encoded | None, *,
+                  init: SegmentationDecoder | None = None, steps: int = 200,
+                  batch: int = 4, lr: float = 1e-3, eval_every: int = 25, seed: int = 0,
+                  desc: str = "decoder") -> tuple[SegmentationDecoder, dict]:
+    """Train one decoder on pre-encoded chips; keep the best checkpoint on validation.
+
+    Parameters
+    ----------
+    train, validation
+        From :func:`encode`; without validation the last step is kept.
+    init
+        Decoder to fine-tune (copied, never modified); a fresh one when ``None``.
+    steps, batch, lr
+        Adam steps, chips per step, learning rate.
+    seed
+        Seeds the fresh decoder and the sampling of chips and augmentations.
+
+    Returns
+    -------
+    (decoder, history)
+        The best decoder (eval mode) and ``{"best_step", "best_validation_loss",
+        "pos_weight", "steps"}``.
+    """
+    torch.manual_seed(seed)
+    decoder = copy.deepcopy(init) if init is not None else SegmentationDecoder()
+    generator = torch.Generator().manual_seed(seed)
+    pos_weight = positive_weight(train)
+    optimiser = torch.optim.Adam(decoder.parameters(), lr=lr)
+    best = (float("inf"), 0, copy.deepcopy(decoder.state_dict()))
+    n_aug, n = train.target.shape[:2]
+    for step in tqdm(range(1, steps + 1), desc=desc, leave=False):
+        decoder.train()
+        aug = int(torch.randint(n_aug, (1,), generator=generator))
+        idx = torch.randperm(n, generator=generator)[:batch]
+        logits = _decode(decoder, [m[idx] for m in train.maps[aug]], train.size)
+        loss = loss_fn(logits, train.target[aug, idx], train.weight[aug, idx], pos_weight)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        if validation is not None and (step % eval_every == 0 or step == steps):
+            val = evaluate_loss(decoder, validation, pos_weight)
+            if val < best[0]:
+                best = (val, step, copy.deepcopy(decoder.state_dict()))
+    if validation is not None:
+        decoder.load_state_dict(best[2])
+    history = {"best_step": best[1] if validation is not None else steps,
+               "best_validation_loss": best[0] if validation is not None else None,
+               "pos_weight": pos_weight, "steps": steps}
+    return decoder.eval(), history
+
+
+def evaluate_loss(decoder: SegmentationDecoder, data: Encoded, pos_weight: float) -> float:
+    """Mean loss over the identity variant of ``data``, in eval mode."""
+    decoder.eval()
+    with torch.no_grad():
+        logits = _decode(decoder, data.maps[0], data.size)
+        return float(loss_fn(logits, data.target[0], data.weight[0], pos_weight))
+
+
+def _decode(decoder: SegmentationDecoder, maps: list[torch.Tensor],
+            size: tuple[int, int]) -> torch.Tensor:
+    padded = (size[0] + -size[0] % SIZE_MULTIPLE, size[1] + -size[1] % SIZE_MULTIPLE)
+    return decoder(maps, padded)[..., : size[0], : size[1]]
+
+
+def _dihedral(x: torch.Tensor, turns: int, flip: bool) -> torch.Tensor:
+    x = torch.flip(x, dims=(-1,)) if flip else x
+    return torch.rot90(x, turns, dims=(-2, -1)) if turns else x
