@@ -1,0 +1,77 @@
+"""``resflow gallery show``: what a gallery holds, how it scored, and a mosaic of its buckets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+#: Columns of the evaluation table, in order.
+METRIC_COLUMNS = ("pixel_iou", "pixel_f1", "pixel_precision", "pixel_recall", "object_f1")
+
+gallery_app = typer.Typer(help="Inspect model galleries.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``gallery`` command group to the CLI."""
+    app.add_typer(gallery_app, name="gallery")
+
+
+@gallery_app.command("show")
+def show_command(
+    gallery: Annotated[Path | None, typer.Argument(
+        help="gallery directory (default: the bundled one)")] = None,
+    archive: Annotated[Path | None, typer.Option(
+        help="archive to draw sample chips from (default: the one it was trained on)")] = None,
+    out: Annotated[Path, typer.Option(help="mosaic PNG to write")] = Path("bucket_mosaic.png"),
+    per_bucket: Annotated[int, typer.Option(help="sample chips per bucket row")] = 8,
+) -> None:
+    """Verify GALLERY, print its manifest summary and metrics, and write a bucket mosaic."""
+    from resflow.errors import ResflowError
+    from resflow.gallery import Gallery
+    from resflow.mosaic import write_mosaic
+
+    try:
+        loaded = Gallery.load(gallery)
+        typer.echo(format_manifest(loaded.manifest, loaded.path))
+        source = archive or Path(loaded.manifest.get("data", {}).get("archive", ""))
+        if archive is None and not source.is_dir():
+            typer.echo(f"no mosaic: the training archive {source} is gone; pass --archive",
+                       err=True)
+            return
+        write_mosaic(loaded, source, out, per_bucket=per_bucket)
+    except ResflowError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"mosaic: {out}")
+
+
+def format_manifest(manifest: dict, path: Path) -> str:
+    """Human-readable summary: buckets, their models, provenance and test scores."""
+    lines = [f"gallery {path} (schema {manifest['schema_version']}, {manifest['bits']}-bit codes,"
+             f" seed {manifest.get('seed')})"]
+    criterion = manifest.get("training", {}).get("bucket_criterion", {})
+    lines.append(f"  buckets: {len(manifest['buckets'])} ({criterion.get('method', '?')})")
+    for b in manifest["buckets"]:
+        lines.append(f"    {b['id']}: code {b['code']}  model {b['model']:<9} "
+                     f"chips {b.get('chips', '?')}, labelled {b.get('labelled_chips', '?')}")
+    lines.append(f"  encoder: {manifest['encoder']['source']} "
+                 f"sha256 {manifest['encoder']['sha256'][:12]}...")
+    for scene in manifest.get("data", {}).get("scenes", []):
+        lines.append(f"  data: {scene['source']} sha256 {scene['sha256'][:12]}..."
+                     + ("  (labelled)" if scene.get("labelled") else ""))
+    for label in manifest.get("data", {}).get("labels", []):
+        lines.append(f"  labels: {label['path']} sha256 {label['sha256'][:12]}...")
+    if "test" in manifest.get("metrics", {}):
+        lines.append("  held-out test region:")
+        lines.append(format_metrics(manifest["metrics"]["test"]))
+    return "\n".join(lines)
+
+
+def format_metrics(test: dict) -> str:
+    """A fixed-width table of the test scores, one row per model set."""
+    header = f"    {'model':<10}" + "".join(f"{c:>17}" for c in METRIC_COLUMNS)
+    rows = [f"    {name:<10}" + "".join(f"{scores[c]:>17.3f}" for c in METRIC_COLUMNS)
+            for name, scores in test.items()]
+    return "\n".join([header, *rows])
