@@ -26,8 +26,12 @@ def info_command(
     except ResflowError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
-    if as_json or summary.get("kind") != "archive":
+    if as_json:
         typer.echo(json.dumps(summary, indent=2, default=str))
+    elif summary.get("kind") == "output":
+        from resflow.outputs import format_description
+
+        typer.echo(format_description(summary))
     else:
         typer.echo(format_archive(summary))
 
