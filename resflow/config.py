@@ -41,6 +41,12 @@ class DaskConfig(_Strict):
     threads_per_worker: int = Field(1, ge=1, description="embedded cluster: threads per worker")
     dashboard_address: str = Field("127.0.0.1:8787", description="bind address of the dashboard")
     gpu_per_task: float = Field(0.25, gt=0, le=1, description="GPU share a GPU task declares")
+    gpus: list[str] | None = Field(
+        None, description="GPU numbers the workers of one host share through device tickets; "
+        "None = detect on an embedded cluster")
+    ticket_dir: Path | None = Field(
+        None, description="device-ticket lock directory shared by one host's workers; "
+        "None = <tmp>/resflow-tickets")
 
 
 class SparkConfig(_Strict):

@@ -1,1 +1,81 @@
-"""Engine fixtures: one Dask cluster and one Spark session shared by the whole test session."""
+"""Engine fixtures: one Dask cluster and one Spark session shared by the whole test session.
+
+The Spark session runs on ``local-cluster[2,2,1024]``: two standalone workers (separate JVMs,
+so stage-level resource profiles are honoured as on a real cluster) of two cores each, each
+worker claiming one of two declared GPUs through a discovery script. Two cores per executor
+and ``spark.task.resource.gpu.amount=0.5`` let two tasks share one device, so a test can see
+a profile asking a whole GPU serialise them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Each worker runs the script once at start; the first to create the claim directory takes
+# device 0, the other device 1, as two workers on a two-GPU host would be configured.
+DISCOVERY_SCRIPT = """#!/bin/sh
+if mkdir "{claims}/gpu0" 2>/dev/null; then
+  echo '{{"name": "gpu", "addresses": ["0"]}}'
+else
+  echo '{{"name": "gpu", "addresses": ["1"]}}'
+fi
+"""
+
+
+@pytest.fixture(scope="session")
+def dask_client() -> Iterator[object]:
+    """A Client on a LocalCluster of 2 worker processes x 1 thread, dashboard on a free port."""
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                           dashboard_address="127.0.0.1:0")
+    client = Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+def gpu_discovery_script(directory: Path) -> Path:
+    """Write the two-GPU discovery script (and its claim directory) under ``directory``."""
+    claims = directory / "claims"
+    claims.mkdir(parents=True, exist_ok=True)
+    script = directory / "discover_gpus.sh"
+    script.write_text(DISCOVERY_SCRIPT.format(claims=claims))
+    script.chmod(0o755)
+    return script
+
+
+@pytest.fixture(scope="session")
+def spark_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A SparkSession on ``local-cluster[2,2,1024]`` whose two executors have one GPU each."""
+    from resflow_spark import SparkExecutor
+
+    from resflow.config import SparkConfig
+
+    script = gpu_discovery_script(tmp_path_factory.mktemp("spark-gpus"))
+    pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    config = SparkConfig(
+        master="local-cluster[2,2,1024]",
+        conf={
+            "spark.worker.resource.gpu.amount": "1",
+            "spark.worker.resource.gpu.discoveryScript": str(script),
+            "spark.executor.resource.gpu.amount": "1",
+            "spark.task.resource.gpu.amount": "0.5",
+            # task functions defined in test modules are imported by reference
+            "spark.executorEnv.PYTHONPATH": pythonpath,
+        },
+    )
+    executor = SparkExecutor(config, progress=False)
+    executor.spark.sparkContext.setLogLevel("ERROR")
+    try:
+        yield executor.spark
+    finally:
+        executor.close()

@@ -1,0 +1,207 @@
+"""resflow on dask.distributed: an embedded LocalCluster, a LocalCUDACluster, or a joined one.
+
+Each stage is a set of futures whose keys start with ``resflow_<stage>``, so the dashboard's
+task stream and progress panels show the stages by name. GPU stages carry a ``GPU`` resource
+restriction (only when the workers declare a ``GPU`` resource, otherwise nothing would ever
+run), models are loaded once per worker by a ``WorkerPlugin``, and when several workers of a
+host share GPUs each GPU task checks out a device ticket (:mod:`resflow.tickets`).
+
+dask-cuda is imported only when this host has GPUs and dask-cuda is installed.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from distributed import Client, Future, LocalCluster, as_completed
+from tqdm.auto import tqdm
+
+from resflow.config import DaskConfig
+from resflow.errors import BackendError
+from resflow.executor import CPU, Executor, StageResources, split_by_key, stage_key, visible_gpus
+from resflow_dask.tasks import GpuPlan, PreloadPlugin, concat_pieces, run_partition
+
+if TYPE_CHECKING:
+    from resflow.config import RunConfig
+
+__all__ = ["DaskExecutor"]
+
+
+def _embedded_cluster(config: DaskConfig, gpus: list[str]) -> tuple[Any, bool]:
+    """Start a cluster on this host; returns it and whether each worker is pinned to one GPU."""
+    common: dict[str, Any] = {
+        "threads_per_worker": config.threads_per_worker,
+        "dashboard_address": config.dashboard_address,
+        "host": "127.0.0.1",
+    }
+    if gpus:
+        common["resources"] = {"GPU": 1}
+        try:
+            from dask_cuda import LocalCUDACluster
+        except ImportError:
+            pass
+        else:
+            # one worker per GPU, each seeing only its own device as cuda:0
+            return LocalCUDACluster(CUDA_VISIBLE_DEVICES=",".join(gpus), **common), True
+    return LocalCluster(n_workers=config.workers, processes=True, **common), False
+
+
+class DaskExecutor(Executor):
+    """Run the graph on a dask.distributed cluster.
+
+    Parameters
+    ----------
+    config
+        Cluster settings; ``scheduler_address`` joins a running cluster, otherwise an
+        embedded one is started (and closed again by :meth:`close`).
+    client
+        An existing ``Client`` to use as is (it is never closed here); overrides ``config``'s
+        cluster settings.
+    gpus
+        GPU numbers the workers of one host share through device tickets. ``None`` = the
+        configured ones, else on an embedded cluster without dask-cuda the GPUs torch sees.
+    progress
+        Show a progress bar per stage while collecting.
+
+    Examples
+    --------
+    >>> with DaskExecutor(DaskConfig(workers=1, dashboard_address=":0")) as ex:  # doctest: +SKIP
+    ...     ex.collect(ex.from_partitions([[1], [2]]))
+    [1, 2]
+    """
+
+    name = "dask"
+
+    def __init__(
+        self,
+        config: DaskConfig | None = None,
+        *,
+        client: Client | None = None,
+        gpus: Sequence[str] | None = None,
+        progress: bool = True,
+    ) -> None:
+        config = config or DaskConfig()
+        self.progress = progress
+        self._cluster: Any = None
+        self._owns_client = client is None
+        pinned = False
+        declared = list(gpus) if gpus is not None else config.gpus
+        if client is not None:
+            self.client = client
+        elif config.scheduler_address:
+            try:
+                self.client = Client(config.scheduler_address, timeout="20s")
+            except OSError as exc:
+                raise BackendError(
+                    config.scheduler_address, f"no Dask scheduler answered ({exc})",
+                    "start one with `dask scheduler` or check the address and port",
+                ) from exc
+        else:
+            detected = visible_gpus() if declared is None else declared
+            self._cluster, pinned = _embedded_cluster(config, detected)
+            self.client = Client(self._cluster)
+            if declared is None and not pinned:
+                declared = detected
+        self.gpu_share = config.gpu_per_task
+        ticket_dir = config.ticket_dir or Path(tempfile.gettempdir()) / "resflow-tickets"
+        self._gpu_plan = GpuPlan(devices=tuple(declared or ()), ticket_dir=str(ticket_dir),
+                                 pinned=pinned)
+        self._stages: list[tuple[str, list[Future]]] = []
+
+    @classmethod
+    def from_config(cls, config: RunConfig) -> DaskExecutor:
+        return cls(config.dask, gpus=[] if config.device == "cpu" else None)
+
+    # -- cluster facts -------------------------------------------------------------------
+
+    def _workers(self) -> dict[str, Any]:
+        return self.client.scheduler_info(n_workers=-1)["workers"]
+
+    def _workers_declare_gpu(self) -> bool:
+        return any(w.get("resources", {}).get("GPU") for w in self._workers().values())
+
+    @property
+    def dashboard_link(self) -> str | None:
+        return self.client.dashboard_link
+
+    def describe(self) -> dict[str, Any]:
+        workers = self._workers()
+        return {
+            "backend": self.name,
+            "scheduler": self.client.scheduler.address,
+            "workers": len(workers),
+            "threads_per_worker": sorted({w["nthreads"] for w in workers.values()}),
+            "worker_resources": sorted({str(w.get("resources", {})) for w in workers.values()}),
+            "gpus": list(self._gpu_plan.devices) or ("pinned" if self._gpu_plan.pinned else []),
+            "gpu_per_task": self.gpu_share,
+            "dashboard": self.dashboard_link,
+        }
+
+    # -- the contract --------------------------------------------------------------------
+
+    def _submit_stage(
+        self, label: str, calls: list[tuple[Callable, tuple]], **kw: Any
+    ) -> list[Future]:
+        """Submit one future per call under keys ``(resflow_<label>-<token>, i)``."""
+        prefix = f"{stage_key(label)}-{uuid.uuid4().hex}"
+        futures = [
+            self.client.submit(fn, *args, key=(prefix, i), pure=False, **kw)
+            for i, (fn, args) in enumerate(calls)
+        ]
+        self._stages.append((label, futures))
+        return futures
+
+    def from_partitions(self, partitions: Sequence[Sequence[Any]]) -> list[Future]:
+        return self.client.scatter([list(p) for p in partitions])
+
+    def map_partitions(
+        self,
+        coll: list[Future],
+        fn: Callable[[list[Any], Any], list[Any]],
+        *,
+        name: str,
+        resources: StageResources = CPU,
+    ) -> list[Future]:
+        kw: dict[str, Any] = {}
+        gpu_plan = None
+        if resources.uses_gpu:
+            gpu_plan = replace(self._gpu_plan, per_device=max(1, round(1 / resources.gpu)))
+            if self._workers_declare_gpu():
+                kw["resources"] = {"GPU": resources.gpu}
+        calls = [(run_partition, (fn, part, name, i, gpu_plan)) for i, part in enumerate(coll)]
+        return self._submit_stage(name, calls, **kw)
+
+    def group_by_key(
+        self, coll: list[Future], key: Callable[[Any], Hashable], npartitions: int
+    ) -> list[Future]:
+        splits = [(split_by_key, (part, key, npartitions)) for part in coll]
+        pieces = self._submit_stage("regroup-split", splits)
+        gathers = [(concat_pieces, (j, *pieces)) for j in range(npartitions)]
+        return self._submit_stage("regroup", gathers)
+
+    def collect(self, coll: list[Future]) -> list[Any]:
+        try:
+            for label, futures in self._stages:
+                with tqdm(total=len(futures), desc=stage_key(label), unit="part",
+                          disable=not self.progress, leave=False) as bar:
+                    for _ in as_completed(futures):
+                        bar.update()
+            parts = self.client.gather(coll)
+        finally:
+            self._stages.clear()  # drop the intermediate results held on the workers
+        return [record for part in parts for record in part]
+
+    def preload(self, setup: Callable[[], None], *, name: str) -> None:
+        self.client.register_plugin(PreloadPlugin(setup), name=stage_key(f"preload-{name}"))
+
+    def close(self) -> None:
+        self._stages.clear()
+        if self._owns_client:
+            self.client.close()
+        if self._cluster is not None:
+            self._cluster.close()

@@ -1,0 +1,62 @@
+"""What runs on the Dask workers: the task wrapper, the regroup's reduce side, the preload plugin.
+
+Kept apart from the executor so a task pickles only these small functions, never the client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from resflow.executor import TaskEnv
+from resflow.tickets import checkout
+
+
+@dataclass(frozen=True)
+class GpuPlan:
+    """How a GPU task on this cluster finds its device.
+
+    ``devices`` non-empty: the workers of a host share these GPUs through device tickets,
+    at most ``per_device`` tasks per device. ``pinned``: each worker sees only its own GPU
+    (dask-cuda), which is ``"0"`` inside the worker. Neither: the task runs without a GPU.
+    """
+
+    devices: tuple[str, ...]
+    ticket_dir: str
+    pinned: bool = False
+    per_device: int = 1
+
+
+def run_partition(
+    fn: Callable[[list[Any], TaskEnv], list[Any]],
+    records: list[Any],
+    stage: str,
+    partition: int,
+    gpu: GpuPlan | None,
+) -> list[Any]:
+    """Run one stage function on one partition, holding a device ticket if it needs one."""
+    if gpu is not None and gpu.devices:
+        with checkout(gpu.devices, gpu.per_device, gpu.ticket_dir) as device:
+            return list(fn(records, TaskEnv("dask", stage, partition, device)))
+    address = "0" if gpu is not None and gpu.pinned else None
+    return list(fn(records, TaskEnv("dask", stage, partition, address)))
+
+
+def concat_pieces(index: int, *pieces: list[list[Any]]) -> list[Any]:
+    """The reduce side of the regroup: output partition ``index`` from every input's split."""
+    return [record for split in pieces for record in split[index]]
+
+
+class PreloadPlugin(WorkerPlugin):
+    """Runs a setup function (load the models) once on every worker, late joiners included."""
+
+    idempotent = True
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self.fn = fn
+
+    def setup(self, worker: Any) -> None:
+        self.fn()

@@ -1,0 +1,181 @@
+"""resflow on PySpark: ``local[N]`` by default, or any master URL (local-cluster, spark://, ...).
+
+Stages are ``mapPartitionsWithIndex`` over an RDD of chip references; the regroup is a
+``partitionBy`` with resflow's stable key partitioner. When the executors have GPUs, GPU stages
+carry a stage-level ``ResourceProfile`` asking a fractional ``gpu`` per task, and each task
+reads its device from ``TaskContext.get().resources()["gpu"].addresses``. Python workers are
+reused (``spark.python.worker.reuse``) so the per-process model cache lives across tasks.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from pyspark import RDD
+from pyspark.resource import ResourceProfileBuilder, TaskResourceRequests
+from pyspark.sql import SparkSession
+
+from resflow.config import SparkConfig
+from resflow.executor import CPU, Executor, StageResources, stage_key
+from resflow_spark.progress import StageProgress
+from resflow_spark.tasks import key_partition, keyed, run_partition, unpack
+
+if TYPE_CHECKING:
+    from resflow.config import RunConfig
+
+__all__ = ["SparkExecutor"]
+
+
+@dataclass(frozen=True)
+class SparkCollection:
+    """An RDD plus the resflow stage names of each Spark stage it will run as.
+
+    Spark fuses narrow stages; ``segments`` holds the resflow stages between shuffles, so the
+    progress bars of a job's Spark stages can be labelled with what they compute.
+    """
+
+    rdd: RDD
+    segments: tuple[tuple[str, ...], ...]
+
+
+def _is_local_master(master: str) -> bool:
+    return master.startswith(("local", "spark://127.0.0.1", "spark://localhost"))
+
+
+def _build_session(config: SparkConfig) -> SparkSession:
+    """A session configured for resflow: reused Python workers, this interpreter, quiet console."""
+    if _is_local_master(config.master):
+        # the driver's RPC and UI bind here; remote executors could not reach 127.0.0.1
+        os.environ.setdefault("SPARK_LOCAL_IP", config.ui_host)
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    builder = (
+        SparkSession.builder.master(config.master)
+        .appName("resflow")
+        .config("spark.python.worker.reuse", "true")
+        .config("spark.pyspark.python", sys.executable)
+        .config("spark.ui.showConsoleProgress", "false")
+    )
+    if not config.master.startswith("local"):
+        # local[N] and local-cluster[workers,cores,memory] carry their own executor shape
+        builder = builder.config("spark.executor.cores", str(config.executor_cores)).config(
+            "spark.executor.memory", config.executor_memory
+        )
+    for key, value in config.conf.items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
+
+
+class SparkExecutor(Executor):
+    """Run the graph on Spark.
+
+    Parameters
+    ----------
+    config
+        Session settings (master URL, executor size, GPU share per task, extra ``spark.*``).
+    spark
+        An existing ``SparkSession`` to use as is (never stopped here); overrides ``config``'s
+        master and session settings.
+    progress
+        Show a progress bar per Spark stage while collecting.
+    """
+
+    name = "spark"
+
+    def __init__(
+        self,
+        config: SparkConfig | None = None,
+        *,
+        spark: SparkSession | None = None,
+        progress: bool = True,
+    ) -> None:
+        config = config or SparkConfig()
+        self._owns_session = spark is None
+        self.spark = spark if spark is not None else _build_session(config)
+        self.sc = self.spark.sparkContext
+        self.gpu_share = config.gpu_per_task
+        self.progress = progress
+
+    @classmethod
+    def from_config(cls, config: RunConfig) -> SparkExecutor:
+        return cls(config.spark)
+
+    # -- cluster facts -------------------------------------------------------------------
+
+    def executor_gpus(self) -> float:
+        """GPUs per executor the cluster declares (``spark.executor.resource.gpu.amount``)."""
+        return float(self.sc.getConf().get("spark.executor.resource.gpu.amount", "0"))
+
+    def _stage_profiles_supported(self) -> bool:
+        # stage-level task profiles need a cluster manager; plain local[N] refuses them
+        return not self.sc.master.startswith("local[") and self.sc.master != "local"
+
+    @property
+    def dashboard_link(self) -> str | None:
+        return self.sc.uiWebUrl
+
+    def describe(self) -> dict[str, Any]:
+        conf = self.sc.getConf()
+        executors = self.sc._jsc.sc().getExecutorMemoryStatus().size()  # driver included
+        return {
+            "backend": self.name,
+            "master": self.sc.master,
+            "spark_version": self.sc.version,
+            "executors": max(1, executors - 1) if not self.sc.master.startswith("local[") else 1,
+            "default_parallelism": self.sc.defaultParallelism,
+            "executor_cores": conf.get("spark.executor.cores", None),
+            "gpus_per_executor": self.executor_gpus(),
+            "gpu_per_task": self.gpu_share,
+            "ui": self.dashboard_link,
+        }
+
+    # -- the contract --------------------------------------------------------------------
+
+    def from_partitions(self, partitions: Sequence[Sequence[Any]]) -> SparkCollection:
+        parts = [list(p) for p in partitions]
+        rdd = self.sc.parallelize(parts, max(1, len(parts))).flatMap(unpack)
+        return SparkCollection(rdd.setName(stage_key("partitions")), ((),))
+
+    def map_partitions(
+        self,
+        coll: SparkCollection,
+        fn: Callable[[list[Any], Any], list[Any]],
+        *,
+        name: str,
+        resources: StageResources = CPU,
+    ) -> SparkCollection:
+        task = partial(run_partition, fn, name)
+        rdd = coll.rdd.mapPartitionsWithIndex(task, preservesPartitioning=True)
+        rdd.setName(stage_key(name))
+        if resources.uses_gpu and self.executor_gpus() > 0 and self._stage_profiles_supported():
+            requests = TaskResourceRequests().cpus(resources.cpus).resource("gpu", resources.gpu)
+            rdd = rdd.withResources(ResourceProfileBuilder().require(requests).build)
+        *done, current = coll.segments
+        return SparkCollection(rdd, (*done, (*current, name)))
+
+    def group_by_key(
+        self, coll: SparkCollection, key: Callable[[Any], Hashable], npartitions: int
+    ) -> SparkCollection:
+        rdd = (
+            coll.rdd.map(partial(keyed, key))
+            .partitionBy(npartitions, partial(key_partition, npartitions=npartitions))
+            .values()
+        )
+        *done, current = coll.segments
+        segments = (*done, (*current, "regroup"), ("regroup",))
+        return SparkCollection(rdd.setName(stage_key("regroup")), segments)
+
+    def collect(self, coll: SparkCollection) -> list[Any]:
+        labels = [stage_key("+".join(seg) or "partitions") for seg in coll.segments]
+        self.sc.setJobDescription(" -> ".join(labels))
+        with StageProgress(self.sc, labels, enabled=self.progress):
+            return coll.rdd.collect()
+
+    def close(self) -> None:
+        if self._owns_session:
+            self.spark.stop()

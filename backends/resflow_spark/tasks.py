@@ -1,0 +1,42 @@
+"""What runs in Spark's Python workers: the task wrapper and the regroup's key functions.
+
+Kept apart from the executor so a task pickles only these small functions, never the session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from typing import Any
+
+from pyspark import TaskContext
+
+from resflow.executor import TaskEnv, stable_partition
+
+
+def task_gpu() -> str | None:
+    """The GPU address Spark assigned to the running task, or ``None`` if it has none."""
+    context = TaskContext.get()
+    info = context.resources().get("gpu") if context is not None else None
+    return info.addresses[0] if info is not None and info.addresses else None
+
+
+def run_partition(
+    fn: Callable[[list[Any], TaskEnv], list[Any]], stage: str, index: int, records: Iterable[Any]
+) -> Iterator[Any]:
+    """Run one stage function on one partition with the device Spark gave the task."""
+    yield from fn(list(records), TaskEnv("spark", stage, index, task_gpu()))
+
+
+def unpack(partition: list[Any]) -> list[Any]:
+    """The records of one partition parallelized as a single element."""
+    return partition
+
+
+def keyed(key: Callable[[Any], Hashable], record: Any) -> tuple[Hashable, Any]:
+    """``(key(record), record)``: the pair ``partitionBy`` routes by its first element."""
+    return key(record), record
+
+
+def key_partition(key: Hashable, npartitions: int) -> int:
+    """Spark's ``partitionFunc``: resflow's stable partition, identical on every engine."""
+    return stable_partition(key, npartitions)

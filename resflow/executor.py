@@ -1,0 +1,234 @@
+"""The small interface every resflow engine implements, so the graph is written once.
+
+The graph in :mod:`resflow.graph` needs five operations on partitioned collections, and
+nothing else:
+
+``from_partitions(parts)``
+    A collection whose partitions are the given lists of records (chip references).
+``map_partitions(coll, fn, *, name, resources)``
+    Run ``fn(records, env)`` once per partition; ``fn`` returns the records of the output
+    partition. ``name`` is the stage's name in dashboards, UIs and progress bars (each
+    backend shows it as :func:`stage_key`); ``resources`` is a :class:`StageResources`
+    stating what one task of the stage needs; ``env`` is the :class:`TaskEnv` the task runs
+    in, which names the GPU the task was given, if any.
+``group_by_key(coll, key, npartitions)``
+    Regroup records so that all records with the same ``key(record)`` share one output
+    partition (the shuffle between stage 2 and stage 3). Which partition a key lands in is a
+    stable function of the key, not of Python's per-process ``hash``.
+``collect(coll)``
+    Compute and return all records, output partitions in order.
+``preload(setup, *, name)``
+    Run ``setup()`` once in every worker process before its tasks (Dask: a ``WorkerPlugin``),
+    so per-process state such as loaded models is ready and never shipped with a task.
+
+Plus ``from_config(run_config)`` (how ``resflow run`` builds an engine), ``gpu_share`` (the
+GPU share a GPU task claims on this engine, from its config), ``close()`` (also via
+``with``), ``describe()`` (the cluster shape for run reports) and ``dashboard_link`` (where to
+watch the run, or ``None``).
+
+Records and functions must be picklable: the local engine runs them in-process, the Dask and
+Spark engines ship them to worker processes. Collections are opaque: only the executor that
+made one may use it. Within a partition, record order is not part of the contract; callers
+that need an order sort what ``collect`` returns.
+
+Resource translation, one type for all engines: ``StageResources(gpu=0.25)`` becomes
+``resources={"GPU": 0.25}`` on a Dask task (when the workers declare a ``GPU`` resource) and a
+stage-level Spark ``ResourceProfile`` asking 0.25 of a ``gpu`` per task (when the executors
+have GPUs), so four tasks share one device.
+"""
+
+from __future__ import annotations
+
+import zlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from resflow.config import RunConfig
+
+T = TypeVar("T")
+
+STAGE_PREFIX = "resflow_"
+
+
+@dataclass(frozen=True)
+class StageResources:
+    """What one task of a stage needs; each backend translates it to its own terms.
+
+    Parameters
+    ----------
+    cpus
+        Cores one task uses (torch intra-op threads).
+    gpu
+        Share of one GPU a task uses, in ``[0, 1]``: 0 for CPU stages, 0.25 lets four tasks
+        share a device. Honoured only where the cluster declares GPUs.
+    memory_mb
+        Memory one task needs, in MiB, where the engine can reserve it; ``None`` = no claim.
+
+    Examples
+    --------
+    >>> StageResources(gpu=0.25).uses_gpu
+    True
+    """
+
+    cpus: int = 1
+    gpu: float = 0.0
+    memory_mb: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.cpus < 1:
+            raise ValueError(f"cpus must be at least 1, got {self.cpus}")
+        if not 0.0 <= self.gpu <= 1.0:
+            raise ValueError(f"gpu is a share of one device in [0, 1], got {self.gpu}")
+
+    @property
+    def uses_gpu(self) -> bool:
+        """Whether a task of this stage asks for a GPU at all."""
+        return self.gpu > 0
+
+
+CPU = StageResources()
+
+
+@dataclass(frozen=True)
+class TaskEnv:
+    """Where one task runs: handed to every stage function by the executor.
+
+    Parameters
+    ----------
+    backend
+        The engine name (``"local"``, ``"dask"``, ``"spark"``).
+    stage
+        The stage name given to ``map_partitions``.
+    partition
+        Index of the input partition this task processes.
+    gpu
+        Address of the GPU assigned to the task (``"0"``, ``"1"``, ... as CUDA numbers it in
+        this process), or ``None`` when the task was given no GPU.
+    """
+
+    backend: str
+    stage: str
+    partition: int
+    gpu: str | None = None
+
+    def torch_device(self, cuda_available: bool) -> str:
+        """The torch device string for this task: its GPU if it has one and CUDA works."""
+        return f"cuda:{self.gpu}" if self.gpu is not None and cuda_available else "cpu"
+
+
+def stable_partition(key: Hashable, npartitions: int) -> int:
+    """The output partition of ``key``: the same in every process, unlike ``hash(str)``.
+
+    Integers (bucket numbers) go to ``key % npartitions`` so buckets spread evenly; other
+    keys go by the CRC-32 of their ``repr``.
+
+    Examples
+    --------
+    >>> stable_partition(7, 4)
+    3
+    """
+    if isinstance(key, int):
+        return key % npartitions
+    return zlib.crc32(repr(key).encode()) % npartitions
+
+
+def split_by_key(
+    records: Sequence[T], key: Callable[[T], Hashable], npartitions: int
+) -> list[list[T]]:
+    """Split one partition's records into ``npartitions`` lists by :func:`stable_partition`.
+
+    The map side of every backend's ``group_by_key``, so all engines regroup identically.
+    """
+    out: list[list[T]] = [[] for _ in range(npartitions)]
+    for record in records:
+        out[stable_partition(key(record), npartitions)].append(record)
+    return out
+
+
+class Executor(ABC):
+    """A partitioned-collection engine; see the module docstring for the contract."""
+
+    #: engine name, as registered in the ``resflow.backends`` entry-point group
+    name: str = "abstract"
+    #: share of one GPU a GPU task claims here (``StageResources.gpu`` of GPU stages)
+    gpu_share: float = 1.0
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, config: RunConfig) -> Executor:
+        """The executor a run asks for: what ``resflow run --backend <name>`` constructs."""
+
+    @abstractmethod
+    def from_partitions(self, partitions: Sequence[Sequence[T]]) -> Any:
+        """A collection whose partitions are ``partitions`` (lists of picklable records)."""
+
+    @abstractmethod
+    def map_partitions(
+        self,
+        coll: Any,
+        fn: Callable[[list[Any], TaskEnv], list[Any]],
+        *,
+        name: str,
+        resources: StageResources = CPU,
+    ) -> Any:
+        """Apply ``fn(records, env)`` to each partition as one task of stage ``name``."""
+
+    @abstractmethod
+    def group_by_key(self, coll: Any, key: Callable[[Any], Hashable], npartitions: int) -> Any:
+        """Regroup records so equal keys share a partition (see :func:`stable_partition`)."""
+
+    @abstractmethod
+    def collect(self, coll: Any) -> list[Any]:
+        """Compute ``coll`` and return its records, partitions in order."""
+
+    def preload(self, setup: Callable[[], None], *, name: str) -> None:  # noqa: B027
+        """Run ``setup()`` once per worker process before its tasks; a no-op by default.
+
+        Engines whose worker processes live across tasks override it (Dask registers a
+        ``WorkerPlugin``); elsewhere the first task fills the per-process cache itself.
+        """
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """The cluster shape for run reports: backend, workers, threads, GPUs, addresses."""
+
+    @property
+    def dashboard_link(self) -> str | None:
+        """Where a person can watch the run (Dask dashboard, Spark UI), if anywhere."""
+        return None
+
+    def close(self) -> None:  # noqa: B027
+        """Release what this executor started (clusters, sessions); never what it joined."""
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def stage_key(name: str) -> str:
+    """The name a stage shows under in dashboards, UIs and bars: ``resflow_<name>``.
+
+    Underscores, not hyphens: the Dask dashboard groups tasks by the key's words up to the
+    first one that is not purely alphabetic or looks like hex (``stage1``, ``features``), so
+    ``resflow-stage1-features`` would show as just ``resflow``.
+
+    Examples
+    --------
+    >>> stage_key("stage1-features")
+    'resflow_stage1_features'
+    """
+    return f"{STAGE_PREFIX}{name}".replace("-", "_")
+
+
+def visible_gpus() -> list[str]:
+    """CUDA device numbers this process can use (``[]`` without CUDA or without torch)."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a core dependency
+        return []
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []

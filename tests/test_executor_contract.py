@@ -1,0 +1,117 @@
+"""The executor contract: one small graph of real functions, the same answer on every engine."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from resflow.executor import Executor, StageResources, TaskEnv, stable_partition
+from resflow.local import LocalExecutor
+
+PARTITIONS = [[3, 1, 4, 1], [5, 9, 2], [6, 5, 3, 5], [8]]
+
+PRELOADED: dict[str, int] = {}
+
+
+def square(records: list[int], env: TaskEnv) -> list[tuple[int, int, int]]:
+    """Stage 1: (key, value, input partition) so the test can see where records went."""
+    return [(r % 3, r * r, env.partition) for r in records]
+
+
+def tag_with_group(records: list[tuple[int, int, int]], env: TaskEnv) -> list[tuple[int, int, int]]:
+    """Stage 3: replace the input partition by the output partition after the regroup."""
+    return [(k, v, env.partition) for k, v, _ in records]
+
+
+def by_key(record: tuple[int, int, int]) -> int:
+    return record[0]
+
+
+def report_env(records: list[int], env: TaskEnv) -> list[tuple[str, str, int, str | None, int]]:
+    return [(env.backend, env.stage, env.partition, env.gpu, PRELOADED.get("models", 0))]
+
+
+def load_models() -> None:
+    PRELOADED["models"] = PRELOADED.get("models", 0) + 1
+
+
+def run_small_graph(executor: Executor) -> list[tuple[int, int, int]]:
+    parts = executor.from_partitions(PARTITIONS)
+    features = executor.map_partitions(parts, square, name="features")
+    regrouped = executor.group_by_key(features, by_key, 2)
+    return executor.collect(executor.map_partitions(regrouped, tag_with_group, name="segment"))
+
+
+@pytest.fixture(params=["local", "dask", "spark"])
+def executor(request: pytest.FixtureRequest) -> Iterator[Executor]:
+    if request.param == "local":
+        ex: Executor = LocalExecutor(gpus=[], progress=False)
+    elif request.param == "dask":
+        from resflow_dask import DaskExecutor
+
+        ex = DaskExecutor(client=request.getfixturevalue("dask_client"), gpus=[], progress=False)
+    else:
+        from resflow_spark import SparkExecutor
+
+        ex = SparkExecutor(spark=request.getfixturevalue("spark_session"), progress=False)
+    with ex:
+        yield ex
+
+
+def test_same_records_on_every_engine(executor: Executor) -> None:
+    expected = run_small_graph(LocalExecutor(gpus=[], progress=False))
+    assert sorted(run_small_graph(executor)) == sorted(expected)
+    assert len(expected) == sum(map(len, PARTITIONS))
+
+
+def test_regroup_puts_each_key_in_its_stable_partition(executor: Executor) -> None:
+    for key, _, partition in run_small_graph(executor):
+        assert partition == stable_partition(key, 2)
+
+
+def test_task_env_names_stage_and_partition(executor: Executor) -> None:
+    got = executor.collect(executor.map_partitions(executor.from_partitions(PARTITIONS), report_env,
+                                                   name="envcheck"))
+    assert sorted(p for _, _, p, _, _ in got) == list(range(len(PARTITIONS)))
+    assert {(b, s) for b, s, _, _, _ in got} == {(executor.name, "envcheck")}
+
+
+def test_closing_a_shared_engine_keeps_it_running(executor: Executor) -> None:
+    executor.close()  # the fixture's client and session belong to the test session
+    expected = run_small_graph(LocalExecutor(gpus=[], progress=False))
+    assert sorted(run_small_graph(executor)) == sorted(expected)
+
+
+def test_dask_stages_show_under_their_names_and_preload_runs_on_every_worker(dask_client) -> None:
+    from resflow_dask import DaskExecutor
+
+    ex = DaskExecutor(client=dask_client, gpus=[], progress=False)
+    ex.preload(load_models, name="contract")
+    got = ex.collect(ex.map_partitions(ex.from_partitions(PARTITIONS), report_env, name="envcheck"))
+    assert {models for *_, models in got} == {1}  # loaded once per worker, before the tasks
+    prefixes = dask_client.run_on_scheduler(lambda dask_scheduler: [*dask_scheduler.task_prefixes])
+    assert "resflow_envcheck" in prefixes
+    assert ex.dashboard_link is not None and ex.dashboard_link.startswith("http://127.0.0.1:")
+
+
+def test_dask_gpu_tasks_get_devices_through_tickets(dask_client, tmp_path: Path) -> None:
+    from resflow_dask import DaskExecutor
+
+    from resflow.config import DaskConfig
+
+    ex = DaskExecutor(DaskConfig(ticket_dir=tmp_path), client=dask_client,
+                      gpus=["0", "1"], progress=False)
+    parts = ex.from_partitions(PARTITIONS)
+    half = StageResources(gpu=0.5)
+    gpu = ex.collect(ex.map_partitions(parts, report_env, name="gpucheck", resources=half))
+    cpu = ex.collect(ex.map_partitions(parts, report_env, name="cpucheck"))
+    assert {d for _, _, _, d, _ in gpu} <= {"0", "1"}
+    assert {d for _, _, _, d, _ in cpu} == {None}
+    assert sorted(os.listdir(tmp_path))  # the lock files live in the configured directory
+
+
+def test_local_executor_describes_itself() -> None:
+    assert LocalExecutor(gpus=["0"], progress=False).describe()["gpus"] == ["0"]

@@ -1,0 +1,88 @@
+"""Device tickets across real processes: no device over-subscribed, none leaked by a kill -9."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from resflow.tickets import TicketTimeout, checkout, ticket_path
+
+DEVICES = ["0", "1"]
+PER_DEVICE = 2
+
+
+def hold_ticket(ticket_dir: str, log_dir: str, task: int) -> None:
+    """Check out a device, record entering and leaving it, hold it briefly."""
+    with checkout(DEVICES, PER_DEVICE, ticket_dir, timeout=60) as device:
+        log = Path(log_dir) / f"task{task}.log"
+        log.write_text(f"{device} {time.monotonic()} ")
+        time.sleep(0.15)
+        with log.open("a") as f:
+            f.write(f"{time.monotonic()}\n")
+
+
+def hold_forever(ticket_dir: str, ready: str) -> None:
+    with checkout(["0"], 1, ticket_dir, timeout=5):
+        Path(ready).touch()
+        time.sleep(600)
+
+
+def max_concurrency(intervals: list[tuple[float, float]]) -> int:
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    level = peak = 0
+    for _, step in events:
+        level += step
+        peak = max(peak, level)
+    return peak
+
+
+def test_no_device_oversubscribed_and_every_task_gets_one(tmp_path: Path) -> None:
+    tickets, logs = tmp_path / "tickets", tmp_path / "logs"
+    logs.mkdir()
+    ctx = mp.get_context("spawn")
+    # 6 worker processes sharing 2 devices x 2 slots, 18 tasks
+    with ctx.Pool(6) as pool:
+        pool.starmap(hold_ticket, [(str(tickets), str(logs), i) for i in range(18)])
+    records = [log.read_text().split() for log in sorted(logs.iterdir())]
+    assert len(records) == 18
+    assert {device for device, _, _ in records} == set(DEVICES)
+    for device in DEVICES:
+        held = [(float(a), float(b)) for d, a, b in records if d == device]
+        assert max_concurrency(held) <= PER_DEVICE
+    assert max_concurrency([(float(a), float(b)) for _, a, b in records]) > PER_DEVICE
+
+
+def test_killed_holder_ticket_is_reclaimed(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    holder = mp.get_context("spawn").Process(target=hold_forever, args=(str(tmp_path), str(ready)))
+    holder.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert time.monotonic() < deadline, "the holder never got its ticket"
+            time.sleep(0.05)
+        with pytest.raises(TicketTimeout, match="no GPU ticket came free"), checkout(
+            ["0"], 1, tmp_path, timeout=0.3
+        ):
+            pass
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.join(10)
+        with checkout(["0"], 1, tmp_path, timeout=5) as device:
+            assert device == "0"
+    finally:
+        if holder.is_alive():
+            holder.kill()
+    assert ticket_path(tmp_path, "0", 0).exists()
+
+
+def test_devices_fill_evenly_before_sharing(tmp_path: Path) -> None:
+    with (
+        checkout(DEVICES, PER_DEVICE, tmp_path) as first,
+        checkout(DEVICES, PER_DEVICE, tmp_path) as second,
+    ):
+        assert {first, second} == set(DEVICES)
