@@ -121,15 +121,18 @@ class SparkExecutor(Executor):
 
     def describe(self) -> dict[str, Any]:
         conf = self.sc.getConf()
-        executors = self.sc._jsc.sc().getExecutorMemoryStatus().size()  # driver included
+        local = self.sc.master.startswith("local[") or self.sc.master == "local"
+        # the JVM's executor list includes the driver, which runs no tasks unless local[N]
+        executors = 1 if local else max(1, self.sc._jsc.sc().getExecutorMemoryStatus().size() - 1)
+        cores = conf.get("spark.executor.cores", None)
+        threads = int(cores) if cores else max(1, self.sc.defaultParallelism // executors)
         return {
             "backend": self.name,
             "master": self.sc.master,
             "spark_version": self.sc.version,
-            "executors": max(1, executors - 1) if not self.sc.master.startswith("local[") else 1,
-            "default_parallelism": self.sc.defaultParallelism,
-            "executor_cores": conf.get("spark.executor.cores", None),
-            "gpus_per_executor": self.executor_gpus(),
+            "workers": executors,
+            "threads_per_worker": threads,
+            "gpus": int(self.executor_gpus() * executors),
             "gpu_per_task": self.gpu_share,
             "ui": self.dashboard_link,
         }

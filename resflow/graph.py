@@ -1,0 +1,479 @@
+"""The inference graph, defined once for every engine.
+
+::
+
+    partitions of ChipRefs
+      -> stage 1  read chips, Lite0 features                    (GPU stage)
+      -> stage 2  hash codes, nearest bucket                    -> (chip ref, bucket) records
+      -> regroup by bucket                                      (references move, not pixels)
+      -> stage 3  re-read chips with a halo, segment with that bucket's model, trim the halo,
+                  quantise to uint8, write through the output store   (GPU stage)
+      -> per-chip results
+
+Stage 3 is overlap-tile inference, dask's ``map_overlap`` in three steps: *add a halo*
+(``Archive.read_chip(ref, halo)``, reflected beyond scene edges as ``boundary="reflect"``),
+*compute* on the padded chip, *trim* the halo so only the centre, predicted with context on
+every side, is written. Neighbouring chips therefore meet without seams.
+
+Tasks carry chip references and a few paths (:class:`GraphSettings`), never models or pixels:
+each worker process loads the gallery once into a process-level cache keyed by the gallery's
+path and manifest hash (a Dask ``WorkerPlugin`` fills it at worker start, Spark's reused
+Python workers keep it across tasks). Stage timings are measured inside the tasks and
+travel with each chip's records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from resflow.archive import Archive
+from resflow.chips import ChipRef
+from resflow.config import RunConfig
+from resflow.executor import CPU, Executor, StageResources, TaskEnv
+from resflow.gallery import DEFAULT_PATH, MANIFEST, Gallery
+from resflow.outputs import OutputStore
+
+STAGE1 = "stage1-features"
+STAGE2 = "stage2-hashing"
+STAGE3 = "stage3-segment"
+
+
+@dataclass(frozen=True)
+class GraphSettings:
+    """What every task needs to know: paths and pixel settings, cheap to ship.
+
+    Parameters
+    ----------
+    archive, gallery, out
+        Imagery archive, model gallery (``None`` = bundled default) and output store paths.
+    batch_size
+        Chips per model call on CUDA.
+    halo
+        Context pixels read around each chip in stage 3 and trimmed before writing.
+    threshold
+        Probability above which a pixel is building, for the mask.
+    device
+        ``"auto"``, ``"cpu"`` or ``"cuda"``; a task uses the GPU its engine assigned.
+    torch_threads
+        Intra-op threads per worker process.
+    """
+
+    archive: Path
+    gallery: Path | None
+    out: Path
+    batch_size: int = 8
+    halo: int = 32
+    threshold: float = 0.5
+    device: str = "auto"
+    torch_threads: int = 1
+
+    @classmethod
+    def from_config(cls, config: RunConfig) -> GraphSettings:
+        if config.archive is None or config.out is None:
+            raise ValueError("a run needs both an archive and an output path")
+        return cls(archive=Path(config.archive), gallery=config.gallery, out=Path(config.out),
+                   batch_size=config.batch_size, halo=config.halo, threshold=config.threshold,
+                   device=config.device, torch_threads=config.torch_threads)
+
+
+@dataclass(frozen=True)
+class Features:
+    """Stage 1 output: one chip's embedding."""
+
+    ref: ChipRef
+    features: np.ndarray
+    seconds: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Routed:
+    """Stage 2 output: a chip reference and the bucket whose model will segment it."""
+
+    ref: ChipRef
+    bucket: int
+    seconds: dict[str, float]
+    #: which stage-3 partition of its bucket it goes to, so a big bucket spreads out
+    split: int = 0
+
+
+@dataclass(frozen=True)
+class ChipResult:
+    """Stage 3 output: what was written for one chip.
+
+    Attributes
+    ----------
+    ref
+        The chip.
+    bucket, model
+        Its bucket and the segmenter that served it (``"mono"`` or ``"bucket-<k>"``).
+    building_fraction
+        Share of the chip's in-scene pixels in the mask.
+    seconds
+        This chip's share of each stage's task time (keys of ``resflow.report.STAGES``).
+    """
+
+    ref: ChipRef
+    bucket: int
+    model: str
+    building_fraction: float
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+# -- per-process caches ------------------------------------------------------------------
+
+_LOCK = threading.Lock()
+_GALLERIES: dict[tuple[str, str], Gallery] = {}
+_ARCHIVES: dict[str, Archive] = {}
+_STORES: dict[str, OutputStore] = {}
+
+
+def gallery_key(path: Path | None) -> tuple[str, str]:
+    """The cache key of a gallery: its resolved path and the sha256 of its manifest."""
+    path = DEFAULT_PATH if path is None else Path(path)
+    digest = hashlib.sha256((path / MANIFEST).read_bytes()).hexdigest()
+    return str(path.resolve()), digest
+
+
+def load_gallery(path: Path | None) -> Gallery:
+    """The gallery, loaded and verified once per process (a retrained gallery reloads)."""
+    key = gallery_key(path)
+    with _LOCK:
+        if key not in _GALLERIES:
+            _GALLERIES[key] = Gallery.load(path)
+        return _GALLERIES[key]
+
+
+def preload_models(path: Path | None) -> None:
+    """Build every model of the gallery in this process, before the first task needs it."""
+    gallery = load_gallery(path)
+    gallery.feature_extractor()
+    gallery.hashing_head()
+    for bucket in range(len(gallery.bucket_codes)):
+        gallery.segmenter(bucket)
+
+
+def _archive(path: Path) -> Archive:
+    with _LOCK:
+        if str(path) not in _ARCHIVES:
+            _ARCHIVES[str(path)] = Archive.open(path)
+        return _ARCHIVES[str(path)]
+
+
+def _store(path: Path) -> OutputStore:
+    with _LOCK:
+        if str(path) not in _STORES:
+            _STORES[str(path)] = OutputStore.open(path)
+        return _STORES[str(path)]
+
+
+def _device(settings: GraphSettings, env: TaskEnv) -> Any:
+    from resflow.devices import resolve_device, set_torch_threads
+
+    set_torch_threads(settings.torch_threads)
+    return resolve_device(settings.device, env.gpu)  # type: ignore[arg-type]
+
+
+class _Clock:
+    """Adds elapsed seconds per stage key: ``with clock("read"): ...``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, key: str) -> _Timer:
+        return _Timer(self, key)
+
+    def share(self, n: int, base: dict[str, float] | None = None) -> dict[str, float]:
+        """Each of ``n`` chips' equal share of the measured seconds, added to ``base``."""
+        out = dict(base or {})
+        for key, value in self.seconds.items():
+            out[key] = out.get(key, 0.0) + value / max(n, 1)
+        return out
+
+
+class _Timer:
+    def __init__(self, clock: _Clock, key: str) -> None:
+        self.clock, self.key = clock, key
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        elapsed = time.perf_counter() - self.start
+        self.clock.seconds[self.key] = self.clock.seconds.get(self.key, 0.0) + elapsed
+
+
+# -- planning ----------------------------------------------------------------------------
+
+def plan_partitions(archive: Archive, partition_chips: int,
+                    skip: set[tuple[str, int, int]] | None = None) -> list[list[ChipRef]]:
+    """Partitions of ``partition_chips`` chip references, in archive order.
+
+    Parameters
+    ----------
+    archive
+        The imagery archive; all its complete scenes are planned.
+    partition_chips
+        Chips per partition (the last one may be smaller).
+    skip
+        ``(scene, row, col)`` of chips already written (``--resume``).
+
+    Examples
+    --------
+    >>> [len(p) for p in plan_partitions(archive, 16)]  # doctest: +SKIP
+    [16, 8]
+    """
+    refs = [r for r in archive.chips() if not skip or (r.scene, r.row, r.col) not in skip]
+    return [refs[i:i + partition_chips] for i in range(0, len(refs), partition_chips)]
+
+
+def bucket_splits(n_chips: int, n_buckets: int, partition_chips: int) -> int:
+    """Stage-3 partitions per bucket so that partitions hold about ``partition_chips`` chips
+    even when every chip falls in one bucket."""
+    return max(1, math.ceil(n_chips / max(1, n_buckets * partition_chips)))
+
+
+# -- the stage functions -----------------------------------------------------------------
+
+def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def stage1_features(settings: GraphSettings, refs: list[ChipRef], env: TaskEnv) -> list[Features]:
+    """Read each chip (no halo) and compute its Lite0 embedding."""
+    from resflow.stages import extract_features
+
+    if not refs:
+        return []
+    clock = _Clock()
+    device = _device(settings, env)
+    gallery = load_gallery(settings.gallery)
+    archive = _archive(settings.archive)
+    with clock("read"):
+        images = np.stack([archive.read_chip(ref).image for ref in refs])
+    with clock("stage1"):
+        vectors = extract_features(images, gallery.feature_extractor(),
+                                   batch_size=settings.batch_size, device=device)
+    share = clock.share(len(refs))
+    return [Features(ref, vec, share) for ref, vec in zip(refs, vectors, strict=True)]
+
+
+def stage2_hashing(settings: GraphSettings, splits: int, records: list[Features],
+                   env: TaskEnv) -> list[Routed]:
+    """Hash each embedding and route the chip reference to its nearest bucket."""
+    from resflow.stages import map_codes
+
+    if not records:
+        return []
+    clock = _Clock()
+    gallery = load_gallery(settings.gallery)
+    with clock("stage2"):
+        _, buckets = map_codes(np.stack([r.features for r in records]), gallery.hashing_head(),
+                               gallery.bucket_codes)
+    return [
+        Routed(r.ref, int(b), clock.share(len(records), r.seconds),
+               split=_split_of(r.ref, splits))
+        for r, b in zip(records, buckets, strict=True)
+    ]
+
+
+def _split_of(ref: ChipRef, splits: int) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{ref.scene}/{ref.row}/{ref.col}".encode(),
+                                          digest_size=4).digest()) % splits
+
+
+def regroup_key(splits: int, record: Routed) -> int:
+    """Stage-3 partition key: one partition per (bucket, split)."""
+    return record.bucket * splits + record.split
+
+
+def trim(probability: np.ndarray, ref: ChipRef, halo: int) -> np.ndarray:
+    """The chip's in-scene window from a halo-padded prediction (``map_overlap``'s trim).
+
+    Examples
+    --------
+    >>> from resflow.chips import ChipRef
+    >>> ref = ChipRef("s", 0, 0, 0, 0, 3, 2, 4, 0.0, 1.0)
+    >>> trim(np.zeros((8, 8)), ref, halo=2).shape
+    (3, 2)
+    """
+    return probability[halo:halo + ref.height, halo:halo + ref.width]
+
+
+def quantise(probability: np.ndarray) -> np.ndarray:
+    """Probability in ``[0, 1]`` to uint8 ``0..255``, rounded to nearest."""
+    return np.rint(np.clip(probability, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def stage3_segment(
+    settings: GraphSettings, records: list[Routed], env: TaskEnv
+) -> list[ChipResult]:
+    """Segment each chip with its bucket's model, with a halo of context, and write it.
+
+    Writing a chip twice writes the same bytes, so a re-executed task is harmless.
+    """
+    from resflow.stages import segment
+
+    if not records:
+        return []
+    device = _device(settings, env)
+    gallery = load_gallery(settings.gallery)
+    archive = _archive(settings.archive)
+    store = _store(settings.out)
+    results: list[ChipResult] = []
+    halo = settings.halo
+    for bucket in sorted({r.bucket for r in records}):
+        group = sorted((r for r in records if r.bucket == bucket), key=lambda r: r.ref)
+        model = gallery.segmenter(bucket)
+        for batch in _batches(group, settings.batch_size):
+            clock = _Clock()
+            with clock("read"):
+                pixels = [archive.read_chip(r.ref, halo=halo) for r in batch]
+            with clock("preprocess"):
+                images = np.stack([p.image for p in pixels])
+            with clock("stage3"):
+                probability = segment(images, model, batch_size=settings.batch_size, device=device)
+            fractions = []
+            with clock("write"):
+                for r, p, prob in zip(batch, pixels, probability, strict=True):
+                    centre = np.where(trim(p.valid, r.ref, halo), trim(prob, r.ref, halo), 0.0)
+                    chip = quantise(centre)
+                    store.write_chip(r.ref, chip, settings.threshold)
+                    fractions.append(float(np.mean(chip > settings.threshold * 255)))
+            results.extend(
+                ChipResult(r.ref, bucket, gallery.model_name(bucket), f,
+                           clock.share(len(batch), r.seconds))
+                for r, f in zip(batch, fractions, strict=True)
+            )
+    return results
+
+
+# -- running it --------------------------------------------------------------------------
+
+@dataclass
+class RunResult:
+    """What :func:`run_graph` did: per-chip results, the report, and where the maps are.
+
+    Attributes
+    ----------
+    results
+        One :class:`ChipResult` per chip written by this run, in chip order.
+    report
+        The run report (also in ``OUT/run_report.json``).
+    exports
+        Files written besides the store (COGs, footprints GeoJSON).
+    """
+
+    results: list[ChipResult]
+    report: Any
+    exports: list[Path] = field(default_factory=list)
+
+
+def build_graph(executor: Executor, settings: GraphSettings, partitions: list[list[ChipRef]],
+                n_buckets: int, partition_chips: int) -> Any:
+    """The three stages and the regroup on ``executor``; returns the collection of results."""
+    n_chips = sum(map(len, partitions))
+    splits = bucket_splits(n_chips, n_buckets, partition_chips)
+    gpu = StageResources(cpus=settings.torch_threads, gpu=executor.gpu_share)
+    cpu = replace(CPU, cpus=settings.torch_threads)
+    coll = executor.from_partitions(partitions)
+    coll = executor.map_partitions(coll, partial(stage1_features, settings), name=STAGE1,
+                                   resources=gpu)
+    coll = executor.map_partitions(coll, partial(stage2_hashing, settings, splits), name=STAGE2,
+                                   resources=cpu)
+    coll = executor.group_by_key(coll, partial(regroup_key, splits), n_buckets * splits)
+    return executor.map_partitions(coll, partial(stage3_segment, settings), name=STAGE3,
+                                   resources=gpu)
+
+
+def run_graph(config: RunConfig, executor: Executor) -> RunResult:
+    """Run the whole graph on ``executor``: plan, compute, write, finalize, export.
+
+    Raises
+    ------
+    resflow.outputs.OutputComplete
+        ``resume`` over a complete output (nothing to do).
+    ResflowError
+        for an unusable archive, gallery or output path, before any task runs.
+    """
+    from resflow.report import BucketUse, ClusterShape, RunReport
+
+    start = time.perf_counter()
+    settings = GraphSettings.from_config(config)
+    archive = Archive.open(settings.archive)
+    gallery = load_gallery(settings.gallery)  # verified here, before any task is shipped
+    run_config = config.model_dump(mode="json")
+    store = OutputStore.create(settings.out, archive, overwrite=config.overwrite,
+                               resume=config.resume, run_config=run_config)
+    skip = store.done_chips() if config.resume else None
+    partitions = plan_partitions(archive, config.partition_chips, skip)
+    models_id = gallery_key(settings.gallery)[1][:12]
+    executor.preload(partial(preload_models, settings.gallery), name=f"models-{models_id}")
+    graph = build_graph(executor, settings, partitions, len(gallery.bucket_codes),
+                        config.partition_chips)
+    compute_start = time.perf_counter()
+    results = sorted(executor.collect(graph), key=lambda r: r.ref)
+    compute_wall = time.perf_counter() - compute_start
+    report = RunReport(
+        out=str(settings.out), chips=len(results), km2=sum(r.ref.km2 for r in results),
+        buckets=_bucket_uses(results, BucketUse),
+        stage_seconds=_stage_seconds(results, compute_wall, executor.describe()),
+        wall_s=time.perf_counter() - start, backend=executor.name,
+        cluster=ClusterShape.from_executor(executor.describe()), config=run_config,
+        errors=list(archive.refused), peak_rss_mb=_peak_rss_mb(),
+    )
+    store.finalize(report.to_dict())
+    return RunResult(results, report, _export(config, store))
+
+
+def _bucket_uses(results: list[ChipResult], bucket_use: Any) -> list[Any]:
+    counts: dict[tuple[int, str], int] = {}
+    for r in results:
+        counts[(r.bucket, r.model)] = counts.get((r.bucket, r.model), 0) + 1
+    return [bucket_use(bucket=b, model=m, chips=n) for (b, m), n in sorted(counts.items())]
+
+
+def _stage_seconds(results: list[ChipResult], compute_wall: float,
+                   description: dict[str, Any]) -> dict[str, float]:
+    """Task seconds per stage, plus ``scheduling``: the compute wall time the task slots
+    spent outside stage functions (dispatch, serialisation, regroup, waiting)."""
+    from resflow.report import STAGES
+
+    totals = dict.fromkeys(STAGES, 0.0)
+    for r in results:
+        for key, value in r.seconds.items():
+            totals[key] = totals.get(key, 0.0) + value
+    threads = description.get("threads_per_worker", 1)
+    threads = max(threads) if isinstance(threads, list) and threads else int(threads or 1)
+    slots = max(1, int(description.get("workers", 1)) * threads)
+    busy = sum(v for k, v in totals.items() if k != "scheduling")
+    totals["scheduling"] = max(0.0, compute_wall * slots - busy)
+    return totals
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _export(config: RunConfig, store: OutputStore) -> list[Path]:
+    from resflow.export import export_cogs, export_footprints
+
+    written: list[Path] = []
+    if config.cog_dir is not None:
+        written.extend(export_cogs(store, config.cog_dir))
+    if config.footprints is not None:
+        export_footprints(store, config.footprints)
+        written.append(Path(config.footprints))
+    return written
