@@ -10,8 +10,10 @@ for a 256 px chip.
 The loss is class-balanced: binary cross-entropy with the positive class weighted by the
 train set's negative/positive pixel ratio (capped), plus soft Dice, both over scored pixels
 only (valid data inside the scene; reflected padding is not a label). The checkpoint kept
-is the one with the lowest validation loss, evaluated every ``eval_every`` steps, so the
-validation region, never the test region, decides when to stop.
+is the one with the lowest validation loss, evaluated every ``eval_every`` steps (and, for
+a fine-tune, before its first step), so the validation region, never the test region,
+decides when to stop; a bucket decoder that never beats mono on validation keeps mono's
+weights.
 """
 
 from __future__ import annotations
@@ -129,7 +131,10 @@ def train_decoder(train: Encoded, validation: Encoded | None, *,
     generator = torch.Generator().manual_seed(seed)
     pos_weight = positive_weight(train)
     optimiser = torch.optim.Adam(decoder.parameters(), lr=lr)
-    best = (float("inf"), 0, copy.deepcopy(decoder.state_dict()))
+    # A fine-tune starts from its init's own validation loss, so it never ends worse than it.
+    start = (evaluate_loss(decoder, validation, pos_weight)
+             if validation is not None and init is not None else float("inf"))
+    best = (start, 0, copy.deepcopy(decoder.state_dict()))
     n_aug, n = train.target.shape[:2]
     for step in tqdm(range(1, steps + 1), desc=desc, leave=False):
         decoder.train()

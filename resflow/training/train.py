@@ -121,16 +121,6 @@ def train(archive_path: Path | str, labels: Sequence[Path | str], out: Path | st
 
 def _train(archive: Archive, labels: list[Labels], out: Path, config: TrainConfig) -> Gallery:
     refs = archive.chips()
-    encoder = load_imagenet_lite0()
-    extractor = FeatureExtractor(encoder).eval()
-    features = np.concatenate([
-        extract_features(archive.read_chip(ref).image[None], extractor, batch_size=1, device=CPU)
-        for ref in tqdm(refs, desc="features")])
-    found = init_buckets(features, k=config.buckets, bits=config.bits, hidden=config.hidden,
-                         steps=config.hash_steps, seed=config.seed)
-    _, routed = map_codes(features, found.head, found.codes)
-    bucket_of = {ref: int(b) for ref, b in zip(refs, routed, strict=True)}
-
     labelled = [name for name, s in archive.scenes.items()
                 if any(lab.covers(s.crs_wkt, s.transform, s.height, s.width) for lab in labels)]
     if not labelled:
@@ -142,6 +132,16 @@ def _train(archive: Archive, labels: list[Labels], out: Path, config: TrainConfi
         raise InputError(str(archive.path), "the labelled scenes are too small to hold "
                          "separate train and test chip rows",
                          "ingest with a smaller --chip so each labelled scene has 3+ chip rows")
+    encoder = load_imagenet_lite0()
+    extractor = FeatureExtractor(encoder).eval()
+    features = np.concatenate([
+        extract_features(archive.read_chip(ref).image[None], extractor, batch_size=1, device=CPU)
+        for ref in tqdm(refs, desc="features")])
+    found = init_buckets(features, k=config.buckets, bits=config.bits, hidden=config.hidden,
+                         steps=config.hash_steps, seed=config.seed)
+    _, routed = map_codes(features, found.head, found.codes)
+    bucket_of = {ref: int(b) for ref, b in zip(refs, routed, strict=True)}
+
     data = {name: _read(archive, chips, labels, bucket_of) for name, chips in regions.items()}
     train_set = encode(encoder, data["train"].images, data["train"].target, data["train"].weight)
     val_set = (encode(encoder, data["validation"].images, data["validation"].target,
