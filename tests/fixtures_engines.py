@@ -29,6 +29,27 @@ fi
 
 
 @pytest.fixture(scope="session")
+def engine_gallery(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small seeded gallery (4 buckets of 16-bit codes; bucket 1 has its own decoder, the
+    others use mono), so engine tests do not depend on the bundled gallery's training."""
+    import numpy as np
+    import torch
+
+    from resflow.gallery import write_gallery
+    from resflow.models.hashing import HashingHead
+    from resflow.models.segmentation import SegmentationDecoder
+
+    torch.manual_seed(0)
+    codes = np.random.default_rng(0).random((4, 16)) > 0.5
+    out = tmp_path_factory.mktemp("gallery") / "engine-gallery"
+    write_gallery(out, bucket_codes=codes, buckets=[{"chips": 1, "labelled_chips": 1}] * 4,
+                  head=HashingHead(bits=16),
+                  decoders={"mono": SegmentationDecoder(), "bucket-1": SegmentationDecoder()},
+                  info={"seed": 0})
+    return out
+
+
+@pytest.fixture(scope="session")
 def dask_client() -> Iterator[object]:
     """A Client on a LocalCluster of 2 worker processes x 1 thread, dashboard on a free port."""
     from distributed import Client, LocalCluster
