@@ -1,0 +1,147 @@
+"""``resflow run`` joins clusters started apart from it, as a user would run them.
+
+A ``dask scheduler`` with two ``dask worker`` processes, and a Spark standalone master and
+worker started with the ``spark-class`` launcher shipped inside pyspark; everything bound to
+127.0.0.1, every process stopped (its whole process group) at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from resflow.archive import Archive
+from resflow.outputs import OutputStore
+
+BIN = Path(sys.executable).parent
+LOCAL = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(ready: Callable[[], bool], what: str, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not come up in {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@contextmanager
+def started(cmd: list[str], log: Path) -> Iterator[subprocess.Popen]:
+    """Run ``cmd`` in its own process group, logging to ``log``; stop the group on exit."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=LOCAL,
+                                start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+
+
+def resflow_run(archive: Path, gallery: Path, out: Path, *flags: str) -> str:
+    done = subprocess.run([str(BIN / "resflow"), "run", str(archive), "--gallery", str(gallery),
+                           "--out", str(out), *flags], capture_output=True, text=True,
+                          env=LOCAL, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+def probability(out: Path) -> dict[str, np.ndarray]:
+    store = OutputStore.open(out)
+    assert store.complete
+    return {scene: store.read_array(scene, "probability")[...] for scene in store.groups}
+
+
+@pytest.fixture(scope="module")
+def dask_output(sample_archive: Path, engine_gallery: Path,
+                tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    tmp = tmp_path_factory.mktemp("join-dask")
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    with ExitStack() as stack:
+        stack.enter_context(started(
+            [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+             "--dashboard-address", f"127.0.0.1:{free_port()}"], tmp / "scheduler.log"))
+        wait_until(lambda: port_open(port), "the Dask scheduler")
+        stack.enter_context(started(
+            [str(BIN / "dask"), "worker", address, "--host", "127.0.0.1", "--nworkers", "2",
+             "--nthreads", "1", "--no-dashboard", "--local-directory", str(tmp)],
+            tmp / "workers.log"))
+        summary = resflow_run(sample_archive, engine_gallery, tmp / "out.zarr",
+                              "--backend", "dask", "--scheduler-address", address)
+    return tmp / "out.zarr", summary
+
+
+@pytest.fixture(scope="module")
+def spark_output(sample_archive: Path, engine_gallery: Path,
+                 tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    import pyspark
+
+    spark_class = str(Path(pyspark.__file__).parent / "bin" / "spark-class")
+    tmp = tmp_path_factory.mktemp("join-spark")
+    port, ui = free_port(), free_port()
+    master = f"spark://127.0.0.1:{port}"
+
+    def alive_workers() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{ui}/json/", timeout=2) as page:
+                return json.load(page).get("aliveworkers", 0) >= 1
+        except OSError:
+            return False
+
+    with ExitStack() as stack:
+        stack.enter_context(started(
+            [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+             "--port", str(port), "--webui-port", str(ui)], tmp / "master.log"))
+        wait_until(lambda: port_open(port), "the Spark master")
+        stack.enter_context(started(
+            [spark_class, "org.apache.spark.deploy.worker.Worker", master, "--host",
+             "127.0.0.1", "--cores", "1", "--memory", "1g", "--webui-port", str(free_port()),
+             "--work-dir", str(tmp / "work")], tmp / "worker.log"))
+        wait_until(alive_workers, "the Spark worker")
+        summary = resflow_run(sample_archive, engine_gallery, tmp / "out.zarr",
+                              "--backend", "spark", "--spark-master", master)
+    return tmp / "out.zarr", summary
+
+
+def test_run_joins_a_running_dask_cluster(dask_output, sample_archive: Path) -> None:
+    out, summary = dask_output
+    n = len(Archive.open(sample_archive).chips())
+    assert summary.startswith(f"resflow: {n} chips") and "on dask (2 workers x 1 thread)" in summary
+    assert probability(out)
+
+
+def test_run_joins_a_spark_standalone_cluster(spark_output, dask_output) -> None:
+    out, summary = spark_output
+    assert "on spark (1 worker x 1 thread)" in summary
+    reference = probability(dask_output[0])
+    for scene, array in probability(out).items():
+        assert np.array_equal(array, reference[scene])
