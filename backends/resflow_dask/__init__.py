@@ -157,7 +157,9 @@ class DaskExecutor(Executor):
         return futures
 
     def from_partitions(self, partitions: Sequence[Sequence[Any]]) -> list[Future]:
-        return self.client.scatter([list(p) for p in partitions])
+        # hash=False: equal partitions scattered by two runs must not share (and race on
+        # releasing) one key
+        return self.client.scatter([list(p) for p in partitions], hash=False)
 
     def map_partitions(
         self,
@@ -170,8 +172,12 @@ class DaskExecutor(Executor):
         kw: dict[str, Any] = {}
         gpu_plan = None
         if resources.uses_gpu:
-            gpu_plan = replace(self._gpu_plan, per_device=max(1, round(1 / resources.gpu)))
-            if self._workers_declare_gpu():
+            declared = self._workers_declare_gpu()
+            # workers that declare a GPU but share no ticketed devices own one each (dask-cuda)
+            pinned = self._gpu_plan.pinned or (declared and not self._gpu_plan.devices)
+            gpu_plan = replace(self._gpu_plan, pinned=pinned,
+                               per_device=max(1, round(1 / resources.gpu)))
+            if declared:
                 kw["resources"] = {"GPU": resources.gpu}
         calls = [(run_partition, (fn, part, name, i, gpu_plan)) for i, part in enumerate(coll)]
         return self._submit_stage(name, calls, **kw)
