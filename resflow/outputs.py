@@ -206,23 +206,50 @@ class OutputStore:
             deleted), it is the archive itself, or a resumed output does not match.
         """
         out = Path(out_path)
-        cls._refuse_archive_path(out, Path(archive.path))
-        if _occupied(out):
-            attrs = _read_root_attrs(out)
-            if attrs is None or attrs.get("resflow_kind") != KIND:
-                raise ResflowError(str(out), "the path exists and is not a resflow output, so "
-                                   "resflow will not write into or delete it",
-                                   "choose another output path or remove it yourself")
-            if resume and not overwrite:
-                store = cls.open(out)
-                store._check_resumable(attrs, archive, run_config)
-                return store
-            if not overwrite:
-                state = "a complete" if attrs.get("complete") else "an unfinished"
-                raise ResflowError(str(out), f"{state} resflow output already exists here",
-                                   "pass --resume to finish it or --overwrite to replace it")
+        action = cls.check_target(out, archive, overwrite=overwrite, resume=resume,
+                                  run_config=run_config)
+        if action == "resume":
+            return cls.open(out)
+        if action == "overwrite":
             shutil.rmtree(out)
         return cls._new(out, archive, run_config)
+
+    @classmethod
+    def check_target(cls, out_path: Path | str, archive: Archive, *, overwrite: bool = False,
+                     resume: bool = False, run_config: dict[str, Any]) -> str:
+        """Every refusal of :meth:`create`, without writing anything.
+
+        ``resflow run`` calls it before starting an engine, so a run that would be refused
+        is refused before any work and leaves no output directory behind.
+
+        Returns
+        -------
+        str
+            ``"new"`` (nothing there yet), ``"resume"`` (an unfinished output to finish) or
+            ``"overwrite"`` (an existing resflow output to replace).
+
+        Raises
+        ------
+        OutputComplete, ResflowError
+            As :meth:`create`.
+        """
+        out = Path(out_path)
+        cls._refuse_archive_path(out, Path(archive.path))
+        if not _occupied(out):
+            return "new"
+        attrs = _read_root_attrs(out)
+        if attrs is None or attrs.get("resflow_kind") != KIND:
+            raise ResflowError(str(out), "the path exists and is not a resflow output, so "
+                               "resflow will not write into or delete it",
+                               "choose another output path or remove it yourself")
+        if resume and not overwrite:
+            cls.open(out)._check_resumable(attrs, archive, run_config)
+            return "resume"
+        if not overwrite:
+            state = "a complete" if attrs.get("complete") else "an unfinished"
+            raise ResflowError(str(out), f"{state} resflow output already exists here",
+                               "pass --resume to finish it or --overwrite to replace it")
+        return "overwrite"
 
     @staticmethod
     def _refuse_archive_path(out: Path, archive_path: Path) -> None:

@@ -34,14 +34,18 @@ def run_command(
 ) -> None:
     """Segment buildings in every scene of ARCHIVE and write OUT.zarr (same grids and CRS).
 
-    Flags override the YAML file. Ends with one summary line; exit code 0 on success (or
-    when a resumed output is already complete), 2 when the run was refused or failed.
+    Flags override the YAML file. Ends with one summary line. Exit codes: 0 on success (or
+    when a resumed output is already complete); 1 when the run finished but some inputs or
+    chips failed (listed in the run report); 2 when the run was refused before any work, or
+    failed; 130 when interrupted (Ctrl-C), after saying how to resume.
     """
     from resflow.config import RunConfig, load_config
     from resflow.errors import ResflowError
     from resflow.graph import run_graph
+    from resflow.interrupts import progress_line, sigterm_as_interrupt
     from resflow.outputs import OutputComplete
     from resflow.plugins import load_backend
+    from resflow.preflight import check_run
 
     try:
         settings: RunConfig = load_config(
@@ -52,7 +56,9 @@ def run_command(
                "spark.master": spark_master or (f"local[{workers}]" if workers else None)},
         )
         executor_class = load_backend(settings.backend)
-        with executor_class.from_config(settings) as executor:
+        if check_run(settings) == "resume":
+            typer.echo(progress_line(out, "resuming"), err=True)
+        with sigterm_as_interrupt(), executor_class.from_config(settings) as executor:
             if executor.dashboard_link:
                 typer.echo(f"{settings.backend} dashboard: {executor.dashboard_link}", err=True)
             result = run_graph(settings, executor)
@@ -62,6 +68,19 @@ def run_command(
     except ResflowError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: {progress_line(out, 'stopped')}; finish it with the "
+                   "same command plus --resume", err=True)
+        raise typer.Exit(130) from None
+    except Exception as exc:  # an engine gave up (e.g. too many lost workers)
+        typer.echo(f"error: the run failed ({exc.__class__.__name__}: {exc}); "
+                   f"{progress_line(out, 'stopped')}; finish it with --resume", err=True)
+        raise typer.Exit(2) from None
     for path in result.exports:
         typer.echo(f"wrote {path}", err=True)
+    for error in result.report.errors:
+        typer.echo(f"input error: {error['where']}: {error['problem']}. Fix: {error['fix']}.",
+                   err=True)
     typer.echo(result.report.summary_line())
+    if result.report.errors:
+        raise typer.Exit(1)

@@ -1,0 +1,113 @@
+"""Running ``resflow run`` as a user would, and killing what it started.
+
+Every run here is a subprocess in its own session, bound to 127.0.0.1; every process a test
+starts is killed by pid (its own tree, found with psutil) before the test ends.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+BIN = Path(sys.executable).parent
+LOCAL_ENV = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYTHONWARNINGS": "ignore"}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_args(archive: Path, out: Path, config: Path, *flags: str) -> list[str]:
+    """The ``resflow run`` command line."""
+    return [str(BIN / "resflow"), "run", str(archive), "--out", str(out), "--config",
+            str(config), *flags]
+
+
+def resflow(*args: str, timeout: float = 300, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess:
+    """Run one ``resflow`` command to its end."""
+    return subprocess.run([str(BIN / "resflow"), *args], capture_output=True, text=True,
+                          env=env or LOCAL_ENV, timeout=timeout)
+
+
+def chips_done(out: Path) -> int:
+    """Chips in the output's ledger, counted from its chunk files (cheap while a run writes)."""
+    return sum(1 for p in out.glob("*/chip_done/c/*/*") if p.is_file())
+
+
+def wait_until(ready: Callable[[], bool], what: str, proc: subprocess.Popen | None = None,
+               timeout: float = 240.0, interval: float = 0.1) -> None:
+    """Poll ``ready`` until true; fail early if ``proc`` exits first."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the run exited ({proc.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not happen in {timeout:.0f} s")
+        time.sleep(interval)
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    """A process and all its descendants (those still alive)."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def kill_tree(processes: list[psutil.Process]) -> None:
+    """SIGKILL each process by pid, then wait for them."""
+    for p in processes:
+        with suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(processes, timeout=30)
+
+
+@contextmanager
+def started(args: list[str], log: Path, env: dict[str, str] | None = None
+            ) -> Iterator[subprocess.Popen]:
+    """Start ``args`` in a new session, logging to ``log``; kill its whole tree on exit."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
+                                env=env or LOCAL_ENV, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        kill_tree(tree(proc.pid))
+        proc.wait(30)
+
+
+def interrupt(proc: subprocess.Popen) -> None:
+    """Ctrl-C as a terminal sends it: SIGINT to the run's whole process group."""
+    os.killpg(proc.pid, signal.SIGINT)
+
+
+def maps(out: Path) -> dict[tuple[str, str], np.ndarray]:
+    """Every ``probability`` and ``mask`` array of an output store, by (scene, array)."""
+    from resflow.outputs import OutputStore
+
+    store = OutputStore.open(out)
+    return {(scene, name): store.read_array(scene, name)[...]
+            for scene in store.groups for name in ("probability", "mask")}
+
+
+def assert_identical(out: Path, reference: dict[tuple[str, str], np.ndarray]) -> None:
+    """The output's maps equal the reference's bit for bit."""
+    arrays = maps(out)
+    assert arrays.keys() == reference.keys()
+    for key, array in arrays.items():
+        assert np.array_equal(array, reference[key]), f"{out}: {key} differs from a clean run"

@@ -1,0 +1,80 @@
+"""Crash and resume: Ctrl-C, then SIGKILL of the whole run, then ``--resume`` to the end.
+
+On each engine one output goes through: a run stopped by SIGINT (clean stop, exit 130, a
+message saying how to resume), a refused plain re-run, a resumed run killed with SIGKILL
+(driver and every worker), and a final resumed run that computes only the chips missing from
+the ledger and leaves maps identical, bit for bit, to a clean run's.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from resflow.outputs import OutputStore, describe
+from tests.reliability.processes import (
+    assert_identical,
+    chips_done,
+    interrupt,
+    kill_tree,
+    resflow,
+    run_args,
+    started,
+    tree,
+    wait_until,
+)
+
+BACKENDS = ("dask", "spark")
+
+
+def _stopped_part_way(out: Path, total: int) -> int:
+    done = chips_done(out)
+    assert 0 < done < total, f"the run was not stopped part-way ({done}/{total} chips)"
+    assert not OutputStore.open(out).complete
+    return done
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_interrupt_kill_and_resume(backend: str, small_archive: Path, run_config_file: Path,
+                                   reference_maps, tmp_path: Path) -> None:
+    out = tmp_path / "maps.zarr"
+    args = run_args(small_archive, out, run_config_file, "--backend", backend)
+    total = 64
+
+    # 1. Ctrl-C part-way: a clean stop that says how to resume
+    with started(args, tmp_path / "sigint.log") as proc:
+        wait_until(lambda: chips_done(out) >= 1, "a first chip", proc)
+        interrupt(proc)
+        assert proc.wait(120) == 130
+    log = (tmp_path / "sigint.log").read_text()
+    assert "interrupted:" in log and "--resume" in log, log[-2000:]
+    first = _stopped_part_way(out, total)
+    info = resflow("info", str(out))
+    assert info.returncode == 0 and "INCOMPLETE" in info.stdout
+    assert f"{first}/{total} chips" in info.stdout
+
+    # 2. the same command without --resume is refused, and the output is untouched
+    again = resflow(*run_args(small_archive, out, run_config_file, "--backend", backend)[1:])
+    assert again.returncode == 2
+    assert "unfinished resflow output already exists" in again.stderr
+    assert "--resume" in again.stderr and chips_done(out) == first
+
+    # 3. --resume, then SIGKILL of the driver and every worker part-way
+    with started([*args, "--resume"], tmp_path / "sigkill.log") as proc:
+        wait_until(lambda: chips_done(out) > first, "a resumed chip", proc)
+        kill_tree(tree(proc.pid))
+    second = _stopped_part_way(out, total)
+    assert describe(out)["complete"] is False
+
+    # 4. --resume to the end: only the chips missing from the ledger run again
+    done = resflow(*args[1:], "--resume")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resuming {out} at {second}/{total} chips" in done.stderr
+    summary = done.stdout.strip().splitlines()[-1]
+    assert re.match(rf"resflow: {total - second} chips, ", summary), summary
+    store = OutputStore.open(out)
+    assert store.complete and len(store.done_chips()) == total
+    assert_identical(out, reference_maps)
+    assert resflow(*args[1:], "--resume").stdout.startswith("nothing to do")
