@@ -8,11 +8,12 @@ the field.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from resflow.errors import ConfigError
 
@@ -26,7 +27,8 @@ class _Strict(BaseModel):
 class IngestConfig(_Strict):
     """How rasters become a Zarr imagery archive."""
 
-    chip: int = Field(256, ge=32, le=4096, description="chip edge in pixels; also the Zarr chunk edge")
+    chip: int = Field(
+        256, ge=32, le=4096, description="chip edge in pixels; also the Zarr chunk edge")
     workers: int = Field(2, ge=1, description="scenes ingested in parallel (threads)")
     window_rows: int = Field(
         1024, ge=32, description="rows read per window while streaming a scene (bounds memory)"
@@ -36,7 +38,8 @@ class IngestConfig(_Strict):
 class DaskConfig(_Strict):
     """Dask backend: an embedded LocalCluster, or ``scheduler_address`` to join one."""
 
-    scheduler_address: str | None = Field(None, description="tcp://host:port of a running scheduler")
+    scheduler_address: str | None = Field(
+        None, description="tcp://host:port of a running scheduler")
     workers: int = Field(2, ge=1, description="embedded cluster: worker processes")
     threads_per_worker: int = Field(1, ge=1, description="embedded cluster: threads per worker")
     dashboard_address: str = Field("127.0.0.1:8787", description="bind address of the dashboard")
@@ -49,15 +52,35 @@ class DaskConfig(_Strict):
         "None = <tmp>/resflow-tickets")
 
 
+MASTER_PATTERN = (r"local(\[(\*|\d+)(,\d+)?\])?|local-cluster\[\d+,\d+,\d+\]"
+                  r"|spark://[^/\s]+:\d+(,[^/\s]+:\d+)*|yarn|k8s://\S+")
+"""Master URLs resflow accepts: the forms Spark's own ``SparkContext`` parses."""
+
+
 class SparkConfig(_Strict):
     """Spark backend: ``local[*]`` by default, or any master URL."""
 
-    master: str = Field("local[2]", description="local[N], local-cluster[..], spark://, yarn, k8s://")
+    master: str = Field(
+        "local[2]", description="local[N], local-cluster[..], spark://, yarn, k8s://")
     executor_cores: int = Field(1, ge=1)
     executor_memory: str = Field("1g")
-    gpu_per_task: float = Field(0.25, gt=0, le=1, description="GPU share of a GPU task (fractional)")
+    gpu_per_task: float = Field(
+        0.25, gt=0, le=1, description="GPU share of a GPU task (fractional)")
     ui_host: str = Field("127.0.0.1", description="bind address of the Spark UI")
+    task_max_failures: int = Field(
+        4, ge=1, description="attempts per task before the run fails; a task lost with its "
+        "executor or Python worker is retried (local[N] becomes local[N,F])")
     conf: dict[str, str] = Field(default_factory=dict, description="extra spark.* settings")
+
+    @field_validator("master")
+    @classmethod
+    def _known_master(cls, master: str) -> str:
+        """Refuse a master URL Spark would not parse, before any JVM starts."""
+        if not re.fullmatch(MASTER_PATTERN, master):
+            raise ValueError(f"{master!r} is not a Spark master URL: use local[N], "
+                             "local-cluster[workers,cores,MiB], spark://host:port, yarn or "
+                             "k8s://https://host:port")
+        return master
 
 
 class RunConfig(_Strict):
@@ -66,13 +89,17 @@ class RunConfig(_Strict):
     archive: Path | None = None
     gallery: Path | None = Field(None, description="model gallery; None = the bundled default")
     out: Path | None = None
-    backend: str = Field("dask", description="local, dask or spark (any installed resflow.backends)")
+    backend: str = Field(
+        "dask", description="local, dask or spark (any installed resflow.backends)")
     batch_size: int = Field(8, ge=1, description="chips per model forward pass")
     partition_chips: int = Field(16, ge=1, description="chips per partition of the graph")
-    halo: int = Field(32, ge=0, description="context pixels around each chip for overlap-tile inference")
-    torch_threads: int = Field(1, ge=1, description="intra-op threads per task (avoid oversubscription)")
+    halo: int = Field(
+        32, ge=0, description="context pixels around each chip for overlap-tile inference")
+    torch_threads: int = Field(
+        1, ge=1, description="intra-op threads per task (avoid oversubscription)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threshold: float = Field(0.5, gt=0, lt=1, description="probability above which a pixel is building")
+    threshold: float = Field(
+        0.5, gt=0, lt=1, description="probability above which a pixel is building")
     cog_dir: Path | None = None
     footprints: Path | None = None
     resume: bool = False
@@ -81,7 +108,8 @@ class RunConfig(_Strict):
     spark: SparkConfig = Field(default_factory=SparkConfig)
 
 
-def load_config(path: Path | str | None, model: type[BaseModel] = RunConfig, **overrides: Any) -> Any:
+def load_config(path: Path | str | None, model: type[BaseModel] = RunConfig,
+                **overrides: Any) -> Any:
     """Load ``model`` from a YAML file, then apply non-None ``overrides`` (the CLI flags).
 
     Nested overrides use dotted keys, ``{"dask.workers": 4}``.
@@ -119,5 +147,5 @@ def load_config(path: Path | str | None, model: type[BaseModel] = RunConfig, **o
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise ConfigError(f"{where}: field '{field}'", first["msg"],
-                          f"see `resflow --help` or the README for valid values of '{field}'") from exc
+        fix = f"see `resflow --help` or the README for valid values of '{field}'"
+        raise ConfigError(f"{where}: field '{field}'", first["msg"], fix) from exc

@@ -140,7 +140,11 @@ _STORES: dict[str, OutputStore] = {}
 def gallery_key(path: Path | None) -> tuple[str, str]:
     """The cache key of a gallery: its resolved path and the sha256 of its manifest."""
     path = DEFAULT_PATH if path is None else Path(path)
-    digest = hashlib.sha256((path / MANIFEST).read_bytes()).hexdigest()
+    try:
+        digest = hashlib.sha256((path / MANIFEST).read_bytes()).hexdigest()
+    except OSError:
+        Gallery.load(path)  # raises the GalleryError that names the missing manifest
+        raise
     return str(path.resolve()), digest
 
 

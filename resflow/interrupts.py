@@ -37,6 +37,14 @@ def progress_line(out: Path | str, verb: str) -> str:
            f"({desc['percent']:.1f}%)"
 
 
+def stop_message(out: Path | str) -> str:
+    """How far a stopped run got and, if it wrote anything, how to finish it."""
+    line = progress_line(out, "stopped")
+    if line.startswith("stopped before"):
+        return f"{line}; nothing to resume"
+    return f"{line}; finish it with the same command plus --resume"
+
+
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Within the block, SIGTERM raises ``KeyboardInterrupt`` in the main thread, as Ctrl-C.

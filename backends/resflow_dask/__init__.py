@@ -22,6 +22,7 @@ from distributed import Client, Future, LocalCluster, as_completed
 from tqdm.auto import tqdm
 
 from resflow.config import DaskConfig
+from resflow.endpoints import check_endpoint
 from resflow.errors import BackendError
 from resflow.executor import CPU, Executor, StageResources, split_by_key, stage_key, visible_gpus
 from resflow_dask.tasks import GpuPlan, PreloadPlugin, concat_pieces, run_partition
@@ -94,6 +95,9 @@ class DaskExecutor(Executor):
         if client is not None:
             self.client = client
         elif config.scheduler_address:
+            if config.scheduler_address.startswith(("tcp://", "tls://")):
+                check_endpoint("dask.scheduler_address", config.scheduler_address,
+                               "start one with `dask scheduler` or check the address and port")
             try:
                 self.client = Client(config.scheduler_address, timeout="20s")
             except OSError as exc:

@@ -10,6 +10,7 @@ reused (``spark.python.worker.reuse``) so the per-process model cache lives acro
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from pyspark.resource import ResourceProfileBuilder, TaskResourceRequests
 from pyspark.sql import SparkSession
 
 from resflow.config import SparkConfig
+from resflow.endpoints import check_endpoint
 from resflow.executor import CPU, Executor, StageResources, stage_key
 from resflow_spark.progress import StageProgress
 from resflow_spark.tasks import key_partition, keyed, run_partition, unpack
@@ -47,16 +49,33 @@ def _is_local_master(master: str) -> bool:
     return master.startswith(("local", "spark://127.0.0.1", "spark://localhost"))
 
 
+def _with_retries(master: str, max_failures: int) -> str:
+    """``local[N]`` as ``local[N,F]``: local mode reads task attempts from the master URL only
+    (``spark.task.maxFailures`` is ignored there), and would otherwise never retry a task
+    whose Python worker died.
+
+    >>> _with_retries("local[2]", 4), _with_retries("local-cluster[2,1,1024]", 4)
+    ('local[2,4]', 'local-cluster[2,1,1024]')
+    """
+    match = re.fullmatch(r"local(?:\[(\*|\d+)\])?", master)
+    return f"local[{match.group(1) or 1},{max_failures}]" if match else master
+
+
 def _build_session(config: SparkConfig) -> SparkSession:
     """A session configured for resflow: reused Python workers, this interpreter, quiet console."""
     if _is_local_master(config.master):
         # the driver's RPC and UI bind here; remote executors could not reach 127.0.0.1
         os.environ.setdefault("SPARK_LOCAL_IP", config.ui_host)
+    if config.master.startswith("spark://"):
+        check_endpoint("spark.master", config.master,
+                       "start the master (`spark-class org.apache.spark.deploy.master.Master`) "
+                       "or check the host and port")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     builder = (
-        SparkSession.builder.master(config.master)
+        SparkSession.builder.master(_with_retries(config.master, config.task_max_failures))
         .appName("resflow")
+        .config("spark.task.maxFailures", str(config.task_max_failures))
         .config("spark.python.worker.reuse", "true")
         .config("spark.pyspark.python", sys.executable)
         .config("spark.ui.showConsoleProgress", "false")

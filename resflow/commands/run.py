@@ -42,7 +42,7 @@ def run_command(
     from resflow.config import RunConfig, load_config
     from resflow.errors import ResflowError
     from resflow.graph import run_graph
-    from resflow.interrupts import progress_line, sigterm_as_interrupt
+    from resflow.interrupts import progress_line, sigterm_as_interrupt, stop_message
     from resflow.outputs import OutputComplete
     from resflow.plugins import load_backend
     from resflow.preflight import check_run
@@ -69,12 +69,11 @@ def run_command(
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
-        typer.echo(f"interrupted: {progress_line(out, 'stopped')}; finish it with the "
-                   "same command plus --resume", err=True)
+        typer.echo(f"interrupted: {stop_message(out)}", err=True)
         raise typer.Exit(130) from None
     except Exception as exc:  # an engine gave up (e.g. too many lost workers)
         typer.echo(f"error: the run failed ({exc.__class__.__name__}: {exc}); "
-                   f"{progress_line(out, 'stopped')}; finish it with --resume", err=True)
+                   f"{stop_message(out)}", err=True)
         raise typer.Exit(2) from None
     for path in result.exports:
         typer.echo(f"wrote {path}", err=True)
