@@ -17,7 +17,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-COMMAND_MODULES: tuple[str, ...] = ("ingest", "info", "doctor", "train", "gallery", "run", "demo")
+COMMAND_MODULES: tuple[str, ...] = ("ingest", "info", "doctor", "train", "gallery", "run", "demo",
+                                     "bench")
 
 for _module in COMMAND_MODULES:
     importlib.import_module(f"resflow.commands.{_module}").register(app)

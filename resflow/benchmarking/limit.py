@@ -1,0 +1,157 @@
+"""The pure-compute limit: the three model passes over preloaded chips on every core.
+
+This is the speed no engine can beat on a machine: the same stage functions the graph
+runs (:mod:`resflow.stages`), over the same chips, with every chip already in memory as a
+float32 tensor, nothing read, written, serialised or scheduled. Each stage call uses one
+torch thread (see the determinism notes in :mod:`resflow.stages`), so the limit runs one
+Python thread per core, each on its own interleaved share of the chips; torch releases the
+GIL inside its kernels, so the threads compute in parallel.
+
+An engine's area rate divided by this limit's is the fraction of the machine it turns into
+maps; the remainder is reading, writing, regrouping and scheduling.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from resflow.archive import Archive
+from resflow.benchmarking.series import summarise
+from resflow.chips import ChipRef
+from resflow.gallery import Gallery
+from resflow.stages import extract_features, map_codes, segment
+
+CPU = torch.device("cpu")
+LIMIT_STAGES = ("stage1", "stage2", "stage3")
+
+
+@dataclass
+class Preloaded:
+    """Every chip of an archive in memory, as the graph's stages receive them.
+
+    Attributes
+    ----------
+    refs
+        The chips, in archive order.
+    plain
+        float32 ``(N, 3, chip, chip)``: stage 1 inputs, chips read without halo.
+    context
+        float32 ``(N, 3, chip + 2*halo, chip + 2*halo)``: stage 3 inputs, read with halo.
+    km2
+        Ground area of the chips, km^2.
+    """
+
+    refs: list[ChipRef]
+    plain: np.ndarray
+    context: np.ndarray
+    km2: float
+
+    @classmethod
+    def read(cls, archive: Archive, halo: int) -> Preloaded:
+        """Read every chip of ``archive`` twice (without and with ``halo``), untimed."""
+        refs = archive.chips()
+        plain = np.stack([archive.read_chip(ref).image for ref in refs])
+        context = np.stack([archive.read_chip(ref, halo).image for ref in refs])
+        return cls(refs, plain, context, float(sum(ref.km2 for ref in refs)))
+
+
+def _share(index: np.ndarray, data: Preloaded, gallery: Gallery,
+           batch_size: int) -> dict[str, float]:
+    """Stages 1, 2 and 3 on the chips at ``index``; returns seconds per stage."""
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    features = extract_features(data.plain[index], gallery.feature_extractor(),
+                                batch_size=batch_size, device=CPU)
+    seconds["stage1"] = time.perf_counter() - start
+    start = time.perf_counter()
+    _, buckets = map_codes(features, gallery.hashing_head(), gallery.bucket_codes)
+    seconds["stage2"] = time.perf_counter() - start
+    start = time.perf_counter()
+    for bucket in np.unique(buckets):
+        segment(data.context[index[buckets == bucket]], gallery.segmenter(int(bucket)),
+                batch_size=batch_size, device=CPU)
+    seconds["stage3"] = time.perf_counter() - start
+    return seconds
+
+
+def warm_up(data: Preloaded, gallery: Gallery) -> None:
+    """Build every model and let oneDNN create its kernels, outside any timing.
+
+    Segmenters are built lazily and cached by the gallery; building them here, in one
+    thread, also keeps the timed threads from racing to build the same one.
+    """
+    for bucket in range(len(gallery.bucket_codes)):
+        gallery.segmenter(bucket)
+    _share(np.arange(min(1, len(data.refs))), data, gallery, batch_size=1)
+
+
+def one_pass(data: Preloaded, gallery: Gallery, threads: int,
+             batch_size: int = 8) -> dict[str, Any]:
+    """One timed pass of all chips on ``threads`` threads, chips dealt round-robin.
+
+    Returns
+    -------
+    dict
+        ``wall_s`` and ``stage_seconds`` (summed over threads, like a run report's).
+    """
+    shares = [np.arange(i, len(data.refs), threads) for i in range(threads)]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="resflow-limit") as pool:
+        results = list(pool.map(lambda idx: _share(idx, data, gallery, batch_size), shares))
+    wall = time.perf_counter() - start
+    stage_seconds = {s: float(sum(r[s] for r in results)) for s in LIMIT_STAGES}
+    return {"wall_s": wall, "stage_seconds": stage_seconds}
+
+
+def compute_limit(data: Preloaded, gallery: Gallery, *, threads: int, repeats: int,
+                  batch_size: int = 8, single_thread: bool = True) -> dict[str, Any]:
+    """The limit's area and chip rates over ``repeats`` passes.
+
+    Parameters
+    ----------
+    data
+        Preloaded chips (:meth:`Preloaded.read`).
+    gallery
+        The models the graph would use.
+    threads
+        Concurrent stage calls: the machine's cores.
+    repeats
+        Timed passes; rates are summarised by :func:`resflow.benchmarking.series.summarise`.
+    batch_size
+        Passed to the stage functions as the graph does (no effect on CPU).
+    single_thread
+        Also time passes on one thread, to show how well the cores scale
+        (``thread_scaling`` = rate on ``threads`` / rate on one / ``threads``).
+
+    Returns
+    -------
+    dict
+        ``threads``, ``chips``, ``km2``, ``wall_s``, ``km2_per_s``, ``chips_per_s``
+        (summaries), ``stage_seconds`` (median pass) and, with ``single_thread``,
+        ``single_thread_km2_per_s`` and ``thread_scaling``.
+    """
+    warm_up(data, gallery)
+    passes = [one_pass(data, gallery, threads, batch_size) for _ in range(repeats)]
+    walls = [p["wall_s"] for p in passes]
+    median_pass = passes[int(np.argsort(walls)[len(walls) // 2])]
+    result: dict[str, Any] = {
+        "threads": threads,
+        "chips": len(data.refs),
+        "km2": data.km2,
+        "wall_s": summarise(walls),
+        "km2_per_s": summarise([data.km2 / w for w in walls]),
+        "chips_per_s": summarise([len(data.refs) / w for w in walls]),
+        "stage_seconds": median_pass["stage_seconds"],
+    }
+    if single_thread and threads > 1:
+        wall_one = one_pass(data, gallery, 1, batch_size)["wall_s"]
+        result["single_thread_km2_per_s"] = data.km2 / wall_one
+        result["thread_scaling"] = result["km2_per_s"]["median"] * wall_one / data.km2 / threads
+    return result
+

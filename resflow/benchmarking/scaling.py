@@ -1,0 +1,102 @@
+"""Scaling: time per km^2 and peak memory per worker as the archive grows x1 to x8.
+
+The scenes are dihedral mosaics of the real Atlanta tile
+(:func:`resflow.benchmarking.scaled_archive.write_scaled_scene`), each ingested into its own
+archive and run on one warm engine. resflow holds chip references, never pixels, between
+stages, so both numbers should stay flat: a growing time per km^2 points at per-run work
+that grows faster than the area (planning, regrouping, the driver's result list), a growing
+worker peak at something that keeps pixels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from resflow.benchmarking.engines import measure, start_executor
+from resflow.benchmarking.scaled_archive import write_scaled_scene
+from resflow.config import IngestConfig, RunConfig
+from resflow.ingest import ingest
+
+FACTORS = (1, 2, 4, 8)
+#: Largest allowed change of time per km^2 and worker peak RSS between sizes (target).
+FLAT_TOLERANCE = 0.15
+
+
+def scaled_archive(factor: int, work_dir: Path, *, chip: int = 256,
+                   source: Path | None = None) -> Path:
+    """The archive of the x``factor`` mosaic of ``source`` (default: the Atlanta tile) under
+    ``work_dir``, ingested at ``chip``; written once and reused."""
+    stem = f"{source.stem if source else 'atlanta'}-x{factor}"
+    archive = work_dir / f"{stem}-chip{chip}.zarr"
+    if not archive.exists():
+        scene = write_scaled_scene(factor, work_dir / f"{stem}.tif", source)
+        result = ingest([scene], archive, IngestConfig(chip=chip))
+        if not result.ok:
+            raise RuntimeError(f"ingest of {scene} refused it: {result.refused}")
+    return archive
+
+
+def spread(values: list[float]) -> float:
+    """``max / min - 1``: 0.15 means the largest value is 15% above the smallest.
+
+    >>> round(spread([2.0, 2.2, 2.1]), 3)
+    0.1
+    """
+    low = min(values)
+    return max(values) / low - 1 if low > 0 else float("inf")
+
+
+def scaling_study(config: RunConfig, work_dir: Path, *, factors: tuple[int, ...] = FACTORS,
+                  repeats: int, cores: int, chip: int = 256,
+                  source: Path | None = None) -> dict[str, Any]:
+    """Run every size on one engine (``config.backend``) and check flatness.
+
+    Parameters
+    ----------
+    config
+        Run settings; ``archive`` and ``out`` are replaced per size.
+    work_dir
+        Where the mosaics, archives and output stores go.
+    factors
+        Sizes, in multiples of the Atlanta tile.
+    repeats
+        Timed runs per size (one untimed warm-up run precedes the first size only).
+    cores
+        The machine's cores.
+    chip, source
+        Chip edge of the archives and the tile to mosaic (see :func:`scaled_archive`).
+
+    Returns
+    -------
+    dict
+        ``backend``, ``sizes`` (per factor: ``factor``, ``chips``, ``km2``, ``s_per_km2``
+        and ``km2_per_s`` summaries, ``worker_peak_mb``, ``driver_peak_mb``),
+        ``time_spread`` and ``memory_spread`` (:func:`spread` of the medians and peaks) and
+        ``flat`` (both within :data:`FLAT_TOLERANCE`).
+    """
+    archives = {f: scaled_archive(f, work_dir, chip=chip, source=source) for f in factors}
+    executor, startup = start_executor(config.model_copy(update={"archive": archives[factors[0]]}))
+    sizes = []
+    try:
+        for index, factor in enumerate(factors):
+            run = measure(config.model_copy(update={"archive": archives[factor]}), executor,
+                          repeats=repeats, out_dir=work_dir, cores=cores,
+                          label=f"{config.backend}-x{factor}", warm_up=index == 0)
+            memory = run["memory"]
+            sizes.append({
+                "factor": factor, "chips": run["chips"], "km2": run["km2"],
+                "s_per_km2": run["s_per_km2"], "km2_per_s": run["km2_per_s"],
+                "worker_peak_mb": memory["worker_mb"] or memory["driver_mb"],
+                "driver_peak_mb": memory["driver_mb"],
+                "stage_fractions": run["stage_fractions"],
+            })
+    finally:
+        executor.close()
+    time_spread = spread([s["s_per_km2"]["median"] for s in sizes])
+    memory_spread = spread([s["worker_peak_mb"] for s in sizes])
+    return {
+        "backend": config.backend, "startup_s": startup, "sizes": sizes,
+        "time_spread": time_spread, "memory_spread": memory_spread,
+        "flat": time_spread <= FLAT_TOLERANCE and memory_spread <= FLAT_TOLERANCE,
+    }

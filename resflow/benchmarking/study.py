@@ -1,0 +1,230 @@
+"""The whole benchmark behind ``resflow bench``: one archive, every engine, side by side.
+
+In one process and one sitting, so the ratios compare like with like on a shared machine:
+
+1. the compute limit on preloaded chips (:mod:`resflow.benchmarking.limit`);
+2. the hand-written rasterio loop with the mono model (:mod:`resflow.benchmarking.baseline`);
+3. each engine end to end, plus the proposed engine changes
+   (:mod:`resflow.benchmarking.engines`, :mod:`resflow.benchmarking.proposals`);
+4. scaling x1 to x8 on Dask (:mod:`resflow.benchmarking.scaling`);
+5. in full mode, the sweeps (:mod:`resflow.benchmarking.sweeps`).
+
+Results are one JSON document with the machine, its load before and after, and the library
+versions, plus PNG plots and a Markdown table (:mod:`resflow.benchmarking.plots`,
+:mod:`resflow.benchmarking.tables`).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from resflow.archive import Archive
+from resflow.benchmarking.baseline import hand_written
+from resflow.benchmarking.engines import bench_engine
+from resflow.benchmarking.limit import Preloaded, compute_limit
+from resflow.benchmarking.machine import describe_machine, load_average
+from resflow.benchmarking.proposals import ThreadedLocalExecutor
+from resflow.benchmarking.scaling import FACTORS, scaled_archive, scaling_study
+from resflow.benchmarking.series import summarise
+from resflow.benchmarking.sweeps import plan_sweeps, run_sweeps
+from resflow.config import DaskConfig, RunConfig, SparkConfig
+from resflow.gallery import Gallery
+from resflow.report import collect_versions
+
+#: Fraction of the compute limit each engine should reach on a 2-core CPU (issue 5).
+TARGETS = {"local": 0.95, "dask": 0.85, "spark": 0.75}
+#: Label of the proposed threaded local engine in the results.
+LOCAL_THREADS = "local-threads (proposed)"
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What one ``resflow bench`` measures.
+
+    Attributes
+    ----------
+    quick
+        Skip the sweeps and use the smaller benchmark archive (x4 instead of x8).
+    backends
+        Engines to compare (installed ``resflow.backends`` names).
+    repeats
+        Timed repetitions of every measurement (at least 3 for a median and spread).
+    out
+        Folder for ``bench-<mode>.json``, the PNG plots and ``table.md``.
+    gallery
+        Model gallery; ``None`` = the bundled default.
+    partition_chips, halo, batch_size
+        Run settings shared by every engine (see :class:`resflow.config.RunConfig`).
+    factors
+        Scaling sizes, multiples of the Atlanta tile.
+    proposals
+        Also measure the proposed engine changes next to the installed engines.
+    scaling_backend
+        The engine the scaling study runs on.
+    source, chip
+        The tile the benchmark archives are mosaics of (``None`` = the SpaceNet Atlanta
+        sample) and their chip edge, pixels.
+    work_dir
+        Scratch space for archives and outputs; ``None`` = a temporary folder.
+    """
+
+    quick: bool = False
+    backends: tuple[str, ...] = ("local", "dask", "spark")
+    repeats: int = 3
+    out: Path = Path("benchmarks/results")
+    gallery: Path | None = None
+    partition_chips: int = 16
+    halo: int = 32
+    batch_size: int = 8
+    factors: tuple[int, ...] = FACTORS
+    proposals: bool = True
+    scaling_backend: str = "dask"
+    source: Path | None = None
+    chip: int = 256
+    work_dir: Path | None = None
+
+    @property
+    def mode(self) -> str:
+        """``"quick"`` or ``"full"``: the results file's suffix."""
+        return "quick" if self.quick else "full"
+
+    @property
+    def scale(self) -> int:
+        """Size of the comparison archive in Atlanta tiles."""
+        return 4 if self.quick else 8
+
+
+def base_config(options: BenchOptions, archive: Path, cores: int) -> RunConfig:
+    """The run settings every engine gets: one worker (or task slot) per core, one thread."""
+    return RunConfig(
+        archive=archive, gallery=options.gallery, backend="dask",
+        batch_size=options.batch_size, partition_chips=options.partition_chips,
+        halo=options.halo, torch_threads=1,
+        dask=DaskConfig(workers=cores, threads_per_worker=1, dashboard_address="127.0.0.1:0"),
+        spark=SparkConfig(master=f"local[{cores}]"),
+    )
+
+
+def _step(log: Callable[[str], None], what: str) -> float:
+    log(f"[bench] {what}")
+    return time.perf_counter()
+
+
+def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Measure everything, write the results, and return the results document."""
+    started = time.perf_counter()
+    machine = describe_machine()
+    cores = int(machine["cores"])
+    load_before = load_average()
+    with tempfile.TemporaryDirectory(prefix="resflow-bench-") as tmp:
+        work = Path(options.work_dir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        _step(log, f"archive: mosaic x{options.scale} of {options.source or 'Atlanta'}")
+        archive_path = scaled_archive(options.scale, work, chip=options.chip,
+                                      source=options.source)
+        archive = Archive.open(archive_path)
+        gallery = Gallery.load(options.gallery)
+        config = base_config(options, archive_path, cores)
+
+        _step(log, f"compute limit on {cores} threads, preloaded chips")
+        limit = compute_limit(Preloaded.read(archive, options.halo), gallery, threads=cores,
+                              repeats=options.repeats, batch_size=options.batch_size)
+
+        _step(log, "hand-written rasterio loop, mono model")
+        sources = [Path(info.source) for info in archive.scenes.values()]
+        baseline_runs = [hand_written(sources, gallery, work / "baseline", chip=options.chip,
+                                      halo=options.halo, threads=cores)
+                         for _ in range(options.repeats)]
+        baseline = {**baseline_runs[0], "threads": cores,
+                    "km2_per_s": summarise([r["km2_per_s"] for r in baseline_runs]),
+                    "chips_per_s": summarise([r["chips_per_s"] for r in baseline_runs]),
+                    "wall_s": summarise([r["wall_s"] for r in baseline_runs])}
+
+        engines = []
+        for backend in options.backends:
+            _step(log, f"engine {backend}: start, cold run, {options.repeats} timed runs")
+            engines.append(bench_engine(config.model_copy(update={"backend": backend}),
+                                        repeats=options.repeats, out_dir=work, cores=cores))
+        if options.proposals and "local" in options.backends:
+            _step(log, f"proposal {LOCAL_THREADS}")
+            engines.append(bench_engine(config.model_copy(update={"backend": "local"}),
+                                        repeats=options.repeats, out_dir=work, cores=cores,
+                                        executor_class=ThreadedLocalExecutor,
+                                        label=LOCAL_THREADS))
+
+        _step(log, f"scaling x{'/x'.join(map(str, options.factors))} on "
+              f"{options.scaling_backend}")
+        scaling = scaling_study(config.model_copy(update={"backend": options.scaling_backend}),
+                                work, factors=options.factors, repeats=options.repeats,
+                                cores=cores, chip=options.chip, source=options.source)
+
+        sweeps = {}
+        if not options.quick:
+            _step(log, "sweeps")
+            sweeps = run_sweeps(config, plan_sweeps(cores, len(machine["gpus"])),
+                                repeats=options.repeats, out_dir=work, cores=cores)
+
+    results = {
+        "mode": options.mode,
+        "finished_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "duration_s": time.perf_counter() - started,
+        "machine": machine,
+        "load_average": {"before": load_before, "after": load_average()},
+        "versions": collect_versions(),
+        "options": json.loads(json.dumps(asdict(options), default=str)),
+        "archive": {"scale": options.scale, "chips": limit["chips"], "km2": limit["km2"],
+                    "chip": options.chip, "source": "dihedral mosaic of the real "
+                    f"{options.source or 'SpaceNet Atlanta'} tile"},
+        "limit": limit,
+        "baseline": baseline,
+        "engines": engines,
+        "ratios": ratios(engines, limit, baseline),
+        "scaling": scaling,
+        "sweeps": sweeps,
+        "gpu_sweep": "run" if machine["gpus"] else
+        "skipped: no GPU on this machine, so tasks per GPU were not swept",
+    }
+    write_results(results, options.out)
+    return results
+
+
+def ratios(engines: list[dict[str, Any]], limit: dict[str, Any],
+           baseline: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each engine's median area rate against the limit's and the hand-written loop's,
+    with the issue-5 target where one is set."""
+    limit_rate = limit["km2_per_s"]["median"]
+    base_rate = baseline["km2_per_s"]["median"]
+    out = {}
+    for engine in engines:
+        rate = engine["km2_per_s"]["median"]
+        target = TARGETS.get(engine["label"])
+        of_limit = rate / limit_rate
+        out[engine["label"]] = {
+            "of_limit": of_limit,
+            "of_limit_range": [engine["km2_per_s"]["min"] / limit_rate,
+                               engine["km2_per_s"]["max"] / limit_rate],
+            "vs_hand_written": rate / base_rate,
+            "target": target,
+            "met": None if target is None else of_limit >= target,
+        }
+    return out
+
+
+def write_results(results: dict[str, Any], out: Path) -> Path:
+    """``bench-<mode>.json``, the plots and ``table.md`` under ``out``; returns the JSON."""
+    from resflow.benchmarking.plots import write_plots
+    from resflow.benchmarking.tables import markdown_tables
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"bench-{results['mode']}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    write_plots(results, out)
+    (out / f"table-{results['mode']}.md").write_text(markdown_tables(results))
+    return path

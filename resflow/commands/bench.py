@@ -1,0 +1,51 @@
+"""``resflow bench``: every engine against the compute limit and a hand-written loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``bench`` command to the CLI."""
+    app.command("bench")(bench_command)
+
+
+def bench_command(
+    quick: Annotated[bool, typer.Option(
+        "--quick", help="x4 archive, no sweeps: under 10 minutes on 2 cores")] = False,
+    backends: Annotated[str, typer.Option(
+        help="comma-separated engines to compare side by side")] = "local,dask,spark",
+    repeats: Annotated[int, typer.Option(min=1, help="timed repetitions of everything")] = 3,
+    out: Annotated[Path, typer.Option(help="folder for JSON, PNG plots and table")] = Path(
+        "benchmarks/results"),
+    gallery: Annotated[Path | None, typer.Option(help="model gallery (default: bundled)")] = None,
+    partition_chips: Annotated[int, typer.Option(min=1, help="chips per partition")] = 16,
+    proposals: Annotated[bool, typer.Option(
+        help="also measure the proposed engine changes")] = True,
+    work_dir: Annotated[Path | None, typer.Option(
+        help="keep scratch archives here (default: a temporary folder)")] = None,
+) -> None:
+    """Measure area rate (km^2/s) and chips/s of each engine on one archive, as fractions
+    of the pure-compute limit and against a hand-written rasterio loop; scaling x1 to x8;
+    sweeps of cluster shape and settings (full mode). Writes bench-<mode>.json, PNG plots
+    and table-<mode>.md to OUT and prints the tables.
+    """
+    from resflow.benchmarking.study import BenchOptions, run_benchmark
+    from resflow.benchmarking.tables import markdown_tables
+    from resflow.errors import ResflowError
+
+    options = BenchOptions(
+        quick=quick, backends=tuple(b.strip() for b in backends.split(",") if b.strip()),
+        repeats=repeats, out=out, gallery=gallery, partition_chips=partition_chips,
+        proposals=proposals, work_dir=work_dir)
+    try:
+        results = run_benchmark(options, log=lambda line: typer.echo(line, err=True))
+    except ResflowError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(markdown_tables(results))
+    typer.echo(f"wrote {out}/bench-{options.mode}.json, plots and table-{options.mode}.md",
+               err=True)

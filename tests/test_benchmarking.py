@@ -1,0 +1,144 @@
+"""Benchmark machinery: results of the right shape on a tiny archive (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.windows import Window
+
+from resflow.archive import Archive
+from resflow.benchmarking.baseline import hand_written
+from resflow.benchmarking.limit import Preloaded, compute_limit
+from resflow.benchmarking.machine import describe_machine
+from resflow.benchmarking.memory import peaks, reset_peaks
+from resflow.benchmarking.proposals import ThreadedLocalExecutor
+from resflow.benchmarking.scaled_archive import write_scaled_scene
+from resflow.benchmarking.scaling import scaled_archive, spread
+from resflow.benchmarking.series import summarise
+from resflow.benchmarking.study import BenchOptions, run_benchmark
+from resflow.gallery import Gallery, write_gallery
+from resflow.local import LocalExecutor
+from resflow.models.hashing import HashingHead
+from resflow.models.segmentation import SegmentationDecoder
+from resflow.report import STAGES
+from resflow.samples import sample_path
+
+CHIP = 64
+HALO = 8
+
+
+@pytest.fixture(scope="module")
+def tile(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 128 x 128 crop of the real Atlanta tile, keeping its CRS and upper-left corner."""
+    out = tmp_path_factory.mktemp("tile") / "atlanta-crop.tif"
+    with rasterio.open(sample_path("atlanta-pan")) as src:
+        window = Window(0, 0, 2 * CHIP, 2 * CHIP)
+        # the crop starts at pixel (0, 0), so the source transform is the crop's
+        profile = src.profile | {"height": window.height, "width": window.width,
+                                 "tiled": False}
+        with rasterio.open(out, "w", **profile) as dst:
+            dst.write(src.read(window=window))
+    return out
+
+
+@pytest.fixture(scope="module")
+def gallery(tmp_path_factory: pytest.TempPathFactory) -> Gallery:
+    """A two-bucket gallery with untrained decoders: the benchmarks time models, not maps."""
+    torch.manual_seed(0)
+    codes = np.array([[False] * 8, [True] * 8])
+    return write_gallery(tmp_path_factory.mktemp("gallery"), bucket_codes=codes,
+                         buckets=[{"chips": 1, "labelled_chips": 1}] * 2,
+                         head=HashingHead(hidden=16, bits=8),
+                         decoders={"mono": SegmentationDecoder(),
+                                   "bucket-1": SegmentationDecoder()}, info={})
+
+
+@pytest.fixture(scope="module")
+def archive(tile: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return scaled_archive(1, tmp_path_factory.mktemp("archive"), chip=CHIP, source=tile)
+
+
+def test_scaled_scene_keeps_georeferencing(tile: Path, tmp_path: Path) -> None:
+    out = write_scaled_scene(2, tmp_path / "x2.tif", source=tile)
+    with rasterio.open(tile) as src, rasterio.open(out) as big:
+        assert big.crs == src.crs
+        assert big.transform == src.transform  # same pixel size and upper-left corner
+        assert (big.height, big.width) == (src.height, 2 * src.width)
+        assert np.array_equal(big.read(window=Window(0, 0, src.width, src.height)), src.read())
+
+
+def test_limit_has_rates_and_stage_seconds(archive: Path, gallery: Gallery) -> None:
+    data = Preloaded.read(Archive.open(archive), HALO)
+    assert data.plain.shape == (4, 3, CHIP, CHIP)
+    assert data.context.shape == (4, 3, CHIP + 2 * HALO, CHIP + 2 * HALO)
+    limit = compute_limit(data, gallery, threads=2, repeats=2)
+    assert limit["chips"] == 4 and limit["km2"] == pytest.approx(data.km2)
+    assert limit["km2_per_s"]["n"] == 2 and limit["km2_per_s"]["median"] > 0
+    assert set(limit["stage_seconds"]) == {"stage1", "stage2", "stage3"}
+    assert limit["thread_scaling"] > 0
+
+
+def test_hand_written_loop_maps_every_chip(tile: Path, archive: Path, gallery: Gallery,
+                                           tmp_path: Path) -> None:
+    result = hand_written([tile], gallery, tmp_path, chip=CHIP, halo=HALO, threads=1)
+    refs = Archive.open(archive).chips()
+    assert result["chips"] == len(refs)
+    assert result["km2"] == pytest.approx(sum(r.km2 for r in refs))
+    with rasterio.open(tile) as src, rasterio.open(tmp_path / tile.name) as out:
+        assert (out.crs, out.transform, out.shape) == (src.crs, src.transform, src.shape)
+        assert out.dtypes[0] == "uint8"
+
+
+def test_threaded_local_gives_the_local_records() -> None:
+    parts = [[1, 2], [3], [4, 5, 6]]
+
+    def tenfold(records: list[int], env: object) -> list[int]:
+        return [r * 10 for r in records]
+
+    local = LocalExecutor(gpus=[], progress=False)
+    threaded = ThreadedLocalExecutor(gpus=[], progress=False, threads=2)
+    results = [ex.collect(ex.map_partitions(ex.from_partitions(parts), tenfold, name="x"))
+               for ex in (local, threaded)]
+    assert results[0] == results[1] == [10, 20, 30, 40, 50, 60]
+    assert threaded.describe()["threads_per_worker"] == 2
+
+
+def test_memory_peaks_name_the_driver() -> None:
+    before = reset_peaks()
+    result = peaks(before)
+    assert result["driver_mb"] > 0 and result["worker_mb"] is None
+
+
+def test_summaries_and_machine() -> None:
+    summary = summarise([3.0, 1.0, 2.0])
+    assert (summary["median"], summary["min"], summary["max"], summary["n"]) == (2.0, 1.0, 3.0, 3)
+    assert spread([2.0, 2.2]) == pytest.approx(0.1)
+    machine = describe_machine()
+    assert machine["cores"] >= 1 and machine["memory_gib"] > 0 and machine["cpu_model"]
+
+
+def test_quick_benchmark_writes_results(tile: Path, gallery: Gallery, tmp_path: Path) -> None:
+    options = BenchOptions(quick=True, backends=("local",), repeats=1, out=tmp_path / "results",
+                           gallery=gallery.path, partition_chips=2, halo=HALO, factors=(1, 2),
+                           scaling_backend="local", source=tile, chip=CHIP,
+                           work_dir=tmp_path / "work")
+    results = run_benchmark(options, log=lambda line: None)
+    saved = json.loads((tmp_path / "results" / "bench-quick.json").read_text())
+    assert saved["mode"] == "quick" and saved["archive"]["chips"] == 16  # x4 of 2 x 2 chips
+    labels = [e["label"] for e in results["engines"]]
+    assert labels == ["local", "local-threads (proposed)"]
+    for engine in results["engines"]:
+        assert set(engine["stage_seconds"]) == set(STAGES)
+        assert sum(engine["stage_fractions"].values()) == pytest.approx(1.0)
+        assert results["ratios"][engine["label"]]["of_limit"] > 0
+    assert results["ratios"]["local"]["target"] == 0.95
+    assert [s["factor"] for s in results["scaling"]["sizes"]] == [1, 2]
+    assert results["sweeps"] == {}
+    for name in ("rates", "stages", "scaling"):
+        assert (tmp_path / "results" / f"{name}-quick.png").stat().st_size > 0
+    assert "| local |" in (tmp_path / "results" / "table-quick.md").read_text()
