@@ -40,6 +40,13 @@ from resflow.archive import Archive
 from resflow.chips import ChipRef
 from resflow.config import RunConfig
 from resflow.executor import CPU, Executor, StageResources, TaskEnv
+from resflow.failures import (
+    ChipFailure,
+    compute_chips,
+    empty_scene_errors,
+    failing_partition,
+    read_chips,
+)
 from resflow.gallery import DEFAULT_PATH, MANIFEST, Gallery
 from resflow.outputs import OutputStore
 
@@ -253,8 +260,11 @@ def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
         yield items[i:i + size]
 
 
-def stage1_features(settings: GraphSettings, refs: list[ChipRef], env: TaskEnv) -> list[Features]:
-    """Read each chip (no halo) and compute its Lite0 embedding."""
+@failing_partition(STAGE1)
+def stage1_features(settings: GraphSettings, refs: list[ChipRef],
+                    env: TaskEnv) -> list[Features | ChipFailure]:
+    """Read each chip (no halo) and compute its Lite0 embedding; a chip that cannot be read
+    or embedded becomes a :class:`~resflow.failures.ChipFailure`."""
     from resflow.stages import extract_features
 
     if not refs:
@@ -263,32 +273,39 @@ def stage1_features(settings: GraphSettings, refs: list[ChipRef], env: TaskEnv) 
     device = _device(settings, env)
     gallery = load_gallery(settings.gallery)
     archive = _archive(settings.archive)
+    failures: list[ChipFailure] = []
     with clock("read"):
-        images = np.stack([archive.read_chip(ref).image for ref in refs])
+        refs, pixels = read_chips(refs, archive.read_chip, STAGE1, failures)
     with clock("stage1"):
-        vectors = extract_features(images, gallery.feature_extractor(),
-                                   batch_size=settings.batch_size, device=device)
+        refs, vectors = compute_chips(
+            refs, np.stack([p.image for p in pixels]) if pixels else np.empty((0,)),
+            partial(extract_features, extractor=gallery.feature_extractor(),
+                    batch_size=settings.batch_size, device=device), STAGE1, failures)
     share = clock.share(len(refs))
-    return [Features(ref, vec, share) for ref, vec in zip(refs, vectors, strict=True)]
+    return [*failures, *(Features(ref, vec, share) for ref, vec in zip(refs, vectors, strict=True))]
 
 
-def stage2_hashing(settings: GraphSettings, splits: int, records: list[Features],
-                   env: TaskEnv) -> list[Routed]:
-    """Hash each embedding and route the chip reference to its nearest bucket."""
+@failing_partition(STAGE2)
+def stage2_hashing(settings: GraphSettings, splits: int, records: list[Features | ChipFailure],
+                   env: TaskEnv) -> list[Routed | ChipFailure]:
+    """Hash each embedding and route the chip reference to its nearest bucket (failures of
+    stage 1 pass on unchanged)."""
     from resflow.stages import map_codes
 
+    failures = [r for r in records if isinstance(r, ChipFailure)]
+    records = [r for r in records if not isinstance(r, ChipFailure)]
     if not records:
-        return []
+        return list(failures)
     clock = _Clock()
     gallery = load_gallery(settings.gallery)
     with clock("stage2"):
         _, buckets = map_codes(np.stack([r.features for r in records]), gallery.hashing_head(),
                                gallery.bucket_codes)
-    return [
+    return [*failures, *(
         Routed(r.ref, int(b), clock.share(len(records), r.seconds),
                split=_split_of(r.ref, splits))
         for r, b in zip(records, buckets, strict=True)
-    ]
+    )]
 
 
 def _split_of(ref: ChipRef, splits: int) -> int:
@@ -296,8 +313,10 @@ def _split_of(ref: ChipRef, splits: int) -> int:
                                           digest_size=4).digest()) % splits
 
 
-def regroup_key(splits: int, record: Routed) -> int:
-    """Stage-3 partition key: one partition per (bucket, split)."""
+def regroup_key(splits: int, record: Routed | ChipFailure) -> int:
+    """Stage-3 partition key: one partition per (bucket, split); failures go to the first."""
+    if isinstance(record, ChipFailure):
+        return 0
     return record.bucket * splits + record.split
 
 
@@ -319,45 +338,62 @@ def quantise(probability: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(probability, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
+@failing_partition(STAGE3)
 def stage3_segment(
-    settings: GraphSettings, records: list[Routed], env: TaskEnv
-) -> list[ChipResult]:
+    settings: GraphSettings, records: list[Routed | ChipFailure], env: TaskEnv
+) -> list[ChipResult | ChipFailure]:
     """Segment each chip with its bucket's model, with a halo of context, and write it.
 
-    Writing a chip twice writes the same bytes, so a re-executed task is harmless.
+    Writing a chip twice writes the same bytes, so a re-executed task is harmless. A chip
+    that cannot be read, segmented or written becomes a :class:`~resflow.failures.ChipFailure`
+    (earlier failures pass on unchanged).
     """
     from resflow.stages import segment
 
-    if not records:
-        return []
+    failures = [r for r in records if isinstance(r, ChipFailure)]
+    routed = {r.ref: r for r in records if not isinstance(r, ChipFailure)}
+    if not routed:
+        return list(failures)
     device = _device(settings, env)
     gallery = load_gallery(settings.gallery)
     archive = _archive(settings.archive)
     store = _store(settings.out)
-    results: list[ChipResult] = []
+    results: list[ChipResult | ChipFailure] = list(failures)
     halo = settings.halo
-    for bucket in sorted({r.bucket for r in records}):
-        group = sorted((r for r in records if r.bucket == bucket), key=lambda r: r.ref)
+    for bucket in sorted({r.bucket for r in routed.values()}):
+        group = sorted(ref for ref, r in routed.items() if r.bucket == bucket)
         model = gallery.segmenter(bucket)
         for batch in _batches(group, settings.batch_size):
             clock = _Clock()
+            failed: list[ChipFailure] = []
             with clock("read"):
-                pixels = [archive.read_chip(r.ref, halo=halo) for r in batch]
+                refs, pixels = read_chips(batch, partial(archive.read_chip, halo=halo), STAGE3,
+                                          failed)
             with clock("preprocess"):
-                images = np.stack([p.image for p in pixels])
+                images = np.stack([p.image for p in pixels]) if pixels else np.empty((0,))
             with clock("stage3"):
-                probability = segment(images, model, batch_size=settings.batch_size, device=device)
-            fractions = []
+                kept, probability = compute_chips(
+                    refs, images, partial(segment, segmenter=model,
+                                          batch_size=settings.batch_size, device=device),
+                    STAGE3, failed)
+            valid = {ref: p.valid for ref, p in zip(refs, pixels, strict=True)}
+            written: list[tuple[ChipRef, float]] = []
             with clock("write"):
-                for r, p, prob in zip(batch, pixels, probability, strict=True):
-                    centre = np.where(trim(p.valid, r.ref, halo), trim(prob, r.ref, halo), 0.0)
+                for ref, prob in zip(kept, probability, strict=True):
+                    centre = np.where(trim(valid[ref], ref, halo), trim(prob, ref, halo), 0.0)
                     chip = quantise(centre)
-                    store.write_chip(r.ref, chip, settings.threshold)
-                    fractions.append(float(np.mean(chip > settings.threshold * 255)))
+                    try:
+                        store.write_chip(ref, chip, settings.threshold)
+                    except Exception as exc:  # e.g. a full disk: this chip is not in the ledger
+                        failed.append(ChipFailure(ref, STAGE3, f"writing the chip failed "
+                                                  f"({exc.__class__.__name__}: {exc})"))
+                        continue
+                    written.append((ref, float(np.mean(chip > settings.threshold * 255))))
+            results.extend(failed)
             results.extend(
-                ChipResult(r.ref, bucket, gallery.model_name(bucket), f,
-                           clock.share(len(batch), r.seconds))
-                for r, f in zip(batch, fractions, strict=True)
+                ChipResult(ref, bucket, gallery.model_name(bucket), f,
+                           clock.share(len(written), routed[ref].seconds))
+                for ref, f in written
             )
     return results
 
@@ -375,12 +411,15 @@ class RunResult:
     report
         The run report (also in ``OUT/run_report.json``).
     exports
-        Files written besides the store (COGs, footprints GeoJSON).
+        Files written besides the store (COGs, footprints GeoJSON); none when chips failed.
+    failures
+        Chips that could not be mapped, in chip order (also in the report's ``errors``).
     """
 
     results: list[ChipResult]
     report: Any
     exports: list[Path] = field(default_factory=list)
+    failures: list[ChipFailure] = field(default_factory=list)
 
 
 def build_graph(executor: Executor, settings: GraphSettings, partitions: list[list[ChipRef]],
@@ -402,6 +441,11 @@ def build_graph(executor: Executor, settings: GraphSettings, partitions: list[li
 
 def run_graph(config: RunConfig, executor: Executor) -> RunResult:
     """Run the whole graph on ``executor``: plan, compute, write, finalize, export.
+
+    Inputs refused at ingest, scenes without a valid pixel and chips that failed are the
+    report's ``errors``. When chips failed, the store keeps its report but is not marked
+    complete (its ledger lacks them, so ``--resume`` retries just those) and nothing is
+    exported.
 
     Raises
     ------
@@ -426,16 +470,23 @@ def run_graph(config: RunConfig, executor: Executor) -> RunResult:
     graph = build_graph(executor, settings, partitions, len(gallery.bucket_codes),
                         config.partition_chips)
     compute_start = time.perf_counter()
-    results = sorted(executor.collect(graph), key=lambda r: r.ref)
+    collected = sorted(executor.collect(graph), key=lambda r: r.ref)
     compute_wall = time.perf_counter() - compute_start
+    failures = [r for r in collected if isinstance(r, ChipFailure)]
+    results = [r for r in collected if not isinstance(r, ChipFailure)]
+    errors = [*archive.refused, *empty_scene_errors(archive, [r for p in partitions for r in p]),
+              *(f.as_record(archive.scenes[f.ref.scene].source) for f in failures)]
     report = RunReport(
         out=str(settings.out), chips=len(results), km2=sum(r.ref.km2 for r in results),
         buckets=_bucket_uses(results, BucketUse),
         stage_seconds=_stage_seconds(results, compute_wall, executor.describe()),
         wall_s=time.perf_counter() - start, backend=executor.name,
         cluster=ClusterShape.from_executor(executor.describe()), config=run_config,
-        errors=list(archive.refused), peak_rss_mb=_peak_rss_mb(),
+        errors=errors, peak_rss_mb=_peak_rss_mb(),
     )
+    if failures:
+        store.record_unfinished(report.to_dict())
+        return RunResult(results, report, failures=failures)
     store.finalize(report.to_dict())
     return RunResult(results, report, _export(config, store))
 

@@ -39,6 +39,10 @@ RASTER_SUFFIXES = frozenset({
 })
 """File suffixes (lower-case) picked up when a folder is given; explicit files are always tried."""
 
+STREAM_CACHE_MB = 64
+"""GDAL block cache while streaming, MiB. GDAL's default (5% of RAM) fills with every block
+read, which for a large raster of tiny (16 x 16) blocks grows far past the window itself."""
+
 
 @dataclass
 class IngestResult:
@@ -306,7 +310,7 @@ def _stream(group: zarr.Group, plan: _Plan, config: IngestConfig) -> tuple[dict,
     step = max(chip, config.window_rows // chip * chip)
     sampler = StatsSampler(info.height, info.width, info.nodata)
     valid_count = np.zeros(grid_shape(info.height, info.width, chip), dtype=np.int64)
-    with rasterio.open(plan.source) as ds:
+    with rasterio.Env(GDAL_CACHEMAX=STREAM_CACHE_MB), rasterio.open(plan.source) as ds:
         for y0 in range(0, info.height, step):
             for x0 in range(0, info.width, step):
                 h, w = min(step, info.height - y0), min(step, info.width - x0)

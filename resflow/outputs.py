@@ -411,10 +411,22 @@ class OutputStore:
             raise ResflowError(str(self.path), f"{missing} of {progress['chips_total']} chips "
                                "are not written, so the output cannot be marked complete",
                                "run again with --resume to finish them")
+        self._keep_report(report, complete=True)
+
+    def record_unfinished(self, report: dict[str, Any]) -> None:
+        """Keep the report of a run whose failed chips left the ledger short.
+
+        The report (with one error per failed chip) goes where :meth:`finalize` puts it, but
+        the store stays incomplete: a map with holes must never look finished, and
+        ``--resume`` retries exactly the chips the ledger lacks.
+        """
+        self._keep_report(report, complete=False)
+
+    def _keep_report(self, report: dict[str, Any], *, complete: bool) -> None:
         (self.path / REPORT_NAME).write_text(json.dumps(report, indent=2, default=str) + "\n")
         root = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
         root.attrs.update({"run_report": json.loads(json.dumps(report, default=str)),
-                           "complete": True})
+                           "complete": complete})
         _consolidate(self.path)
 
 
@@ -426,8 +438,9 @@ def describe(path: Path | str) -> dict[str, Any]:
     dict
         ``path``, ``kind`` (``"output"``), ``complete``, ``chips_done``, ``chips_total``,
         ``percent``, ``scenes`` (one dict per scene: ``scene``, ``group``, ``height``,
-        ``width`` (pixels), ``chip``, ``chips_done``, ``chips_total``, ``percent``) and
-        ``summary`` (the run report's one-line summary, or None while incomplete).
+        ``width`` (pixels), ``chip``, ``chips_done``, ``chips_total``, ``percent``),
+        ``summary`` (the run report's one-line summary, or None while incomplete) and
+        ``failed_chips`` (chips the last run could not map, listed in its report).
     """
     store = OutputStore.open(path)
     attrs = _read_root_attrs(store.path) or {}
@@ -445,9 +458,10 @@ def describe(path: Path | str) -> dict[str, Any]:
     total = sum(s["chips_total"] for s in scenes)
     complete = bool(attrs.get("complete"))
     report = attrs.get("run_report") or {}
+    failed = sum(1 for error in report.get("errors", []) if "chip" in error)
     return {"path": str(store.path), "kind": KIND, "complete": complete, "chips_done": done,
             "chips_total": total, "percent": _percent(done, total), "scenes": scenes,
-            "summary": report.get("summary") if complete else None}
+            "summary": report.get("summary") if complete else None, "failed_chips": failed}
 
 
 def format_description(desc: dict[str, Any]) -> str:
@@ -459,6 +473,9 @@ def format_description(desc: dict[str, Any]) -> str:
     for s in desc["scenes"]:
         lines.append(f"  {s['scene']:<{width}}  {s['height']}x{s['width']} px, chip {s['chip']}:"
                      f" {s['chips_done']}/{s['chips_total']} chips ({s['percent']:.1f}%)")
+    if desc.get("failed_chips"):
+        lines.append(f"{desc['failed_chips']} chips failed in the last run: see "
+                     f"{Path(desc['path']) / REPORT_NAME}; --resume retries them")
     if desc["summary"]:
         lines.append(desc["summary"])
     return "\n".join(lines)

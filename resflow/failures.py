@@ -1,0 +1,152 @@
+"""Chips that could not be mapped: recorded one by one, never allowed to stop the run.
+
+One bad chip (pixels that harmonise to NaN, a read that fails, a model that raises or
+returns NaN) must not cost the rest of the archive. Stage functions read and compute chip by
+chip where a failure can happen, and a chip that fails becomes a :class:`ChipFailure` record
+that travels through the rest of the graph in its place. The run then ends with every other
+chip written and each failure in the run report as a per-input error.
+
+Model calls run on the whole batch first; only when the batch raises is each chip retried
+alone, so the common case costs nothing extra. This is exact because stage functions give a
+chip the same result alone or in any batch (fixed-shape micro-batches).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from resflow.archive import Archive
+    from resflow.chips import ChipPixels, ChipRef
+
+FIX = ("check the scene's source raster (e.g. `gdalinfo -stats`); re-ingest it once fixed, "
+       "then `resflow run ... --resume` maps only the missing chips")
+
+
+@dataclass(frozen=True)
+class ChipFailure:
+    """A chip that could not be mapped, in place of its result.
+
+    Attributes
+    ----------
+    ref
+        The chip.
+    stage
+        The stage it failed in (``resflow.graph.STAGE1`` ...).
+    problem
+        What went wrong, one sentence.
+    """
+
+    ref: ChipRef
+    stage: str
+    problem: str
+
+    def as_record(self, source: str) -> dict[str, str]:
+        """The failure as a run-report error; ``source`` is the scene's source raster."""
+        ref = self.ref
+        return {"source": source, "where": f"{source}: scene {ref.scene}, chip (row {ref.row}, "
+                f"col {ref.col}), pixels y {ref.y0}..{ref.y0 + ref.height}, x {ref.x0}.."
+                f"{ref.x0 + ref.width}", "problem": f"{self.stage}: {self.problem}", "fix": FIX,
+                "scene": ref.scene, "chip": f"{ref.row},{ref.col}"}
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{exc.__class__.__name__}: {exc}".rstrip(".")
+
+
+def read_chips(refs: Sequence[ChipRef], read: Callable[[ChipRef], ChipPixels], stage: str,
+               failures: list[ChipFailure]) -> tuple[list[ChipRef], list[ChipPixels]]:
+    """Read each chip; one whose read raises or whose model input is not finite fails alone.
+
+    Returns the chips that can go on and their pixels; failures are appended to ``failures``.
+    """
+    kept: list[ChipRef] = []
+    pixels: list[ChipPixels] = []
+    for ref in refs:
+        try:
+            chip = read(ref)
+        except Exception as exc:  # one unreadable chip must not stop its partition
+            failures.append(ChipFailure(ref, stage, f"reading the chip failed ({_describe(exc)})"))
+            continue
+        if not np.isfinite(chip.image).all():
+            failures.append(ChipFailure(ref, stage, "its harmonised pixels hold NaN or Inf "
+                                        "(source values too extreme to scale), so no model "
+                                        "can map it"))
+            continue
+        kept.append(ref)
+        pixels.append(chip)
+    return kept, pixels
+
+
+def compute_chips(refs: Sequence[ChipRef], images: np.ndarray,
+                  model: Callable[[np.ndarray], np.ndarray], stage: str,
+                  failures: list[ChipFailure]) -> tuple[list[ChipRef], list[np.ndarray]]:
+    """``model`` on the batch ``images`` (one row per chip); a chip it cannot map fails alone.
+
+    The batch runs once; if it raises, each chip runs alone so only the chips that raise fail.
+    A chip whose output is not finite fails too, so NaN never reaches the output store.
+    """
+    if not refs:
+        return [], []
+    try:
+        outputs: list[np.ndarray | None] = list(model(images))
+    except Exception:  # find the chip(s) at fault; the others keep their exact results
+        outputs = []
+        for ref, image in zip(refs, images, strict=True):
+            try:
+                outputs.append(model(image[None])[0])
+            except Exception as exc:
+                failures.append(ChipFailure(ref, stage, f"the model raised {_describe(exc)}"))
+                outputs.append(None)
+    kept: list[ChipRef] = []
+    results: list[np.ndarray] = []
+    for ref, out in zip(refs, outputs, strict=True):
+        if out is None:
+            continue
+        if not np.isfinite(out).all():
+            failures.append(ChipFailure(ref, stage, "the model returned NaN or Inf"))
+            continue
+        kept.append(ref)
+        results.append(out)
+    return kept, results
+
+
+def failing_partition(stage: str) -> Callable[[Callable[..., list[Any]]], Callable[..., list[Any]]]:
+    """Decorate a stage function so an error outside any one chip fails its chips, not the run.
+
+    The stage function takes its partition's records as its last argument but one (before
+    the task env); records are chip-bearing (``.ref``) or earlier :class:`ChipFailure`s,
+    which are passed on unchanged.
+    """
+    def decorate(fn: Callable[..., list[Any]]) -> Callable[..., list[Any]]:
+        @functools.wraps(fn)
+        def wrapper(*args: Any) -> list[Any]:
+            try:
+                return fn(*args)
+            except Exception as exc:  # e.g. the gallery or store vanished under a worker
+                problem = f"the partition's task failed ({_describe(exc)})"
+                return [r if isinstance(r, ChipFailure) else ChipFailure(r.ref, stage, problem)
+                        for r in args[-2]]
+        return wrapper
+    return decorate
+
+
+def empty_scene_errors(archive: Archive, refs: Sequence[ChipRef]) -> list[dict[str, str]]:
+    """One run-report error per planned scene with no valid pixel at all.
+
+    Such a scene still gets its (empty) map, so the output stays complete; the error says
+    why the map is empty (every pixel nodata, NaN or Inf).
+    """
+    valid: dict[str, float] = {}
+    for ref in refs:
+        valid[ref.scene] = max(valid.get(ref.scene, 0.0), ref.valid_fraction)
+    return [{"source": archive.scenes[scene].source, "where": archive.scenes[scene].source,
+             "problem": f"scene {scene} holds no valid pixel (every pixel is nodata, NaN or "
+             "Inf), so its map is empty", "fix": "check the raster's nodata value and "
+             "contents, or leave it out of the archive", "scene": scene}
+            for scene, fraction in sorted(valid.items()) if fraction == 0.0]
