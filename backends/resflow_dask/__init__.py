@@ -161,9 +161,12 @@ class DaskExecutor(Executor):
         return futures
 
     def from_partitions(self, partitions: Sequence[Sequence[Any]]) -> list[Future]:
-        # hash=False: equal partitions scattered by two runs must not share (and race on
-        # releasing) one key
-        return self.client.scatter([list(p) for p in partitions], hash=False)
+        # Tasks, not scattered data: the scheduler can recompute a partition lost with its
+        # worker, where scattered data would be gone for good. The uuid keeps equal
+        # partitions of two runs from sharing (and racing on releasing) one key.
+        prefix = f"{stage_key('partitions')}-{uuid.uuid4().hex}"
+        return [self.client.submit(list, list(p), key=(prefix, i), pure=False)
+                for i, p in enumerate(partitions)]
 
     def map_partitions(
         self,

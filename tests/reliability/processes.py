@@ -20,7 +20,8 @@ import numpy as np
 import psutil
 
 BIN = Path(sys.executable).parent
-LOCAL_ENV = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYTHONWARNINGS": "ignore"}
+# no SPARK_LOCAL_IP: resflow must bind Spark to loopback by itself
+LOCAL_ENV = {k: v for k, v in os.environ.items() if k != "SPARK_LOCAL_IP"}
 
 
 def free_port() -> int:

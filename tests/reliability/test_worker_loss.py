@@ -1,0 +1,96 @@
+"""Worker loss: SIGKILL a Dask worker or a Spark Python worker part-way; the run still ends.
+
+``resflow run`` runs as a subprocess with its own embedded cluster (two Dask worker processes,
+or Spark ``local[2]``). Once the ledger shows chips written, one worker is killed with
+SIGKILL: Dask's nanny restarts it and the scheduler recomputes what it held; Spark retries the
+lost task (``local[2]`` runs as ``local[2,4]``: local mode retries only when told in the
+master URL) in a fresh Python worker. The output must be complete, hold every chip once, and
+equal a clean run's maps bit for bit. The same runs check that everything they listen on is
+bound to the loopback interface. Killing whole executor JVMs (``local-cluster``), again and
+again, is the soak's job (``benchmarks/soak.py``), too slow for CI.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import psutil
+import pytest
+
+from resflow.outputs import OutputStore
+from tests.reliability.processes import (
+    assert_identical,
+    chips_done,
+    run_args,
+    started,
+    tree,
+    wait_until,
+)
+
+TOTAL = 64
+VICTIMS = {
+    # Dask's nanny runs each worker as a multiprocessing child of the driver
+    "dask": ("spawn_main", ["--backend", "dask"]),
+    # Spark's Python workers are forked by the pyspark.daemon process, one per task slot
+    "spark": ("pyspark.daemon", ["--backend", "spark", "--spark-master", "local[2]"]),
+}
+RECOVERED = {"dask": "Restarting worker", "spark": "Python worker exited unexpectedly"}
+"""What each engine logs when it recovers from the kill: proof the kill hit the run."""
+
+
+def _victims(pid: int, marker: str) -> list[psutil.Process]:
+    """Worker processes of the run: Dask workers, or the children of Spark's Python daemon."""
+    found = []
+    for p in tree(pid)[1:]:
+        try:
+            if marker in " ".join(p.cmdline()) and marker in " ".join(p.parent().cmdline()):
+                found.append(p)  # a forked Python worker shares its daemon's command line
+            elif marker == "spawn_main" and marker in " ".join(p.cmdline()):
+                found.append(p)
+        except (psutil.NoSuchProcess, AttributeError):
+            continue
+    return found
+
+
+def _loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def _listening(pid: int) -> set[str]:
+    """Addresses the run's processes listen on (TCP)."""
+    addresses = set()
+    for p in tree(pid):
+        try:
+            for conn in p.net_connections(kind="tcp"):
+                if conn.status == psutil.CONN_LISTEN:
+                    addresses.add(conn.laddr.ip)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return addresses
+
+
+@pytest.mark.parametrize("backend", sorted(VICTIMS))
+def test_a_killed_worker_costs_nothing(backend: str, small_archive: Path, run_config_file: Path,
+                                       reference_maps, tmp_path: Path) -> None:
+    marker, flags = VICTIMS[backend]
+    out = tmp_path / "maps.zarr"
+    log = tmp_path / "run.log"
+    with started(run_args(small_archive, out, run_config_file, *flags), log) as proc:
+        wait_until(lambda: len(_victims(proc.pid, marker)) == 2, "two workers", proc)
+        wait_until(lambda: chips_done(out) >= 1, "a first chip", proc, interval=0.05)
+        bound = _listening(proc.pid)
+        victim = _victims(proc.pid, marker)[0]
+        victim.kill()
+        killed_at = chips_done(out)
+        assert proc.wait(300) == 0, log.read_text()[-3000:]
+    assert killed_at < TOTAL, "the run ended before a worker could be killed"
+    assert bound and all(map(_loopback, bound)), f"listening beyond localhost: {bound}"
+    store = OutputStore.open(out)
+    assert store.complete and len(store.done_chips()) == TOTAL
+    text = log.read_text()
+    assert RECOVERED[backend] in text
+    assert f"resflow: {TOTAL} chips" in text.strip().splitlines()[-1]
+    assert_identical(out, reference_maps)
