@@ -39,6 +39,9 @@ RASTER_SUFFIXES = frozenset({
 })
 """File suffixes (lower-case) picked up when a folder is given; explicit files are always tried."""
 
+ZARR_RESERVED = frozenset({"zarr.json", "zattrs", "zgroup", "zarray", "zmetadata"})
+"""Names Zarr (v3, and v2 without the leading dot that cleaning strips) keeps for metadata."""
+
 STREAM_CACHE_MB = 64
 """GDAL block cache while streaming, MiB. GDAL's default (5% of RAM) fills with every block
 read, which for a large raster of tiny (16 x 16) blocks grows far past the window itself."""
@@ -179,9 +182,14 @@ def _discover(sources: Iterable[str | Path]) -> tuple[list[Path], list[dict]]:
 
 
 def _scene_names(files: Sequence[Path]) -> list[str]:
-    """Sanitised group names; a stem shared by several files gets its folder prepended."""
+    """Sanitised group names; a stem shared by several files gets its folder prepended.
+
+    A name Zarr uses for its own metadata (``zarr.json``, ``.zattrs``...) gets a ``_scene``
+    suffix: a group of that name would overwrite the ``scenes`` group's metadata file.
+    """
     def clean(text: str) -> str:
-        return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or "scene"
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or "scene"
+        return f"{name}_scene" if name.lower() in ZARR_RESERVED else name
 
     stems = [clean(p.stem) for p in files]
     return [clean(f"{p.parent.name}_{p.stem}") if stems.count(s) > 1 else s

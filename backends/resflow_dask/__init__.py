@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import dask
 from distributed import Client, Future, LocalCluster, as_completed
 from tqdm.auto import tqdm
 
@@ -33,12 +34,14 @@ if TYPE_CHECKING:
 __all__ = ["DaskExecutor"]
 
 
-def _embedded_cluster(config: DaskConfig, gpus: list[str]) -> tuple[Any, bool]:
-    """Start a cluster on this host; returns it and whether each worker is pinned to one GPU."""
+def _embedded_cluster(config: DaskConfig, gpus: list[str], scratch: str) -> tuple[Any, bool]:
+    """Start a cluster on this host, its workers' files under ``scratch``; returns it and
+    whether each worker is pinned to one GPU."""
     common: dict[str, Any] = {
         "threads_per_worker": config.threads_per_worker,
         "dashboard_address": config.dashboard_address,
         "host": "127.0.0.1",
+        "local_directory": scratch,
     }
     if gpus:
         common["resources"] = {"GPU": 1}
@@ -89,6 +92,7 @@ class DaskExecutor(Executor):
         config = config or DaskConfig()
         self.progress = progress
         self._cluster: Any = None
+        self._scratch: tempfile.TemporaryDirectory | None = None
         self._owns_client = client is None
         pinned = False
         declared = list(gpus) if gpus is not None else config.gpus
@@ -107,7 +111,11 @@ class DaskExecutor(Executor):
                 ) from exc
         else:
             detected = visible_gpus() if declared is None else declared
-            self._cluster, pinned = _embedded_cluster(config, detected)
+            # the workers' scratch files live in a directory of this run, removed by close()
+            self._scratch = tempfile.TemporaryDirectory(prefix="resflow-dask-")
+            # the nanny opens dask's shared scratch space too, unless told where it is
+            with dask.config.set({"temporary-directory": self._scratch.name}):
+                self._cluster, pinned = _embedded_cluster(config, detected, self._scratch.name)
             self.client = Client(self._cluster)
             if declared is None and not pinned:
                 declared = detected
@@ -218,3 +226,5 @@ class DaskExecutor(Executor):
             self.client.close()
         if self._cluster is not None:
             self._cluster.close()
+        if self._scratch is not None:
+            self._scratch.cleanup()

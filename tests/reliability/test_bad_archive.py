@@ -5,7 +5,8 @@ read (truncated, zero-byte, not a raster, no CRS, complex SAR, 2 bands); the run
 rest and reports, per input: the ingest refusals, a scene without a valid pixel, and a chip
 whose pixels harmonise to NaN (float64 values near the dtype's limit overflow the scaling),
 which is caught in the graph and recorded instead of killing the run. The run exits 1, keeps
-its report, and stays marked incomplete (one chip is missing from its ledger).
+its report, stays marked incomplete (one chip is missing from its ledger), and leaves nothing
+in its temporary directory.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from rasterio.transform import from_origin
 from resflow.archive import Archive
 from resflow.outputs import OutputStore, describe
 from resflow.samples import sample_path
-from tests.reliability.processes import resflow
+from tests.reliability.processes import LOCAL_ENV, resflow
 
 GRID = from_origin(500000, 5700000, 0.5, 0.5)
 
@@ -88,9 +89,12 @@ def test_bad_inputs_are_reported_and_the_rest_is_mapped(backend: str, bad_archiv
                                                          tmp_path: Path) -> None:
     archive, expected = bad_archive
     out = tmp_path / "maps.zarr"
+    scratch = tmp_path / "tmp"  # the run's temporary location, empty again once it ends
+    scratch.mkdir()
     done = resflow("run", str(archive), "--out", str(out), "--config", str(run_config_file),
-                   "--backend", backend)
+                   "--backend", backend, env={**LOCAL_ENV, "TMPDIR": str(scratch)})
     assert done.returncode == 1, done.stderr[-3000:]
+    assert not list(scratch.iterdir()), f"temporary files left: {list(scratch.rglob('*'))}"
     report = json.loads((out / "run_report.json").read_text())
     for name, text in expected.items():
         errors = [e for e in report["errors"] if e["source"].endswith(f"/{name}")]
