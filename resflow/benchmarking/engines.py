@@ -10,8 +10,11 @@ the driver and in every worker process (:mod:`resflow.benchmarking.memory`).
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +129,23 @@ def measure(config: RunConfig, executor: Executor, *, repeats: int, out_dir: Pat
     }
 
 
+@contextmanager
+def restored_environ() -> Iterator[None]:
+    """Give back this process's environment as it was, whatever an engine exported.
+
+    Dask's nanny copies its worker environment (``OMP_NUM_THREADS``, ``MALLOC_TRIM_THRESHOLD_``)
+    into the process that starts it, and every process started later inherits it: Spark's
+    Python workers would run with Dask's malloc settings. Each engine of a benchmark
+    therefore starts from the environment the benchmark started with.
+    """
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def bench_engine(config: RunConfig, *, repeats: int, out_dir: Path, cores: int,
                  executor_class: type[Executor] | None = None,
                  label: str | None = None) -> dict[str, Any]:
@@ -135,10 +155,11 @@ def bench_engine(config: RunConfig, *, repeats: int, out_dir: Path, cores: int,
     engine change side by side with the installed one); ``label`` names the series
     (default: the backend).
     """
-    executor, startup = start_executor(config, executor_class)
-    try:
-        result = measure(config, executor, repeats=repeats, out_dir=out_dir, cores=cores,
-                         label=label or config.backend)
-    finally:
-        executor.close()
+    with restored_environ():
+        executor, startup = start_executor(config, executor_class)
+        try:
+            result = measure(config, executor, repeats=repeats, out_dir=out_dir, cores=cores,
+                             label=label or config.backend)
+        finally:
+            executor.close()
     return {**result, "startup_s": startup}

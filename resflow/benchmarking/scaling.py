@@ -13,9 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from resflow.benchmarking.engines import measure, start_executor
+from resflow.benchmarking.engines import measure, restored_environ, start_executor
 from resflow.benchmarking.scaled_archive import write_scaled_scene
 from resflow.config import IngestConfig, RunConfig
+from resflow.executor import Executor
 from resflow.ingest import ingest
 
 FACTORS = (1, 2, 4, 8)
@@ -48,8 +49,8 @@ def spread(values: list[float]) -> float:
 
 
 def scaling_study(config: RunConfig, work_dir: Path, *, factors: tuple[int, ...] = FACTORS,
-                  repeats: int, cores: int, chip: int = 256,
-                  source: Path | None = None) -> dict[str, Any]:
+                  repeats: int, cores: int, chip: int = 256, source: Path | None = None,
+                  executor_class: type[Executor] | None = None) -> dict[str, Any]:
     """Run every size on one engine (``config.backend``) and check flatness.
 
     Parameters
@@ -66,6 +67,8 @@ def scaling_study(config: RunConfig, work_dir: Path, *, factors: tuple[int, ...]
         The machine's cores.
     chip, source
         Chip edge of the archives and the tile to mosaic (see :func:`scaled_archive`).
+    executor_class
+        An engine class to use instead of the one ``config.backend`` names.
 
     Returns
     -------
@@ -76,27 +79,30 @@ def scaling_study(config: RunConfig, work_dir: Path, *, factors: tuple[int, ...]
         ``flat`` (both within :data:`FLAT_TOLERANCE`).
     """
     archives = {f: scaled_archive(f, work_dir, chip=chip, source=source) for f in factors}
-    executor, startup = start_executor(config.model_copy(update={"archive": archives[factors[0]]}))
     sizes = []
-    try:
-        for index, factor in enumerate(factors):
-            run = measure(config.model_copy(update={"archive": archives[factor]}), executor,
-                          repeats=repeats, out_dir=work_dir, cores=cores,
-                          label=f"{config.backend}-x{factor}", warm_up=index == 0)
-            memory = run["memory"]
-            sizes.append({
-                "factor": factor, "chips": run["chips"], "km2": run["km2"],
-                "s_per_km2": run["s_per_km2"], "km2_per_s": run["km2_per_s"],
-                "worker_peak_mb": memory["worker_mb"] or memory["driver_mb"],
-                "driver_peak_mb": memory["driver_mb"],
-                "stage_fractions": run["stage_fractions"],
-            })
-    finally:
-        executor.close()
+    with restored_environ():
+        executor, startup = start_executor(
+            config.model_copy(update={"archive": archives[factors[0]]}), executor_class)
+        try:
+            for index, factor in enumerate(factors):
+                run = measure(config.model_copy(update={"archive": archives[factor]}), executor,
+                              repeats=repeats, out_dir=work_dir, cores=cores,
+                              label=f"{config.backend}-x{factor}", warm_up=index == 0)
+                memory = run["memory"]
+                sizes.append({
+                    "factor": factor, "chips": run["chips"], "km2": run["km2"],
+                    "s_per_km2": run["s_per_km2"], "km2_per_s": run["km2_per_s"],
+                    "worker_peak_mb": memory["worker_mb"] or memory["driver_mb"],
+                    "driver_peak_mb": memory["driver_mb"],
+                    "stage_fractions": run["stage_fractions"],
+                })
+        finally:
+            executor.close()
     time_spread = spread([s["s_per_km2"]["median"] for s in sizes])
     memory_spread = spread([s["worker_peak_mb"] for s in sizes])
     return {
-        "backend": config.backend, "startup_s": startup, "sizes": sizes,
+        "backend": config.backend, "engine": executor.__class__.__name__,
+        "startup_s": startup, "sizes": sizes,
         "time_spread": time_spread, "memory_spread": memory_spread,
         "flat": time_spread <= FLAT_TOLERANCE and memory_spread <= FLAT_TOLERANCE,
     }

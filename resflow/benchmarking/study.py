@@ -30,18 +30,22 @@ from resflow.benchmarking.baseline import hand_written
 from resflow.benchmarking.engines import bench_engine
 from resflow.benchmarking.limit import Preloaded, compute_limit
 from resflow.benchmarking.machine import describe_machine, load_average
-from resflow.benchmarking.proposals import ThreadedLocalExecutor
+from resflow.benchmarking.proposals import ThreadedLocalExecutor, dask_without_malloc_trim
 from resflow.benchmarking.scaling import FACTORS, scaled_archive, scaling_study
 from resflow.benchmarking.series import summarise
 from resflow.benchmarking.sweeps import plan_sweeps, run_sweeps
 from resflow.config import DaskConfig, RunConfig, SparkConfig
+from resflow.executor import Executor
 from resflow.gallery import Gallery
 from resflow.report import collect_versions
 
 #: Fraction of the compute limit each engine should reach on a 2-core CPU (issue 5).
 TARGETS = {"local": 0.95, "dask": 0.85, "spark": 0.75}
-#: Label of the proposed threaded local engine in the results.
-LOCAL_THREADS = "local-threads (proposed)"
+#: Proposed engine changes: (backend they change, label in the results, engine factory).
+PROPOSALS: tuple[tuple[str, str, Callable[[], type[Executor]]], ...] = (
+    ("local", "local-threads (proposed)", lambda: ThreadedLocalExecutor),
+    ("dask", "dask-no-malloc-trim (proposed)", dask_without_malloc_trim),
+)
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,26 @@ class BenchOptions:
         return 4 if self.quick else 8
 
 
+def proposed_engines(options: BenchOptions
+                     ) -> list[tuple[str, str, Callable[[], type[Executor]]]]:
+    """The :data:`PROPOSALS` that change an engine being compared (none without proposals)."""
+    return [p for p in PROPOSALS if options.proposals and p[0] in options.backends]
+
+
+def scaling_executor(options: BenchOptions) -> type[Executor] | None:
+    """The engine class of the scaling study: the proposed change to its backend when
+    proposals are measured, else the installed engine (``None``).
+
+    Scaling checks that time per km^2 and worker memory stay flat, a property of the graph;
+    a proposed engine change that only shortens every chip's time keeps the study's cost
+    within the quick mode's budget without changing what it shows.
+    """
+    for backend, _, proposal in proposed_engines(options):
+        if backend == options.scaling_backend:
+            return proposal()
+    return None
+
+
 def base_config(options: BenchOptions, archive: Path, cores: int) -> RunConfig:
     """The run settings every engine gets: one worker (or task slot) per core, one thread."""
     return RunConfig(
@@ -112,9 +136,25 @@ def base_config(options: BenchOptions, archive: Path, cores: int) -> RunConfig:
     )
 
 
-def _step(log: Callable[[str], None], what: str) -> float:
-    log(f"[bench] {what}")
-    return time.perf_counter()
+class _Steps:
+    """Logs each step as it starts and keeps the seconds each one took, for the results."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.log = log
+        self.seconds: dict[str, float] = {}
+        self._current: tuple[str, float] | None = None
+
+    def __call__(self, what: str) -> None:
+        self.done()
+        self.log(f"[bench] {what}")
+        self._current = (what, time.perf_counter())
+
+    def done(self) -> None:
+        """Close the running step."""
+        if self._current is not None:
+            what, start = self._current
+            self.seconds[what] = time.perf_counter() - start
+            self._current = None
 
 
 def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -123,21 +163,22 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
     machine = describe_machine()
     cores = int(machine["cores"])
     load_before = load_average()
+    step = _Steps(log)
     with tempfile.TemporaryDirectory(prefix="resflow-bench-") as tmp:
         work = Path(options.work_dir or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        _step(log, f"archive: mosaic x{options.scale} of {options.source or 'Atlanta'}")
+        step(f"archive: mosaic x{options.scale} of {options.source or 'Atlanta'}")
         archive_path = scaled_archive(options.scale, work, chip=options.chip,
                                       source=options.source)
         archive = Archive.open(archive_path)
         gallery = Gallery.load(options.gallery)
         config = base_config(options, archive_path, cores)
 
-        _step(log, f"compute limit on {cores} threads, preloaded chips")
+        step(f"compute limit on {cores} threads, preloaded chips")
         limit = compute_limit(Preloaded.read(archive, options.halo), gallery, threads=cores,
                               repeats=options.repeats, batch_size=options.batch_size)
 
-        _step(log, "hand-written rasterio loop, mono model")
+        step("hand-written rasterio loop, mono model")
         sources = [Path(info.source) for info in archive.scenes.values()]
         baseline_runs = [hand_written(sources, gallery, work / "baseline", chip=options.chip,
                                       halo=options.halo, threads=cores)
@@ -149,32 +190,35 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
 
         engines = []
         for backend in options.backends:
-            _step(log, f"engine {backend}: start, cold run, {options.repeats} timed runs")
+            step(f"engine {backend}: start, cold run, {options.repeats} timed runs")
             engines.append(bench_engine(config.model_copy(update={"backend": backend}),
                                         repeats=options.repeats, out_dir=work, cores=cores))
-        if options.proposals and "local" in options.backends:
-            _step(log, f"proposal {LOCAL_THREADS}")
-            engines.append(bench_engine(config.model_copy(update={"backend": "local"}),
+        for backend, label, proposal in proposed_engines(options):
+            step(f"proposal {label}")
+            engines.append(bench_engine(config.model_copy(update={"backend": backend}),
                                         repeats=options.repeats, out_dir=work, cores=cores,
-                                        executor_class=ThreadedLocalExecutor,
-                                        label=LOCAL_THREADS))
+                                        executor_class=proposal(), label=label))
 
-        _step(log, f"scaling x{'/x'.join(map(str, options.factors))} on "
-              f"{options.scaling_backend}")
+        scaling_engine = scaling_executor(options)
+        step(f"scaling x{'/x'.join(map(str, options.factors))} on {options.scaling_backend}"
+             f"{' (' + scaling_engine.__name__ + ')' if scaling_engine else ''}")
         scaling = scaling_study(config.model_copy(update={"backend": options.scaling_backend}),
                                 work, factors=options.factors, repeats=options.repeats,
-                                cores=cores, chip=options.chip, source=options.source)
+                                cores=cores, chip=options.chip, source=options.source,
+                                executor_class=scaling_engine)
 
         sweeps = {}
         if not options.quick:
-            _step(log, "sweeps")
+            step("sweeps")
             sweeps = run_sweeps(config, plan_sweeps(cores, len(machine["gpus"])),
                                 repeats=options.repeats, out_dir=work, cores=cores)
 
+        step.done()
     results = {
         "mode": options.mode,
         "finished_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "duration_s": time.perf_counter() - started,
+        "step_seconds": step.seconds,
         "machine": machine,
         "load_average": {"before": load_before, "after": load_average()},
         "versions": collect_versions(),
