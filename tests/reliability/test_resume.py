@@ -12,7 +12,9 @@ import re
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from resflow.cli import app
 from resflow.outputs import OutputStore, describe
 from tests.reliability.processes import (
     assert_identical,
@@ -51,15 +53,15 @@ def test_interrupt_kill_and_resume(backend: str, small_archive: Path, run_config
     log = (tmp_path / "sigint.log").read_text()
     assert "interrupted:" in log and "--resume" in log, log[-2000:]
     first = _stopped_part_way(out, total)
-    info = resflow("info", str(out))
-    assert info.returncode == 0 and "INCOMPLETE" in info.stdout
-    assert f"{first}/{total} chips" in info.stdout
+    info = CliRunner().invoke(app, ["info", str(out)])
+    assert info.exit_code == 0 and "INCOMPLETE" in info.output
+    assert f"{first}/{total} chips" in info.output
 
-    # 2. the same command without --resume is refused, and the output is untouched
-    again = resflow(*run_args(small_archive, out, run_config_file, "--backend", backend)[1:])
-    assert again.returncode == 2
-    assert "unfinished resflow output already exists" in again.stderr
-    assert "--resume" in again.stderr and chips_done(out) == first
+    # 2. the same command without --resume is refused before any work (so in-process here)
+    again = CliRunner().invoke(app, args[1:])
+    assert again.exit_code == 2
+    assert "unfinished resflow output already exists" in again.output
+    assert "--resume" in again.output and chips_done(out) == first
 
     # 3. --resume, then SIGKILL of the driver and every worker part-way
     with started([*args, "--resume"], tmp_path / "sigkill.log") as proc:
