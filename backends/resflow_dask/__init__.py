@@ -12,6 +12,7 @@ dask-cuda is imported only when this host has GPUs and dask-cuda is installed.
 from __future__ import annotations
 
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import replace
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
     from resflow.config import RunConfig
 
 __all__ = ["DaskExecutor"]
+
+PRELOAD_ATTEMPTS = 5
+"""Tries to register the model preload on every worker while workers may be dying."""
 
 
 def _embedded_cluster(config: DaskConfig, gpus: list[str], scratch: str) -> tuple[Any, bool]:
@@ -218,7 +222,17 @@ class DaskExecutor(Executor):
         return [record for part in parts for record in part]
 
     def preload(self, setup: Callable[[], None], *, name: str) -> None:
-        self.client.register_plugin(PreloadPlugin(setup), name=stage_key(f"preload-{name}"))
+        plugin, key = PreloadPlugin(setup), stage_key(f"preload-{name}")
+        for attempt in range(PRELOAD_ATTEMPTS):
+            try:
+                self.client.register_plugin(plugin, name=key)
+                return
+            except OSError:
+                # a worker died during the broadcast; the scheduler keeps the plugin for its
+                # replacement, and registering again reaches the workers alive now
+                if attempt == PRELOAD_ATTEMPTS - 1:
+                    raise
+                time.sleep(1.0)
 
     def close(self) -> None:
         self._stages.clear()
