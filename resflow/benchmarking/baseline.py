@@ -13,7 +13,6 @@ careful user would copy it, computed on a decimated read so memory stays bounded
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +23,8 @@ import rasterio
 import torch
 from rasterio.windows import Window
 
+from resflow.benchmarking.contention import contention
+from resflow.benchmarking.series import summarise
 from resflow.chips import chip_grid, window_km2
 from resflow.gallery import Gallery
 
@@ -110,7 +111,8 @@ def hand_written(sources: Sequence[Path], gallery: Gallery, out_dir: Path, *, ch
     Returns
     -------
     dict
-        ``chips``, ``km2``, ``wall_s``, ``km2_per_s``, ``chips_per_s``, ``threads``.
+        ``chips``, ``km2``, ``wall_s``, ``km2_per_s``, ``chips_per_s``, ``threads``,
+        ``others_cores`` (:mod:`resflow.benchmarking.contention`).
     """
     model = gallery.mono().eval()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -118,11 +120,21 @@ def hand_written(sources: Sequence[Path], gallery: Gallery, out_dir: Path, *, ch
     with _torch_threads(threads):
         with torch.inference_mode():  # first call builds oneDNN kernels: keep it untimed
             model(torch.zeros(1, 3, chip + 2 * halo, chip + 2 * halo))
-        start = time.perf_counter()
-        for source in sources:
-            done = segment_geotiff(Path(source), out_dir / f"{Path(source).stem}.tif", model,
-                                   chip=chip, halo=halo)
-            chips, km2 = chips + done["chips"], km2 + done["km2"]
-        wall = time.perf_counter() - start
+        with contention() as record:
+            for source in sources:
+                done = segment_geotiff(Path(source), out_dir / f"{Path(source).stem}.tif",
+                                       model, chip=chip, halo=halo)
+                chips, km2 = chips + done["chips"], km2 + done["km2"]
+    wall = record["wall_s"]
     return {"chips": chips, "km2": km2, "wall_s": wall, "km2_per_s": km2 / wall,
-            "chips_per_s": chips / wall, "threads": threads}
+            "chips_per_s": chips / wall, "threads": threads,
+            "others_cores": record["others_cores"]}
+
+
+def summarise_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Repeated :func:`hand_written` runs as summaries of ``wall_s``, ``km2_per_s``,
+    ``chips_per_s`` and ``others_cores``, with the ``chips``, ``km2`` and ``threads``."""
+    first = runs[0]
+    return {"chips": first["chips"], "km2": first["km2"], "threads": first["threads"],
+            **{key: summarise([r[key] for r in runs])
+               for key in ("wall_s", "km2_per_s", "chips_per_s", "others_cores")}}

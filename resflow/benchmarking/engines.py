@@ -1,11 +1,14 @@
 """Timed end-to-end runs of the graph on one engine, repeated on one warm cluster.
 
-Each engine is started once (its start-up time is recorded apart), runs the graph once
-cold (models loaded into the workers, oneDNN kernels built: recorded as ``cold_s``) and then
-``repeats`` timed runs over the same archive. A run's time is the wall clock around
-:func:`resflow.graph.run_graph`, from planning to the finalised store, so it includes
-everything a user waits for except the cluster start. Peak memory is measured per run in
-the driver and in every worker process (:mod:`resflow.benchmarking.memory`).
+An :class:`EngineSeries` starts its engine once (start-up time recorded apart), runs the
+graph once cold (models loaded into the workers, oneDNN kernels built: ``cold_s``) and then
+takes timed runs over the same archive whenever asked, so a benchmark can interleave the
+repetitions of every engine and of the compute limit and a burst of someone else's work on
+a shared machine hits them all alike. A run's time is the wall clock around
+:func:`resflow.graph.run_graph`, from planning to the finalised store: everything a user
+waits for except the cluster start. Each run also records peak memory in the driver and in
+every worker process (:mod:`resflow.benchmarking.memory`) and the cores other work took
+(:mod:`resflow.benchmarking.contention`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from resflow.benchmarking.contention import contention
 from resflow.benchmarking.memory import peaks, reset_peaks
 from resflow.benchmarking.series import summarise
 from resflow.config import RunConfig
@@ -41,16 +45,15 @@ def start_executor(config: RunConfig, executor_class: type[Executor] | None = No
 
 
 def timed_run(config: RunConfig, executor: Executor) -> dict[str, Any]:
-    """One run of the graph: wall seconds, its run report and peak memory."""
+    """One run of the graph: wall seconds, contention, its run report and peak memory."""
     from resflow.graph import run_graph
 
     cpu_before = reset_peaks()
-    start = time.perf_counter()
-    result = run_graph(config, executor)
-    wall = time.perf_counter() - start
+    with contention() as record:
+        result = run_graph(config, executor)
     report = result.report.to_dict()
-    return {"wall_s": wall, "chips": report["chips"], "km2": report["km2"],
-            "report": report, "memory": peaks(cpu_before)}
+    return {**record, "chips": report["chips"], "km2": report["km2"], "report": report,
+            "memory": peaks(cpu_before)}
 
 
 def stage_fractions(stage_seconds: dict[str, float], wall_s: float, cores: int
@@ -65,68 +68,6 @@ def stage_fractions(stage_seconds: dict[str, float], wall_s: float, cores: int
     fractions = {k: stage_seconds.get(k, 0.0) / available for k in STAGES if k != "scheduling"}
     fractions["idle"] = max(0.0, 1.0 - sum(fractions.values()))
     return fractions
-
-
-def measure(config: RunConfig, executor: Executor, *, repeats: int, out_dir: Path,
-            cores: int, label: str, warm_up: bool = True) -> dict[str, Any]:
-    """Run the graph on a started ``executor``: once cold (with ``warm_up``), ``repeats`` timed.
-
-    Parameters
-    ----------
-    config
-        The run settings; ``out`` is replaced by ``out_dir/<label>.zarr``, overwritten per run.
-    executor
-        A started engine (:func:`start_executor`); left open.
-    repeats
-        Timed runs.
-    out_dir
-        Scratch folder for the output store (removed at the end).
-    cores
-        The machine's cores, for :func:`stage_fractions`.
-    label
-        Name of this series in the results.
-    warm_up
-        Run once untimed first (models loaded into the workers, oneDNN kernels built);
-        its time is kept as ``cold_s``.
-
-    Returns
-    -------
-    dict
-        ``label``, ``backend``, ``cold_s``, ``km2``, ``chips``, the summaries ``wall_s``,
-        ``km2_per_s``, ``chips_per_s``, ``s_per_km2``; ``stage_seconds``,
-        ``stage_fractions`` and ``report_wall_s`` of the median run; ``memory`` (peak MiB,
-        largest over the timed runs), ``cluster`` and ``runs`` (each timed run's wall,
-        memory and stage seconds).
-    """
-    out = out_dir / f"{label}.zarr"
-    run_config = config.model_copy(update={"out": out, "overwrite": True, "resume": False})
-    cold = timed_run(run_config, executor)["wall_s"] if warm_up else None
-    runs = [timed_run(run_config, executor) for _ in range(repeats)]
-    shutil.rmtree(out, ignore_errors=True)
-    walls = [r["wall_s"] for r in runs]
-    median = sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2]
-    km2, chips = median["km2"], median["chips"]
-    memory = {key: max((r["memory"][key] or 0) for r in runs) or None
-              for key in ("driver_mb", "worker_mb", "jvm_mb")}
-    return {
-        "label": label,
-        "backend": config.backend,
-        "cold_s": cold,
-        "km2": km2,
-        "chips": chips,
-        "wall_s": summarise(walls),
-        "km2_per_s": summarise([km2 / w for w in walls]),
-        "chips_per_s": summarise([chips / w for w in walls]),
-        "s_per_km2": summarise([w / km2 for w in walls]),
-        "stage_seconds": median["report"]["stage_seconds"],
-        "stage_fractions": stage_fractions(median["report"]["stage_seconds"],
-                                           median["wall_s"], cores),
-        "report_wall_s": median["report"]["wall_s"],
-        "memory": memory,
-        "cluster": median["report"]["cluster"],
-        "runs": [{"wall_s": r["wall_s"], "memory": r["memory"],
-                  "stage_seconds": r["report"]["stage_seconds"]} for r in runs],
-    }
 
 
 @contextmanager
@@ -146,20 +87,111 @@ def restored_environ() -> Iterator[None]:
         os.environ.update(saved)
 
 
+class EngineSeries:
+    """One started engine and its timed runs of the graph over one archive.
+
+    Parameters
+    ----------
+    config
+        Run settings; ``out`` is replaced by ``out_dir/<label>.zarr``, overwritten per run.
+    out_dir
+        Scratch folder for the output store.
+    label
+        Name of the series in the results (default: the backend).
+    executor_class
+        An engine class to use instead of the one ``config.backend`` names (to measure a
+        proposed engine change side by side with the installed one).
+    warm_up
+        Run once untimed after starting (its time is kept as ``cold_s``).
+    """
+
+    def __init__(self, config: RunConfig, out_dir: Path, *, label: str | None = None,
+                 executor_class: type[Executor] | None = None, warm_up: bool = True) -> None:
+        self.label = label or config.backend
+        self.out = out_dir / f"{self.label}.zarr"
+        self.config = config.model_copy(update={"out": self.out, "overwrite": True,
+                                                "resume": False})
+        self.runs: list[dict[str, Any]] = []
+        with restored_environ():
+            self.executor, self.startup_s = start_executor(self.config, executor_class)
+        self.cold_s = timed_run(self.config, self.executor)["wall_s"] if warm_up else None
+
+    def run(self) -> dict[str, Any]:
+        """One timed run, kept in :attr:`runs`."""
+        self.runs.append(timed_run(self.config, self.executor))
+        return self.runs[-1]
+
+    def retarget(self, archive: Path) -> None:
+        """Run over ``archive`` from now on, starting a new series of runs on the same engine.
+
+        The output store gets a new path too: engines keep an open output store per path in
+        each worker process, and one made for another archive's scenes must not be reused.
+        """
+        shutil.rmtree(self.out, ignore_errors=True)
+        self.out = self.out.with_name(f"{self.label}-{Path(archive).stem}.zarr")
+        self.config = self.config.model_copy(update={"archive": archive, "out": self.out})
+        self.runs = []
+
+    def close(self) -> None:
+        """Stop the engine and remove the output store."""
+        self.executor.close()
+        shutil.rmtree(self.out, ignore_errors=True)
+
+    def summary(self, cores: int) -> dict[str, Any]:
+        """The series' results.
+
+        Returns
+        -------
+        dict
+            ``label``, ``backend``, ``engine`` (class name), ``startup_s``, ``cold_s``,
+            ``km2``, ``chips``, the summaries ``wall_s``, ``km2_per_s``, ``chips_per_s``,
+            ``s_per_km2``, ``others_cores``; ``stage_seconds``, ``stage_fractions`` and
+            ``report_wall_s`` of the median run; ``memory`` (peak MiB, largest over the
+            runs), ``cluster`` and ``runs`` (each run's wall, contention, memory, stages).
+        """
+        runs = self.runs
+        walls = [r["wall_s"] for r in runs]
+        median = sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2]
+        km2, chips = median["km2"], median["chips"]
+        memory = {key: max((r["memory"][key] or 0) for r in runs) or None
+                  for key in ("driver_mb", "worker_mb", "jvm_mb")}
+        return {
+            "label": self.label,
+            "backend": self.config.backend,
+            "engine": self.executor.__class__.__name__,
+            "startup_s": self.startup_s,
+            "cold_s": self.cold_s,
+            "km2": km2,
+            "chips": chips,
+            "wall_s": summarise(walls),
+            "km2_per_s": summarise([km2 / w for w in walls]),
+            "chips_per_s": summarise([chips / w for w in walls]),
+            "s_per_km2": summarise([w / km2 for w in walls]),
+            "others_cores": summarise([r["others_cores"] for r in runs]),
+            "stage_seconds": median["report"]["stage_seconds"],
+            "stage_fractions": stage_fractions(median["report"]["stage_seconds"],
+                                               median["wall_s"], cores),
+            "report_wall_s": median["report"]["wall_s"],
+            "memory": memory,
+            "cluster": median["report"]["cluster"],
+            "runs": [{"wall_s": r["wall_s"], "others_cores": r["others_cores"],
+                      "memory": r["memory"], "stage_seconds": r["report"]["stage_seconds"]}
+                     for r in runs],
+        }
+
+
 def bench_engine(config: RunConfig, *, repeats: int, out_dir: Path, cores: int,
                  executor_class: type[Executor] | None = None,
                  label: str | None = None) -> dict[str, Any]:
-    """Start one engine, :func:`measure` it, close it; adds ``startup_s`` to the result.
+    """Start one engine, run it cold once and ``repeats`` times timed, close it.
 
-    ``executor_class`` replaces the engine ``config.backend`` names (to measure a proposed
-    engine change side by side with the installed one); ``label`` names the series
-    (default: the backend).
+    See :class:`EngineSeries` for the parameters and :meth:`EngineSeries.summary` for the
+    result.
     """
-    with restored_environ():
-        executor, startup = start_executor(config, executor_class)
-        try:
-            result = measure(config, executor, repeats=repeats, out_dir=out_dir, cores=cores,
-                             label=label or config.backend)
-        finally:
-            executor.close()
-    return {**result, "startup_s": startup}
+    series = EngineSeries(config, out_dir, label=label, executor_class=executor_class)
+    try:
+        for _ in range(repeats):
+            series.run()
+    finally:
+        series.close()
+    return series.summary(cores)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from resflow.archive import Archive
+from resflow.benchmarking.contention import contention
 from resflow.benchmarking.series import summarise
 from resflow.chips import ChipRef
 from resflow.gallery import Gallery
@@ -98,48 +99,31 @@ def one_pass(data: Preloaded, gallery: Gallery, threads: int,
     Returns
     -------
     dict
-        ``wall_s`` and ``stage_seconds`` (summed over threads, like a run report's).
+        ``wall_s``, ``others_cores`` (:mod:`resflow.benchmarking.contention`) and
+        ``stage_seconds`` (summed over threads, like a run report's).
     """
     shares = [np.arange(i, len(data.refs), threads) for i in range(threads)]
-    start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="resflow-limit") as pool:
+    with contention() as record, ThreadPoolExecutor(
+            max_workers=threads, thread_name_prefix="resflow-limit") as pool:
         results = list(pool.map(lambda idx: _share(idx, data, gallery, batch_size), shares))
-    wall = time.perf_counter() - start
     stage_seconds = {s: float(sum(r[s] for r in results)) for s in LIMIT_STAGES}
-    return {"wall_s": wall, "stage_seconds": stage_seconds}
+    return {**record, "stage_seconds": stage_seconds}
 
 
-def compute_limit(data: Preloaded, gallery: Gallery, *, threads: int, repeats: int,
-                  batch_size: int = 8, single_thread: bool = True) -> dict[str, Any]:
-    """The limit's area and chip rates over ``repeats`` passes.
-
-    Parameters
-    ----------
-    data
-        Preloaded chips (:meth:`Preloaded.read`).
-    gallery
-        The models the graph would use.
-    threads
-        Concurrent stage calls: the machine's cores.
-    repeats
-        Timed passes; rates are summarised by :func:`resflow.benchmarking.series.summarise`.
-    batch_size
-        Passed to the stage functions as the graph does (no effect on CPU).
-    single_thread
-        Also time passes on one thread, to show how well the cores scale
-        (``thread_scaling`` = rate on ``threads`` / rate on one / ``threads``).
+def summarise_passes(data: Preloaded, passes: list[dict[str, Any]], threads: int,
+                     single: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The limit's rates from timed passes (:func:`one_pass`).
 
     Returns
     -------
     dict
-        ``threads``, ``chips``, ``km2``, ``wall_s``, ``km2_per_s``, ``chips_per_s``
-        (summaries), ``stage_seconds`` (median pass) and, with ``single_thread``,
-        ``single_thread_km2_per_s`` and ``thread_scaling``.
+        ``threads``, ``chips``, ``km2``, the summaries ``wall_s``, ``km2_per_s``,
+        ``chips_per_s``, ``others_cores``; ``stage_seconds`` of the median pass and, given
+        a one-thread pass ``single``, ``single_thread_km2_per_s`` and ``thread_scaling``
+        (rate on ``threads`` / rate on one / ``threads``: how well the cores add up).
     """
-    warm_up(data, gallery)
-    passes = [one_pass(data, gallery, threads, batch_size) for _ in range(repeats)]
     walls = [p["wall_s"] for p in passes]
-    median_pass = passes[int(np.argsort(walls)[len(walls) // 2])]
+    median_pass = sorted(passes, key=lambda p: p["wall_s"])[len(passes) // 2]
     result: dict[str, Any] = {
         "threads": threads,
         "chips": len(data.refs),
@@ -147,11 +131,24 @@ def compute_limit(data: Preloaded, gallery: Gallery, *, threads: int, repeats: i
         "wall_s": summarise(walls),
         "km2_per_s": summarise([data.km2 / w for w in walls]),
         "chips_per_s": summarise([len(data.refs) / w for w in walls]),
+        "others_cores": summarise([p["others_cores"] for p in passes]),
         "stage_seconds": median_pass["stage_seconds"],
     }
-    if single_thread and threads > 1:
-        wall_one = one_pass(data, gallery, 1, batch_size)["wall_s"]
-        result["single_thread_km2_per_s"] = data.km2 / wall_one
-        result["thread_scaling"] = result["km2_per_s"]["median"] * wall_one / data.km2 / threads
+    if single is not None:
+        result["single_thread_km2_per_s"] = data.km2 / single["wall_s"]
+        result["thread_scaling"] = (result["km2_per_s"]["median"] * single["wall_s"]
+                                    / data.km2 / threads)
     return result
 
+
+def compute_limit(data: Preloaded, gallery: Gallery, *, threads: int, repeats: int,
+                  batch_size: int = 8) -> dict[str, Any]:
+    """Warm up, then ``repeats`` passes on ``threads`` threads and one on a single thread.
+
+    ``batch_size`` is passed to the stage functions as the graph does (no effect on CPU).
+    See :func:`summarise_passes` for the result.
+    """
+    warm_up(data, gallery)
+    passes = [one_pass(data, gallery, threads, batch_size) for _ in range(repeats)]
+    single = one_pass(data, gallery, 1, batch_size) if threads > 1 else None
+    return summarise_passes(data, passes, threads, single)

@@ -2,10 +2,10 @@
 
 The scenes are dihedral mosaics of the real Atlanta tile
 (:func:`resflow.benchmarking.scaled_archive.write_scaled_scene`), each ingested into its own
-archive and run on one warm engine. resflow holds chip references, never pixels, between
-stages, so both numbers should stay flat: a growing time per km^2 points at per-run work
-that grows faster than the area (planning, regrouping, the driver's result list), a growing
-worker peak at something that keeps pixels.
+archive and run on one warm engine (worker peaks are reset before every run). resflow holds
+chip references, never pixels, between stages, so both numbers should stay flat: a growing
+time per km^2 points at per-run work that grows faster than the area (planning, regrouping,
+the driver's result list), a growing worker peak at something that keeps pixels.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from resflow.benchmarking.engines import measure, restored_environ, start_executor
+from resflow.benchmarking.engines import EngineSeries
 from resflow.benchmarking.scaled_archive import write_scaled_scene
 from resflow.config import IngestConfig, RunConfig
 from resflow.executor import Executor
@@ -80,29 +80,31 @@ def scaling_study(config: RunConfig, work_dir: Path, *, factors: tuple[int, ...]
     """
     archives = {f: scaled_archive(f, work_dir, chip=chip, source=source) for f in factors}
     sizes = []
-    with restored_environ():
-        executor, startup = start_executor(
-            config.model_copy(update={"archive": archives[factors[0]]}), executor_class)
-        try:
-            for index, factor in enumerate(factors):
-                run = measure(config.model_copy(update={"archive": archives[factor]}), executor,
-                              repeats=repeats, out_dir=work_dir, cores=cores,
-                              label=f"{config.backend}-x{factor}", warm_up=index == 0)
-                memory = run["memory"]
-                sizes.append({
-                    "factor": factor, "chips": run["chips"], "km2": run["km2"],
-                    "s_per_km2": run["s_per_km2"], "km2_per_s": run["km2_per_s"],
-                    "worker_peak_mb": memory["worker_mb"] or memory["driver_mb"],
-                    "driver_peak_mb": memory["driver_mb"],
-                    "stage_fractions": run["stage_fractions"],
-                })
-        finally:
-            executor.close()
+    series = EngineSeries(config.model_copy(update={"archive": archives[factors[0]]}),
+                          work_dir, label=f"{config.backend}-scaling",
+                          executor_class=executor_class)
+    try:
+        for factor in factors:
+            series.retarget(archives[factor])
+            for _ in range(repeats):
+                series.run()
+            run = series.summary(cores)
+            memory = run["memory"]
+            sizes.append({
+                "factor": factor, "chips": run["chips"], "km2": run["km2"],
+                "s_per_km2": run["s_per_km2"], "km2_per_s": run["km2_per_s"],
+                "others_cores": run["others_cores"],
+                "worker_peak_mb": memory["worker_mb"] or memory["driver_mb"],
+                "driver_peak_mb": memory["driver_mb"],
+                "stage_fractions": run["stage_fractions"],
+            })
+    finally:
+        series.close()
     time_spread = spread([s["s_per_km2"]["median"] for s in sizes])
     memory_spread = spread([s["worker_peak_mb"] for s in sizes])
     return {
-        "backend": config.backend, "engine": executor.__class__.__name__,
-        "startup_s": startup, "sizes": sizes,
+        "backend": config.backend, "engine": series.executor.__class__.__name__,
+        "sizes": sizes,
         "time_spread": time_spread, "memory_spread": memory_spread,
         "flat": time_spread <= FLAT_TOLERANCE and memory_spread <= FLAT_TOLERANCE,
     }

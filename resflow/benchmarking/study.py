@@ -2,12 +2,13 @@
 
 In one process and one sitting, so the ratios compare like with like on a shared machine:
 
-1. the compute limit on preloaded chips (:mod:`resflow.benchmarking.limit`);
-2. the hand-written rasterio loop with the mono model (:mod:`resflow.benchmarking.baseline`);
-3. each engine end to end, plus the proposed engine changes
-   (:mod:`resflow.benchmarking.engines`, :mod:`resflow.benchmarking.proposals`);
-4. scaling x1 to x8 on Dask (:mod:`resflow.benchmarking.scaling`);
-5. in full mode, the sweeps (:mod:`resflow.benchmarking.sweeps`).
+1. the compute limit on preloaded chips (:mod:`resflow.benchmarking.limit`), the
+   hand-written rasterio loop with the mono model (:mod:`resflow.benchmarking.baseline`)
+   and each engine end to end, plus the proposed engine changes
+   (:mod:`resflow.benchmarking.engines`, :mod:`resflow.benchmarking.proposals`), their
+   repetitions interleaved round by round (:func:`compare`);
+2. scaling x1 to x8 on Dask (:mod:`resflow.benchmarking.scaling`);
+3. in full mode, the sweeps (:mod:`resflow.benchmarking.sweeps`).
 
 Results are one JSON document with the machine, its load before and after, and the library
 versions, plus PNG plots and a Markdown table (:mod:`resflow.benchmarking.plots`,
@@ -26,13 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from resflow.archive import Archive
-from resflow.benchmarking.baseline import hand_written
-from resflow.benchmarking.engines import bench_engine
-from resflow.benchmarking.limit import Preloaded, compute_limit
+from resflow.benchmarking.baseline import hand_written, summarise_runs
+from resflow.benchmarking.engines import EngineSeries
+from resflow.benchmarking.limit import Preloaded, one_pass, summarise_passes, warm_up
 from resflow.benchmarking.machine import describe_machine, load_average
 from resflow.benchmarking.proposals import ThreadedLocalExecutor, dask_without_malloc_trim
 from resflow.benchmarking.scaling import FACTORS, scaled_archive, scaling_study
-from resflow.benchmarking.series import summarise
 from resflow.benchmarking.sweeps import plan_sweeps, run_sweeps
 from resflow.config import DaskConfig, RunConfig, SparkConfig
 from resflow.executor import Executor
@@ -157,6 +157,57 @@ class _Steps:
             self._current = None
 
 
+def compare(options: BenchOptions, config: RunConfig, archive: Archive, gallery: Gallery,
+            work: Path, cores: int, step: Callable[[str], None]) -> dict[str, Any]:
+    """The limit, the hand-written loop and every engine, repetitions interleaved.
+
+    All engines are started and run cold first; then each round times one limit pass, one
+    hand-written pass and one run of every engine, so a burst of other work on a shared
+    machine lands on all of them rather than on whichever ran at that moment.
+
+    Returns
+    -------
+    dict
+        ``limit`` (:func:`~resflow.benchmarking.limit.summarise_passes`), ``baseline``
+        (:func:`~resflow.benchmarking.baseline.summarise_runs`) and ``engines``
+        (:meth:`~resflow.benchmarking.engines.EngineSeries.summary` each).
+    """
+    step(f"compute limit: preload chips, warm up on {cores} threads")
+    data = Preloaded.read(archive, options.halo)
+    warm_up(data, gallery)
+    sources = [Path(info.source) for info in archive.scenes.values()]
+
+    def hand_written_pass() -> dict[str, Any]:
+        return hand_written(sources, gallery, work / "baseline", chip=options.chip,
+                            halo=options.halo, threads=cores)
+
+    plan = [(config.model_copy(update={"backend": b}), b, None) for b in options.backends]
+    plan += [(config.model_copy(update={"backend": b}), label, proposal())
+             for b, label, proposal in proposed_engines(options)]
+    engines: list[EngineSeries] = []
+    try:
+        for run_config, label, engine_class in plan:
+            step(f"engine {label}: start and cold run")
+            engines.append(EngineSeries(run_config, work, label=label,
+                                        executor_class=engine_class))
+        passes, baseline_runs = [], []
+        for round_ in range(1, options.repeats + 1):
+            step(f"round {round_}/{options.repeats}: limit, hand-written loop, "
+                 f"{', '.join(e.label for e in engines)}")
+            passes.append(one_pass(data, gallery, cores, options.batch_size))
+            baseline_runs.append(hand_written_pass())
+            for engine in engines:
+                engine.run()
+        step("compute limit on one thread (how the cores add up)")
+        single = one_pass(data, gallery, 1, options.batch_size) if cores > 1 else None
+        return {"limit": summarise_passes(data, passes, cores, single),
+                "baseline": summarise_runs(baseline_runs),
+                "engines": [e.summary(cores) for e in engines]}
+    finally:
+        for engine in engines:
+            engine.close()
+
+
 def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Measure everything, write the results, and return the results document."""
     started = time.perf_counter()
@@ -174,30 +225,7 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
         gallery = Gallery.load(options.gallery)
         config = base_config(options, archive_path, cores)
 
-        step(f"compute limit on {cores} threads, preloaded chips")
-        limit = compute_limit(Preloaded.read(archive, options.halo), gallery, threads=cores,
-                              repeats=options.repeats, batch_size=options.batch_size)
-
-        step("hand-written rasterio loop, mono model")
-        sources = [Path(info.source) for info in archive.scenes.values()]
-        baseline_runs = [hand_written(sources, gallery, work / "baseline", chip=options.chip,
-                                      halo=options.halo, threads=cores)
-                         for _ in range(options.repeats)]
-        baseline = {**baseline_runs[0], "threads": cores,
-                    "km2_per_s": summarise([r["km2_per_s"] for r in baseline_runs]),
-                    "chips_per_s": summarise([r["chips_per_s"] for r in baseline_runs]),
-                    "wall_s": summarise([r["wall_s"] for r in baseline_runs])}
-
-        engines = []
-        for backend in options.backends:
-            step(f"engine {backend}: start, cold run, {options.repeats} timed runs")
-            engines.append(bench_engine(config.model_copy(update={"backend": backend}),
-                                        repeats=options.repeats, out_dir=work, cores=cores))
-        for backend, label, proposal in proposed_engines(options):
-            step(f"proposal {label}")
-            engines.append(bench_engine(config.model_copy(update={"backend": backend}),
-                                        repeats=options.repeats, out_dir=work, cores=cores,
-                                        executor_class=proposal(), label=label))
+        comparison = compare(options, config, archive, gallery, work, cores, step)
 
         scaling_engine = scaling_executor(options)
         step(f"scaling x{'/x'.join(map(str, options.factors))} on {options.scaling_backend}"
@@ -223,13 +251,12 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
         "load_average": {"before": load_before, "after": load_average()},
         "versions": collect_versions(),
         "options": json.loads(json.dumps(asdict(options), default=str)),
-        "archive": {"scale": options.scale, "chips": limit["chips"], "km2": limit["km2"],
+        "archive": {"scale": options.scale, "chips": comparison["limit"]["chips"],
+                    "km2": comparison["limit"]["km2"],
                     "chip": options.chip, "source": "dihedral mosaic of the real "
                     f"{options.source or 'SpaceNet Atlanta'} tile"},
-        "limit": limit,
-        "baseline": baseline,
-        "engines": engines,
-        "ratios": ratios(engines, limit, baseline),
+        **comparison,
+        "ratios": ratios(comparison["engines"], comparison["limit"], comparison["baseline"]),
         "scaling": scaling,
         "sweeps": sweeps,
         "gpu_sweep": "run" if machine["gpus"] else

@@ -32,18 +32,20 @@ def machine_line(results: dict[str, Any]) -> str:
 
 
 def rates_table(results: dict[str, Any]) -> str:
-    """Series | km^2/s | chips/s | of limit (target) | vs hand-written | start-up | peak RSS."""
+    """Series | km^2/s | chips/s | of limit (target) | vs hand-written | start-up | peak RSS |
+    cores other work took (median over the repetitions)."""
     lines = ["| series | km^2/s median (min-max) | chips/s median | of limit (target) | "
-             "vs hand-written | start-up s | worker peak MiB |",
-             "|---|---|---|---|---|---|---|"]
+             "vs hand-written | start-up s | worker peak MiB | others' cores |",
+             "|---|---|---|---|---|---|---|---|"]
     limit, base = results["limit"], results["baseline"]
     lines.append(f"| compute limit ({limit['threads']} threads, preloaded) | "
                  f"{_rate(limit['km2_per_s'])} | {limit['chips_per_s']['median']:.2f} | 1.00 | "
-                 f"{limit['km2_per_s']['median'] / base['km2_per_s']['median']:.2f} | - | - |")
+                 f"{limit['km2_per_s']['median'] / base['km2_per_s']['median']:.2f} | - | - | "
+                 f"{limit['others_cores']['median']:.2f} |")
     lines.append(f"| hand-written rasterio loop, mono ({base['threads']} torch threads) | "
                  f"{_rate(base['km2_per_s'])} | {base['chips_per_s']['median']:.2f} | "
                  f"{base['km2_per_s']['median'] / limit['km2_per_s']['median']:.2f} | 1.00 | "
-                 f"- | - |")
+                 f"- | - | {base['others_cores']['median']:.2f} |")
     for engine in results["engines"]:
         ratio = results["ratios"][engine["label"]]
         target = "" if ratio["target"] is None else \
@@ -53,7 +55,8 @@ def rates_table(results: dict[str, Any]) -> str:
             f"| {engine['label']} | {_rate(engine['km2_per_s'])} | "
             f"{engine['chips_per_s']['median']:.2f} | {ratio['of_limit']:.2f}{target} | "
             f"{ratio['vs_hand_written']:.2f} | {engine['startup_s']:.1f} | "
-            f"{_mb(memory['worker_mb'] or memory['driver_mb'])} |")
+            f"{_mb(memory['worker_mb'] or memory['driver_mb'])} | "
+            f"{engine['others_cores']['median']:.2f} |")
     return "\n".join(lines)
 
 
@@ -79,12 +82,13 @@ def stages_table(results: dict[str, Any]) -> str:
 def scaling_table(results: dict[str, Any]) -> str:
     """Size | chips | km^2 | s per km^2 | worker peak MiB, and the spreads."""
     scaling = results["scaling"]
-    lines = ["| size | chips | km^2 | s per km^2 median (min-max) | worker peak MiB |",
-             "|---|---|---|---|---|"]
+    lines = ["| size | chips | km^2 | s per km^2 median (min-max) | worker peak MiB | "
+             "others' cores |", "|---|---|---|---|---|---|"]
     for size in scaling["sizes"]:
         lines.append(f"| x{size['factor']} | {size['chips']} | {size['km2']:.3f} | "
-                     f"{_rate(size['s_per_km2'], 2)} | {_mb(size['worker_peak_mb'])} |")
-    lines.append(f"\nOn {scaling['backend']}: time per km^2 spread "
+                     f"{_rate(size['s_per_km2'], 2)} | {_mb(size['worker_peak_mb'])} | "
+                     f"{size['others_cores']['median']:.2f} |")
+    lines.append(f"\nOn {scaling['backend']} ({scaling['engine']}): time per km^2 spread "
                  f"{scaling['time_spread']:.0%}, worker peak spread "
                  f"{scaling['memory_spread']:.0%} (target: both within 15%: "
                  f"{'met' if scaling['flat'] else 'missed'}).")
