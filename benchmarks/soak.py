@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -132,10 +133,11 @@ def soak(backend: str, archive: Path, clean: Path, total: int, kills: int, workd
     config.write_text(yaml.safe_dump({"device": "cpu", "partition_chips": 8,
                                       "dask": {"workers": 2, "dashboard_address": "127.0.0.1:0"}}))
     args = [str(BIN / "resflow"), "run", str(archive), "--out", str(out), "--config",
-            str(config), "--overwrite", *flags]
+            str(config), *flags]
+    shutil.rmtree(out, ignore_errors=True)  # the ledger polled below must be this run's
     # one kill in stage 1 (a fixed delay after the workers are up), then at ledger shares
     thresholds = [round(total * (i + 1) / (kills + 1)) for i in range(kills - 1)]
-    done_kills = 0
+    done_kills, killed = 0, set()
     start = time.perf_counter()
     with started(args, log) as proc:
         while proc.poll() is None and len(workers(proc.pid, marker)) < 2:
@@ -143,11 +145,16 @@ def soak(backend: str, archive: Path, clean: Path, total: int, kills: int, workd
         time.sleep(3.0)
         while proc.poll() is None and done_kills < kills:
             due = done_kills == 0 or chips_done(out) >= thresholds[done_kills - 1]
-            victims = workers(proc.pid, marker)
+            victims = [p for p in workers(proc.pid, marker) if p.pid not in killed]
             if due and victims:
+                victim = rng.choice(victims)
                 with suppress(psutil.NoSuchProcess):
-                    rng.choice(victims).kill()
+                    status, name = victim.status(), victim.name()
+                    victim.kill()
+                    killed.add(victim.pid)
                     done_kills += 1
+                    print(f"{backend}: killed {name} pid {victim.pid} ({status}) at "
+                          f"{chips_done(out)}/{total} chips", flush=True)
             time.sleep(0.1)
         code = proc.wait(1800)
     wall = time.perf_counter() - start
