@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from resflow.benchmarking.contention import contention
-from resflow.benchmarking.memory import peaks, reset_peaks
+from resflow.benchmarking.memory import descendant_pids, peaks, reset_peaks
 from resflow.benchmarking.series import summarise
 from resflow.config import RunConfig
 from resflow.executor import Executor
@@ -44,8 +44,11 @@ def start_executor(config: RunConfig, executor_class: type[Executor] | None = No
     return executor, seconds
 
 
-def timed_run(config: RunConfig, executor: Executor) -> dict[str, Any]:
-    """One run of the graph: wall seconds, contention, its run report and peak memory."""
+def timed_run(config: RunConfig, executor: Executor,
+              workers: set[int] | None = None) -> dict[str, Any]:
+    """One run of the graph: wall seconds, contention, its run report and peak memory
+    (``workers``: the pids the engine started, see :func:`resflow.benchmarking.memory.peaks`).
+    """
     from resflow.graph import run_graph
 
     cpu_before = reset_peaks()
@@ -53,7 +56,7 @@ def timed_run(config: RunConfig, executor: Executor) -> dict[str, Any]:
         result = run_graph(config, executor)
     report = result.report.to_dict()
     return {**record, "chips": report["chips"], "km2": report["km2"], "report": report,
-            "memory": peaks(cpu_before)}
+            "memory": peaks(cpu_before, workers)}
 
 
 def stage_fractions(stage_seconds: dict[str, float], wall_s: float, cores: int
@@ -112,13 +115,16 @@ class EngineSeries:
         self.config = config.model_copy(update={"out": self.out, "overwrite": True,
                                                 "resume": False})
         self.runs: list[dict[str, Any]] = []
+        before = descendant_pids()
         with restored_environ():
             self.executor, self.startup_s = start_executor(self.config, executor_class)
         self.cold_s = timed_run(self.config, self.executor)["wall_s"] if warm_up else None
+        #: processes this engine started (workers, JVMs): its memory, not other engines'
+        self.workers = descendant_pids() - before
 
     def run(self) -> dict[str, Any]:
         """One timed run, kept in :attr:`runs`."""
-        self.runs.append(timed_run(self.config, self.executor))
+        self.runs.append(timed_run(self.config, self.executor, self.workers))
         return self.runs[-1]
 
     def retarget(self, archive: Path) -> None:

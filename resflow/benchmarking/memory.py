@@ -25,6 +25,19 @@ def _processes() -> list[psutil.Process]:
     return [me, *me.children(recursive=True)]
 
 
+def descendant_pids() -> set[int]:
+    """Pids of this process's descendants now: diff two calls to find an engine's workers."""
+    return {proc.pid for proc in _processes()[1:]}
+
+
+def _owned(proc: psutil.Process, roots: set[int]) -> bool:
+    """Whether ``proc`` is one of ``roots`` or descends from one (Spark forks workers late)."""
+    try:
+        return proc.pid in roots or any(p.pid in roots for p in proc.parents())
+    except psutil.Error:
+        return False
+
+
 #: CPU seconds a descendant must use during a run to count as a worker.
 WORKER_CPU_S = 0.5
 
@@ -64,8 +77,12 @@ def _peak_mb(proc: psutil.Process) -> float | None:
     return int(match.group(1)) / 1024 if match else None
 
 
-def peaks(cpu_before: dict[int, float]) -> dict[str, float | int | None]:
+def peaks(cpu_before: dict[int, float], roots: set[int] | None = None
+          ) -> dict[str, float | int | None]:
     """Peak RSS since :func:`reset_peaks` (whose result is ``cpu_before``), MiB.
+
+    ``roots`` limits workers to those processes and their descendants: the processes one
+    engine started, when several engines are alive at once (``None``: every descendant).
 
     Returns
     -------
@@ -81,6 +98,8 @@ def peaks(cpu_before: dict[int, float]) -> dict[str, float | int | None]:
         try:
             name = proc.name().lower()
         except psutil.Error:
+            continue
+        if roots is not None and not _owned(proc, roots):
             continue
         peak = _peak_mb(proc)
         if peak is None or _cpu_s(proc) - cpu_before.get(proc.pid, 0.0) < WORKER_CPU_S:
