@@ -36,8 +36,7 @@ def stage1_ms_per_chip(chips: int) -> float:
 def main() -> None:
     import dask
     from distributed import Client, LocalCluster
-
-    from resflow.benchmarking.proposals import MALLOC_TRIM_KEY
+    from resflow_dask import MALLOC_TRIM_KEY
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--chips", type=int, default=16)

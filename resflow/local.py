@@ -1,13 +1,16 @@
 """The in-process reference engine: the meaning of the executor contract, with no cluster.
 
-Every stage runs partition by partition in the calling process, with one progress bar per
-stage. The Dask and Spark engines must give the same records as this one; the contract tests
-hold them to it.
+Every stage runs its partitions on a pool of threads in the calling process (one per core
+by default: each stage call uses one torch thread and releases the GIL inside the models),
+with one progress bar per stage. The Dask and Spark engines must give the same records as
+this one; the contract tests hold them to it.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
@@ -27,15 +30,17 @@ if TYPE_CHECKING:
 
 
 class LocalExecutor(Executor):
-    """Run the graph in this process, one task at a time.
+    """Run the graph in this process, ``threads`` tasks at a time.
 
     Parameters
     ----------
     gpus
-        GPU addresses GPU stages may use, ``None`` = the CUDA devices torch sees. Tasks run
-        one at a time, so a GPU stage always gets the first one.
+        GPU addresses GPU stages may use, ``None`` = the CUDA devices torch sees; task ``i``
+        of a GPU stage gets device ``i mod len(gpus)``.
     progress
         Show a progress bar per stage.
+    threads
+        Tasks run at once; ``None`` = the cores this process may use.
 
     Examples
     --------
@@ -47,9 +52,11 @@ class LocalExecutor(Executor):
 
     name = "local"
 
-    def __init__(self, gpus: Sequence[str] | None = None, progress: bool = True) -> None:
+    def __init__(self, gpus: Sequence[str] | None = None, progress: bool = True,
+                 threads: int | None = None) -> None:
         self.gpus = list(visible_gpus() if gpus is None else gpus)
         self.progress = progress
+        self.threads = threads or len(os.sched_getaffinity(0))
 
     @classmethod
     def from_config(cls, config: RunConfig) -> LocalExecutor:
@@ -66,9 +73,15 @@ class LocalExecutor(Executor):
         name: str,
         resources: StageResources = CPU,
     ) -> list[list[Any]]:
-        gpu = self.gpus[0] if resources.uses_gpu and self.gpus else None
-        bar = tqdm(coll, desc=stage_key(name), unit="part", disable=not self.progress, leave=False)
-        return [list(fn(part, TaskEnv(self.name, name, i, gpu))) for i, part in enumerate(bar)]
+        def task(index: int) -> list[Any]:
+            gpu = (self.gpus[index % len(self.gpus)]
+                   if resources.uses_gpu and self.gpus else None)
+            return list(fn(coll[index], TaskEnv(self.name, name, index, gpu)))
+
+        with ThreadPoolExecutor(self.threads, thread_name_prefix=stage_key(name)) as pool:
+            return list(tqdm(pool.map(task, range(len(coll))), total=len(coll),
+                             desc=stage_key(name), unit="part", disable=not self.progress,
+                             leave=False))
 
     def group_by_key(
         self, coll: list[list[Any]], key: Callable[[Any], Hashable], npartitions: int
@@ -86,4 +99,5 @@ class LocalExecutor(Executor):
         setup()
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "workers": 1, "threads_per_worker": 1, "gpus": self.gpus}
+        return {"backend": self.name, "workers": 1, "threads_per_worker": self.threads,
+                "gpus": self.gpus}

@@ -16,13 +16,11 @@ from resflow.benchmarking.baseline import hand_written
 from resflow.benchmarking.limit import Preloaded, compute_limit
 from resflow.benchmarking.machine import describe_machine
 from resflow.benchmarking.memory import peaks, reset_peaks
-from resflow.benchmarking.proposals import ThreadedLocalExecutor
 from resflow.benchmarking.scaled_archive import write_scaled_scene
 from resflow.benchmarking.scaling import scaled_archive, spread
 from resflow.benchmarking.series import summarise
 from resflow.benchmarking.study import BenchOptions, run_benchmark
 from resflow.gallery import Gallery, write_gallery
-from resflow.local import LocalExecutor
 from resflow.models.hashing import HashingHead
 from resflow.models.segmentation import SegmentationDecoder
 from resflow.report import STAGES
@@ -94,20 +92,6 @@ def test_hand_written_loop_maps_every_chip(tile: Path, archive: Path, gallery: G
         assert out.dtypes[0] == "uint8"
 
 
-def test_threaded_local_gives_the_local_records() -> None:
-    parts = [[1, 2], [3], [4, 5, 6]]
-
-    def tenfold(records: list[int], env: object) -> list[int]:
-        return [r * 10 for r in records]
-
-    local = LocalExecutor(gpus=[], progress=False)
-    threaded = ThreadedLocalExecutor(gpus=[], progress=False, threads=2)
-    results = [ex.collect(ex.map_partitions(ex.from_partitions(parts), tenfold, name="x"))
-               for ex in (local, threaded)]
-    assert results[0] == results[1] == [10, 20, 30, 40, 50, 60]
-    assert threaded.describe()["threads_per_worker"] == 2
-
-
 def test_memory_peaks_name_the_driver() -> None:
     before = reset_peaks()
     result = peaks(before)
@@ -131,7 +115,7 @@ def test_quick_benchmark_writes_results(tile: Path, gallery: Gallery, tmp_path: 
     saved = json.loads((tmp_path / "results" / "bench-quick.json").read_text())
     assert saved["mode"] == "quick" and saved["archive"]["chips"] == 16  # x4 of 2 x 2 chips
     labels = [e["label"] for e in results["engines"]]
-    assert labels == ["local", "local-threads (proposed)"]
+    assert labels == ["local"]
     for engine in results["engines"]:
         assert set(engine["stage_seconds"]) == set(STAGES)
         assert sum(engine["stage_fractions"].values()) == pytest.approx(1.0)

@@ -11,10 +11,12 @@ dask-cuda is imported only when this host has GPUs and dask-cuda is installed.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +39,27 @@ __all__ = ["DaskExecutor"]
 PRELOAD_ATTEMPTS = 5
 """Tries to register the model preload on every worker while workers may be dying."""
 
+MALLOC_TRIM_KEY = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
+"""Dask's nanny exports ``MALLOC_TRIM_THRESHOLD_`` to every worker it spawns. Setting any
+glibc malloc tunable freezes the mmap threshold at 128 KiB, so every activation tensor of a
+model pass becomes a fresh ``mmap`` whose pages fault in again: stage 1 measured 150 ms per
+256 px chip in such a worker against 30 ms without it (``benchmarks/malloc_trim.py``).
+resflow's embedded workers start without it."""
+
+
+@contextmanager
+def _spawn_environment() -> Iterator[None]:
+    """Workers spawned inside start without the malloc tunable, and this process's own
+    environment, which the nanny edits while spawning, is put back afterwards (a Spark
+    session started later in the same process would inherit the edits)."""
+    saved = dict(os.environ)
+    try:
+        with dask.config.set({MALLOC_TRIM_KEY: None}):  # None unsets it (dask's rule)
+            yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
 
 def _embedded_cluster(config: DaskConfig, gpus: list[str], scratch: str) -> tuple[Any, bool]:
     """Start a cluster on this host, its workers' files under ``scratch``; returns it and
@@ -55,8 +78,10 @@ def _embedded_cluster(config: DaskConfig, gpus: list[str], scratch: str) -> tupl
             pass
         else:
             # one worker per GPU, each seeing only its own device as cuda:0
-            return LocalCUDACluster(CUDA_VISIBLE_DEVICES=",".join(gpus), **common), True
-    return LocalCluster(n_workers=config.workers, processes=True, **common), False
+            with _spawn_environment():
+                return LocalCUDACluster(CUDA_VISIBLE_DEVICES=",".join(gpus), **common), True
+    with _spawn_environment():
+        return LocalCluster(n_workers=config.workers, processes=True, **common), False
 
 
 class DaskExecutor(Executor):

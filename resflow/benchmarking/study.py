@@ -4,9 +4,8 @@ In one process and one sitting, so the ratios compare like with like on a shared
 
 1. the compute limit on preloaded chips (:mod:`resflow.benchmarking.limit`), the
    hand-written rasterio loop with the mono model (:mod:`resflow.benchmarking.baseline`)
-   and each engine end to end, plus the proposed engine changes
-   (:mod:`resflow.benchmarking.engines`, :mod:`resflow.benchmarking.proposals`), their
-   repetitions interleaved round by round (:func:`compare`);
+   and each engine end to end (:mod:`resflow.benchmarking.engines`), their repetitions
+   interleaved round by round (:func:`compare`);
 2. scaling x1 to x8 on Dask (:mod:`resflow.benchmarking.scaling`);
 3. in full mode, the sweeps (:mod:`resflow.benchmarking.sweeps`).
 
@@ -31,21 +30,14 @@ from resflow.benchmarking.baseline import hand_written, summarise_runs
 from resflow.benchmarking.engines import EngineSeries
 from resflow.benchmarking.limit import Preloaded, one_pass, summarise_passes, warm_up
 from resflow.benchmarking.machine import describe_machine, load_average
-from resflow.benchmarking.proposals import ThreadedLocalExecutor, dask_without_malloc_trim
 from resflow.benchmarking.scaling import FACTORS, scaled_archive, scaling_study
 from resflow.benchmarking.sweeps import plan_sweeps, run_sweeps
 from resflow.config import DaskConfig, RunConfig, SparkConfig
-from resflow.executor import Executor
 from resflow.gallery import Gallery
 from resflow.report import collect_versions
 
 #: Fraction of the compute limit each engine should reach on a 2-core CPU (issue 5).
 TARGETS = {"local": 0.95, "dask": 0.85, "spark": 0.75}
-#: Proposed engine changes: (backend they change, label in the results, engine factory).
-PROPOSALS: tuple[tuple[str, str, Callable[[], type[Executor]]], ...] = (
-    ("local", "local-threads (proposed)", lambda: ThreadedLocalExecutor),
-    ("dask", "dask-no-malloc-trim (proposed)", dask_without_malloc_trim),
-)
 
 
 @dataclass(frozen=True)
@@ -68,8 +60,6 @@ class BenchOptions:
         Run settings shared by every engine (see :class:`resflow.config.RunConfig`).
     factors
         Scaling sizes, multiples of the Atlanta tile.
-    proposals
-        Also measure the proposed engine changes next to the installed engines.
     scaling_backend
         The engine the scaling study runs on.
     source, chip
@@ -88,7 +78,6 @@ class BenchOptions:
     halo: int = 32
     batch_size: int = 8
     factors: tuple[int, ...] = FACTORS
-    proposals: bool = True
     scaling_backend: str = "dask"
     source: Path | None = None
     chip: int = 256
@@ -103,26 +92,6 @@ class BenchOptions:
     def scale(self) -> int:
         """Size of the comparison archive in Atlanta tiles."""
         return 4 if self.quick else 8
-
-
-def proposed_engines(options: BenchOptions
-                     ) -> list[tuple[str, str, Callable[[], type[Executor]]]]:
-    """The :data:`PROPOSALS` that change an engine being compared (none without proposals)."""
-    return [p for p in PROPOSALS if options.proposals and p[0] in options.backends]
-
-
-def scaling_executor(options: BenchOptions) -> type[Executor] | None:
-    """The engine class of the scaling study: the proposed change to its backend when
-    proposals are measured, else the installed engine (``None``).
-
-    Scaling checks that time per km^2 and worker memory stay flat, a property of the graph;
-    a proposed engine change that only shortens every chip's time keeps the study's cost
-    within the quick mode's budget without changing what it shows.
-    """
-    for backend, _, proposal in proposed_engines(options):
-        if backend == options.scaling_backend:
-            return proposal()
-    return None
 
 
 def base_config(options: BenchOptions, archive: Path, cores: int) -> RunConfig:
@@ -181,15 +150,12 @@ def compare(options: BenchOptions, config: RunConfig, archive: Archive, gallery:
         return hand_written(sources, gallery, work / "baseline", chip=options.chip,
                             halo=options.halo, threads=cores)
 
-    plan = [(config.model_copy(update={"backend": b}), b, None) for b in options.backends]
-    plan += [(config.model_copy(update={"backend": b}), label, proposal())
-             for b, label, proposal in proposed_engines(options)]
     engines: list[EngineSeries] = []
     try:
-        for run_config, label, engine_class in plan:
-            step(f"engine {label}: start and cold run")
-            engines.append(EngineSeries(run_config, work, label=label,
-                                        executor_class=engine_class))
+        for backend in options.backends:
+            step(f"engine {backend}: start and cold run")
+            engines.append(EngineSeries(config.model_copy(update={"backend": backend}), work,
+                                        label=backend))
         passes, baseline_runs = [], []
         for round_ in range(1, options.repeats + 1):
             step(f"round {round_}/{options.repeats}: limit, hand-written loop, "
@@ -227,13 +193,10 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
 
         comparison = compare(options, config, archive, gallery, work, cores, step)
 
-        scaling_engine = scaling_executor(options)
-        step(f"scaling x{'/x'.join(map(str, options.factors))} on {options.scaling_backend}"
-             f"{' (' + scaling_engine.__name__ + ')' if scaling_engine else ''}")
+        step(f"scaling x{'/x'.join(map(str, options.factors))} on {options.scaling_backend}")
         scaling = scaling_study(config.model_copy(update={"backend": options.scaling_backend}),
                                 work, factors=options.factors, repeats=options.repeats,
-                                cores=cores, chip=options.chip, source=options.source,
-                                executor_class=scaling_engine)
+                                cores=cores, chip=options.chip, source=options.source)
 
         sweeps = {}
         if not options.quick:

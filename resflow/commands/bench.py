@@ -23,8 +23,6 @@ def bench_command(
         "benchmarks/results"),
     gallery: Annotated[Path | None, typer.Option(help="model gallery (default: bundled)")] = None,
     partition_chips: Annotated[int, typer.Option(min=1, help="chips per partition")] = 16,
-    proposals: Annotated[bool, typer.Option(
-        help="also measure the proposed engine changes")] = True,
     work_dir: Annotated[Path | None, typer.Option(
         help="keep scratch archives here (default: a temporary folder)")] = None,
 ) -> None:
@@ -40,7 +38,7 @@ def bench_command(
     options = BenchOptions(
         quick=quick, backends=tuple(b.strip() for b in backends.split(",") if b.strip()),
         repeats=repeats, out=out, gallery=gallery, partition_chips=partition_chips,
-        proposals=proposals, work_dir=work_dir)
+        work_dir=work_dir)
     try:
         results = run_benchmark(options, log=lambda line: typer.echo(line, err=True))
     except ResflowError as err:
