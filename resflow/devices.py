@@ -104,6 +104,17 @@ def array_module(device: torch.device) -> ModuleType:
     return np
 
 
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` intra-op threads, restoring the caller's count after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def set_torch_threads(n: int) -> None:
     """Set torch's intra-op thread count to ``n`` if it is not already (cheap to repeat).
 

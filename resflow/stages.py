@@ -36,31 +36,19 @@ instruction set (oneDNN dispatches on AVX2/AVX-512).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from resflow.devices import inference_context, memory_format
+from resflow.devices import inference_context, memory_format, torch_threads
 from resflow.models.hashing import hamming_nearest
 
 #: Intra-op threads inside every stage call; part of the result, so it is fixed.
 STAGE_THREADS = 1
 #: Rows per call of the hashing head, padded, so a chip's code never depends on N.
 HEAD_ROWS = 64
-
-
-@contextmanager
-def _stage_threads() -> Iterator[None]:
-    """Run with :data:`STAGE_THREADS` intra-op threads, restoring the caller's count after."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(STAGE_THREADS)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _check_images(images: np.ndarray) -> np.ndarray:
@@ -131,7 +119,7 @@ def extract_features(
     if len(images) == 0:
         return np.zeros((0, 1280), dtype=np.float32)
     model = _prepare(extractor, device)
-    with _stage_threads(), inference_context(device):
+    with torch_threads(STAGE_THREADS), inference_context(device):
         return _run_batched(images, model, _rows_per_call(device, batch_size), device)
 
 
@@ -161,7 +149,7 @@ def map_codes(
         return np.zeros((0, refs.shape[1]), dtype=bool), np.zeros(0, dtype=np.int64)
     device = next(head.parameters()).device
     head = head.eval()
-    with _stage_threads(), inference_context(device):
+    with torch_threads(STAGE_THREADS), inference_context(device):
         signed = _run_batched(features, head, HEAD_ROWS, device)
     codes = signed > 0
     return codes, hamming_nearest(codes, refs)
@@ -197,5 +185,5 @@ def segment(
     def probability(x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(model(x).float())[:, 0]
 
-    with _stage_threads(), inference_context(device):
+    with torch_threads(STAGE_THREADS), inference_context(device):
         return _run_batched(images, probability, _rows_per_call(device, batch_size), device)

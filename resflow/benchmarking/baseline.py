@@ -13,8 +13,7 @@ careful user would copy it, computed on a decimated read so memory stays bounded
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,20 +25,11 @@ from rasterio.windows import Window
 from resflow.benchmarking.contention import contention
 from resflow.benchmarking.series import summarise
 from resflow.chips import chip_grid, window_km2
+from resflow.devices import torch_threads
 from resflow.gallery import Gallery
 
 #: Longest edge of the decimated read used for the scaling percentiles, pixels.
 STATS_EDGE = 1024
-
-
-@contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _scaling(src: rasterio.DatasetReader, bands: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -117,7 +107,7 @@ def hand_written(sources: Sequence[Path], gallery: Gallery, out_dir: Path, *, ch
     model = gallery.mono().eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     chips, km2 = 0, 0.0
-    with _torch_threads(threads):
+    with torch_threads(threads):
         with torch.inference_mode():  # first call builds oneDNN kernels: keep it untimed
             model(torch.zeros(1, 3, chip + 2 * halo, chip + 2 * halo))
         with contention() as record:
