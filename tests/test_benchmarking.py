@@ -20,6 +20,8 @@ from resflow.benchmarking.scaled_archive import write_scaled_scene
 from resflow.benchmarking.scaling import scaled_archive, spread
 from resflow.benchmarking.series import summarise
 from resflow.benchmarking.study import BenchOptions, run_benchmark
+from resflow.benchmarking.sweeps import override, plan_sweeps, run_sweeps
+from resflow.config import RunConfig
 from resflow.gallery import Gallery, write_gallery
 from resflow.models.hashing import HashingHead
 from resflow.models.segmentation import SegmentationDecoder
@@ -126,3 +128,26 @@ def test_quick_benchmark_writes_results(tile: Path, gallery: Gallery, tmp_path: 
     for name in ("rates", "stages", "scaling"):
         assert (tmp_path / "results" / f"{name}-quick.png").stat().st_size > 0
     assert "| local |" in (tmp_path / "results" / "table-quick.md").read_text()
+
+
+def test_sweeps_plan_every_shape_and_measure_a_point(archive: Path, gallery: Gallery,
+                                                     tmp_path: Path) -> None:
+    plan = plan_sweeps(cores=2, gpus=0)
+    assert set(plan) == {"dask workers x threads", "spark executors x cores",
+                         "partition chips (dask)", "batch size (dask)",
+                         "torch threads per worker (dask)"}
+    assert [label for label, _ in plan["dask workers x threads"]] == [
+        "1x1", "1x2", "2x1", "2x2", "4x1"]
+    assert "tasks per GPU (dask)" in plan_sweeps(cores=2, gpus=1)
+
+    config = RunConfig(archive=archive, gallery=gallery.path, halo=HALO, device="cpu")
+    changed = override(config, {"dask.workers": 3, "batch_size": 2})
+    assert (changed.dask.workers, changed.batch_size, changed.halo) == (3, 2, HALO)
+
+    points = {"partition chips (local)": [("1", {"backend": "local", "partition_chips": 1}),
+                                          ("4", {"backend": "local", "partition_chips": 4})]}
+    results = run_sweeps(config, points, repeats=1, out_dir=tmp_path, cores=2)
+    measured = results["partition chips (local)"]
+    assert [p["label"] for p in measured] == ["1", "4"]
+    assert all(p["km2_per_s"]["median"] > 0 and p["chips_per_s"]["median"] > 0
+               for p in measured)

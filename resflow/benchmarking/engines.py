@@ -29,13 +29,12 @@ from resflow.executor import Executor
 from resflow.report import STAGES
 
 
-def start_executor(config: RunConfig, executor_class: type[Executor] | None = None
-                   ) -> tuple[Executor, float]:
-    """The engine ``config.backend`` names (or ``executor_class``), without progress bars,
-    and the seconds it took to start."""
+def start_executor(config: RunConfig) -> tuple[Executor, float]:
+    """The engine ``config.backend`` names, without progress bars, and the seconds it took
+    to start."""
     from resflow.plugins import load_backend
 
-    cls = executor_class or load_backend(config.backend)
+    cls = load_backend(config.backend)
     start = time.perf_counter()
     executor = cls.from_config(config)
     seconds = time.perf_counter() - start
@@ -101,15 +100,12 @@ class EngineSeries:
         Scratch folder for the output store.
     label
         Name of the series in the results (default: the backend).
-    executor_class
-        An engine class to use instead of the one ``config.backend`` names (to measure a
-        proposed engine change side by side with the installed one).
     warm_up
         Run once untimed after starting (its time is kept as ``cold_s``).
     """
 
     def __init__(self, config: RunConfig, out_dir: Path, *, label: str | None = None,
-                 executor_class: type[Executor] | None = None, warm_up: bool = True) -> None:
+                 warm_up: bool = True) -> None:
         self.label = label or config.backend
         self.out = out_dir / f"{self.label}.zarr"
         self.config = config.model_copy(update={"out": self.out, "overwrite": True,
@@ -117,7 +113,7 @@ class EngineSeries:
         self.runs: list[dict[str, Any]] = []
         before = descendant_pids()
         with restored_environ():
-            self.executor, self.startup_s = start_executor(self.config, executor_class)
+            self.executor, self.startup_s = start_executor(self.config)
         self.cold_s = timed_run(self.config, self.executor)["wall_s"] if warm_up else None
         #: processes this engine started (workers, JVMs): its memory, not other engines'
         self.workers = descendant_pids() - before
@@ -187,14 +183,13 @@ class EngineSeries:
 
 
 def bench_engine(config: RunConfig, *, repeats: int, out_dir: Path, cores: int,
-                 executor_class: type[Executor] | None = None,
                  label: str | None = None) -> dict[str, Any]:
     """Start one engine, run it cold once and ``repeats`` times timed, close it.
 
     See :class:`EngineSeries` for the parameters and :meth:`EngineSeries.summary` for the
     result.
     """
-    series = EngineSeries(config, out_dir, label=label, executor_class=executor_class)
+    series = EngineSeries(config, out_dir, label=label)
     try:
         for _ in range(repeats):
             series.run()

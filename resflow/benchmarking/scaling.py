@@ -16,7 +16,6 @@ from typing import Any
 from resflow.benchmarking.engines import EngineSeries
 from resflow.benchmarking.scaled_archive import write_scaled_scene
 from resflow.config import IngestConfig, RunConfig
-from resflow.executor import Executor
 from resflow.ingest import ingest
 
 FACTORS = (1, 2, 4, 8)
@@ -49,8 +48,8 @@ def spread(values: list[float]) -> float:
 
 
 def scaling_study(config: RunConfig, work_dir: Path, *, factors: tuple[int, ...] = FACTORS,
-                  repeats: int, cores: int, chip: int = 256, source: Path | None = None,
-                  executor_class: type[Executor] | None = None) -> dict[str, Any]:
+                  repeats: int, cores: int, chip: int = 256,
+                  source: Path | None = None) -> dict[str, Any]:
     """Run every size on one engine (``config.backend``) and check flatness.
 
     Parameters
@@ -67,8 +66,6 @@ def scaling_study(config: RunConfig, work_dir: Path, *, factors: tuple[int, ...]
         The machine's cores.
     chip, source
         Chip edge of the archives and the tile to mosaic (see :func:`scaled_archive`).
-    executor_class
-        An engine class to use instead of the one ``config.backend`` names.
 
     Returns
     -------
@@ -81,8 +78,7 @@ def scaling_study(config: RunConfig, work_dir: Path, *, factors: tuple[int, ...]
     archives = {f: scaled_archive(f, work_dir, chip=chip, source=source) for f in factors}
     sizes = []
     series = EngineSeries(config.model_copy(update={"archive": archives[factors[0]]}),
-                          work_dir, label=f"{config.backend}-scaling",
-                          executor_class=executor_class)
+                          work_dir, label=f"{config.backend}-scaling")
     try:
         for factor in factors:
             series.retarget(archives[factor])
