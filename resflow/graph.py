@@ -556,6 +556,5 @@ def _export(config: RunConfig, store: OutputStore) -> list[Path]:
     if config.cog_dir is not None:
         written.extend(export_cogs(store, config.cog_dir))
     if config.footprints is not None:
-        export_footprints(store, config.footprints)
-        written.append(Path(config.footprints))
+        written.extend(export_footprints(store, config.footprints))
     return written

@@ -145,3 +145,18 @@ def test_no_seams_chip_by_chip_equals_a_whole_window(runs, sample_archive: Path,
     seam = slice(first.chip - 4, first.chip + 4)  # the rows and columns where chips meet
     assert np.abs(tiled[seam] - quantise(whole)[seam].astype(np.int16)).max() <= 1
     assert np.abs(tiled[:, seam] - quantise(whole)[:, seam].astype(np.int16)).max() <= 1
+
+
+def test_run_lists_the_exports_it_wrote(sample_archive: Path, engine_gallery: Path,
+                                        tmp_path: Path) -> None:
+    config = RunConfig(archive=sample_archive, gallery=engine_gallery, out=tmp_path / "o.zarr",
+                       backend="local", cog_dir=tmp_path / "cog",
+                       footprints=tmp_path / "buildings.geojson")
+    with LocalExecutor(gpus=[], progress=False) as executor:
+        result = run_graph(config, executor)
+    scenes = OutputStore.open(config.out).groups.values()
+    cogs = sorted(p.name for p in result.exports if p.parent == tmp_path / "cog")
+    assert cogs == sorted(f"{s}_{kind}.tif" for s in scenes for kind in ("mask", "probability"))
+    footprints = [p for p in result.exports if p.suffix == ".geojson"]
+    assert footprints and all(p.is_file() for p in footprints)  # one file per scene CRS
+    assert {p.name for p in tmp_path.glob("*.geojson")} == {p.name for p in footprints}
