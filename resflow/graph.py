@@ -184,20 +184,21 @@ def _store_key(path: Path) -> tuple[str, int]:
     return str(path), (Path(path) / "zarr.json").stat().st_mtime_ns
 
 
-def _archive(path: Path) -> Archive:
+def _cached(cache: dict[tuple[str, int], Any], path: Path, open_store: Any) -> Any:
+    """The store at ``path`` opened once per process (and again once it is made anew)."""
     key = _store_key(path)
     with _LOCK:
-        if key not in _ARCHIVES:
-            _ARCHIVES[key] = Archive.open(path)
-        return _ARCHIVES[key]
+        if key not in cache:
+            cache[key] = open_store(path)
+        return cache[key]
+
+
+def _archive(path: Path) -> Archive:
+    return _cached(_ARCHIVES, path, Archive.open)
 
 
 def _store(path: Path) -> OutputStore:
-    key = _store_key(path)
-    with _LOCK:
-        if key not in _STORES:
-            _STORES[key] = OutputStore.open(path)
-        return _STORES[key]
+    return _cached(_STORES, path, OutputStore.open)
 
 
 def _device(settings: GraphSettings, env: TaskEnv) -> Any:

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from resflow.executor import StageResources, TaskEnv
+from tests.intervals import peak_overlap
 
 TASKS = 8
 
@@ -19,15 +20,6 @@ def hold_device(records: list[int], env: TaskEnv) -> list[tuple[str | None, floa
     start = time.time()
     time.sleep(0.6)
     return [(env.gpu, start, time.time())]
-
-
-def peak_overlap(intervals: list[tuple[float, float]]) -> int:
-    events = sorted([(a, 1) for a, _ in intervals] + [(b, -1) for _, b in intervals])
-    level = peak = 0
-    for _, step in events:
-        level += step
-        peak = max(peak, level)
-    return peak
 
 
 def run_stage(spark_session, gpu: float) -> dict[str | None, list[tuple[float, float]]]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from resflow.tickets import TicketTimeout, checkout, ticket_path
+from tests.intervals import peak_overlap
 
 DEVICES = ["0", "1"]
 PER_DEVICE = 2
@@ -32,15 +33,6 @@ def hold_forever(ticket_dir: str, ready: str) -> None:
         time.sleep(600)
 
 
-def max_concurrency(intervals: list[tuple[float, float]]) -> int:
-    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
-    level = peak = 0
-    for _, step in events:
-        level += step
-        peak = max(peak, level)
-    return peak
-
-
 def test_no_device_oversubscribed_and_every_task_gets_one(tmp_path: Path) -> None:
     tickets, logs = tmp_path / "tickets", tmp_path / "logs"
     logs.mkdir()
@@ -53,8 +45,8 @@ def test_no_device_oversubscribed_and_every_task_gets_one(tmp_path: Path) -> Non
     assert {device for device, _, _ in records} == set(DEVICES)
     for device in DEVICES:
         held = [(float(a), float(b)) for d, a, b in records if d == device]
-        assert max_concurrency(held) <= PER_DEVICE
-    assert max_concurrency([(float(a), float(b)) for _, a, b in records]) > PER_DEVICE
+        assert peak_overlap(held) <= PER_DEVICE
+    assert peak_overlap([(float(a), float(b)) for _, a, b in records]) > PER_DEVICE
 
 
 def test_killed_holder_ticket_is_reclaimed(tmp_path: Path) -> None:
