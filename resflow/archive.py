@@ -18,7 +18,7 @@ is true are listed: an interrupted ingest never yields a scene that looks finish
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -183,14 +183,32 @@ class Archive:
         The result is always ``(3, chip + 2*halo, chip + 2*halo)``: beyond the scene edge the
         pixels are reflected as with dask's ``boundary="reflect"`` (see :mod:`resflow.chips`).
         """
-        info = self._scene(ref.scene)
-        rows = halo_indices(ref.y0, ref.chip, halo, info.height)
-        cols = halo_indices(ref.x0, ref.chip, halo, info.width)
-        r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-        slab = np.asarray(self.image(ref.scene)[:, r0:r1, c0:c1])
-        pixels = slab[:, rows - r0][:, :, cols - c0]
-        image, valid = harmonise(pixels, info.nodata, info.rgb, info.stats)
-        return ChipPixels(image=image, valid=valid)
+        return self.read_chips([ref], halo)[0]
+
+    def read_chips(self, refs: Sequence[ChipRef], halo: int = 0) -> list[ChipPixels]:
+        """:meth:`read_chip` for many chips, in the order given, decoding each chunk once.
+
+        Chips side by side in one chip row of a scene form a *run* read as one slab: a chip
+        with a halo spans 3 x 3 chunks, and neighbours share 6 of them, so a run of ``n``
+        chips decodes ``3 (n + 2)`` chunks instead of ``9 n``. The pixels are those of
+        :meth:`read_chip`, bit for bit (reflection and harmonisation are per pixel).
+        """
+        pixels: dict[int, ChipPixels] = {}
+        for run in _runs(refs):
+            first = refs[run[0]]
+            info = self._scene(first.scene)
+            span = (refs[run[-1]].col - first.col + 1) * first.chip
+            rows = halo_indices(first.y0, first.chip, halo, info.height)
+            cols = halo_indices(first.x0, span, halo, info.width)
+            r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+            slab = np.asarray(self.image(first.scene)[:, r0:r1, c0:c1])
+            image, valid = harmonise(slab[:, rows - r0][:, :, cols - c0], info.nodata,
+                                     info.rgb, info.stats)
+            edge = first.chip + 2 * halo
+            for i in run:
+                x = (refs[i].col - first.col) * first.chip
+                pixels[i] = ChipPixels(image=image[:, :, x:x + edge], valid=valid[:, x:x + edge])
+        return [pixels[i] for i in range(len(refs))]
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready description: scenes, bands, CRS, resolution, chips, km^2, refusals."""
@@ -215,6 +233,30 @@ class Archive:
             raise InputError(f"{self.path}: scene '{name}'", "no complete scene of that name",
                              f"use one of {sorted(self.scenes)} or re-run `resflow ingest`"
                              ) from None
+
+
+def _runs(refs: Sequence[ChipRef]) -> list[list[int]]:
+    """Indices of ``refs`` grouped into runs: same scene and chip row, consecutive columns.
+
+    Examples
+    --------
+    >>> from resflow.chips import ChipRef
+    >>> def at(row, col):
+    ...     return ChipRef("s", row, col, row * 4, col * 4, 4, 4, 4, 0.0, 1.0)
+    >>> _runs([at(0, 1), at(1, 0), at(0, 2), at(0, 0), at(0, 4)])
+    [[3, 0, 2], [4], [1]]
+    """
+    order = sorted(range(len(refs)), key=lambda i: (refs[i].scene, refs[i].row, refs[i].col))
+    runs: list[list[int]] = []
+    for i in order:
+        last = refs[runs[-1][-1]] if runs else None
+        ref = refs[i]
+        if last is not None and (last.scene, last.row, last.col + 1) == (ref.scene, ref.row,
+                                                                         ref.col):
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
 
 
 def open_root(path: Path, mode: str = "r") -> zarr.Group:

@@ -93,6 +93,10 @@ class RunConfig(_Strict):
         "dask", description="local, dask or spark (any installed resflow.backends)")
     batch_size: int = Field(8, ge=1, description="chips per model forward pass")
     partition_chips: int = Field(16, ge=1, description="chips per partition of the graph")
+    plan: Literal["fused", "regrouped"] = Field(
+        "fused", description="fused: stages 1-3 of a partition in one task, each chip read "
+        "once; regrouped: regroup chips by bucket between stages 2 and 3, so every stage-3 "
+        "task serves one bucket's model (RESFlow's shape). Same maps either way")
     halo: int = Field(
         32, ge=0, description="context pixels around each chip for overlap-tile inference")
     torch_threads: int = Field(

@@ -59,19 +59,31 @@ def _describe(exc: BaseException) -> str:
     return f"{exc.__class__.__name__}: {exc}".rstrip(".")
 
 
-def read_chips(refs: Sequence[ChipRef], read: Callable[[ChipRef], ChipPixels], stage: str,
-               failures: list[ChipFailure]) -> tuple[list[ChipRef], list[ChipPixels]]:
-    """Read each chip; one whose read raises or whose model input is not finite fails alone.
+def read_chips(refs: Sequence[ChipRef], read: Callable[[Sequence[ChipRef]], list[ChipPixels]],
+               stage: str, failures: list[ChipFailure]
+               ) -> tuple[list[ChipRef], list[ChipPixels]]:
+    """Read the chips together; one whose read raises or whose model input is not finite
+    fails alone.
 
+    ``read`` takes a list of chips (:meth:`resflow.archive.Archive.read_chips`). If reading
+    them together raises, each chip is read on its own so that only the unreadable ones fail.
     Returns the chips that can go on and their pixels; failures are appended to ``failures``.
     """
+    try:
+        together: list[ChipPixels | None] = list(read(refs))
+    except Exception:  # find the chip(s) at fault; the others are read one by one
+        together = []
+        for ref in refs:
+            try:
+                together.extend(read([ref]))
+            except Exception as exc:  # one unreadable chip must not stop its partition
+                failures.append(ChipFailure(ref, stage,
+                                            f"reading the chip failed ({_describe(exc)})"))
+                together.append(None)
     kept: list[ChipRef] = []
     pixels: list[ChipPixels] = []
-    for ref in refs:
-        try:
-            chip = read(ref)
-        except Exception as exc:  # one unreadable chip must not stop its partition
-            failures.append(ChipFailure(ref, stage, f"reading the chip failed ({_describe(exc)})"))
+    for ref, chip in zip(refs, together, strict=True):
+        if chip is None:
             continue
         if not np.isfinite(chip.image).all():
             failures.append(ChipFailure(ref, stage, "its harmonised pixels hold NaN or Inf "

@@ -1,6 +1,6 @@
-"""The inference graph, defined once for every engine.
+"""The inference graph, defined once for every engine, in two plans with the same maps.
 
-::
+The ``regrouped`` plan is RESFlow's shape::
 
     partitions of ChipRefs
       -> stage 1  read chips, Lite0 features                    (GPU stage)
@@ -9,6 +9,12 @@
       -> stage 3  re-read chips with a halo, segment with that bucket's model, trim the halo,
                   quantise to uint8, write through the output store   (GPU stage)
       -> per-chip results
+
+The ``fused`` plan (the default) runs the same three stages of a partition in one task
+(:func:`fused_stages`): each chip is read once, with its halo, stage 1 sees its centre, and
+stage 3 serves the partition's chips bucket by bucket. With every bucket's model already
+loaded in each worker, the regroup buys nothing but a shuffle, a second read of every chip
+and a barrier between stages; ``benchmarks/README.md`` measures the difference.
 
 Stage 3 is overlap-tile inference, dask's ``map_overlap`` in three steps: *add a halo*
 (``Archive.read_chip(ref, halo)``, reflected beyond scene edges as ``boundary="reflect"``),
@@ -37,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from resflow.archive import Archive
-from resflow.chips import ChipRef
+from resflow.chips import ChipPixels, ChipRef
 from resflow.config import RunConfig
 from resflow.executor import CPU, Executor, StageResources, TaskEnv
 from resflow.failures import (
@@ -53,6 +59,8 @@ from resflow.outputs import OutputStore
 STAGE1 = "stage1-features"
 STAGE2 = "stage2-hashing"
 STAGE3 = "stage3-segment"
+#: the three stages of one partition as one task (the ``fused`` plan)
+FUSED = "stages-fused"
 
 #: Partitions planned per task slot, so uneven partitions and buckets still keep every slot
 #: busy: measured on 2 cores, 4-chip partitions instead of 16 took the threaded local engine
@@ -304,7 +312,7 @@ def stage1_features(settings: GraphSettings, refs: list[ChipRef],
     archive = _archive(settings.archive)
     failures: list[ChipFailure] = []
     with clock("read"):
-        refs, pixels = read_chips(refs, archive.read_chip, STAGE1, failures)
+        refs, pixels = read_chips(refs, archive.read_chips, STAGE1, failures)
     with clock("stage1"):
         refs, vectors = compute_chips(
             refs, np.stack([p.image for p in pixels]) if pixels else np.empty((0,)),
@@ -354,7 +362,7 @@ def trim(probability: np.ndarray, ref: ChipRef, halo: int) -> np.ndarray:
 
     Examples
     --------
-    >>> from resflow.chips import ChipRef
+    >>> from resflow.chips import ChipPixels, ChipRef
     >>> ref = ChipRef("s", 0, 0, 0, 0, 3, 2, 4, 0.0, 1.0)
     >>> trim(np.zeros((8, 8)), ref, halo=2).shape
     (3, 2)
@@ -367,63 +375,133 @@ def quantise(probability: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(probability, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
+def _segment_and_write(settings: GraphSettings, bucket: int, refs: list[ChipRef],
+                       pixels: list[ChipPixels], seconds: dict[ChipRef, dict[str, float]],
+                       env: TaskEnv) -> list[ChipResult | ChipFailure]:
+    """Segment halo-read chips of one bucket with its model, trim, quantise and write them.
+
+    ``seconds`` holds each chip's earlier stage times; this step's are added to them.
+    """
+    from resflow.stages import segment
+
+    device = _device(settings, env)
+    gallery = load_gallery(settings.gallery)
+    store = _store(settings.out)
+    model = gallery.segmenter(bucket)
+    halo = settings.halo
+    results: list[ChipResult | ChipFailure] = []
+    for start in range(0, len(refs), settings.batch_size):
+        batch = refs[start:start + settings.batch_size]
+        valid = dict(zip(batch, (p.valid for p in pixels[start:start + len(batch)]),
+                         strict=True))
+        clock = _Clock()
+        failed: list[ChipFailure] = []
+        with clock("preprocess"):
+            images = np.stack([p.image for p in pixels[start:start + len(batch)]])
+        with clock("stage3"):
+            kept, probability = compute_chips(
+                batch, images, partial(segment, segmenter=model, batch_size=settings.batch_size,
+                                       device=device), STAGE3, failed)
+        written: list[tuple[ChipRef, float]] = []
+        with clock("write"):
+            for ref, prob in zip(kept, probability, strict=True):
+                chip = quantise(np.where(trim(valid[ref], ref, halo), trim(prob, ref, halo), 0.0))
+                try:
+                    store.write_chip(ref, chip, settings.threshold)
+                except Exception as exc:  # e.g. a full disk: this chip is not in the ledger
+                    failed.append(ChipFailure(ref, STAGE3, f"writing the chip failed "
+                                              f"({exc.__class__.__name__}: {exc})"))
+                    continue
+                written.append((ref, float(np.mean(chip > settings.threshold * 255))))
+        results.extend(failed)
+        results.extend(ChipResult(ref, bucket, gallery.model_name(bucket), fraction,
+                                  clock.share(len(written), seconds[ref]))
+                       for ref, fraction in written)
+    return results
+
+
 @failing_partition(STAGE3)
 def stage3_segment(
     settings: GraphSettings, records: list[Routed | ChipFailure], env: TaskEnv
 ) -> list[ChipResult | ChipFailure]:
-    """Segment each chip with its bucket's model, with a halo of context, and write it.
+    """Re-read each chip with a halo of context, segment it with its bucket's model, and
+    write it.
 
     Writing a chip twice writes the same bytes, so a re-executed task is harmless. A chip
     that cannot be read, segmented or written becomes a :class:`~resflow.failures.ChipFailure`
     (earlier failures pass on unchanged).
     """
-    from resflow.stages import segment
-
-    failures = [r for r in records if isinstance(r, ChipFailure)]
+    results: list[ChipResult | ChipFailure] = [r for r in records if isinstance(r, ChipFailure)]
     routed = {r.ref: r for r in records if not isinstance(r, ChipFailure)}
     if not routed:
-        return list(failures)
+        return results
+    archive = _archive(settings.archive)
+    for bucket in sorted({r.bucket for r in routed.values()}):
+        group = sorted(ref for ref, r in routed.items() if r.bucket == bucket)
+        clock = _Clock()
+        failed: list[ChipFailure] = []
+        with clock("read"):
+            refs, pixels = read_chips(group, partial(archive.read_chips, halo=settings.halo),
+                                      STAGE3, failed)
+        results.extend(failed)
+        seconds = {ref: clock.share(len(refs), routed[ref].seconds) for ref in refs}
+        results.extend(_segment_and_write(settings, bucket, refs, pixels, seconds, env))
+    return results
+
+
+def centre(pixels: ChipPixels, ref: ChipRef, halo: int) -> np.ndarray:
+    """The nominal chip (``chip x chip``) inside a halo read: what stage 1 sees.
+
+    Equal, bit for bit, to reading the chip without a halo.
+    """
+    return pixels.image[:, halo:halo + ref.chip, halo:halo + ref.chip]
+
+
+@failing_partition(FUSED)
+def fused_stages(settings: GraphSettings, refs: list[ChipRef],
+                 env: TaskEnv) -> list[ChipResult | ChipFailure]:
+    """Stages 1, 2 and 3 of one partition in one task: each chip is read once, with its halo.
+
+    Stage 1 embeds the centre of each halo read (the chip itself), stage 2 routes it, and
+    stage 3 segments the partition's chips bucket by bucket from the same pixels. The maps,
+    routes and failures are those of the regrouped plan (:func:`stage1_features` ->
+    :func:`stage2_hashing` -> regroup -> :func:`stage3_segment`); only where the work runs
+    differs: nothing crosses processes between stages and no stage waits for another's
+    slowest partition.
+    """
+    from resflow.stages import extract_features, map_codes
+
+    if not refs:
+        return []
+    clock = _Clock()
     device = _device(settings, env)
     gallery = load_gallery(settings.gallery)
     archive = _archive(settings.archive)
-    store = _store(settings.out)
-    results: list[ChipResult | ChipFailure] = list(failures)
+    failures: list[ChipFailure] = []
     halo = settings.halo
-    for bucket in sorted({r.bucket for r in routed.values()}):
-        group = sorted(ref for ref, r in routed.items() if r.bucket == bucket)
-        model = gallery.segmenter(bucket)
-        for batch in _batches(group, settings.batch_size):
-            clock = _Clock()
-            failed: list[ChipFailure] = []
-            with clock("read"):
-                refs, pixels = read_chips(batch, partial(archive.read_chip, halo=halo), STAGE3,
-                                          failed)
-            with clock("preprocess"):
-                images = np.stack([p.image for p in pixels]) if pixels else np.empty((0,))
-            with clock("stage3"):
-                kept, probability = compute_chips(
-                    refs, images, partial(segment, segmenter=model,
-                                          batch_size=settings.batch_size, device=device),
-                    STAGE3, failed)
-            valid = {ref: p.valid for ref, p in zip(refs, pixels, strict=True)}
-            written: list[tuple[ChipRef, float]] = []
-            with clock("write"):
-                for ref, prob in zip(kept, probability, strict=True):
-                    centre = np.where(trim(valid[ref], ref, halo), trim(prob, ref, halo), 0.0)
-                    chip = quantise(centre)
-                    try:
-                        store.write_chip(ref, chip, settings.threshold)
-                    except Exception as exc:  # e.g. a full disk: this chip is not in the ledger
-                        failed.append(ChipFailure(ref, STAGE3, f"writing the chip failed "
-                                                  f"({exc.__class__.__name__}: {exc})"))
-                        continue
-                    written.append((ref, float(np.mean(chip > settings.threshold * 255))))
-            results.extend(failed)
-            results.extend(
-                ChipResult(ref, bucket, gallery.model_name(bucket), f,
-                           clock.share(len(written), routed[ref].seconds))
-                for ref, f in written
-            )
+    with clock("read"):
+        refs, pixels = read_chips(refs, partial(archive.read_chips, halo=halo), STAGE1,
+                                  failures)
+    with clock("preprocess"):
+        centres = (np.stack([centre(p, r, halo) for p, r in zip(pixels, refs, strict=True)])
+                   if pixels else np.empty((0,)))
+    with clock("stage1"):
+        embedded, vectors = compute_chips(
+            refs, centres, partial(extract_features, extractor=gallery.feature_extractor(),
+                                   batch_size=settings.batch_size, device=device),
+            STAGE1, failures)
+    if not embedded:
+        return list(failures)
+    with clock("stage2"):
+        _, buckets = map_codes(np.stack(vectors), gallery.hashing_head(), gallery.bucket_codes)
+    seconds = clock.share(len(embedded))
+    pixels_of = dict(zip(refs, pixels, strict=True))
+    results: list[ChipResult | ChipFailure] = list(failures)
+    for bucket in sorted(set(buckets.tolist())):
+        group = sorted(ref for ref, b in zip(embedded, buckets, strict=True) if b == bucket)
+        results.extend(_segment_and_write(settings, bucket, group,
+                                          [pixels_of[ref] for ref in group],
+                                          dict.fromkeys(group, seconds), env))
     return results
 
 
@@ -452,13 +530,22 @@ class RunResult:
 
 
 def build_graph(executor: Executor, settings: GraphSettings, partitions: list[list[ChipRef]],
-                n_buckets: int, partition_chips: int) -> Any:
-    """The three stages and the regroup on ``executor``; returns the collection of results."""
+                n_buckets: int, partition_chips: int, plan: str = "fused") -> Any:
+    """The graph on ``executor``; returns the collection of per-chip results.
+
+    ``plan="fused"``: one task per partition runs stages 1 to 3 (:func:`fused_stages`).
+    ``plan="regrouped"``: stage 1 and stage 2 per partition, a regroup by bucket, then
+    stage 3 per (bucket, split), so every stage-3 task serves one bucket's model. Both
+    write the same maps; see ``RunConfig.plan``.
+    """
+    gpu = StageResources(cpus=settings.torch_threads, gpu=executor.gpu_share)
+    coll = executor.from_partitions(partitions)
+    if plan == "fused":
+        return executor.map_partitions(coll, partial(fused_stages, settings), name=FUSED,
+                                       resources=gpu)
     n_chips = sum(map(len, partitions))
     splits = bucket_splits(n_chips, n_buckets, partition_chips)
-    gpu = StageResources(cpus=settings.torch_threads, gpu=executor.gpu_share)
     cpu = replace(CPU, cpus=settings.torch_threads)
-    coll = executor.from_partitions(partitions)
     coll = executor.map_partitions(coll, partial(stage1_features, settings), name=STAGE1,
                                    resources=gpu)
     coll = executor.map_partitions(coll, partial(stage2_hashing, settings, splits), name=STAGE2,
@@ -498,7 +585,7 @@ def run_graph(config: RunConfig, executor: Executor) -> RunResult:
     models_id = gallery_key(settings.gallery)[1][:12]
     executor.preload(partial(preload_models, settings.gallery), name=f"models-{models_id}")
     graph = build_graph(executor, settings, partitions, len(gallery.bucket_codes),
-                        max(map(len, partitions), default=1))
+                        max(map(len, partitions), default=1), config.plan)
     compute_start = time.perf_counter()
     collected = sorted(executor.collect(graph), key=lambda r: r.ref)
     compute_wall = time.perf_counter() - compute_start

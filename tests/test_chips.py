@@ -10,6 +10,7 @@ from pyproj import CRS
 
 from resflow.archive import Archive
 from resflow.chips import chip_grid, symmetric_index, window_km2
+from resflow.failures import ChipFailure, read_chips
 from resflow.harmonise import harmonise
 
 
@@ -57,6 +58,38 @@ def test_halo_reads_match_padding_of_the_whole_scene(sample_archive: Path, halo:
             image, valid = harmonise(window, info.nodata, info.rgb, info.stats)
             np.testing.assert_array_equal(got.image, image)
             np.testing.assert_array_equal(got.valid, valid)
+
+
+@pytest.mark.parametrize("halo", [0, 32, 300])
+def test_reading_many_chips_at_once_equals_reading_each(sample_archive: Path, halo: int) -> None:
+    """Runs of side-by-side chips are read as one slab; any order, scenes mixed, gaps."""
+    archive = Archive.open(sample_archive)
+    refs = archive.chips()
+    picked = [*refs[::-1][::2], *refs[1::4]]  # reversed, gaps, a repeat, several scenes
+    together = archive.read_chips(picked, halo=halo)
+    assert len(together) == len(picked)
+    for ref, got in zip(picked, together, strict=True):
+        alone = archive.read_chip(ref, halo=halo)
+        np.testing.assert_array_equal(got.image, alone.image)
+        np.testing.assert_array_equal(got.valid, alone.valid)
+
+
+def test_an_unreadable_chip_fails_alone(sample_archive: Path) -> None:
+    """When reading chips together raises, each is read alone: only the bad one fails."""
+    archive = Archive.open(sample_archive)
+    refs = archive.chips(["sample_geotiff"])[:4]
+    bad = refs[2]
+
+    def read(chips):
+        if bad in chips:
+            raise OSError("chunk checksum mismatch")
+        return archive.read_chips(chips)
+
+    failures: list[ChipFailure] = []
+    kept, pixels = read_chips(refs, read, "stage1-features", failures)
+    assert kept == [r for r in refs if r != bad] and len(pixels) == 3
+    assert [(f.ref, f.stage) for f in failures] == [(bad, "stage1-features")]
+    assert "reading the chip failed (OSError: chunk checksum mismatch)" in failures[0].problem
 
 
 def test_km2_projected_and_geographic() -> None:

@@ -28,6 +28,7 @@ from resflow.outputs import OutputStore
 from resflow.stages import segment
 
 BACKENDS = ("local", "dask", "spark")
+PLANS = ("fused", "regrouped")
 
 
 def make_executor(name: str, request: pytest.FixtureRequest) -> Executor:
@@ -46,14 +47,18 @@ def make_executor(name: str, request: pytest.FixtureRequest) -> Executor:
 @pytest.fixture(scope="module")
 def runs(request: pytest.FixtureRequest, sample_archive: Path, engine_gallery: Path,
          tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[RunConfig, RunResult]]:
-    """The sample archive through each engine, into one output store per engine."""
+    """The sample archive through each engine (fused plan, keyed by engine name) and through
+    each engine's regrouped plan (keyed ``<engine>-regrouped``), one output store each."""
     out_dir = tmp_path_factory.mktemp("maps")
     done: dict[str, tuple[RunConfig, RunResult]] = {}
     for name in BACKENDS:
-        config = RunConfig(archive=sample_archive, gallery=engine_gallery,
-                           out=out_dir / f"{name}.zarr", backend=name, partition_chips=8)
-        with make_executor(name, request) as executor:
-            done[name] = (config, run_graph(config, executor))
+        for plan in PLANS:
+            label = name if plan == "fused" else f"{name}-{plan}"
+            config = RunConfig(archive=sample_archive, gallery=engine_gallery,
+                               out=out_dir / f"{label}.zarr", backend=name, partition_chips=8,
+                               plan=plan)
+            with make_executor(name, request) as executor:
+                done[label] = (config, run_graph(config, executor))
     return done
 
 
@@ -63,11 +68,12 @@ def scene_arrays(out: Path) -> dict[tuple[str, str], np.ndarray]:
             for scene in store.groups for name in ("probability", "mask")}
 
 
-def test_every_engine_writes_bitwise_identical_maps(runs, sample_archive: Path) -> None:
+def test_every_engine_and_plan_writes_bitwise_identical_maps(runs, sample_archive: Path
+                                                            ) -> None:
     reference = scene_arrays(runs["local"][0].out)
     n_chips = len(Archive.open(sample_archive).chips())
-    for name in BACKENDS:
-        config, result = runs[name]
+    assert len(runs) == len(BACKENDS) * len(PLANS)
+    for name, (config, result) in runs.items():
         assert result.report.chips == n_chips
         assert OutputStore.open(config.out).complete
         arrays = scene_arrays(config.out)
@@ -81,9 +87,9 @@ def test_every_engine_writes_bitwise_identical_maps(runs, sample_archive: Path) 
 
 
 def test_reports_name_engine_stages_and_buckets(runs) -> None:
-    for name in BACKENDS:
-        report = runs[name][1].report
-        assert report.backend == name
+    for label, (_, result) in runs.items():
+        report = result.report
+        assert report.backend == label.split("-")[0]
         assert report.stage_seconds["stage1"] > 0 and report.stage_seconds["stage3"] > 0
         assert sum(b.chips for b in report.buckets) == report.chips
 
