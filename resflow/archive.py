@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from resflow.chips import ChipPixels, ChipRef, chip_grid, halo_indices, window_km2
+from resflow.chips import ChipPixels, ChipRef, chip_grid, chip_runs, halo_indices, window_km2
 from resflow.errors import InputError
 from resflow.harmonise import harmonise
 
@@ -194,7 +194,7 @@ class Archive:
         :meth:`read_chip`, bit for bit (reflection and harmonisation are per pixel).
         """
         pixels: dict[int, ChipPixels] = {}
-        for run in _runs(refs):
+        for run in chip_runs(refs):
             first = refs[run[0]]
             info = self._scene(first.scene)
             span = (refs[run[-1]].col - first.col + 1) * first.chip
@@ -233,30 +233,6 @@ class Archive:
             raise InputError(f"{self.path}: scene '{name}'", "no complete scene of that name",
                              f"use one of {sorted(self.scenes)} or re-run `resflow ingest`"
                              ) from None
-
-
-def _runs(refs: Sequence[ChipRef]) -> list[list[int]]:
-    """Indices of ``refs`` grouped into runs: same scene and chip row, consecutive columns.
-
-    Examples
-    --------
-    >>> from resflow.chips import ChipRef
-    >>> def at(row, col):
-    ...     return ChipRef("s", row, col, row * 4, col * 4, 4, 4, 4, 0.0, 1.0)
-    >>> _runs([at(0, 1), at(1, 0), at(0, 2), at(0, 0), at(0, 4)])
-    [[3, 0, 2], [4], [1]]
-    """
-    order = sorted(range(len(refs)), key=lambda i: (refs[i].scene, refs[i].row, refs[i].col))
-    runs: list[list[int]] = []
-    for i in order:
-        last = refs[runs[-1][-1]] if runs else None
-        ref = refs[i]
-        if last is not None and (last.scene, last.row, last.col + 1) == (ref.scene, ref.row,
-                                                                         ref.col):
-            runs[-1].append(i)
-        else:
-            runs.append([i])
-    return runs
 
 
 def open_root(path: Path, mode: str = "r") -> zarr.Group:

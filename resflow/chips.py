@@ -13,7 +13,7 @@ lies, and a chip's result never depends on its neighbours in a batch.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -142,3 +142,30 @@ def symmetric_index(index: np.ndarray, n: int) -> np.ndarray:
 def halo_indices(start: int, length: int, halo: int, n: int) -> np.ndarray:
     """In-scene indices of a chip axis of nominal ``length`` plus ``halo`` on each side."""
     return symmetric_index(np.arange(start - halo, start + length + halo), n)
+
+
+def chip_runs(refs: Sequence[ChipRef]) -> list[list[int]]:
+    """Indices of ``refs`` grouped into runs: same scene and chip row, consecutive columns.
+
+    A run's chips form one window of the scene, read or written with one call per array
+    (each call to a Zarr array costs a round trip through its I/O thread).
+
+    Examples
+    --------
+    >>> from resflow.chips import ChipRef
+    >>> def at(row, col):
+    ...     return ChipRef("s", row, col, row * 4, col * 4, 4, 4, 4, 0.0, 1.0)
+    >>> chip_runs([at(0, 1), at(1, 0), at(0, 2), at(0, 0), at(0, 4)])
+    [[3, 0, 2], [4], [1]]
+    """
+    order = sorted(range(len(refs)), key=lambda i: (refs[i].scene, refs[i].row, refs[i].col))
+    runs: list[list[int]] = []
+    for i in order:
+        last = refs[runs[-1][-1]] if runs else None
+        ref = refs[i]
+        if last is not None and (last.scene, last.row, last.col + 1) == (ref.scene, ref.row,
+                                                                         ref.col):
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs

@@ -23,6 +23,7 @@ import numpy as np
 if TYPE_CHECKING:
     from resflow.archive import Archive
     from resflow.chips import ChipPixels, ChipRef
+    from resflow.outputs import OutputStore
 
 FIX = ("check the scene's source raster (e.g. `gdalinfo -stats`); re-ingest it once fixed, "
        "then `resflow run ... --resume` maps only the missing chips")
@@ -126,6 +127,29 @@ def compute_chips(refs: Sequence[ChipRef], images: np.ndarray,
         kept.append(ref)
         results.append(out)
     return kept, results
+
+
+def write_chips(store: OutputStore, refs: Sequence[ChipRef], chips: Sequence[np.ndarray],
+                threshold: float, stage: str, failures: list[ChipFailure]) -> list[ChipRef]:
+    """Write the chips together; if that raises (e.g. a full disk), write each alone so that
+    only the chips that cannot be written fail. A failed chip stays out of the ledger.
+
+    Returns the chips written; failures are appended to ``failures``.
+    """
+    try:
+        store.write_chips(refs, chips, threshold)
+        return list(refs)
+    except Exception:  # find the chip(s) at fault
+        written: list[ChipRef] = []
+        for ref, chip in zip(refs, chips, strict=True):
+            try:
+                store.write_chip(ref, chip, threshold)
+            except Exception as exc:
+                failures.append(ChipFailure(ref, stage,
+                                            f"writing the chip failed ({_describe(exc)})"))
+                continue
+            written.append(ref)
+        return written
 
 
 def failing_partition(stage: str) -> Callable[[Callable[..., list[Any]]], Callable[..., list[Any]]]:

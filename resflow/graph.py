@@ -34,7 +34,6 @@ import hashlib
 import math
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -52,6 +51,7 @@ from resflow.failures import (
     empty_scene_errors,
     failing_partition,
     read_chips,
+    write_chips,
 )
 from resflow.gallery import DEFAULT_PATH, MANIFEST, Gallery
 from resflow.outputs import OutputStore
@@ -292,11 +292,6 @@ def bucket_splits(n_chips: int, n_buckets: int, partition_chips: int) -> int:
 
 # -- the stage functions -----------------------------------------------------------------
 
-def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
-
-
 @failing_partition(STAGE1)
 def stage1_features(settings: GraphSettings, refs: list[ChipRef],
                     env: TaskEnv) -> list[Features | ChipFailure]:
@@ -375,49 +370,41 @@ def quantise(probability: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(probability, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def _segment_and_write(settings: GraphSettings, bucket: int, refs: list[ChipRef],
-                       pixels: list[ChipPixels], seconds: dict[ChipRef, dict[str, float]],
-                       env: TaskEnv) -> list[ChipResult | ChipFailure]:
-    """Segment halo-read chips of one bucket with its model, trim, quantise and write them.
+def _segment_and_write(settings: GraphSettings, buckets: dict[ChipRef, int],
+                       pixels: dict[ChipRef, ChipPixels], clock: _Clock, env: TaskEnv,
+                       failures: list[ChipFailure]) -> list[tuple[ChipRef, int, float]]:
+    """Segment halo-read chips bucket by bucket with each bucket's model, trim and quantise
+    them, then write them all at once (side-by-side chips share one write per array).
 
-    ``seconds`` holds each chip's earlier stage times; this step's are added to them.
+    Returns ``(chip, bucket, building fraction)`` of every chip written; the others are
+    appended to ``failures``. Time goes to ``clock``.
     """
     from resflow.stages import segment
 
     device = _device(settings, env)
     gallery = load_gallery(settings.gallery)
-    store = _store(settings.out)
-    model = gallery.segmenter(bucket)
     halo = settings.halo
-    results: list[ChipResult | ChipFailure] = []
-    for start in range(0, len(refs), settings.batch_size):
-        batch = refs[start:start + settings.batch_size]
-        valid = dict(zip(batch, (p.valid for p in pixels[start:start + len(batch)]),
-                         strict=True))
-        clock = _Clock()
-        failed: list[ChipFailure] = []
+    done: list[tuple[ChipRef, int]] = []
+    chips: list[np.ndarray] = []
+    for bucket in sorted(set(buckets.values())):
+        group = sorted(ref for ref, b in buckets.items() if b == bucket)
         with clock("preprocess"):
-            images = np.stack([p.image for p in pixels[start:start + len(batch)]])
+            images = np.stack([pixels[ref].image for ref in group])
         with clock("stage3"):
             kept, probability = compute_chips(
-                batch, images, partial(segment, segmenter=model, batch_size=settings.batch_size,
-                                       device=device), STAGE3, failed)
-        written: list[tuple[ChipRef, float]] = []
+                group, images, partial(segment, segmenter=gallery.segmenter(bucket),
+                                       batch_size=settings.batch_size, device=device),
+                STAGE3, failures)
         with clock("write"):
             for ref, prob in zip(kept, probability, strict=True):
-                chip = quantise(np.where(trim(valid[ref], ref, halo), trim(prob, ref, halo), 0.0))
-                try:
-                    store.write_chip(ref, chip, settings.threshold)
-                except Exception as exc:  # e.g. a full disk: this chip is not in the ledger
-                    failed.append(ChipFailure(ref, STAGE3, f"writing the chip failed "
-                                              f"({exc.__class__.__name__}: {exc})"))
-                    continue
-                written.append((ref, float(np.mean(chip > settings.threshold * 255))))
-        results.extend(failed)
-        results.extend(ChipResult(ref, bucket, gallery.model_name(bucket), fraction,
-                                  clock.share(len(written), seconds[ref]))
-                       for ref, fraction in written)
-    return results
+                valid = trim(pixels[ref].valid, ref, halo)
+                chips.append(quantise(np.where(valid, trim(prob, ref, halo), 0.0)))
+                done.append((ref, bucket))
+    with clock("write"):
+        written = set(write_chips(_store(settings.out), [ref for ref, _ in done], chips,
+                                  settings.threshold, STAGE3, failures))
+    return [(ref, bucket, float(np.mean(chip > settings.threshold * 255)))
+            for (ref, bucket), chip in zip(done, chips, strict=True) if ref in written]
 
 
 @failing_partition(STAGE3)
@@ -431,22 +418,21 @@ def stage3_segment(
     that cannot be read, segmented or written becomes a :class:`~resflow.failures.ChipFailure`
     (earlier failures pass on unchanged).
     """
-    results: list[ChipResult | ChipFailure] = [r for r in records if isinstance(r, ChipFailure)]
+    failures = [r for r in records if isinstance(r, ChipFailure)]
     routed = {r.ref: r for r in records if not isinstance(r, ChipFailure)}
     if not routed:
-        return results
+        return list(failures)
+    clock = _Clock()
     archive = _archive(settings.archive)
-    for bucket in sorted({r.bucket for r in routed.values()}):
-        group = sorted(ref for ref, r in routed.items() if r.bucket == bucket)
-        clock = _Clock()
-        failed: list[ChipFailure] = []
-        with clock("read"):
-            refs, pixels = read_chips(group, partial(archive.read_chips, halo=settings.halo),
-                                      STAGE3, failed)
-        results.extend(failed)
-        seconds = {ref: clock.share(len(refs), routed[ref].seconds) for ref in refs}
-        results.extend(_segment_and_write(settings, bucket, refs, pixels, seconds, env))
-    return results
+    with clock("read"):
+        refs, pixels = read_chips(sorted(routed), partial(archive.read_chips, halo=settings.halo),
+                                  STAGE3, failures)
+    written = _segment_and_write(settings, {ref: routed[ref].bucket for ref in refs},
+                                 dict(zip(refs, pixels, strict=True)), clock, env, failures)
+    gallery = load_gallery(settings.gallery)
+    return [*failures, *(ChipResult(ref, bucket, gallery.model_name(bucket), fraction,
+                                    clock.share(len(written), routed[ref].seconds))
+                         for ref, bucket, fraction in written)]
 
 
 def centre(pixels: ChipPixels, ref: ChipRef, halo: int) -> np.ndarray:
@@ -466,8 +452,8 @@ def fused_stages(settings: GraphSettings, refs: list[ChipRef],
     stage 3 segments the partition's chips bucket by bucket from the same pixels. The maps,
     routes and failures are those of the regrouped plan (:func:`stage1_features` ->
     :func:`stage2_hashing` -> regroup -> :func:`stage3_segment`); only where the work runs
-    differs: nothing crosses processes between stages and no stage waits for another's
-    slowest partition.
+    differs: nothing crosses processes between stages, no stage waits for another's slowest
+    partition, and the partition's chips are written together.
     """
     from resflow.stages import extract_features, map_codes
 
@@ -494,15 +480,11 @@ def fused_stages(settings: GraphSettings, refs: list[ChipRef],
         return list(failures)
     with clock("stage2"):
         _, buckets = map_codes(np.stack(vectors), gallery.hashing_head(), gallery.bucket_codes)
-    seconds = clock.share(len(embedded))
-    pixels_of = dict(zip(refs, pixels, strict=True))
-    results: list[ChipResult | ChipFailure] = list(failures)
-    for bucket in sorted(set(buckets.tolist())):
-        group = sorted(ref for ref, b in zip(embedded, buckets, strict=True) if b == bucket)
-        results.extend(_segment_and_write(settings, bucket, group,
-                                          [pixels_of[ref] for ref in group],
-                                          dict.fromkeys(group, seconds), env))
-    return results
+    written = _segment_and_write(settings, dict(zip(embedded, buckets.tolist(), strict=True)),
+                                 dict(zip(refs, pixels, strict=True)), clock, env, failures)
+    return [*failures, *(ChipResult(ref, bucket, gallery.model_name(bucket), fraction,
+                                    clock.share(len(written)))
+                         for ref, bucket, fraction in written)]
 
 
 # -- running it --------------------------------------------------------------------------

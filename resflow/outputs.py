@@ -30,7 +30,7 @@ import json
 import re
 import shutil
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +40,7 @@ import numpy as np
 import zarr
 import zarr.errors
 
+from resflow.chips import chip_runs
 from resflow.errors import ResflowError
 from resflow.report import REPORT_NAME
 
@@ -365,14 +366,34 @@ class OutputStore:
 
         Writing the same chip twice writes identical bytes, so re-executed tasks are harmless.
         """
+        self.write_chips([ref], [probability], threshold)
+
+    def write_chips(self, refs: Sequence[ChipRef], probabilities: Sequence[np.ndarray],
+                    threshold: float) -> None:
+        """:meth:`write_chip` for many chips: each run of side-by-side chips is written as one
+        window per array (whole chunks, so never a read-modify-write), pixels first, then
+        the run's ledger entries."""
+        for ref, probability in zip(refs, probabilities, strict=True):
+            self._check_window(ref, probability)
+        for run in chip_runs(refs):
+            first, last = refs[run[0]], refs[run[-1]]
+            rows = slice(first.y0, first.y0 + first.height)
+            cols = slice(first.x0, last.x0 + last.width)
+            probability = np.concatenate([probabilities[i] for i in run], axis=1)
+            self._array(first.scene, "probability")[rows, cols] = probability
+            self._array(first.scene, "mask")[rows, cols] = (
+                probability > threshold * 255).astype(np.uint8)
+            self._array(first.scene, LEDGER)[first.row, first.col:last.col + 1] = 1
+
+    def _check_window(self, ref: ChipRef, probability: np.ndarray) -> None:
+        """Refuse a chip that is not one whole chunk of its scene's grid, before any write."""
         where = f"{self.path}: chip {ref.scene}/{ref.row}_{ref.col}"
         if probability.dtype != np.uint8 or probability.shape != (ref.height, ref.width):
             raise ResflowError(where, f"probability is {probability.dtype} {probability.shape}, "
                                f"expected uint8 {(ref.height, ref.width)}",
                                "quantise the chip's probability to uint8 and trim the halo")
-        prob_arr = self._array(ref.scene, "probability")
-        height, width = prob_arr.shape
-        chip = prob_arr.chunks[0]
+        height, width = self._array(ref.scene, "probability").shape
+        chip = self._array(ref.scene, "probability").chunks[0]
         aligned = (ref.y0 == ref.row * chip and ref.x0 == ref.col * chip
                    and ref.height == min(chip, height - ref.y0)
                    and ref.width == min(chip, width - ref.x0))
@@ -380,10 +401,6 @@ class OutputStore:
             raise ResflowError(where, f"the window (y0={ref.y0}, x0={ref.x0}, {ref.height}x"
                                f"{ref.width}) is not chunk ({ref.row}, {ref.col}) of the "
                                f"{chip}-pixel chip grid", "plan chips with Archive.chips()")
-        window = (slice(ref.y0, ref.y0 + ref.height), slice(ref.x0, ref.x0 + ref.width))
-        prob_arr[window] = probability
-        self._array(ref.scene, "mask")[window] = (probability > threshold * 255).astype(np.uint8)
-        self._array(ref.scene, LEDGER)[ref.row, ref.col] = 1
 
     def done_chips(self) -> set[tuple[str, int, int]]:
         """Chips whose pixels are on disk, as ``(scene, row, col)``, for ``--resume``."""

@@ -17,6 +17,7 @@ from pyproj import CRS
 from resflow.archive import Archive
 from resflow.chips import ChipRef, chip_grid
 from resflow.errors import ResflowError
+from resflow.failures import ChipFailure, write_chips
 from resflow.outputs import (
     OutputComplete,
     OutputStore,
@@ -99,6 +100,36 @@ def test_ledger_lists_exactly_the_chips_whose_pixels_are_written(store, archive)
         probability = ds.probability.isel(window).values
         np.testing.assert_array_equal(probability, squares(ref))
         np.testing.assert_array_equal(ds.mask.isel(window).values, probability > 127.5)
+
+
+def test_writing_many_chips_at_once_equals_writing_each(store, archive, tmp_path):
+    """Runs of side-by-side chips (edge chips included) go out as one window per array; the
+    chunks on disk are those of chip-by-chip writes, byte for byte, ledger included."""
+    refs = archive.chips()
+    picked = [*refs[::-1][::2], *refs[1::4]]
+    store.write_chips(picked, [squares(r) for r in picked], threshold=0.5)
+    alone = OutputStore.create(tmp_path / "alone.zarr", archive, run_config=CONFIG)
+    for ref in picked:
+        alone.write_chip(ref, squares(ref), threshold=0.5)
+    assert store.done_chips() == alone.done_chips() == {(r.scene, r.row, r.col) for r in picked}
+    for ref in picked:
+        for array in ("probability", "mask", "chip_done"):
+            assert (chunk_file(store, ref.scene, array, ref.row, ref.col).read_bytes()
+                    == chunk_file(alone, ref.scene, array, ref.row, ref.col).read_bytes())
+
+
+def test_a_chip_that_cannot_be_written_fails_alone(store, archive):
+    """When writing chips together raises, each is written alone: only the bad one fails,
+    and it stays out of the ledger so ``--resume`` retries it."""
+    refs = archive.chips(["sample_geotiff"])[:4]
+    chips = [squares(r) for r in refs]
+    chips[1] = chips[1].astype(np.float32)  # refused: not uint8
+    failures: list[ChipFailure] = []
+    written = write_chips(store, refs, chips, 0.5, "stage3-segment", failures)
+    assert written == [refs[0], *refs[2:]]
+    assert [(f.ref, f.stage) for f in failures] == [(refs[1], "stage3-segment")]
+    assert "writing the chip failed (ResflowError:" in failures[0].problem
+    assert store.done_chips() == {(r.scene, r.row, r.col) for r in written}
 
 
 def test_incomplete_store_never_reports_complete(store, archive):
