@@ -117,12 +117,13 @@ def test_quick_benchmark_writes_results(tile: Path, gallery: Gallery, tmp_path: 
     saved = json.loads((tmp_path / "results" / "bench-quick.json").read_text())
     assert saved["mode"] == "quick" and saved["archive"]["chips"] == 16  # x4 of 2 x 2 chips
     labels = [e["label"] for e in results["engines"]]
-    assert labels == ["local"]
+    assert labels == ["local", "local regrouped"]  # both plans, the default first
     for engine in results["engines"]:
         assert set(engine["stage_seconds"]) == set(STAGES)
         assert sum(engine["stage_fractions"].values()) == pytest.approx(1.0)
         assert results["ratios"][engine["label"]]["of_limit"] > 0
     assert results["ratios"]["local"]["target"] == 0.95
+    assert results["ratios"]["local regrouped"]["target"] is None
     assert [s["factor"] for s in results["scaling"]["sizes"]] == [1, 2]
     assert results["sweeps"] == {}
     for name in ("rates", "stages", "scaling"):

@@ -50,6 +50,10 @@ class BenchOptions:
         Skip the sweeps and use the smaller benchmark archive (x4 instead of x8).
     backends
         Engines to compare (installed ``resflow.backends`` names).
+    plans
+        Graph plans each engine runs (``RunConfig.plan``): the first one is the series
+        named after the engine and held to the targets; each other one is its own series,
+        ``<engine> <plan>``.
     repeats
         Timed repetitions of every measurement (at least 3 for a median and spread).
     out
@@ -71,6 +75,7 @@ class BenchOptions:
 
     quick: bool = False
     backends: tuple[str, ...] = ("local", "dask", "spark")
+    plans: tuple[str, ...] = ("fused", "regrouped")
     repeats: int = 3
     out: Path = Path("benchmarks/results")
     gallery: Path | None = None
@@ -153,9 +158,12 @@ def compare(options: BenchOptions, config: RunConfig, archive: Archive, gallery:
     engines: list[EngineSeries] = []
     try:
         for backend in options.backends:
-            step(f"engine {backend}: start and cold run")
-            engines.append(EngineSeries(config.model_copy(update={"backend": backend}), work,
-                                        label=backend))
+            for plan in options.plans:
+                label = backend if plan == options.plans[0] else f"{backend} {plan}"
+                step(f"engine {label}: start and cold run")
+                engines.append(EngineSeries(
+                    config.model_copy(update={"backend": backend, "plan": plan}), work,
+                    label=label))
         passes, baseline_runs = [], []
         for round_ in range(1, options.repeats + 1):
             step(f"round {round_}/{options.repeats}: limit, hand-written loop, "

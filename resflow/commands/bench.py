@@ -18,6 +18,9 @@ def bench_command(
         "--quick", help="x4 archive, no sweeps: under 10 minutes on 2 cores")] = False,
     backends: Annotated[str, typer.Option(
         help="comma-separated engines to compare side by side")] = "local,dask,spark",
+    plans: Annotated[str, typer.Option(
+        help="comma-separated graph plans each engine runs; the first is held to the "
+        "targets")] = "fused,regrouped",
     repeats: Annotated[int, typer.Option(min=1, help="timed repetitions of everything")] = 3,
     out: Annotated[Path, typer.Option(help="folder for JSON, PNG plots and table")] = Path(
         "benchmarks/results"),
@@ -36,7 +39,7 @@ def bench_command(
     from resflow.errors import ResflowError
 
     options = BenchOptions(
-        quick=quick, backends=tuple(b.strip() for b in backends.split(",") if b.strip()),
+        quick=quick, backends=_names(backends), plans=_names(plans),
         repeats=repeats, out=out, gallery=gallery, partition_chips=partition_chips,
         work_dir=work_dir)
     try:
@@ -47,3 +50,8 @@ def bench_command(
     typer.echo(markdown_tables(results))
     typer.echo(f"wrote {out}/bench-{options.mode}.json, plots and table-{options.mode}.md",
                err=True)
+
+
+def _names(listing: str) -> tuple[str, ...]:
+    """``"a, b,"`` -> ``("a", "b")``."""
+    return tuple(name.strip() for name in listing.split(",") if name.strip())
