@@ -119,28 +119,34 @@ class EngineSeries:
         self.workers = descendant_pids() - before
 
     def run(self) -> dict[str, Any]:
-        """One timed run, kept in :attr:`runs`."""
-        self.runs.append(timed_run(self.config, self.executor, self.workers))
+        """One timed run over the current archive, kept in :attr:`runs`."""
+        run = timed_run(self.config, self.executor, self.workers)
+        self.runs.append({**run, "archive": str(self.config.archive)})
         return self.runs[-1]
 
-    def retarget(self, archive: Path) -> None:
-        """Run over ``archive`` from now on, starting a new series of runs on the same engine.
+    def warm(self) -> None:
+        """One untimed run over the current archive (its chunks and stores opened once)."""
+        timed_run(self.config, self.executor, self.workers)
 
-        The output store gets a new path too: engines keep an open output store per path in
-        each worker process, and one made for another archive's scenes must not be reused.
+    def retarget(self, archive: Path) -> None:
+        """Run over ``archive`` from now on, on the same engine; runs over other archives are
+        kept apart (see :meth:`summary`), so sizes can be interleaved round by round.
+
+        The output store gets a path of its own per archive: engines keep an open output
+        store per path in each worker process, and one made for another archive's scenes
+        must not be reused.
         """
         shutil.rmtree(self.out, ignore_errors=True)
         self.out = self.out.with_name(f"{self.label}-{Path(archive).stem}.zarr")
         self.config = self.config.model_copy(update={"archive": archive, "out": self.out})
-        self.runs = []
 
     def close(self) -> None:
         """Stop the engine and remove the output store."""
         self.executor.close()
         shutil.rmtree(self.out, ignore_errors=True)
 
-    def summary(self, cores: int) -> dict[str, Any]:
-        """The series' results.
+    def summary(self, cores: int, archive: Path | None = None) -> dict[str, Any]:
+        """The results of the runs over ``archive`` (default: the current one).
 
         Returns
         -------
@@ -151,7 +157,8 @@ class EngineSeries:
             ``report_wall_s`` of the median run; ``memory`` (peak MiB, largest over the
             runs), ``cluster`` and ``runs`` (each run's wall, contention, memory, stages).
         """
-        runs = self.runs
+        archive = str(archive or self.config.archive)
+        runs = [r for r in self.runs if r["archive"] == archive]
         walls = [r["wall_s"] for r in runs]
         median = sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2]
         km2, chips = median["km2"], median["chips"]

@@ -61,7 +61,8 @@ def scaling_study(config: RunConfig, work_dir: Path, *, factors: tuple[int, ...]
     factors
         Sizes, in multiples of the Atlanta tile.
     repeats
-        Timed runs per size (one untimed warm-up run precedes the first size only).
+        Timed runs per size, taken round by round over the sizes after one untimed run of
+        each size on the same cluster.
     cores
         The machine's cores.
     chip, source
@@ -80,11 +81,15 @@ def scaling_study(config: RunConfig, work_dir: Path, *, factors: tuple[int, ...]
     series = EngineSeries(config.model_copy(update={"archive": archives[factors[0]]}),
                           work_dir, label=f"{config.backend}-scaling")
     try:
-        for factor in factors:
+        for factor in factors[1:]:
             series.retarget(archives[factor])
-            for _ in range(repeats):
+            series.warm()
+        for _ in range(repeats):
+            for factor in factors:  # round by round, so drift in machine speed hits every size
+                series.retarget(archives[factor])
                 series.run()
-            run = series.summary(cores)
+        for factor in factors:
+            run = series.summary(cores, archives[factor])
             memory = run["memory"]
             sizes.append({
                 "factor": factor, "chips": run["chips"], "km2": run["km2"],
