@@ -357,7 +357,7 @@ def trim(probability: np.ndarray, ref: ChipRef, halo: int) -> np.ndarray:
 
     Examples
     --------
-    >>> from resflow.chips import ChipPixels, ChipRef
+    >>> from resflow.chips import ChipRef
     >>> ref = ChipRef("s", 0, 0, 0, 0, 3, 2, 4, 0.0, 1.0)
     >>> trim(np.zeros((8, 8)), ref, halo=2).shape
     (3, 2)
