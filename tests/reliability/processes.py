@@ -81,15 +81,25 @@ def kill_tree(processes: list[psutil.Process]) -> None:
 @contextmanager
 def started(args: list[str], log: Path, env: dict[str, str] | None = None
             ) -> Iterator[subprocess.Popen]:
-    """Start ``args`` in a new session, logging to ``log``; kill its whole tree on exit."""
+    """Start ``args`` in a new session, logging to ``log``; kill its whole tree on exit.
+
+    The run gets the default SIGINT disposition, as a terminal's foreground job does: a
+    shell without job control starts background jobs with SIGINT ignored, every child
+    inherits that, and Python then never turns Ctrl-C into ``KeyboardInterrupt``.
+    """
     with log.open("w") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
-                                env=env or LOCAL_ENV, start_new_session=True)
+                                env=env or LOCAL_ENV, start_new_session=True,
+                                preexec_fn=_default_sigint)
     try:
         yield proc
     finally:
         kill_tree(tree(proc.pid))
         proc.wait(30)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def interrupt(proc: subprocess.Popen) -> None:
