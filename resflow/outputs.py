@@ -392,8 +392,8 @@ class OutputStore:
             raise ResflowError(where, f"probability is {probability.dtype} {probability.shape}, "
                                f"expected uint8 {(ref.height, ref.width)}",
                                "quantise the chip's probability to uint8 and trim the halo")
-        height, width = self._array(ref.scene, "probability").shape
-        chip = self._array(ref.scene, "probability").chunks[0]
+        grid = self._array(ref.scene, "probability")
+        (height, width), chip = grid.shape, grid.chunks[0]
         aligned = (ref.y0 == ref.row * chip and ref.x0 == ref.col * chip
                    and ref.height == min(chip, height - ref.y0)
                    and ref.width == min(chip, width - ref.x0))

@@ -152,3 +152,16 @@ def test_sweeps_plan_every_shape_and_measure_a_point(archive: Path, gallery: Gal
     assert [p["label"] for p in measured] == ["1", "4"]
     assert all(p["km2_per_s"]["median"] > 0 and p["chips_per_s"]["median"] > 0
                for p in measured)
+
+
+def test_an_unknown_plan_is_refused_before_any_work(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from resflow.cli import app
+
+    out = tmp_path / "results"
+    result = CliRunner().invoke(app, ["bench", "--quick", "--plans", "fused,shuffled",
+                                      "--out", str(out)])
+    assert result.exit_code == 2
+    assert "field 'plan'" in result.output and "'fused' or 'regrouped'" in result.output
+    assert not out.exists()

@@ -36,6 +36,7 @@ def bench_command(
     """
     from resflow.benchmarking.study import BenchOptions, run_benchmark
     from resflow.benchmarking.tables import markdown_tables
+    from resflow.config import RunConfig, load_config
     from resflow.errors import ResflowError
 
     options = BenchOptions(
@@ -43,6 +44,8 @@ def bench_command(
         repeats=repeats, out=out, gallery=gallery, partition_chips=partition_chips,
         work_dir=work_dir)
     try:
+        for plan in options.plans:  # refused before any work, naming the field
+            load_config(None, RunConfig, plan=plan)
         results = run_benchmark(options, log=lambda line: typer.echo(line, err=True))
     except ResflowError as err:
         typer.echo(f"error: {err}", err=True)
