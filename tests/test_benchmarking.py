@@ -165,3 +165,30 @@ def test_an_unknown_plan_is_refused_before_any_work(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "field 'plan'" in result.output and "'fused' or 'regrouped'" in result.output
     assert not out.exists()
+
+
+def test_a_worker_that_exits_does_not_count_as_other_work() -> None:
+    """A descendant reaped during a measurement (Spark reaps idle Python workers) must not
+    take its lifetime's CPU seconds off ours, which would show as other work."""
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from resflow.benchmarking.contention import contention
+
+    burn = ("import time\nstart = time.process_time()\n"
+            "while time.process_time() - start < 1.0:\n    pass\ntime.sleep(60)\n")
+    worker = subprocess.Popen([sys.executable, "-c", burn])
+    try:
+        while sum(psutil.Process(worker.pid).cpu_times()[:2]) < 1.0:
+            time.sleep(0.05)
+        with contention() as record:
+            worker.kill()
+            worker.wait()
+            time.sleep(0.2)
+    finally:
+        worker.kill()
+    # before the per-process accounting, the lost second showed as about 4 other cores
+    assert record["others_cores"] < psutil.cpu_count()

@@ -20,16 +20,30 @@ def _machine_busy_s() -> float:
     return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
 
-def _ours_s() -> float:
-    total = 0.0
+def _ours_s() -> dict[int, float]:
+    """CPU seconds so far of this process and each descendant, by pid."""
     me = psutil.Process()
+    seconds: dict[int, float] = {}
     for proc in [me, *me.children(recursive=True)]:
         try:
             cpu = proc.cpu_times()
         except psutil.Error:
             continue
-        total += cpu.user + cpu.system
-    return total
+        seconds[proc.pid] = cpu.user + cpu.system
+    return seconds
+
+
+def ours_during(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds our processes used between two :func:`_ours_s` samples.
+
+    Summed per process over those alive at the end: one that exited in between (an idle
+    Spark Python worker reaped, a restarted Dask worker) must not take its whole lifetime's
+    CPU time off the total.
+
+    >>> ours_during({1: 5.0, 2: 40.0}, {1: 7.5, 3: 1.0})
+    3.5
+    """
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
 
 
 @contextmanager
@@ -45,5 +59,5 @@ def contention() -> Iterator[dict[str, float]]:
         yield record
     finally:
         wall = time.perf_counter() - start
-        others = (_machine_busy_s() - busy) - (_ours_s() - ours)
+        others = (_machine_busy_s() - busy) - ours_during(ours, _ours_s())
         record.update(wall_s=wall, others_cores=max(0.0, others / wall) if wall else 0.0)
