@@ -13,7 +13,7 @@ from rasterio.windows import Window
 
 from resflow.archive import Archive
 from resflow.benchmarking.baseline import hand_written
-from resflow.benchmarking.limit import Preloaded, compute_limit
+from resflow.benchmarking.limit import Preloaded, compute_limit, one_pass
 from resflow.benchmarking.machine import describe_machine
 from resflow.benchmarking.memory import peaks, reset_peaks
 from resflow.benchmarking.scaled_archive import write_scaled_scene
@@ -147,11 +147,22 @@ def test_sweeps_plan_every_shape_and_measure_a_point(archive: Path, gallery: Gal
 
     points = {"partition chips (local)": [("1", {"backend": "local", "partition_chips": 1}),
                                           ("4", {"backend": "local", "partition_chips": 4})]}
-    results = run_sweeps(config, points, repeats=1, out_dir=tmp_path, cores=2)
+    data = Preloaded.read(Archive.open(archive), HALO)
+    passes: list[dict] = []
+
+    def limit_pass() -> dict:
+        passes.append(one_pass(data, gallery, threads=2))
+        return passes[-1]
+
+    results = run_sweeps(config, points, repeats=1, out_dir=tmp_path, cores=2,
+                         limit_pass=limit_pass)
     measured = results["partition chips (local)"]
     assert [p["label"] for p in measured] == ["1", "4"]
-    assert all(p["km2_per_s"]["median"] > 0 and p["chips_per_s"]["median"] > 0
-               for p in measured)
+    assert len(passes) == 2  # one limit pass per point, timed beside it
+    for p, limit in zip(measured, passes, strict=True):
+        assert p["km2_per_s"]["median"] > 0 and p["chips_per_s"]["median"] > 0
+        assert p["limit_km2_per_s"] == pytest.approx(data.km2 / limit["wall_s"])
+        assert p["of_limit"] == pytest.approx(p["km2_per_s"]["median"] / p["limit_km2_per_s"])
 
 
 def test_an_unknown_plan_is_refused_before_any_work(tmp_path: Path) -> None:

@@ -125,16 +125,17 @@ def plot_scaling(results: dict[str, Any], path: Path) -> Path:
 
 
 def plot_sweeps(results: dict[str, Any], path: Path) -> Path:
-    """One panel per sweep: median km^2/s (min-max) per point, the limit as a line."""
+    """One panel per sweep: median km^2/s (min-max) per point, each point's own pass of the
+    limit as a marker."""
     sweeps = results["sweeps"]
     fig, axes = plt.subplots(1, len(sweeps), figsize=(3.6 * len(sweeps), 3.6), squeeze=False)
-    limit = results["limit"]["km2_per_s"]["median"]
     for ax, (name, points) in zip(axes[0], sweeps.items(), strict=True):
         medians = [p["km2_per_s"]["median"] for p in points]
         err = [[m - p["km2_per_s"]["min"] for m, p in zip(medians, points, strict=True)],
                [p["km2_per_s"]["max"] - m for m, p in zip(medians, points, strict=True)]]
         ax.bar(range(len(points)), medians, yerr=err, capsize=3, color="#4c72b0")
-        ax.axhline(limit, color="#c44e52", linestyle="--", label="compute limit")
+        ax.plot(range(len(points)), [p["limit_km2_per_s"] for p in points], "_",
+                color="#c44e52", markersize=18, mew=2, label="compute limit (its pass)")
         ax.set_xticks(range(len(points)), [p["label"] for p in points], rotation=30,
                       fontsize=8)
         ax.set_title(name, fontsize=9)

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +133,8 @@ class _Steps:
 
 
 def compare(options: BenchOptions, config: RunConfig, archive: Archive, gallery: Gallery,
-            work: Path, cores: int, step: Callable[[str], None]) -> dict[str, Any]:
+            data: Preloaded, work: Path, cores: int,
+            step: Callable[[str], None]) -> dict[str, Any]:
     """The limit, the hand-written loop and every engine, repetitions interleaved.
 
     All engines are started and run cold first; then each round times one limit pass, one
@@ -146,9 +148,6 @@ def compare(options: BenchOptions, config: RunConfig, archive: Archive, gallery:
         (:func:`~resflow.benchmarking.baseline.summarise_runs`) and ``engines``
         (:meth:`~resflow.benchmarking.engines.EngineSeries.summary` each).
     """
-    step(f"compute limit: preload chips, warm up on {cores} threads")
-    data = Preloaded.read(archive, options.halo)
-    warm_up(data, gallery)
     sources = [Path(info.source) for info in archive.scenes.values()]
 
     def hand_written_pass() -> dict[str, Any]:
@@ -199,7 +198,10 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
         gallery = Gallery.load(options.gallery)
         config = base_config(options, archive_path, cores)
 
-        comparison = compare(options, config, archive, gallery, work, cores, step)
+        step(f"compute limit: preload chips, warm up on {cores} threads")
+        data = Preloaded.read(archive, options.halo)
+        warm_up(data, gallery)
+        comparison = compare(options, config, archive, gallery, data, work, cores, step)
 
         step(f"scaling x{'/x'.join(map(str, options.factors))} on {options.scaling_backend}")
         scaling = scaling_study(config.model_copy(update={"backend": options.scaling_backend}),
@@ -210,7 +212,9 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
         if not options.quick:
             step("sweeps")
             sweeps = run_sweeps(config, plan_sweeps(cores, len(machine["gpus"])),
-                                repeats=options.repeats, out_dir=work, cores=cores)
+                                repeats=options.repeats, out_dir=work, cores=cores,
+                                limit_pass=partial(one_pass, data, gallery, cores,
+                                                   options.batch_size))
 
         step.done()
     results = {

@@ -1,12 +1,14 @@
 """Parameter sweeps: the cluster shape and run settings that change the area rate.
 
 Each point starts its own engine with the changed settings and is measured like the main
-comparison (:func:`resflow.benchmarking.engines.bench_engine`), so points are comparable
-with each other and with the compute limit measured in the same benchmark.
+comparison (:func:`resflow.benchmarking.engines.bench_engine`), after a pass of the compute
+limit of its own, so points are comparable with each other and with the limit of their
+moment.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,17 +61,28 @@ def plan_sweeps(cores: int, gpus: int) -> dict[str, list[Point]]:
 
 
 def run_sweeps(config: RunConfig, sweeps: dict[str, list[Point]], *, repeats: int,
-               out_dir: Path, cores: int) -> dict[str, list[dict[str, Any]]]:
-    """Measure every point of every sweep; returns name -> per-point summaries."""
+               out_dir: Path, cores: int,
+               limit_pass: Callable[[], dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Measure every point of every sweep; returns name -> per-point summaries.
+
+    A sweep runs for many minutes, over which a shared machine's speed drifts, so each point
+    is set against its own pass of the compute limit (``limit_pass``, e.g.
+    :func:`resflow.benchmarking.limit.one_pass`), timed just before the point's runs:
+    ``of_limit`` compares like with like.
+    """
     results: dict[str, list[dict[str, Any]]] = {}
     for name, points in sweeps.items():
         results[name] = []
         for label, settings in points:
+            limit_wall = limit_pass()["wall_s"]
             run = bench_engine(override(config, settings), repeats=repeats, out_dir=out_dir,
                                cores=cores, label=label)
+            limit_rate = run["km2"] / limit_wall
             results[name].append({
                 "label": label, "settings": settings, "km2_per_s": run["km2_per_s"],
                 "chips_per_s": run["chips_per_s"], "startup_s": run["startup_s"],
                 "stage_fractions": run["stage_fractions"], "memory": run["memory"],
+                "limit_km2_per_s": limit_rate,
+                "of_limit": run["km2_per_s"]["median"] / limit_rate,
             })
     return results
