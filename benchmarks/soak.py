@@ -5,8 +5,8 @@ A x4 mosaic of the real Atlanta tile (derived imagery, see
 the in-process reference engine gives the expected maps. Then, per engine, ``resflow run``
 runs as a subprocess with its own cluster (Dask: two worker processes; Spark:
 ``local-cluster[2,1,1024]``, two executor JVMs) while this script SIGKILLs one worker or
-executor JVM once during stage 1 and then each time the chip ledger passes another share of
-the chips. It reports chips written, kills, the engine's recoveries read from its log (Dask
+executor JVM once early in the run (a fixed delay after the workers are up) and then each
+time the chip ledger passes another share of the chips. It reports chips written, kills, the engine's recoveries read from its log (Dask
 nanny restarts, Spark lost tasks), wall time, and whether the output is complete and equal,
 bit for bit, to the clean run's.
 
@@ -135,7 +135,7 @@ def soak(backend: str, archive: Path, clean: Path, total: int, kills: int, workd
     args = [str(BIN / "resflow"), "run", str(archive), "--out", str(out), "--config",
             str(config), *flags]
     shutil.rmtree(out, ignore_errors=True)  # the ledger polled below must be this run's
-    # one kill in stage 1 (a fixed delay after the workers are up), then at ledger shares
+    # one kill early (a fixed delay after the workers are up), then at ledger shares
     thresholds = [round(total * (i + 1) / (kills + 1)) for i in range(kills - 1)]
     done_kills, killed = 0, set()
     start = time.perf_counter()
