@@ -128,7 +128,8 @@ def spark_output(sample_archive: Path, engine_gallery: Path,
              "--work-dir", str(tmp / "work")], tmp / "worker.log"))
         wait_until(alive_workers, "the Spark worker")
         summary = resflow_run(sample_archive, engine_gallery, tmp / "out.zarr",
-                              "--backend", "spark", "--spark-master", master)
+                              "--backend", "spark", "--spark-master", master,
+                              "--plan", "regrouped")
     return tmp / "out.zarr", summary
 
 
@@ -140,8 +141,12 @@ def test_run_joins_a_running_dask_cluster(dask_output, sample_archive: Path) -> 
 
 
 def test_run_joins_a_spark_standalone_cluster(spark_output, dask_output) -> None:
+    """RESFlow's regrouped plan on a Spark standalone cluster writes the maps of the fused
+    plan on a Dask cluster, bit for bit."""
     out, summary = spark_output
     assert "on spark (1 worker x 1 thread)" in summary
+    report = json.loads((out / "run_report.json").read_text())
+    assert report["config"]["plan"] == "regrouped"
     reference = probability(dask_output[0])
     for scene, array in probability(out).items():
         assert np.array_equal(array, reference[scene])

@@ -26,6 +26,9 @@ def run_command(
     workers: Annotated[int | None, typer.Option(
         help="embedded cluster size: Dask worker processes, or N in Spark's local[N]")] = None,
     batch_size: Annotated[int | None, typer.Option(help="chips per model call on GPU")] = None,
+    plan: Annotated[str | None, typer.Option(
+        help="fused (default): stages 1-3 per partition in one task; regrouped: regroup by "
+        "bucket before stage 3 (RESFlow's shape). Same maps")] = None,
     cog: Annotated[Path | None, typer.Option(help="also write one COG per scene here")] = None,
     footprints: Annotated[Path | None, typer.Option(
         help="also write building footprints to this GeoJSON")] = None,
@@ -50,7 +53,7 @@ def run_command(
     try:
         settings: RunConfig = load_config(
             config, RunConfig, archive=archive, out=out, gallery=gallery, backend=backend,
-            batch_size=batch_size, cog_dir=cog, footprints=footprints,
+            batch_size=batch_size, plan=plan, cog_dir=cog, footprints=footprints,
             resume=resume or None, overwrite=overwrite or None,
             **{"dask.scheduler_address": scheduler_address, "dask.workers": workers,
                "spark.master": spark_master or (f"local[{workers}]" if workers else None)},
