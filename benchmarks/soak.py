@@ -6,9 +6,9 @@ the in-process reference engine gives the expected maps. Then, per engine, ``res
 runs as a subprocess with its own cluster (Dask: two worker processes; Spark:
 ``local-cluster[2,1,1024]``, two executor JVMs) while this script SIGKILLs one worker or
 executor JVM once early in the run (a fixed delay after the workers are up) and then each
-time the chip ledger passes another share of the chips. It reports chips written, kills, the engine's recoveries read from its log (Dask
-nanny restarts, Spark lost tasks), wall time, and whether the output is complete and equal,
-bit for bit, to the clean run's.
+time the chip ledger passes another share of the chips. It reports chips written, kills,
+the engine's recoveries read from its log (Dask nanny restarts, Spark lost tasks), wall
+time, and whether the output is complete and equal, bit for bit, to the clean run's.
 
 Usage::
 
