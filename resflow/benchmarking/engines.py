@@ -13,11 +13,8 @@ every worker process (:mod:`resflow.benchmarking.memory`) and the cores other wo
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -72,23 +69,6 @@ def stage_fractions(stage_seconds: dict[str, float], wall_s: float, cores: int
     return fractions
 
 
-@contextmanager
-def restored_environ() -> Iterator[None]:
-    """Give back this process's environment as it was, whatever an engine exported.
-
-    Dask's nanny copies its worker environment (``OMP_NUM_THREADS``, ``MALLOC_TRIM_THRESHOLD_``)
-    into the process that starts it, and every process started later inherits it: Spark's
-    Python workers would run with Dask's malloc settings. Each engine of a benchmark
-    therefore starts from the environment the benchmark started with.
-    """
-    saved = dict(os.environ)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
 class EngineSeries:
     """One started engine and its timed runs of the graph over one archive.
 
@@ -112,8 +92,7 @@ class EngineSeries:
                                                 "resume": False})
         self.runs: list[dict[str, Any]] = []
         before = descendant_pids()
-        with restored_environ():
-            self.executor, self.startup_s = start_executor(self.config)
+        self.executor, self.startup_s = start_executor(self.config)
         self.cold_s = timed_run(self.config, self.executor)["wall_s"] if warm_up else None
         #: processes this engine started (workers, JVMs): its memory, not other engines'
         self.workers = descendant_pids() - before
