@@ -370,9 +370,10 @@ def quantise(probability: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(probability, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def _segment_and_write(settings: GraphSettings, buckets: dict[ChipRef, int],
-                       pixels: dict[ChipRef, ChipPixels], clock: _Clock, env: TaskEnv,
-                       failures: list[ChipFailure]) -> list[tuple[ChipRef, int, float]]:
+def _segment_and_write(settings: GraphSettings, gallery: Gallery, device: Any,
+                       buckets: dict[ChipRef, int], pixels: dict[ChipRef, ChipPixels],
+                       clock: _Clock, failures: list[ChipFailure]
+                       ) -> list[tuple[ChipRef, int, float]]:
     """Segment halo-read chips bucket by bucket with each bucket's model, trim and quantise
     them, then write them all at once (side-by-side chips share one write per array).
 
@@ -381,8 +382,6 @@ def _segment_and_write(settings: GraphSettings, buckets: dict[ChipRef, int],
     """
     from resflow.stages import segment
 
-    device = _device(settings, env)
-    gallery = load_gallery(settings.gallery)
     halo = settings.halo
     done: list[tuple[ChipRef, int]] = []
     chips: list[np.ndarray] = []
@@ -423,13 +422,15 @@ def stage3_segment(
     if not routed:
         return list(failures)
     clock = _Clock()
+    device = _device(settings, env)
+    gallery = load_gallery(settings.gallery)
     archive = _archive(settings.archive)
     with clock("read"):
         refs, pixels = read_chips(sorted(routed), partial(archive.read_chips, halo=settings.halo),
                                   STAGE3, failures)
-    written = _segment_and_write(settings, {ref: routed[ref].bucket for ref in refs},
-                                 dict(zip(refs, pixels, strict=True)), clock, env, failures)
-    gallery = load_gallery(settings.gallery)
+    written = _segment_and_write(settings, gallery, device,
+                                 {ref: routed[ref].bucket for ref in refs},
+                                 dict(zip(refs, pixels, strict=True)), clock, failures)
     return [*failures, *(ChipResult(ref, bucket, gallery.model_name(bucket), fraction,
                                     clock.share(len(written), routed[ref].seconds))
                          for ref, bucket, fraction in written)]
@@ -480,8 +481,9 @@ def fused_stages(settings: GraphSettings, refs: list[ChipRef],
         return list(failures)
     with clock("stage2"):
         _, buckets = map_codes(np.stack(vectors), gallery.hashing_head(), gallery.bucket_codes)
-    written = _segment_and_write(settings, dict(zip(embedded, buckets.tolist(), strict=True)),
-                                 dict(zip(refs, pixels, strict=True)), clock, env, failures)
+    written = _segment_and_write(settings, gallery, device,
+                                 dict(zip(embedded, buckets.tolist(), strict=True)),
+                                 dict(zip(refs, pixels, strict=True)), clock, failures)
     return [*failures, *(ChipResult(ref, bucket, gallery.model_name(bucket), fraction,
                                     clock.share(len(written)))
                          for ref, bucket, fraction in written)]
