@@ -62,10 +62,14 @@ STAGE3 = "stage3-segment"
 #: the three stages of one partition as one task (the ``fused`` plan)
 FUSED = "stages-fused"
 
-#: Partitions planned per task slot, so uneven partitions and buckets still keep every slot
-#: busy: measured on 2 cores, 4-chip partitions instead of 16 took the threaded local engine
-#: from 0.61 to 0.84 of the pure-compute limit (benchmarks/README.md).
+#: A partition holds at most ``1 / (PARTITIONS_PER_SLOT x slots)`` of the chips still to
+#: plan, so partitions shrink towards the end of a run and every slot finishes at about the
+#: same time: measured on 2 cores, 4-chip partitions instead of 16 took the threaded local
+#: engine from 0.61 to 0.84 of the pure-compute limit (benchmarks/README.md).
 PARTITIONS_PER_SLOT = 4
+#: The smallest partition planned while more chips remain: smaller ones pay a task's fixed
+#: costs (dispatch, a read and a write per array) for too little model work.
+MIN_PARTITION_CHIPS = 2
 
 
 @dataclass(frozen=True)
@@ -250,11 +254,8 @@ class _Timer:
 def plan_partitions(archive: Archive, partition_chips: int,
                     skip: set[tuple[str, int, int]] | None = None,
                     slots: int = 1) -> list[list[ChipRef]]:
-    """Partitions of at most ``partition_chips`` chip references, in archive order.
-
-    Partitions are made smaller when that is needed to give every task slot about
-    :data:`PARTITIONS_PER_SLOT` of them: with fewer, one slot finishes the last big
-    partition (or the biggest bucket in stage 3) while the others wait.
+    """Partitions of at most ``partition_chips`` chip references, in archive order, with
+    sizes from :func:`partition_sizes`.
 
     Parameters
     ----------
@@ -266,15 +267,37 @@ def plan_partitions(archive: Archive, partition_chips: int,
         ``(scene, row, col)`` of chips already written (``--resume``).
     slots
         Tasks the engine runs at once (workers x threads).
-
-    Examples
-    --------
-    >>> [len(p) for p in plan_partitions(archive, 16)]  # doctest: +SKIP
-    [16, 8]
     """
     refs = [r for r in archive.chips() if not skip or (r.scene, r.row, r.col) not in skip]
-    size = max(1, min(partition_chips, math.ceil(len(refs) / (PARTITIONS_PER_SLOT * slots))))
-    return [refs[i:i + size] for i in range(0, len(refs), size)]
+    partitions, start = [], 0
+    for size in partition_sizes(len(refs), partition_chips, slots):
+        partitions.append(refs[start:start + size])
+        start += size
+    return partitions
+
+
+def partition_sizes(chips: int, partition_chips: int, slots: int) -> list[int]:
+    """Chips per partition, largest first, shrinking as the run nears its end.
+
+    Each partition takes at most ``1 / (PARTITIONS_PER_SLOT x slots)`` of the chips left,
+    capped at ``partition_chips`` and floored at :data:`MIN_PARTITION_CHIPS`. Equal
+    partitions leave every slot but one idle while the last of them runs (up to a whole
+    partition's time); shrinking ones end within a small partition of each other, at the
+    cost of a few more tasks.
+
+    >>> partition_sizes(16, 16, slots=2)
+    [2, 2, 2, 2, 2, 2, 2, 2]
+    >>> partition_sizes(120, 16, slots=2)[:6], partition_sizes(120, 16, slots=2)[-4:]
+    ([15, 14, 12, 10, 9, 8], [2, 2, 2, 1])
+    """
+    sizes, left = [], chips
+    floor = min(MIN_PARTITION_CHIPS, max(1, partition_chips))
+    while left > 0:
+        share = math.ceil(left / (PARTITIONS_PER_SLOT * max(1, slots)))
+        size = min(left, max(floor, min(partition_chips, share)))
+        sizes.append(size)
+        left -= size
+    return sizes
 
 
 def task_slots(description: dict[str, Any]) -> int:
@@ -399,6 +422,7 @@ def _segment_and_write(settings: GraphSettings, gallery: Gallery, device: Any,
                 valid = trim(pixels[ref].valid, ref, halo)
                 chips.append(quantise(np.where(valid, trim(prob, ref, halo), 0.0)))
                 done.append((ref, bucket))
+        del images, probability  # before the next bucket's stack: one bucket's floats at a time
     with clock("write"):
         written = set(write_chips(_store(settings.out), [ref for ref, _ in done], chips,
                                   settings.threshold, STAGE3, failures))
@@ -477,6 +501,7 @@ def fused_stages(settings: GraphSettings, refs: list[ChipRef],
             refs, centres, partial(extract_features, extractor=gallery.feature_extractor(),
                                    batch_size=settings.batch_size, device=device),
             STAGE1, failures)
+    del centres  # a copy of every chip: freed before stage 3's own stacks
     if not embedded:
         return list(failures)
     with clock("stage2"):

@@ -125,6 +125,8 @@ def test_quick_benchmark_writes_results(tile: Path, gallery: Gallery, tmp_path: 
     assert results["ratios"]["local"]["target"] == 0.95
     assert results["ratios"]["local regrouped"]["target"] is None
     assert [s["factor"] for s in results["scaling"]["sizes"]] == [1, 2]
+    # equal measuring time per size: x1 runs twice per round, x2 once
+    assert [s["s_per_km2"]["n"] for s in results["scaling"]["sizes"]] == [2, 1]
     assert results["sweeps"] == {}
     for name in ("rates", "stages", "scaling"):
         assert (tmp_path / "results" / f"{name}-quick.png").stat().st_size > 0

@@ -91,3 +91,18 @@ def test_landsat_blue_green_red_is_reordered(tmp_path: Path) -> None:
     red = np.clip((raw[2] - info.stats["low"][2]) / (info.stats["high"][2] - info.stats["low"][2]),
                   0, 1)
     np.testing.assert_allclose(archive.read_chip(ref).image[0, :4, :4], red, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16"])
+@pytest.mark.parametrize("rgb", [(0, 0, 0), (2, 1, 0)])
+def test_integer_pixels_scale_bit_for_bit_as_floats(dtype: str, rgb: tuple[int, ...]) -> None:
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(1)
+    px = rng.integers(info.min, info.max, size=(3, 40, 50), endpoint=True).astype(dtype)
+    px[:, 0, :7] = 3  # every band at nodata: invalid
+    stats = {"low": [5.0, float(info.min), 7.5], "high": [200.0, float(info.max), 7.5]}
+    image, valid = harmonise(px, 3, rgb, stats)
+    reference, reference_valid = harmonise(px.astype(np.float64), 3, rgb, stats)
+    assert image.dtype == np.float32 and not valid[0, :7].any()
+    np.testing.assert_array_equal(valid, reference_valid)
+    assert image.tobytes() == reference.tobytes()

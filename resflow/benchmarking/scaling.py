@@ -47,6 +47,15 @@ def spread(values: list[float]) -> float:
     return max(values) / low - 1 if low > 0 else float("inf")
 
 
+def runs_per_round(factor: int, factors: tuple[int, ...]) -> int:
+    """Timed runs of size x``factor`` per round: as many as fit in the largest size's run.
+
+    >>> [runs_per_round(f, (1, 2, 4, 8)) for f in (1, 2, 4, 8)]
+    [8, 4, 2, 1]
+    """
+    return max(1, round(max(factors) / factor))
+
+
 def scaling_study(config: RunConfig, work_dir: Path, *, factors: tuple[int, ...] = FACTORS,
                   repeats: int, cores: int, chip: int = 256,
                   source: Path | None = None) -> dict[str, Any]:
@@ -61,8 +70,10 @@ def scaling_study(config: RunConfig, work_dir: Path, *, factors: tuple[int, ...]
     factors
         Sizes, in multiples of the Atlanta tile.
     repeats
-        Timed runs per size, taken round by round over the sizes after one untimed run of
-        each size on the same cluster.
+        Rounds of timed runs, after one untimed run of each size on the same cluster. In
+        each round size x``f`` runs :func:`runs_per_round` times, so every size gets about
+        the same seconds of measurement: a 2-second x1 run is as noisy as a 16-second x8
+        one in absolute terms, eight times more so per km^2.
     cores
         The machine's cores.
     chip, source
@@ -87,7 +98,8 @@ def scaling_study(config: RunConfig, work_dir: Path, *, factors: tuple[int, ...]
         for _ in range(repeats):
             for factor in factors:  # round by round, so drift in machine speed hits every size
                 series.retarget(archives[factor])
-                series.run()
+                for _ in range(runs_per_round(factor, factors)):
+                    series.run()
         for factor in factors:
             run = series.summary(cores, archives[factor])
             memory = run["memory"]
