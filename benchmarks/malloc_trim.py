@@ -1,57 +1,85 @@
-"""Stage 1 per chip in this process and in Dask workers started with and without the
-``MALLOC_TRIM_THRESHOLD_`` that Dask's nanny exports to its workers.
+"""Model pass time against glibc's malloc thresholds: the profile behind
+:mod:`resflow.allocator`.
 
-The profile behind the ``dask-no-malloc-trim (proposed)`` row of ``resflow bench``: the same
-stage function on the same chips, 1 torch thread, only the worker's malloc settings differ.
+Each condition runs in a fresh Python process: stage 1 (Lite0 features) and stage 3 (the
+segmenter) over the same chips, one chip per call, one torch thread, calling the models
+directly (the stage functions would fix the thresholds themselves). Conditions:
+
+* ``plain``: glibc's moving threshold, nothing big freed yet (stays near 128 KiB);
+* ``after a 30 MB free``: the same, after freeing one 30 MB buffer, as a read of a wide
+  float64 slab did (the threshold rises to 30 MB);
+* ``MALLOC_TRIM_THRESHOLD_=65536``: what Dask's nanny exports to its workers (any malloc
+  tunable freezes the threshold at 128 KiB);
+
+each also with :func:`resflow.allocator.steady_malloc` applied first.
 
 Usage::
 
-    python benchmarks/malloc_trim.py [--chips 16] [--rounds 3]
+    python benchmarks/malloc_trim.py [--chips 12]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 import time
 
-import numpy as np
+CONDITIONS = {
+    "plain": ({}, False),
+    "after a 30 MB free": ({}, True),
+    "MALLOC_TRIM_THRESHOLD_=65536": ({"MALLOC_TRIM_THRESHOLD_": "65536"}, False),
+}
 
 
-def stage1_ms_per_chip(chips: int) -> float:
-    """Milliseconds per 256 px chip of stage 1 (Lite0 features) in the calling process."""
+def probe(chips: int, free_first: bool, steady: bool) -> tuple[float, float]:
+    """Milliseconds per 256 px chip of stage 1 and stage 3 in this process."""
+    import numpy as np
     import torch
 
-    from resflow.graph import load_gallery
-    from resflow.stages import extract_features
+    from resflow.allocator import steady_malloc
+    from resflow.devices import torch_threads
+    from resflow.gallery import Gallery
 
-    extractor = load_gallery(None).feature_extractor()
-    images = np.random.default_rng(0).random((chips, 3, 256, 256), dtype=np.float32)
-    cpu = torch.device("cpu")
-    extract_features(images[:1], extractor, batch_size=8, device=cpu)  # build kernels
-    start = time.perf_counter()
-    extract_features(images, extractor, batch_size=8, device=cpu)
-    return 1000 * (time.perf_counter() - start) / chips
+    if steady:
+        steady_malloc()
+    if free_first:
+        del_me = np.ones(30 << 20, dtype=np.uint8)
+        del del_me
+    gallery = Gallery.load(None)
+    models = (gallery.feature_extractor().eval(), gallery.segmenter(0).eval())
+    images = torch.from_numpy(np.random.default_rng(0).random((chips, 1, 3, 256, 256),
+                                                              dtype=np.float32))
+    times = []
+    with torch.inference_mode(), torch_threads(1):
+        for model in models:
+            model(images[0])  # build kernels
+            start = time.perf_counter()
+            for chip in images:
+                model(chip)
+            times.append(1000 * (time.perf_counter() - start) / chips)
+    return times[0], times[1]
 
 
 def main() -> None:
-    import dask
-    from distributed import Client, LocalCluster
-    from resflow_dask import MALLOC_TRIM_KEY
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--chips", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--chips", type=int, default=12)
+    parser.add_argument("--probe", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    print(f"this process: {stage1_ms_per_chip(args.chips):.1f} ms per chip")
-    for label, settings in (("dask worker, as installed", {}),
-                            ("dask worker, MALLOC_TRIM_THRESHOLD_ unset", {MALLOC_TRIM_KEY: None})):
-        with dask.config.set(settings):
-            cluster = LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0")
-        with cluster, Client(cluster) as client:
-            times = [client.submit(stage1_ms_per_chip, args.chips, pure=False).result()
-                     for _ in range(args.rounds)]
-        print(f"{label}: {np.median(times):.1f} ms per chip (rounds: "
-              f"{', '.join(f'{t:.1f}' for t in times)})")
+    if args.probe:
+        print(*probe(args.chips, args.probe[0] == "1", args.probe[1] == "1"))
+        return
+    print("| condition | steady_malloc | stage 1 ms/chip | stage 3 ms/chip |")
+    print("|---|---|---|---|")
+    for label, (env, free_first) in CONDITIONS.items():
+        for steady in (False, True):
+            out = subprocess.run(
+                [sys.executable, __file__, "--chips", str(args.chips),
+                 "--probe", str(int(free_first)), str(int(steady))],
+                env={**os.environ, **env}, capture_output=True, text=True, check=True)
+            stage1, stage3 = map(float, out.stdout.split())
+            print(f"| {label} | {'yes' if steady else 'no'} | {stage1:.0f} | {stage3:.0f} |")
 
 
 if __name__ == "__main__":

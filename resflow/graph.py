@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from resflow.allocator import steady_malloc
 from resflow.archive import Archive
 from resflow.chips import ChipPixels, ChipRef
 from resflow.config import RunConfig
@@ -182,7 +183,9 @@ def load_gallery(path: Path | None) -> Gallery:
 
 
 def preload_models(path: Path | None) -> None:
-    """Build every model of the gallery in this process, before the first task needs it."""
+    """Build every model of the gallery in this process, before the first task needs it,
+    and fix the process's malloc thresholds (:mod:`resflow.allocator`)."""
+    steady_malloc()
     gallery = load_gallery(path)
     gallery.feature_extractor()
     gallery.hashing_head()

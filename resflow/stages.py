@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from resflow.allocator import steady_malloc
 from resflow.devices import inference_context, memory_format, torch_threads
 from resflow.models.hashing import hamming_nearest
 
@@ -90,6 +91,7 @@ def _rows_per_call(device: torch.device, batch_size: int) -> int:
 
 
 def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
+    steady_malloc()  # before the first pass in this process (see resflow.allocator)
     return model.to(device, memory_format=memory_format(device)).eval()
 
 

@@ -39,23 +39,16 @@ __all__ = ["DaskExecutor"]
 PRELOAD_ATTEMPTS = 5
 """Tries to register the model preload on every worker while workers may be dying."""
 
-MALLOC_TRIM_KEY = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
-"""Dask's nanny exports ``MALLOC_TRIM_THRESHOLD_`` to every worker it spawns. Setting any
-glibc malloc tunable freezes the mmap threshold at 128 KiB, so every activation tensor of a
-model pass becomes a fresh ``mmap`` whose pages fault in again: stage 1 measured 150 ms per
-256 px chip in such a worker against 30 ms without it (``benchmarks/malloc_trim.py``).
-resflow's embedded workers start without it."""
-
-
 @contextmanager
 def _spawn_environment() -> Iterator[None]:
-    """Workers spawned inside start without the malloc tunable, and this process's own
-    environment, which the nanny edits while spawning, is put back afterwards (a Spark
-    session started later in the same process would inherit the edits)."""
+    """Put this process's environment back after spawning workers: Dask's nanny edits it
+    while spawning (its ``pre-spawn-environ``), and a Spark session started later in the same
+    process would inherit the edits. The workers keep them; the one that mattered for speed,
+    ``MALLOC_TRIM_THRESHOLD_``, is overridden in every worker by
+    :func:`resflow.allocator.steady_malloc`."""
     saved = dict(os.environ)
     try:
-        with dask.config.set({MALLOC_TRIM_KEY: None}):  # None unsets it (dask's rule)
-            yield
+        yield
     finally:
         os.environ.clear()
         os.environ.update(saved)
