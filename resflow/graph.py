@@ -65,9 +65,10 @@ FUSED = "stages-fused"
 
 #: A partition holds at most ``1 / (PARTITIONS_PER_SLOT x slots)`` of the chips still to
 #: plan, so partitions shrink towards the end of a run and every slot finishes at about the
-#: same time: measured on 2 cores, 4-chip partitions instead of 16 took the threaded local
-#: engine from 0.61 to 0.84 of the pure-compute limit (benchmarks/README.md).
-PARTITIONS_PER_SLOT = 4
+#: same time. Measured on 2 cores (benchmarks/README.md): 2 beat equal partitions on the x8
+#: archive (local 0.83 -> 0.90 of the limit, Dask 0.90 -> 0.93, Spark level) where 4 made
+#: too many small tasks for Spark's per-task cost (about 30 ms of wall time each).
+PARTITIONS_PER_SLOT = 2
 #: The smallest partition planned while more chips remain: smaller ones pay a task's fixed
 #: costs (dispatch, a read and a write per array) for too little model work.
 MIN_PARTITION_CHIPS = 2
@@ -289,9 +290,9 @@ def partition_sizes(chips: int, partition_chips: int, slots: int) -> list[int]:
     cost of a few more tasks.
 
     >>> partition_sizes(16, 16, slots=2)
-    [2, 2, 2, 2, 2, 2, 2, 2]
-    >>> partition_sizes(120, 16, slots=2)[:6], partition_sizes(120, 16, slots=2)[-4:]
-    ([15, 14, 12, 10, 9, 8], [2, 2, 2, 1])
+    [4, 3, 3, 2, 2, 2]
+    >>> partition_sizes(120, 16, slots=2)
+    [16, 16, 16, 16, 14, 11, 8, 6, 5, 3, 3, 2, 2, 2]
     """
     sizes, left = [], chips
     floor = min(MIN_PARTITION_CHIPS, max(1, partition_chips))

@@ -25,4 +25,4 @@ def test_no_partition_outweighs_a_slots_share_of_what_is_left() -> None:
     for size in sizes:
         assert size <= max(MIN_PARTITION_CHIPS, -(-left // (PARTITIONS_PER_SLOT * 2)))
         left -= size
-    assert sizes[0] == 15 and sizes[-1] <= MIN_PARTITION_CHIPS
+    assert sizes[0] == 16 and sizes[-1] <= MIN_PARTITION_CHIPS
