@@ -597,8 +597,9 @@ def run_graph(config: RunConfig, executor: Executor) -> RunResult:
                                  slots=task_slots(executor.describe()))
     models_id = gallery_key(settings.gallery)[1][:12]
     executor.preload(partial(preload_models, settings.gallery), name=f"models-{models_id}")
+    mean_partition = math.ceil(sum(map(len, partitions)) / max(1, len(partitions)))
     graph = build_graph(executor, settings, partitions, len(gallery.bucket_codes),
-                        max(map(len, partitions), default=1), config.plan)
+                        mean_partition, config.plan)  # regrouped stage 3 splits to this size
     compute_start = time.perf_counter()
     collected = sorted(executor.collect(graph), key=lambda r: r.ref)
     compute_wall = time.perf_counter() - compute_start
