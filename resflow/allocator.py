@@ -10,8 +10,8 @@ the process happened to free before it. Measured on 2 cores (``benchmarks/malloc
 * stage 3 took 77 ms per chip after reads that freed 30 MB float64 buffers and 101 ms after
   reads that did not, with the same code otherwise;
 * any malloc tunable in the environment freezes the threshold at 128 KiB (Dask's nanny
-  exports ``MALLOC_TRIM_THRESHOLD_`` to every worker): stage 1 took 150 ms per chip in such
-  a worker against 30 ms in a plain process.
+  exports ``MALLOC_TRIM_THRESHOLD_`` to every worker): stage 1 / stage 3 took 113 / 165 ms
+  per chip in such a process, and 30 / 51 ms once the thresholds were fixed.
 
 :func:`steady_malloc` sets both thresholds to where glibc's own rule ends up at its
 ceiling, once per process, from the stage functions themselves: so every engine's workers,
