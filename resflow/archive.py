@@ -31,7 +31,9 @@ from resflow.errors import InputError
 from resflow.harmonise import harmonise
 
 ARCHIVE_KIND = "archive"
-FORMAT_VERSION = 1
+#: 2: scenes on a working grid at a recorded ground resolution (``gsd_m``), too-coarse
+#: scenes kept as ``skip`` records.
+FORMAT_VERSION = 2
 SCENES = "scenes"
 
 
@@ -63,6 +65,14 @@ class SceneInfo:
         Per-band robust scaling ``{"low": [...], "high": [...], "percentiles": [2, 98]}``.
     rgb
         0-based source band indices feeding the models' 3 channels.
+    gsd_m, source_gsd_m
+        Ground resolution of the stored (working) grid and of the source, metres
+        (:mod:`resflow.resolution`).
+    resampling
+        How the source was brought to the working grid: ``none``, ``average``, ``bilinear``.
+    skip
+        Why the scene is not mapped (too coarse for buildings), or None. A skipped scene
+        keeps its metadata but no pixels.
     """
 
     name: str
@@ -78,6 +88,10 @@ class SceneInfo:
     sha256: str
     stats: dict
     rgb: tuple[int, int, int]
+    gsd_m: float
+    source_gsd_m: float
+    resampling: str = "none"
+    skip: str | None = None
 
     def to_attrs(self) -> dict[str, Any]:
         """JSON-ready attributes for the scene group."""
@@ -92,6 +106,8 @@ class SceneInfo:
             crs_wkt=attrs["crs_wkt"], transform=tuple(attrs["transform"]),
             nodata=attrs["nodata"], chip=int(attrs["chip"]), source=attrs["source"],
             sha256=attrs["sha256"], stats=dict(attrs["stats"]), rgb=tuple(attrs["rgb"]),
+            gsd_m=float(attrs["gsd_m"]), source_gsd_m=float(attrs["source_gsd_m"]),
+            resampling=attrs["resampling"], skip=attrs["skip"],
         )
 
     @property
@@ -120,35 +136,42 @@ class Archive:
     (3, 320, 320)
     """
 
-    def __init__(self, path: Path, scenes: dict[str, SceneInfo], refused: list[dict]) -> None:
+    def __init__(self, path: Path, scenes: dict[str, SceneInfo], refused: list[dict],
+                 skipped: dict[str, SceneInfo] | None = None) -> None:
         self.path = path
         self.scenes = scenes
         self.refused = refused
+        self.skipped = skipped or {}
         self._arrays: dict[str, zarr.Array] = {}
 
     @classmethod
     def open(cls, path: str | Path) -> Archive:
-        """Open an archive; only complete scenes are listed.
+        """Open an archive; only complete scenes are listed, in ``scenes`` when they are
+        mapped and in ``skipped`` when they are too coarse (:mod:`resflow.resolution`).
 
         Raises
         ------
         InputError
-            if the path is not a resflow archive.
+            if the path is not a resflow archive of this format.
         """
         path = Path(path)
         root = open_root(path)
         scenes: dict[str, SceneInfo] = {}
+        skipped: dict[str, SceneInfo] = {}
         if SCENES in root:
             for name, group in sorted(root[SCENES].groups()):
                 if group.attrs.get("complete") is True:
-                    scenes[name] = SceneInfo.from_attrs(dict(group.attrs))
-        return cls(path, scenes, list(root.attrs.get("refused", [])))
+                    info = SceneInfo.from_attrs(dict(group.attrs))
+                    (skipped if info.skip else scenes)[name] = info
+        return cls(path, scenes, list(root.attrs.get("refused", [])), skipped)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "scenes": self.scenes, "refused": self.refused}
+        return {"path": self.path, "scenes": self.scenes, "refused": self.refused,
+                "skipped": self.skipped}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"], state["scenes"], state["refused"])  # type: ignore[misc]
+        self.__init__(state["path"], state["scenes"], state["refused"],  # type: ignore[misc]
+                      state["skipped"])
 
     def image(self, scene: str) -> zarr.Array:
         """The raw ``(band, y, x)`` source-dtype array of a scene."""
@@ -221,10 +244,16 @@ class Archive:
                 "width": info.width, "bands": list(info.band_names), "dtype": info.dtype,
                 "nodata": info.nodata, "crs": crs, "resolution": list(info.resolution),
                 "chip": info.chip, "chips": rows * cols, "km2": round(info.km2, 6),
-                "rgb": list(info.rgb),
+                "rgb": list(info.rgb), "gsd_m": info.gsd_m, "source_gsd_m": info.source_gsd_m,
+                "resampling": info.resampling,
             })
         return {"path": str(self.path), "kind": ARCHIVE_KIND, "scenes": scenes,
-                "refused": self.refused}
+                "skipped": self.skipped_records(), "refused": self.refused}
+
+    def skipped_records(self) -> list[dict[str, Any]]:
+        """One ``{"name", "source", "source_gsd_m", "reason"}`` per scene not mapped."""
+        return [{"name": s.name, "source": s.source, "source_gsd_m": s.source_gsd_m,
+                 "reason": s.skip} for s in self.skipped.values()]
 
     def _scene(self, name: str) -> SceneInfo:
         try:
@@ -248,6 +277,10 @@ def open_root(path: Path, mode: str = "r") -> zarr.Group:
     if root.attrs.get("resflow_kind") != ARCHIVE_KIND:
         raise InputError(str(path), "not a resflow imagery archive",
                          "pass the .zarr folder written by `resflow ingest`")
+    if mode == "r" and root.attrs.get("format") != FORMAT_VERSION:
+        raise InputError(str(path), f"archive format {root.attrs.get('format')} predates "
+                         f"working ground resolutions (this resflow reads format "
+                         f"{FORMAT_VERSION})", "re-ingest the sources with `resflow ingest`")
     return root
 
 

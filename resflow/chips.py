@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from pyproj import CRS, Geod
+from pyproj import CRS, Geod, Proj, Transformer
 
 
 @dataclass(frozen=True, order=True)
@@ -91,9 +91,34 @@ def grid_shape(height: int, width: int, chip: int) -> tuple[int, int]:
     return -(-height // chip), -(-width // chip)
 
 
+#: Projections whose areal scale at a window stays within this of 1 (UTM inside its zone:
+#: 0.2 %) give map area as ground area; beyond it (web mercator away from the equator)
+#: the area is divided by the areal scale at the window centre.
+AREAL_TOLERANCE = 0.01
+
+
 @lru_cache(maxsize=64)
 def _crs(crs_wkt: str) -> CRS:
     return CRS.from_wkt(crs_wkt)
+
+
+@lru_cache(maxsize=64)
+def _projection(crs_wkt: str) -> tuple[Transformer, Proj]:
+    crs = _crs(crs_wkt)
+    return Transformer.from_crs(crs, crs.geodetic_crs, always_xy=True), Proj(crs)
+
+
+def areal_scale(crs_wkt: str, x: float, y: float) -> float:
+    """Map area per ground area of a projected CRS at ``(x, y)`` (CRS units).
+
+    Examples
+    --------
+    >>> round(areal_scale(CRS.from_epsg(3857).to_wkt(), 0.0, 3228135.0), 3)  # 27.8 N
+    1.279
+    """
+    to_lonlat, proj = _projection(crs_wkt)
+    lon, lat = to_lonlat.transform(x, y)
+    return float(proj.get_factors(lon, lat).areal_scale)
 
 
 def window_km2(transform: tuple[float, ...], crs_wkt: str,
@@ -101,7 +126,9 @@ def window_km2(transform: tuple[float, ...], crs_wkt: str,
     """Ground area of a pixel window in km^2.
 
     Projected CRSs: pixel area from the affine determinant times the CRS unit in metres,
-    squared. Geographic CRSs (degrees): geodesic area of the window's corner polygon on the
+    squared, divided by the projection's areal scale at the window centre where that is
+    not within :data:`AREAL_TOLERANCE` of 1 (a web-mercator metre is ``cos(latitude)``
+    ground metres). Geographic CRSs (degrees): geodesic area of the window's corner polygon on the
     CRS ellipsoid (``pyproj.Geod``), so a chip near the pole is correctly smaller.
 
     Examples
@@ -120,7 +147,10 @@ def window_km2(transform: tuple[float, ...], crs_wkt: str,
         area_m2, _ = geod.polygon_area_perimeter(lons, lats)
         return abs(area_m2) / 1e6
     unit_m = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
-    return abs(a * e - b * d) * h * w * unit_m**2 / 1e6
+    area = abs(a * e - b * d) * h * w * unit_m**2 / 1e6
+    cx, cy = x0 + w / 2, y0 + h / 2
+    scale = areal_scale(crs_wkt, a * cx + b * cy + c, d * cx + e * cy + f)
+    return area / scale if abs(scale - 1) > AREAL_TOLERANCE else area
 
 
 def symmetric_index(index: np.ndarray, n: int) -> np.ndarray:

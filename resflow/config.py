@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from resflow.errors import ConfigError
+from resflow.resolution import DEFAULT_GSD_M, MAX_GSD_M
 
 
 class _Strict(BaseModel):
@@ -33,6 +34,12 @@ class IngestConfig(_Strict):
     window_rows: int = Field(
         1024, ge=32, description="rows read per window while streaming a scene (bounds memory)"
     )
+    gsd: float | None = Field(
+        DEFAULT_GSD_M, gt=0, description="working ground resolution in metres every scene is "
+        "resampled to (the gallery's; see resflow.resolution); null keeps each scene's own")
+    max_gsd: float = Field(
+        MAX_GSD_M, gt=0, description="scenes coarser than this many metres per pixel are "
+        "recorded as skipped, never mapped")
 
 
 class DaskConfig(_Strict):

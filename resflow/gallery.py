@@ -39,7 +39,8 @@ from resflow.models.hashing import HashingHead
 from resflow.models.segmentation import BuildingSegmenter, SegmentationDecoder
 
 #: Manifest schema this resflow reads and writes; bump on any incompatible change.
-SCHEMA_VERSION = 1
+#: 2: ``resolution.gsd_m``, the working ground resolution the models were trained at.
+SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 #: The gallery shipped inside the package, used when no gallery is given.
 DEFAULT_PATH = Path(__file__).parent / "gallery_default"
@@ -109,6 +110,12 @@ class Gallery:
         return (Gallery.load, (self.path,))
 
     @property
+    def gsd_m(self) -> float:
+        """Working ground resolution, metres per pixel, the models were trained at; archives
+        are ingested at it (:mod:`resflow.resolution`)."""
+        return float(self.manifest["resolution"]["gsd_m"])
+
+    @property
     def bits(self) -> int:
         """Code length ``b``."""
         return int(self.manifest["bits"])
@@ -162,7 +169,7 @@ class Gallery:
 
 def write_gallery(out: Path | str, *, bucket_codes: np.ndarray, buckets: list[dict[str, Any]],
                   head: HashingHead, decoders: Mapping[str, SegmentationDecoder],
-                  info: Mapping[str, Any]) -> Gallery:
+                  gsd_m: float, info: Mapping[str, Any]) -> Gallery:
     """Write a gallery directory and return it loaded (so it is verified once written).
 
     Parameters
@@ -178,6 +185,8 @@ def write_gallery(out: Path | str, *, bucket_codes: np.ndarray, buckets: list[di
         The trained hashing head.
     decoders
         ``"mono"`` (required) and ``"bucket-<k>"`` decoders.
+    gsd_m
+        Working ground resolution of the training archive, metres.
     info
         Provenance merged into the manifest: ``training`` (config), ``seed``, ``data``,
         ``metrics``, ``normalisation``.
@@ -205,6 +214,7 @@ def write_gallery(out: Path | str, *, bucket_codes: np.ndarray, buckets: list[di
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "bits": int(codes.shape[1]),
+        "resolution": {"gsd_m": float(gsd_m)},
         "buckets": [
             {"id": k, "code": "".join("1" if v else "0" for v in codes[k]),
              "model": f"bucket-{k}" if f"bucket-{k}" in decoders else MONO, **buckets[k]}
@@ -235,7 +245,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise GalleryError(str(file), f"unknown gallery schema version {version!r} "
                            f"(this resflow reads version {SCHEMA_VERSION})",
                            "use the resflow release that wrote it, or retrain with `resflow train`")
-    for key in ("bits", "buckets", "models", "files", "encoder"):
+    for key in ("bits", "buckets", "models", "files", "encoder", "resolution"):
         if key not in manifest:
             raise GalleryError(str(file), f"the manifest has no {key!r} entry",
                                "restore the gallery from its source or retrain it")

@@ -56,6 +56,7 @@ from resflow.failures import (
 )
 from resflow.gallery import DEFAULT_PATH, MANIFEST, Gallery
 from resflow.outputs import OutputStore
+from resflow.preflight import check_resolution
 
 STAGE1 = "stage1-features"
 STAGE2 = "stage2-hashing"
@@ -589,6 +590,7 @@ def run_graph(config: RunConfig, executor: Executor) -> RunResult:
     settings = GraphSettings.from_config(config)
     archive = Archive.open(settings.archive)
     gallery = load_gallery(settings.gallery)  # verified here, before any task is shipped
+    check_resolution(archive, gallery)
     run_config = config.model_dump(mode="json")
     store = OutputStore.create(settings.out, archive, overwrite=config.overwrite,
                                resume=config.resume, run_config=run_config)
@@ -613,7 +615,7 @@ def run_graph(config: RunConfig, executor: Executor) -> RunResult:
         stage_seconds=_stage_seconds(results, compute_wall, executor.describe()),
         wall_s=time.perf_counter() - start, backend=executor.name,
         cluster=ClusterShape.from_executor(executor.describe()), config=run_config,
-        errors=errors, peak_rss_mb=_peak_rss_mb(),
+        errors=errors, skipped=archive.skipped_records(), peak_rss_mb=_peak_rss_mb(),
     )
     if failures:
         store.record_unfinished(report.to_dict())

@@ -16,13 +16,17 @@ import re
 import warnings
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import rasterio
 import zarr
+from affine import Affine
+from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 from zarr.errors import ZarrUserWarning
 
@@ -32,6 +36,7 @@ from resflow.chips import grid_shape
 from resflow.config import IngestConfig
 from resflow.errors import InputError
 from resflow.harmonise import StatsSampler, band_names, select_rgb, valid_mask
+from resflow.resolution import working_grid
 
 RASTER_SUFFIXES = frozenset({
     ".tif", ".tiff", ".gtiff", ".jp2", ".img", ".vrt", ".nc", ".hdf", ".h5", ".png",
@@ -61,12 +66,16 @@ class IngestResult:
         Scene names already complete and unchanged (checksum), left as they were.
     refused
         One record per refused input: ``{"source", "where", "problem", "fix"}``.
+    too_coarse
+        One ``{"name", "reason"}`` per scene recorded but never mapped
+        (:mod:`resflow.resolution`); these are also in ``ingested`` or ``skipped``.
     """
 
     path: Path
     ingested: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     refused: list[dict] = field(default_factory=list)
+    too_coarse: list[dict] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -120,10 +129,12 @@ def ingest(sources: Iterable[str | Path], out: str | Path, config: IngestConfig 
     plans: list[_Plan] = []
     for path, name in zip(files, _scene_names(files), strict=True):
         try:
-            plans.append(_inspect(path, name, config.chip, rgb))
+            plans.append(_inspect(path, name, config, rgb))
         except InputError as err:
             refusals.append(_refusal(path, err))
     todo = []
+    result.too_coarse = [{"name": p.info.name, "reason": p.info.skip} for p in plans
+                         if p.info.skip]
     for plan in plans:
         if _is_current(root, plan.info):
             result.skipped.append(plan.info.name)
@@ -205,7 +216,7 @@ def sha256(path: Path, block: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _inspect(path: Path, name: str, chip: int, rgb: Sequence[int] | None) -> _Plan:
+def _inspect(path: Path, name: str, config: IngestConfig, rgb: Sequence[int] | None) -> _Plan:
     """Check that a raster can become a scene; raise one :class:`InputError` if not."""
     where = str(path)
     if path.stat().st_size == 0:
@@ -244,10 +255,14 @@ def _inspect(path: Path, name: str, chip: int, rgb: Sequence[int] | None) -> _Pl
                          "georeference it first, e.g. `gdal_edit.py -a_srs EPSG:xxxx "
                          "-a_ullr ulx uly lrx lry`")
     names = band_names(path, count, descriptions, colorinterp)
+    grid = working_grid(crs.to_wkt(), tuple(transform)[:6], height, width, config.gsd,
+                        config.max_gsd)
     info = SceneInfo(
-        name=name, height=height, width=width, band_names=names, dtype=dtypes[0],
-        crs_wkt=crs.to_wkt(), transform=tuple(transform)[:6], nodata=nodata, chip=chip,
+        name=name, height=grid.height, width=grid.width, band_names=names, dtype=dtypes[0],
+        crs_wkt=crs.to_wkt(), transform=grid.transform, nodata=nodata, chip=config.chip,
         source=str(path), sha256=sha256(path), stats={}, rgb=select_rgb(where, names, rgb),
+        gsd_m=grid.gsd_m, source_gsd_m=grid.source_gsd_m, resampling=grid.resampling,
+        skip=grid.skip,
     )
     return _Plan(source=path, info=info)
 
@@ -259,6 +274,10 @@ def _open_for_writing(out: Path) -> zarr.Group:
     if kind not in (None, ARCHIVE_KIND):
         raise InputError(str(out), f"the store is a resflow '{kind}' store, not an archive",
                          "choose another --out path")
+    if kind == ARCHIVE_KIND and root.attrs.get("format") != FORMAT_VERSION:
+        raise InputError(str(out), f"the archive has format {root.attrs.get('format')}, older "
+                         f"than this resflow's {FORMAT_VERSION} (working ground resolutions)",
+                         "ingest into a new --out path, or delete the old archive first")
     # Rewriting the root attributes also drops consolidated metadata from an earlier run,
     # which would otherwise describe scenes this run is about to redo.
     root.attrs.update({"resflow_kind": ARCHIVE_KIND, "format": FORMAT_VERSION,
@@ -274,7 +293,8 @@ def _is_current(root: zarr.Group, info: SceneInfo) -> bool:
         return False
     attrs = root[key].attrs
     return (attrs.get("complete") is True and attrs.get("sha256") == info.sha256
-            and attrs.get("chip") == info.chip and tuple(attrs.get("rgb", ())) == info.rgb)
+            and attrs.get("chip") == info.chip and tuple(attrs.get("rgb", ())) == info.rgb
+            and attrs.get("gsd_m") == info.gsd_m)
 
 
 def _write_scene(root: zarr.Group, plan: _Plan, config: IngestConfig) -> None:
@@ -284,6 +304,9 @@ def _write_scene(root: zarr.Group, plan: _Plan, config: IngestConfig) -> None:
     if info.name in scenes:
         del scenes[info.name]
     group = scenes.create_group(info.name, attributes={**info.to_attrs(), "complete": False})
+    if info.skip:  # too coarse to map: the record says so, no pixels are copied
+        group.attrs["complete"] = True
+        return
     try:
         stats, fractions = _stream(group, plan, config)
     except (RasterioError, OSError) as exc:
@@ -318,7 +341,8 @@ def _stream(group: zarr.Group, plan: _Plan, config: IngestConfig) -> tuple[dict,
     step = max(chip, config.window_rows // chip * chip)
     sampler = StatsSampler(info.height, info.width, info.nodata)
     valid_count = np.zeros(grid_shape(info.height, info.width, chip), dtype=np.int64)
-    with rasterio.Env(GDAL_CACHEMAX=STREAM_CACHE_MB), rasterio.open(plan.source) as ds:
+    with rasterio.Env(GDAL_CACHEMAX=STREAM_CACHE_MB), rasterio.open(plan.source) as src, \
+            _on_working_grid(src, info) as ds:
         for y0 in range(0, info.height, step):
             for x0 in range(0, info.width, step):
                 h, w = min(step, info.height - y0), min(step, info.width - x0)
@@ -331,6 +355,20 @@ def _stream(group: zarr.Group, plan: _Plan, config: IngestConfig) -> tuple[dict,
     widths = np.minimum(chip, info.width - chip * np.arange(cols))
     fractions = (valid_count / np.outer(heights, widths)).astype(np.float32)
     return sampler.stats(), fractions
+
+
+def _on_working_grid(src: rasterio.DatasetReader, info: SceneInfo):
+    """The source itself, or a GDAL warped view of it on the scene's working grid.
+
+    GDAL warps window by window, so streaming stays bounded in memory; ``average`` weighs
+    every source pixel by its overlap with the working pixel and skips nodata, which is
+    the antialiasing :mod:`resflow.resolution` describes.
+    """
+    if info.resampling == "none":
+        return nullcontext(src)
+    return WarpedVRT(src, crs=src.crs, transform=Affine(*info.transform), width=info.width,
+                     height=info.height, resampling=Resampling[info.resampling],
+                     src_nodata=info.nodata, nodata=info.nodata)
 
 
 def _count_valid(counts: np.ndarray, valid: np.ndarray, y0: int, x0: int, chip: int) -> None:

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from resflow.errors import ConfigError
+from resflow.errors import ConfigError, InputError
+from resflow.resolution import matches
 
 if TYPE_CHECKING:
+    from resflow.archive import Archive
     from resflow.config import RunConfig
+    from resflow.gallery import Gallery
 
 
 def check_run(config: RunConfig) -> str:
@@ -46,7 +49,23 @@ def check_run(config: RunConfig) -> str:
             raise ConfigError(f"field '{field}'", f"a run needs an {field} path",
                               f"give the {field} on the command line or in the YAML file")
     archive = Archive.open(config.archive)  # type: ignore[arg-type]
-    load_gallery(config.gallery)  # verifies every sha256
+    check_resolution(archive, load_gallery(config.gallery))  # load verifies every sha256
     return OutputStore.check_target(config.out, archive, overwrite=config.overwrite,  # type: ignore[arg-type]
                                     resume=config.resume,
                                     run_config=config.model_dump(mode="json"))
+
+
+def check_resolution(archive: Archive, gallery: Gallery) -> None:
+    """Refuse a scene stored at another ground resolution than the gallery works at.
+
+    Models see buildings at the scale they were trained at, so a mismatch would give maps
+    that look fine and are wrong; ``resflow ingest --gsd`` brings scenes to the gallery's.
+    """
+    for info in archive.scenes.values():
+        if not matches(info.gsd_m, gallery.gsd_m):
+            raise InputError(
+                f"{archive.path}: scene '{info.name}'",
+                f"stored at {info.gsd_m:.3g} m per pixel, but the gallery {gallery.path} "
+                f"works at {gallery.gsd_m:g} m",
+                f"re-ingest the sources with `resflow ingest --gsd {gallery.gsd_m:g}` into a "
+                "new archive, or run a gallery trained at the archive's resolution")

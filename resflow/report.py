@@ -111,6 +111,9 @@ class RunReport(BaseModel):
         The exact run config (``RunConfig.model_dump(mode="json")``).
     errors
         Per-input errors, each ``{"where", "problem", "fix"}`` (``ResflowError.as_record()``).
+    skipped
+        Scenes of the archive not mapped because they are too coarse for buildings, each
+        ``{"name", "source", "source_gsd_m", "reason"}`` (:mod:`resflow.resolution`).
     peak_rss_mb
         Peak resident memory of the driver process, MiB, if measured.
 
@@ -134,6 +137,7 @@ class RunReport(BaseModel):
     cluster: ClusterShape
     config: dict[str, Any] = Field(default_factory=dict)
     errors: list[dict[str, str]] = Field(default_factory=list)
+    skipped: list[dict[str, Any]] = Field(default_factory=list)
     versions: dict[str, str] = Field(default_factory=collect_versions)
     finished_utc: str = Field(
         default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
@@ -163,6 +167,9 @@ class RunReport(BaseModel):
                 f"{self.km2_per_s:.2f} km^2/s on {self.backend} ({self.cluster}) -> {self.out}")
         if self.errors:
             line += f" ({len(self.errors)} input error{'s' * (len(self.errors) != 1)})"
+        if self.skipped:
+            line += (f" ({len(self.skipped)} scene{'s' * (len(self.skipped) != 1)} too coarse "
+                     "for buildings, skipped)")
         return line
 
     def to_dict(self) -> dict[str, Any]:

@@ -45,7 +45,7 @@ def engine_gallery(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_gallery(out, bucket_codes=codes, buckets=[{"chips": 1, "labelled_chips": 1}] * 4,
                   head=HashingHead(bits=16),
                   decoders={"mono": SegmentationDecoder(), "bucket-1": SegmentationDecoder()},
-                  info={"seed": 0})
+                  gsd_m=0.5, info={"seed": 0})
     return out
 
 

@@ -55,7 +55,7 @@ def gallery(tmp_path_factory: pytest.TempPathFactory) -> Gallery:
                          buckets=[{"chips": 1, "labelled_chips": 1}] * 2,
                          head=HashingHead(hidden=16, bits=8),
                          decoders={"mono": SegmentationDecoder(),
-                                   "bucket-1": SegmentationDecoder()}, info={})
+                                   "bucket-1": SegmentationDecoder()}, gsd_m=0.5, info={})
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ def written(tmp_path_factory):
         out, bucket_codes=codes, head=head, decoders=decoders,
         buckets=[{"chips": 5, "labelled_chips": 0}, {"chips": 7, "labelled_chips": 3},
                  {"chips": 2, "labelled_chips": 0}],
-        info={"seed": 0, "metrics": {"mono": {"pixel_iou": 0.0}}})
+        gsd_m=0.5, info={"seed": 0, "metrics": {"mono": {"pixel_iou": 0.0}}})
     return out, codes, head, decoders, gallery
 
 

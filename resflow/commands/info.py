@@ -64,7 +64,11 @@ def format_archive(summary: dict) -> str:
             f"  {s['name']}: {s['width']}x{s['height']} px, {len(s['bands'])} bands "
             f"{','.join(s['bands'])} ({s['dtype']}, nodata {s['nodata']}), {s['crs']}, "
             f"pixel {res[0]:.6g} x {res[1]:.6g}, {s['chips']} chips of {s['chip']} px, "
-            f"{s['km2']:.4g} km^2, rgb bands {[b + 1 for b in s['rgb']]}")
+            f"{s['km2']:.4g} km^2, rgb bands {[b + 1 for b in s['rgb']]}, "
+            f"ground pixel {s['gsd_m']:.3g} m (source {s['source_gsd_m']:.3g} m, "
+            f"resampling {s['resampling']})")
+    for s in summary.get("skipped", []):
+        lines.append(f"  skipped {s['name']}: {s['reason']}; not mapped ({s['source']})")
     if summary["refused"]:
         lines.append(f"refused inputs: {len(summary['refused'])}")
         lines.extend(f"  {r['source']}: {r['problem']}. Fix: {r['fix']}."

@@ -22,6 +22,10 @@ def ingest_command(
     rgb: Annotated[str | None, typer.Option(
         help="1-based bands feeding R,G,B for every source, e.g. 3,2,1 "
         "(default: by band names, else pan x3, else bands 1,2,3)")] = None,
+    gsd: Annotated[str | None, typer.Option(
+        help="working ground resolution in metres every scene is resampled to, or 'native' "
+        "to keep each scene's own (default 0.5, the bundled gallery's; use your gallery's)"
+    )] = None,
     config: Annotated[Path | None, typer.Option(help="YAML file of ingest settings")] = None,
 ) -> None:
     """Ingest GDAL rasters into ARCHIVE.zarr, one group per scene, chunked on the chip grid.
@@ -34,7 +38,16 @@ def ingest_command(
     from resflow.ingest import ingest
 
     try:
-        settings = load_config(config, IngestConfig, chip=chip, workers=workers)
+        overrides = {"chip": chip, "workers": workers}
+        if gsd is not None:
+            try:
+                overrides["gsd"] = None if gsd == "native" else float(gsd)
+            except ValueError:
+                raise ConfigError("--gsd", f"'{gsd}' is neither metres nor 'native'",
+                                  "write e.g. --gsd 0.5 or --gsd native") from None
+        settings = load_config(config, IngestConfig, **overrides)
+        if gsd == "native":  # an explicit null beats the file's value
+            settings = settings.model_copy(update={"gsd": None})
         bands = None
         if rgb is not None:
             try:
@@ -49,6 +62,9 @@ def ingest_command(
     for record in result.refused:
         typer.echo(f"refused: {record['where']}: {record['problem']}. Fix: {record['fix']}.",
                    err=True)
+    for record in result.too_coarse:
+        typer.echo(f"skipped: {record['name']}: {record['reason']}; kept in the archive, "
+                   "never mapped", err=True)
     typer.echo(f"{out}: {len(result.ingested)} ingested, {len(result.skipped)} unchanged, "
                f"{len(result.refused)} refused", file=sys.stdout)
     if result.refused:
