@@ -26,31 +26,47 @@ def test_help_lists_data_commands() -> None:
 def test_ingest_then_info(tmp_path: Path) -> None:
     out = tmp_path / "a.zarr"
     result = runner.invoke(app, ["ingest", str(sample_path("landsat8")),
-                                 str(sample_path("rgbn")), "--out", str(out), "--chip", "512",
-                                 "--workers", "2"])
+                                 str(sample_path("rotterdam-ms1")), "--out", str(out),
+                                 "--chip", "512", "--workers", "2"])
     assert result.exit_code == 0, result.stderr
     assert "2 ingested, 0 unchanged, 0 refused" in result.stdout
-    again = runner.invoke(app, ["ingest", str(sample_path("rgbn")), "--out", str(out),
+    assert "skipped: LC08_L1TP_224078_20200518_20200518_01_RT: ground pixel 30" in result.stderr
+    again = runner.invoke(app, ["ingest", str(sample_path("rotterdam-ms1")), "--out", str(out),
                                 "--chip", "512"])
     assert "0 ingested, 1 unchanged" in again.stdout
     info = json.loads(runner.invoke(app, ["info", str(out), "--json"]).stdout)
-    scenes = {s["name"]: s for s in info["scenes"]}
-    landsat = scenes["LC08_L1TP_224078_20200518_20200518_01_RT"]
-    assert landsat["crs"] == "EPSG:32621" and landsat["resolution"] == [30.0, 30.0]
-    assert landsat["chips"] == 4 * 4 and landsat["bands"] == ["blue", "green", "red"]
-    assert landsat["km2"] == pytest.approx(2041 * 1860 * 900 / 1e6)
+    (ms1,) = info["scenes"]
+    assert ms1["crs"] == "EPSG:32631" and ms1["resolution"] == pytest.approx([0.5, 0.5], 1e-3)
+    assert (ms1["width"], ms1["height"], ms1["chips"]) == (600, 600, 2 * 2)
+    assert ms1["resampling"] == "bilinear" and ms1["source_gsd_m"] == pytest.approx(1, 1e-3)
+    assert ms1["km2"] == pytest.approx(300 * 300 / 1e6, rel=1e-3)
+    (landsat,) = info["skipped"]
+    assert landsat["name"] == "LC08_L1TP_224078_20200518_20200518_01_RT"
     text = runner.invoke(app, ["info", str(out)]).stdout
-    assert "rgbn: 515x403 px, 4 bands red,green,blue,nir" in text
+    assert "ms1: 600x600 px, 4 bands b1,b2,b3,b4" in text
+    assert "skipped LC08_L1TP_224078_20200518_20200518_01_RT: ground pixel 30" in text
+
+
+def test_gsd_flag(tmp_path: Path) -> None:
+    native = runner.invoke(app, ["ingest", str(sample_path("rotterdam-ms1")), "--out",
+                                 str(tmp_path / "n.zarr"), "--gsd", "native"])
+    assert native.exit_code == 0, native.stderr
+    info = json.loads(runner.invoke(app, ["info", str(tmp_path / "n.zarr"), "--json"]).stdout)
+    assert info["scenes"][0]["width"] == 300 and info["scenes"][0]["resampling"] == "none"
+    bad = runner.invoke(app, ["ingest", str(sample_path("rotterdam-ms1")), "--out",
+                              str(tmp_path / "b.zarr"), "--gsd", "fine"])
+    assert bad.exit_code == 2 and "--gsd" in bad.stderr
+    assert not (tmp_path / "b.zarr").exists()
 
 
 def test_rgb_override(tmp_path: Path) -> None:
     out = tmp_path / "a.zarr"
-    result = runner.invoke(app, ["ingest", str(sample_path("rgbn")), "--out", str(out),
+    result = runner.invoke(app, ["ingest", str(sample_path("rotterdam-ms1")), "--out", str(out),
                                  "--rgb", "4,3,2"])
     assert result.exit_code == 0
     info = json.loads(runner.invoke(app, ["info", str(out), "--json"]).stdout)
     assert info["scenes"][0]["rgb"] == [3, 2, 1]
-    bad = runner.invoke(app, ["ingest", str(sample_path("rgbn")), "--out", str(out),
+    bad = runner.invoke(app, ["ingest", str(sample_path("rotterdam-ms1")), "--out", str(out),
                               "--rgb", "red"])
     assert bad.exit_code == 2 and "--rgb" in bad.stderr
 

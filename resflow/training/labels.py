@@ -1,4 +1,9 @@
-"""Building labels, as GeoJSON polygons or mask rasters, rasterised onto chip windows.
+"""Building labels, as vector polygons or mask rasters, rasterised onto chip windows.
+
+Vector labels may be in any format OGR reads (through pyogrio): GeoJSON, GeoPackage,
+Shapefile, FlatGeobuf, GeoParquet where the GDAL bundled with pyogrio has the Parquet
+driver, and more. Whatever the format, the footprints become the same GeoJSON-like
+geometry dicts, so every later step (reprojection, burning) has one path.
 
 Labels may come in any CRS: polygons are reprojected to the scene CRS
 (:func:`rasterio.warp.transform_geom`) and burnt with the window's own affine transform,
@@ -13,6 +18,11 @@ Which pixels are labelled: a scene is labelled by a label file when the file's e
 intersects the scene footprint, and then the whole scene is taken as labelled (the
 SpaceNet convention: every building of a tile is drawn), so unlabelled pixels of that
 scene are true negatives.
+
+Footprints are cleaned once at load: null, empty and non-polygon features are skipped,
+invalid polygons (self-intersections, bow-ties) are repaired with
+:func:`shapely.make_valid` (keeping their polygonal part), so a single bad feature never
+makes a whole label file unusable, and a file left with no footprint is refused.
 """
 
 from __future__ import annotations
@@ -24,18 +34,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyogrio
+import pyogrio.raw
 import rasterio
+import shapely
 from affine import Affine
+from pyogrio.errors import DataLayerError, DataSourceError
 from pyproj import CRS
+from pyproj.exceptions import CRSError as ProjCRSError
 from rasterio.errors import CRSError
 from rasterio.features import rasterize
 from rasterio.warp import Resampling, reproject, transform_bounds, transform_geom
 from scipy import ndimage
+from shapely.geometry import mapping
 
 from resflow.errors import InputError
-
-#: GeoJSON without a ``crs`` member is WGS 84 longitude/latitude (RFC 7946).
-GEOJSON_DEFAULT_CRS = "EPSG:4326"
 
 Window = tuple[int, int, int, int]
 """``(y0, x0, height, width)`` in scene pixels."""
@@ -55,6 +68,10 @@ class Labels:
         The labels' own CRS.
     bounds
         ``(left, bottom, right, top)`` extent in ``crs`` units.
+    repaired, skipped
+        Vector footprints repaired with :func:`shapely.make_valid`, and features skipped
+        (null, empty, not polygonal, or nothing polygonal left after repair), so a report
+        can say how much of the file was usable.
     """
 
     path: Path
@@ -65,6 +82,8 @@ class Labels:
     geometries: list[dict] = field(default_factory=list, repr=False)
     mask: np.ndarray | None = field(default=None, repr=False)
     mask_transform: Affine | None = None
+    repaired: int = 0
+    skipped: int = 0
     _by_crs: dict[str, list[dict]] = field(default_factory=dict, repr=False)
 
     def record(self) -> dict[str, object]:
@@ -106,20 +125,27 @@ class Labels:
 
 
 def load_labels(path: Path | str) -> Labels:
-    """Read a GeoJSON of building polygons or a georeferenced mask raster.
+    """Read building polygons in any OGR vector format, or a georeferenced mask raster.
+
+    A file OGR opens as vector data is read as polygons; anything else is tried as a mask
+    raster, so a GeoTIFF mask keeps working.
 
     Raises
     ------
     InputError
-        for a missing file, an unreadable format, no polygons, or a mask without a CRS.
+        for a missing or unreadable file, a vector file with no usable polygon, several
+        polygon layers to choose from, an unknown or missing CRS, or coordinates that cannot
+        be in the CRS the file declares.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(str(path), "the label file does not exist", "check the --labels path")
-    sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    if path.suffix.lower() in {".geojson", ".json"}:
-        return _load_geojson(path, sha)
-    return _load_mask(path, sha)
+    data = path.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    layer = _vector_layer(path)
+    if layer is None:
+        return _load_mask(path, sha)
+    return _load_vector(path, sha, layer, data)
 
 
 def rasterise(labels: Sequence[Labels], crs_wkt: str, transform: Sequence[float],
@@ -140,28 +166,117 @@ def rasterise(labels: Sequence[Labels], crs_wkt: str, transform: Sequence[float]
     return out
 
 
-def _load_geojson(path: Path, sha: str) -> Labels:
+def _vector_layer(path: Path) -> str | None:
+    """The layer of building polygons, or None when OGR does not read ``path`` as vectors.
+
+    A file with one layer uses it; with several (a GeoPackage), the one polygon layer. Several
+    polygon layers are refused rather than guessed, since mixing in, say, parcels would
+    score against the wrong truth.
+    """
     try:
-        doc = json.loads(path.read_text())
+        layers = pyogrio.list_layers(path)
+    except DataSourceError:
+        if path.suffix.lower() in {".geojson", ".json"}:
+            raise InputError(str(path), "not valid GeoJSON (OGR cannot read it)",
+                             "export the labels as a GeoJSON FeatureCollection") from None
+        return None
+    if len(layers) == 0:
+        return None
+    if len(layers) == 1:
+        return str(layers[0][0])
+    polygonal = [str(name) for name, kind in layers if "polygon" in str(kind).lower()]
+    if len(polygonal) == 1:
+        return polygonal[0]
+    names = ", ".join(str(name) for name, _ in layers)
+    raise InputError(str(path), f"{len(layers)} layers ({names}) and not exactly one of them "
+                     "is a polygon layer, so the building layer is ambiguous",
+                     "save the building footprints alone, e.g. `ogr2ogr buildings.gpkg "
+                     f"{path.name} LAYER`")
+
+
+def _load_vector(path: Path, sha: str, layer: str, data: bytes) -> Labels:
+    """Polygons of one OGR layer, cleaned, with their CRS checked against their coordinates."""
+    try:
+        info = pyogrio.read_info(path, layer=layer)
+        _, _, wkb, _ = pyogrio.raw.read(path, layer=layer, columns=[], force_2d=True)
+    except (DataSourceError, DataLayerError) as exc:  # DataLayerError: CRS, feature, geometry
+        raise InputError(str(path), f"OGR cannot read layer {layer!r} ({exc})",
+                         "re-export the labels, e.g. with ogr2ogr, to GeoJSON or GeoPackage"
+                         ) from exc
+    if info["driver"] == "GeoJSON":
+        _check_geojson_crs(path, data)
+    if info["crs"] is None:
+        raise InputError(str(path), f"layer {layer!r} has no CRS, so its footprints cannot be "
+                         "placed on any scene", "assign the CRS the coordinates are in, e.g. "
+                         f"`ogr2ogr -a_srs EPSG:32616 fixed.gpkg {path.name}` (a Shapefile "
+                         "needs its .prj)")
+    try:
+        crs = CRS.from_user_input(info["crs"])
+    except ProjCRSError as exc:
+        raise InputError(str(path), f"unknown CRS {info['crs']!r}",
+                         "assign a known CRS, e.g. `ogr2ogr -a_srs EPSG:32616`") from exc
+    geometries, repaired, skipped = _clean(shapely.from_wkb(wkb))
+    if not len(geometries):
+        raise InputError(str(path), "no Polygon or MultiPolygon building footprints found "
+                         f"({len(wkb)} features, none a usable polygon)",
+                         "give a vector file whose features are building polygons")
+    bounds = tuple(float(b) for b in shapely.total_bounds(geometries))
+    if crs.is_geographic and not (max(abs(bounds[0]), abs(bounds[2])) <= 360
+                                  and max(abs(bounds[1]), abs(bounds[3])) <= 90):
+        raise InputError(str(path), f"coordinates up to {bounds} cannot be longitude/latitude, "
+                         f"yet the file says its CRS is {crs.to_string()} (GeoJSON without a "
+                         "crs member is WGS 84), so the CRS is missing or wrong",
+                         "declare the CRS the coordinates are in, e.g. a GeoJSON crs member "
+                         "urn:ogc:def:crs:EPSG::32616, or reproject to WGS 84")
+    return Labels(path, sha, "vector", crs, bounds, [mapping(g) for g in geometries],
+                  repaired=repaired, skipped=skipped)
+
+
+def _check_geojson_crs(path: Path, data: bytes) -> None:
+    """Refuse a GeoJSON ``crs`` member that names no known CRS.
+
+    OGR silently falls back to WGS 84 for a ``crs`` name it cannot parse, which would put
+    projected footprints nowhere; resflow refuses instead, naming the CRS it was given.
+    """
+    try:
+        doc = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(str(path), f"not valid GeoJSON ({exc})",
                          "export the labels as a GeoJSON FeatureCollection") from exc
-    features = doc.get("features", [doc] if doc.get("type") == "Feature" else [])
-    geometries = [f["geometry"] for f in features
-                  if f.get("geometry") and f["geometry"]["type"] in {"Polygon", "MultiPolygon"}]
-    if not geometries:
-        raise InputError(str(path), "no Polygon or MultiPolygon building footprints found",
-                         "give a GeoJSON whose features are building polygons")
-    name = (doc.get("crs") or {}).get("properties", {}).get("name", GEOJSON_DEFAULT_CRS)
+    member = doc.get("crs") if isinstance(doc, dict) else None
+    name = (member or {}).get("properties", {}).get("name") if isinstance(member, dict) else None
+    if name is None:
+        return
     try:
-        crs = CRS.from_user_input(name)
-    except Exception as exc:  # pyproj raises CRSError subclasses of its own
+        CRS.from_user_input(name)
+    except ProjCRSError as exc:
         raise InputError(str(path), f"unknown CRS {name!r}", "write the CRS as e.g. "
                          "urn:ogc:def:crs:EPSG::32616, or use WGS 84") from exc
-    coords = np.concatenate([np.asarray(ring, float).reshape(-1, 2)[:, :2]
-                             for g in geometries for ring in _rings(g)])
-    bounds = (*coords.min(axis=0), *coords.max(axis=0))
-    return Labels(path, sha, "vector", crs, tuple(float(b) for b in bounds), geometries)
+
+
+def _clean(geometries: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """Polygonal, non-empty, valid footprints; returns them, how many were repaired and skipped.
+
+    Parameters
+    ----------
+    geometries
+        shapely geometries (None for a feature without geometry).
+    """
+    polygonal = np.isin(shapely.get_type_id(geometries), (3, 6))  # Polygon, MultiPolygon
+    kept = geometries[polygonal & ~shapely.is_empty(geometries)]
+    invalid = ~shapely.is_valid(kept)
+    kept[invalid] = [_polygonal_part(g) for g in shapely.make_valid(kept[invalid])]
+    usable = kept[~shapely.is_empty(kept)]
+    return usable, int(invalid.sum()), len(geometries) - len(usable)
+
+
+def _polygonal_part(geometry: shapely.Geometry) -> shapely.Geometry:
+    """The polygons of a repaired geometry: :func:`shapely.make_valid` may also return the
+    collapsed lines or points of a degenerate ring, which cover no pixel."""
+    if shapely.get_type_id(geometry) in (3, 6):
+        return geometry
+    parts = [g for g in shapely.get_parts(geometry) if shapely.get_type_id(g) in (3, 6)]
+    return shapely.union_all(parts) if parts else shapely.Polygon()
 
 
 def _load_mask(path: Path, sha: str) -> Labels:
@@ -171,19 +286,14 @@ def _load_mask(path: Path, sha: str) -> Labels:
                 raise InputError(str(path), "the mask raster has no CRS, so its pixels cannot be "
                                  "placed on any scene",
                                  "georeference it (gdal_translate -a_srs -a_ullr) or give the "
-                                 "building polygons as GeoJSON")
+                                 "building polygons as a vector file")
             return Labels(path, sha, "raster", CRS.from_user_input(src.crs),
                           tuple(src.bounds), mask=(src.read(1) > 0).astype(np.uint8),
                           mask_transform=src.transform)
     except (rasterio.RasterioIOError, CRSError) as exc:
-        raise InputError(str(path), f"not a readable label raster or GeoJSON ({exc})",
-                         "give a .geojson of polygons or a georeferenced GeoTIFF mask") from exc
-
-
-def _rings(geometry: dict) -> list:
-    if geometry["type"] == "Polygon":
-        return geometry["coordinates"]
-    return [ring for polygon in geometry["coordinates"] for ring in polygon]
+        raise InputError(str(path), f"neither a vector file OGR reads nor a raster GDAL "
+                         f"reads ({exc})", "give building polygons (GeoJSON, GeoPackage, "
+                         "Shapefile, FlatGeobuf) or a georeferenced GeoTIFF mask") from exc
 
 
 def _footprint(transform: Affine, height: int, width: int) -> tuple[float, float, float, float]:

@@ -1,0 +1,43 @@
+"""``resflow eval``: score a finished building map against footprint labels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``eval`` command to the CLI."""
+    app.command("eval")(eval_command)
+
+
+def eval_command(
+    out: Annotated[Path, typer.Argument(help="a complete output store from `resflow run`")],
+    labels: Annotated[list[Path], typer.Option(
+        "--labels", help="building footprints in any vector format GDAL/OGR reads (GeoJSON, "
+        "GeoPackage, Shapefile, FlatGeobuf...) or a georeferenced mask, any CRS (repeatable)")],
+    threshold: Annotated[float | None, typer.Option(
+        help="re-threshold the probability at this value (default: the run's mask)")] = None,
+    report_dir: Annotated[Path | None, typer.Option(
+        help="where eval.json and the overlay PNGs go (default: OUT's folder/<OUT>-eval)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print eval.json instead")] = False,
+) -> None:
+    """Score the building maps of OUT against footprint labels, per scene and overall.
+
+    Pixel precision, recall, F1 and IoU, and object precision, recall and F1 (one-to-one
+    matches at IoU >= 0.5). Writes eval.json and one overlay PNG per labelled scene. Exit
+    code 0 when scored, 2 on bad input (the store, a label file, the threshold).
+    """
+    from resflow.errors import ResflowError
+    from resflow.evaluation import evaluate, format_table
+
+    try:
+        result = evaluate(out, labels, threshold=threshold, report_dir=report_dir)
+    except ResflowError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(result, indent=2) if as_json else format_table(result))

@@ -1,0 +1,354 @@
+"""Scores of finished building maps against footprint labels: ``resflow eval``.
+
+A complete output store is scored scene by scene against building labels in any vector
+format or CRS (:mod:`resflow.training.labels`), with the same scoring function training
+uses on its held-out band (:func:`resflow.training.metrics.score_scene`), so a number in
+``eval.json`` means what the same number means in a gallery's ``metrics.json``.
+
+What is scored, and why:
+
+* **Labelled scenes only.** A scene is labelled when some label file's extent intersects
+  its footprint (:meth:`~resflow.training.labels.Labels.covers`); then every unlabelled
+  pixel of it is background (the SpaceNet convention). Scenes no label file reaches are
+  listed as ``not_labelled`` and not scored: scoring them would count every prediction
+  there as a false positive.
+* **Mapped pixels only.** Only pixels of chips in the store's ledger are scored. A complete
+  store has every planned chip there; the ledger is still used so a score can never count
+  an unmapped chip as missed buildings.
+* **Data pixels only, when the archive is still there.** If the archive named in the run
+  config still holds the scene (same checksum and size), its nodata pixels (nodata value,
+  NaN, Inf: :func:`resflow.harmonise.valid_mask`) are not scored either, as in training.
+  Otherwise nodata pixels are scored like any other, and ``nodata_excluded`` says so.
+* **Whole scenes at once.** Each scene is scored in one piece, so a building cut by a chip
+  border is one footprint. This holds the scene's maps in memory, about 30 bytes per pixel
+  at peak (a 20,000 x 20,000 scene needs about 12 GB); the overlay is drawn from every
+  n-th pixel, so it stays bounded.
+* **Overall = summed counts.** The overall line adds the scenes' pixel and footprint
+  counts and computes ratios from the sums, so a small scene cannot weigh like a big one.
+
+The mask scored is the run's own (``probability > threshold x 255``, as written), or the
+probability re-thresholded the same way at ``threshold`` when one is given.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from resflow.archive import Archive
+from resflow.errors import ConfigError, InputError, ResflowError
+from resflow.harmonise import harmonise
+from resflow.outputs import LEDGER, OutputStore
+from resflow.outputs import describe as describe_output
+from resflow.training.labels import load_labels, rasterise
+from resflow.training.metrics import (
+    FALSE_NEGATIVE,
+    FALSE_POSITIVE,
+    NOT_SCORED,
+    TRUE_POSITIVE,
+    Scores,
+    pixel_categories,
+    score_scene,
+)
+
+EVAL_JSON = "eval.json"
+OVERLAY_MAX_PX = 2000
+"""Long side of an overlay's image, pixels: larger scenes are shown every n-th pixel."""
+
+OVERLAY_COLOURS = {TRUE_POSITIVE: "#009E73", FALSE_POSITIVE: "#D55E00",
+                   FALSE_NEGATIVE: "#F0E442", NOT_SCORED: "#000000"}
+"""Okabe-Ito colours, told apart with the common colour-vision deficiencies."""
+
+OVERLAY_NAMES = {TRUE_POSITIVE: "found (true positive)", FALSE_POSITIVE: "false alarm "
+                 "(false positive)", FALSE_NEGATIVE: "missed (false negative)",
+                 NOT_SCORED: "not scored (unmapped or nodata)"}
+
+
+def default_report_dir(out_store_path: Path | str) -> Path:
+    """``OUT.zarr``'s folder / ``<OUT stem>-eval``: next to the maps, never inside the store.
+
+    Examples
+    --------
+    >>> default_report_dir("runs/maps.zarr").as_posix()
+    'runs/maps-eval'
+    """
+    out = Path(out_store_path)
+    return out.parent / f"{out.stem}-eval"
+
+
+def evaluate(out_store_path: Path | str, label_paths: list[Path | str], *,
+             threshold: float | None = None, report_dir: Path | str | None = None
+             ) -> dict[str, Any]:
+    """Score every labelled scene of a complete output store; write ``eval.json`` and overlays.
+
+    Parameters
+    ----------
+    out_store_path
+        A complete store written by ``resflow run``.
+    label_paths
+        Building footprints (any OGR vector format, any CRS) or georeferenced masks.
+    threshold
+        Re-threshold the probability at this value in (0, 1); None = the run's own mask.
+    report_dir
+        Where ``eval.json`` and ``<scene>_overlay.png`` go (default
+        :func:`default_report_dir`).
+
+    Returns
+    -------
+    dict
+        What ``eval.json`` holds: ``store``, ``labels`` (one record per file), ``threshold``
+        and ``threshold_source`` (``"run"`` or ``"--threshold"``), ``archive`` (used for
+        nodata and imagery, or None), ``report_dir``, ``scenes`` (scene -> scores, see
+        below), ``not_labelled`` (scene names) and ``overall``. Scores are those of
+        :meth:`~resflow.training.metrics.Scores.summary` plus ``true_buildings``,
+        ``predicted_buildings`` and ``scored_pixels``; a scene also has ``nodata_excluded``
+        and ``overlay`` (its PNG's file name in ``report_dir``); ``overall`` has ``scenes``.
+
+    Raises
+    ------
+    InputError
+        a store that is missing, not a resflow output or not complete; a missing or unusable
+        label file; labels that cover no scene of the store.
+    ConfigError
+        ``threshold`` outside (0, 1).
+    """
+    out = Path(out_store_path)
+    store = open_complete(out)
+    if threshold is not None and not 0 < threshold < 1:
+        raise ConfigError("--threshold", f"{threshold} is not between 0 and 1",
+                          "give a probability such as 0.5")
+    if not label_paths:
+        raise InputError("--labels", "no label file given", "pass --labels FILE")
+    labels = [load_labels(p) for p in label_paths]
+    root = zarr.open_group(str(out), mode="r", zarr_format=3)
+    grids = {scene: (*store.georeference(scene), *root[group]["probability"].shape)
+             for scene, group in store.groups.items()}
+    covering = {scene: [lab for lab in labels if lab.covers(*grid)]
+                for scene, grid in grids.items()}
+    if not any(covering.values()):
+        raise InputError(", ".join(str(lab.path) for lab in labels),
+                         f"the labels cover none of the {len(grids)} scenes of {out} "
+                         f"({', '.join(sorted(grids))})", "give labels drawn over these scenes, "
+                         "and check the label file's CRS (the labels say "
+                         + ", ".join(sorted({lab.crs.to_string() for lab in labels})) + ")")
+    run_config = root.attrs.get("run_config", {})
+    cut = threshold if threshold is not None else run_config.get("threshold")
+    archive = _open_archive(run_config.get("archive"), out)
+    report = Path(report_dir) if report_dir is not None else default_report_dir(out)
+    report.mkdir(parents=True, exist_ok=True)
+    scenes: dict[str, dict[str, Any]] = {}
+    overall = Scores()
+    for scene, group in store.groups.items():
+        if not covering[scene]:
+            continue
+        attrs = dict(root[group].attrs)
+        crs_wkt, transform, height, width = grids[scene]
+        predicted = _predicted(store, scene, threshold)
+        truth = rasterise(covering[scene], crs_wkt, transform, (0, 0, height, width))
+        step = max(1, math.ceil(max(height, width) / OVERLAY_MAX_PX))
+        valid = _mapped(store, scene, (height, width), int(attrs["chip"]))
+        pixels = (_archive_pixels(archive, scene, attrs["sha256"], (height, width), step)
+                  if archive else None)
+        if pixels is not None:
+            valid &= pixels[0]
+            background = pixels[1]
+        else:
+            background = np.asarray(store.read_array(scene, "probability")[::step, ::step])
+        scores = score_scene(predicted, truth, valid)
+        overall += scores
+        overlay = f"{group}_overlay.png"
+        summary = _summary(scores, int(valid.sum()))
+        every = np.s_[::step, ::step]
+        write_overlay(report / overlay, background,
+                      pixel_categories(predicted[every], truth[every], valid[every]),
+                      f"{scene}: pixel F1 {summary['pixel_f1']:.3f}, object F1 "
+                      f"{summary['object_f1']:.3f} (threshold {cut:g})")
+        scenes[scene] = {**summary, "nodata_excluded": pixels is not None, "overlay": overlay}
+    result = {
+        "store": str(out),
+        "labels": [{**lab.record(), "repaired": lab.repaired, "skipped": lab.skipped}
+                   for lab in labels],
+        "threshold": cut,
+        "threshold_source": "run" if threshold is None else "--threshold",
+        "archive": str(archive.path) if archive else None,
+        "report_dir": str(report),
+        "scenes": scenes,
+        "not_labelled": sorted(s for s, found in covering.items() if not found),
+        "overall": {**_summary(overall, sum(s["scored_pixels"] for s in scenes.values())),
+                    "scenes": len(scenes)},
+    }
+    (report / EVAL_JSON).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def open_complete(out: Path) -> OutputStore:
+    """Open ``out`` as a complete resflow output store, or say why it cannot be scored.
+
+    Raises
+    ------
+    InputError
+        missing, not a resflow output store, or not complete (a partial map would count
+        its unmapped buildings as missed).
+    """
+    if not out.exists():
+        raise InputError(str(out), "the output store does not exist",
+                         "check the path, or make it with `resflow run ARCHIVE --out OUT.zarr`")
+    try:
+        store = OutputStore.open(out)
+    except ResflowError as err:
+        raise InputError(err.where, err.problem, err.fix) from None
+    if not store.complete:
+        progress = describe_output(out)
+        raise InputError(str(out), f"the output is not complete ({progress['chips_done']}/"
+                         f"{progress['chips_total']} chips mapped), so it cannot be scored",
+                         f"finish it with `resflow run ARCHIVE --out {out} --resume`")
+    return store
+
+
+def write_overlay(png_path: Path, background: np.ndarray, categories: np.ndarray,
+                  title: str, *, dpi: int = 100) -> Path:
+    """A PNG of the scene with found, false-alarm and missed pixels in three colours.
+
+    Parameters
+    ----------
+    background
+        ``(h, w, 3)`` float RGB in [0, 1] (the harmonised imagery) or ``(h, w)`` uint8
+        probability x 255, drawn in grey.
+    categories
+        ``(h, w)`` codes of :func:`~resflow.training.metrics.pixel_categories`, on the same
+        grid as ``background``.
+    title
+        One line above the image (scene and scores).
+
+    Returns
+    -------
+    Path
+        ``png_path``: the image is drawn one PNG pixel per grid cell, at least 800 pixels
+        wide so the title and legend stay legible on small scenes.
+    """
+    from matplotlib.colors import to_rgba
+    from matplotlib.figure import Figure  # a bare Figure renders with Agg, no GUI backend
+    from matplotlib.patches import Patch
+
+    rows, cols = categories.shape
+    scale = max(1.0, 800 / cols)
+    title_px = 40
+    fig_w, fig_h = cols * scale, rows * scale + title_px
+    fig = Figure(figsize=(fig_w / dpi, fig_h / dpi), dpi=dpi)
+    ax = fig.add_axes((0, 0, 1, rows * scale / fig_h))
+    if background.ndim == 2:
+        ax.imshow(background, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    else:
+        ax.imshow(background, interpolation="nearest")
+    overlay = np.zeros((rows, cols, 4), np.float32)
+    handles = []
+    for code, colour in OVERLAY_COLOURS.items():
+        where = categories == code
+        if not where.any():
+            continue
+        alpha = 0.5 if code == NOT_SCORED else 0.7
+        overlay[where] = to_rgba(colour, alpha)
+        handles.append(Patch(facecolor=colour, alpha=alpha, edgecolor="white",
+                             label=OVERLAY_NAMES[code]))
+    ax.imshow(overlay, interpolation="nearest")
+    ax.set_axis_off()
+    if handles:
+        ax.legend(handles=handles, loc="lower right", fontsize=9, framealpha=0.8)
+    fig.text(0.01, 1 - 0.5 * title_px / fig_h, title, va="center", fontsize=12)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path, dpi=dpi)
+    return png_path
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The fixed-width table ``resflow eval`` prints: one row per scene, then overall."""
+    columns = ("true", "pred", "pix P", "pix R", "pix F1", "IoU", "obj P", "obj R", "obj F1")
+    keys = ("pixel_precision", "pixel_recall", "pixel_f1", "pixel_iou", "object_precision",
+            "object_recall", "object_f1")
+    rows = {**result["scenes"], "overall": result["overall"]}
+    width = max(len(name) for name in [*rows, "scene"])
+    lines = [f"{'scene':<{width}}" + "".join(f"{c:>8}" for c in columns)]
+    for name, s in rows.items():
+        lines.append(f"{name:<{width}}{s['true_buildings']:>8}{s['predicted_buildings']:>8}"
+                     + "".join(f"{s[k]:>8.3f}" for k in keys))
+    lines.insert(len(lines) - 1, "-" * len(lines[0]))
+    if result["not_labelled"]:
+        lines.append(f"not labelled (not scored): {', '.join(result['not_labelled'])}")
+    source = "the run's" if result["threshold_source"] == "run" else "given"
+    nodata = ("excluded" if all(s["nodata_excluded"] for s in result["scenes"].values())
+              else "scored where the archive no longer holds the scene")
+    lines.append(f"threshold {result['threshold']:g} ({source}); buildings matched at IoU >= "
+                 f"0.5; nodata {nodata}")
+    n = len(result["scenes"])
+    lines.append(f"report: {Path(result['report_dir']) / EVAL_JSON} and {n} overlay PNG"
+                 + "s" * (n != 1))
+    return "\n".join(lines)
+
+
+def _summary(scores: Scores, scored_pixels: int) -> dict[str, Any]:
+    """Scores' summary plus the building counts a reader wants first."""
+    return {"true_buildings": scores.object_tp + scores.object_fn,
+            "predicted_buildings": scores.object_tp + scores.object_fp,
+            "scored_pixels": scored_pixels, **scores.summary()}
+
+
+def _predicted(store: OutputStore, scene: str, threshold: float | None) -> np.ndarray:
+    """The building mask: the run's own, or the probability cut as the run cuts it."""
+    if threshold is None:
+        return np.asarray(store.read_array(scene, "mask")[...]) > 0
+    return np.asarray(store.read_array(scene, "probability")[...]) > threshold * 255
+
+
+def _mapped(store: OutputStore, scene: str, shape: tuple[int, int], chip: int) -> np.ndarray:
+    """Pixels of chips in the ledger, on the scene grid."""
+    ledger = np.asarray(store.read_array(scene, LEDGER)[...]) > 0
+    full = np.repeat(np.repeat(ledger, chip, axis=0), chip, axis=1)
+    return full[:shape[0], :shape[1]].copy()
+
+
+def _open_archive(recorded: str | None, out: Path) -> Archive | None:
+    """The run's archive if it is still a readable archive, else None (nodata then scored).
+
+    A relative path is as the run was given it: tried from here, then from the store's
+    folder (``resflow run a.zarr --out maps.zarr`` run elsewhere). The scene checksums
+    guard against picking up another archive of the same name.
+    """
+    if not recorded:
+        return None
+    for path in (Path(recorded), out.parent / recorded):
+        if path.is_dir():
+            try:
+                return Archive.open(path)
+            except ResflowError:
+                return None
+    return None
+
+
+def _archive_pixels(archive: Archive, scene: str, sha256: str, shape: tuple[int, int],
+                    step: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The scene's data pixels (bool, full grid) and harmonised RGB every ``step``-th pixel.
+
+    None when the archive no longer holds the very scene that was mapped (same checksum and
+    size), since another scene's nodata would mask the wrong pixels. Read one chip row at a
+    time, so only the full-resolution mask grows with the scene.
+    """
+    info = archive.scenes.get(scene)
+    if info is None or info.sha256 != sha256 or (info.height, info.width) != shape:
+        return None
+    image = archive.image(scene)
+    valid = np.zeros((info.height, info.width), bool)
+    rgb = np.zeros((-(-info.height // step), -(-info.width // step), 3), np.float32)
+    for y0 in range(0, info.height, info.chip):
+        pixels, ok = harmonise(np.asarray(image[:, y0:y0 + info.chip, :]), info.nodata,
+                               info.rgb, info.stats)
+        valid[y0:y0 + ok.shape[0]] = ok
+        oy = -y0 % step  # the first row of this band on the global ``step`` lattice
+        sub = pixels[:, oy::step, ::step].transpose(1, 2, 0)
+        rgb[(y0 + oy) // step:(y0 + oy) // step + sub.shape[0]] = sub
+    return valid, rgb
+
