@@ -3,8 +3,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN = $(VENV)/bin
 STAMP = $(VENV)/.installed
+GALLERY_GSD ?= 0.5
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench accuracy gallery clean
 
 install: $(STAMP)
 
@@ -28,6 +29,16 @@ lint: install
 
 bench: install
 	$(BIN)/resflow bench --quick
+
+# The accuracy study behind docs/accuracy.md (needs ../shared/data/fair; about an hour on
+# 2 cores): leave one place out and a split within each place, at two ground resolutions.
+accuracy: install
+	$(BIN)/python -m benchmarks.accuracy --gsd 0.3 --jobs 2
+	$(BIN)/python -m benchmarks.accuracy --gsd 0.5 --jobs 2
+
+# Retrain the bundled default gallery on every labelled place, with its model card.
+gallery: install
+	$(BIN)/python -m benchmarks.default_gallery --gsd $(GALLERY_GSD)
 
 clean:
 	rm -rf demo-output .pytest_cache

@@ -184,7 +184,8 @@ def write_gallery(out: Path | str, *, bucket_codes: np.ndarray, buckets: list[di
     head
         The trained hashing head.
     decoders
-        ``"mono"`` (required) and ``"bucket-<k>"`` decoders.
+        ``"mono"`` (required) and ``"bucket-<k>"`` decoders; a bucket decoder equal to
+        mono is refused (``ValueError``): its bucket must route to mono instead.
     gsd_m
         Working ground resolution of the training archive, metres.
     info
@@ -206,6 +207,12 @@ def write_gallery(out: Path | str, *, bucket_codes: np.ndarray, buckets: list[di
         files[file] = hashlib.sha256(blob).hexdigest()
         models[name] = {"file": file, "config": config}
 
+    mono = decoders[MONO].state_dict()
+    for name, decoder in decoders.items():
+        state = decoder.state_dict()
+        if name != MONO and all(torch.equal(state[k], mono[k]) for k in mono):
+            raise ValueError(f"{name} holds mono's very tensors: route its bucket to mono "
+                             "instead of storing a copy")
     save(HEAD, head, {"in_features": head.mlp[0].in_features,
                       "hidden": head.mlp[0].out_features, "bits": head.bits})
     for name, decoder in sorted(decoders.items()):

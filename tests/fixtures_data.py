@@ -23,9 +23,26 @@ def samples_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def sample_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An archive of three real samples at chip 256: scenes ``sample_geotiff``, ``ms1``,
-    ``rmnp-rgb``. Read-only for tests; copy it before modifying."""
+    """An archive of three real samples at chip 256 and the default working resolution
+    (0.5 m): scenes ``sample_geotiff`` (0.5 m, kept), ``ms1`` (1 m, upsampled to 600 x 600)
+    and ``rmnp-rgb`` (146 m: recorded as skipped, never mapped). Read-only for tests; copy
+    it before modifying."""
     out = tmp_path_factory.mktemp("archive") / "samples.zarr"
     result = ingest([sample_path(n) for n in ARCHIVE_SAMPLES], out, IngestConfig(chip=256))
+    assert result.ok and len(result.ingested) == len(ARCHIVE_SAMPLES), result
+    return out
+
+
+NATIVE = IngestConfig(chip=256, gsd=None, max_gsd=1e6)
+"""Ingest settings that keep every source's own grid and every scene, however coarse: for
+tests of the archive as a pixel-exact store (mapping needs the working resolution)."""
+
+
+@pytest.fixture(scope="session")
+def native_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The three samples of ``sample_archive`` on their own grids (``ms1`` at 1 m,
+    ``rmnp-rgb`` geographic at about 146 m), none skipped. Read-only."""
+    out = tmp_path_factory.mktemp("native") / "samples.zarr"
+    result = ingest([sample_path(n) for n in ARCHIVE_SAMPLES], out, NATIVE)
     assert result.ok and len(result.ingested) == len(ARCHIVE_SAMPLES), result
     return out

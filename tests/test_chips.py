@@ -43,8 +43,8 @@ def test_symmetric_index_is_dask_reflect_for_wide_halos() -> None:
 
 
 @pytest.mark.parametrize("halo", [0, 32, 300])
-def test_halo_reads_match_padding_of_the_whole_scene(sample_archive: Path, halo: int) -> None:
-    archive = Archive.open(sample_archive)
+def test_halo_reads_match_padding_of_the_whole_scene(native_archive: Path, halo: int) -> None:
+    archive = Archive.open(native_archive)
     for name in ("ms1", "rmnp-rgb"):
         info = archive.scenes[name]
         full = np.asarray(archive.image(name)[...])

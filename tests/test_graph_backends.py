@@ -45,18 +45,18 @@ def make_executor(name: str, request: pytest.FixtureRequest) -> Executor:
 
 
 @pytest.fixture(scope="module")
-def runs(request: pytest.FixtureRequest, sample_archive: Path, engine_gallery: Path,
+def runs(request: pytest.FixtureRequest, sample_archive: Path,
          tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[RunConfig, RunResult]]:
     """The sample archive through each engine (fused plan, keyed by engine name) and through
-    each engine's regrouped plan (keyed ``<engine>-regrouped``), one output store each."""
+    each engine's regrouped plan (keyed ``<engine>-regrouped``), one output store each, with
+    the real bundled gallery."""
     out_dir = tmp_path_factory.mktemp("maps")
     done: dict[str, tuple[RunConfig, RunResult]] = {}
     for name in BACKENDS:
         for plan in PLANS:
             label = name if plan == "fused" else f"{name}-{plan}"
-            config = RunConfig(archive=sample_archive, gallery=engine_gallery,
-                               out=out_dir / f"{label}.zarr", backend=name, partition_chips=8,
-                               plan=plan)
+            config = RunConfig(archive=sample_archive, out=out_dir / f"{label}.zarr",
+                               backend=name, partition_chips=8, plan=plan)
             with make_executor(name, request) as executor:
                 done[label] = (config, run_graph(config, executor))
     return done
@@ -84,6 +84,19 @@ def test_every_engine_and_plan_writes_bitwise_identical_maps(runs, sample_archiv
         routes = [(r.ref, r.bucket, r.model) for r in result.results]
         assert routes == [(r.ref, r.bucket, r.model) for r in runs["local"][1].results]
     assert any(a.any() for (_, n), a in reference.items() if n == "probability")
+
+
+def test_the_bundled_gallery_serves_chips_with_more_than_one_model(runs) -> None:
+    for _, result in runs.values():
+        assert len({r.model for r in result.results}) > 1
+        assert len({b.model for b in result.report.buckets}) > 1
+
+
+def test_reports_name_the_scene_too_coarse_to_map(runs) -> None:
+    for _, result in runs.values():
+        (skipped,) = result.report.skipped
+        assert skipped["name"] == "rmnp-rgb" and "too coarse" in skipped["reason"]
+        assert "1 scene too coarse for buildings, skipped" in result.report.summary_line()
 
 
 def test_reports_name_engine_stages_and_buckets(runs) -> None:

@@ -12,6 +12,7 @@ from resflow.errors import InputError
 from resflow.harmonise import StatsSampler, band_names, harmonise, select_rgb, valid_mask
 from resflow.ingest import ingest
 from resflow.samples import sample_path
+from tests.fixtures_data import NATIVE
 
 
 def test_band_names_from_descriptions_colours_and_source_rules() -> None:
@@ -68,7 +69,7 @@ def test_stats_subsample_is_bounded_and_robust(monkeypatch: pytest.MonkeyPatch) 
                                     "rmnp-rgb"])
 def test_every_source_reads_as_three_channels_in_unit_range(sample: str, tmp_path: Path) -> None:
     out = tmp_path / "a.zarr"
-    ingest([sample_path(sample)], out)
+    ingest([sample_path(sample)], out, NATIVE)
     archive = Archive.open(out)
     (info,) = archive.scenes.values()
     assert len(info.stats["low"]) == len(info.band_names)
@@ -83,7 +84,7 @@ def test_every_source_reads_as_three_channels_in_unit_range(sample: str, tmp_pat
 
 def test_landsat_blue_green_red_is_reordered(tmp_path: Path) -> None:
     out = tmp_path / "a.zarr"
-    ingest([sample_path("landsat8")], out)
+    ingest([sample_path("landsat8")], out, NATIVE)
     archive = Archive.open(out)
     (info,) = archive.scenes.values()
     ref = archive.chips()[10]

@@ -19,6 +19,7 @@ from resflow.archive import Archive
 from resflow.config import IngestConfig
 from resflow.ingest import ingest
 from resflow.samples import DATA_DIR, list_samples, sample_path
+from tests.fixtures_data import NATIVE
 
 RASTERS = [s for s in list_samples("raster")]
 
@@ -27,7 +28,7 @@ RASTERS = [s for s in list_samples("raster")]
 def all_samples(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every bundled sample (the whole data folder) ingested at chip 256."""
     out = tmp_path_factory.mktemp("all") / "all.zarr"
-    result = ingest([DATA_DIR], out, IngestConfig(chip=256))
+    result = ingest([DATA_DIR], out, NATIVE)
     assert len(result.ingested) == len(RASTERS)
     # The label mask is stored without georeferencing and is refused, not ingested.
     assert [r["source"] for r in result.refused] == [str(sample_path("atlanta-mask"))]
@@ -103,12 +104,12 @@ def test_rerun_is_a_noop(tmp_path: Path) -> None:
 def test_changed_source_is_redone(tmp_path: Path) -> None:
     src = _copy("rgbn", tmp_path / "in")
     out = tmp_path / "a.zarr"
-    ingest([src], out)
+    ingest([src], out, NATIVE)
     with rasterio.open(src, "r+") as ds:
         band = ds.read(1)
         band[:10, :10] = 7
         ds.write(band, 1)
-    result = ingest([src], out)
+    result = ingest([src], out, NATIVE)
     assert result.ingested == ["rgbn"] and result.skipped == []
     archive = Archive.open(out)
     assert (np.asarray(archive.image("rgbn")[0, :10, :10]) == 7).all()
@@ -134,7 +135,7 @@ def test_killed_ingest_is_detected_and_redone(tmp_path: Path) -> None:
         from pathlib import Path
         from resflow.config import IngestConfig
         from resflow.ingest import ingest
-        cfg = IngestConfig(chip=64, window_rows=64, workers=1)
+        cfg = IngestConfig(chip=64, window_rows=64, workers=1, gsd=None, max_gsd=1e6)
         threading.Thread(target=ingest, args=([{str(src)!r}], {str(out)!r}, cfg),
                          daemon=True).start()
         while not Path({str(chunks)!r}).exists():
@@ -144,7 +145,7 @@ def test_killed_ingest_is_detected_and_redone(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", script], timeout=120, env=os.environ.copy())
     assert done.returncode == 9
     assert Archive.open(out).scenes == {}
-    result = ingest([src], out, IngestConfig(chip=64))
+    result = ingest([src], out, IngestConfig(chip=64, gsd=None, max_gsd=1e6))
     assert result.ingested == [src.stem]
     archive = Archive.open(out)
     with rasterio.open(src) as ds:

@@ -3,15 +3,22 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from resflow.cli import app
-from resflow.gallery import Gallery
+from resflow.errors import InputError
+from resflow.gallery import MONO, Gallery, write_gallery
+from resflow.models.hashing import HashingHead
+from resflow.models.segmentation import SegmentationDecoder
 from resflow.training.train import train
 
 LABELS = Path(__file__).parents[1] / "resflow/samples/data/spacenet-atlanta/geotiff_labels.geojson"
-TINY = {"buckets": 2, "hash_steps": 20, "mono_steps": 3, "bucket_steps": 2, "eval_every": 2}
+TINY = {"buckets": 2, "hash_steps": 20, "mono_steps": 3, "bucket_steps": 2, "eval_every": 2,
+        "min_bucket_chips": 1}
 
 
 @pytest.fixture(scope="module")
@@ -58,3 +65,71 @@ def test_cli_refusals_are_one_line_and_exit_2(sample_archive, tmp_path):
     assert bad.exit_code == 2 and "--buckets" in bad.output
     missing = runner.invoke(app, ["gallery", "show", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "no gallery manifest" in missing.output
+
+
+def test_short_training_lowers_the_validation_loss(sample_archive, tmp_path):
+    train(sample_archive, [LABELS], tmp_path / "g", seed=0, buckets=1, hash_steps=5,
+          mono_steps=40, eval_every=10, patience=0)
+    mono = json.loads((tmp_path / "g" / "metrics.json").read_text())["training"][MONO]
+    assert mono["best_step"] > 0
+    assert mono["best_validation_loss"] < mono["initial_validation_loss"]
+
+
+def test_no_bucket_decoder_is_a_copy_of_mono(trained):
+    files = {name: load_file(trained.path / m["file"])
+             for name, m in trained.manifest["models"].items() if name != "hashing_head"}
+    for name, tensors in files.items():
+        if name != MONO:
+            assert any(not torch.equal(t, files[MONO][k]) for k, t in tensors.items()), name
+    for bucket in trained.manifest["buckets"]:
+        assert bucket["decision"].startswith("own decoder" if bucket["model"] != MONO
+                                             else "mono")
+
+
+def test_write_gallery_refuses_a_bucket_copy_of_mono(tmp_path):
+    mono = SegmentationDecoder()
+    copy = SegmentationDecoder()
+    copy.load_state_dict(mono.state_dict())
+    with pytest.raises(ValueError, match="bucket-0 holds mono's very tensors"):
+        write_gallery(tmp_path, bucket_codes=np.zeros((1, 4), bool), head=HashingHead(bits=4),
+                      buckets=[{"chips": 1}], decoders={MONO: mono, "bucket-0": copy},
+                      gsd_m=0.5, info={})
+
+
+def test_manifest_records_resolution_buckets_and_time(trained, sample_archive):
+    manifest = trained.manifest
+    assert manifest["resolution"]["gsd_m"] == 0.5
+    bucketing = manifest["training"]["bucketing"]
+    assert 0.0 <= bucketing["routing_agrees_with_kmeans"] <= 1.0
+    table = bucketing["chips_per_bucket_per_scene"]
+    assert set(table) == {"sample_geotiff", "ms1"}  # rmnp-rgb is too coarse: not bucketed
+    assert all(len(row) == 2 for row in table.values())
+    assert manifest["training"]["seconds"]["total"] > 0
+
+
+def test_training_refuses_labels_without_buildings_to_learn(sample_archive, tmp_path):
+    # One small footprint in the bottom (test) band: the train band holds no building.
+    corner = (733601.0 + 10, 3724689.0 + 10)
+    ring = [corner, (corner[0] + 4, corner[1]), (corner[0] + 4, corner[1] + 4),
+            (corner[0], corner[1] + 4), corner]
+    labels = tmp_path / "one.geojson"
+    labels.write_text(json.dumps({
+        "type": "FeatureCollection",
+        "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32616"}},
+        "features": [{"type": "Feature", "properties": {},
+                      "geometry": {"type": "Polygon", "coordinates": [ring]}}]}))
+    with pytest.raises(InputError, match="holds no building pixel"):
+        train(sample_archive, [labels], tmp_path / "g", **TINY)
+    assert not (tmp_path / "g").exists()
+
+
+def test_training_refuses_a_label_file_of_a_missing_scene(sample_archive, tmp_path):
+    far = json.loads(LABELS.read_text())
+    for feature in far["features"]:
+        feature["geometry"]["coordinates"] = [
+            [[x + 50_000, y] for x, y, *_ in ring] for ring in feature["geometry"]["coordinates"]]
+    elsewhere = tmp_path / "elsewhere.geojson"
+    elsewhere.write_text(json.dumps(far))
+    with pytest.raises(InputError, match=r"elsewhere\.geojson: the labels cover no mapped scene"):
+        train(sample_archive, [LABELS, elsewhere], tmp_path / "g", **TINY)
+    assert not (tmp_path / "g").exists()

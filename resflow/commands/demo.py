@@ -46,6 +46,8 @@ def demo_command(
         for record in result.refused:
             typer.echo(f"refused: {record['where']}: {record['problem']}", err=True)
         raise typer.Exit(1)
+    for record in result.too_coarse:
+        typer.echo(f"skipped: {record['name']}: {record['reason']}", err=True)
     info_command(archive, as_json=False)
 
     typer.echo(f"[2/3] mapping buildings on the {backend} backend -> {out}")

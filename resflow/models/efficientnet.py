@@ -191,7 +191,7 @@ class EfficientNetLite0(nn.Module):
         for block in self._blocks:
             y = block(y)
         y = F.relu6(self._bn1(self._conv_head(y)))
-        return y.mean(dim=(2, 3))
+        return data_weighted_mean(y, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """ImageNet logits ``(N, num_classes)``."""
@@ -211,6 +211,22 @@ class FeatureExtractor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone.features(x)
+
+
+def data_weighted_mean(maps: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """Pool ``(N, C, h, w)`` maps over space, each cell weighted by its share of data pixels.
+
+    Harmonisation (:mod:`resflow.harmonise`) sets nodata to 0 in every band, so a pixel
+    that is 0 in all three bands is taken as nodata. Without the weights, a chip half
+    outside its scene would embed as "half black" and be bucketed by its nodata share
+    rather than by what it shows. A chip without any data pixel falls back to the plain
+    mean.
+    """
+    data = (images.amax(dim=1, keepdim=True) > 0).to(maps.dtype)
+    weights = F.adaptive_avg_pool2d(data, maps.shape[-2:])
+    total = weights.sum(dim=(2, 3), keepdim=True)
+    weights = torch.where(total > 0, weights, torch.ones_like(weights))
+    return (maps * weights).sum(dim=(2, 3)) / weights.sum(dim=(2, 3))
 
 
 def imagenet_weights_path() -> Path:

@@ -1,10 +1,15 @@
 """Train a model gallery from an archive and building labels, and score it honestly.
 
-``train`` runs the whole offline pipeline: Lite0 features of every chip -> k-means buckets
-and the hashing head -> the mono decoder on the train region of every labelled scene ->
-a decoder fine-tuned from mono for each bucket with labelled train chips -> scores on the
-held-out test region for the bucket ensemble and mono side by side -> the gallery and its
+``train`` runs the whole offline pipeline: Lite0 features of the training chips ->
+k-means buckets and the hashing head, fitted on training chips only -> the mono decoder on
+the train region of every labelled scene -> a decoder fine-tuned from mono for each bucket,
+kept only where it beats mono on that bucket's own validation chips -> scores on the test
+chips for the bucket ensemble and mono side by side -> the gallery and its
 ``metrics.json``.
+
+Test chips are either a spatial band of every labelled scene (:mod:`resflow.training.regions`)
+or, with ``holdout``, whole scenes the models never see (a held-out place); the other
+scenes then split into train and validation bands only.
 
 Routing and scoring use the same stage functions and halo as inference
 (:mod:`resflow.stages`): chip features come from the chip read without halo, segmentation
@@ -20,6 +25,7 @@ gallery files.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -28,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import ndimage
 from tqdm.auto import tqdm
 
 from resflow.archive import Archive
@@ -36,12 +43,13 @@ from resflow.errors import InputError
 from resflow.gallery import MONO, Gallery, write_gallery
 from resflow.models.efficientnet import FeatureExtractor, load_imagenet_lite0
 from resflow.models.segmentation import BuildingSegmenter, SegmentationDecoder
+from resflow.resolution import matches
 from resflow.stages import extract_features, map_codes, segment
 from resflow.training.buckets import init_buckets
 from resflow.training.labels import Labels, load_labels, rasterise
-from resflow.training.metrics import Scores
+from resflow.training.metrics import Scores, score_scene
 from resflow.training.regions import DEFAULT_FRACTIONS, region_rows, split_regions
-from resflow.training.segmentation import Encoded, encode, train_decoder
+from resflow.training.segmentation import Encoded, encode, evaluate_loss, train_decoder
 
 CPU = torch.device("cpu")
 NORMALISATION = (
@@ -58,6 +66,9 @@ class TrainConfig:
     """Every setting of a training run; recorded in the manifest.
 
     ``buckets`` None means chosen by silhouette (:mod:`resflow.training.buckets`).
+    ``patience`` is the number of validation checks without improvement after which a
+    decoder stops early. ``min_bucket_chips`` is the fewest train chips a bucket needs for
+    a decoder of its own to be tried.
     """
 
     seed: int = 0
@@ -65,12 +76,14 @@ class TrainConfig:
     bits: int = 16
     hidden: int = 128
     hash_steps: int = 300
-    mono_steps: int = 300
-    bucket_steps: int = 150
-    batch: int = 4
-    lr: float = 1e-3
+    mono_steps: int = 600
+    bucket_steps: int = 200
+    batch: int = 8
+    lr: float = 2e-3
     bucket_lr: float = 5e-4
     eval_every: int = 25
+    patience: int = 6
+    min_bucket_chips: int = 8
     halo: int = 32
     threshold: float = 0.5
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
@@ -88,26 +101,38 @@ class _Chips:
 
 
 def train(archive_path: Path | str, labels: Sequence[Path | str], out: Path | str, *,
-          seed: int = 0, **settings: Any) -> Gallery:
+          seed: int = 0, scenes: Sequence[str] | None = None, holdout: Sequence[str] = (),
+          **settings: Any) -> Gallery:
     """Train a gallery and write it, with ``metrics.json``, to ``out``.
 
     Parameters
     ----------
     archive_path
-        Imagery archive from ``resflow ingest``; every chip is bucketed, labelled ones train.
+        Imagery archive from ``resflow ingest``; its working ground resolution becomes the
+        gallery's.
     labels
-        GeoJSON polygons or georeferenced mask rasters, any CRS.
+        Building footprints in any vector format and CRS, or georeferenced mask rasters;
+        each file labels the scenes its extent covers (one file per scene, or one file for
+        many scenes).
     out
         Gallery directory to write.
     seed
-        Seeds k-means, the hashing head and decoder training.
+        Seeds k-means, the hashing head, augmentation and decoder training.
+    scenes
+        Labelled scenes to train on (default: every scene the labels cover).
+    holdout
+        Labelled scenes scored whole as the test set and never trained on; the training
+        scenes then split into train and validation bands by ``fractions[:2]``. Without
+        holdout scenes, ``fractions=(0.8, 0.2, 0.0)`` trains on every labelled scene with
+        no test band (a gallery for production, scored by a study beforehand).
     **settings
         Any other :class:`TrainConfig` field (``buckets``, ``mono_steps`` ...).
 
     Raises
     ------
     InputError
-        if no scene is covered by the labels, or the test region holds no chip.
+        if the labels cover no scene, the scenes mix ground resolutions, or the train
+        region holds no chip or no building pixel.
 
     Examples
     --------
@@ -116,74 +141,163 @@ def train(archive_path: Path | str, labels: Sequence[Path | str], out: Path | st
     config = TrainConfig(seed=seed, **settings)
     with _deterministic():
         return _train(Archive.open(archive_path), [load_labels(p) for p in labels], Path(out),
-                      config)
+                      config, scenes, list(holdout))
 
 
-def _train(archive: Archive, labels: list[Labels], out: Path, config: TrainConfig) -> Gallery:
-    refs = archive.chips()
-    labelled = [name for name, s in archive.scenes.items()
-                if any(lab.covers(s.crs_wkt, s.transform, s.height, s.width) for lab in labels)]
-    if not labelled:
-        raise InputError(", ".join(str(lab.path) for lab in labels),
-                         "the labels cover no scene of the archive",
-                         "give labels over the archive's scenes (any CRS is fine)")
-    regions = split_regions([r for r in refs if r.scene in labelled], config.fractions)
-    if not regions["test"] or not regions["train"]:
+def _train(archive: Archive, labels: list[Labels], out: Path, config: TrainConfig,
+           scenes: Sequence[str] | None, holdout: list[str]) -> Gallery:
+    clock = {"started": time.perf_counter()}
+    covers = {lab.path: [name for name, s in archive.scenes.items()
+                         if lab.covers(s.crs_wkt, s.transform, s.height, s.width)]
+              for lab in labels}
+    for path, names in covers.items():
+        if not names:
+            raise InputError(str(path), f"the labels cover no mapped scene of the archive "
+                             f"{archive.path}", "ingest the scene they label (at the working "
+                             "resolution), or leave the file out; `resflow info` lists the "
+                             "scenes and their CRS")
+    covered = sorted({name for names in covers.values() for name in names})
+    where = ", ".join(str(lab.path) for lab in labels)
+    for name in [*(scenes or []), *holdout]:
+        if name not in covered:
+            raise InputError(f"{archive.path}: scene '{name}'", "no label file covers it",
+                             f"choose among the labelled scenes {covered}")
+    training = [s for s in (scenes or covered) if s not in holdout]
+    gsd = _working_gsd(archive, [*training, *holdout])
+    all_refs = archive.chips()
+    share = config.fractions[0] / (config.fractions[0] + config.fractions[1])
+    fractions = (share, 1 - share, 0.0) if holdout else config.fractions
+    regions = split_regions([r for r in all_refs if r.scene in training], fractions)
+    if holdout:
+        regions["test"] = [r for r in all_refs if r.scene in holdout]
+    if not regions["train"] or (not regions["test"] and fractions[2] > 0):
         raise InputError(str(archive.path), "the labelled scenes are too small to hold "
                          "separate train and test chip rows",
                          "ingest with a smaller --chip so each labelled scene has 3+ chip rows")
+
     encoder = load_imagenet_lite0()
     extractor = FeatureExtractor(encoder).eval()
     features = np.concatenate([
         extract_features(archive.read_chip(ref).image[None], extractor, batch_size=1, device=CPU)
-        for ref in tqdm(refs, desc="features")])
-    found = init_buckets(features, k=config.buckets, bits=config.bits, hidden=config.hidden,
-                         steps=config.hash_steps, seed=config.seed)
+        for ref in tqdm(all_refs, desc="features")])
+    row_of = {ref: i for i, ref in enumerate(all_refs)}
+    fit_rows = [row_of[r] for r in regions["train"]]
+    found = init_buckets(features[fit_rows], k=config.buckets, bits=config.bits,
+                         hidden=config.hidden, steps=config.hash_steps, seed=config.seed)
     _, routed = map_codes(features, found.head, found.codes)
-    bucket_of = {ref: int(b) for ref, b in zip(refs, routed, strict=True)}
+    bucket_of = {ref: int(b) for ref, b in zip(all_refs, routed, strict=True)}
+    clock["buckets"] = time.perf_counter()
 
     data = {name: _read(archive, chips, labels, bucket_of) for name, chips in regions.items()}
-    train_set = encode(encoder, data["train"].images, data["train"].target, data["train"].weight)
+    if not (data["train"].target * data["train"].weight).any():
+        raise InputError(where, "the train region of the labelled scenes holds no building "
+                         "pixel, so there is nothing to learn",
+                         "check the labels lie on the scenes' buildings (draw them over the "
+                         "imagery) or give labelled scenes with buildings")
+    train_set = encode(encoder, data["train"].images, data["train"].target, data["train"].weight,
+                       seed=config.seed)
     val_set = (encode(encoder, data["validation"].images, data["validation"].target,
                       data["validation"].weight, augment=False)
                if data["validation"].refs else None)
+    clock["encode"] = time.perf_counter()
 
     decoders: dict[str, SegmentationDecoder] = {}
     history: dict[str, dict] = {}
     decoders[MONO], history[MONO] = train_decoder(
         train_set, val_set, steps=config.mono_steps, batch=config.batch, lr=config.lr,
-        eval_every=config.eval_every, seed=config.seed, desc="mono")
-    for k in range(len(found.codes)):
-        idx = np.flatnonzero(data["train"].buckets == k)
-        if len(idx) == 0:
-            continue
-        val_idx = (np.flatnonzero(data["validation"].buckets == k) if val_set else [])
-        name = f"bucket-{k}"
-        decoders[name], history[name] = train_decoder(
-            _subset(train_set, idx), _subset(val_set, val_idx) if len(val_idx) else val_set,
-            init=decoders[MONO], steps=config.bucket_steps, batch=config.batch,
-            lr=config.bucket_lr, eval_every=config.eval_every, seed=config.seed + 1 + k,
-            desc=name)
+        eval_every=config.eval_every, patience=config.patience, seed=config.seed, desc="mono")
+    decisions = [_bucket_decoder(k, data, train_set, val_set, decoders, history, config)
+                 for k in range(len(found.codes))]
+    clock["decoders"] = time.perf_counter()
 
-    metrics = _evaluate(archive, data["test"], labels, encoder, decoders, config)
+    metrics = (_evaluate(archive, data["test"], labels, encoder, decoders, config)
+               if data["test"].refs else {"test": {}, "test_scenes": {}})
+    clock["evaluate"] = time.perf_counter()
     metrics["regions"] = {name: {"chips": len(d.refs),
                                  "labelled_pixels": int((d.target * d.weight).sum()),
                                  "rows": {s: list(r) for s, r in region_rows(d.refs).items()}}
                           for name, d in data.items()}
     metrics["training"] = history
+    metrics["bucket_decisions"] = decisions
+    train_routed = routed[fit_rows]
+    bucketing = {
+        "fitted_on": "train-region chips of the training scenes",
+        "routing_agrees_with_kmeans": float(np.mean(train_routed == found.pseudo_class)),
+        "chips_per_bucket_per_scene": {
+            scene: np.bincount([bucket_of[r] for r in all_refs if r.scene == scene],
+                               minlength=len(found.codes)).tolist()
+            for scene in archive.scenes},
+    }
+    metrics["seconds"] = _phase_seconds(clock)
     counts = np.bincount(routed, minlength=len(found.codes))
     train_counts = np.bincount(data["train"].buckets, minlength=len(found.codes))
+    kept = {name: d for name, d in decoders.items()
+            if name == MONO or decisions[int(name.split("-")[1])]["model"] == name}
     gallery = write_gallery(
-        out, bucket_codes=found.codes, head=found.head, decoders=decoders,
-        buckets=[{"chips": int(counts[k]), "labelled_chips": int(train_counts[k])}
-                 for k in range(len(found.codes))],
-        info={"training": {**asdict(config), "bucket_criterion": found.criterion},
+        out, bucket_codes=found.codes, head=found.head, decoders=kept, gsd_m=gsd,
+        buckets=[{"chips": int(counts[k]), "labelled_chips": int(train_counts[k]),
+                  "decision": decisions[k]["reason"]} for k in range(len(found.codes))],
+        info={"training": {**asdict(config), "bucket_criterion": found.criterion,
+                           "bucketing": bucketing, "seconds": metrics["seconds"]},
               "seed": config.seed,
-              "data": _provenance(archive, labels, labelled),
+              "data": _provenance(archive, labels, training, holdout),
               "metrics": {"test": metrics["test"]},
               "normalisation": NORMALISATION})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return gallery
+
+
+def _working_gsd(archive: Archive, scenes: Sequence[str]) -> float:
+    """The one ground resolution of the scenes a gallery is trained and tested on."""
+    gsds = {name: archive.scenes[name].gsd_m for name in scenes}
+    first = next(iter(gsds.values()))
+    odd = [f"{n} ({g:.3g} m)" for n, g in gsds.items() if not matches(g, first)]
+    if odd:
+        raise InputError(str(archive.path), f"the labelled scenes mix ground resolutions: "
+                         f"{odd} against {first:.3g} m",
+                         "ingest every training scene with the same --gsd")
+    return round(float(np.median(list(gsds.values()))), 3)
+
+
+def _bucket_decoder(k: int, data: dict[str, _Chips], train_set: Encoded,
+                    val_set: Encoded | None, decoders: dict[str, SegmentationDecoder],
+                    history: dict[str, dict], config: TrainConfig) -> dict[str, Any]:
+    """Fine-tune bucket ``k``'s decoder from mono; keep it only if it beats mono on the
+    bucket's own validation chips. Returns the decision, recorded in the manifest."""
+    name = f"bucket-{k}"
+    idx = np.flatnonzero(data["train"].buckets == k)
+    val_idx = np.flatnonzero(data["validation"].buckets == k) if val_set else np.zeros(0, int)
+    decision: dict[str, Any] = {"bucket": k, "train_chips": len(idx),
+                                "validation_chips": len(val_idx), "model": MONO}
+    if len(idx) < config.min_bucket_chips or not len(val_idx):
+        decision["reason"] = (f"mono: {len(idx)} train and {len(val_idx)} validation chips, "
+                              f"fewer than {config.min_bucket_chips} and 1 needed for a "
+                              "decoder of its own")
+        return decision
+    bucket_val = _subset(val_set, val_idx)
+    decoder, history[name] = train_decoder(
+        _subset(train_set, idx), bucket_val, init=decoders[MONO], steps=config.bucket_steps,
+        batch=config.batch, lr=config.bucket_lr, eval_every=config.eval_every,
+        patience=config.patience, seed=config.seed + 1 + k, desc=name)
+    pos_weight = history[MONO]["pos_weight"]
+    mono_loss = evaluate_loss(decoders[MONO], bucket_val, pos_weight)
+    own_loss = evaluate_loss(decoder, bucket_val, pos_weight)
+    decision.update(mono_validation_loss=mono_loss, own_validation_loss=own_loss)
+    if history[name]["best_step"] == 0 or own_loss >= mono_loss:
+        decision["reason"] = (f"mono: its fine-tune did not beat mono on its {len(val_idx)} "
+                              f"validation chips (loss {own_loss:.4f} vs {mono_loss:.4f})")
+        return decision
+    decoders[name] = decoder
+    decision.update(model=name, reason=f"own decoder: validation loss {own_loss:.4f} beats "
+                    f"mono's {mono_loss:.4f} on its {len(val_idx)} validation chips")
+    return decision
+
+
+def _phase_seconds(clock: dict[str, float]) -> dict[str, float]:
+    marks = list(clock.items())
+    seconds = {name: round(t - marks[i][1], 1) for i, (name, t) in enumerate(marks[1:])}
+    seconds["total"] = round(marks[-1][1] - marks[0][1], 1)
+    return seconds
 
 
 def _read(archive: Archive, refs: list[ChipRef], labels: list[Labels],
@@ -198,13 +312,32 @@ def _read(archive: Archive, refs: list[ChipRef], labels: list[Labels],
         inside = np.zeros((ref.chip, ref.chip), bool)
         inside[: ref.height, : ref.width] = True
         images.append(pixels.image)
-        targets.append((ids > 0).astype(np.float32))
+        targets.append(separated(ids).astype(np.float32))
         weights.append((pixels.valid & inside).astype(np.float32))
     size = (0, 3, 1, 1)
     return _Chips(refs, np.stack(images) if images else np.zeros(size, np.float32),
                   np.stack(targets) if targets else np.zeros((0, 1, 1), np.float32),
                   np.stack(weights) if weights else np.zeros((0, 1, 1), np.float32),
                   np.array([bucket_of[r] for r in refs], int))
+
+
+def separated(ids: np.ndarray) -> np.ndarray:
+    """Building mask with the pixels where two buildings touch set to background.
+
+    Footprints are counted as connected components of the map, so two touching roofs
+    mapped as one blob lose both buildings. Training on a one-pixel gap between touching
+    footprints (as the U-Net authors did for touching cells) teaches the decoder to keep
+    neighbours apart.
+
+    Examples
+    --------
+    >>> separated(np.array([[1, 1, 2, 2]])).astype(int).tolist()
+    [[1, 0, 0, 1]]
+    """
+    inside = ids > 0
+    highest = ndimage.grey_dilation(ids, size=3)
+    lowest = ndimage.grey_erosion(np.where(inside, ids, np.iinfo(ids.dtype).max), size=3)
+    return inside & (highest <= ids) & (lowest >= ids)
 
 
 def _subset(data: Encoded | None, idx: np.ndarray) -> Encoded | None:
@@ -218,7 +351,12 @@ def _subset(data: Encoded | None, idx: np.ndarray) -> Encoded | None:
 def _evaluate(archive: Archive, test: _Chips, labels: list[Labels],
               encoder: torch.nn.Module, decoders: dict[str, SegmentationDecoder],
               config: TrainConfig) -> dict[str, Any]:
-    """Score the ensemble (each chip by its bucket's model) and mono on the test region."""
+    """Score the ensemble (each chip by its bucket's model) and mono on the test chips.
+
+    Each scene's test band is mapped as one mosaic, read with the inference halo, and
+    scored per scene and overall by :func:`resflow.training.metrics.score_scene`, the code
+    ``resflow eval`` runs on finished maps.
+    """
     models = {name: BuildingSegmenter(encoder, d).eval() for name, d in decoders.items()}
     bands = region_rows(test.refs)
     canvases = {m: {s: np.zeros((y1 - y0, archive.scenes[s].width), np.float32)
@@ -235,26 +373,36 @@ def _evaluate(archive: Archive, test: _Chips, labels: list[Labels],
         window = np.s_[y: y + ref.height, ref.x0: ref.x0 + ref.width]
         core = np.s_[h: h + ref.height, h: h + ref.width]
         valid[ref.scene][window] = pixels.valid[core]
-        for canvas, model in (("ensemble", models[name]), (MONO, models[MONO])):
-            prob = segment(pixels.image[None], model, batch_size=1, device=CPU)[0]
+        probs = {MONO: segment(pixels.image[None], models[MONO], batch_size=1, device=CPU)[0]}
+        probs["ensemble"] = (probs[MONO] if name == MONO else
+                             segment(pixels.image[None], models[name], batch_size=1,
+                                     device=CPU)[0])
+        for canvas, prob in probs.items():
             canvases[canvas][ref.scene][window] = prob[core]
     result: dict[str, Any] = {}
+    per_scene: dict[str, dict[str, Any]] = {}
     for kind, by_scene in canvases.items():
-        scores = Scores()
+        overall = Scores()
         for scene, prob in by_scene.items():
             info = archive.scenes[scene]
             y0, y1 = bands[scene]
             truth = rasterise(labels, info.crs_wkt, info.transform, (y0, 0, y1 - y0, info.width))
-            scores.update(prob >= config.threshold, truth, valid[scene])
-        result[kind] = scores.summary()
-    return {"test": result, "test_chips_served_by": served}
+            scores = score_scene(prob >= config.threshold, truth, valid[scene])
+            overall += scores
+            per_scene.setdefault(scene, {})[kind] = scores.summary()
+        result[kind] = overall.summary()
+    return {"test": result, "test_scenes": per_scene, "test_chips_served_by": served}
 
 
-def _provenance(archive: Archive, labels: list[Labels], labelled: list[str]) -> dict[str, Any]:
+def _provenance(archive: Archive, labels: list[Labels], training: list[str],
+                holdout: list[str]) -> dict[str, Any]:
     return {
         "archive": str(archive.path),
         "scenes": [{"name": s.name, "source": Path(s.source).name, "sha256": s.sha256,
-                    "labelled": s.name in labelled, "rgb": list(s.rgb), "chip": s.chip}
+                    "labelled": s.name in training or s.name in holdout,
+                    "role": "train" if s.name in training else "holdout" if s.name in holdout
+                    else "bucketed only", "rgb": list(s.rgb), "chip": s.chip,
+                    "gsd_m": s.gsd_m, "source_gsd_m": s.source_gsd_m}
                    for s in archive.scenes.values()],
         "labels": [{**lab.record(), "path": Path(lab.path).name} for lab in labels],
     }

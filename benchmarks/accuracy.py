@@ -1,0 +1,181 @@
+"""The accuracy study: how good are resflow's maps on places the models never saw?
+
+Five labelled places at two ground resolutions: four cities of OpenAerialMap drone imagery
+with OpenStreetMap footprints (``../shared/data/fair``: Zanzibar, Kampala, Kathmandu,
+Nairobi; 7 cm) and the SpaceNet Atlanta tile bundled with resflow (0.5 m). Every source is
+ingested at one working ground resolution (``--gsd``), then:
+
+* ``lopo``: leave one place out. For each place, a gallery is trained on the other four
+  (train and validation bands of their scenes) and scored on every pixel of the held-out
+  place: mono against the bucket ensemble, with building counts.
+* ``split``: one gallery trained on the train bands of all five places and scored on the
+  test band (the bottom 20 % of rows) of each place.
+
+Scores are those of ``resflow eval``; objects match one-to-one at IoU >= 0.5.
+
+Usage (from the repository root; ``make accuracy`` runs the study behind docs/accuracy.md)::
+
+    python -m benchmarks.accuracy --gsd 0.5 --study lopo --study split --jobs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from resflow.config import IngestConfig
+from resflow.ingest import ingest
+from resflow.samples import sample_path
+from resflow.training.metrics import Scores
+
+FAIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fair"
+CITIES = ("zanzibar", "kampala", "kathmandu", "nairobi")
+PLACES = (*CITIES, "atlanta")
+COUNTS = ("tp", "fp", "fn", "object_tp", "object_fp", "object_fn")
+
+
+def place_scenes() -> dict[str, list[str]]:
+    """Archive scene names of each place."""
+    scenes = {city: [f"{city}-1", f"{city}-2"] for city in CITIES}
+    scenes["atlanta"] = ["sample_geotiff"]
+    return scenes
+
+
+def label_files() -> list[Path]:
+    """One footprint file per place; each labels the scenes its extent covers."""
+    return [FAIR / f"{city}-labels.geojson" for city in CITIES] + [
+        sample_path("atlanta-labels")]
+
+
+def build_archive(work: Path, gsd: float, chip: int) -> Path:
+    """Ingest the five places at ``gsd`` metres into ``work`` (skipped when current)."""
+    if not FAIR.is_dir():
+        raise SystemExit(f"{FAIR} is missing: the study needs the fAIr drone imagery there")
+    out = work / f"places-{gsd:g}m-{chip}px.zarr"
+    sources = [FAIR / f"{city}-{i}.tif" for city in CITIES for i in (1, 2)]
+    result = ingest([*sources, sample_path("atlanta-pan")], out,
+                    IngestConfig(gsd=gsd, chip=chip))
+    if result.refused:
+        raise SystemExit(f"ingest refused inputs: {result.refused}")
+    return out
+
+
+def _train(archive: Path, out: Path, scenes: list[str], holdout: list[str],
+           settings: dict[str, Any]) -> dict[str, Any]:
+    from resflow.training.train import train
+
+    start = time.perf_counter()
+    train(archive, label_files(), out, seed=0, scenes=scenes, holdout=holdout, **settings)
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics["wall_s"] = round(time.perf_counter() - start, 1)
+    return metrics
+
+
+def combine(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Scores of several scenes as one: counts summed, ratios recomputed."""
+    return Scores(**{k: sum(int(s[k]) for s in summaries) for k in COUNTS}).summary()
+
+
+def _row(place: str, kind: str, s: dict[str, Any]) -> dict[str, Any]:
+    return {"place": place, "model": kind, "buildings": s["object_tp"] + s["object_fn"],
+            "found": s["object_tp"], "predicted": s["object_tp"] + s["object_fp"],
+            **{k: round(s[k], 3) for k in ("pixel_precision", "pixel_recall", "pixel_f1",
+                                             "pixel_iou", "object_precision", "object_recall",
+                                             "object_f1")}}
+
+
+def lopo(archive: Path, work: Path, jobs: int, settings: dict[str, Any]) -> dict[str, Any]:
+    """Leave one place out: train on four places, score the fifth whole."""
+    scenes = place_scenes()
+    folds = {}
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        futures = {place: pool.submit(
+            _train, archive, work / f"lopo-{place}",
+            [s for p, names in scenes.items() if p != place for s in names], scenes[place],
+            settings) for place in PLACES}
+        for place, future in futures.items():
+            folds[place] = future.result()
+    rows = [_row(place, kind, folds[place]["test"][kind])
+            for place in PLACES for kind in ("mono", "ensemble")]
+    return {"rows": rows, "folds": {p: {"decisions": f["bucket_decisions"],
+                                        "served": f["test_chips_served_by"],
+                                        "seconds": f["seconds"], "wall_s": f["wall_s"]}
+                                    for p, f in folds.items()}}
+
+
+def split(archive: Path, work: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """One gallery on the train bands of all places, scored on each place's test band."""
+    metrics = _train(archive, work / "split", [], [], settings)
+    rows = []
+    for place, names in place_scenes().items():
+        for kind in ("mono", "ensemble"):
+            per_scene = [metrics["test_scenes"][n][kind] for n in names
+                         if n in metrics["test_scenes"]]
+            rows.append(_row(place, kind, combine(per_scene)))
+    return {"rows": rows, "decisions": metrics["bucket_decisions"],
+            "served": metrics["test_chips_served_by"], "seconds": metrics["seconds"],
+            "bucketing": metrics.get("bucketing")}
+
+
+def means(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Mean over places of pixel and object F1, per model."""
+    out: dict[str, dict[str, float]] = {}
+    for kind in ("mono", "ensemble"):
+        mine = [r for r in rows if r["model"] == kind]
+        out[kind] = {k: round(sum(r[k] for r in mine) / len(mine), 3)
+                     for k in ("pixel_f1", "object_f1")}
+    return out
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """A table of rows, one per place and model."""
+    head = ("| place | model | buildings | found | predicted | pixel P | pixel R | pixel F1 "
+            "| pixel IoU | object P | object R | object F1 |")
+    lines = [head, "|" + "---|" * 12]
+    for r in rows:
+        lines.append(f"| {r['place']} | {r['model']} | {r['buildings']} | {r['found']} | "
+                     f"{r['predicted']} | {r['pixel_precision']:.3f} | {r['pixel_recall']:.3f} "
+                     f"| {r['pixel_f1']:.3f} | {r['pixel_iou']:.3f} | "
+                     f"{r['object_precision']:.3f} | {r['object_recall']:.3f} | "
+                     f"{r['object_f1']:.3f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--gsd", type=float, default=0.5, help="working ground resolution, m")
+    parser.add_argument("--chip", type=int, default=128, help="chip edge, working pixels")
+    parser.add_argument("--study", action="append", choices=("lopo", "split"))
+    parser.add_argument("--jobs", type=int, default=2, help="folds trained in parallel")
+    parser.add_argument("--work", type=Path, default=Path("work-tmp/accuracy"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--settings", type=json.loads, default={},
+                        help="TrainConfig overrides as JSON, e.g. '{\"mono_steps\": 300}'")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    archive = build_archive(args.work, args.gsd, args.chip)
+    result: dict[str, Any] = {"gsd_m": args.gsd, "chip": args.chip, "settings": args.settings}
+    text = [f"# Accuracy at {args.gsd:g} m, chip {args.chip}\n"]
+    for study in args.study or ["lopo", "split"]:
+        work = args.work / f"{args.gsd:g}m"
+        found = (lopo(archive, work, args.jobs, args.settings) if study == "lopo"
+                 else split(archive, work, args.settings))
+        found["mean_over_places"] = means(found["rows"])
+        result[study] = found
+        text += [f"## {study}\n", markdown(found["rows"]), "",
+                 f"mean over places: {found['mean_over_places']}\n"]
+    result["wall_s"] = round(time.perf_counter() - start, 1)
+    stem = args.out / f"accuracy-{args.gsd:g}m"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    stem.with_suffix(".md").write_text("\n".join(text))
+    print("\n".join(text))
+
+
+if __name__ == "__main__":
+    main()
