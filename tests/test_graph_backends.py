@@ -137,10 +137,15 @@ def test_a_task_run_twice_leaves_the_same_output(runs, tmp_path: Path) -> None:
 
 
 def test_no_seams_chip_by_chip_equals_a_whole_window(runs, sample_archive: Path,
+                                                     engine_gallery: Path,
                                                      tmp_path: Path) -> None:
     """Four chips segmented apart with a halo match one prediction over their whole window
-    (with wider context), including across the chip borders, away from scene edges."""
-    config, _ = runs["local"]
+    (with wider context), including across the chip borders, away from scene edges.
+
+    This checks halo reads and trimming, so it uses the seeded engine gallery, whose
+    untrained decoders see little beyond the halo; a trained decoder's receptive field is
+    wider than the 32-pixel halo, so its chips legitimately differ from a wider window."""
+    config = runs["local"][0].model_copy(update={"gallery": engine_gallery})
     archive = Archive.open(sample_archive)
     scene = "sample_geotiff"  # 900 x 900: chips (1, 1) to (2, 2) are interior
     refs = {(r.row, r.col): r for r in archive.chips([scene])}

@@ -50,12 +50,19 @@ def show_command(
 def format_manifest(manifest: dict, path: Path) -> str:
     """Human-readable summary: buckets, their models, provenance and test scores."""
     lines = [f"gallery {path} (schema {manifest['schema_version']}, {manifest['bits']}-bit codes,"
-             f" seed {manifest.get('seed')})"]
-    criterion = manifest.get("training", {}).get("bucket_criterion", {})
-    lines.append(f"  buckets: {len(manifest['buckets'])} ({criterion.get('method', '?')})")
+             f" seed {manifest.get('seed')}, working ground resolution "
+             f"{manifest['resolution']['gsd_m']:g} m: ingest with --gsd "
+             f"{manifest['resolution']['gsd_m']:g})"]
+    training = manifest.get("training", {})
+    criterion = training.get("bucket_criterion", {})
+    agreement = training.get("bucketing", {}).get("routing_agrees_with_kmeans")
+    lines.append(f"  buckets: {len(manifest['buckets'])} ({criterion.get('method', '?')})"
+                 + (f", Hamming routing agrees with k-means on {agreement:.0%} of training "
+                    "chips" if agreement is not None else ""))
     for b in manifest["buckets"]:
         lines.append(f"    {b['id']}: code {b['code']}  model {b['model']:<9} "
-                     f"chips {b.get('chips', '?')}, labelled {b.get('labelled_chips', '?')}")
+                     f"chips {b.get('chips', '?')}, labelled {b.get('labelled_chips', '?')}"
+                     + (f"  ({b['decision']})" if "decision" in b else ""))
     lines.append(f"  encoder: {manifest['encoder']['source']} "
                  f"sha256 {manifest['encoder']['sha256'][:12]}...")
     for scene in manifest.get("data", {}).get("scenes", []):
@@ -63,7 +70,7 @@ def format_manifest(manifest: dict, path: Path) -> str:
                      + ("  (labelled)" if scene.get("labelled") else ""))
     for label in manifest.get("data", {}).get("labels", []):
         lines.append(f"  labels: {label['path']} sha256 {label['sha256'][:12]}...")
-    if "test" in manifest.get("metrics", {}):
+    if manifest.get("metrics", {}).get("test"):
         lines.append("  held-out test region:")
         lines.append(format_metrics(manifest["metrics"]["test"]))
     return "\n".join(lines)
