@@ -171,9 +171,9 @@ def main() -> None:
         text += [f"## {study}\n", markdown(found["rows"]), "",
                  f"mean over places: {found['mean_over_places']}\n"]
     result["wall_s"] = round(time.perf_counter() - start, 1)
-    stem = args.out / f"accuracy-{args.gsd:g}m"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    stem.with_suffix(".md").write_text("\n".join(text))
+    stem = f"accuracy-{args.gsd:g}m"
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / f"{stem}.md").write_text("\n".join(text))
     print("\n".join(text))
 
 

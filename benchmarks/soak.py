@@ -1,7 +1,7 @@
 """Soak: repeated SIGKILLs of workers during one long run, per engine, against a clean run.
 
 A x4 mosaic of the real Atlanta tile (derived imagery, see
-``resflow.benchmarking.scaled_archive``) is ingested at chip 128 (225 chips). A clean run on
+``benchmarks.engine_study.scaled_archive``) is ingested at chip 128 (225 chips). A clean run on
 the in-process reference engine gives the expected maps. Then, per engine, ``resflow run``
 runs as a subprocess with its own cluster (Dask: two worker processes; Spark:
 ``local-cluster[2,1,1024]``, two executor JVMs) while this script SIGKILLs one worker or
@@ -105,8 +105,8 @@ def maps(out: Path) -> dict[tuple[str, str], np.ndarray]:
 
 def prepare(workdir: Path, factor: int, chip: int) -> tuple[Path, Path, int]:
     """Ingest the mosaic and map it cleanly; returns archive, clean output, chip count."""
+    from benchmarks.engine_study.scaled_archive import write_scaled_scene
     from resflow.archive import Archive
-    from resflow.benchmarking.scaled_archive import write_scaled_scene
     from resflow.config import IngestConfig, RunConfig
     from resflow.graph import run_graph
     from resflow.ingest import ingest

@@ -4,14 +4,11 @@ glibc serves an allocation above its *mmap threshold* with a fresh ``mmap``: its
 in on first touch and go back to the kernel on ``free``. One pass of the segmenter allocates
 activations of a few MiB per layer, so above the threshold every pass faults all of them in
 again. By default the threshold moves: it starts at 128 KiB and rises to the size of the
-largest mmapped block freed so far (up to 32 MiB). A pass's speed therefore depended on what
-the process happened to free before it. Measured on 2 cores (``benchmarks/malloc_trim.py``):
-
-* stage 3 took 77 ms per chip after reads that freed 30 MB float64 buffers and 101 ms after
-  reads that did not, with the same code otherwise;
-* any malloc tunable in the environment freezes the threshold at 128 KiB (Dask's nanny
-  exports ``MALLOC_TRIM_THRESHOLD_`` to every worker): stage 1 / stage 3 took 113 / 165 ms
-  per chip in such a process, and 30 / 51 ms once the thresholds were fixed.
+largest mmapped block freed so far (up to 32 MiB), and any malloc tunable in the environment
+freezes it at 128 KiB (Dask's nanny exports ``MALLOC_TRIM_THRESHOLD_`` to every worker). A
+pass's speed therefore depended on what the process happened to free before it and on its
+environment; ``benchmarks/README.md`` ("Malloc thresholds") has the figures, measured with
+``benchmarks/malloc_trim.py``.
 
 :func:`steady_malloc` sets both thresholds to where glibc's own rule ends up at its
 ceiling, once per process, from the stage functions themselves: so every engine's workers,

@@ -6,26 +6,18 @@ stores or chip references, so the local, Dask and Spark engines all call the sam
 Determinism
 -----------
 A chip's outputs must be bitwise identical whether it runs in-process, on a Dask worker or
-on a Spark executor, alone or in any batch. Measured on the reference CPU (torch 2.13,
-oneDNN 3.12, float32), for Lite0 features and segmenter probabilities:
+on a Spark executor, alone or in any batch. On the CPU both the intra-op thread count and
+the batch shape change results (oneDNN splits reductions across threads and picks its
+kernels by batch size, and linear layers use other kernels for one row than for many; the
+differences measured are in ``benchmarks/README.md``, "Determinism"), so:
 
-* Intra-op thread count changes results: the oneDNN 1x1 projection convolutions with 144+
-  input channels split their reduction across threads (features differ by up to 1.1e-5,
-  probabilities by 1.2e-7, between 1, 2 and 3 threads). Stage functions therefore run with
-  :data:`STAGE_THREADS` intra-op threads in the calling thread (the setting is per thread,
-  so concurrent tasks do not disturb each other) and engines get parallelism from
-  concurrent tasks instead.
-* Batch shape changes results: oneDNN picks a different 3x3 convolution kernel for a batch
-  of 1 than for larger batches (probabilities differ by 1.2e-7); with oneDNN disabled the
-  native kernels even depend on a chip's position in the batch (features 2.4e-6) and run
-  2 to 12 times slower. Within one batch shape, position and neighbours do not matter
-  with oneDNN. On the CPU every convolution call therefore holds exactly one chip, which
-  is also the fastest measured (24 ms against 43 ms per 256 px chip for features, 2
-  threads), so ``batch_size`` does not affect CPU results at all. The hashing head's
-  linear layers differ between one row and many (1.1e-6, matrix-vector against
-  matrix-matrix kernels), so they run in fixed blocks of :data:`HEAD_ROWS` rows,
-  zero-padded.
-* On CUDA, micro-batches have exactly ``batch_size`` chips (the last one zero-padded and
+* stage functions run with :data:`STAGE_THREADS` intra-op threads in the calling thread (the
+  setting is per thread, so concurrent tasks do not disturb each other) and engines get
+  parallelism from concurrent tasks instead;
+* on the CPU every convolution call holds exactly one chip (also the fastest measured), so
+  ``batch_size`` does not affect CPU results at all, and the hashing head's linear layers
+  run in fixed blocks of :data:`HEAD_ROWS` rows, zero-padded;
+* on CUDA, micro-batches have exactly ``batch_size`` chips (the last one zero-padded and
   the padding dropped) and cuDNN runs in deterministic mode, so that a chip's result does
   not depend on the batch it lands in (not yet measured on a GPU). GPU results differ
   from CPU results, and may change with ``batch_size`` or the GPU model.

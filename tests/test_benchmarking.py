@@ -11,16 +11,16 @@ import rasterio
 import torch
 from rasterio.windows import Window
 
+from benchmarks.engine_study.baseline import hand_written
+from benchmarks.engine_study.limit import Preloaded, compute_limit, one_pass
+from benchmarks.engine_study.machine import describe_machine
+from benchmarks.engine_study.memory import peaks, reset_peaks
+from benchmarks.engine_study.scaled_archive import write_scaled_scene
+from benchmarks.engine_study.scaling import scaled_archive, spread
+from benchmarks.engine_study.series import summarise
+from benchmarks.engine_study.study import BenchOptions, run_benchmark
+from benchmarks.engine_study.sweeps import override, plan_sweeps, run_sweeps
 from resflow.archive import Archive
-from resflow.benchmarking.baseline import hand_written
-from resflow.benchmarking.limit import Preloaded, compute_limit, one_pass
-from resflow.benchmarking.machine import describe_machine
-from resflow.benchmarking.memory import peaks, reset_peaks
-from resflow.benchmarking.scaled_archive import write_scaled_scene
-from resflow.benchmarking.scaling import scaled_archive, spread
-from resflow.benchmarking.series import summarise
-from resflow.benchmarking.study import BenchOptions, run_benchmark
-from resflow.benchmarking.sweeps import override, plan_sweeps, run_sweeps
 from resflow.config import RunConfig
 from resflow.gallery import Gallery, write_gallery
 from resflow.models.hashing import HashingHead
@@ -189,7 +189,7 @@ def test_a_worker_that_exits_does_not_count_as_other_work() -> None:
 
     import psutil
 
-    from resflow.benchmarking.contention import contention
+    from benchmarks.engine_study.contention import contention
 
     burn = ("import time\nstart = time.process_time()\n"
             "while time.process_time() - start < 1.0:\n    pass\ntime.sleep(60)\n")

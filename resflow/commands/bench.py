@@ -1,11 +1,20 @@
-"""``resflow bench``: every engine against the compute limit and a hand-written loop."""
+"""``resflow bench``: every engine against the compute limit and a hand-written loop.
+
+The study itself is not part of the core: it lives in :mod:`benchmarks.engine_study`
+(installed with the distribution, with its own ``bench`` extra) and is imported only when the
+command runs, so a core install without it still has every other command.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 from typing import Annotated
 
 import typer
+
+#: Top-level modules the study imports that only the ``bench`` extra installs.
+BENCH_EXTRA: tuple[str, ...] = ("psutil",)
 
 
 def register(app: typer.Typer) -> None:
@@ -34,25 +43,47 @@ def bench_command(
     sweeps of cluster shape and settings (full mode). Writes bench-<mode>.json, PNG plots
     and table-<mode>.md to OUT and prints the tables.
     """
-    from resflow.benchmarking.study import BenchOptions, run_benchmark
-    from resflow.benchmarking.tables import markdown_tables
     from resflow.config import RunConfig, load_config
     from resflow.errors import ResflowError
 
-    options = BenchOptions(
-        quick=quick, backends=_names(backends), plans=_names(plans),
-        repeats=repeats, out=out, gallery=gallery, partition_chips=partition_chips,
-        work_dir=work_dir)
     try:
+        study, tables = _study()
+        options = study.BenchOptions(
+            quick=quick, backends=_names(backends), plans=_names(plans),
+            repeats=repeats, out=out, gallery=gallery, partition_chips=partition_chips,
+            work_dir=work_dir)
         for plan in options.plans:  # refused before any work, naming the field
             load_config(None, RunConfig, plan=plan)
-        results = run_benchmark(options, log=lambda line: typer.echo(line, err=True))
+        results = study.run_benchmark(options, log=lambda line: typer.echo(line, err=True))
     except ResflowError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(markdown_tables(results))
+    typer.echo(tables.markdown_tables(results))
     typer.echo(f"wrote {out}/bench-{options.mode}.json, plots and table-{options.mode}.md",
                err=True)
+
+
+def _study() -> tuple[ModuleType, ModuleType]:
+    """The study's ``study`` and ``tables`` modules, or a :class:`ResflowError` saying what
+    to install when the ``benchmarks`` package or the ``bench`` extra is missing."""
+    from resflow.errors import ResflowError
+
+    try:
+        from benchmarks.engine_study import study, tables
+    except ModuleNotFoundError as err:
+        missing = (err.name or "").split(".")[0]
+        if missing == "benchmarks":
+            raise ResflowError(
+                "resflow bench",
+                f"the benchmark package benchmarks.engine_study is not importable ({err})",
+                'reinstall resflow from its repository root with the bench extra: '
+                'pip install -e ".[bench]" (or make install)') from None
+        if missing in BENCH_EXTRA:
+            raise ResflowError(
+                "resflow bench", f"the benchmarks need {missing}, which is not installed",
+                'install the bench extra: pip install -e ".[bench]"') from None
+        raise
+    return study, tables
 
 
 def _names(listing: str) -> tuple[str, ...]:

@@ -17,7 +17,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display: plots are files
 import matplotlib.pyplot as plt
 
-from resflow.benchmarking.scaling import FLAT_TOLERANCE
+from benchmarks.engine_study.scaling import FLAT_TOLERANCE
 from resflow.report import STAGES
 
 STAGE_COLOURS = dict(zip([*[s for s in STAGES if s != "scheduling"], "idle"],

@@ -7,8 +7,8 @@ repetitions of every engine and of the compute limit and a burst of someone else
 a shared machine hits them all alike. A run's time is the wall clock around
 :func:`resflow.graph.run_graph`, from planning to the finalised store: everything a user
 waits for except the cluster start. Each run also records peak memory in the driver and in
-every worker process (:mod:`resflow.benchmarking.memory`) and the cores other work took
-(:mod:`resflow.benchmarking.contention`).
+every worker process (:mod:`benchmarks.engine_study.memory`) and the cores other work took
+(:mod:`benchmarks.engine_study.contention`).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from resflow.benchmarking.contention import contention
-from resflow.benchmarking.memory import descendant_pids, peaks, reset_peaks
-from resflow.benchmarking.series import summarise
+from benchmarks.engine_study.contention import contention
+from benchmarks.engine_study.memory import descendant_pids, peaks, reset_peaks
+from benchmarks.engine_study.series import summarise
 from resflow.config import RunConfig
 from resflow.executor import Executor
 from resflow.report import STAGES
@@ -43,7 +43,7 @@ def start_executor(config: RunConfig) -> tuple[Executor, float]:
 def timed_run(config: RunConfig, executor: Executor,
               workers: set[int] | None = None) -> dict[str, Any]:
     """One run of the graph: wall seconds, contention, its run report and peak memory
-    (``workers``: the pids the engine started, see :func:`resflow.benchmarking.memory.peaks`).
+    (``workers``: the pids the engine started, see :func:`benchmarks.engine_study.memory.peaks`).
     """
     from resflow.graph import run_graph
 

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.engine_study.contention import contention
+from benchmarks.engine_study.series import summarise
 from resflow.archive import Archive
-from resflow.benchmarking.contention import contention
-from resflow.benchmarking.series import summarise
 from resflow.chips import ChipRef
 from resflow.gallery import Gallery
 from resflow.stages import extract_features, map_codes, segment
@@ -99,7 +99,7 @@ def one_pass(data: Preloaded, gallery: Gallery, threads: int,
     Returns
     -------
     dict
-        ``wall_s``, ``others_cores`` (:mod:`resflow.benchmarking.contention`) and
+        ``wall_s``, ``others_cores`` (:mod:`benchmarks.engine_study.contention`) and
         ``stage_seconds`` (summed over threads, like a run report's).
     """
     shares = [np.arange(i, len(data.refs), threads) for i in range(threads)]

@@ -1,7 +1,7 @@
 """Scaling: time per km^2 and peak memory per worker as the archive grows x1 to x8.
 
 The scenes are dihedral mosaics of the real Atlanta tile
-(:func:`resflow.benchmarking.scaled_archive.write_scaled_scene`), each ingested into its own
+(:func:`benchmarks.engine_study.scaled_archive.write_scaled_scene`), each ingested into its own
 archive and run on one warm engine (worker peaks are reset before every run). resflow holds
 chip references, never pixels, between stages, so both numbers should stay flat: a growing
 time per km^2 points at per-run work that grows faster than the area (planning, regrouping,
@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from resflow.benchmarking.engines import EngineSeries
-from resflow.benchmarking.scaled_archive import write_scaled_scene
+from benchmarks.engine_study.engines import EngineSeries
+from benchmarks.engine_study.scaled_archive import write_scaled_scene
 from resflow.config import IngestConfig, RunConfig
 from resflow.ingest import ingest
 

@@ -2,16 +2,16 @@
 
 In one process and one sitting, so the ratios compare like with like on a shared machine:
 
-1. the compute limit on preloaded chips (:mod:`resflow.benchmarking.limit`), the
-   hand-written rasterio loop with the mono model (:mod:`resflow.benchmarking.baseline`)
-   and each engine end to end (:mod:`resflow.benchmarking.engines`), their repetitions
+1. the compute limit on preloaded chips (:mod:`benchmarks.engine_study.limit`), the
+   hand-written rasterio loop with the mono model (:mod:`benchmarks.engine_study.baseline`)
+   and each engine end to end (:mod:`benchmarks.engine_study.engines`), their repetitions
    interleaved round by round (:func:`compare`);
-2. scaling x1 to x8 on Dask (:mod:`resflow.benchmarking.scaling`);
-3. in full mode, the sweeps (:mod:`resflow.benchmarking.sweeps`).
+2. scaling x1 to x8 on Dask (:mod:`benchmarks.engine_study.scaling`);
+3. in full mode, the sweeps (:mod:`benchmarks.engine_study.sweeps`).
 
 Results are one JSON document with the machine, its load before and after, and the library
-versions, plus PNG plots and a Markdown table (:mod:`resflow.benchmarking.plots`,
-:mod:`resflow.benchmarking.tables`).
+versions, plus PNG plots and a Markdown table (:mod:`benchmarks.engine_study.plots`,
+:mod:`benchmarks.engine_study.tables`).
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from benchmarks.engine_study.baseline import hand_written, summarise_runs
+from benchmarks.engine_study.engines import EngineSeries
+from benchmarks.engine_study.limit import Preloaded, one_pass, summarise_passes, warm_up
+from benchmarks.engine_study.machine import describe_machine, load_average
+from benchmarks.engine_study.scaling import FACTORS, scaled_archive, scaling_study
+from benchmarks.engine_study.sweeps import plan_sweeps, run_sweeps
 from resflow.archive import Archive
-from resflow.benchmarking.baseline import hand_written, summarise_runs
-from resflow.benchmarking.engines import EngineSeries
-from resflow.benchmarking.limit import Preloaded, one_pass, summarise_passes, warm_up
-from resflow.benchmarking.machine import describe_machine, load_average
-from resflow.benchmarking.scaling import FACTORS, scaled_archive, scaling_study
-from resflow.benchmarking.sweeps import plan_sweeps, run_sweeps
 from resflow.config import DaskConfig, RunConfig, SparkConfig
 from resflow.gallery import Gallery
 from resflow.report import collect_versions
@@ -144,9 +144,9 @@ def compare(options: BenchOptions, config: RunConfig, archive: Archive, gallery:
     Returns
     -------
     dict
-        ``limit`` (:func:`~resflow.benchmarking.limit.summarise_passes`), ``baseline``
-        (:func:`~resflow.benchmarking.baseline.summarise_runs`) and ``engines``
-        (:meth:`~resflow.benchmarking.engines.EngineSeries.summary` each).
+        ``limit`` (:func:`~benchmarks.engine_study.limit.summarise_passes`), ``baseline``
+        (:func:`~benchmarks.engine_study.baseline.summarise_runs`) and ``engines``
+        (:meth:`~benchmarks.engine_study.engines.EngineSeries.summary` each).
     """
     sources = [Path(info.source) for info in archive.scenes.values()]
 
@@ -265,8 +265,8 @@ def ratios(engines: list[dict[str, Any]], limit: dict[str, Any],
 
 def write_results(results: dict[str, Any], out: Path) -> Path:
     """``bench-<mode>.json``, the plots and ``table.md`` under ``out``; returns the JSON."""
-    from resflow.benchmarking.plots import write_plots
-    from resflow.benchmarking.tables import markdown_tables
+    from benchmarks.engine_study.plots import write_plots
+    from benchmarks.engine_study.tables import markdown_tables
 
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"bench-{results['mode']}.json"

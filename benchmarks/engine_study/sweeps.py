@@ -1,7 +1,7 @@
 """Parameter sweeps: the cluster shape and run settings that change the area rate.
 
 Each point starts its own engine with the changed settings and is measured like the main
-comparison (:func:`resflow.benchmarking.engines.bench_engine`), after a pass of the compute
+comparison (:func:`benchmarks.engine_study.engines.bench_engine`), after a pass of the compute
 limit of its own, so points are comparable with each other and with the limit of their
 moment.
 """
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from resflow.benchmarking.engines import bench_engine
+from benchmarks.engine_study.engines import bench_engine
 from resflow.config import RunConfig
 
 Point = tuple[str, dict[str, Any]]
@@ -67,7 +67,7 @@ def run_sweeps(config: RunConfig, sweeps: dict[str, list[Point]], *, repeats: in
 
     A sweep runs for many minutes, over which a shared machine's speed drifts, so each point
     is set against its own pass of the compute limit (``limit_pass``, e.g.
-    :func:`resflow.benchmarking.limit.one_pass`), timed just before the point's runs:
+    :func:`benchmarks.engine_study.limit.one_pass`), timed just before the point's runs:
     ``of_limit`` compares like with like.
     """
     results: dict[str, list[dict[str, Any]]] = {}

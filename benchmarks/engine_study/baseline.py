@@ -22,8 +22,8 @@ import rasterio
 import torch
 from rasterio.windows import Window
 
-from resflow.benchmarking.contention import contention
-from resflow.benchmarking.series import summarise
+from benchmarks.engine_study.contention import contention
+from benchmarks.engine_study.series import summarise
 from resflow.chips import chip_grid, window_km2
 from resflow.devices import torch_threads
 from resflow.gallery import Gallery
@@ -102,7 +102,7 @@ def hand_written(sources: Sequence[Path], gallery: Gallery, out_dir: Path, *, ch
     -------
     dict
         ``chips``, ``km2``, ``wall_s``, ``km2_per_s``, ``chips_per_s``, ``threads``,
-        ``others_cores`` (:mod:`resflow.benchmarking.contention`).
+        ``others_cores`` (:mod:`benchmarks.engine_study.contention`).
     """
     model = gallery.mono().eval()
     out_dir.mkdir(parents=True, exist_ok=True)
