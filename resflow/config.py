@@ -18,6 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from resflow.errors import ConfigError
 from resflow.resolution import DEFAULT_GSD_M, MAX_GSD_M
 
+#: Default smallest building kept in a mask, m^2: about 2 x 4 m. Chosen by the accuracy
+#: study (docs/accuracy.md), which scores 0, 4 and 8 m^2.
+MIN_BUILDING_M2 = 8.0
+
 
 class _Strict(BaseModel):
     """Unknown keys are refused: a typo in a YAML file must not be silently ignored."""
@@ -111,6 +115,9 @@ class RunConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threshold: float = Field(
         0.5, gt=0, lt=1, description="probability above which a pixel is building")
+    min_building_m2: float = Field(
+        MIN_BUILDING_M2, ge=0, description="smaller connected groups of building pixels, in "
+        "m^2 on the ground, are dropped from the mask (specks, not buildings); 0 keeps all")
     cog_dir: Path | None = None
     footprints: Path | None = None
     resume: bool = False

@@ -26,7 +26,8 @@ What is scored, and why:
 * **Overall = summed counts.** The overall line adds the scenes' pixel and footprint
   counts and computes ratios from the sums, so a small scene cannot weigh like a big one.
 
-The mask scored is the run's own (``probability > threshold x 255``, as written), or the
+The mask scored is the run's own (as written: ``probability > threshold x 255`` without
+specks smaller than the run's ``min_building_m2``, :mod:`resflow.masks`), or the
 probability re-thresholded the same way at ``threshold`` when one is given.
 """
 
@@ -43,6 +44,7 @@ import zarr
 from resflow.archive import Archive
 from resflow.errors import ConfigError, InputError, ResflowError
 from resflow.harmonise import harmonise
+from resflow.masks import building_mask, min_pixels
 from resflow.outputs import LEDGER, OutputStore
 from resflow.outputs import describe as describe_output
 from resflow.training.labels import load_labels, rasterise
@@ -148,7 +150,9 @@ def evaluate(out_store_path: Path | str, label_paths: list[Path | str], *,
             continue
         attrs = dict(root[group].attrs)
         crs_wkt, transform, height, width = grids[scene]
-        predicted = _predicted(store, scene, threshold)
+        predicted = _predicted(store, scene, threshold, min_pixels(
+            float(run_config.get("min_building_m2", 0.0)), float(attrs["gsd_m"])),
+            int(run_config.get("halo", 0)))
         truth = rasterise(covering[scene], crs_wkt, transform, (0, 0, height, width))
         step = max(1, math.ceil(max(height, width) / OVERLAY_MAX_PX))
         valid = _mapped(store, scene, (height, width), int(attrs["chip"]))
@@ -297,11 +301,15 @@ def _summary(scores: Scores, scored_pixels: int) -> dict[str, Any]:
             "scored_pixels": scored_pixels, **scores.summary()}
 
 
-def _predicted(store: OutputStore, scene: str, threshold: float | None) -> np.ndarray:
-    """The building mask: the run's own, or the probability cut as the run cuts it."""
+def _predicted(store: OutputStore, scene: str, threshold: float | None,
+               smallest: int, halo: int) -> np.ndarray:
+    """The building mask: the run's own, or the probability cut as the run cuts it (specks
+    under the run's ``min_building_m2``, ``smallest`` pixels, dropped; edges reflected by
+    the run's ``halo``)."""
     if threshold is None:
         return np.asarray(store.read_array(scene, "mask")[...]) > 0
-    return np.asarray(store.read_array(scene, "probability")[...]) > threshold * 255
+    probability = np.asarray(store.read_array(scene, "probability")[...])
+    return building_mask(probability, threshold * 255, smallest, reflect=halo)
 
 
 def _mapped(store: OutputStore, scene: str, shape: tuple[int, int], chip: int) -> np.ndarray:

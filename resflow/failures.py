@@ -130,20 +130,21 @@ def compute_chips(refs: Sequence[ChipRef], images: np.ndarray,
 
 
 def write_chips(store: OutputStore, refs: Sequence[ChipRef], chips: Sequence[np.ndarray],
-                threshold: float, stage: str, failures: list[ChipFailure]) -> list[ChipRef]:
+                masks: Sequence[np.ndarray], stage: str, failures: list[ChipFailure]
+                ) -> list[ChipRef]:
     """Write the chips together; if that raises (e.g. a full disk), write each alone so that
     only the chips that cannot be written fail. A failed chip stays out of the ledger.
 
     Returns the chips written; failures are appended to ``failures``.
     """
     try:
-        store.write_chips(refs, chips, threshold)
+        store.write_chips(refs, chips, masks)
         return list(refs)
     except Exception:  # find the chip(s) at fault
         written: list[ChipRef] = []
-        for ref, chip in zip(refs, chips, strict=True):
+        for ref, chip, mask in zip(refs, chips, masks, strict=True):
             try:
-                store.write_chip(ref, chip, threshold)
+                store.write_chip(ref, chip, mask)
             except Exception as exc:
                 failures.append(ChipFailure(ref, stage,
                                             f"writing the chip failed ({_describe(exc)})"))

@@ -55,6 +55,7 @@ from resflow.failures import (
     write_chips,
 )
 from resflow.gallery import DEFAULT_PATH, MANIFEST, Gallery
+from resflow.masks import building_mask, min_pixels
 from resflow.outputs import OutputStore
 from resflow.preflight import check_resolution
 
@@ -89,6 +90,8 @@ class GraphSettings:
         Context pixels read around each chip in stage 3 and trimmed before writing.
     threshold
         Probability above which a pixel is building, for the mask.
+    min_building_m2
+        Smallest building kept in the mask, m^2 on the ground (:mod:`resflow.masks`).
     device
         ``"auto"``, ``"cpu"`` or ``"cuda"``; a task uses the GPU its engine assigned.
     torch_threads
@@ -101,6 +104,7 @@ class GraphSettings:
     batch_size: int = 8
     halo: int = 32
     threshold: float = 0.5
+    min_building_m2: float = 0.0
     device: str = "auto"
     torch_threads: int = 1
 
@@ -110,7 +114,8 @@ class GraphSettings:
             raise ValueError("a run needs both an archive and an output path")
         return cls(archive=Path(config.archive), gallery=config.gallery, out=Path(config.out),
                    batch_size=config.batch_size, halo=config.halo, threshold=config.threshold,
-                   device=config.device, torch_threads=config.torch_threads)
+                   min_building_m2=config.min_building_m2, device=config.device,
+                   torch_threads=config.torch_threads)
 
 
 @dataclass(frozen=True)
@@ -402,8 +407,9 @@ def _segment_and_write(settings: GraphSettings, gallery: Gallery, device: Any,
                        buckets: dict[ChipRef, int], pixels: dict[ChipRef, ChipPixels],
                        clock: _Clock, failures: list[ChipFailure]
                        ) -> list[tuple[ChipRef, int, float]]:
-    """Segment halo-read chips bucket by bucket with each bucket's model, trim and quantise
-    them, then write them all at once (side-by-side chips share one write per array).
+    """Segment halo-read chips bucket by bucket with each bucket's model, quantise them, mask
+    them with their halo (so specks crossing a chip border are judged whole), trim, then
+    write them all at once (side-by-side chips share one write per array).
 
     Returns ``(chip, bucket, building fraction)`` of every chip written; the others are
     appended to ``failures``. Time goes to ``clock``.
@@ -411,8 +417,10 @@ def _segment_and_write(settings: GraphSettings, gallery: Gallery, device: Any,
     from resflow.stages import segment
 
     halo = settings.halo
+    scenes = _archive(settings.archive).scenes
     done: list[tuple[ChipRef, int]] = []
     chips: list[np.ndarray] = []
+    masks: list[np.ndarray] = []
     for bucket in sorted(set(buckets.values())):
         group = sorted(ref for ref, b in buckets.items() if b == bucket)
         with clock("preprocess"):
@@ -424,15 +432,18 @@ def _segment_and_write(settings: GraphSettings, gallery: Gallery, device: Any,
                 STAGE3, failures)
         with clock("write"):
             for ref, prob in zip(kept, probability, strict=True):
-                valid = trim(pixels[ref].valid, ref, halo)
-                chips.append(quantise(np.where(valid, trim(prob, ref, halo), 0.0)))
+                quantised = quantise(np.where(pixels[ref].valid, prob, 0.0))
+                mask = building_mask(quantised, settings.threshold * 255, min_pixels(
+                    settings.min_building_m2, scenes[ref.scene].gsd_m))
+                chips.append(trim(quantised, ref, halo))
+                masks.append(trim(mask, ref, halo).astype(np.uint8))
                 done.append((ref, bucket))
         del images, probability  # before the next bucket's stack: one bucket's floats at a time
     with clock("write"):
         written = set(write_chips(_store(settings.out), [ref for ref, _ in done], chips,
-                                  settings.threshold, STAGE3, failures))
-    return [(ref, bucket, float(np.mean(chip > settings.threshold * 255)))
-            for (ref, bucket), chip in zip(done, chips, strict=True) if ref in written]
+                                  masks, STAGE3, failures))
+    return [(ref, bucket, float(np.mean(mask)))
+            for (ref, bucket), mask in zip(done, masks, strict=True) if ref in written]
 
 
 @failing_partition(STAGE3)

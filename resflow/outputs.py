@@ -52,7 +52,7 @@ KIND = "output"
 FORMAT_VERSION = 1
 LEDGER = "chip_done"
 # Run settings that change the pixels: a resumed run must use the same ones.
-PIXEL_SETTINGS = ("gallery", "halo", "threshold")
+PIXEL_SETTINGS = ("gallery", "halo", "threshold", "min_building_m2")
 _RESERVED = frozenset({"zarr.json", REPORT_NAME})
 
 
@@ -125,6 +125,7 @@ def _create_scene_group(root: zarr.Group, group: str, info: SceneInfo, n_chips: 
     g = root.create_group(group, attributes={
         "scene": info.name, "source": info.source, "sha256": info.sha256,
         "chip": info.chip, "chips_total": n_chips, "threshold": threshold,
+        "gsd_m": info.gsd_m,
     })
     shape, chunks = (info.height, info.width), (info.chip, info.chip)
     data_attrs = {"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"}
@@ -351,7 +352,7 @@ class OutputStore:
         """True once :meth:`finalize` has run."""
         return bool((_read_root_attrs(self.path) or {}).get("complete"))
 
-    def write_chip(self, ref: ChipRef, probability: np.ndarray, threshold: float) -> None:
+    def write_chip(self, ref: ChipRef, probability: np.ndarray, mask: np.ndarray) -> None:
         """Write one chip's probability and mask (one chunk each), then its ledger entry.
 
         Parameters
@@ -360,38 +361,41 @@ class OutputStore:
             The chip; its window must be its chunk on the scene's chip grid.
         probability
             uint8 ``(ref.height, ref.width)``: building probability x 255.
-        threshold
-            Probability in (0, 1) above which a pixel is building: ``mask = probability >
-            threshold * 255``.
+        mask
+            uint8 or bool ``(ref.height, ref.width)``, 1 = building
+            (:func:`resflow.masks.building_mask`).
 
         Writing the same chip twice writes identical bytes, so re-executed tasks are harmless.
         """
-        self.write_chips([ref], [probability], threshold)
+        self.write_chips([ref], [probability], [mask])
 
     def write_chips(self, refs: Sequence[ChipRef], probabilities: Sequence[np.ndarray],
-                    threshold: float) -> None:
+                    masks: Sequence[np.ndarray]) -> None:
         """:meth:`write_chip` for many chips: each run of side-by-side chips is written as one
         window per array (whole chunks, so never a read-modify-write), pixels first, then
         the run's ledger entries."""
-        for ref, probability in zip(refs, probabilities, strict=True):
-            self._check_window(ref, probability)
+        for ref, probability, mask in zip(refs, probabilities, masks, strict=True):
+            self._check_window(ref, probability, mask)
         for run in chip_runs(refs):
             first, last = refs[run[0]], refs[run[-1]]
             rows = slice(first.y0, first.y0 + first.height)
             cols = slice(first.x0, last.x0 + last.width)
-            probability = np.concatenate([probabilities[i] for i in run], axis=1)
-            self._array(first.scene, "probability")[rows, cols] = probability
-            self._array(first.scene, "mask")[rows, cols] = (
-                probability > threshold * 255).astype(np.uint8)
+            self._array(first.scene, "probability")[rows, cols] = np.concatenate(
+                [probabilities[i] for i in run], axis=1)
+            self._array(first.scene, "mask")[rows, cols] = np.concatenate(
+                [masks[i] for i in run], axis=1).astype(np.uint8)
             self._array(first.scene, LEDGER)[first.row, first.col:last.col + 1] = 1
 
-    def _check_window(self, ref: ChipRef, probability: np.ndarray) -> None:
+    def _check_window(self, ref: ChipRef, probability: np.ndarray, mask: np.ndarray) -> None:
         """Refuse a chip that is not one whole chunk of its scene's grid, before any write."""
         where = f"{self.path}: chip {ref.scene}/{ref.row}_{ref.col}"
         if probability.dtype != np.uint8 or probability.shape != (ref.height, ref.width):
             raise ResflowError(where, f"probability is {probability.dtype} {probability.shape}, "
                                f"expected uint8 {(ref.height, ref.width)}",
                                "quantise the chip's probability to uint8 and trim the halo")
+        if mask.shape != probability.shape:
+            raise ResflowError(where, f"mask is {mask.shape}, its probability {probability.shape}",
+                               "trim the mask's halo as the probability's")
         grid = self._array(ref.scene, "probability")
         (height, width), chip = grid.shape, grid.chunks[0]
         aligned = (ref.y0 == ref.row * chip and ref.x0 == ref.col * chip

@@ -116,8 +116,8 @@ def hand_store(archive_path: Path, out: Path, *, finish: bool = True,
     box(probability, FALSE_BLOB, 230)
     box(probability, BUILDING_B, 100)   # below the run's 0.5, above a re-threshold at 0.3
     refs = archive.chips() if finish else archive.chips()[:-1]
-    store.write_chips(refs, [probability[r.y0:r.y0 + r.height, r.x0:r.x0 + r.width]
-                             for r in refs], 0.5)
+    chips = [probability[r.y0:r.y0 + r.height, r.x0:r.x0 + r.width] for r in refs]
+    store.write_chips(refs, chips, [chip > 127.5 for chip in chips])
     if finish:
         store.finalize({"summary": "hand-made"})
     return out

@@ -30,7 +30,7 @@ def complete_store(archive: Archive, tmp_path_factory: pytest.TempPathFactory) -
     store = OutputStore.create(tmp_path_factory.mktemp("export") / "out.zarr", archive,
                                run_config=CONFIG)
     for ref in archive.chips():
-        store.write_chip(ref, squares(ref), threshold=0.5)
+        store.write_chip(ref, squares(ref), squares(ref) > 127)
     store.finalize({"summary": "test run"})
     return store
 

@@ -71,7 +71,7 @@ def test_each_chip_window_is_exactly_one_chunk(store, archive):
         assert ref.y0 // ref.chip == (ref.y0 + ref.height - 1) // ref.chip == ref.row
         assert ref.x0 // ref.chip == (ref.x0 + ref.width - 1) // ref.chip == ref.col
     ref = archive.chips()[-1]  # a bottom-right edge chip: the smallest window
-    store.write_chip(ref, squares(ref), threshold=0.5)
+    store.write_chip(ref, squares(ref), squares(ref) > 127)
     group = store.path / store.groups[ref.scene]
     for array in ("probability", "mask"):
         written = [p for p in (group / array / "c").rglob("*") if p.is_file()]
@@ -80,10 +80,10 @@ def test_each_chip_window_is_exactly_one_chunk(store, archive):
 
 def test_writing_a_chip_twice_leaves_identical_bytes(store, archive):
     ref = archive.chips()[1]
-    store.write_chip(ref, squares(ref), threshold=0.5)
+    store.write_chip(ref, squares(ref), squares(ref) > 127)
     first = {a: chunk_file(store, ref.scene, a, ref.row, ref.col).read_bytes()
              for a in ("probability", "mask", "chip_done")}
-    OutputStore.open(store.path).write_chip(ref, squares(ref), threshold=0.5)
+    OutputStore.open(store.path).write_chip(ref, squares(ref), squares(ref) > 127)
     for array, data in first.items():
         assert chunk_file(store, ref.scene, array, ref.row, ref.col).read_bytes() == data
 
@@ -92,7 +92,7 @@ def test_ledger_lists_exactly_the_chips_whose_pixels_are_written(store, archive)
     refs = archive.chips()[::3]
     worker = pickle.loads(pickle.dumps(OutputStore.open(store.path)))  # as shipped to a worker
     for ref in refs:
-        worker.write_chip(ref, squares(ref), threshold=0.5)
+        worker.write_chip(ref, squares(ref), squares(ref) > 127)
     assert store.done_chips() == {(r.scene, r.row, r.col) for r in refs}
     for ref in refs:
         ds = xr.open_zarr(store.path, group=store.groups[ref.scene])
@@ -107,10 +107,11 @@ def test_writing_many_chips_at_once_equals_writing_each(store, archive, tmp_path
     chunks on disk are those of chip-by-chip writes, byte for byte, ledger included."""
     refs = archive.chips()
     picked = [*refs[::-1][::2], *refs[1::4]]
-    store.write_chips(picked, [squares(r) for r in picked], threshold=0.5)
+    store.write_chips(picked, [squares(r) for r in picked],
+                      [squares(r) > 127 for r in picked])
     alone = OutputStore.create(tmp_path / "alone.zarr", archive, run_config=CONFIG)
     for ref in picked:
-        alone.write_chip(ref, squares(ref), threshold=0.5)
+        alone.write_chip(ref, squares(ref), squares(ref) > 127)
     assert store.done_chips() == alone.done_chips() == {(r.scene, r.row, r.col) for r in picked}
     for ref in picked:
         for array in ("probability", "mask", "chip_done"):
@@ -125,7 +126,8 @@ def test_a_chip_that_cannot_be_written_fails_alone(store, archive):
     chips = [squares(r) for r in refs]
     chips[1] = chips[1].astype(np.float32)  # refused: not uint8
     failures: list[ChipFailure] = []
-    written = write_chips(store, refs, chips, 0.5, "stage3-segment", failures)
+    written = write_chips(store, refs, chips, [c > 127 for c in chips], "stage3-segment",
+                          failures)
     assert written == [refs[0], *refs[2:]]
     assert [(f.ref, f.stage) for f in failures] == [(refs[1], "stage3-segment")]
     assert "writing the chip failed (ResflowError:" in failures[0].problem
@@ -135,7 +137,7 @@ def test_a_chip_that_cannot_be_written_fails_alone(store, archive):
 def test_incomplete_store_never_reports_complete(store, archive):
     refs = archive.chips()
     for ref in refs[:-1]:
-        store.write_chip(ref, squares(ref), threshold=0.5)
+        store.write_chip(ref, squares(ref), squares(ref) > 127)
     desc = describe(store.path)
     assert not desc["complete"] and desc["summary"] is None
     assert desc["chips_done"] == len(refs) - 1 and desc["chips_total"] == len(refs)
@@ -143,7 +145,7 @@ def test_incomplete_store_never_reports_complete(store, archive):
         store.finalize({"summary": "never"})
     assert not describe(store.path)["complete"]
     assert "INCOMPLETE" in format_description(desc)
-    store.write_chip(refs[-1], squares(refs[-1]), threshold=0.5)
+    store.write_chip(refs[-1], squares(refs[-1]), squares(refs[-1]) > 127)
     store.finalize({"summary": "resflow: done", "chips": len(refs)})
     desc = describe(store.path)
     assert desc["complete"] and desc["percent"] == 100.0 and desc["summary"] == "resflow: done"
@@ -154,7 +156,7 @@ def test_incomplete_store_never_reports_complete(store, archive):
 
 def test_existing_output_is_refused_without_resume_or_overwrite(store, archive):
     ref = archive.chips()[0]
-    store.write_chip(ref, squares(ref), threshold=0.5)
+    store.write_chip(ref, squares(ref), squares(ref) > 127)
     with pytest.raises(ResflowError) as err:
         OutputStore.create(store.path, archive, run_config=CONFIG)
     assert str(store.path) in str(err.value)
@@ -172,7 +174,7 @@ def test_existing_output_is_refused_without_resume_or_overwrite(store, archive):
 
 def test_resume_over_a_complete_output_has_nothing_to_do(store, archive):
     for ref in archive.chips():
-        store.write_chip(ref, squares(ref), threshold=0.5)
+        store.write_chip(ref, squares(ref), squares(ref) > 127)
     store.finalize({"summary": "done"})
     with pytest.raises(OutputComplete, match="nothing to resume"):
         OutputStore.create(store.path, archive, resume=True, run_config=CONFIG)
@@ -192,10 +194,10 @@ def test_foreign_folders_and_the_archive_itself_are_never_overwritten(archive, t
 def test_misaligned_or_mistyped_chips_are_refused(store, archive):
     ref = archive.chips()[0]
     with pytest.raises(ResflowError, match="expected uint8"):
-        store.write_chip(ref, squares(ref).astype(np.float32), threshold=0.5)
+        store.write_chip(ref, squares(ref).astype(np.float32), squares(ref) > 127)
     shifted = replace(ref, y0=ref.y0 + 1, height=ref.height - 1)
     with pytest.raises(ResflowError, match="not chunk"):
-        store.write_chip(shifted, squares(shifted), threshold=0.5)
+        store.write_chip(shifted, squares(shifted), squares(shifted) > 127)
     assert store.done_chips() == set()
 
 
@@ -219,7 +221,7 @@ def test_hostile_scene_names_cannot_escape_the_output(archive, tmp_path):
     out = tmp_path / "nest" / "out.zarr"
     store = OutputStore.create(out, hostile, run_config=CONFIG)
     ref = next(r for r in hostile.chips() if r.scene == "../../evil")
-    store.write_chip(ref, squares(ref), threshold=0.5)
+    store.write_chip(ref, squares(ref), squares(ref) > 127)
     for group in store.groups.values():
         assert "/" not in group and not group.startswith(".")
         assert (out / group).resolve().parent == out.resolve()

@@ -26,6 +26,11 @@ def run_command(
     workers: Annotated[int | None, typer.Option(
         help="embedded cluster size: Dask worker processes, or N in Spark's local[N]")] = None,
     batch_size: Annotated[int | None, typer.Option(help="chips per model call on GPU")] = None,
+    threshold: Annotated[float | None, typer.Option(
+        help="probability above which a pixel is building (default 0.5)")] = None,
+    min_building_m2: Annotated[float | None, typer.Option(
+        "--min-building-m2", help="drop smaller groups of building pixels from the mask, "
+        "m^2 on the ground (default 8; 0 keeps all)")] = None,
     plan: Annotated[str | None, typer.Option(
         help="fused (default): stages 1-3 per partition in one task; regrouped: regroup by "
         "bucket before stage 3 (RESFlow's shape). Same maps")] = None,
@@ -53,7 +58,8 @@ def run_command(
     try:
         settings: RunConfig = load_config(
             config, RunConfig, archive=archive, out=out, gallery=gallery, backend=backend,
-            batch_size=batch_size, plan=plan, cog_dir=cog, footprints=footprints,
+            batch_size=batch_size, threshold=threshold, min_building_m2=min_building_m2,
+            plan=plan, cog_dir=cog, footprints=footprints,
             resume=resume or None, overwrite=overwrite or None,
             **{"dask.scheduler_address": scheduler_address, "dask.workers": workers,
                "spark.master": spark_master or (f"local[{workers}]" if workers else None)},

@@ -39,8 +39,10 @@ from tqdm.auto import tqdm
 
 from resflow.archive import Archive
 from resflow.chips import ChipRef
+from resflow.config import MIN_BUILDING_M2
 from resflow.errors import InputError
 from resflow.gallery import MONO, Gallery, write_gallery
+from resflow.masks import building_mask, min_pixels
 from resflow.models.efficientnet import FeatureExtractor, load_imagenet_lite0
 from resflow.models.segmentation import BuildingSegmenter, SegmentationDecoder
 from resflow.resolution import matches
@@ -86,6 +88,7 @@ class TrainConfig:
     min_bucket_chips: int = 8
     halo: int = 32
     threshold: float = 0.5
+    min_building_m2: float = MIN_BUILDING_M2
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
 
 
@@ -348,14 +351,52 @@ def _subset(data: Encoded | None, idx: np.ndarray) -> Encoded | None:
                    data.target[:, index], data.weight[:, index], data.size)
 
 
+def evaluate_gallery(archive_path: Path | str, labels: Sequence[Path | str],
+                     gallery_path: Path | str, *, scenes: Sequence[str] | None = None,
+                     holdout: Sequence[str] = (), sweep: Sequence[float] = (),
+                     **settings: Any) -> dict[str, Any]:
+    """Score a trained gallery's bucket ensemble and mono on test chips, as training does.
+
+    The test chips are the whole ``holdout`` scenes, or else the test band of ``scenes``
+    (default: every labelled scene) cut by ``fractions``; chips are routed by the gallery's
+    own stages 1 and 2. ``sweep`` adds scores at other ``min_building_m2`` values.
+
+    Examples
+    --------
+    >>> found = evaluate_gallery("p.zarr", labels, "g", holdout=["kampala-1"])  # doctest: +SKIP
+    """
+    config = TrainConfig(**settings)
+    archive = Archive.open(archive_path)
+    gallery = Gallery.load(gallery_path)
+    loaded = [load_labels(p) for p in labels]
+    if holdout:
+        refs = archive.chips(holdout)
+    else:
+        names = scenes or [n for n, s in archive.scenes.items() if any(
+            lab.covers(s.crs_wkt, s.transform, s.height, s.width) for lab in loaded)]
+        refs = split_regions(archive.chips(names), config.fractions)["test"]
+    with _deterministic():
+        features = np.concatenate([
+            extract_features(archive.read_chip(ref).image[None], gallery.feature_extractor(),
+                             batch_size=1, device=CPU) for ref in refs])
+        _, routed = map_codes(features, gallery.hashing_head(), gallery.bucket_codes)
+        names = {gallery.model_name(k) for k in range(len(gallery.bucket_codes))}
+        decoders = {name: gallery.segmenter_by_name(name).decoder for name in names | {MONO}}
+        empty = np.zeros(0, np.float32)
+        test = _Chips(list(refs), empty, empty, empty, np.asarray(routed, int))
+        return _evaluate(archive, test, loaded, gallery.segmenter_by_name(MONO).encoder,
+                         decoders, config, sweep)
+
+
 def _evaluate(archive: Archive, test: _Chips, labels: list[Labels],
               encoder: torch.nn.Module, decoders: dict[str, SegmentationDecoder],
-              config: TrainConfig) -> dict[str, Any]:
+              config: TrainConfig, sweep: Sequence[float] = ()) -> dict[str, Any]:
     """Score the ensemble (each chip by its bucket's model) and mono on the test chips.
 
-    Each scene's test band is mapped as one mosaic, read with the inference halo, and
-    scored per scene and overall by :func:`resflow.training.metrics.score_scene`, the code
-    ``resflow eval`` runs on finished maps.
+    Each scene's test band is mapped as one mosaic, read with the inference halo, masked as
+    runs mask (:func:`resflow.masks.building_mask`) and scored per scene and overall by
+    :func:`resflow.training.metrics.score_scene`, the code ``resflow eval`` runs on finished
+    maps. ``sweep`` scores the same maps again at other ``min_building_m2`` values.
     """
     models = {name: BuildingSegmenter(encoder, d).eval() for name, d in decoders.items()}
     bands = region_rows(test.refs)
@@ -379,19 +420,29 @@ def _evaluate(archive: Archive, test: _Chips, labels: list[Labels],
                                      device=CPU)[0])
         for canvas, prob in probs.items():
             canvases[canvas][ref.scene][window] = prob[core]
-    result: dict[str, Any] = {}
-    per_scene: dict[str, dict[str, Any]] = {}
-    for kind, by_scene in canvases.items():
-        overall = Scores()
-        for scene, prob in by_scene.items():
-            info = archive.scenes[scene]
-            y0, y1 = bands[scene]
-            truth = rasterise(labels, info.crs_wkt, info.transform, (y0, 0, y1 - y0, info.width))
-            scores = score_scene(prob >= config.threshold, truth, valid[scene])
-            overall += scores
-            per_scene.setdefault(scene, {})[kind] = scores.summary()
-        result[kind] = overall.summary()
-    return {"test": result, "test_scenes": per_scene, "test_chips_served_by": served}
+    truths = {scene: rasterise(labels, archive.scenes[scene].crs_wkt,
+                               archive.scenes[scene].transform,
+                               (y0, 0, y1 - y0, archive.scenes[scene].width))
+              for scene, (y0, y1) in bands.items()}
+
+    def scored(min_m2: float) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        per_scene: dict[str, dict[str, Any]] = {}
+        for kind, by_scene in canvases.items():
+            overall = Scores()
+            for scene, prob in by_scene.items():
+                smallest = min_pixels(min_m2, archive.scenes[scene].gsd_m)
+                predicted = building_mask(prob, config.threshold, smallest, reflect=h)
+                scores = score_scene(predicted, truths[scene], valid[scene])
+                overall += scores
+                per_scene.setdefault(scene, {})[kind] = scores.summary()
+            result[kind] = overall.summary()
+        return {"test": result, "test_scenes": per_scene}
+
+    metrics = {**scored(config.min_building_m2), "test_chips_served_by": served}
+    if sweep:
+        metrics["min_building_sweep"] = {f"{m:g}": scored(m) for m in sweep}
+    return metrics
 
 
 def _provenance(archive: Archive, labels: list[Labels], training: list[str],
