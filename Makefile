@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN = $(VENV)/bin
 STAMP = $(VENV)/.installed
-GALLERY_GSD ?= 0.5
+GALLERY_GSD ?= 0.3
 
 .PHONY: install demo test lint bench accuracy gallery clean
 

@@ -33,7 +33,7 @@ from pyproj import CRS, Geod, Transformer
 
 #: Working ground resolution of the bundled default gallery, metres; ingest's default.
 #: ``tests/test_resolution.py`` checks it equals the gallery manifest's.
-DEFAULT_GSD_M = 0.5
+DEFAULT_GSD_M = 0.3
 #: Coarsest ground resolution at which buildings are still mapped, metres. At 2 m a small
 #: house is 3 x 3 pixels; beyond it buildings are sub-pixel and a model finds only noise.
 MAX_GSD_M = 2.0

@@ -24,9 +24,9 @@ def samples_dir() -> Path:
 @pytest.fixture(scope="session")
 def sample_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An archive of three real samples at chip 256 and the default working resolution
-    (0.5 m): scenes ``sample_geotiff`` (0.5 m, kept), ``ms1`` (1 m, upsampled to 600 x 600)
-    and ``rmnp-rgb`` (146 m: recorded as skipped, never mapped). Read-only for tests; copy
-    it before modifying."""
+    (0.3 m): scenes ``sample_geotiff`` (0.5 m, upsampled to 1500 x 1500), ``ms1`` (1 m,
+    upsampled to 1000 x 1000) and ``rmnp-rgb`` (146 m: recorded as skipped, never mapped).
+    Read-only for tests; copy it before modifying."""
     out = tmp_path_factory.mktemp("archive") / "samples.zarr"
     result = ingest([sample_path(n) for n in ARCHIVE_SAMPLES], out, IngestConfig(chip=256))
     assert result.ok and len(result.ingested) == len(ARCHIVE_SAMPLES), result

@@ -38,6 +38,7 @@ def engine_gallery(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from resflow.gallery import write_gallery
     from resflow.models.hashing import HashingHead
     from resflow.models.segmentation import SegmentationDecoder
+    from resflow.resolution import DEFAULT_GSD_M
 
     torch.manual_seed(0)
     codes = np.random.default_rng(0).random((4, 16)) > 0.5
@@ -45,7 +46,7 @@ def engine_gallery(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_gallery(out, bucket_codes=codes, buckets=[{"chips": 1, "labelled_chips": 1}] * 4,
                   head=HashingHead(bits=16),
                   decoders={"mono": SegmentationDecoder(), "bucket-1": SegmentationDecoder()},
-                  gsd_m=0.5, info={"seed": 0})
+                  gsd_m=DEFAULT_GSD_M, info={"seed": 0})
     return out
 
 

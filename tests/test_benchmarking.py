@@ -15,7 +15,7 @@ from benchmarks.engine_study.baseline import hand_written
 from benchmarks.engine_study.limit import Preloaded, compute_limit, one_pass
 from benchmarks.engine_study.machine import describe_machine
 from benchmarks.engine_study.memory import peaks, reset_peaks
-from benchmarks.engine_study.scaled_archive import write_scaled_scene
+from benchmarks.engine_study.scaled_archive import read_on_working_grid, write_scaled_scene
 from benchmarks.engine_study.scaling import scaled_archive, spread
 from benchmarks.engine_study.series import summarise
 from benchmarks.engine_study.study import BenchOptions, run_benchmark
@@ -26,6 +26,7 @@ from resflow.gallery import Gallery, write_gallery
 from resflow.models.hashing import HashingHead
 from resflow.models.segmentation import SegmentationDecoder
 from resflow.report import STAGES
+from resflow.resolution import DEFAULT_GSD_M
 from resflow.samples import sample_path
 
 CHIP = 64
@@ -34,15 +35,15 @@ HALO = 8
 
 @pytest.fixture(scope="module")
 def tile(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 128 x 128 crop of the real Atlanta tile, keeping its CRS and upper-left corner."""
+    """A crop of the real Atlanta tile on the working grid (0.3 m), 128 x 128 pixels, keeping
+    its CRS and upper-left corner: archive and hand-written loop then read the same pixels."""
     out = tmp_path_factory.mktemp("tile") / "atlanta-crop.tif"
-    with rasterio.open(sample_path("atlanta-pan")) as src:
-        window = Window(0, 0, 2 * CHIP, 2 * CHIP)
-        # the crop starts at pixel (0, 0), so the source transform is the crop's
-        profile = src.profile | {"height": window.height, "width": window.width,
-                                 "tiled": False}
-        with rasterio.open(out, "w", **profile) as dst:
-            dst.write(src.read(window=window))
+    edge = round(2 * CHIP * DEFAULT_GSD_M / 0.5)  # source pixels are 0.5 m
+    pixels, profile = read_on_working_grid(sample_path("atlanta-pan"),
+                                           window=Window(0, 0, edge, edge))
+    assert pixels.shape[-2:] == (2 * CHIP, 2 * CHIP)
+    with rasterio.open(out, "w", **profile | {"tiled": False}) as dst:
+        dst.write(pixels)
     return out
 
 
@@ -55,7 +56,8 @@ def gallery(tmp_path_factory: pytest.TempPathFactory) -> Gallery:
                          buckets=[{"chips": 1, "labelled_chips": 1}] * 2,
                          head=HashingHead(hidden=16, bits=8),
                          decoders={"mono": SegmentationDecoder(),
-                                   "bucket-1": SegmentationDecoder()}, gsd_m=0.5, info={})
+                                   "bucket-1": SegmentationDecoder()}, gsd_m=DEFAULT_GSD_M,
+                         info={})
 
 
 @pytest.fixture(scope="module")

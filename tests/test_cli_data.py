@@ -36,14 +36,14 @@ def test_ingest_then_info(tmp_path: Path) -> None:
     assert "0 ingested, 1 unchanged" in again.stdout
     info = json.loads(runner.invoke(app, ["info", str(out), "--json"]).stdout)
     (ms1,) = info["scenes"]
-    assert ms1["crs"] == "EPSG:32631" and ms1["resolution"] == pytest.approx([0.5, 0.5], 1e-3)
-    assert (ms1["width"], ms1["height"], ms1["chips"]) == (600, 600, 2 * 2)
+    assert ms1["crs"] == "EPSG:32631" and ms1["resolution"] == pytest.approx([0.3, 0.3], 1e-3)
+    assert (ms1["width"], ms1["height"], ms1["chips"]) == (1000, 1000, 2 * 2)
     assert ms1["resampling"] == "bilinear" and ms1["source_gsd_m"] == pytest.approx(1, 1e-3)
     assert ms1["km2"] == pytest.approx(300 * 300 / 1e6, rel=1e-3)
     (landsat,) = info["skipped"]
     assert landsat["name"] == "LC08_L1TP_224078_20200518_20200518_01_RT"
     text = runner.invoke(app, ["info", str(out)]).stdout
-    assert "ms1: 600x600 px, 4 bands b1,b2,b3,b4" in text
+    assert "ms1: 1000x1000 px, 4 bands b1,b2,b3,b4" in text
     assert "skipped LC08_L1TP_224078_20200518_20200518_01_RT: ground pixel 30" in text
 
 

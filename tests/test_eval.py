@@ -96,7 +96,7 @@ def hand_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
                        transform=rasterio.Affine(PIXEL, 0, ORIGIN[0], 0, -PIXEL, ORIGIN[1])
                        ) as dst:
         dst.write(pixels, 1)
-    result = ingest([tif], folder / "hand.zarr", IngestConfig(chip=CHIP))
+    result = ingest([tif], folder / "hand.zarr", IngestConfig(chip=CHIP, gsd=None))
     assert result.ok, result
     return folder / "hand.zarr"
 
@@ -312,7 +312,7 @@ def test_real_run_scores_the_same_from_every_format(real_run: Path, atlanta_vari
     assert scene["true_buildings"] == 43 and scene["predicted_buildings"] > 0
     assert scene["nodata_excluded"] and scene["overlay"] == "sample_geotiff_overlay.png"
     assert 0 < scene["pixel_f1"] <= 1 and 0 <= scene["object_f1"] <= 1
-    assert scene["tp"] + scene["fn"] > 30_000           # ~4% of 900 x 900 are buildings
+    assert scene["tp"] + scene["fn"] > 30_000           # ~4% of the scene is buildings
     for name, result in results.items():
         assert result["overall"] == reference["overall"], name
         assert result["scenes"]["sample_geotiff"] == scene, name
@@ -324,7 +324,7 @@ def test_real_run_scores_the_same_from_every_format(real_run: Path, atlanta_vari
 
     with Image.open(png) as image:
         assert image.format == "PNG" and image.mode in ("RGB", "RGBA")
-        assert image.width == 900 and image.height > 900     # the scene plus a title band
+        assert image.width == 1500 and image.height > 1500   # the scene plus a title band
 
 
 def test_cli_prints_the_table_and_refuses_bad_input(real_run: Path, tmp_path: Path) -> None:

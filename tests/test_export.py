@@ -85,9 +85,11 @@ def test_footprints_of_one_crs_go_to_the_named_file(complete_store, archive, tmp
     target = tmp_path / "ms1.geojson"
     assert export_footprints(one, target) == [target]
     features = json.loads(target.read_text())["features"]
-    # 30 x 30 pixel squares on a 60-pixel lattice: about (600 / 60)^2 whole buildings
-    assert 80 <= len(features) <= 100
-    assert all(700 <= f["properties"]["area_px"] <= 1000 for f in features)
+    # 30 x 30 pixel squares on a 60-pixel lattice: n^2 whole ones, cut ones on two edges
+    n = (archive.scenes[scene].width - 45) // 60 + 1
+    assert n**2 <= len(features) <= (n + 1) ** 2
+    assert sum(f["properties"]["area_px"] == 900 for f in features) == n**2
+    assert all(f["properties"]["area_px"] <= 900 for f in features)
 
 
 def test_quicklook_png_has_the_requested_size(complete_store, archive, tmp_path):

@@ -147,7 +147,7 @@ def test_no_seams_chip_by_chip_equals_a_whole_window(runs, sample_archive: Path,
     wider than the 32-pixel halo, so its chips legitimately differ from a wider window."""
     config = runs["local"][0].model_copy(update={"gallery": engine_gallery})
     archive = Archive.open(sample_archive)
-    scene = "sample_geotiff"  # 900 x 900: chips (1, 1) to (2, 2) are interior
+    scene = "sample_geotiff"  # 1500 x 1500: chips (1, 1) to (2, 2) are interior
     refs = {(r.row, r.col): r for r in archive.chips([scene])}
     block = [refs[(row, col)] for row in (1, 2) for col in (1, 2)]
     out = tmp_path / "seams.zarr"

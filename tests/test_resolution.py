@@ -131,8 +131,8 @@ def test_coarse_scene_is_skipped_named_and_never_mapped(tmp_path: Path) -> None:
 
 
 def test_run_refuses_an_archive_at_another_resolution(tmp_path: Path) -> None:
-    ingest([sample_path("atlanta-pan")], tmp_path / "a.zarr", IngestConfig(gsd=0.3))
-    with pytest.raises(InputError, match=r"--gsd 0.5") as err:
+    ingest([sample_path("atlanta-pan")], tmp_path / "a.zarr", IngestConfig(gsd=0.5))
+    with pytest.raises(InputError, match=r"--gsd 0.3") as err:
         check_run(RunConfig(archive=tmp_path / "a.zarr", out=tmp_path / "o.zarr"))
     assert "sample_geotiff" in str(err.value)
     assert not (tmp_path / "o.zarr").exists()

@@ -98,7 +98,7 @@ def test_write_gallery_refuses_a_bucket_copy_of_mono(tmp_path):
 
 def test_manifest_records_resolution_buckets_and_time(trained, sample_archive):
     manifest = trained.manifest
-    assert manifest["resolution"]["gsd_m"] == 0.5
+    assert manifest["resolution"]["gsd_m"] == 0.3
     bucketing = manifest["training"]["bucketing"]
     assert 0.0 <= bucketing["routing_agrees_with_kmeans"] <= 1.0
     table = bucketing["chips_per_bucket_per_scene"]

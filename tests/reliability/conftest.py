@@ -1,6 +1,7 @@
 """Fixtures of the reliability tests: one small archive and its clean reference maps.
 
-The archive is the SpaceNet Atlanta sample at chip 128 (64 chips), small enough that a run
+The archive is the SpaceNet Atlanta sample at the working resolution (0.3 m, 1500 x 1500
+pixels) and chip 192 (64 chips), small enough that a run
 takes seconds, big enough that a run can be stopped part-way. Runs use partitions of 4 chips
 so stage 3 has many tasks and a kill always lands in the middle of some.
 """
@@ -22,9 +23,9 @@ PARTITION_CHIPS = 4
 
 @pytest.fixture(scope="session")
 def small_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The Atlanta sample at chip 128: one scene of 8 x 8 chips. Read-only for tests."""
-    out = tmp_path_factory.mktemp("reliability") / "atlanta128.zarr"
-    result = ingest([sample_path("atlanta-pan")], out, IngestConfig(chip=128))
+    """The Atlanta sample at chip 192: one scene of 8 x 8 chips. Read-only for tests."""
+    out = tmp_path_factory.mktemp("reliability") / "atlanta192.zarr"
+    result = ingest([sample_path("atlanta-pan")], out, IngestConfig(chip=192))
     assert result.ok, result.refused
     return out
 

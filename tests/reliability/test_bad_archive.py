@@ -22,10 +22,11 @@ from rasterio.transform import from_origin
 
 from resflow.archive import Archive
 from resflow.outputs import OutputStore, describe
+from resflow.resolution import DEFAULT_GSD_M
 from resflow.samples import sample_path
 from tests.reliability.processes import LOCAL_ENV, resflow
 
-GRID = from_origin(500000, 5700000, 0.5, 0.5)
+GRID = from_origin(500000, 5700000, DEFAULT_GSD_M, DEFAULT_GSD_M)  # mapped as it is
 
 
 def _raster(path: Path, pixels: np.ndarray, *, crs: str | None = "EPSG:32631",

@@ -28,7 +28,7 @@ INGEST = """
 import re, sys
 from resflow.config import IngestConfig
 from resflow.ingest import ingest
-result = ingest([sys.argv[1]], sys.argv[2], IngestConfig(chip=256))
+result = ingest([sys.argv[1]], sys.argv[2], IngestConfig(chip=256, gsd=None))
 assert result.ok, result.refused
 status = open("/proc/self/status").read()
 print(int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) // 1024)
