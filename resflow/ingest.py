@@ -16,9 +16,10 @@ import re
 import warnings
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -357,7 +358,8 @@ def _stream(group: zarr.Group, plan: _Plan, config: IngestConfig) -> tuple[dict,
     return sampler.stats(), fractions
 
 
-def _on_working_grid(src: rasterio.DatasetReader, info: SceneInfo):
+def _on_working_grid(src: rasterio.DatasetReader,
+                     info: SceneInfo) -> AbstractContextManager[Any]:
     """The source itself, or a GDAL warped view of it on the scene's working grid.
 
     GDAL warps window by window, so streaming stays bounded in memory; ``average`` weighs
