@@ -14,7 +14,7 @@ from resflow.errors import InputError
 from resflow.gallery import MONO, Gallery, write_gallery
 from resflow.models.hashing import HashingHead
 from resflow.models.segmentation import SegmentationDecoder
-from resflow.training.train import train
+from resflow.training.train import evaluate_gallery, train
 
 LABELS = Path(__file__).parents[1] / "resflow/samples/data/spacenet-atlanta/geotiff_labels.geojson"
 TINY = {"buckets": 2, "hash_steps": 20, "mono_steps": 3, "bucket_steps": 2, "eval_every": 2,
@@ -133,3 +133,12 @@ def test_training_refuses_a_label_file_of_a_missing_scene(sample_archive, tmp_pa
     with pytest.raises(InputError, match=r"elsewhere\.geojson: the labels cover no mapped scene"):
         train(sample_archive, [LABELS, elsewhere], tmp_path / "g", **TINY)
     assert not (tmp_path / "g").exists()
+
+
+def test_a_saved_gallery_scores_as_its_training_did(trained, sample_archive):
+    """evaluate_gallery rebuilds routing and models from the files: same test scores."""
+    metrics = json.loads((trained.path / "metrics.json").read_text())
+    again = evaluate_gallery(sample_archive, [LABELS], trained.path, sweep=(0.0,))
+    assert again["test"] == metrics["test"]
+    assert again["test_chips_served_by"] == metrics["test_chips_served_by"]
+    assert set(again["min_building_sweep"]["0"]["test"]) == {"ensemble", "mono"}
