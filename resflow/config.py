@@ -60,7 +60,7 @@ class DaskConfig(_Strict):
         "None = detect on an embedded cluster")
     ticket_dir: Path | None = Field(
         None, description="device-ticket lock directory shared by one host's workers; "
-        "None = <tmp>/resflow-tickets")
+        "None = <tmp>/resflow-tickets-<uid>, private to the user running the workers")
 
 
 MASTER_PATTERN = (r"local(\[(\*|\d+)(,\d+)?\])?|local-cluster\[\d+,\d+,\d+\]"

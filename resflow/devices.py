@@ -6,6 +6,8 @@ resources); everything device-specific that the stages need is decided here, onc
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
@@ -17,6 +19,145 @@ import torch
 from resflow.errors import ConfigError
 
 DevicePreference = Literal["auto", "cpu", "cuda"]
+
+#: Compute capability from which a GPU has native bf16 (Ampere); older ones emulate it.
+BF16_CAPABILITY = (8, 0)
+
+_CUDA_SETUP_LOCK = threading.Lock()
+_CUDA_SETUP_DONE = False
+
+
+def _visible_entries(visible: str | None) -> list[str] | None:
+    """The entries of a ``CUDA_VISIBLE_DEVICES`` value, ``None`` when it is unset."""
+    if visible is None:
+        return None
+    return [entry.strip() for entry in visible.split(",") if entry.strip()]
+
+
+def torch_ordinal(physical: str | int, visible: str | None) -> int:
+    """The torch ordinal (``cuda:<n>``) of physical GPU ``physical`` in a process whose
+    ``CUDA_VISIBLE_DEVICES`` is ``visible``.
+
+    Schedulers (Spark's discovery script, ``nvidia-smi``) number GPUs physically, while torch
+    numbers only the GPUs a process sees, in ``CUDA_VISIBLE_DEVICES`` order: with ``"4,5"``,
+    physical GPU 5 is ``cuda:1``. Handing the physical number to torch would pick the wrong
+    GPU, or none.
+
+    Parameters
+    ----------
+    physical
+        The physical GPU index (``"5"``, ``5``, ``"cuda:5"``) or a ``GPU-<uuid>`` entry.
+    visible
+        The process's ``CUDA_VISIBLE_DEVICES``; ``None`` (unset) means every GPU is visible
+        in physical order, so the ordinal is the physical index.
+
+    Raises
+    ------
+    ConfigError
+        If the GPU is not among the visible ones.
+
+    Examples
+    --------
+    >>> torch_ordinal("5", "4,5"), torch_ordinal("3", None)
+    (1, 3)
+    """
+    address = str(physical).strip().removeprefix("cuda:")
+    entries = _visible_entries(visible)
+    if entries is None:
+        if not address.isdigit():
+            raise ConfigError(
+                "device", f"GPU {physical!r} is not a GPU number",
+                "give the GPU's index as nvidia-smi numbers it")
+        return int(address)
+    if address in entries:
+        return entries.index(address)
+    raise ConfigError(
+        "CUDA_VISIBLE_DEVICES",
+        f"GPU {physical!r} is not visible to this process (CUDA_VISIBLE_DEVICES={visible!r})",
+        "hand out only GPUs listed in CUDA_VISIBLE_DEVICES, or unset/widen it",
+    )
+
+
+def physical_gpu(ordinal: str | int, visible: str | None) -> str:
+    """The physical GPU id (as ``CUDA_VISIBLE_DEVICES`` lists it) behind torch ordinal
+    ``ordinal`` of a process whose ``CUDA_VISIBLE_DEVICES`` is ``visible``.
+
+    The reverse of :func:`torch_ordinal`: what a parent must put in a child's
+    ``CUDA_VISIBLE_DEVICES`` so that the child gets the GPU the parent calls ``cuda:<n>``.
+
+    Examples
+    --------
+    >>> physical_gpu("1", "4,5"), physical_gpu(3, None)
+    ('5', '3')
+    """
+    address = str(ordinal).strip().removeprefix("cuda:")
+    if not address.isdigit():
+        raise ConfigError("device", f"GPU {ordinal!r} is not a torch device number",
+                          "use the numbers torch gives the visible GPUs (0, 1, ...)")
+    entries = _visible_entries(visible)
+    if entries is None:
+        return address
+    if int(address) >= len(entries):
+        raise ConfigError(
+            "CUDA_VISIBLE_DEVICES",
+            f"torch GPU {ordinal!r} does not exist: CUDA_VISIBLE_DEVICES={visible!r} "
+            f"shows {len(entries)} GPU(s)",
+            "use a GPU number below the count of GPUs in CUDA_VISIBLE_DEVICES",
+        )
+    return entries[int(address)]
+
+
+def visible_devices_env() -> str | None:
+    """This process's ``CUDA_VISIBLE_DEVICES`` (``None`` when unset)."""
+    return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def autocast_dtype(capability: tuple[int, int]) -> torch.dtype:
+    """bf16 on GPUs of compute capability 8.0 and up, fp16 below.
+
+    ``torch.cuda.is_bf16_supported()`` also says yes where bf16 is only emulated (slow) and
+    asks about the *current* device, not the task's; the capability of the task's own GPU
+    answers both.
+
+    >>> autocast_dtype((7, 0)), autocast_dtype((8, 0))
+    (torch.float16, torch.bfloat16)
+    """
+    return torch.bfloat16 if tuple(capability) >= BF16_CAPABILITY else torch.float16
+
+
+def configure_cuda_once() -> bool:
+    """Set cuDNN to deterministic, non-benchmarking mode for this process, once.
+
+    ``torch.backends.cudnn.flags(...)`` as a context manager sets process-global flags and
+    puts the old ones back on exit, so two threads of one worker (two tasks) entering and
+    leaving it at different times turn each other's determinism off mid-batch. The settings
+    are the same for every task, so they are made once, under a lock, when a process first
+    uses a CUDA device, and never restored. Returns whether this call made them.
+    """
+    global _CUDA_SETUP_DONE
+    if _CUDA_SETUP_DONE:
+        return False
+    with _CUDA_SETUP_LOCK:
+        if _CUDA_SETUP_DONE:
+            return False
+        torch.backends.cudnn.enabled = True
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        _CUDA_SETUP_DONE = True
+        return True
+
+
+def use_device(device: torch.device) -> None:
+    """Make ``device`` the calling thread's current CUDA device; nothing on the CPU.
+
+    Allocations without an explicit device (cuDNN workspaces, cupy arrays, libraries that
+    use "the current device") otherwise land on ``cuda:0`` whatever GPU the task was given.
+    The current device is per thread, so each task thread sets its own.
+    """
+    if device.type != "cuda":
+        return
+    configure_cuda_once()
+    torch.cuda.set_device(device)
 
 
 def resolve_device(
@@ -79,17 +220,17 @@ def inference_context(device: torch.device) -> Iterator[None]:
     """Inference mode, plus bf16 (or fp16) autocast and deterministic cuDNN on CUDA only.
 
     CPU inference stays in float32: autocast there would change results between machines
-    and buys little on the CPUs resflow targets.
+    and buys little on the CPUs resflow targets, and the CPU path touches no cuDNN state.
+    cuDNN's flags are process-wide, so they are set once (:func:`configure_cuda_once`)
+    rather than per block.
     """
     with torch.inference_mode():
         if device.type != "cuda":
             yield
             return
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        with (
-            torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True),
-            torch.autocast("cuda", dtype=dtype),
-        ):
+        configure_cuda_once()
+        dtype = autocast_dtype(torch.cuda.get_device_capability(device))
+        with torch.autocast("cuda", dtype=dtype):
             yield
 
 

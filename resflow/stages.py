@@ -28,14 +28,17 @@ instruction set (oneDNN dispatches on AVX2/AVX-512).
 
 from __future__ import annotations
 
+import copy
+import threading
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from resflow.allocator import steady_malloc
-from resflow.devices import inference_context, memory_format, torch_threads
+from resflow.devices import inference_context, memory_format, torch_threads, use_device
 from resflow.models.hashing import hamming_nearest
 
 #: Intra-op threads inside every stage call; part of the result, so it is fixed.
@@ -82,9 +85,38 @@ def _rows_per_call(device: torch.device, batch_size: int) -> int:
     return batch_size if device.type == "cuda" else 1
 
 
+#: Per device, the ``copy.deepcopy`` memo of every model copied to it: ``id(original)`` ->
+#: copy, for the models and each of their parts. The memo also keeps the originals alive, so
+#: an ``id`` is never reused while it is a key (the models are cached per process anyway).
+_DEVICE_COPIES: dict[str, dict[int, Any]] = {}
+_DEVICE_COPIES_LOCK = threading.Lock()
+
+
+def _device_copy(model: nn.Module, device: torch.device) -> nn.Module:
+    """This process's copy of ``model`` on ``device``, made on first use and then reused.
+
+    The cached models are shared by every task thread of a process (and the encoder sits
+    inside every segmenter and the feature extractor), so moving one in place with
+    ``.to(device)`` would pull it from under a task running on another GPU. Each device
+    gets its own deep copy instead and the original is never touched. One memo per device
+    makes parts the models share (the encoder) one copy per device, as on the CPU.
+    """
+    key = str(device)
+    with _DEVICE_COPIES_LOCK:
+        memo = _DEVICE_COPIES.setdefault(key, {})
+        if id(model) not in memo:
+            moved = copy.deepcopy(model, memo)
+            moved.to(device, memory_format=memory_format(device)).eval()
+        return memo[id(model)]
+
+
 def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
+    """The model to run on ``device``: itself on the CPU, a per-device copy elsewhere."""
     steady_malloc()  # before the first pass in this process (see resflow.allocator)
-    return model.to(device, memory_format=memory_format(device)).eval()
+    use_device(device)
+    if device.type == "cpu":
+        return model.eval()
+    return _device_copy(model, device)
 
 
 def extract_features(
@@ -142,6 +174,7 @@ def map_codes(
     if len(features) == 0:
         return np.zeros((0, refs.shape[1]), dtype=bool), np.zeros(0, dtype=np.int64)
     device = next(head.parameters()).device
+    use_device(device)
     head = head.eval()
     with torch_threads(STAGE_THREADS), inference_context(device):
         signed = _run_batched(features, head, HEAD_ROWS, device)

@@ -1,9 +1,10 @@
 """Device tickets: many worker processes on one host share a few GPUs, k users per device.
 
 A ticket is an exclusive ``flock`` on one file ``gpu<i>.slot<j>.lock`` in a ticket directory
-shared by the processes of one host. Holding slot ``j`` of device ``i`` means "I am one of at
-most ``per_device`` users of GPU ``i``". The operating system drops a lock when its holder
-exits, so a worker killed with ``kill -9`` never leaks its ticket: nothing has to clean up.
+shared by the processes of one host (by default one per user: :func:`default_ticket_dir`).
+Holding slot ``j`` of device ``i`` means "I am one of at most ``per_device`` users of GPU
+``i``". The operating system drops a lock when its holder exits, so a worker killed with
+``kill -9`` never leaks its ticket: nothing has to clean up.
 
 Slots are tried level by level (slot 0 of every device, then slot 1 of every device, ...), so
 devices fill evenly before any one of them gets a second user.
@@ -20,9 +21,11 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from resflow.errors import ResflowError
@@ -30,6 +33,38 @@ from resflow.errors import ResflowError
 
 class TicketTimeout(ResflowError):
     """No device ticket became free in time."""
+
+
+def default_ticket_dir() -> Path:
+    """This user's ticket directory, ``<tmp>/resflow-tickets-<uid>``, created private (0700).
+
+    A directory shared between users would let one user's workers take (or, by holding the
+    lock files open, starve) another user's tickets, and let anyone plant files or links in
+    it; each user therefore gets their own, and a directory of that name that another user
+    owns or others can write to is refused rather than used.
+
+    Raises
+    ------
+    ResflowError
+        If the path exists but is not a directory of this user that only they can write.
+    """
+    uid = os.getuid()
+    path = Path(tempfile.gettempdir()) / f"resflow-tickets-{uid}"
+    with suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode):
+        problem = "is not a directory (a symlink or file someone else may have planted)"
+    elif info.st_uid != uid:
+        problem = f"is owned by user id {info.st_uid}, not by this user ({uid})"
+    elif info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        problem = f"is writable by other users (mode {stat.S_IMODE(info.st_mode):o})"
+    else:
+        return path
+    raise ResflowError(
+        str(path), f"the device-ticket directory {problem}",
+        "remove it, or set dask.ticket_dir to a private directory of your own",
+    )
 
 
 def ticket_path(ticket_dir: Path, device: str, slot: int) -> Path:
@@ -52,7 +87,7 @@ def _try_lock(path: Path) -> int | None:
 def checkout(
     devices: Sequence[str],
     per_device: int,
-    ticket_dir: Path | str,
+    ticket_dir: Path | str | None = None,
     *,
     timeout: float = 600.0,
     poll: float = 0.05,
@@ -67,6 +102,8 @@ def checkout(
         At most this many concurrent holders per device (``1 / gpu share`` of a task).
     ticket_dir
         Directory of the lock files; every process sharing the devices must use the same one.
+        ``None`` = this user's :func:`default_ticket_dir`, resolved in the calling process
+        (a worker on another host or running as another user gets its own).
     timeout
         Seconds to wait for a free ticket before giving up.
     poll
@@ -79,8 +116,11 @@ def checkout(
     """
     if not devices or per_device < 1:
         raise ValueError("checkout needs at least one device and per_device >= 1")
-    ticket_dir = Path(ticket_dir)
-    ticket_dir.mkdir(parents=True, exist_ok=True)
+    if ticket_dir is None:
+        ticket_dir = default_ticket_dir()
+    else:
+        ticket_dir = Path(ticket_dir)
+        ticket_dir.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + timeout
     while True:
         for slot in range(per_device):

@@ -5,12 +5,15 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import stat
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from resflow.tickets import TicketTimeout, checkout, ticket_path
+from resflow.errors import ResflowError
+from resflow.tickets import TicketTimeout, checkout, default_ticket_dir, ticket_path
 from tests.intervals import peak_overlap
 
 DEVICES = ["0", "1"]
@@ -78,3 +81,43 @@ def test_devices_fill_evenly_before_sharing(tmp_path: Path) -> None:
         checkout(DEVICES, PER_DEVICE, tmp_path) as second,
     ):
         assert {first, second} == set(DEVICES)
+
+
+@pytest.fixture
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh system temporary directory for the default ticket directory to go in."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    return tmp_path
+
+
+def test_default_ticket_dir_is_private_to_the_user(private_tmp: Path) -> None:
+    path = default_ticket_dir()
+    assert path == private_tmp / f"resflow-tickets-{os.getuid()}"
+    assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0
+    assert default_ticket_dir() == path  # reused, not refused, on the next call
+    with checkout(["0"], 1, None) as device:
+        assert device == "0"
+        assert ticket_path(path, "0", 0).exists()
+
+
+def test_default_ticket_dir_of_another_user_is_refused(
+    private_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = os.getuid() + 1
+    (private_tmp / f"resflow-tickets-{other}").mkdir(mode=0o700)  # made by "us", not them
+    monkeypatch.setattr(os, "getuid", lambda: other)
+    with pytest.raises(ResflowError, match=f"owned by user id {other - 1}"):
+        default_ticket_dir()
+
+
+def test_shared_writable_or_linked_ticket_dir_is_refused(private_tmp: Path) -> None:
+    path = private_tmp / f"resflow-tickets-{os.getuid()}"
+    path.mkdir()
+    path.chmod(0o777)
+    with pytest.raises(ResflowError, match="writable by other users"), checkout(["0"], 1):
+        pass
+    path.rmdir()
+    (private_tmp / "elsewhere").mkdir(mode=0o700)
+    path.symlink_to(private_tmp / "elsewhere")
+    with pytest.raises(ResflowError, match="not a directory"):
+        default_ticket_dir()

@@ -18,7 +18,6 @@ import uuid
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dask
@@ -26,6 +25,7 @@ from distributed import Client, Future, LocalCluster, as_completed
 from tqdm.auto import tqdm
 
 from resflow.config import DaskConfig
+from resflow.devices import physical_gpu, visible_devices_env
 from resflow.endpoints import check_endpoint
 from resflow.errors import BackendError
 from resflow.executor import CPU, Executor, StageResources, split_by_key, stage_key, visible_gpus
@@ -70,9 +70,11 @@ def _embedded_cluster(config: DaskConfig, gpus: list[str], scratch: str) -> tupl
         except ImportError:
             pass
         else:
-            # one worker per GPU, each seeing only its own device as cuda:0
+            # one worker per GPU, each seeing only its own device as cuda:0; ``gpus`` are
+            # this process's torch numbers, the workers' CUDA_VISIBLE_DEVICES wants physical ids
+            visible = ",".join(physical_gpu(gpu, visible_devices_env()) for gpu in gpus)
             with _spawn_environment():
-                return LocalCUDACluster(CUDA_VISIBLE_DEVICES=",".join(gpus), **common), True
+                return LocalCUDACluster(CUDA_VISIBLE_DEVICES=visible, **common), True
     with _spawn_environment():
         return LocalCluster(n_workers=config.workers, processes=True, **common), False
 
@@ -142,8 +144,9 @@ class DaskExecutor(Executor):
             if declared is None and not pinned:
                 declared = detected
         self.gpu_share = config.gpu_per_task
-        ticket_dir = config.ticket_dir or Path(tempfile.gettempdir()) / "resflow-tickets"
-        self._gpu_plan = GpuPlan(devices=tuple(declared or ()), ticket_dir=str(ticket_dir),
+        # None: each worker uses its own user's private default (resflow.tickets)
+        ticket_dir = str(config.ticket_dir) if config.ticket_dir else None
+        self._gpu_plan = GpuPlan(devices=tuple(declared or ()), ticket_dir=ticket_dir,
                                  pinned=pinned)
         self._stages: list[tuple[str, list[Future]]] = []
 

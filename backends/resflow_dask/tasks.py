@@ -22,10 +22,12 @@ class GpuPlan:
     ``devices`` non-empty: the workers of a host share these GPUs through device tickets,
     at most ``per_device`` tasks per device. ``pinned``: each worker sees only its own GPU
     (dask-cuda), which is ``"0"`` inside the worker. Neither: the task runs without a GPU.
+    ``ticket_dir`` None: each worker uses its own user's private directory
+    (:func:`resflow.tickets.default_ticket_dir`).
     """
 
     devices: tuple[str, ...]
-    ticket_dir: str
+    ticket_dir: str | None
     pinned: bool = False
     per_device: int = 1
 

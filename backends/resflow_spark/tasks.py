@@ -14,10 +14,18 @@ from resflow.executor import TaskEnv, stable_partition
 
 
 def task_gpu() -> str | None:
-    """The GPU address Spark assigned to the running task, or ``None`` if it has none."""
+    """The torch ordinal of the GPU Spark assigned to the running task, or ``None``.
+
+    Spark's addresses are physical GPU numbers (its discovery script reads nvidia-smi);
+    torch numbers the GPUs this process sees (:func:`resflow.devices.torch_ordinal`).
+    """
+    from resflow.devices import torch_ordinal, visible_devices_env
+
     context = TaskContext.get()
     info = context.resources().get("gpu") if context is not None else None
-    return info.addresses[0] if info is not None and info.addresses else None
+    if info is None or not info.addresses:
+        return None
+    return str(torch_ordinal(info.addresses[0], visible_devices_env()))
 
 
 def run_partition(

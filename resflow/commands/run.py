@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+
+class DeviceChoice(StrEnum):
+    """The values ``--device`` accepts (typer refuses anything else before any work)."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
 
 
 def register(app: typer.Typer) -> None:
@@ -26,6 +35,9 @@ def run_command(
     workers: Annotated[int | None, typer.Option(
         help="embedded cluster size: Dask worker processes, or N in Spark's local[N]")] = None,
     batch_size: Annotated[int | None, typer.Option(help="chips per model call on GPU")] = None,
+    device: Annotated[DeviceChoice | None, typer.Option(
+        help="where models run: auto (a GPU when torch sees one), cpu or cuda (default auto)",
+        case_sensitive=False)] = None,
     threshold: Annotated[float | None, typer.Option(
         help="probability above which a pixel is building (default 0.5)")] = None,
     min_building_m2: Annotated[float | None, typer.Option(
@@ -58,7 +70,8 @@ def run_command(
     try:
         settings: RunConfig = load_config(
             config, RunConfig, archive=archive, out=out, gallery=gallery, backend=backend,
-            batch_size=batch_size, threshold=threshold, min_building_m2=min_building_m2,
+            batch_size=batch_size, device=device.value if device else None,
+            threshold=threshold, min_building_m2=min_building_m2,
             plan=plan, cog_dir=cog, footprints=footprints,
             resume=resume or None, overwrite=overwrite or None,
             **{"dask.scheduler_address": scheduler_address, "dask.workers": workers,
