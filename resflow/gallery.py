@@ -140,11 +140,6 @@ class Gallery:
         """The mono segmenter: the single-model baseline and the fallback of every bucket."""
         return self._segmenter(MONO)
 
-    def segmenter_by_name(self, name: str) -> BuildingSegmenter:
-        """The segmenter ``"mono"`` or ``"bucket-<k>"`` (:meth:`model_name`), e.g. to score
-        every model of the gallery side by side."""
-        return self._segmenter(name)
-
     def _segmenter(self, name: str) -> BuildingSegmenter:
         if name not in self._segmenters:
             decoder = SegmentationDecoder()

@@ -380,12 +380,12 @@ def evaluate_gallery(archive_path: Path | str, labels: Sequence[Path | str],
             extract_features(archive.read_chip(ref).image[None], gallery.feature_extractor(),
                              batch_size=1, device=CPU) for ref in refs])
         _, routed = map_codes(features, gallery.hashing_head(), gallery.bucket_codes)
-        models = {gallery.model_name(k) for k in range(len(gallery.bucket_codes))} | {MONO}
-        decoders = {name: gallery.segmenter_by_name(name).decoder for name in models}
+        decoders = {gallery.model_name(k): gallery.segmenter(k).decoder
+                    for k in range(len(gallery.bucket_codes))} | {MONO: gallery.mono().decoder}
         empty = np.zeros(0, np.float32)
         test = _Chips(list(refs), empty, empty, empty, np.asarray(routed, int))
-        return _evaluate(archive, test, loaded, gallery.segmenter_by_name(MONO).encoder,
-                         decoders, config, sweep)
+        return _evaluate(archive, test, loaded, gallery.mono().encoder, decoders, config,
+                         sweep)
 
 
 def _evaluate(archive: Archive, test: _Chips, labels: list[Labels],
