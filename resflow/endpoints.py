@@ -47,7 +47,7 @@ def check_endpoint(setting: str, url: str, fix: str) -> None:
     Parameters
     ----------
     setting
-        The config field holding the address (``"dask.scheduler_address"``), named in the
+        The config field holding the address (``"<engine>.<field>"``), named in the
         error.
     url
         ``scheme://host:port``; several comma-separated host:ports (standalone HA masters)

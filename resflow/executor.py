@@ -11,20 +11,31 @@ nothing else:
     backend shows it as :func:`stage_key`); ``resources`` is a :class:`StageResources`
     stating what one task of the stage needs; ``env`` is the :class:`TaskEnv` the task runs
     in, which names the GPU the task was given, if any.
-``group_by_key(coll, key, npartitions)``
+``group_by_key(coll, key, npartitions, blocks=1)``
     Regroup records so that all records with the same ``key(record)`` share one output
     partition (the shuffle between stage 2 and stage 3). Which partition a key lands in is a
-    stable function of the key, not of Python's per-process ``hash``.
+    stable function of the key, not of Python's per-process ``hash``. With ``blocks=B`` the
+    caller promises that records of input block ``b`` (consecutive partitions, see
+    :func:`block_of`) only go to output block ``b``, so an engine may wire each output to
+    its own block's inputs only: bounded fan-in, work linear in partitions, not quadratic.
 ``collect(coll)``
     Compute and return all records, output partitions in order.
 ``preload(setup, *, name)``
     Run ``setup()`` once in every worker process before its tasks (Dask: a ``WorkerPlugin``),
     so per-process state such as loaded models is ready and never shipped with a task.
 
-Plus ``from_config(run_config)`` (how ``resflow run`` builds an engine), ``gpu_share`` (the
-GPU share a GPU task claims on this engine, from its config), ``close()`` (also via
-``with``), ``describe()`` (the cluster shape for run reports) and ``dashboard_link`` (where to
-watch the run, or ``None``).
+Plus ``from_config(run_config)`` (how ``resflow run`` builds an engine, from its own section
+``run_config.engine_settings(name)``), ``gpu_share`` (the GPU share a GPU task claims on this
+engine, from its config), ``close()`` (also via ``with``), ``describe()`` (the cluster shape
+for run reports) and ``dashboard_link`` (where to watch the run, or ``None``).
+
+An engine owns its settings: ``config_model`` is the pydantic model of its section of a run
+config (the YAML section named after the engine, ``dask:``), ``cli_options`` the flags it adds
+to ``resflow run`` (:class:`CliOption`), ``requires`` the modules it imports to run and
+``environment()`` what ``resflow doctor`` shows for it. resflow reads these without building
+the engine, so an engine's module imports its heavy libraries inside its methods, and
+``resflow --help`` or validating a config never imports them. ``docs/backends.md`` walks
+through writing one.
 
 Records and functions must be picklable: the local engine runs them in-process, the Dask and
 Spark engines ship them to worker processes. Collections are opaque: only the executor that
@@ -34,18 +45,23 @@ that need an order sort what ``collect`` returns.
 Resource translation, one type for all engines: ``StageResources(gpu=0.25)`` becomes
 ``resources={"GPU": 0.25}`` on a Dask task (when the workers declare a ``GPU`` resource) and a
 stage-level Spark ``ResourceProfile`` asking 0.25 of a ``gpu`` per task (when the executors
-have GPUs), so four tasks share one device.
+have GPUs), so four tasks share one device. Where a scheduler assigns no GPUs (the local
+engine, Spark's ``local[N]``), task ``i`` of a GPU stage runs on GPU ``i mod n`` of the ``n``
+the engine was given.
 """
 
 from __future__ import annotations
 
+import re
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from resflow.config import RunConfig
 
 T = TypeVar("T")
@@ -136,16 +152,100 @@ def stable_partition(key: Hashable, npartitions: int) -> int:
 
 
 def split_by_key(
-    records: Sequence[T], key: Callable[[T], Hashable], npartitions: int
+    records: Sequence[T], key: Callable[[T], Hashable], npartitions: int,
+    window: tuple[int, int] | None = None,
 ) -> list[list[T]]:
     """Split one partition's records into ``npartitions`` lists by :func:`stable_partition`.
 
     The map side of every backend's ``group_by_key``, so all engines regroup identically.
+    With ``window=(lo, hi)`` only output partitions ``lo..hi-1`` (one block) are produced,
+    as ``hi - lo`` lists; a record keyed outside the block is a caller's bug and raises.
     """
-    out: list[list[T]] = [[] for _ in range(npartitions)]
+    lo, hi = window or (0, npartitions)
+    out: list[list[T]] = [[] for _ in range(hi - lo)]
     for record in records:
-        out[stable_partition(key(record), npartitions)].append(record)
+        target = stable_partition(key(record), npartitions)
+        if not lo <= target < hi:
+            raise ValueError(f"a record keyed to partition {target} left its block "
+                             f"{lo}..{hi - 1} of group_by_key(blocks=...)")
+        out[target - lo].append(record)
     return out
+
+
+def block_size(n: int, blocks: int) -> int:
+    """Partitions per block when ``n`` partitions form ``blocks`` consecutive blocks.
+
+    >>> block_size(100, 7)
+    15
+    """
+    return max(1, -(-n // max(1, blocks)))
+
+
+def block_of(index: int, n: int, blocks: int) -> int:
+    """The block of partition ``index`` among ``n`` partitions cut into ``blocks`` blocks.
+
+    >>> block_of(29, 100, 7), block_of(30, 100, 7)
+    (1, 2)
+    """
+    return index // block_size(n, blocks)
+
+
+def block_window(block: int, n: int, blocks: int) -> tuple[int, int]:
+    """Partitions ``[lo, hi)`` of ``block``."""
+    size = block_size(n, blocks)
+    return min(n, block * size), min(n, (block + 1) * size)
+
+
+@dataclass(frozen=True)
+class CliOption:
+    """A command-line flag an engine adds to ``resflow run`` and ``resflow demo``.
+
+    A given value is written to ``field`` of the engine's settings section
+    (``<engine>.<field>``), through ``template`` when set, and overrides the YAML file.
+    Several engines may declare one flag with the same ``type`` (``--workers``): it is then
+    one flag filling each engine's own field. Where two flags of one engine fill the same
+    field, the one the engine declares first wins.
+
+    Parameters
+    ----------
+    flag
+        The flag, ``--`` and lower-case words joined by hyphens.
+    field
+        The field of the engine's ``config_model`` it sets.
+    help
+        One line for ``--help`` (the engine's name is put in front).
+    type
+        What the flag parses: ``str``, ``int`` or ``float``.
+    template
+        A ``str.format`` pattern turning the value into the field's (``"local[{}]"``).
+
+    Examples
+    --------
+    >>> option = CliOption("--workers", "master", "N in local[N]", type=int, template="local[{}]")
+    >>> option.param, option.value(4)
+    ('workers', 'local[4]')
+    """
+
+    flag: str
+    field: str
+    help: str
+    type: type = str
+    template: str | None = None
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"--[a-z][a-z0-9]*(-[a-z0-9]+)*", self.flag):
+            raise ValueError(f"engine flag {self.flag!r} must look like --lower-case-words")
+        if self.type not in (str, int, float):
+            raise ValueError(f"engine flag {self.flag}: type must be str, int or float")
+
+    @property
+    def param(self) -> str:
+        """The Python name of the flag's value: ``--spark-master`` -> ``spark_master``."""
+        return self.flag.removeprefix("--").replace("-", "_")
+
+    def value(self, given: Any) -> Any:
+        """What the field is set to when the flag is given ``given``."""
+        return self.template.format(given) if self.template else given
 
 
 class Executor(ABC):
@@ -155,6 +255,22 @@ class Executor(ABC):
     name: str = "abstract"
     #: share of one GPU a GPU task claims here (``StageResources.gpu`` of GPU stages)
     gpu_share: float = 1.0
+    #: pydantic model of the engine's section of a run config (the YAML section named after
+    #: the engine); ``None``: the engine has no settings and a section for it is refused
+    config_model: ClassVar[type[BaseModel] | None] = None
+    #: flags ``resflow run`` and ``resflow demo`` add for this engine
+    cli_options: ClassVar[tuple[CliOption, ...]] = ()
+    #: modules the engine imports to run (``("dask", "distributed")``): an engine whose
+    #: module imports them only when used is still listed as broken when one is missing
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def environment(cls) -> dict[str, str]:
+        """What this machine offers the engine, for ``resflow doctor`` (``{"java": ...}``).
+
+        Must be cheap and must not import the engine's libraries; empty by default.
+        """
+        return {}
 
     @classmethod
     @abstractmethod
@@ -177,8 +293,10 @@ class Executor(ABC):
         """Apply ``fn(records, env)`` to each partition as one task of stage ``name``."""
 
     @abstractmethod
-    def group_by_key(self, coll: Any, key: Callable[[Any], Hashable], npartitions: int) -> Any:
-        """Regroup records so equal keys share a partition (see :func:`stable_partition`)."""
+    def group_by_key(self, coll: Any, key: Callable[[Any], Hashable], npartitions: int, *,
+                     blocks: int = 1) -> Any:
+        """Regroup records so equal keys share a partition (see :func:`stable_partition`);
+        ``blocks`` bounds the fan-in (module docstring)."""
 
     @abstractmethod
     def collect(self, coll: Any) -> list[Any]:

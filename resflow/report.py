@@ -24,17 +24,26 @@ spent outside the stage functions: task dispatch, serialisation, waiting)."""
 REPORT_NAME = "run_report.json"
 """File name of the report inside an output store."""
 
-VERSIONED = ("torch", "numpy", "dask", "distributed", "pyspark", "zarr", "xarray", "rasterio",
-             "rioxarray", "resflow")
+VERSIONED = ("torch", "numpy", "zarr", "xarray", "rasterio", "rioxarray", "resflow")
+"""The core's libraries whose versions a report records; each engine adds what it
+``requires`` (:func:`collect_versions`)."""
 
 
 def collect_versions() -> dict[str, str]:
-    """Versions of Python and of the installed libraries that shape a run's results and speed.
+    """Versions of Python and of the installed libraries that shape a run's results and speed:
+    the core's (:data:`VERSIONED`) and those every installed engine ``requires``.
 
-    Libraries that are not installed (pyspark on a Dask-only machine) are left out.
+    Libraries that are not installed (an engine's, where only another engine is) are left out.
     """
+    from resflow.plugins import engine_classes
+
+    engine_modules = sorted({module.split(".")[0] for cls in engine_classes().values()
+                             for module in cls.requires})
+    distributions = metadata.packages_distributions() if engine_modules else {}
+    names = [*VERSIONED, *(dist for module in engine_modules
+                           for dist in distributions.get(module, [module]))]
     versions = {"python": platform.python_version()}
-    for name in VERSIONED:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -53,7 +62,7 @@ class BucketUse(BaseModel):
 
 
 class ClusterShape(BaseModel):
-    """The compute the run had: workers (Dask workers or Spark executors) x threads each."""
+    """The compute the run had: the engine's workers (processes or executors) x threads each."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -114,6 +123,11 @@ class RunReport(BaseModel):
     skipped
         Scenes of the archive not mapped because they are too coarse for buildings, each
         ``{"name", "source", "source_gsd_m", "reason"}`` (:mod:`resflow.resolution`).
+    empty_chips
+        Chips skipped because they hold no valid pixel (stored as not mapped).
+    store_retries
+        Reads and writes of the archive or the output store that failed transiently and
+        were tried again (:func:`resflow.storage.retrying`).
     peak_rss_mb
         Peak resident memory of the driver process, MiB, if measured.
 
@@ -138,6 +152,8 @@ class RunReport(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict)
     errors: list[dict[str, str]] = Field(default_factory=list)
     skipped: list[dict[str, Any]] = Field(default_factory=list)
+    empty_chips: int = Field(0, ge=0)
+    store_retries: int = Field(0, ge=0)
     versions: dict[str, str] = Field(default_factory=collect_versions)
     finished_utc: str = Field(
         default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
@@ -170,6 +186,10 @@ class RunReport(BaseModel):
         if self.skipped:
             line += (f" ({len(self.skipped)} scene{'s' * (len(self.skipped) != 1)} too coarse "
                      "for buildings, skipped)")
+        if self.empty_chips:
+            line += f" ({self.empty_chips} chips without valid pixels, skipped)"
+        if self.store_retries:
+            line += f" ({self.store_retries} storage retries)"
         return line
 
     def to_dict(self) -> dict[str, Any]:

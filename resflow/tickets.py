@@ -63,7 +63,7 @@ def default_ticket_dir() -> Path:
         return path
     raise ResflowError(
         str(path), f"the device-ticket directory {problem}",
-        "remove it, or set dask.ticket_dir to a private directory of your own",
+        "remove it, or set the engine's ticket_dir setting to a private directory of your own",
     )
 
 

@@ -1,5 +1,9 @@
 """Engine fixtures: one Dask cluster and one Spark session shared by the whole test session.
 
+:func:`build_engine` builds any installed backend for the contract suite: the local, Dask and
+Spark engines on what this session shares (never a cluster of their own), any other backend
+from its default settings.
+
 The Spark session runs on ``local-cluster[2,2,1024]``: two standalone workers (separate JVMs,
 so stage-level resource profiles are honoured as on a real cluster) of two cores each, each
 worker claiming one of two declared GPUs through a discovery script. Two cores per executor
@@ -10,10 +14,12 @@ a profile asking a whole GPU serialise them.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from resflow.executor import Executor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,8 +85,7 @@ def gpu_discovery_script(directory: Path) -> Path:
 def spark_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A SparkSession on ``local-cluster[2,2,1024]`` whose two executors have one GPU each."""
     from resflow_spark import SparkExecutor
-
-    from resflow.config import SparkConfig
+    from resflow_spark.settings import SparkConfig
 
     script = gpu_discovery_script(tmp_path_factory.mktemp("spark-gpus"))
     pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
@@ -101,3 +106,38 @@ def spark_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         yield executor.spark
     finally:
         executor.close()
+
+
+def _local(request: pytest.FixtureRequest) -> Executor:
+    from resflow.local import LocalExecutor
+
+    return LocalExecutor(gpus=[], progress=False)
+
+
+def _dask(request: pytest.FixtureRequest) -> Executor:
+    from resflow_dask import DaskExecutor
+
+    return DaskExecutor(client=request.getfixturevalue("dask_client"), gpus=[], progress=False)
+
+
+def _spark(request: pytest.FixtureRequest) -> Executor:
+    from resflow_spark import SparkExecutor
+
+    return SparkExecutor(spark=request.getfixturevalue("spark_session"), progress=False)
+
+
+ON_SHARED_SESSION: dict[str, Callable[[pytest.FixtureRequest], Executor]] = {
+    "local": _local, "dask": _dask, "spark": _spark}
+"""Backends built on this session's shared cluster or session: closing them releases nothing."""
+
+
+def build_engine(name: str, request: pytest.FixtureRequest) -> Executor:
+    """Installed backend ``name`` for a test: on the shared session where it has one, else
+    as ``resflow run --backend <name> --device cpu`` would build it from its default settings.
+    """
+    if name in ON_SHARED_SESSION:
+        return ON_SHARED_SESSION[name](request)
+    from resflow.config import RunConfig
+    from resflow.plugins import load_backend
+
+    return load_backend(name).from_config(RunConfig(backend=name, device="cpu"))

@@ -1,4 +1,6 @@
-"""The core imports, and lists backends, with dask, distributed and pyspark unimportable."""
+"""The core imports, and lists backends, with dask, distributed and pyspark unimportable; the
+CLI and config validation (engine sections and flags included) import none of them, nor torch.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +32,51 @@ def test_core_imports_without_engines() -> None:
         assert not any(m.split(".")[0] in ("dask", "distributed", "pyspark")
                        for m in sys.modules)
         print("ok", names)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ok")
+
+
+def test_engine_settings_and_flags_without_engines_or_torch(tmp_path) -> None:
+    """``resflow run --help`` shows the engines' flags, and a YAML file's engine sections are
+    validated by the engines' own models, while dask, pyspark and torch cannot be imported."""
+    config = tmp_path / "run.yaml"
+    config.write_text("backend: spark\ndask: {workers: 3}\nspark: {master: 'local[4]'}\n")
+    script = textwrap.dedent(f"""
+        import sys
+
+        class Blocker:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("dask", "distributed", "pyspark", "torch"):
+                    raise ImportError(f"{{name}} is blocked for this test")
+                return None
+
+        sys.meta_path.insert(0, Blocker())
+        import typer
+        from typer.testing import CliRunner
+        from resflow.cli import app
+        from resflow.config import RunConfig, load_config
+        from resflow.errors import ConfigError
+
+        assert CliRunner().invoke(app, ["run", "--help"]).exit_code == 0
+        run = typer.main.get_command(app).commands["run"]
+        flags = {{flag for param in run.params for flag in param.opts}}
+        assert {{"--scheduler-address", "--spark-master", "--workers"}} <= flags, flags
+        settings = load_config({str(config)!r}, RunConfig, **{{"dask.workers": 5}})
+        assert settings.engine_settings("dask").workers == 5
+        assert settings.engine_settings("spark").master == "local[4]"
+        assert RunConfig.model_validate(settings.model_dump(mode="json")) == settings
+        try:
+            load_config(None, RunConfig, **{{"spark.master": "sprak://x:7077"}})
+        except ConfigError as err:
+            assert "field 'spark.master'" in str(err), err
+        else:
+            raise AssertionError("a bad master URL was accepted")
+        assert not any(m.split(".")[0] in ("dask", "distributed", "pyspark", "torch")
+                       for m in sys.modules)
+        print("ok")
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=120)

@@ -1,33 +1,75 @@
 """The embedded Dask cluster: workers run the models on reused heap memory despite the
-nanny's malloc tunable, and the driver's environment is left as it was."""
+nanny's malloc tunable, the driver's environment is left as it was, and on a host with a GPU
+(declared here: there is none) several GPU tasks share it by default."""
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Iterator
 from functools import partial
 
-from resflow.config import DaskConfig
+import pytest
+from resflow_dask.settings import DaskConfig
+
+from resflow.executor import StageResources, TaskEnv
 from resflow.graph import preload_models
 from tests.allocations import FRESH_MMAP_FAULTS, faults_per_alloc
+from tests.intervals import peak_overlap
+
+TASKS = 8
 
 
 def _trim_setting() -> str | None:
     return os.environ.get("MALLOC_TRIM_THRESHOLD_")
 
 
-def test_workers_reuse_memory_and_the_driver_environment_is_restored() -> None:
+def hold_device(records: list[int], env: TaskEnv) -> list[tuple[str | None, float, float]]:
+    start = time.time()
+    time.sleep(0.6)
+    return [(env.gpu, start, time.time())]
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[object, set[str]]]:
+    """One embedded cluster of one worker on a host declaring one GPU, with the default
+    settings otherwise; yields it and the driver's environment variables its start changed."""
+    from resflow_dask import DaskExecutor
+
+    config = DaskConfig(workers=1, dashboard_address="127.0.0.1:0",
+                        ticket_dir=tmp_path_factory.mktemp("tickets"))
+    before = dict(os.environ)
+    with DaskExecutor(config, gpus=["0"], progress=False) as executor:
+        changed = {key for key in before.keys() | os.environ.keys()
+                   if before.get(key) != os.environ.get(key)}
+        yield executor, changed
+
+
+def test_workers_reuse_memory_and_the_driver_environment_is_restored(embedded) -> None:
     """Dask's nanny exports ``MALLOC_TRIM_THRESHOLD_``, which freezes glibc's mmap threshold
     at 128 KiB (5x slower model passes, benchmarks/README.md): after the model preload a
     worker's 4 MiB arrays must come from the heap. The driver's environment, which the nanny
     edits while spawning, must come back unchanged (a Spark session started later would
     inherit the edits)."""
-    from resflow_dask import DaskExecutor
+    executor, changed = embedded
+    assert not changed
+    assert set(executor.client.run(_trim_setting).values()) == {"65536"}
+    executor.preload(partial(preload_models, None), name="models-allocator-test")
+    faults = executor.client.run(faults_per_alloc).values()
+    assert all(f < FRESH_MMAP_FAULTS / 10 for f in faults), faults
 
-    before = dict(os.environ)
-    with DaskExecutor(DaskConfig(workers=1, dashboard_address="127.0.0.1:0"), gpus=[],
-                      progress=False) as executor:
-        assert dict(os.environ) == before
-        assert set(executor.client.run(_trim_setting).values()) == {"65536"}
-        executor.preload(partial(preload_models, None), name="models-allocator-test")
-        faults = executor.client.run(faults_per_alloc).values()
-        assert all(f < FRESH_MMAP_FAULTS / 10 for f in faults), faults
+
+def test_four_gpu_tasks_share_the_gpu_by_default(embedded) -> None:
+    """The worker declares the GPU as a resource of 1 and runs 4 threads, so GPU tasks of the
+    default share (0.25) run four at a time on device "0"; CPU tasks get no device."""
+    executor, _ = embedded
+    shape = executor.describe()
+    assert shape["threads_per_worker"] == [4] and shape["worker_resources"] == ["{'GPU': 1}"]
+    parts = executor.from_partitions([[i] for i in range(TASKS)])
+    gpu = StageResources(gpu=executor.gpu_share)
+    held = executor.collect(executor.map_partitions(parts, hold_device, name="gpushare",
+                                                    resources=gpu))
+    assert {device for device, _, _ in held} == {"0"}
+    assert peak_overlap([(start, end) for _, start, end in held]) == 4
+    cpu = executor.collect(executor.map_partitions(parts, hold_device, name="cpushare"))
+    assert {device for device, _, _ in cpu} == {None}

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 import torch
+from resflow_dask.settings import DaskConfig
 from typer.testing import CliRunner
 
 import resflow.devices as devices
 from resflow import stages
-from resflow.config import DaskConfig
 from resflow.devices import (
     autocast_dtype,
     configure_cuda_once,

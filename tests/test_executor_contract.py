@@ -1,4 +1,8 @@
-"""The executor contract: one small graph of real functions, the same answer on every engine."""
+"""The executor contract: one small graph of real functions, the same answer on every engine.
+
+Parametrised over every backend installed in the ``resflow.backends`` entry-point group, so
+a new backend is held to the contract as soon as its package is installed.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from resflow.config import RunConfig
 from resflow.executor import Executor, StageResources, TaskEnv, stable_partition
 from resflow.local import LocalExecutor
+from resflow.plugins import list_backends
+from resflow.report import ClusterShape
+from tests.fixtures_engines import ON_SHARED_SESSION, build_engine
+
+BACKENDS = sorted(list_backends())
 
 PARTITIONS = [[3, 1, 4, 1], [5, 9, 2], [6, 5, 3, 5], [8]]
 
@@ -45,19 +55,9 @@ def run_small_graph(executor: Executor) -> list[tuple[int, int, int]]:
     return executor.collect(executor.map_partitions(regrouped, tag_with_group, name="segment"))
 
 
-@pytest.fixture(params=["local", "dask", "spark"])
+@pytest.fixture(params=BACKENDS)
 def executor(request: pytest.FixtureRequest) -> Iterator[Executor]:
-    if request.param == "local":
-        ex: Executor = LocalExecutor(gpus=[], progress=False)
-    elif request.param == "dask":
-        from resflow_dask import DaskExecutor
-
-        ex = DaskExecutor(client=request.getfixturevalue("dask_client"), gpus=[], progress=False)
-    else:
-        from resflow_spark import SparkExecutor
-
-        ex = SparkExecutor(spark=request.getfixturevalue("spark_session"), progress=False)
-    with ex:
+    with build_engine(request.param, request) as ex:
         yield ex
 
 
@@ -80,6 +80,8 @@ def test_task_env_names_stage_and_partition(executor: Executor) -> None:
 
 
 def test_closing_a_shared_engine_keeps_it_running(executor: Executor) -> None:
+    if executor.name not in ON_SHARED_SESSION:
+        pytest.skip(f"{executor.name} is built from its own settings: close() releases it")
     executor.close()  # the fixture's client and session belong to the test session
     expected = run_small_graph(LocalExecutor(gpus=[], progress=False))
     assert sorted(run_small_graph(executor)) == sorted(expected)
@@ -99,8 +101,7 @@ def test_dask_stages_show_under_their_names_and_preload_runs_on_every_worker(das
 
 def test_dask_gpu_tasks_get_devices_through_tickets(dask_client, tmp_path: Path) -> None:
     from resflow_dask import DaskExecutor
-
-    from resflow.config import DaskConfig
+    from resflow_dask.settings import DaskConfig
 
     ex = DaskExecutor(DaskConfig(ticket_dir=tmp_path), client=dask_client,
                       gpus=["0", "1"], progress=False)
@@ -115,3 +116,25 @@ def test_dask_gpu_tasks_get_devices_through_tickets(dask_client, tmp_path: Path)
 
 def test_local_executor_describes_itself() -> None:
     assert LocalExecutor(gpus=["0"], progress=False).describe()["gpus"] == ["0"]
+
+
+def test_engine_describes_its_cluster_for_the_report(executor: Executor) -> None:
+    description = executor.describe()
+    assert description["backend"] == executor.name
+    assert ClusterShape.from_executor(description).workers >= 1
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_engine_owns_its_settings_and_flags(name: str) -> None:
+    """The section named after the engine holds its own model's defaults, every flag fills
+    a field of that model, and the engine's doctor facts are strings."""
+    cls = list_backends()[name]
+    assert cls.name == name
+    if cls.config_model is None:
+        assert not cls.cli_options
+    else:
+        settings = RunConfig().engine_settings(name)
+        assert settings == cls.config_model()
+        assert RunConfig().model_dump(mode="json")[name] == settings.model_dump(mode="json")
+        assert {o.field for o in cls.cli_options} <= set(cls.config_model.model_fields)
+    assert all(isinstance(v, str) for v in cls.environment().values())

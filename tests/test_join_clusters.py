@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from resflow.archive import Archive
+from resflow.config import RunConfig
 from resflow.outputs import OutputStore
 
 BIN = Path(sys.executable).parent
@@ -97,6 +98,8 @@ def dask_output(sample_archive: Path, engine_gallery: Path,
             tmp / "workers.log"))
         summary = resflow_run(sample_archive, engine_gallery, tmp / "out.zarr",
                               "--backend", "dask", "--scheduler-address", address)
+    report = json.loads((tmp / "out.zarr" / "run_report.json").read_text())
+    assert report["config"]["dask"]["scheduler_address"] == address  # the run's own settings
     return tmp / "out.zarr", summary
 
 
@@ -147,6 +150,8 @@ def test_run_joins_a_spark_standalone_cluster(spark_output, dask_output) -> None
     assert "on spark (1 worker x 1 thread)" in summary
     report = json.loads((out / "run_report.json").read_text())
     assert report["config"]["plan"] == "regrouped"
+    rebuilt = RunConfig.model_validate(report["config"])  # the report reproduces the run
+    assert rebuilt.engine_settings("spark").master.startswith("spark://127.0.0.1:")
     reference = probability(dask_output[0])
     for scene, array in probability(out).items():
         assert np.array_equal(array, reference[scene])

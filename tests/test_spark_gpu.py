@@ -1,7 +1,8 @@
 """Spark GPU scheduling on the local cluster with two declared GPUs (one per executor).
 
 Tasks sleep and record which GPU address they were given and when they held it; overlapping
-intervals on one address show how many tasks shared that device at once.
+intervals on one address show how many tasks shared that device at once. On a cluster master
+Spark's own addresses are used, never the driver's GPUs that ``local[N]`` tasks are spread over.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ def hold_device(records: list[int], env: TaskEnv) -> list[tuple[str | None, floa
 def run_stage(spark_session, gpu: float) -> dict[str | None, list[tuple[float, float]]]:
     from resflow_spark import SparkExecutor
 
-    ex = SparkExecutor(spark=spark_session, progress=False)
+    ex = SparkExecutor(spark=spark_session, progress=False, gpus=["7"])
+    assert ex.local_gpus == ()  # local-cluster: the discovery script's GPUs, not the driver's
     parts = ex.from_partitions([[i] for i in range(TASKS)])
     held = ex.collect(ex.map_partitions(parts, hold_device, name="gpucheck",
                                         resources=StageResources(gpu=gpu)))

@@ -6,7 +6,9 @@ restriction (only when the workers declare a ``GPU`` resource, otherwise nothing
 run), models are loaded once per worker by a ``WorkerPlugin``, and when several workers of a
 host share GPUs each GPU task checks out a device ticket (:mod:`resflow.tickets`).
 
-dask-cuda is imported only when this host has GPUs and dask-cuda is installed.
+dask-cuda is imported only when this host has GPUs and dask-cuda is installed; dask and
+distributed only when an executor is built, so resflow reads this engine's settings and flags
+(:mod:`resflow_dask.settings`) without importing them.
 """
 
 from __future__ import annotations
@@ -20,18 +22,25 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-import dask
-from distributed import Client, Future, LocalCluster, as_completed
 from tqdm.auto import tqdm
 
-from resflow.config import DaskConfig
-from resflow.devices import physical_gpu, visible_devices_env
 from resflow.endpoints import check_endpoint
 from resflow.errors import BackendError
-from resflow.executor import CPU, Executor, StageResources, split_by_key, stage_key, visible_gpus
-from resflow_dask.tasks import GpuPlan, PreloadPlugin, concat_pieces, run_partition
+from resflow.executor import (
+    CPU,
+    Executor,
+    StageResources,
+    block_window,
+    split_by_key,
+    stage_key,
+    visible_gpus,
+)
+from resflow_dask.settings import CLI_OPTIONS, DaskConfig
+from resflow_dask.tasks import GpuPlan, concat_pieces, run_partition
 
 if TYPE_CHECKING:
+    from distributed import Client, Future
+
     from resflow.config import RunConfig
 
 __all__ = ["DaskExecutor"]
@@ -56,9 +65,16 @@ def _spawn_environment() -> Iterator[None]:
 
 def _embedded_cluster(config: DaskConfig, gpus: list[str], scratch: str) -> tuple[Any, bool]:
     """Start a cluster on this host, its workers' files under ``scratch``; returns it and
-    whether each worker is pinned to one GPU."""
+    whether each worker is pinned to one GPU.
+
+    With GPUs every worker declares one ``GPU`` resource and runs several threads
+    (:meth:`DaskConfig.worker_threads`), so several GPU tasks share its device."""
+    from distributed import LocalCluster
+
+    from resflow.devices import physical_gpu, visible_devices_env
+
     common: dict[str, Any] = {
-        "threads_per_worker": config.threads_per_worker,
+        "threads_per_worker": config.worker_threads(has_gpus=bool(gpus)),
         "dashboard_address": config.dashboard_address,
         "host": "127.0.0.1",
         "local_directory": scratch,
@@ -104,6 +120,9 @@ class DaskExecutor(Executor):
     """
 
     name = "dask"
+    config_model = DaskConfig
+    cli_options = CLI_OPTIONS
+    requires = ("dask", "distributed")
 
     def __init__(
         self,
@@ -113,6 +132,8 @@ class DaskExecutor(Executor):
         gpus: Sequence[str] | None = None,
         progress: bool = True,
     ) -> None:
+        from distributed import Client
+
         config = config or DaskConfig()
         self.progress = progress
         self._cluster: Any = None
@@ -134,6 +155,8 @@ class DaskExecutor(Executor):
                     "start one with `dask scheduler` or check the address and port",
                 ) from exc
         else:
+            import dask
+
             detected = visible_gpus() if declared is None else declared
             # the workers' scratch files live in a directory of this run, removed by close()
             self._scratch = tempfile.TemporaryDirectory(prefix="resflow-dask-")
@@ -152,7 +175,7 @@ class DaskExecutor(Executor):
 
     @classmethod
     def from_config(cls, config: RunConfig) -> DaskExecutor:
-        return cls(config.dask, gpus=[] if config.device == "cpu" else None)
+        return cls(config.engine_settings(cls.name), gpus=[] if config.device == "cpu" else None)
 
     # -- cluster facts -------------------------------------------------------------------
 
@@ -223,14 +246,27 @@ class DaskExecutor(Executor):
         return self._submit_stage(name, calls, **kw)
 
     def group_by_key(
-        self, coll: list[Future], key: Callable[[Any], Hashable], npartitions: int
+        self, coll: list[Future], key: Callable[[Any], Hashable], npartitions: int, *,
+        blocks: int = 1,
     ) -> list[Future]:
-        splits = [(split_by_key, (part, key, npartitions)) for part in coll]
+        # Each input partition splits only into its block's outputs, and each output gathers
+        # only its block's pieces: tasks and dependencies grow with partitions x block size,
+        # not partitions squared.
+        splits, gathers = [], []
+        for block in range(blocks):
+            lo, hi = block_window(block, len(coll), blocks)
+            out_lo, out_hi = block_window(block, npartitions, blocks)
+            first = len(splits)
+            splits.extend((split_by_key, (coll[i], key, npartitions, (out_lo, out_hi)))
+                          for i in range(lo, hi))
+            gathers.extend((j - out_lo, range(first, len(splits))) for j in range(out_lo, out_hi))
         pieces = self._submit_stage("regroup-split", splits)
-        gathers = [(concat_pieces, (j, *pieces)) for j in range(npartitions)]
-        return self._submit_stage("regroup", gathers)
+        return self._submit_stage("regroup", [
+            (concat_pieces, (local, *(pieces[i] for i in inputs))) for local, inputs in gathers])
 
     def collect(self, coll: list[Future]) -> list[Any]:
+        from distributed import as_completed
+
         try:
             for label, futures in self._stages:
                 with tqdm(total=len(futures), desc=stage_key(label), unit="part",
@@ -243,6 +279,8 @@ class DaskExecutor(Executor):
         return [record for part in parts for record in part]
 
     def preload(self, setup: Callable[[], None], *, name: str) -> None:
+        from resflow_dask.preload import PreloadPlugin
+
         plugin, key = PreloadPlugin(setup), stage_key(f"preload-{name}")
         for attempt in range(PRELOAD_ATTEMPTS):
             try:

@@ -1,6 +1,8 @@
-"""What runs on the Dask workers: the task wrapper, the regroup's reduce side, the preload plugin.
+"""What runs on the Dask workers: the task wrapper and the regroup's reduce side.
 
-Kept apart from the executor so a task pickles only these small functions, never the client.
+Kept apart from the executor so a task pickles only these small functions, never the client;
+free of dask imports, like the executor's module (the preload plugin, a ``WorkerPlugin``,
+lives in :mod:`resflow_dask.preload`).
 """
 
 from __future__ import annotations
@@ -8,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-from distributed.diagnostics.plugin import WorkerPlugin
 
 from resflow.executor import TaskEnv
 from resflow.tickets import checkout
@@ -50,15 +50,3 @@ def run_partition(
 def concat_pieces(index: int, *pieces: list[list[Any]]) -> list[Any]:
     """The reduce side of the regroup: output partition ``index`` from every input's split."""
     return [record for split in pieces for record in split[index]]
-
-
-class PreloadPlugin(WorkerPlugin):
-    """Runs a setup function (load the models) once on every worker, late joiners included."""
-
-    idempotent = True
-
-    def __init__(self, fn: Callable[[], None]) -> None:
-        self.fn = fn
-
-    def setup(self, worker: Any) -> None:
-        self.fn()

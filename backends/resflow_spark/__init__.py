@@ -3,31 +3,36 @@
 Stages are ``mapPartitionsWithIndex`` over an RDD of chip references; the regroup is a
 ``partitionBy`` with resflow's stable key partitioner. When the executors have GPUs, GPU stages
 carry a stage-level ``ResourceProfile`` asking a fractional ``gpu`` per task, and each task
-reads its device from ``TaskContext.get().resources()["gpu"].addresses``. Python workers are
-reused (``spark.python.worker.reuse``) so the per-process model cache lives across tasks.
+reads its device from ``TaskContext.get().resources()["gpu"].addresses``. Under ``local[N]``
+Spark schedules no GPUs, so the tasks of a GPU stage are spread over the driver's GPUs by
+partition instead (``SparkConfig.gpus``). Python workers are reused
+(``spark.python.worker.reuse``) so the per-process model cache lives across tasks.
+
+pyspark is imported only when an executor is built, so resflow reads this engine's settings
+and flags (:mod:`resflow_spark.settings`) without it.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
 import sys
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from pyspark import RDD
-from pyspark.resource import ResourceProfileBuilder, TaskResourceRequests
-from pyspark.sql import SparkSession
-
-from resflow.config import SparkConfig
 from resflow.endpoints import check_endpoint
-from resflow.executor import CPU, Executor, StageResources, stage_key
-from resflow_spark.progress import StageProgress
+from resflow.executor import CPU, Executor, StageResources, stage_key, visible_gpus
+from resflow_spark.settings import CLI_OPTIONS, SparkConfig, is_local_master
 from resflow_spark.tasks import key_partition, keyed, run_partition, unpack
 
 if TYPE_CHECKING:
+    from pyspark import RDD
+    from pyspark.sql import SparkSession
+
     from resflow.config import RunConfig
 
 __all__ = ["SparkExecutor"]
@@ -63,6 +68,8 @@ def _with_retries(master: str, max_failures: int) -> str:
 
 def _build_session(config: SparkConfig) -> SparkSession:
     """A session configured for resflow: reused Python workers, this interpreter, quiet console."""
+    from pyspark.sql import SparkSession
+
     if _is_local_master(config.master):
         # the driver's RPC and UI bind here; remote executors could not reach 127.0.0.1
         os.environ.setdefault("SPARK_LOCAL_IP", config.ui_host)
@@ -102,9 +109,15 @@ class SparkExecutor(Executor):
         master and session settings.
     progress
         Show a progress bar per Spark stage while collecting.
+    gpus
+        Under ``local[N]`` only: the GPUs the tasks of a GPU stage are spread over by
+        partition. ``None`` = ``config.gpus``, else every GPU torch sees in the driver.
     """
 
     name = "spark"
+    config_model = SparkConfig
+    cli_options = CLI_OPTIONS
+    requires = ("pyspark",)
 
     def __init__(
         self,
@@ -112,6 +125,7 @@ class SparkExecutor(Executor):
         *,
         spark: SparkSession | None = None,
         progress: bool = True,
+        gpus: Sequence[str] | None = None,
     ) -> None:
         config = config or SparkConfig()
         self._owns_session = spark is None
@@ -119,10 +133,19 @@ class SparkExecutor(Executor):
         self.sc = self.spark.sparkContext
         self.gpu_share = config.gpu_per_task
         self.progress = progress
+        declared = gpus if gpus is not None else config.gpus
+        #: GPUs the tasks of a GPU stage are spread over under local[N] (no Spark scheduling)
+        self.local_gpus: tuple[str, ...] = (
+            tuple(visible_gpus() if declared is None else declared)
+            if is_local_master(self.sc.master) else ())
 
     @classmethod
     def from_config(cls, config: RunConfig) -> SparkExecutor:
-        return cls(config.spark)
+        return cls(config.engine_settings(cls.name), gpus=[] if config.device == "cpu" else None)
+
+    @classmethod
+    def environment(cls) -> dict[str, str]:
+        return {"java": java_version()}
 
     # -- cluster facts -------------------------------------------------------------------
 
@@ -132,7 +155,7 @@ class SparkExecutor(Executor):
 
     def _stage_profiles_supported(self) -> bool:
         # stage-level task profiles need a cluster manager; plain local[N] refuses them
-        return not self.sc.master.startswith("local[") and self.sc.master != "local"
+        return not is_local_master(self.sc.master)
 
     @property
     def dashboard_link(self) -> str | None:
@@ -140,7 +163,7 @@ class SparkExecutor(Executor):
 
     def describe(self) -> dict[str, Any]:
         conf = self.sc.getConf()
-        local = self.sc.master.startswith("local[") or self.sc.master == "local"
+        local = is_local_master(self.sc.master)
         # the JVM's executor list includes the driver, which runs no tasks unless local[N]
         executors = 1 if local else max(1, self.sc._jsc.sc().getExecutorMemoryStatus().size() - 1)
         cores = conf.get("spark.executor.cores", None)
@@ -151,7 +174,7 @@ class SparkExecutor(Executor):
             "spark_version": self.sc.version,
             "workers": executors,
             "threads_per_worker": threads,
-            "gpus": int(self.executor_gpus() * executors),
+            "gpus": list(self.local_gpus) or int(self.executor_gpus() * executors),
             "gpu_per_task": self.gpu_share,
             "ui": self.dashboard_link,
         }
@@ -171,18 +194,23 @@ class SparkExecutor(Executor):
         name: str,
         resources: StageResources = CPU,
     ) -> SparkCollection:
-        task = partial(run_partition, fn, name)
+        devices = self.local_gpus if resources.uses_gpu else ()
+        task = partial(run_partition, fn, name, devices=devices)
         rdd = coll.rdd.mapPartitionsWithIndex(task, preservesPartitioning=True)
         rdd.setName(stage_key(name))
         if resources.uses_gpu and self.executor_gpus() > 0 and self._stage_profiles_supported():
+            from pyspark.resource import ResourceProfileBuilder, TaskResourceRequests
+
             requests = TaskResourceRequests().cpus(resources.cpus).resource("gpu", resources.gpu)
             rdd = rdd.withResources(ResourceProfileBuilder().require(requests).build)
         *done, current = coll.segments
         return SparkCollection(rdd, (*done, (*current, name)))
 
     def group_by_key(
-        self, coll: SparkCollection, key: Callable[[Any], Hashable], npartitions: int
+        self, coll: SparkCollection, key: Callable[[Any], Hashable], npartitions: int, *,
+        blocks: int = 1,
     ) -> SparkCollection:
+        # Spark's sort-based shuffle is one stage whatever the fan-in: blocks are not needed
         rdd = (
             coll.rdd.map(partial(keyed, key))
             .partitionBy(npartitions, partial(key_partition, npartitions=npartitions))
@@ -193,6 +221,8 @@ class SparkExecutor(Executor):
         return SparkCollection(rdd.setName(stage_key("regroup")), segments)
 
     def collect(self, coll: SparkCollection) -> list[Any]:
+        from resflow_spark.progress import StageProgress
+
         labels = [stage_key("+".join(seg) or "partitions") for seg in coll.segments]
         self.sc.setJobDescription(" -> ".join(labels))
         with StageProgress(self.sc, labels, enabled=self.progress):
@@ -201,3 +231,16 @@ class SparkExecutor(Executor):
     def close(self) -> None:
         if self._owns_session:
             self.spark.stop()
+
+
+def java_version() -> str:
+    """First line of ``java -version`` (Spark needs Java 17+), or why it is unavailable."""
+    java = shutil.which("java")
+    if java is None:
+        return "not found (the spark backend needs Java 17 or 21 on PATH)"
+    try:
+        done = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"failed to run ({exc})"
+    lines = (done.stderr or done.stdout).strip().splitlines()
+    return lines[0] if lines else "no version output"

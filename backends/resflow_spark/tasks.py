@@ -1,14 +1,13 @@
 """What runs in Spark's Python workers: the task wrapper and the regroup's key functions.
 
-Kept apart from the executor so a task pickles only these small functions, never the session.
+Kept apart from the executor so a task pickles only these small functions, never the session;
+pyspark is imported inside them, so importing the engine does not import Spark.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import Any
-
-from pyspark import TaskContext
 
 from resflow.executor import TaskEnv, stable_partition
 
@@ -19,6 +18,8 @@ def task_gpu() -> str | None:
     Spark's addresses are physical GPU numbers (its discovery script reads nvidia-smi);
     torch numbers the GPUs this process sees (:func:`resflow.devices.torch_ordinal`).
     """
+    from pyspark import TaskContext
+
     from resflow.devices import torch_ordinal, visible_devices_env
 
     context = TaskContext.get()
@@ -29,10 +30,18 @@ def task_gpu() -> str | None:
 
 
 def run_partition(
-    fn: Callable[[list[Any], TaskEnv], list[Any]], stage: str, index: int, records: Iterable[Any]
+    fn: Callable[[list[Any], TaskEnv], list[Any]], stage: str, index: int, records: Iterable[Any],
+    *, devices: Sequence[str] = (),
 ) -> Iterator[Any]:
-    """Run one stage function on one partition with the device Spark gave the task."""
-    yield from fn(list(records), TaskEnv("spark", stage, index, task_gpu()))
+    """Run one stage function on one partition with the device Spark gave the task.
+
+    ``devices`` are the GPUs of a GPU stage under ``local[N]``, where Spark assigns none:
+    partition ``i`` then runs on ``devices[i mod len(devices)]``, as on the local engine.
+    """
+    gpu = task_gpu()
+    if gpu is None and devices:
+        gpu = devices[index % len(devices)]
+    yield from fn(list(records), TaskEnv("spark", stage, index, gpu))
 
 
 def unpack(partition: list[Any]) -> list[Any]:

@@ -1,17 +1,20 @@
 """``resflow demo``: the whole job on the bundled real imagery, in one command.
 
 It is what ``make demo`` runs on a fresh machine: ingest every bundled raster sample into an
-archive, describe it, map buildings on the default engine (an embedded Dask cluster, whose
-dashboard link is printed), and write Cloud-Optimized GeoTIFFs, footprints and a quicklook
-PNG of the labelled Atlanta scene. Each step is the same code path as its own command.
+archive, describe it, map buildings on the default engine (its dashboard link, if it has
+one, is printed), and write Cloud-Optimized GeoTIFFs, footprints and a quicklook PNG of the
+labelled Atlanta scene. Each step is the same code path as its own command, and the engines'
+flags are those of ``resflow run``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+
+from resflow.commands.run import with_engine_flags
 
 #: The scene shown in the quicklook: the SpaceNet Atlanta tile, the one with buildings labelled.
 QUICKLOOK_SCENE = "sample_geotiff"
@@ -19,13 +22,15 @@ QUICKLOOK_SCENE = "sample_geotiff"
 
 def register(app: typer.Typer) -> None:
     """Add the ``demo`` command to the CLI."""
-    app.command("demo")(demo_command)
+    app.command("demo")(with_engine_flags(demo_command))
 
 
 def demo_command(
     workdir: Annotated[Path, typer.Option(help="folder for the archive and the maps")] = Path(
         "demo-output"),
-    backend: Annotated[str, typer.Option(help="local, dask or spark")] = "dask",
+    backend: Annotated[str, typer.Option(
+        help="the engine: any installed backend, `resflow doctor` lists them")] = "dask",
+    engine_settings: dict[str, Any] | None = None,  # what the engines' flags set, dotted
 ) -> None:
     """Ingest the bundled samples, map their buildings, export COGs, footprints, a quicklook."""
     from resflow.commands.info import info_command
@@ -52,7 +57,8 @@ def demo_command(
 
     typer.echo(f"[2/3] mapping buildings on the {backend} backend -> {out}")
     run_command(archive=archive, out=out, backend=backend, overwrite=True,
-                cog=workdir / "cog", footprints=workdir / "buildings.geojson")
+                cog=workdir / "cog", footprints=workdir / "buildings.geojson",
+                engine_settings=engine_settings)
 
     typer.echo("[3/3] quicklook of the labelled SpaceNet Atlanta scene")
     png = _quicklook(archive, out, workdir / f"quicklook_{QUICKLOOK_SCENE}.png")

@@ -1,11 +1,13 @@
-"""``resflow doctor``: what this machine offers resflow (Python, Java, torch, GPUs, backends)."""
+"""``resflow doctor``: what this machine offers resflow (Python, torch, GPUs, backends).
+
+Each installed engine adds what it depends on (``Executor.environment()``: the Spark engine
+reports Java), so this module names no engine.
+"""
 
 from __future__ import annotations
 
 import json
 import platform
-import shutil
-import subprocess
 from typing import Annotated
 
 import typer
@@ -19,7 +21,7 @@ def register(app: typer.Typer) -> None:
 def doctor_command(
     as_json: Annotated[bool, typer.Option("--json", help="print machine-readable JSON")] = False,
 ) -> None:
-    """Check the environment: Python, Java (for Spark), torch and CUDA, GPUs, backends."""
+    """Check the environment: Python, torch and CUDA, GPUs, backends and what they need."""
     report = diagnose()
     if as_json:
         typer.echo(json.dumps(report, indent=2))
@@ -32,32 +34,25 @@ def diagnose() -> dict:
     """A JSON-ready description of the environment."""
     import warnings
 
-    from resflow.plugins import declared_backends, list_backends
+    from resflow.plugins import declared_backends, engine_classes, list_backends
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         installed = sorted(list_backends())
     broken = [str(w.message) for w in caught]
+    needs: dict[str, str] = {}
+    for name, cls in sorted(engine_classes().items()):
+        try:
+            needs.update(cls.environment())
+        except Exception as exc:  # a third-party engine's check must not stop the doctor
+            needs[name] = f"environment check failed ({exc.__class__.__name__}: {exc})"
     report = {"python": f"{platform.python_version()} ({platform.platform()})",
-              "java": java_version(), **torch_status(),
+              **needs, **torch_status(),
               "backends": ", ".join(installed) or "none",
               "declared": ", ".join(declared_backends())}
     if broken:
         report["broken"] = " | ".join(broken)
     return report
-
-
-def java_version() -> str:
-    """First line of ``java -version`` (Spark needs Java 17+), or why it is unavailable."""
-    java = shutil.which("java")
-    if java is None:
-        return "not found (the spark backend needs Java 17 or 21 on PATH)"
-    try:
-        done = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"failed to run ({exc})"
-    lines = (done.stderr or done.stdout).strip().splitlines()
-    return lines[0] if lines else "no version output"
 
 
 def torch_status() -> dict:

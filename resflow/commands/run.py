@@ -1,12 +1,23 @@
-"""``resflow run``: an imagery archive through the three-stage graph into georeferenced maps."""
+"""``resflow run``: an imagery archive through the three-stage graph into georeferenced maps.
+
+The engines' own flags (a cluster address, a worker count) are not written here: each engine
+declares them (``Executor.cli_options``) and :func:`with_engine_flags` adds them to the
+command, so installing an engine adds its flags to ``resflow run --help``.
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
+import warnings
+from collections.abc import Callable, Collection
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+
+from resflow.executor import CliOption
 
 
 class DeviceChoice(StrEnum):
@@ -19,21 +30,89 @@ class DeviceChoice(StrEnum):
 
 def register(app: typer.Typer) -> None:
     """Add the ``run`` command to the CLI."""
-    app.command("run")(run_command)
+    app.command("run")(with_engine_flags(run_command))
+
+
+def engine_options(reserved: Collection[str] = ()) -> list[tuple[str, CliOption]]:
+    """Every installed engine's flags as ``(engine, option)``, engines by name, each engine's
+    flags in its order: the order in which given flags are applied.
+
+    A flag whose name is in ``reserved`` (the command's own parameters), or which another
+    engine declares with another type, is left out with a warning naming the engine.
+    """
+    from resflow.plugins import engine_classes
+
+    kept: list[tuple[str, CliOption]] = []
+    types: dict[str, type] = {}
+    for engine, cls in sorted(engine_classes().items()):
+        for option in cls.cli_options:
+            if option.param in reserved:
+                clash = "it is an option of the command itself"
+            elif types.setdefault(option.param, option.type) is not option.type:
+                clash = f"another engine declares it as {types[option.param].__name__}"
+            else:
+                kept.append((engine, option))
+                continue
+            warnings.warn(f"resflow backend '{engine}': flag {option.flag} left out, {clash}. "
+                          "Fix: rename the flag in the backend's cli_options",
+                          RuntimeWarning, stacklevel=2)
+    return kept
+
+
+def engine_overrides(options: list[tuple[str, CliOption]],
+                     given: dict[str, Any]) -> dict[str, Any]:
+    """The engine settings the given flags set, as dotted keys ``"<engine>.<field>"``.
+
+    Where two flags of one engine set the same field, the one the engine declares first wins.
+    """
+    settings: dict[str, Any] = {}
+    for engine, option in options:
+        if given.get(option.param) is not None:
+            settings.setdefault(f"{engine}.{option.field}", option.value(given[option.param]))
+    return settings
+
+
+def with_engine_flags(command: Callable[..., None]) -> Callable[..., None]:
+    """``command`` as typer sees it: its own parameters plus every installed engine's flags.
+
+    ``command`` takes ``engine_settings``, a dict of dotted engine settings (see
+    :func:`engine_overrides`), which it passes on to :func:`resflow.config.load_config`; a
+    flag several engines declare is one flag whose help names each engine's meaning.
+    """
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for name, p in signature.parameters.items() if name != "engine_settings"]
+    options = engine_options(reserved={p.name for p in own})
+    helps: dict[str, list[str]] = {}
+    flags: dict[str, CliOption] = {}
+    for engine, option in options:
+        flags.setdefault(option.param, option)
+        helps.setdefault(option.param, []).append(f"{engine}: {option.help}")
+    added = [inspect.Parameter(
+        param, inspect.Parameter.KEYWORD_ONLY, default=None,
+        annotation=Annotated[option.type | None,
+                             typer.Option(option.flag, help="; ".join(helps[param]))])
+        for param, option in flags.items()]
+
+    @functools.wraps(command)
+    def with_flags(**given: Any) -> None:
+        values = {param: given.pop(param) for param in flags}
+        command(**given, engine_settings=engine_overrides(options, values))
+
+    with_flags.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*own, *added])
+    return with_flags
 
 
 def run_command(
-    archive: Annotated[Path, typer.Argument(help="the imagery archive (from `resflow ingest`)")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="the output store, e.g. maps.zarr")],
+    archive: Annotated[str, typer.Argument(
+        help="the imagery archive (from `resflow ingest`): a folder or a URL (s3://...)")],
+    out: Annotated[str, typer.Option(
+        "--out", "-o", help="the output store, e.g. maps.zarr or s3://bucket/maps.zarr")],
     gallery: Annotated[Path | None, typer.Option(help="model gallery (default: bundled)")] = None,
-    backend: Annotated[str | None, typer.Option(help="local, dask or spark (default dask)")] = None,
+    backend: Annotated[str | None, typer.Option(
+        help="the engine: any installed backend, `resflow doctor` lists them (default dask)")
+    ] = None,
     config: Annotated[Path | None, typer.Option(help="YAML file of run settings")] = None,
-    scheduler_address: Annotated[str | None, typer.Option(
-        help="join a running Dask cluster, e.g. tcp://127.0.0.1:8786")] = None,
-    spark_master: Annotated[str | None, typer.Option(
-        help="Spark master URL, e.g. spark://127.0.0.1:7077 or local-cluster[2,1,1024]")] = None,
-    workers: Annotated[int | None, typer.Option(
-        help="embedded cluster size: Dask worker processes, or N in Spark's local[N]")] = None,
     batch_size: Annotated[int | None, typer.Option(help="chips per model call on GPU")] = None,
     device: Annotated[DeviceChoice | None, typer.Option(
         help="where models run: auto (a GPU when torch sees one), cpu or cuda (default auto)",
@@ -48,16 +127,23 @@ def run_command(
         "bucket before stage 3 (RESFlow's shape). Same maps")] = None,
     cog: Annotated[Path | None, typer.Option(help="also write one COG per scene here")] = None,
     footprints: Annotated[Path | None, typer.Option(
-        help="also write building footprints to this GeoJSON")] = None,
+        help="also write building footprints to this file (GeoParquet, or RFC 7946 GeoJSON "
+        "for .geojson), in WGS 84")] = None,
+    stac: Annotated[bool | None, typer.Option(
+        "--stac/--no-stac", help="write a STAC Collection of the maps (default: on)")] = None,
+    stac_dir: Annotated[Path | None, typer.Option(
+        help="where the STAC Collection goes (default: OUT/stac for a local store)")] = None,
     resume: Annotated[bool, typer.Option(help="finish an interrupted output")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace an existing output")] = False,
+    engine_settings: dict[str, Any] | None = None,  # what the engines' flags set, dotted
 ) -> None:
     """Segment buildings in every scene of ARCHIVE and write OUT.zarr (same grids and CRS).
 
-    Flags override the YAML file. Ends with one summary line. Exit codes: 0 on success (or
-    when a resumed output is already complete); 1 when the run finished but some inputs or
-    chips failed (listed in the run report); 2 when the run was refused before any work, or
-    failed; 130 when interrupted (Ctrl-C), after saying how to resume.
+    Flags override the YAML file; each installed engine adds its own. Ends with one summary
+    line. Exit codes: 0 on success (or when a resumed output is already complete); 1 when the
+    run finished but some inputs or chips failed (listed in the run report); 2 when the run
+    was refused before any work, or failed; 130 when interrupted (Ctrl-C), after saying how
+    to resume.
     """
     from resflow.config import RunConfig, load_config
     from resflow.errors import ResflowError
@@ -72,10 +158,8 @@ def run_command(
             config, RunConfig, archive=archive, out=out, gallery=gallery, backend=backend,
             batch_size=batch_size, device=device.value if device else None,
             threshold=threshold, min_building_m2=min_building_m2,
-            plan=plan, cog_dir=cog, footprints=footprints,
-            resume=resume or None, overwrite=overwrite or None,
-            **{"dask.scheduler_address": scheduler_address, "dask.workers": workers,
-               "spark.master": spark_master or (f"local[{workers}]" if workers else None)},
+            plan=plan, cog_dir=cog, footprints=footprints, stac=stac, stac_dir=stac_dir,
+            resume=resume or None, overwrite=overwrite or None, **(engine_settings or {}),
         )
         executor_class = load_backend(settings.backend)
         if check_run(settings) == "resume":

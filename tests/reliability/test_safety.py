@@ -12,9 +12,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from resflow_dask.settings import DaskConfig
+from resflow_spark.settings import SparkConfig
 
 from resflow.archive import Archive
-from resflow.config import DaskConfig, RunConfig, SparkConfig
+from resflow.config import RunConfig
 from resflow.ingest import ingest
 from resflow.outputs import OutputStore
 from resflow.samples import sample_path

@@ -1,0 +1,85 @@
+"""A new backend is one module plus one entry point: the example of docs/backends.md, installed
+into a temporary directory, gets its YAML section, its flag and the contract suite, with no
+change to resflow.
+
+Each check runs in a subprocess whose path holds the example, so this session's backend
+registry (read once, cached) never sees it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+GUIDE = ROOT / "docs" / "backends.md"
+
+
+def example_module() -> str:
+    """The complete example backend of the guide: its Python block defining the executor."""
+    blocks = re.findall(r"```python\n(.*?)```", GUIDE.read_text(), flags=re.DOTALL)
+    return next(block for block in blocks if "class PoolExecutor(Executor)" in block)
+
+
+@pytest.fixture(scope="module")
+def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A directory holding the example module and the metadata of a package declaring it as
+    backend ``pool``, as ``pip install`` would leave them; returned as a PYTHONPATH."""
+    site = tmp_path_factory.mktemp("site")
+    (site / "resflow_pool.py").write_text(example_module())
+    info = site / "resflow_pool-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: resflow-pool\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[resflow.backends]\npool = resflow_pool:PoolExecutor\n")
+    return os.pathsep.join([str(site), str(ROOT), os.environ.get("PYTHONPATH", "")])
+
+
+def run_with_plugin(plugin_path: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": plugin_path}, timeout=600)
+
+
+def test_new_backend_gets_its_section_flag_and_doctor_line(plugin_path: str,
+                                                           tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("backend: pool\npool: {processes: 0}\n")
+    script = textwrap.dedent(f"""
+        import json
+        import typer
+        from typer.testing import CliRunner
+        from resflow.cli import app
+        from resflow.config import RunConfig, load_config
+        from resflow.plugins import load_backend
+
+        assert load_backend("pool").__name__ == "PoolExecutor"
+        settings = load_config(None, RunConfig, backend="pool", **{{"pool.processes": 3}})
+        assert settings.engine_settings("pool").processes == 3
+        assert settings.model_dump(mode="json")["pool"]["processes"] == 3
+        run = typer.main.get_command(app).commands["run"]
+        assert "--processes" in {{flag for param in run.params for flag in param.opts}}
+        refused = CliRunner().invoke(app, ["run", "a.zarr", "--out", "o.zarr",
+                                           "--config", {str(bad)!r}])
+        assert refused.exit_code == 2 and "field 'pool.processes'" in refused.output, \\
+            refused.output
+        doctor = json.loads(CliRunner().invoke(app, ["doctor", "--json"]).stdout)
+        assert "pool" in doctor["backends"], doctor
+        print("ok")
+    """)
+    done = run_with_plugin(plugin_path, "-c", script)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("ok")
+
+
+def test_contract_suite_runs_against_the_new_backend(plugin_path: str) -> None:
+    done = run_with_plugin(plugin_path, "-m", "pytest", "tests/test_executor_contract.py",
+                           "-k", "pool", "-q", "-p", "no:cacheprovider")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    passed = re.search(r"(\d+) passed", done.stdout)
+    assert passed and int(passed.group(1)) >= 5, done.stdout[-2000:]
