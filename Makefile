@@ -5,7 +5,7 @@ BIN = $(VENV)/bin
 STAMP = $(VENV)/.installed
 GALLERY_GSD ?= 0.3
 
-.PHONY: install demo test lint bench accuracy gallery clean
+.PHONY: install demo test lint bench accuracy gallery clean gpu-archive gpu-wheels
 
 install: $(STAMP)
 
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "torch==2.13.0"
-	$(BIN)/python -m pip install -q -e ".[dask,spark,dev,bench]"
+	$(BIN)/python -m pip install -q -e ".[dask,spark,s3,dev,bench]"
 	touch $(STAMP)
 
 demo: install
@@ -29,6 +29,15 @@ lint: install
 
 bench: install
 	$(BIN)/resflow bench --quick
+
+# What the GPU check carries to a host without a package index (benchmarks/README.md, "GPU
+# check"): the archive, ingested here, then the wheels the host lacks, split with it into
+# parts that each travel with the repository within 64 MiB; prints sizes and the carry plan.
+gpu-archive: install
+	$(BIN)/python -m benchmarks.gpu_check archive
+
+gpu-wheels: gpu-archive
+	$(BIN)/python -m benchmarks.gpu_check wheels
 
 # The accuracy study behind docs/accuracy.md (needs ../shared/data/fair; about an hour on
 # 2 cores): leave one place out and a split within each place, at two ground resolutions.

@@ -10,7 +10,8 @@ Layout written by :func:`resflow.ingest.ingest`::
         spatial_ref  ()            CF grid mapping: crs_wkt, spatial_ref, GeoTransform
         valid_fraction (chip_row, chip_col) float32, share of valid pixels per chip
 
-Each scene group opens with plain ``xarray.open_zarr(path, group="scenes/<name>")`` and
+The archive may be a local folder or an object-storage URL (:mod:`resflow.storage`). Each
+scene group opens with plain ``xarray.open_zarr(path, group="scenes/<name>")`` and
 rioxarray's ``.rio.crs`` / ``.rio.transform()``. Only scenes whose ``complete`` attribute
 is true are listed: an interrupted ingest never yields a scene that looks finished.
 """
@@ -26,7 +27,16 @@ from typing import Any
 import numpy as np
 import zarr
 
-from resflow.chips import ChipPixels, ChipRef, chip_grid, chip_runs, halo_indices, window_km2
+from resflow import storage
+from resflow.chips import (
+    ChipPixels,
+    ChipRef,
+    chip_grid,
+    chip_runs,
+    halo_indices,
+    shard_chip_window,
+    window_km2,
+)
 from resflow.errors import InputError
 from resflow.harmonise import harmonise
 
@@ -136,16 +146,28 @@ class Archive:
     (3, 320, 320)
     """
 
-    def __init__(self, path: Path, scenes: dict[str, SceneInfo], refused: list[dict],
+    def __init__(self, path: Path | str, scenes: dict[str, SceneInfo], refused: list[dict],
                  skipped: dict[str, SceneInfo] | None = None) -> None:
         self.path = path
         self.scenes = scenes
         self.refused = refused
         self.skipped = skipped or {}
         self._arrays: dict[str, zarr.Array] = {}
+        self._valid: dict[str, np.ndarray] = {}
+        self._store: Any = None
+
+    @property
+    def display(self) -> str:
+        """The archive's location as messages show it (never with credentials)."""
+        return storage.display(self.path)
+
+    def _zarr_store(self) -> Any:
+        if self._store is None:
+            self._store = storage.zarr_store(self.path, read_only=True)
+        return self._store
 
     @classmethod
-    def open(cls, path: str | Path) -> Archive:
+    def open(cls, path: storage.Location) -> Archive:
         """Open an archive; only complete scenes are listed, in ``scenes`` when they are
         mapped and in ``skipped`` when they are too coarse (:mod:`resflow.resolution`).
 
@@ -154,7 +176,7 @@ class Archive:
         InputError
             if the path is not a resflow archive of this format.
         """
-        path = Path(path)
+        path = storage.normalise(path)
         root = open_root(path)
         scenes: dict[str, SceneInfo] = {}
         skipped: dict[str, SceneInfo] = {}
@@ -177,8 +199,8 @@ class Archive:
         """The raw ``(band, y, x)`` source-dtype array of a scene."""
         if scene not in self._arrays:
             self._scene(scene)
-            self._arrays[scene] = zarr.open_array(self.path, path=f"{SCENES}/{scene}/image",
-                                                  mode="r")
+            self._arrays[scene] = zarr.open_array(self._zarr_store(),
+                                                  path=f"{SCENES}/{scene}/image", mode="r")
         return self._arrays[scene]
 
     def chips(self, scenes: Iterable[str] | None = None) -> list[ChipRef]:
@@ -189,16 +211,31 @@ class Archive:
         refs: list[ChipRef] = []
         for name in sorted(self.scenes) if scenes is None else scenes:
             info = self._scene(name)
-            fractions = zarr.open_array(self.path, path=f"{SCENES}/{name}/valid_fraction",
-                                        mode="r")[...]
-            for row, col, y0, x0, h, w in chip_grid(info.height, info.width, info.chip):
-                refs.append(ChipRef(
-                    scene=name, row=row, col=col, y0=y0, x0=x0, height=h, width=w,
-                    chip=info.chip,
-                    km2=window_km2(info.transform, info.crs_wkt, y0, x0, h, w),
-                    valid_fraction=float(fractions[row, col]),
-                ))
+            refs.extend(self._ref(info, row, col)
+                        for row, col, *_ in chip_grid(info.height, info.width, info.chip))
         return refs
+
+    def shard_chips(self, scene: str, shard: int, shard_chips: int) -> list[ChipRef]:
+        """The chips of one output shard (``shard_chips x shard_chips`` chips, row-major
+        index ``shard`` on the scene's shard grid), row-major: what one task writes."""
+        info = self._scene(scene)
+        r0, r1, c0, c1 = shard_chip_window(shard, info.height, info.width, info.chip,
+                                           shard_chips)
+        return [self._ref(info, row, col) for row in range(r0, r1) for col in range(c0, c1)]
+
+    def _valid_fraction(self, scene: str) -> np.ndarray:
+        """Share of valid pixels per chip of a scene, read once per process."""
+        if scene not in self._valid:
+            self._valid[scene] = np.asarray(zarr.open_array(
+                self._zarr_store(), path=f"{SCENES}/{scene}/valid_fraction", mode="r")[...])
+        return self._valid[scene]
+
+    def _ref(self, info: SceneInfo, row: int, col: int) -> ChipRef:
+        y0, x0 = row * info.chip, col * info.chip
+        h, w = min(info.chip, info.height - y0), min(info.chip, info.width - x0)
+        return ChipRef(scene=info.name, row=row, col=col, y0=y0, x0=x0, height=h, width=w,
+                       chip=info.chip, km2=window_km2(info.transform, info.crs_wkt, y0, x0, h, w),
+                       valid_fraction=float(self._valid_fraction(info.name)[row, col]))
 
     def read_chip(self, ref: ChipRef, halo: int = 0) -> ChipPixels:
         """Read one chip plus ``halo`` pixels of context, harmonised to the models' input.
@@ -247,7 +284,7 @@ class Archive:
                 "rgb": list(info.rgb), "gsd_m": info.gsd_m, "source_gsd_m": info.source_gsd_m,
                 "resampling": info.resampling,
             })
-        return {"path": str(self.path), "kind": ARCHIVE_KIND, "scenes": scenes,
+        return {"path": self.display, "kind": ARCHIVE_KIND, "scenes": scenes,
                 "skipped": self.skipped_records(), "refused": self.refused}
 
     def skipped_records(self) -> list[dict[str, Any]]:
@@ -259,26 +296,29 @@ class Archive:
         try:
             return self.scenes[name]
         except KeyError:
-            raise InputError(f"{self.path}: scene '{name}'", "no complete scene of that name",
+            raise InputError(f"{self.display}: scene '{name}'", "no complete scene of that name",
                              f"use one of {sorted(self.scenes)} or re-run `resflow ingest`"
                              ) from None
 
 
-def open_root(path: Path, mode: str = "r") -> zarr.Group:
-    """Open the root group of a resflow archive, refusing anything else with a clear error."""
-    if not path.exists():
-        raise InputError(str(path), "the archive does not exist",
+def open_root(path: Path | str, mode: str = "r") -> zarr.Group:
+    """Open the root group of a resflow archive (a folder or a URL), refusing anything else
+    with a clear error."""
+    where = storage.display(path)
+    if not storage.exists(path):
+        raise InputError(where, "the archive does not exist",
                          "create it with `resflow ingest SRC... --out ARCHIVE.zarr`")
     try:
-        root = zarr.open_group(path, mode=mode, use_consolidated=False)
+        root = zarr.open_group(storage.zarr_store(path, read_only=mode == "r"), mode=mode,
+                               use_consolidated=False)
     except Exception as exc:  # zarr raises several types for a non-store folder
-        raise InputError(str(path), f"not a Zarr store ({exc.__class__.__name__})",
+        raise InputError(where, f"not a Zarr store ({exc.__class__.__name__})",
                          "pass the .zarr folder written by `resflow ingest`") from exc
     if root.attrs.get("resflow_kind") != ARCHIVE_KIND:
-        raise InputError(str(path), "not a resflow imagery archive",
+        raise InputError(where, "not a resflow imagery archive",
                          "pass the .zarr folder written by `resflow ingest`")
     if mode == "r" and root.attrs.get("format") != FORMAT_VERSION:
-        raise InputError(str(path), f"archive format {root.attrs.get('format')} predates "
+        raise InputError(where, f"archive format {root.attrs.get('format')} predates "
                          f"working ground resolutions (this resflow reads format "
                          f"{FORMAT_VERSION})", "re-ingest the sources with `resflow ingest`")
     return root

@@ -199,3 +199,39 @@ def chip_runs(refs: Sequence[ChipRef]) -> list[list[int]]:
         else:
             runs.append([i])
     return runs
+
+
+def shard_grid(height: int, width: int, chip: int, shard_chips: int) -> tuple[int, int]:
+    """Shard rows and columns of a scene: a shard is ``shard_chips x shard_chips`` chips,
+    the unit one task writes (one object per array in the output store).
+
+    >>> shard_grid(1000, 600, 256, 2)
+    (2, 2)
+    """
+    rows, cols = grid_shape(height, width, chip)
+    return -(-rows // shard_chips), -(-cols // shard_chips)
+
+
+def shard_chip_window(index: int, height: int, width: int, chip: int,
+                      shard_chips: int) -> tuple[int, int, int, int]:
+    """Chip rows ``[r0, r1)`` and columns ``[c0, c1)`` of shard ``index`` (row-major).
+
+    >>> shard_chip_window(3, 1000, 600, 256, 2)
+    (2, 4, 2, 3)
+    """
+    rows, cols = grid_shape(height, width, chip)
+    _, shard_cols = shard_grid(height, width, chip, shard_chips)
+    sr, sc = divmod(index, shard_cols)
+    r0, c0 = sr * shard_chips, sc * shard_chips
+    return r0, min(rows, r0 + shard_chips), c0, min(cols, c0 + shard_chips)
+
+
+def shard_index(row: int, col: int, height: int, width: int, chip: int,
+                shard_chips: int) -> int:
+    """The row-major shard index holding chip ``(row, col)``.
+
+    >>> shard_index(3, 2, 1000, 600, 256, 2)
+    3
+    """
+    _, shard_cols = shard_grid(height, width, chip, shard_chips)
+    return (row // shard_chips) * shard_cols + col // shard_chips

@@ -45,7 +45,7 @@ from resflow.archive import Archive
 from resflow.errors import ConfigError, InputError, ResflowError
 from resflow.harmonise import harmonise
 from resflow.masks import building_mask, min_pixels
-from resflow.outputs import LEDGER, OutputStore
+from resflow.outputs import NOT_MAPPED, OutputStore, quantised_threshold
 from resflow.outputs import describe as describe_output
 from resflow.training.labels import load_labels, rasterise
 from resflow.training.metrics import (
@@ -155,7 +155,7 @@ def evaluate(out_store_path: Path | str, label_paths: list[Path | str], *,
             int(run_config.get("halo", 0)))
         truth = rasterise(covering[scene], crs_wkt, transform, (0, 0, height, width))
         step = max(1, math.ceil(max(height, width) / OVERLAY_MAX_PX))
-        valid = _mapped(store, scene, (height, width), int(attrs["chip"]))
+        valid = _mapped(store, scene)
         pixels = (_archive_pixels(archive, scene, attrs["sha256"], (height, width), step)
                   if archive else None)
         if pixels is not None:
@@ -305,18 +305,17 @@ def _predicted(store: OutputStore, scene: str, threshold: float | None,
                smallest: int, halo: int) -> np.ndarray:
     """The building mask: the run's own, or the probability cut as the run cuts it (specks
     under the run's ``min_building_m2``, ``smallest`` pixels, dropped; edges reflected by
-    the run's ``halo``)."""
+    the run's ``halo``). Pixels not mapped are never buildings."""
     if threshold is None:
-        return np.asarray(store.read_array(scene, "mask")[...]) > 0
+        return np.asarray(store.read_array(scene, "mask")[...]) == 1
     probability = np.asarray(store.read_array(scene, "probability")[...])
-    return building_mask(probability, threshold * 255, smallest, reflect=halo)
+    probability = np.where(probability == NOT_MAPPED, 0, probability).astype(np.uint8)
+    return building_mask(probability, quantised_threshold(threshold), smallest, reflect=halo)
 
 
-def _mapped(store: OutputStore, scene: str, shape: tuple[int, int], chip: int) -> np.ndarray:
-    """Pixels of chips in the ledger, on the scene grid."""
-    ledger = np.asarray(store.read_array(scene, LEDGER)[...]) > 0
-    full = np.repeat(np.repeat(ledger, chip, axis=0), chip, axis=1)
-    return full[:shape[0], :shape[1]].copy()
+def _mapped(store: OutputStore, scene: str) -> np.ndarray:
+    """Pixels the run mapped (written, and holding data), on the scene grid."""
+    return np.asarray(store.read_array(scene, "probability")[...]) != NOT_MAPPED
 
 
 def _open_archive(recorded: str | None, out: Path) -> Archive | None:

@@ -13,17 +13,15 @@ chip the same result alone or in any batch (fixed-shape micro-batches).
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 if TYPE_CHECKING:
     from resflow.archive import Archive
     from resflow.chips import ChipPixels, ChipRef
-    from resflow.outputs import OutputStore
 
 FIX = ("check the scene's source raster (e.g. `gdalinfo -stats`); re-ingest it once fixed, "
        "then `resflow run ... --resume` maps only the missing chips")
@@ -46,6 +44,8 @@ class ChipFailure:
     ref: ChipRef
     stage: str
     problem: str
+    #: the partition the chip was planned in (the regrouped plan brings it back there)
+    origin: int = -1
 
     def as_record(self, source: str) -> dict[str, str]:
         """The failure as a run-report error; ``source`` is the scene's source raster."""
@@ -56,7 +56,8 @@ class ChipFailure:
                 "scene": ref.scene, "chip": f"{ref.row},{ref.col}"}
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
+    """An exception as one clause: ``Type: message``."""
     return f"{exc.__class__.__name__}: {exc}".rstrip(".")
 
 
@@ -79,7 +80,7 @@ def read_chips(refs: Sequence[ChipRef], read: Callable[[Sequence[ChipRef]], list
                 together.extend(read([ref]))
             except Exception as exc:  # one unreadable chip must not stop its partition
                 failures.append(ChipFailure(ref, stage,
-                                            f"reading the chip failed ({_describe(exc)})"))
+                                            f"reading the chip failed ({describe_error(exc)})"))
                 together.append(None)
     kept: list[ChipRef] = []
     pixels: list[ChipPixels] = []
@@ -114,7 +115,7 @@ def compute_chips(refs: Sequence[ChipRef], images: np.ndarray,
             try:
                 outputs.append(model(image[None])[0])
             except Exception as exc:
-                failures.append(ChipFailure(ref, stage, f"the model raised {_describe(exc)}"))
+                failures.append(ChipFailure(ref, stage, f"the model raised {describe_error(exc)}"))
                 outputs.append(None)
     kept: list[ChipRef] = []
     results: list[np.ndarray] = []
@@ -129,61 +130,14 @@ def compute_chips(refs: Sequence[ChipRef], images: np.ndarray,
     return kept, results
 
 
-def write_chips(store: OutputStore, refs: Sequence[ChipRef], chips: Sequence[np.ndarray],
-                masks: Sequence[np.ndarray], stage: str, failures: list[ChipFailure]
-                ) -> list[ChipRef]:
-    """Write the chips together; if that raises (e.g. a full disk), write each alone so that
-    only the chips that cannot be written fail. A failed chip stays out of the ledger.
+def empty_scene_errors(archive: Archive, empty_scenes: Iterable[str]) -> list[dict[str, str]]:
+    """One run-report error per mapped scene with no valid pixel at all.
 
-    Returns the chips written; failures are appended to ``failures``.
+    Such a scene still gets its (not mapped) map, so the output stays complete; the error
+    says why the map is empty (every pixel nodata, NaN or Inf).
     """
-    try:
-        store.write_chips(refs, chips, masks)
-        return list(refs)
-    except Exception:  # find the chip(s) at fault
-        written: list[ChipRef] = []
-        for ref, chip, mask in zip(refs, chips, masks, strict=True):
-            try:
-                store.write_chip(ref, chip, mask)
-            except Exception as exc:
-                failures.append(ChipFailure(ref, stage,
-                                            f"writing the chip failed ({_describe(exc)})"))
-                continue
-            written.append(ref)
-        return written
-
-
-def failing_partition(stage: str) -> Callable[[Callable[..., list[Any]]], Callable[..., list[Any]]]:
-    """Decorate a stage function so an error outside any one chip fails its chips, not the run.
-
-    The stage function takes its partition's records as its last argument but one (before
-    the task env); records are chip-bearing (``.ref``) or earlier :class:`ChipFailure`s,
-    which are passed on unchanged.
-    """
-    def decorate(fn: Callable[..., list[Any]]) -> Callable[..., list[Any]]:
-        @functools.wraps(fn)
-        def wrapper(*args: Any) -> list[Any]:
-            try:
-                return fn(*args)
-            except Exception as exc:  # e.g. the gallery or store vanished under a worker
-                problem = f"the partition's task failed ({_describe(exc)})"
-                return [r if isinstance(r, ChipFailure) else ChipFailure(r.ref, stage, problem)
-                        for r in args[-2]]
-        return wrapper
-    return decorate
-
-
-def empty_scene_errors(archive: Archive, refs: Sequence[ChipRef]) -> list[dict[str, str]]:
-    """One run-report error per planned scene with no valid pixel at all.
-
-    Such a scene still gets its (empty) map, so the output stays complete; the error says
-    why the map is empty (every pixel nodata, NaN or Inf).
-    """
-    valid: dict[str, float] = {}
-    for ref in refs:
-        valid[ref.scene] = max(valid.get(ref.scene, 0.0), ref.valid_fraction)
     return [{"source": archive.scenes[scene].source, "where": archive.scenes[scene].source,
              "problem": f"scene {scene} holds no valid pixel (every pixel is nodata, NaN or "
              "Inf), so its map is empty", "fix": "check the raster's nodata value and "
              "contents, or leave it out of the archive", "scene": scene}
-            for scene, fraction in sorted(valid.items()) if fraction == 0.0]
+            for scene in sorted(empty_scenes)]

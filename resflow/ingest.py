@@ -31,7 +31,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 from zarr.errors import ZarrUserWarning
 
-from resflow import __version__
+from resflow import __version__, storage
 from resflow.archive import ARCHIVE_KIND, FORMAT_VERSION, SCENES, SceneInfo
 from resflow.chips import grid_shape
 from resflow.config import IngestConfig
@@ -72,7 +72,7 @@ class IngestResult:
         (:mod:`resflow.resolution`); these are also in ``ingested`` or ``skipped``.
     """
 
-    path: Path
+    path: Path | str
     ingested: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     refused: list[dict] = field(default_factory=list)
@@ -88,7 +88,7 @@ class IngestResult:
 class _Plan:
     """A raster that passed inspection, ready to be written as one scene."""
 
-    source: Path
+    source: Path | str
     info: SceneInfo
 
 
@@ -123,9 +123,9 @@ def ingest(sources: Iterable[str | Path], out: str | Path, config: IngestConfig 
     ['sample_geotiff']
     """
     config = config or IngestConfig()
-    out = Path(out)
+    out = storage.normalise(out)
     result = IngestResult(path=out)
-    files, refusals = _discover(sources)
+    files, refusals = _discover(sources, config.stac_asset)
     root = _open_for_writing(out)
     plans: list[_Plan] = []
     for path, name in zip(files, _scene_names(files), strict=True):
@@ -166,16 +166,36 @@ def _progress(total: int, enabled: bool):
 
 
 def _refusal(source: Path | str, err: InputError) -> dict:
-    return {"source": str(source), **err.as_record()}
+    return {"source": storage.display(source), **err.as_record()}
 
 
-def _discover(sources: Iterable[str | Path]) -> tuple[list[Path], list[dict]]:
-    """Expand folders into their rasters; refuse missing paths and folders without rasters."""
-    files: list[Path] = []
+def _discover(sources: Iterable[str | Path],
+              stac_asset: str | None = None) -> tuple[list[Path | str], list[dict]]:
+    """Expand folders, prefixes and STAC files (``*.json``: :func:`resflow.stac.stac_sources`,
+    ``stac_asset`` naming the asset key) into their rasters; refuse missing paths and
+    objects, and folders without rasters."""
+    files: list[Path | str] = []
     refusals: list[dict] = []
     for source in sources:
-        path = Path(source)
-        if path.is_dir():
+        path = storage.normalise(source)
+        if storage.basename(path).lower().endswith(".json"):
+            from resflow.stac import stac_sources
+
+            try:
+                files.extend(storage.normalise(href)
+                             for href in stac_sources(path, asset_key=stac_asset))
+            except InputError as err:
+                refusals.append(_refusal(path, err))
+        elif isinstance(path, str):
+            found = storage.retrying(lambda: storage.find(path, RASTER_SUFFIXES))  # noqa: B023
+            if not found:
+                what = "no object or prefix" if found is None else "no raster objects"
+                refusals.append(_refusal(path, InputError(
+                    storage.display(path), f"there is {what} at this URL",
+                    "check the bucket, the key and your credentials (AWS_PROFILE or "
+                    "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")))
+            files.extend(found or [])
+        elif path.is_dir():
             found = sorted(p for p in path.rglob("*")
                            if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES)
             if not found:
@@ -189,11 +209,11 @@ def _discover(sources: Iterable[str | Path]) -> tuple[list[Path], list[dict]]:
                 str(path), "the file does not exist", "check the path and spelling")))
         else:
             files.append(path)
-    unique = list(dict.fromkeys(p.resolve() for p in files))
+    unique = list(dict.fromkeys(p.resolve() if isinstance(p, Path) else p for p in files))
     return unique, refusals
 
 
-def _scene_names(files: Sequence[Path]) -> list[str]:
+def _scene_names(files: Sequence[Path | str]) -> list[str]:
     """Sanitised group names; a stem shared by several files gets its folder prepended.
 
     A name Zarr uses for its own metadata (``zarr.json``, ``.zattrs``...) gets a ``_scene``
@@ -203,30 +223,40 @@ def _scene_names(files: Sequence[Path]) -> list[str]:
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or "scene"
         return f"{name}_scene" if name.lower() in ZARR_RESERVED else name
 
-    stems = [clean(p.stem) for p in files]
-    return [clean(f"{p.parent.name}_{p.stem}") if stems.count(s) > 1 else s
-            for p, s in zip(files, stems, strict=True)]
+    stems = [clean(Path(storage.basename(p)).stem) for p in files]
+    return [clean(f"{storage.parent_name(p)}_{Path(storage.basename(p)).stem}")
+            if stems.count(s) > 1 else s for p, s in zip(files, stems, strict=True)]
 
 
-def sha256(path: Path, block: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+def sha256(path: Path | str, block: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file or object, read in 1 MiB blocks."""
     digest = hashlib.sha256()
-    with path.open("rb") as fh:
+    with storage.open_binary(path) as fh:
         while chunk := fh.read(block):
             digest.update(chunk)
     return digest.hexdigest()
 
 
-def _inspect(path: Path, name: str, config: IngestConfig, rgb: Sequence[int] | None) -> _Plan:
-    """Check that a raster can become a scene; raise one :class:`InputError` if not."""
-    where = str(path)
-    if path.stat().st_size == 0:
+def _inspect(path: Path | str, name: str, config: IngestConfig,
+             rgb: Sequence[int] | None) -> _Plan:
+    """Check that a raster can become a scene; raise one :class:`InputError` if not.
+
+    A remote raster's reads are retried while they fail transiently
+    (:func:`resflow.storage.retrying`); a refusal is final."""
+    return storage.retrying(lambda: _inspect_once(path, name, config, rgb))
+
+
+def _inspect_once(path: Path | str, name: str, config: IngestConfig,
+                  rgb: Sequence[int] | None) -> _Plan:
+    where = storage.display(path)
+    if storage.size(path) == 0:
         raise InputError(where, "the file is empty (0 bytes)", "re-download or re-export it")
     try:
         with warnings.catch_warnings():
             # A missing geotransform is reported below as a refusal, not as a warning.
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            ds = rasterio.open(path)
+            with storage.raster_env(path):
+                ds = storage.open_raster(path)
         with ds:
             count, dtypes, crs, transform = ds.count, ds.dtypes, ds.crs, ds.transform
             height, width, nodata = ds.height, ds.width, ds.nodata
@@ -255,29 +285,32 @@ def _inspect(path: Path, name: str, config: IngestConfig, rgb: Sequence[int] | N
         raise InputError(where, f"the raster has no {' and no '.join(missing)}",
                          "georeference it first, e.g. `gdal_edit.py -a_srs EPSG:xxxx "
                          "-a_ullr ulx uly lrx lry`")
-    names = band_names(path, count, descriptions, colorinterp)
+    names = band_names(Path(storage.basename(path)), count, descriptions, colorinterp)
     grid = working_grid(crs.to_wkt(), tuple(transform)[:6], height, width, config.gsd,
                         config.max_gsd)
     info = SceneInfo(
         name=name, height=grid.height, width=grid.width, band_names=names, dtype=dtypes[0],
         crs_wkt=crs.to_wkt(), transform=grid.transform, nodata=nodata, chip=config.chip,
-        source=str(path), sha256=sha256(path), stats={}, rgb=select_rgb(where, names, rgb),
+        source=storage.display(path), sha256=sha256(path), stats={},
+        rgb=select_rgb(where, names, rgb),
         gsd_m=grid.gsd_m, source_gsd_m=grid.source_gsd_m, resampling=grid.resampling,
         skip=grid.skip,
     )
     return _Plan(source=path, info=info)
 
 
-def _open_for_writing(out: Path) -> zarr.Group:
+def _open_for_writing(out: Path | str) -> zarr.Group:
     """Open or create the archive root; refuse a folder that is some other Zarr store."""
-    root = zarr.open_group(out, mode="a", zarr_format=3, use_consolidated=False)
+    root = zarr.open_group(storage.zarr_store(out), mode="a", zarr_format=3,
+                           use_consolidated=False)
     kind = root.attrs.get("resflow_kind")
     if kind not in (None, ARCHIVE_KIND):
-        raise InputError(str(out), f"the store is a resflow '{kind}' store, not an archive",
-                         "choose another --out path")
+        raise InputError(storage.display(out), f"the store is a resflow '{kind}' store, not "
+                         "an archive", "choose another --out path")
     if kind == ARCHIVE_KIND and root.attrs.get("format") != FORMAT_VERSION:
-        raise InputError(str(out), f"the archive has format {root.attrs.get('format')}, older "
-                         f"than this resflow's {FORMAT_VERSION} (working ground resolutions)",
+        raise InputError(storage.display(out), f"the archive has format "
+                         f"{root.attrs.get('format')}, older than this resflow's "
+                         f"{FORMAT_VERSION} (working ground resolutions)",
                          "ingest into a new --out path, or delete the old archive first")
     # Rewriting the root attributes also drops consolidated metadata from an earlier run,
     # which would otherwise describe scenes this run is about to redo.
@@ -308,14 +341,15 @@ def _write_scene(root: zarr.Group, plan: _Plan, config: IngestConfig) -> None:
     if info.skip:  # too coarse to map: the record says so, no pixels are copied
         group.attrs["complete"] = True
         return
-    try:
-        stats, fractions = _stream(group, plan, config)
+    try:  # a remote source's transient failures are retried; each try rewrites every array
+        stats, fractions = storage.retrying(lambda: _stream(group, plan, config)) \
+            if storage.is_url(plan.source) else _stream(group, plan, config)
     except (RasterioError, OSError) as exc:
         del scenes[info.name]
         detail = exc.__cause__ or exc  # GDAL's own message sits on the cause
-        raise InputError(str(plan.source), f"the raster is truncated or corrupt: reading its "
-                         f"pixels failed (GDAL: {detail})", "re-download or re-export it"
-                         ) from exc
+        raise InputError(storage.display(plan.source), f"the raster is truncated or corrupt: "
+                         f"reading its pixels failed (GDAL: {detail})",
+                         "re-download or re-export it") from exc
     group.create_array("valid_fraction", data=fractions, chunks=fractions.shape,
                        dimension_names=("chip_row", "chip_col"),
                        attributes={"long_name": "share of valid pixels per chip"})
@@ -336,13 +370,14 @@ def _stream(group: zarr.Group, plan: _Plan, config: IngestConfig) -> tuple[dict,
     image = group.create_array(
         "image", shape=(nbands, info.height, info.width), chunks=(nbands, chip, chip),
         dtype=info.dtype, fill_value=fill, dimension_names=("band", "y", "x"),
-        attributes=image_attrs,
+        attributes=image_attrs, overwrite=True,
     )
     # Windows are whole multiples of the chip so every chunk is written exactly once.
     step = max(chip, config.window_rows // chip * chip)
     sampler = StatsSampler(info.height, info.width, info.nodata)
     valid_count = np.zeros(grid_shape(info.height, info.width, chip), dtype=np.int64)
-    with rasterio.Env(GDAL_CACHEMAX=STREAM_CACHE_MB), rasterio.open(plan.source) as src, \
+    with storage.raster_env(plan.source, GDAL_CACHEMAX=STREAM_CACHE_MB), \
+            storage.open_raster(plan.source) as src, \
             _on_working_grid(src, info) as ds:
         for y0 in range(0, info.height, step):
             for x0 in range(0, info.width, step):
@@ -395,24 +430,25 @@ def _write_coords(group: zarr.Group, info: SceneInfo) -> None:
     names = ("longitude", "latitude") if geographic else ("projection_x_coordinate",
                                                          "projection_y_coordinate")
     for dim, values, standard in (("x", x, names[0]), ("y", y, names[1])):
-        group.create_array(dim, data=values, dimension_names=(dim,),
+        group.create_array(dim, data=values, dimension_names=(dim,), overwrite=True,
                            attributes={"standard_name": standard, "axis": dim.upper()})
     group.create_array("band", data=np.arange(1, len(info.band_names) + 1, dtype=np.int64),
-                       dimension_names=("band",))
+                       dimension_names=("band",), overwrite=True)
     ref = group.create_array("spatial_ref", shape=(), dtype="int64", fill_value=0,
-                             dimension_names=(), attributes={
+                             dimension_names=(), overwrite=True, attributes={
                                  "crs_wkt": info.crs_wkt, "spatial_ref": info.crs_wkt,
                                  "GeoTransform": " ".join(repr(v) for v in (c, a, b, f, d, e)),
                              })
     ref[...] = 0
 
 
-def _record(root: zarr.Group, out: Path, files: Sequence[Path], refusals: list[dict]) -> None:
+def _record(root: zarr.Group, out: Path | str, files: Sequence[Path | str],
+            refusals: list[dict]) -> None:
     """Keep refusals of earlier runs for other inputs; replace those for this run's inputs."""
-    touched = {str(p) for p in files} | {r["source"] for r in refusals}
+    touched = {storage.display(p) for p in files} | {r["source"] for r in refusals}
     kept = [r for r in root.attrs.get("refused", []) if r["source"] not in touched]
     root.attrs["refused"] = kept + refusals
     with warnings.catch_warnings():
         # Consolidated metadata lets plain xarray.open_zarr open groups without a warning.
         warnings.simplefilter("ignore", ZarrUserWarning)
-        zarr.consolidate_metadata(out)
+        zarr.consolidate_metadata(storage.zarr_store(out))

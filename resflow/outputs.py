@@ -1,24 +1,39 @@
 """The output store: one georeferenced Zarr v3 group of building maps per input scene.
 
-Layout of ``OUT`` (a Zarr v3 directory store)::
+Layout of ``OUT`` (a Zarr v3 store: a local folder or an object-storage URL)::
 
-    OUT/zarr.json               root attrs: resflow_kind="output", complete, scenes, run_config,
-                                run_report (once complete)
+    OUT/zarr.json               root attrs: resflow_kind="output", complete, scenes,
+                                shard_chips, bucket_models, run_config, run_report (once
+                                complete); consolidated metadata of every group for xarray
     OUT/run_report.json         the run report, written by :meth:`OutputStore.finalize`
-    OUT/<group>/probability     uint8 (y, x), 0..255 = building probability x 255, fill 0
-    OUT/<group>/mask            uint8 (y, x), 1 = building, fill 0
-    OUT/<group>/chip_done       uint8 (chip_row, chip_col), the chip ledger, one chunk per chip
+    OUT/stac/collection.json    a STAC Collection of the maps, written after a local run
+                                (:mod:`resflow.stac`; not a Zarr node, readers skip it)
+    OUT/<group>/probability     uint8 (y, x): probability x 254 in 0..254; 255 = not mapped
+    OUT/<group>/mask            uint8 (y, x): 1 = building, 0 = background; 255 = not mapped
+    OUT/<group>/chip_bucket     int16 (chip_row, chip_col): the bucket that served each chip,
+                                -1 = no valid pixel (skipped), -2 = not written yet
     OUT/<group>/x, y            pixel-centre coordinates in the scene CRS
     OUT/<group>/spatial_ref     CF grid mapping: crs_wkt, spatial_ref and GDAL GeoTransform
 
-Each group has the grid, CRS and transform of its archive scene, and ``probability`` and
-``mask`` are chunked on the scene's chip grid: a chip write is exactly one chunk, so no two
-tasks ever write the same chunk and a re-executed task rewrites identical bytes.
+Each group has the grid, CRS and transform of its archive scene. ``probability`` and
+``mask`` are chunked on the scene's chip grid and **sharded**: ``shard_chips x
+shard_chips`` chips are one object per array, so a scene of ``n`` chips is about
+``3 n / shard_chips^2`` objects, not ``3 n``. A shard is the unit of writing: one task
+assembles a whole shard and writes it at once (never a read-modify-write, never two writers),
+and a re-executed task rewrites identical bytes.
 
-The ledger is a Zarr array rather than loose marker files so the store stays a valid Zarr
-hierarchy (zarr warns on, and cannot consolidate, foreign directories). Its chunks are
-(1, 1): a chip's ledger entry is its own small object, written after the chip's pixels, so
-a chip is in the ledger only once its pixels are on disk, and writers never contend.
+Not mapped is not "no building": pixels outside the scene's data, and chips never written,
+hold the fill value 255, which the CF attributes (``_FillValue``, ``scale_factor`` 1/254,
+``add_offset`` 0) declare, so ``xarray.open_zarr(OUT, group=...)`` gives probabilities as
+floats in ``[0, 1]`` with NaN where nothing was mapped.
+
+``chip_bucket`` is also the ledger: it is chunked by shard, and a shard's block is written
+after its pixels, so a chip counts as done only once its pixels are stored. ``--resume``
+re-runs the shards that hold a chip still at -2; resume state is one small object per shard.
+
+Metadata is written in bulk when the store is made (every scene's group built in memory,
+then stored in concurrent batches), and workers open only the arrays they write; the
+consolidated root document is for readers such as xarray, never parsed by a task.
 
 ``xarray.open_zarr(OUT, group=...)`` reads a group with ``spatial_ref`` as a coordinate,
 and rioxarray's ``.rio.crs`` / ``.rio.transform()`` recover the scene georeferencing.
@@ -28,9 +43,8 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,9 +52,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
-import zarr.errors
 
-from resflow.chips import chip_runs
+from resflow import storage
+from resflow.chips import grid_shape, shard_chip_window
 from resflow.errors import ResflowError
 from resflow.report import REPORT_NAME
 
@@ -49,15 +63,40 @@ if TYPE_CHECKING:
     from resflow.chips import ChipRef
 
 KIND = "output"
-FORMAT_VERSION = 1
-LEDGER = "chip_done"
+#: Folder of a local store that holds the run's STAC Collection.
+STAC_FOLDER = "stac"
+#: 2: sharded arrays, CF fill values, ``chip_bucket`` as the per-shard ledger.
+FORMAT_VERSION = 2
+LEDGER = "chip_bucket"
+#: probability x PROBABILITY_SCALE is stored; NOT_MAPPED is the fill of both pixel arrays.
+PROBABILITY_SCALE = 254
+NOT_MAPPED = 255
+#: ``chip_bucket`` values that are not buckets.
+NO_DATA_CHIP = -1
+UNWRITTEN = -2
+#: Scenes whose groups are built in memory and stored together while creating a store.
+METADATA_BATCH = 256
 # Run settings that change the pixels: a resumed run must use the same ones.
 PIXEL_SETTINGS = ("gallery", "halo", "threshold", "min_building_m2")
-_RESERVED = frozenset({"zarr.json", REPORT_NAME})
+_RESERVED = frozenset({"zarr.json", REPORT_NAME, STAC_FOLDER})
 
 
 class OutputComplete(ResflowError):
     """``--resume`` over an output that is already complete: there is nothing to do."""
+
+
+def quantise(probability: np.ndarray) -> np.ndarray:
+    """Probability in ``[0, 1]`` to uint8 ``0..254`` (255 is reserved for not mapped).
+
+    >>> quantise(np.array([0.0, 0.5, 1.0, 2.0])).tolist()
+    [0, 127, 254, 254]
+    """
+    return np.rint(np.clip(probability, 0.0, 1.0) * PROBABILITY_SCALE).astype(np.uint8)
+
+
+def quantised_threshold(threshold: float) -> float:
+    """The probability threshold on the stored 0..254 scale (a pixel is building above it)."""
+    return threshold * PROBABILITY_SCALE
 
 
 def safe_group_name(name: str) -> str:
@@ -100,47 +139,57 @@ def _geotransform(transform: tuple[float, ...]) -> str:
     return " ".join(repr(float(v)) for v in (c, a, b, f, d, e))
 
 
-def _read_root_attrs(path: Path) -> dict[str, Any] | None:
-    """Root attributes of a Zarr v3 store at ``path``, or None if it is not one."""
-    meta = path / "zarr.json"
-    if not meta.is_file():
-        return None
+def _read_root(location: Path | str) -> dict[str, Any] | None:
+    """The root ``zarr.json`` document of a store, or None if there is none (or not JSON)."""
     try:
-        return json.loads(meta.read_text()).get("attributes", {})
+        return json.loads(storage.read_bytes(storage.join(location, "zarr.json")))
     except (OSError, ValueError):
         return None
 
 
-def _consolidate(path: Path) -> None:
-    """Consolidate metadata so ``xarray.open_zarr`` opens groups without a fallback warning."""
-    with warnings.catch_warnings():
-        # zarr notes that consolidated metadata is not yet in the v3 spec; xarray reads it.
-        warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)
-        zarr.consolidate_metadata(str(path))
+def read_root_attrs(location: Path | str) -> dict[str, Any] | None:
+    """Root attributes of a Zarr v3 store (a folder or a URL), or None if it is not one."""
+    root = _read_root(location)
+    return None if root is None else root.get("attributes", {})
 
 
-def _create_scene_group(root: zarr.Group, group: str, info: SceneInfo, n_chips: int,
-                        threshold: float | None) -> None:
-    """Create one scene's group on the scene grid, chunked on its chip grid."""
+def _update_root_attrs(location: Path | str, updates: dict[str, Any]) -> None:
+    """Rewrite the root document with ``updates`` merged into its attributes, keeping its
+    consolidated metadata: one whole-object write, so readers see the old or the new."""
+    root = _read_root(location)
+    if root is None:
+        raise ResflowError(storage.display(location), "the output's root zarr.json is gone",
+                           "run again with --overwrite")
+    root.setdefault("attributes", {}).update(json.loads(json.dumps(updates, default=str)))
+    storage.write_bytes(storage.join(location, "zarr.json"), json.dumps(root).encode())
+
+
+def _scene_group(root: zarr.Group, group: str, info: SceneInfo, shard_chips: int,
+                 threshold: float | None) -> None:
+    """Build one scene's group (in the in-memory batch) on the scene grid."""
+    rows, cols = grid_shape(info.height, info.width, info.chip)
     g = root.create_group(group, attributes={
         "scene": info.name, "source": info.source, "sha256": info.sha256,
-        "chip": info.chip, "chips_total": n_chips, "threshold": threshold,
+        "chip": info.chip, "chips_total": rows * cols, "threshold": threshold,
         "gsd_m": info.gsd_m,
     })
     shape, chunks = (info.height, info.width), (info.chip, info.chip)
-    data_attrs = {"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"}
-    g.create_array("probability", shape=shape, chunks=chunks, dtype="uint8", fill_value=0,
-                   dimension_names=("y", "x"), attributes={
-                       **data_attrs, "long_name": "building probability x 255",
-                       "valid_range": [0, 255], "scale_factor_note": "divide by 255 for [0, 1]"})
-    g.create_array("mask", shape=shape, chunks=chunks, dtype="uint8", fill_value=0,
-                   dimension_names=("y", "x"), attributes={
+    shards = (info.chip * shard_chips, info.chip * shard_chips)
+    data_attrs = {"grid_mapping": "spatial_ref", "coordinates": "spatial_ref",
+                  "_FillValue": NOT_MAPPED}
+    g.create_array("probability", shape=shape, chunks=chunks, shards=shards, dtype="uint8",
+                   fill_value=NOT_MAPPED, dimension_names=("y", "x"), attributes={
+                       **data_attrs, "long_name": "building probability",
+                       "units": "1", "scale_factor": 1.0 / PROBABILITY_SCALE,
+                       "add_offset": 0.0, "valid_range": [0, PROBABILITY_SCALE]})
+    g.create_array("mask", shape=shape, chunks=chunks, shards=shards, dtype="uint8",
+                   fill_value=NOT_MAPPED, dimension_names=("y", "x"), attributes={
                        **data_attrs, "long_name": "building mask",
                        "flag_values": [0, 1], "flag_meanings": "background building"})
-    grid = (-(-info.height // info.chip), -(-info.width // info.chip))
-    g.create_array(LEDGER, shape=grid, chunks=(1, 1), dtype="uint8", fill_value=0,
-                   dimension_names=("chip_row", "chip_col"),
-                   attributes={"long_name": "1 = chip pixels written"})
+    g.create_array(LEDGER, shape=(rows, cols), chunks=(shard_chips, shard_chips),
+                   dtype="int16", fill_value=UNWRITTEN, dimension_names=("chip_row", "chip_col"),
+                   attributes={"long_name": "bucket that served the chip; -1 no valid pixel "
+                               "(skipped), -2 not written", "_FillValue": UNWRITTEN})
     a, _, c, _, e, f = info.transform[:6]
     x = g.create_array("x", shape=(info.width,), chunks=(info.width,), dtype="float64",
                        dimension_names=("x",), attributes={"long_name": "x of pixel centre"})
@@ -148,11 +197,79 @@ def _create_scene_group(root: zarr.Group, group: str, info: SceneInfo, n_chips: 
     y = g.create_array("y", shape=(info.height,), chunks=(info.height,), dtype="float64",
                        dimension_names=("y",), attributes={"long_name": "y of pixel centre"})
     y[:] = f + (np.arange(info.height) + 0.5) * e
-    ref = g.create_array("spatial_ref", shape=(), dtype="int64", fill_value=0,
-                         dimension_names=(), attributes={
-                             "crs_wkt": info.crs_wkt, "spatial_ref": info.crs_wkt,
-                             "GeoTransform": _geotransform(info.transform)})
-    ref[...] = 0
+    g.create_array("spatial_ref", shape=(), dtype="int64", fill_value=0,
+                   dimension_names=(), attributes={
+                       "crs_wkt": info.crs_wkt, "spatial_ref": info.crs_wkt,
+                       "GeoTransform": _geotransform(info.transform)})
+
+
+def _store_batch(location: Path | str, documents: dict[str, bytes]) -> None:
+    """Write many small objects at once: concurrently to an object store (fsspec ``pipe``),
+    by a thread pool to a local folder."""
+    if isinstance(location, Path):
+        def put(item: tuple[str, bytes]) -> None:
+            target = location / item[0]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(item[1])
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(put, documents.items()))
+        return
+    fs, root = storage.filesystem(location)
+    fs.pipe({f"{root}/{key}": value for key, value in documents.items()})
+
+
+def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def write_hierarchy(location: Path | str, root_attrs: dict[str, Any],
+                    scenes: Iterable[tuple[str, SceneInfo]], *, shard_chips: int,
+                    threshold: float | None) -> int:
+    """Create the store's metadata and coordinates for every scene, in bulk.
+
+    Scenes are built :data:`METADATA_BATCH` at a time in an in-memory Zarr store and each
+    batch is stored with one concurrent write; the root document, with every group's
+    metadata consolidated for readers, is written last, so a store that lacks it was never
+    finished. Returns the number of objects written.
+    """
+    from zarr.storage import MemoryStore
+
+    consolidated: dict[str, Any] = {}
+    written = 0
+    for batch in _batches(scenes, METADATA_BATCH):
+        documents: dict[str, Any] = {}
+        root = zarr.open_group(MemoryStore(store_dict=documents), mode="w", zarr_format=3)
+        for group, info in batch:
+            _scene_group(root, group, info, shard_chips, threshold)
+        del documents["zarr.json"]
+        payload = {key: buffer.to_bytes() for key, buffer in documents.items()}
+        for key, value in payload.items():
+            if key.endswith("zarr.json"):
+                consolidated[key[:-len("/zarr.json")]] = json.loads(value)
+        _store_batch(location, payload)
+        written += len(payload)
+    document = {"zarr_format": 3, "node_type": "group", "attributes": root_attrs,
+                "consolidated_metadata": {"kind": "inline", "must_understand": False,
+                                          "metadata": consolidated}}
+    storage.write_bytes(storage.join(location, "zarr.json"),
+                        json.dumps(document, default=str).encode())
+    return written + 1
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """What one written shard holds, for the run's totals."""
+
+    chips: int
+    skipped: int
 
 
 @dataclass
@@ -162,42 +279,58 @@ class OutputStore:
     Attributes
     ----------
     path
-        The store directory.
+        The store: a local :class:`~pathlib.Path` or an object-storage URL.
     groups
         Archive scene name -> safe group name inside the store.
+    shard_chips
+        Edge of a shard in chips (the unit of writing and of resume state).
     """
 
-    path: Path
+    path: Path | str
     groups: dict[str, str]
+    shard_chips: int = 1
     _arrays: dict[tuple[str, str], zarr.Array] = field(default_factory=dict, repr=False,
                                                       compare=False)
 
     def __getstate__(self) -> dict[str, Any]:
-        """Ship only the path and the group map; workers reopen arrays lazily."""
-        return {"path": self.path, "groups": self.groups}
+        """Ship only the location, the group map and the shard size; workers reopen arrays
+        lazily."""
+        return {"path": self.path, "groups": self.groups, "shard_chips": self.shard_chips}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.path, self.groups, self._arrays = state["path"], state["groups"], {}
+        self.path, self.groups = state["path"], state["groups"]
+        self.shard_chips, self._arrays = state["shard_chips"], {}
+
+    @property
+    def display(self) -> str:
+        """The store's location as messages show it (never with credentials)."""
+        return storage.display(self.path)
 
     @classmethod
-    def create(cls, out_path: Path | str, archive: Archive, *, overwrite: bool = False,
-               resume: bool = False, run_config: dict[str, Any]) -> OutputStore:
+    def create(cls, out_path: storage.Location, archive: Archive, *, overwrite: bool = False,
+               resume: bool = False, run_config: dict[str, Any], shard_chips: int = 1,
+               bucket_models: dict[int, str] | None = None) -> OutputStore:
         """Create the output store for every scene of ``archive`` (or reopen it to resume).
 
         Parameters
         ----------
         out_path
-            Directory of the new Zarr v3 store.
+            Location of the new Zarr v3 store (a folder or an object-storage URL).
         archive
             The imagery archive; each scene gets a group on its exact grid, CRS and transform.
         overwrite
             Delete an existing resflow output at ``out_path`` first.
         resume
             Reopen an existing, incomplete output made from the same scenes and pixel
-            settings (``gallery``, ``halo``, ``threshold``); chips in its ledger are skipped
-            by the caller through :meth:`done_chips`.
+            settings (``gallery``, ``halo``, ``threshold``, ``min_building_m2``); shards in
+            its ledger are skipped by the caller through :meth:`done_shards`.
         run_config
             The exact run configuration (JSON-ready), kept in the root attributes.
+        shard_chips
+            Shard edge in chips for a new store (a resumed one keeps its own).
+        bucket_models
+            Bucket number -> the model that serves it (``"mono"``, ``"bucket-1"``), kept in
+            the root attributes so every chip's model can be told from ``chip_bucket``.
 
         Raises
         ------
@@ -207,22 +340,23 @@ class OutputStore:
             ``out_path`` exists and neither flag is given, it is not a resflow output (never
             deleted), it is the archive itself, or a resumed output does not match.
         """
-        out = Path(out_path)
+        out = storage.normalise(out_path)
         action = cls.check_target(out, archive, overwrite=overwrite, resume=resume,
                                   run_config=run_config)
         if action == "resume":
             return cls.open(out)
         if action == "overwrite":
-            shutil.rmtree(out)
-        return cls._new(out, archive, run_config)
+            storage.remove_tree(out)
+        return cls._new(out, archive, run_config, shard_chips, bucket_models or {})
 
     @classmethod
-    def check_target(cls, out_path: Path | str, archive: Archive, *, overwrite: bool = False,
-                     resume: bool = False, run_config: dict[str, Any]) -> str:
+    def check_target(cls, out_path: storage.Location, archive: Archive, *,
+                     overwrite: bool = False, resume: bool = False,
+                     run_config: dict[str, Any]) -> str:
         """Every refusal of :meth:`create`, without writing anything.
 
         ``resflow run`` calls it before starting an engine, so a run that would be refused
-        is refused before any work and leaves no output directory behind.
+        is refused before any work and leaves no output behind.
 
         Returns
         -------
@@ -235,111 +369,135 @@ class OutputStore:
         OutputComplete, ResflowError
             As :meth:`create`.
         """
-        out = Path(out_path)
-        cls._refuse_archive_path(out, Path(archive.path))
-        if not _occupied(out):
+        out = storage.normalise(out_path)
+        cls._refuse_archive_path(out, archive.path)
+        if not storage.occupied(out):
             return "new"
-        attrs = _read_root_attrs(out)
+        attrs = read_root_attrs(out)
+        where = storage.display(out)
         if attrs is None or attrs.get("resflow_kind") != KIND:
-            raise ResflowError(str(out), "the path exists and is not a resflow output, so "
+            raise ResflowError(where, "the location exists and is not a resflow output, so "
                                "resflow will not write into or delete it",
-                               "choose another output path or remove it yourself")
-        if resume and not overwrite:
+                               "choose another output location or remove it yourself")
+        if attrs.get("format_version") != FORMAT_VERSION:
+            if resume and not overwrite:
+                raise ResflowError(where, f"the output has format {attrs.get('format_version')},"
+                                   f" this resflow writes format {FORMAT_VERSION}",
+                                   "pass --overwrite to recompute it")
+        elif resume and not overwrite:
             cls.open(out)._check_resumable(attrs, archive, run_config)
             return "resume"
         if not overwrite:
             state = "a complete" if attrs.get("complete") else "an unfinished"
-            raise ResflowError(str(out), f"{state} resflow output already exists here",
+            raise ResflowError(where, f"{state} resflow output already exists here",
                                "pass --resume to finish it or --overwrite to replace it")
         return "overwrite"
 
     @staticmethod
-    def _refuse_archive_path(out: Path, archive_path: Path) -> None:
-        """Refuse an output path that is, or contains, the input archive."""
-        out_r, arch_r = out.resolve(), archive_path.resolve()
-        if arch_r == out_r or arch_r.is_relative_to(out_r):
-            raise ResflowError(str(out), "the output path is the input archive or contains it",
-                               "choose an output path outside the archive")
+    def _refuse_archive_path(out: Path | str, archive_path: Path | str) -> None:
+        """Refuse an output location that is, or contains, the input archive."""
+        if isinstance(out, Path) and isinstance(archive_path, Path):
+            out_r, arch_r = out.resolve(), archive_path.resolve()
+            inside = arch_r == out_r or arch_r.is_relative_to(out_r)
+        else:
+            out_s, arch_s = str(out).rstrip("/"), str(archive_path).rstrip("/")
+            inside = arch_s == out_s or arch_s.startswith(out_s + "/")
+        if inside:
+            raise ResflowError(storage.display(out), "the output location is the input "
+                               "archive or contains it", "choose an output outside the archive")
 
     @classmethod
-    def _new(cls, out: Path, archive: Archive, run_config: dict[str, Any]) -> OutputStore:
+    def _new(cls, out: Path | str, archive: Archive, run_config: dict[str, Any],
+             shard_chips: int, bucket_models: dict[int, str]) -> OutputStore:
         groups = _group_names(archive.scenes)
-        for group in groups.values():
-            if not (out / group).resolve().is_relative_to(out.resolve()):
-                raise ResflowError(group, "a scene group would leave the output directory",
-                                   "rename the scene in the archive")
-        counts: dict[str, int] = dict.fromkeys(archive.scenes, 0)
-        for ref in archive.chips():
-            counts[ref.scene] += 1
-        root = zarr.open_group(str(out), mode="w", zarr_format=3, attributes={
+        if isinstance(out, Path):
+            for group in groups.values():
+                if not (out / group).resolve().is_relative_to(out.resolve()):
+                    raise ResflowError(group, "a scene group would leave the output directory",
+                                       "rename the scene in the archive")
+        attrs = {
             "resflow_kind": KIND, "format_version": FORMAT_VERSION, "complete": False,
             "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-            "archive": str(archive.path), "scenes": groups, "run_config": run_config,
-        })
-        threshold = run_config.get("threshold")
-        for name, info in archive.scenes.items():
-            _create_scene_group(root, groups[name], info, counts[name], threshold)
-        _consolidate(out)
-        return cls(out, groups)
+            "archive": storage.display(archive.path), "scenes": groups,
+            "shard_chips": shard_chips,
+            "bucket_models": {str(b): m for b, m in sorted(bucket_models.items())},
+            "run_config": run_config,
+        }
+        write_hierarchy(out, attrs, ((groups[name], info) for name, info in
+                                     archive.scenes.items()),
+                        shard_chips=shard_chips, threshold=run_config.get("threshold"))
+        return cls(out, groups, shard_chips)
 
     def _check_resumable(self, attrs: dict[str, Any], archive: Archive,
                          run_config: dict[str, Any]) -> None:
         if attrs.get("complete"):
-            raise OutputComplete(str(self.path), "the output is already complete, so there is "
+            raise OutputComplete(self.display, "the output is already complete, so there is "
                                  "nothing to resume", "use --overwrite to recompute it, or "
-                                 f"`resflow info {self.path}` to see it")
+                                 f"`resflow info {self.display}` to see it")
         if set(self.groups) != set(archive.scenes):
-            raise ResflowError(str(self.path), "the output was made from other scenes than "
+            raise ResflowError(self.display, "the output was made from other scenes than "
                                "this archive holds", "resume with the original archive or "
                                "pass --overwrite")
-        root = zarr.open_group(str(self.path), mode="r")
         for name, info in archive.scenes.items():
-            probability = root[f"{self.groups[name]}/probability"]
+            probability = self.read_array(name, "probability")
             if probability.shape != (info.height, info.width) or \
                     probability.chunks != (info.chip, info.chip):
-                raise ResflowError(f"{self.path}/{self.groups[name]}", "the scene grid differs "
-                                   "from the archive's", "pass --overwrite to recompute it")
+                raise ResflowError(f"{self.display}/{self.groups[name]}", "the scene grid "
+                                   "differs from the archive's", "pass --overwrite to "
+                                   "recompute it")
         previous = attrs.get("run_config", {})
         for key in PIXEL_SETTINGS:
             if key in previous and key in run_config and previous[key] != run_config[key]:
-                raise ResflowError(f"{self.path}: run_config.{key}", f"the output was started "
-                                   f"with {key}={previous[key]!r}, not {run_config[key]!r}",
-                                   f"resume with {key}={previous[key]!r} or pass --overwrite")
+                raise ResflowError(f"{self.display}: run_config.{key}", f"the output was "
+                                   f"started with {key}={previous[key]!r}, not "
+                                   f"{run_config[key]!r}", f"resume with {key}="
+                                   f"{previous[key]!r} or pass --overwrite")
 
     @classmethod
-    def open(cls, out_path: Path | str) -> OutputStore:
+    def open(cls, out_path: storage.Location) -> OutputStore:
         """Open an existing output for writing chips: reads only the root attributes.
 
         Raises
         ------
         ResflowError
-            ``out_path`` is not a resflow output store.
+            ``out_path`` is not a resflow output store of this format.
         """
-        out = Path(out_path)
-        attrs = _read_root_attrs(out)
+        out = storage.normalise(out_path)
+        attrs = read_root_attrs(out)
         if attrs is None or attrs.get("resflow_kind") != KIND:
-            raise ResflowError(str(out), "not a resflow output store (no resflow_kind='output' "
-                               "in zarr.json)", "check the path, or run `resflow run` to make one")
-        return cls(out, dict(attrs["scenes"]))
+            raise ResflowError(storage.display(out), "not a resflow output store (no "
+                               "resflow_kind='output' in zarr.json)",
+                               "check the location, or run `resflow run` to make one")
+        if attrs.get("format_version") != FORMAT_VERSION:
+            raise ResflowError(storage.display(out), f"output format "
+                               f"{attrs.get('format_version')} is not this resflow's "
+                               f"{FORMAT_VERSION}", "recompute it with `resflow run "
+                               "--overwrite`")
+        return cls(out, dict(attrs["scenes"]), int(attrs["shard_chips"]))
 
     def _group(self, scene: str) -> str:
         if scene not in self.groups:
-            raise ResflowError(f"{self.path}: scene {scene!r}", "the scene has no group in this "
-                               "output", f"use one of {sorted(self.groups)}")
+            raise ResflowError(f"{self.display}: scene {scene!r}", "the scene has no group in "
+                               "this output", f"use one of {sorted(self.groups)}")
         return self.groups[scene]
+
+    def _zarr_store(self, *, read_only: bool) -> Any:
+        return storage.zarr_store(self.path, read_only=read_only)
 
     def _array(self, scene: str, name: str) -> zarr.Array:
         """A cached read-write handle, so a worker opens each array's metadata once."""
         key = (scene, name)
         if key not in self._arrays:
-            self._arrays[key] = zarr.open_array(str(self.path), path=f"{self._group(scene)}/{name}",
+            self._arrays[key] = zarr.open_array(self._zarr_store(read_only=False),
+                                                path=f"{self._group(scene)}/{name}",
                                                 mode="r+", zarr_format=3)
         return self._arrays[key]
 
     def read_array(self, scene: str, name: str) -> zarr.Array:
-        """A read-only handle on one array (``probability``, ``mask``, ``chip_done``) of a scene."""
-        return zarr.open_array(str(self.path), path=f"{self._group(scene)}/{name}", mode="r",
-                               zarr_format=3)
+        """A read-only handle on one array (``probability``, ``mask``, ``chip_bucket``...)
+        of a scene."""
+        return zarr.open_array(self._zarr_store(read_only=True),
+                               path=f"{self._group(scene)}/{name}", mode="r", zarr_format=3)
 
     def georeference(self, scene: str) -> tuple[str, tuple[float, ...]]:
         """The scene's CRS as WKT and its affine ``(a, b, c, d, e, f)`` (rasterio order)."""
@@ -347,48 +505,69 @@ class OutputStore:
         c, a, b, f, d, e = (float(v) for v in attrs["GeoTransform"].split())
         return str(attrs["crs_wkt"]), (a, b, c, d, e, f)
 
+    def bucket_models(self) -> dict[int, str]:
+        """Bucket number -> the model that served its chips (from the root attributes)."""
+        attrs = read_root_attrs(self.path) or {}
+        return {int(b): m for b, m in attrs.get("bucket_models", {}).items()}
+
     @property
     def complete(self) -> bool:
         """True once :meth:`finalize` has run."""
-        return bool((_read_root_attrs(self.path) or {}).get("complete"))
+        return bool((read_root_attrs(self.path) or {}).get("complete"))
 
-    def write_chip(self, ref: ChipRef, probability: np.ndarray, mask: np.ndarray) -> None:
-        """Write one chip's probability and mask (one chunk each), then its ledger entry.
+    def write_shard(self, scene: str, shard: int, refs: Sequence[ChipRef],
+                    probabilities: Sequence[np.ndarray], masks: Sequence[np.ndarray],
+                    buckets: Sequence[int]) -> None:
+        """Write one whole shard of a scene: its chips' pixels, then its ledger block.
 
         Parameters
         ----------
-        ref
-            The chip; its window must be its chunk on the scene's chip grid.
-        probability
-            uint8 ``(ref.height, ref.width)``: building probability x 255.
-        mask
-            uint8 or bool ``(ref.height, ref.width)``, 1 = building
-            (:func:`resflow.masks.building_mask`).
+        scene, shard
+            The scene and the shard's row-major index on its shard grid.
+        refs
+            The shard's chips that were mapped; every other chip of the shard is stored as
+            not mapped (255), which is what a chip without valid pixels is.
+        probabilities, masks
+            uint8 ``(ref.height, ref.width)`` per chip: :func:`quantise`'d probability and
+            the building mask (0/1; :func:`resflow.masks.building_mask`), where invalid
+            pixels already hold :data:`NOT_MAPPED`.
+        buckets
+            Per chip, its bucket, or :data:`NO_DATA_CHIP` for a chip without valid pixels
+            (whose pixels stay not mapped), or :data:`UNWRITTEN` for a chip that failed.
 
-        Writing the same chip twice writes identical bytes, so re-executed tasks are harmless.
+        Writing a shard twice writes identical bytes, so re-executed tasks are harmless.
         """
-        self.write_chips([ref], [probability], [mask])
+        probability_array = self._array(scene, "probability")
+        height, width = probability_array.shape
+        chip = probability_array.chunks[0]
+        r0, r1, c0, c1 = shard_chip_window(shard, height, width, chip, self.shard_chips)
+        y0, x0 = r0 * chip, c0 * chip
+        y1, x1 = min(height, r1 * chip), min(width, c1 * chip)
+        probability = np.full((y1 - y0, x1 - x0), NOT_MAPPED, np.uint8)
+        mask = np.full_like(probability, NOT_MAPPED)
+        ledger = np.full((r1 - r0, c1 - c0), UNWRITTEN, np.int16)
+        for ref, prob, chip_mask, bucket in zip(refs, probabilities, masks, buckets,
+                                                strict=True):
+            self._check_window(ref, prob, chip_mask, scene, (r0, r1, c0, c1), chip)
+            ledger[ref.row - r0, ref.col - c0] = bucket
+            if bucket >= 0:
+                window = (slice(ref.y0 - y0, ref.y0 - y0 + ref.height),
+                          slice(ref.x0 - x0, ref.x0 - x0 + ref.width))
+                probability[window] = prob
+                mask[window] = chip_mask
+        probability_array[y0:y1, x0:x1] = probability
+        self._array(scene, "mask")[y0:y1, x0:x1] = mask
+        self._array(scene, LEDGER)[r0:r1, c0:c1] = ledger
 
-    def write_chips(self, refs: Sequence[ChipRef], probabilities: Sequence[np.ndarray],
-                    masks: Sequence[np.ndarray]) -> None:
-        """:meth:`write_chip` for many chips: each run of side-by-side chips is written as one
-        window per array (whole chunks, so never a read-modify-write), pixels first, then
-        the run's ledger entries."""
-        for ref, probability, mask in zip(refs, probabilities, masks, strict=True):
-            self._check_window(ref, probability, mask)
-        for run in chip_runs(refs):
-            first, last = refs[run[0]], refs[run[-1]]
-            rows = slice(first.y0, first.y0 + first.height)
-            cols = slice(first.x0, last.x0 + last.width)
-            self._array(first.scene, "probability")[rows, cols] = np.concatenate(
-                [probabilities[i] for i in run], axis=1)
-            self._array(first.scene, "mask")[rows, cols] = np.concatenate(
-                [masks[i] for i in run], axis=1).astype(np.uint8)
-            self._array(first.scene, LEDGER)[first.row, first.col:last.col + 1] = 1
-
-    def _check_window(self, ref: ChipRef, probability: np.ndarray, mask: np.ndarray) -> None:
-        """Refuse a chip that is not one whole chunk of its scene's grid, before any write."""
-        where = f"{self.path}: chip {ref.scene}/{ref.row}_{ref.col}"
+    def _check_window(self, ref: ChipRef, probability: np.ndarray, mask: np.ndarray,
+                      scene: str, window: tuple[int, int, int, int], chip: int) -> None:
+        """Refuse a chip that is not one whole chunk of this shard, before any write."""
+        where = f"{self.display}: chip {ref.scene}/{ref.row}_{ref.col}"
+        r0, r1, c0, c1 = window
+        if ref.scene != scene or not (r0 <= ref.row < r1 and c0 <= ref.col < c1):
+            raise ResflowError(where, f"the chip is not in shard rows {r0}..{r1 - 1}, cols "
+                               f"{c0}..{c1 - 1} of scene {scene}", "plan shards with "
+                               "resflow.planning")
         if probability.dtype != np.uint8 or probability.shape != (ref.height, ref.width):
             raise ResflowError(where, f"probability is {probability.dtype} {probability.shape}, "
                                f"expected uint8 {(ref.height, ref.width)}",
@@ -396,26 +575,57 @@ class OutputStore:
         if mask.shape != probability.shape:
             raise ResflowError(where, f"mask is {mask.shape}, its probability {probability.shape}",
                                "trim the mask's halo as the probability's")
-        grid = self._array(ref.scene, "probability")
-        (height, width), chip = grid.shape, grid.chunks[0]
-        aligned = (ref.y0 == ref.row * chip and ref.x0 == ref.col * chip
-                   and ref.height == min(chip, height - ref.y0)
-                   and ref.width == min(chip, width - ref.x0))
-        if not aligned:
-            raise ResflowError(where, f"the window (y0={ref.y0}, x0={ref.x0}, {ref.height}x"
-                               f"{ref.width}) is not chunk ({ref.row}, {ref.col}) of the "
-                               f"{chip}-pixel chip grid", "plan chips with Archive.chips()")
+        if ref.y0 != ref.row * chip or ref.x0 != ref.col * chip:
+            raise ResflowError(where, f"the window (y0={ref.y0}, x0={ref.x0}) is not chunk "
+                               f"({ref.row}, {ref.col}) of the {chip}-pixel chip grid",
+                               "plan chips with Archive.shard_chips()")
+
+    def ledger(self, scene: str) -> np.ndarray:
+        """The scene's ``chip_bucket`` grid (see the module docstring for its values).
+
+        A ledger object that cannot be decoded (a process killed while writing it) counts as
+        not written, so ``--resume`` maps its shard again instead of failing.
+        """
+        array = self.read_array(scene, LEDGER)
+        try:
+            return np.asarray(array[...])
+        except Exception:  # one torn object: read shard by shard, the torn one as unwritten
+            ledger = np.full(array.shape, UNWRITTEN, np.int16)
+            step = self.shard_chips
+            for r0 in range(0, array.shape[0], step):
+                for c0 in range(0, array.shape[1], step):
+                    block = np.s_[r0:r0 + step, c0:c0 + step]
+                    try:
+                        ledger[block] = array[block]
+                    except Exception:
+                        continue
+            return ledger
+
+    def done_shards(self, scene: str) -> set[int]:
+        """Shards of ``scene`` whose every chip is written (mapped or skipped as empty)."""
+        ledger = self.ledger(scene)
+        done: set[int] = set()
+        rows, cols = ledger.shape
+        shard_cols = -(-cols // self.shard_chips)
+        for sr in range(-(-rows // self.shard_chips)):
+            for sc in range(shard_cols):
+                block = ledger[sr * self.shard_chips:(sr + 1) * self.shard_chips,
+                               sc * self.shard_chips:(sc + 1) * self.shard_chips]
+                if (block != UNWRITTEN).all():
+                    done.add(sr * shard_cols + sc)
+        return done
 
     def done_chips(self) -> set[tuple[str, int, int]]:
-        """Chips whose pixels are on disk, as ``(scene, row, col)``, for ``--resume``."""
+        """Chips whose pixels are stored (or that hold no valid pixel), as
+        ``(scene, row, col)``."""
         done: set[tuple[str, int, int]] = set()
         for scene in self.groups:
-            rows, cols = np.nonzero(self._array(scene, LEDGER)[...])
+            rows, cols = np.nonzero(self.ledger(scene) != UNWRITTEN)
             done.update((scene, int(r), int(c)) for r, c in zip(rows, cols, strict=True))
         return done
 
     def finalize(self, report: dict[str, Any]) -> None:
-        """Mark the store complete, after every planned chip is in the ledger.
+        """Mark the store complete, after every chip is in the ledger.
 
         Writes ``report`` to ``OUT/run_report.json`` and as the root attribute ``run_report``,
         then sets ``complete: true``: the last write of a run, so an interrupted output never
@@ -424,12 +634,12 @@ class OutputStore:
         Raises
         ------
         ResflowError
-            Some planned chips are not in the ledger.
+            Some chips are not in the ledger.
         """
         progress = describe(self.path)
         if progress["chips_done"] < progress["chips_total"]:
             missing = progress["chips_total"] - progress["chips_done"]
-            raise ResflowError(str(self.path), f"{missing} of {progress['chips_total']} chips "
+            raise ResflowError(self.display, f"{missing} of {progress['chips_total']} chips "
                                "are not written, so the output cannot be marked complete",
                                "run again with --resume to finish them")
         self._keep_report(report, complete=True)
@@ -439,19 +649,17 @@ class OutputStore:
 
         The report (with one error per failed chip) goes where :meth:`finalize` puts it, but
         the store stays incomplete: a map with holes must never look finished, and
-        ``--resume`` retries exactly the chips the ledger lacks.
+        ``--resume`` retries exactly the shards the ledger lacks.
         """
         self._keep_report(report, complete=False)
 
     def _keep_report(self, report: dict[str, Any], *, complete: bool) -> None:
-        (self.path / REPORT_NAME).write_text(json.dumps(report, indent=2, default=str) + "\n")
-        root = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
-        root.attrs.update({"run_report": json.loads(json.dumps(report, default=str)),
-                           "complete": complete})
-        _consolidate(self.path)
+        text = json.dumps(report, indent=2, default=str) + "\n"
+        storage.write_bytes(storage.join(self.path, REPORT_NAME), text.encode())
+        _update_root_attrs(self.path, {"run_report": json.loads(text), "complete": complete})
 
 
-def describe(path: Path | str) -> dict[str, Any]:
+def describe(path: storage.Location) -> dict[str, Any]:
     """Progress and provenance of an output, for ``resflow info OUT``.
 
     Returns
@@ -464,23 +672,23 @@ def describe(path: Path | str) -> dict[str, Any]:
         ``failed_chips`` (chips the last run could not map, listed in its report).
     """
     store = OutputStore.open(path)
-    attrs = _read_root_attrs(store.path) or {}
-    root = zarr.open_group(str(store.path), mode="r", zarr_format=3)
+    attrs = read_root_attrs(store.path) or {}
     scenes = []
     for name, group in store.groups.items():
-        g = root[group]
-        done = int(np.count_nonzero(g[LEDGER][...]))
-        total = int(g.attrs["chips_total"])
-        height, width = g["probability"].shape
+        ledger = store.ledger(name)
+        done = int(np.count_nonzero(ledger != UNWRITTEN))
+        probability = store.read_array(name, "probability")
+        height, width = probability.shape
+        total = ledger.size
         scenes.append({"scene": name, "group": group, "height": height, "width": width,
-                       "chip": int(g.attrs["chip"]), "chips_done": done, "chips_total": total,
-                       "percent": _percent(done, total)})
+                       "chip": int(probability.chunks[0]), "chips_done": done,
+                       "chips_total": total, "percent": _percent(done, total)})
     done = sum(s["chips_done"] for s in scenes)
     total = sum(s["chips_total"] for s in scenes)
     complete = bool(attrs.get("complete"))
     report = attrs.get("run_report") or {}
     failed = sum(1 for error in report.get("errors", []) if "chip" in error)
-    return {"path": str(store.path), "kind": KIND, "complete": complete, "chips_done": done,
+    return {"path": store.display, "kind": KIND, "complete": complete, "chips_done": done,
             "chips_total": total, "percent": _percent(done, total), "scenes": scenes,
             "summary": report.get("summary") if complete else None, "failed_chips": failed}
 
@@ -496,15 +704,10 @@ def format_description(desc: dict[str, Any]) -> str:
                      f" {s['chips_done']}/{s['chips_total']} chips ({s['percent']:.1f}%)")
     if desc.get("failed_chips"):
         lines.append(f"{desc['failed_chips']} chips failed in the last run: see "
-                     f"{Path(desc['path']) / REPORT_NAME}; --resume retries them")
+                     f"{desc['path']}/{REPORT_NAME}; --resume retries them")
     if desc["summary"]:
         lines.append(desc["summary"])
     return "\n".join(lines)
-
-
-def _occupied(path: Path) -> bool:
-    """True if ``path`` is a file or a non-empty directory (an empty directory is reusable)."""
-    return path.is_file() or (path.is_dir() and any(path.iterdir()))
 
 
 def _percent(done: int, total: int) -> float:

@@ -41,8 +41,8 @@ def check_run(config: RunConfig) -> str:
         ``--resume`` over a complete output.
     """
     from resflow.archive import Archive
-    from resflow.graph import load_gallery
     from resflow.outputs import OutputStore
+    from resflow.tasks import load_gallery
 
     for field in ("archive", "out"):
         if getattr(config, field) is None:

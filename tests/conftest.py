@@ -4,4 +4,4 @@ Fixtures live in topic modules so each layer owns its own; they are session-scop
 suite stays within minutes on two cores.
 """
 
-pytest_plugins = ["tests.fixtures_data", "tests.fixtures_engines"]
+pytest_plugins = ["tests.fixtures_data", "tests.fixtures_engines", "tests.fixtures_storage"]

@@ -20,6 +20,7 @@ from rasterio.warp import transform_geom
 from typer.testing import CliRunner
 
 from resflow.archive import Archive
+from resflow.chips import shard_index
 from resflow.cli import app
 from resflow.config import IngestConfig, RunConfig
 from resflow.errors import ConfigError, InputError
@@ -116,8 +117,12 @@ def hand_store(archive_path: Path, out: Path, *, finish: bool = True,
     box(probability, FALSE_BLOB, 230)
     box(probability, BUILDING_B, 100)   # below the run's 0.5, above a re-threshold at 0.3
     refs = archive.chips() if finish else archive.chips()[:-1]
-    chips = [probability[r.y0:r.y0 + r.height, r.x0:r.x0 + r.width] for r in refs]
-    store.write_chips(refs, chips, [chip > 127.5 for chip in chips])
+    info = archive.scenes[refs[0].scene]
+    for ref in refs:  # one chip per shard (the store's default shard)
+        chip = probability[ref.y0:ref.y0 + ref.height, ref.x0:ref.x0 + ref.width]
+        shard = shard_index(ref.row, ref.col, info.height, info.width, info.chip, 1)
+        store.write_shard(ref.scene, shard, [ref], [chip], [(chip > 127).astype(np.uint8)],
+                          [0])
     if finish:
         store.finalize({"summary": "hand-made"})
     return out

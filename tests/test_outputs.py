@@ -1,4 +1,5 @@
-"""The output store on a real ingested archive: grid, chunks, ledger, completion, refusals."""
+"""The output store on a real ingested archive: grid, shards, ledger, nodata, completion,
+refusals."""
 
 from __future__ import annotations
 
@@ -17,16 +18,21 @@ from pyproj import CRS
 from resflow.archive import Archive
 from resflow.chips import ChipRef, chip_grid
 from resflow.errors import ResflowError
-from resflow.failures import ChipFailure, write_chips
 from resflow.outputs import (
+    NO_DATA_CHIP,
+    NOT_MAPPED,
+    UNWRITTEN,
     OutputComplete,
     OutputStore,
     describe,
     format_description,
     safe_group_name,
 )
+from resflow.planning import shards_of
 
 CONFIG = {"threshold": 0.5, "halo": 32, "gallery": None, "backend": "local"}
+SHARD = 2
+"""Shard edge in chips: the sample scenes (6 x 6 and 4 x 4 chips) get several shards each."""
 
 
 def squares(ref: ChipRef) -> np.ndarray:
@@ -39,6 +45,21 @@ def squares(ref: ChipRef) -> np.ndarray:
     return np.where(building, 230, 20).astype(np.uint8)
 
 
+def write_shard(store: OutputStore, archive: Archive, scene: str, shard: int,
+                bucket: int = 0) -> list[ChipRef]:
+    """Write one shard of ``squares``; returns its chips."""
+    refs = archive.shard_chips(scene, shard, store.shard_chips)
+    store.write_shard(scene, shard, refs, [squares(r) for r in refs],
+                      [(squares(r) > 127).astype(np.uint8) for r in refs], [bucket] * len(refs))
+    return refs
+
+
+def write_all(store: OutputStore, archive: Archive) -> None:
+    for scene, info in archive.scenes.items():
+        for shard in range(shards_of(info, store.shard_chips)):
+            write_shard(store, archive, scene, shard)
+
+
 @pytest.fixture(scope="module")
 def archive(sample_archive: Path) -> Archive:
     return Archive.open(sample_archive)
@@ -46,124 +67,133 @@ def archive(sample_archive: Path) -> Archive:
 
 @pytest.fixture
 def store(archive: Archive, tmp_path: Path) -> OutputStore:
-    return OutputStore.create(tmp_path / "out.zarr", archive, run_config=CONFIG)
+    return OutputStore.create(tmp_path / "out.zarr", archive, run_config=CONFIG,
+                              shard_chips=SHARD, bucket_models={0: "mono", 1: "bucket-1"})
 
 
-def chunk_file(store: OutputStore, scene: str, array: str, row: int, col: int) -> Path:
-    return store.path / store.groups[scene] / array / "c" / str(row) / str(col)
+def objects(store: OutputStore, scene: str, array: str) -> list[Path]:
+    return sorted(p for p in (store.path / store.groups[scene] / array / "c").rglob("*")
+                  if p.is_file())
 
 
 def test_every_scene_has_the_archive_grid_crs_and_transform(store, archive):
     assert set(store.groups) == set(archive.scenes)
     for name, info in archive.scenes.items():
-        ds = xr.open_zarr(store.path, group=store.groups[name])
+        ds = xr.open_zarr(store.path, group=store.groups[name], mask_and_scale=False)
         for var in ("probability", "mask"):
             assert ds[var].shape == (info.height, info.width)
             assert ds[var].dtype == np.uint8
             assert ds[var].encoding["chunks"] == (info.chip, info.chip)
+            assert ds[var].encoding["shards"] == (info.chip * SHARD, info.chip * SHARD)
         assert CRS.from_user_input(ds.rio.crs) == CRS.from_wkt(info.crs_wkt)
         assert ds.probability.rio.transform().almost_equals(Affine(*info.transform[:6]))
         assert ds.rio.shape == (info.height, info.width)
+    assert store.bucket_models() == {0: "mono", 1: "bucket-1"}
 
 
-def test_each_chip_window_is_exactly_one_chunk(store, archive):
-    for ref in archive.chips():
-        assert ref.y0 // ref.chip == (ref.y0 + ref.height - 1) // ref.chip == ref.row
-        assert ref.x0 // ref.chip == (ref.x0 + ref.width - 1) // ref.chip == ref.col
-    ref = archive.chips()[-1]  # a bottom-right edge chip: the smallest window
-    store.write_chip(ref, squares(ref), squares(ref) > 127)
-    group = store.path / store.groups[ref.scene]
-    for array in ("probability", "mask"):
-        written = [p for p in (group / array / "c").rglob("*") if p.is_file()]
-        assert written == [chunk_file(store, ref.scene, array, ref.row, ref.col)]
+def test_not_mapped_is_nan_and_probability_is_float_under_cf_decoding(store, archive):
+    """Fill 255 means not mapped, never "no building": xarray's CF decoding gives NaN there
+    and probabilities in [0, 1] elsewhere."""
+    scene = "sample_geotiff"
+    refs = write_shard(store, archive, scene, 0)
+    ds = xr.open_zarr(store.path, group=store.groups[scene])
+    ref = refs[0]
+    window = {"y": slice(ref.y0, ref.y0 + ref.height), "x": slice(ref.x0, ref.x0 + ref.width)}
+    np.testing.assert_allclose(ds.probability.isel(window).values, squares(ref) / 254.0)
+    assert np.isnan(ds.probability.values[-1, -1]) and np.isnan(ds.mask.values[-1, -1])
+    assert set(np.unique(ds.mask.isel(window).values)) == {0.0, 1.0}
 
 
-def test_writing_a_chip_twice_leaves_identical_bytes(store, archive):
-    ref = archive.chips()[1]
-    store.write_chip(ref, squares(ref), squares(ref) > 127)
-    first = {a: chunk_file(store, ref.scene, a, ref.row, ref.col).read_bytes()
-             for a in ("probability", "mask", "chip_done")}
-    OutputStore.open(store.path).write_chip(ref, squares(ref), squares(ref) > 127)
-    for array, data in first.items():
-        assert chunk_file(store, ref.scene, array, ref.row, ref.col).read_bytes() == data
+def test_a_shard_is_one_object_per_array(store, archive):
+    scene = "sample_geotiff"
+    info = archive.scenes[scene]
+    last = shards_of(info, SHARD) - 1  # the bottom-right shard: the smallest window
+    write_shard(store, archive, scene, last)
+    for array in ("probability", "mask", "chip_bucket"):
+        assert len(objects(store, scene, array)) == 1
 
 
-def test_ledger_lists_exactly_the_chips_whose_pixels_are_written(store, archive):
-    refs = archive.chips()[::3]
+def test_writing_a_shard_twice_leaves_identical_bytes(store, archive):
+    scene = "ms1"
+    write_shard(store, archive, scene, 1)
+    first = {a: [p.read_bytes() for p in objects(store, scene, a)]
+             for a in ("probability", "mask", "chip_bucket")}
     worker = pickle.loads(pickle.dumps(OutputStore.open(store.path)))  # as shipped to a worker
-    for ref in refs:
-        worker.write_chip(ref, squares(ref), squares(ref) > 127)
-    assert store.done_chips() == {(r.scene, r.row, r.col) for r in refs}
-    for ref in refs:
-        ds = xr.open_zarr(store.path, group=store.groups[ref.scene])
-        window = {"y": slice(ref.y0, ref.y0 + ref.height), "x": slice(ref.x0, ref.x0 + ref.width)}
-        probability = ds.probability.isel(window).values
-        np.testing.assert_array_equal(probability, squares(ref))
-        np.testing.assert_array_equal(ds.mask.isel(window).values, probability > 127.5)
+    write_shard(worker, archive, scene, 1)
+    for array, data in first.items():
+        assert [p.read_bytes() for p in objects(store, scene, array)] == data
 
 
-def test_writing_many_chips_at_once_equals_writing_each(store, archive, tmp_path):
-    """Runs of side-by-side chips (edge chips included) go out as one window per array; the
-    chunks on disk are those of chip-by-chip writes, byte for byte, ledger included."""
-    refs = archive.chips()
-    picked = [*refs[::-1][::2], *refs[1::4]]
-    store.write_chips(picked, [squares(r) for r in picked],
-                      [squares(r) > 127 for r in picked])
-    alone = OutputStore.create(tmp_path / "alone.zarr", archive, run_config=CONFIG)
-    for ref in picked:
-        alone.write_chip(ref, squares(ref), squares(ref) > 127)
-    assert store.done_chips() == alone.done_chips() == {(r.scene, r.row, r.col) for r in picked}
-    for ref in picked:
-        for array in ("probability", "mask", "chip_done"):
-            assert (chunk_file(store, ref.scene, array, ref.row, ref.col).read_bytes()
-                    == chunk_file(alone, ref.scene, array, ref.row, ref.col).read_bytes())
-
-
-def test_a_chip_that_cannot_be_written_fails_alone(store, archive):
-    """When writing chips together raises, each is written alone: only the bad one fails,
-    and it stays out of the ledger so ``--resume`` retries it."""
-    refs = archive.chips(["sample_geotiff"])[:4]
-    chips = [squares(r) for r in refs]
-    chips[1] = chips[1].astype(np.float32)  # refused: not uint8
-    failures: list[ChipFailure] = []
-    written = write_chips(store, refs, chips, [c > 127 for c in chips], "stage3-segment",
-                          failures)
-    assert written == [refs[0], *refs[2:]]
-    assert [(f.ref, f.stage) for f in failures] == [(refs[1], "stage3-segment")]
-    assert "writing the chip failed (ResflowError:" in failures[0].problem
+def test_ledger_lists_exactly_the_chips_whose_shard_is_written(store, archive):
+    written = {*write_shard(store, archive, "ms1", 0, bucket=1),
+               *write_shard(store, archive, "sample_geotiff", 3)}
     assert store.done_chips() == {(r.scene, r.row, r.col) for r in written}
+    assert store.done_shards("ms1") == {0} and store.done_shards("sample_geotiff") == {3}
+    ledger = store.ledger("ms1")
+    assert (ledger[:2, :2] == 1).all() and (ledger[2:, :] == UNWRITTEN).all()
+
+
+def test_chips_without_data_and_failed_chips_are_marked_in_the_ledger(store, archive):
+    """A chip without valid pixels is done and not mapped (-1); a chip that failed stays
+    unwritten (-2), so its shard is not done and --resume maps it again."""
+    refs = archive.shard_chips("ms1", 0, SHARD)
+    buckets = [0, NO_DATA_CHIP, UNWRITTEN, 0]
+    store.write_shard("ms1", 0, refs, [squares(r) for r in refs],
+                      [(squares(r) > 127).astype(np.uint8) for r in refs], buckets)
+    assert store.ledger("ms1")[:2, :2].ravel().tolist() == buckets
+    assert store.done_shards("ms1") == set()
+    probability = store.read_array("ms1", "probability")
+    for ref, bucket in zip(refs, buckets, strict=True):
+        window = probability[ref.y0:ref.y0 + ref.height, ref.x0:ref.x0 + ref.width]
+        assert (window == NOT_MAPPED).all() == (bucket < 0)
 
 
 def test_incomplete_store_never_reports_complete(store, archive):
-    refs = archive.chips()
-    for ref in refs[:-1]:
-        store.write_chip(ref, squares(ref), squares(ref) > 127)
+    write_all(store, archive)
+    total = sum(len(archive.chips([s])) for s in archive.scenes)
+    refs = archive.shard_chips("ms1", 0, SHARD)
+    store.write_shard("ms1", 0, refs, [squares(r) for r in refs],
+                      [squares(r) for r in refs], [0, 0, 0, UNWRITTEN])
     desc = describe(store.path)
     assert not desc["complete"] and desc["summary"] is None
-    assert desc["chips_done"] == len(refs) - 1 and desc["chips_total"] == len(refs)
+    assert desc["chips_done"] == total - 1 and desc["chips_total"] == total
     with pytest.raises(ResflowError, match=r"1 of \d+ chips are not written"):
         store.finalize({"summary": "never"})
     assert not describe(store.path)["complete"]
     assert "INCOMPLETE" in format_description(desc)
-    store.write_chip(refs[-1], squares(refs[-1]), squares(refs[-1]) > 127)
-    store.finalize({"summary": "resflow: done", "chips": len(refs)})
+    write_shard(store, archive, "ms1", 0)
+    store.finalize({"summary": "resflow: done", "chips": total})
     desc = describe(store.path)
     assert desc["complete"] and desc["percent"] == 100.0 and desc["summary"] == "resflow: done"
-    assert json.loads((store.path / "run_report.json").read_text())["chips"] == len(refs)
-    root_attrs = json.loads((store.path / "zarr.json").read_text())["attributes"]
-    assert root_attrs["complete"] is True and root_attrs["resflow_kind"] == "output"
+    assert json.loads((store.path / "run_report.json").read_text())["chips"] == total
+    root = json.loads((store.path / "zarr.json").read_text())
+    assert root["attributes"]["complete"] is True
+    assert root["attributes"]["resflow_kind"] == "output"
+    # finishing keeps the consolidated metadata readers open the groups with
+    assert "ms1/probability" in root["consolidated_metadata"]["metadata"]
+
+
+def test_metadata_is_written_in_bulk_with_every_group_consolidated(store, archive):
+    root = json.loads((store.path / "zarr.json").read_text())
+    consolidated = root["consolidated_metadata"]["metadata"]
+    for group in store.groups.values():
+        for array in ("probability", "mask", "chip_bucket", "x", "y", "spatial_ref"):
+            assert f"{group}/{array}" in consolidated
+    chunks = [p for p in store.path.rglob("*") if p.is_file() and "/c/" in str(p)]
+    assert {p.parent.parent.name for p in chunks} <= {"x", "y"}  # coordinates only
 
 
 def test_existing_output_is_refused_without_resume_or_overwrite(store, archive):
-    ref = archive.chips()[0]
-    store.write_chip(ref, squares(ref), squares(ref) > 127)
+    refs = write_shard(store, archive, "ms1", 0)
     with pytest.raises(ResflowError) as err:
         OutputStore.create(store.path, archive, run_config=CONFIG)
     assert str(store.path) in str(err.value)
     assert "--resume" in str(err.value) and "--overwrite" in str(err.value)
 
-    resumed = OutputStore.create(store.path, archive, resume=True, run_config=CONFIG)
-    assert resumed.done_chips() == {(ref.scene, ref.row, ref.col)}
+    resumed = OutputStore.create(store.path, archive, resume=True, run_config=CONFIG,
+                                 shard_chips=SHARD + 1)
+    assert resumed.shard_chips == SHARD  # a resumed store keeps its own shards
+    assert resumed.done_chips() == {(r.scene, r.row, r.col) for r in refs}
     with pytest.raises(ResflowError, match="threshold"):
         OutputStore.create(store.path, archive, resume=True,
                            run_config={**CONFIG, "threshold": 0.7})
@@ -173,8 +203,7 @@ def test_existing_output_is_refused_without_resume_or_overwrite(store, archive):
 
 
 def test_resume_over_a_complete_output_has_nothing_to_do(store, archive):
-    for ref in archive.chips():
-        store.write_chip(ref, squares(ref), squares(ref) > 127)
+    write_all(store, archive)
     store.finalize({"summary": "done"})
     with pytest.raises(OutputComplete, match="nothing to resume"):
         OutputStore.create(store.path, archive, resume=True, run_config=CONFIG)
@@ -192,12 +221,16 @@ def test_foreign_folders_and_the_archive_itself_are_never_overwritten(archive, t
 
 
 def test_misaligned_or_mistyped_chips_are_refused(store, archive):
-    ref = archive.chips()[0]
+    refs = archive.shard_chips("ms1", 0, SHARD)
+    masks = [squares(r) for r in refs]
     with pytest.raises(ResflowError, match="expected uint8"):
-        store.write_chip(ref, squares(ref).astype(np.float32), squares(ref) > 127)
-    shifted = replace(ref, y0=ref.y0 + 1, height=ref.height - 1)
+        store.write_shard("ms1", 0, refs, [squares(r).astype(np.float32) for r in refs],
+                          masks, [0] * 4)
+    with pytest.raises(ResflowError, match="not in shard"):
+        store.write_shard("ms1", 1, refs, [squares(r) for r in refs], masks, [0] * 4)
+    shifted = replace(refs[0], y0=refs[0].y0 + 1, height=refs[0].height - 1)
     with pytest.raises(ResflowError, match="not chunk"):
-        store.write_chip(shifted, squares(shifted), squares(shifted) > 127)
+        store.write_shard("ms1", 0, [shifted], [squares(shifted)], [squares(shifted)], [0])
     assert store.done_chips() == set()
 
 
@@ -220,8 +253,8 @@ def test_hostile_scene_names_cannot_escape_the_output(archive, tmp_path):
     hostile = _HostileArchive(archive)
     out = tmp_path / "nest" / "out.zarr"
     store = OutputStore.create(out, hostile, run_config=CONFIG)
-    ref = next(r for r in hostile.chips() if r.scene == "../../evil")
-    store.write_chip(ref, squares(ref), squares(ref) > 127)
+    ref = next(r for r in hostile.chips() if r.scene == "../../evil" and r.row == r.col == 0)
+    store.write_shard(ref.scene, 0, [ref], [squares(ref)], [squares(ref)], [0])
     for group in store.groups.values():
         assert "/" not in group and not group.startswith(".")
         assert (out / group).resolve().parent == out.resolve()

@@ -15,7 +15,8 @@ def register(app: typer.Typer) -> None:
 
 
 def info_command(
-    archive: Annotated[Path, typer.Argument(help="archive (or run output) store")],
+    archive: Annotated[str, typer.Argument(
+        help="archive (or run output) store: a folder or a URL (s3://...)")],
     as_json: Annotated[bool, typer.Option("--json", help="print machine-readable JSON")] = False,
 ) -> None:
     """Describe scenes, bands, CRS, resolution, chips, km^2 and refused inputs."""
@@ -36,23 +37,18 @@ def info_command(
         typer.echo(format_archive(summary))
 
 
-def describe(path: Path) -> dict:
+def describe(path: Path | str) -> dict:
     """The summary dict of an imagery archive, or of an output store via resflow.outputs."""
-    import zarr
-
+    from resflow import storage
     from resflow.archive import Archive
+    from resflow.outputs import KIND, read_root_attrs
 
-    if path.is_dir():
-        try:
-            kind = zarr.open_group(path, mode="r", use_consolidated=False).attrs.get(
-                "resflow_kind")
-        except Exception:  # not a Zarr store: Archive.open says so clearly
-            kind = None
-        if kind == "output":
-            from resflow.outputs import describe as describe_output
+    location = storage.normalise(path)
+    if (read_root_attrs(location) or {}).get("resflow_kind") == KIND:
+        from resflow.outputs import describe as describe_output
 
-            return describe_output(path)
-    return Archive.open(path).summary()
+        return describe_output(location)
+    return Archive.open(location).summary()
 
 
 def format_archive(summary: dict) -> str:

@@ -15,8 +15,11 @@ def register(app: typer.Typer) -> None:
 
 
 def ingest_command(
-    sources: Annotated[list[Path], typer.Argument(help="raster files or folders of rasters")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="the archive, e.g. archive.zarr")],
+    sources: Annotated[list[str], typer.Argument(
+        help="raster files or folders of rasters, URLs of objects or prefixes (s3://...), or "
+        "STAC files (.json) naming them")],
+    out: Annotated[str, typer.Option(
+        "--out", "-o", help="the archive, e.g. archive.zarr or s3://bucket/archive.zarr")],
     chip: Annotated[int | None, typer.Option(help="chip edge in pixels (default 256)")] = None,
     workers: Annotated[int | None, typer.Option(help="scenes in parallel (default 2)")] = None,
     rgb: Annotated[str | None, typer.Option(
@@ -26,6 +29,9 @@ def ingest_command(
         help="working ground resolution in metres every scene is resampled to, or 'native' "
         "to keep each scene's own (default 0.5, the bundled gallery's; use your gallery's)"
     )] = None,
+    asset: Annotated[str | None, typer.Option(
+        help="for STAC sources (a catalogue, collection or ItemCollection .json): the asset "
+        "key to ingest, e.g. visual (default: every GeoTIFF data asset)")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML file of ingest settings")] = None,
 ) -> None:
     """Ingest GDAL rasters into ARCHIVE.zarr, one group per scene, chunked on the chip grid.
@@ -38,7 +44,7 @@ def ingest_command(
     from resflow.ingest import ingest
 
     try:
-        overrides = {"chip": chip, "workers": workers}
+        overrides = {"chip": chip, "workers": workers, "stac_asset": asset}
         if gsd is not None:
             try:
                 overrides["gsd"] = None if gsd == "native" else float(gsd)

@@ -19,6 +19,9 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from resflow.errors import ResflowError
+from resflow.outputs import OutputStore
+
 BIN = Path(sys.executable).parent
 # no SPARK_LOCAL_IP: resflow must bind Spark to loopback by itself
 LOCAL_ENV = {k: v for k, v in os.environ.items() if k != "SPARK_LOCAL_IP"}
@@ -45,8 +48,11 @@ def resflow(*args: str, timeout: float = 300, env: dict[str, str] | None = None
 
 
 def chips_done(out: Path) -> int:
-    """Chips in the output's ledger, counted from its chunk files (cheap while a run writes)."""
-    return sum(1 for p in out.glob("*/chip_done/c/*/*") if p.is_file())
+    """Chips in the output's ledger, as ``--resume`` reads it (0 before the store exists)."""
+    try:
+        return len(OutputStore.open(out).done_chips())
+    except (ResflowError, OSError):
+        return 0
 
 
 def wait_until(ready: Callable[[], bool], what: str, proc: subprocess.Popen | None = None,
@@ -108,12 +114,11 @@ def interrupt(proc: subprocess.Popen) -> None:
 
 
 def maps(out: Path) -> dict[tuple[str, str], np.ndarray]:
-    """Every ``probability`` and ``mask`` array of an output store, by (scene, array)."""
-    from resflow.outputs import OutputStore
-
+    """Every ``probability``, ``mask`` and ``chip_bucket`` array of an output store, by
+    (scene, array)."""
     store = OutputStore.open(out)
     return {(scene, name): store.read_array(scene, name)[...]
-            for scene in store.groups for name in ("probability", "mask")}
+            for scene in store.groups for name in ("probability", "mask", "chip_bucket")}
 
 
 def assert_identical(out: Path, reference: dict[tuple[str, str], np.ndarray]) -> None:

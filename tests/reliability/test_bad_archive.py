@@ -21,7 +21,7 @@ import rasterio
 from rasterio.transform import from_origin
 
 from resflow.archive import Archive
-from resflow.outputs import OutputStore, describe
+from resflow.outputs import NO_DATA_CHIP, NOT_MAPPED, OutputStore, describe
 from resflow.resolution import DEFAULT_GSD_M
 from resflow.samples import sample_path
 from tests.reliability.processes import LOCAL_ENV, resflow
@@ -110,9 +110,11 @@ def test_bad_inputs_are_reported_and_the_rest_is_mapped(backend: str, bad_archiv
     assert desc["chips_done"] == desc["chips_total"] - 1
     store = OutputStore.open(out)
     nan_inf = store.read_array("nan_inf", "probability")[...]
-    assert nan_inf.shape == (200, 200) and not nan_inf[10:20, 10:20].any()
-    assert not nan_inf[50:60, 50:60].any() and nan_inf.any()
+    # the failed chip and the nodata block are not mapped (255), never "no building" (0)
+    assert nan_inf.shape == (200, 200) and (nan_inf[10:20, 10:20] == NOT_MAPPED).all()
+    assert (nan_inf[50:60, 50:60] == NOT_MAPPED).all() and (nan_inf < NOT_MAPPED).any()
     assert store.read_array("tiny", "probability").shape == (40, 30)
-    assert not store.read_array("allnodata", "probability")[...].any()
+    assert (store.read_array("allnodata", "probability")[...] == NOT_MAPPED).all()
+    assert (store.ledger("allnodata") == NO_DATA_CHIP).all()
     info = resflow("info", str(out))
     assert "INCOMPLETE" in info.stdout and "1 chips failed" in info.stdout

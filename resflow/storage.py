@@ -1,0 +1,327 @@
+"""Where resflow's stores live: a local folder or an object-storage URL, behind one API.
+
+An archive, a gallery or an output store is a *location*: a local path (``maps.zarr``,
+``file:///data/maps.zarr``) or a URL fsspec understands (``s3://bucket/maps.zarr``,
+``gs://...`` with gcsfs installed). Local paths stay :class:`~pathlib.Path` objects, so the
+local case is exactly what it always was; URLs stay strings.
+
+Credentials are never part of resflow's settings: they come from the standard environment
+variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``,
+``AWS_ENDPOINT_URL`` for S3-compatible servers) or a profile (``AWS_PROFILE``), read by the
+storage library itself on every worker, so they never travel with a task, and never reach a
+log, a message or a run report. :func:`display` strips any ``user:secret@`` a URL was given.
+
+Object stores fail transiently (throttling, timeouts, dropped connections). The storage
+library's own silent retries are turned off (:data:`STORAGE_OPTIONS`) and resflow retries a
+whole read or write itself (:func:`retrying`), with exponential backoff, counting each retry
+so the run report can say how flaky the store was. Every chip read and write is idempotent
+(the same bytes), so retrying one is always safe.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BeforeValidator
+
+T = TypeVar("T")
+
+Location = str | os.PathLike
+"""A local path or a storage URL, as users give them."""
+
+LocationField = Annotated[str, BeforeValidator(os.fspath)]
+"""A location in a config model: kept as text, so ``s3://b/x`` never becomes the path
+``s3:/b/x`` (paths are accepted and written out as text)."""
+
+#: Tries of one read or write before it fails (the first try included).
+ATTEMPTS = 5
+#: Seconds before the first retry; doubled before each next one.
+FIRST_BACKOFF_S = 0.2
+
+#: fsspec options for S3: one try per request inside the storage library (resflow retries
+#: and counts), and timeouts short enough that a stalled request becomes a retry.
+STORAGE_OPTIONS: dict[str, dict[str, Any]] = {
+    "s3": {"config_kwargs": {"retries": {"total_max_attempts": 1, "mode": "standard"},
+                             "connect_timeout": 10, "read_timeout": 60}},
+}
+
+#: Errors that say the object or permission is not there: retrying cannot help.
+PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
+             KeyError, ValueError, TypeError)
+
+
+def is_url(location: Location) -> bool:
+    """True for a remote URL (``s3://``, ``gs://``...); ``file://`` and paths are local.
+
+    >>> is_url("s3://bucket/archive.zarr"), is_url("file:///tmp/a.zarr"), is_url("a.zarr")
+    (True, False, False)
+    """
+    text = os.fspath(location)
+    return "://" in text and not text.startswith("file://")
+
+
+def normalise(location: Location) -> Path | str:
+    """A local :class:`Path` (``file://`` URLs included) or a URL without a trailing slash.
+
+    >>> normalise("file:///tmp/a.zarr"), normalise("s3://b/a.zarr/")
+    (PosixPath('/tmp/a.zarr'), 's3://b/a.zarr')
+    """
+    text = os.fspath(location)
+    if text.startswith("file://"):
+        return Path(urlsplit(text).path)
+    return text.rstrip("/") if is_url(text) else Path(text)
+
+
+def join(location: Path | str, *parts: str) -> Path | str:
+    """``location / part / ...`` for paths and URLs alike."""
+    if isinstance(location, Path):
+        return location.joinpath(*parts)
+    return "/".join([location.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def display(location: Location) -> str:
+    """The location as messages show it: never with credentials embedded in a URL.
+
+    >>> display("s3://KEY:SECRET@bucket/a.zarr")
+    's3://bucket/a.zarr'
+    """
+    text = os.fspath(location)
+    if not is_url(text):
+        return text
+    parts = urlsplit(text)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def filesystem(location: Path | str) -> tuple[Any, str]:
+    """The fsspec filesystem and in-filesystem path of a location.
+
+    Raises
+    ------
+    ResflowError
+        The URL's protocol needs a package that is not installed (``s3fs`` for ``s3://``).
+    """
+    import fsspec
+
+    from resflow.errors import ResflowError
+
+    if isinstance(location, Path):
+        return fsspec.filesystem("file"), str(location)
+    protocol = urlsplit(location).scheme
+    try:
+        fs, path = fsspec.core.url_to_fs(location, **STORAGE_OPTIONS.get(protocol, {}))
+        if hasattr(fs, "retries"):
+            fs.retries = 1  # s3fs's own retry loop: resflow retries, and counts
+        return fs, path
+    except ImportError as exc:
+        raise ResflowError(display(location), f"reading {protocol}:// locations needs a "
+                           f"package that is not installed ({exc})",
+                           "pip install 'resflow[s3]' (s3fs) or gcsfs for gs://") from exc
+
+
+def zarr_store(location: Path | str, *, read_only: bool = False) -> Any:
+    """A zarr store for a location: ``LocalStore`` for paths, ``FsspecStore`` for URLs."""
+    from zarr.storage import FsspecStore, LocalStore
+
+    if isinstance(location, Path):
+        return LocalStore(location, read_only=read_only)
+    protocol = urlsplit(location).scheme
+    options = STORAGE_OPTIONS.get(protocol, {})
+    try:
+        store = FsspecStore.from_url(location, storage_options=options, read_only=read_only)
+    except ImportError as exc:
+        from resflow.errors import ResflowError
+
+        raise ResflowError(display(location), f"{protocol}:// locations need a package that "
+                           f"is not installed ({exc})",
+                           "pip install 'resflow[s3]' (s3fs) or gcsfs for gs://") from exc
+    if hasattr(store.fs, "retries"):
+        store.fs.retries = 1  # s3fs's own retry loop: resflow retries, and counts
+    return store
+
+
+def exists(location: Path | str) -> bool:
+    """Whether anything (a file, an object or a prefix) is at the location."""
+    if isinstance(location, Path):
+        return location.exists()
+    fs, path = filesystem(location)
+    return bool(fs.exists(path))
+
+
+def occupied(location: Path | str) -> bool:
+    """A file, or a folder / prefix with something in it (an empty folder is reusable)."""
+    if isinstance(location, Path):
+        return location.is_file() or (location.is_dir() and any(location.iterdir()))
+    fs, path = filesystem(location)
+    return bool(fs.exists(path)) and (fs.isfile(path) or bool(fs.ls(path, detail=False)))
+
+
+def version(location: Path | str) -> str:
+    """A token that changes when the file or object is rewritten (mtime or ETag), so a
+    process-level cache of an opened store notices a store made anew at the same place."""
+    if isinstance(location, Path):
+        return str(location.stat().st_mtime_ns)
+    fs, path = filesystem(location)
+    info = fs.info(path)
+    return str(info.get("ETag") or info.get("LastModified") or info.get("mtime") or "")
+
+
+def read_bytes(location: Path | str) -> bytes:
+    """The whole object or file (``FileNotFoundError`` names the location if absent)."""
+    if isinstance(location, Path):
+        return location.read_bytes()
+    fs, path = filesystem(location)
+    try:
+        return fs.cat_file(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no object at {display(location)}") from None
+
+
+def write_bytes(location: Path | str, data: bytes) -> None:
+    """Write a whole object; a local file goes to a temporary name first and is renamed, so
+    a reader never sees half of it (an object store's PUT is all or nothing already)."""
+    if isinstance(location, Path):
+        partial = location.with_name(f".{location.name}.partial")
+        partial.write_bytes(data)
+        partial.replace(location)
+        return
+    fs, path = filesystem(location)
+    fs.pipe_file(path, data)
+
+
+def remove_tree(location: Path | str) -> None:
+    """Delete a store (a folder, or every object under a prefix)."""
+    if isinstance(location, Path):
+        import shutil
+
+        shutil.rmtree(location)
+        return
+    fs, path = filesystem(location)
+    fs.rm(path, recursive=True)
+
+
+def basename(location: Path | str) -> str:
+    """The last component of a path or URL (``s3://b/x/scene.tif`` -> ``scene.tif``)."""
+    return location.name if isinstance(location, Path) else \
+        PurePosixPath(urlsplit(location).path).name
+
+
+def parent_name(location: Path | str) -> str:
+    """The name of the folder or prefix holding a path or URL."""
+    return location.parent.name if isinstance(location, Path) else \
+        PurePosixPath(urlsplit(location).path).parent.name
+
+
+def size(location: Path | str) -> int:
+    """Size in bytes of a file or object."""
+    if isinstance(location, Path):
+        return location.stat().st_size
+    fs, path = filesystem(location)
+    return int(fs.size(path))
+
+
+def open_binary(location: Path | str) -> Any:
+    """A binary file object for reading a file or object."""
+    if isinstance(location, Path):
+        return location.open("rb")
+    fs, path = filesystem(location)
+    return fs.open(path, "rb")
+
+
+def find(location: str, suffixes: frozenset[str]) -> list[str] | None:
+    """The URLs of objects under a prefix whose names end in one of ``suffixes`` (sorted),
+    ``[location]`` for one object, or None if nothing is there."""
+    fs, path = filesystem(location)
+    if fs.isfile(path):
+        return [location]
+    if not fs.exists(path):
+        return None
+    return sorted(fs.unstrip_protocol(p) for p in fs.find(path)
+                  if PurePosixPath(p).suffix.lower() in suffixes)
+
+
+def gdal_options(location: Path | str) -> dict[str, str]:
+    """GDAL settings to read a URL through its own virtual file systems (``/vsis3/``...),
+    from the same standard environment the storage library reads: an S3-compatible
+    endpoint given as ``AWS_ENDPOINT_URL`` becomes GDAL's ``AWS_S3_ENDPOINT`` (GDAL reads the
+    credentials and profile variables itself)."""
+    if isinstance(location, Path) or urlsplit(location).scheme != "s3":
+        return {}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if not endpoint:
+        return {}
+    parts = urlsplit(endpoint)
+    return {"AWS_S3_ENDPOINT": parts.netloc, "AWS_HTTPS": "YES" if parts.scheme == "https"
+            else "NO", "AWS_VIRTUAL_HOSTING": "FALSE"}
+
+
+def open_raster(location: Path | str) -> Any:
+    """A rasterio dataset for a file or a URL. GDAL reads a URL in place, range request by
+    range request (``s3://`` as ``/vsis3/``), so a scene is never downloaded whole; call it
+    inside :func:`raster_env` so GDAL sees the endpoint."""
+    import rasterio
+
+    return rasterio.open(location)
+
+
+def raster_env(location: Path | str, **options: Any) -> Any:
+    """A ``rasterio.Env`` with :func:`gdal_options` for ``location`` plus ``options``."""
+    import rasterio
+
+    return rasterio.Env(**gdal_options(location), **options)
+
+
+def local_or_none(location: Path | str) -> Path | None:
+    """The local path, or None for a URL (for work that only a local folder allows)."""
+    return location if isinstance(location, Path) else None
+
+
+@dataclass
+class RetryCount:
+    """Retries of one task's reads and writes, reported with its results."""
+
+    retries: int = 0
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether an error may pass if the same request is tried again (timeouts, throttling,
+    dropped connections, server errors), as opposed to a missing object or a bad request."""
+    if isinstance(exc, PERMANENT):
+        return False
+    return isinstance(exc, OSError | TimeoutError | ConnectionError) or \
+        exc.__class__.__module__.split(".")[0] in {"botocore", "aiobotocore", "aiohttp"}
+
+
+def retrying(operation: Callable[[], T], counter: RetryCount | None = None, *,
+             attempts: int = ATTEMPTS, first_backoff_s: float = FIRST_BACKOFF_S) -> T:
+    """``operation()``, tried again with exponential backoff while it fails transiently.
+
+    Each retry adds one to ``counter``; the last failure, or any permanent one, is raised.
+
+    >>> calls = []
+    >>> def flaky():
+    ...     calls.append(1)
+    ...     if len(calls) < 3:
+    ...         raise TimeoutError("slow")
+    ...     return "ok"
+    >>> count = RetryCount()
+    >>> retrying(flaky, count, first_backoff_s=0.0), count.retries
+    ('ok', 2)
+    """
+    for attempt in range(attempts):
+        try:
+            return operation()
+        except Exception as exc:
+            if attempt == attempts - 1 or not transient(exc):
+                raise
+            if counter is not None:
+                counter.retries += 1
+            time.sleep(first_backoff_s * 2 ** attempt)
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises

@@ -1,0 +1,627 @@
+"""The task functions, run on the workers: read chips, three stages, write shards.
+
+Tasks carry a :class:`~resflow.planning.Partition` or chip references plus a few settings
+(:class:`GraphSettings`), never models or pixels from the driver: each worker process loads
+the gallery once into a process-level cache keyed by the gallery's location and manifest
+hash (a Dask ``WorkerPlugin`` fills it at worker start, Spark's reused Python workers keep it
+across tasks), and opens the archive and the output store once.
+
+Stage 3 is overlap-tile inference, dask's ``map_overlap`` in three steps: *add a halo*
+(``Archive.read_chips(refs, halo)``, reflected beyond scene edges as ``boundary="reflect"``),
+*compute* on the padded chip, *trim* the halo so only the centre, predicted with context on
+every side, is written. Neighbouring chips therefore meet without seams.
+
+Every task ends in a :class:`PartitionSummary` (counts, km^2, bucket use, seconds, failures,
+storage retries): what the driver adds up, instead of a record per chip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from resflow import storage
+from resflow.allocator import steady_malloc
+from resflow.archive import Archive
+from resflow.chips import ChipPixels, ChipRef
+from resflow.executor import TaskEnv
+from resflow.failures import ChipFailure, compute_chips, describe_error, read_chips
+from resflow.gallery import DEFAULT_PATH, MANIFEST, Gallery
+from resflow.masks import building_mask, min_pixels
+from resflow.outputs import (
+    NO_DATA_CHIP,
+    NOT_MAPPED,
+    UNWRITTEN,
+    OutputStore,
+    quantise,
+    quantised_threshold,
+)
+from resflow.planning import Partition, Segment
+
+STAGE1 = "stage1-features"
+STAGE2 = "stage2-hashing"
+STAGE3 = "stage3-segment"
+#: the regrouped plan's last stage: chips back with their partition, shards written
+WRITE = "write-shards"
+#: the three stages of one partition and its writes as one task (the ``fused`` plan)
+FUSED = "stages-fused"
+
+
+@dataclass(frozen=True)
+class GraphSettings:
+    """What every task needs to know: locations and pixel settings, cheap to ship.
+
+    Parameters
+    ----------
+    archive, gallery, out
+        Imagery archive, model gallery (``None`` = bundled default) and output store
+        locations (paths or URLs, :mod:`resflow.storage`).
+    batch_size
+        Chips per model call on CUDA.
+    halo
+        Context pixels read around each chip in stage 3 and trimmed before writing.
+    threshold
+        Probability above which a pixel is building, for the mask.
+    min_building_m2
+        Smallest building kept in the mask, m^2 on the ground (:mod:`resflow.masks`).
+    device
+        ``"auto"``, ``"cpu"`` or ``"cuda"``; a task uses the GPU its engine assigned.
+    torch_threads
+        Intra-op threads per worker process.
+    """
+
+    archive: Path | str
+    gallery: Path | None
+    out: Path | str
+    batch_size: int = 8
+    halo: int = 32
+    threshold: float = 0.5
+    min_building_m2: float = 0.0
+    device: str = "auto"
+    torch_threads: int = 1
+
+
+# -- what tasks return -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Features:
+    """Stage 1 output: one chip's embedding (regrouped plan)."""
+
+    ref: ChipRef
+    features: np.ndarray
+    seconds: dict[str, float]
+    origin: int
+
+
+@dataclass(frozen=True)
+class Routed:
+    """Stage 2 output: a chip reference and the bucket whose model will segment it."""
+
+    ref: ChipRef
+    bucket: int
+    seconds: dict[str, float]
+    origin: int
+    #: which stage-3 partition of its bucket it goes to, so a big bucket spreads out
+    split: int = 0
+
+
+@dataclass(frozen=True)
+class Segmented:
+    """Stage 3 output of the regrouped plan: a chip's quantised maps, on their way back to
+    the task that writes its shard."""
+
+    ref: ChipRef
+    bucket: int
+    probability: np.ndarray
+    mask: np.ndarray
+    seconds: dict[str, float]
+    origin: int
+
+
+@dataclass(frozen=True)
+class StorageRetries:
+    """Retries a regrouped-plan task made, on their way to the write stage's summary."""
+
+    origin: int
+    count: int
+
+
+@dataclass(frozen=True)
+class Planned:
+    """The partition itself, travelling with its chips so the write stage knows every
+    shard it must write, including shards whose chips all failed or hold no data."""
+
+    partition: Partition
+
+    @property
+    def origin(self) -> int:
+        return self.partition.index
+
+
+@dataclass
+class PartitionSummary:
+    """What one partition's task wrote and spent: the only thing a task returns to the
+    driver, which adds them up (:class:`resflow.graph.RunTotals`).
+
+    Attributes
+    ----------
+    partition
+        The partition's index.
+    chips, km2
+        Chips mapped and written, and their ground area.
+    empty_chips
+        Chips without a valid pixel, stored as not mapped.
+    buckets
+        ``(bucket, model) -> chips`` served.
+    seconds
+        Task seconds per stage (keys of ``resflow.report.STAGES``).
+    failures
+        Chips that could not be mapped.
+    lost_shards
+        ``(segment, problem)`` of shards whose whole task failed, so no chip of them was
+        read (their chips stay unwritten for ``--resume``).
+    retries
+        Reads and writes tried again after a transient storage error.
+    scenes, scenes_with_data
+        Scenes the partition covers, and those where it found a valid pixel.
+    """
+
+    partition: int
+    chips: int = 0
+    km2: float = 0.0
+    empty_chips: int = 0
+    buckets: Counter = field(default_factory=Counter)
+    seconds: dict[str, float] = field(default_factory=dict)
+    failures: list[ChipFailure] = field(default_factory=list)
+    lost_shards: list[tuple[Segment, str]] = field(default_factory=list)
+    retries: int = 0
+    scenes: set[str] = field(default_factory=set)
+    scenes_with_data: set[str] = field(default_factory=set)
+
+
+# -- per-process caches ------------------------------------------------------------------
+
+_LOCK = threading.Lock()
+_GALLERIES: dict[tuple[str, str], Gallery] = {}
+_ARCHIVES: dict[tuple[str, str], Archive] = {}
+_STORES: dict[tuple[str, str], OutputStore] = {}
+
+
+def gallery_key(path: Path | None) -> tuple[str, str]:
+    """The cache key of a gallery: its resolved path and the sha256 of its manifest."""
+    path = DEFAULT_PATH if path is None else Path(path)
+    try:
+        digest = hashlib.sha256((path / MANIFEST).read_bytes()).hexdigest()
+    except OSError:
+        Gallery.load(path)  # raises the GalleryError that names the missing manifest
+        raise
+    return str(path.resolve()), digest
+
+
+def load_gallery(path: Path | None) -> Gallery:
+    """The gallery, loaded and verified once per process (a retrained gallery reloads)."""
+    key = gallery_key(path)
+    with _LOCK:
+        if key not in _GALLERIES:
+            _GALLERIES[key] = Gallery.load(path)
+        return _GALLERIES[key]
+
+
+def preload_models(path: Path | None) -> None:
+    """Build every model of the gallery in this process, before the first task needs it,
+    and fix the process's malloc thresholds (:mod:`resflow.allocator`)."""
+    steady_malloc()
+    gallery = load_gallery(path)
+    gallery.feature_extractor()
+    gallery.hashing_head()
+    for bucket in range(len(gallery.bucket_codes)):
+        gallery.segmenter(bucket)
+
+
+def _cached(cache: dict[tuple[str, str], Any], location: Path | str, open_store: Any) -> Any:
+    """The store at ``location`` opened once per process, and again once it is made anew
+    (a later run in the same process may overwrite an output, or re-ingest an archive)."""
+    key = (str(location), storage.version(storage.join(location, "zarr.json")))
+    with _LOCK:
+        if key not in cache:
+            cache[key] = open_store(location)
+        return cache[key]
+
+
+def _archive(location: Path | str) -> Archive:
+    return _cached(_ARCHIVES, location, Archive.open)
+
+
+def _store(location: Path | str) -> OutputStore:
+    return _cached(_STORES, location, OutputStore.open)
+
+
+def _device(settings: GraphSettings, env: TaskEnv) -> Any:
+    from resflow.devices import resolve_device, set_torch_threads
+
+    set_torch_threads(settings.torch_threads)
+    return resolve_device(settings.device, env.gpu)  # type: ignore[arg-type]
+
+
+class _Clock:
+    """Adds elapsed seconds per stage key: ``with clock("read"): ...``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, key: str) -> _Timer:
+        return _Timer(self, key)
+
+    def share(self, n: int, base: dict[str, float] | None = None) -> dict[str, float]:
+        """Each of ``n`` chips' equal share of the measured seconds, added to ``base``."""
+        out = dict(base or {})
+        for key, value in self.seconds.items():
+            out[key] = out.get(key, 0.0) + value / max(n, 1)
+        return out
+
+
+class _Timer:
+    def __init__(self, clock: _Clock, key: str) -> None:
+        self.clock, self.key = clock, key
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        elapsed = time.perf_counter() - self.start
+        self.clock.seconds[self.key] = self.clock.seconds.get(self.key, 0.0) + elapsed
+
+
+# -- pieces shared by both plans ---------------------------------------------------------
+
+def expand(partition: Partition, archive: Archive, store: OutputStore) -> list[ChipRef]:
+    """Every chip of the partition's shards, in plan order."""
+    return [ref for scene, shard in partition.shards()
+            for ref in archive.shard_chips(scene, shard, store.shard_chips)]
+
+
+def _reader(archive: Archive, halo: int, counter: storage.RetryCount
+            ) -> Callable[[Sequence[ChipRef]], list[ChipPixels]]:
+    """``archive.read_chips`` with transient storage errors retried (and counted)."""
+    def read(refs: Sequence[ChipRef]) -> list[ChipPixels]:
+        return storage.retrying(lambda: archive.read_chips(refs, halo), counter)
+    return read
+
+
+def trim(probability: np.ndarray, ref: ChipRef, halo: int) -> np.ndarray:
+    """The chip's in-scene window from a halo-padded prediction (``map_overlap``'s trim).
+
+    Examples
+    --------
+    >>> from resflow.chips import ChipRef
+    >>> ref = ChipRef("s", 0, 0, 0, 0, 3, 2, 4, 0.0, 1.0)
+    >>> trim(np.zeros((8, 8)), ref, halo=2).shape
+    (3, 2)
+    """
+    return probability[halo:halo + ref.height, halo:halo + ref.width]
+
+
+def centre(pixels: ChipPixels, ref: ChipRef, halo: int) -> np.ndarray:
+    """The nominal chip (``chip x chip``) inside a halo read: what stage 1 sees.
+
+    Equal, bit for bit, to reading the chip without a halo.
+    """
+    return pixels.image[:, halo:halo + ref.chip, halo:halo + ref.chip]
+
+
+def segment_chips(settings: GraphSettings, gallery: Gallery, device: Any,
+                  buckets: dict[ChipRef, int], pixels: dict[ChipRef, ChipPixels],
+                  clock: _Clock, failures: list[ChipFailure]
+                  ) -> dict[ChipRef, tuple[np.ndarray, np.ndarray, int]]:
+    """Segment halo-read chips bucket by bucket with each bucket's model, quantise them, mask
+    them with their halo (so specks crossing a chip border are judged whole), and trim.
+
+    Returns ``chip -> (probability, mask, bucket)``, uint8 on the chip's in-scene window with
+    :data:`~resflow.outputs.NOT_MAPPED` where the source holds no data; chips that fail are
+    appended to ``failures``. Time goes to ``clock``.
+    """
+    from resflow.stages import segment
+
+    halo = settings.halo
+    scenes = _archive(settings.archive).scenes
+    out: dict[ChipRef, tuple[np.ndarray, np.ndarray, int]] = {}
+    for bucket in sorted(set(buckets.values())):
+        group = sorted(ref for ref, b in buckets.items() if b == bucket)
+        with clock("preprocess"):
+            images = np.stack([pixels[ref].image for ref in group])
+        with clock("stage3"):
+            kept, probability = compute_chips(
+                group, images, partial(segment, segmenter=gallery.segmenter(bucket),
+                                       batch_size=settings.batch_size, device=device),
+                STAGE3, failures)
+        with clock("write"):
+            for ref, prob in zip(kept, probability, strict=True):
+                valid = pixels[ref].valid
+                quantised = quantise(np.where(valid, prob, 0.0))
+                mask = building_mask(quantised, quantised_threshold(settings.threshold),
+                                     min_pixels(settings.min_building_m2,
+                                                scenes[ref.scene].gsd_m)).astype(np.uint8)
+                quantised[~valid] = NOT_MAPPED
+                mask[~valid] = NOT_MAPPED
+                out[ref] = (trim(quantised, ref, halo), trim(mask, ref, halo), bucket)
+        del images, probability  # before the next bucket's stack: one bucket's floats at a time
+    return out
+
+
+def write_shards(settings: GraphSettings, partition: Partition,
+                 mapped: dict[ChipRef, tuple[np.ndarray, np.ndarray, int]],
+                 failures: list[ChipFailure], summary: PartitionSummary,
+                 counter: storage.RetryCount, clock: _Clock, stage: str) -> None:
+    """Write every shard of the partition and count what was written into ``summary``.
+
+    A chip without valid pixels is written as not mapped (ledger -1); a chip with neither a
+    result nor a failure record (lost on the way) becomes a failure here, so no chip is ever
+    silently missing. A shard that cannot be written fails its chips.
+    """
+    store, archive = _store(settings.out), _archive(settings.archive)
+    failed = {f.ref for f in failures}
+    models = _gallery_models(settings)
+    for scene, shard in partition.shards():
+        summary.scenes.add(scene)
+        chips = archive.shard_chips(scene, shard, store.shard_chips)
+        probabilities, masks, buckets = [], [], []
+        for ref in chips:
+            if ref in mapped:
+                prob, mask, bucket = mapped[ref]
+            else:
+                bucket = NO_DATA_CHIP if ref.valid_fraction == 0 else UNWRITTEN
+                if bucket == UNWRITTEN and ref not in failed:
+                    failures.append(ChipFailure(ref, stage, "no result reached the write "
+                                                "(its task was lost)"))
+                prob = mask = np.full((ref.height, ref.width), NOT_MAPPED, np.uint8)
+            probabilities.append(prob)
+            masks.append(mask)
+            buckets.append(bucket)
+        with clock("write"):
+            try:
+                storage.retrying(partial(store.write_shard, scene, shard, chips, probabilities,
+                                         masks, buckets), counter)
+            except Exception as exc:  # a shard that cannot be written fails its chips
+                failures.extend(ChipFailure(ref, stage, f"writing its shard failed "
+                                            f"({describe_error(exc)})")
+                                for ref, bucket in zip(chips, buckets, strict=True)
+                                if bucket >= 0)
+                continue
+        for ref, bucket in zip(chips, buckets, strict=True):
+            if bucket >= 0:
+                summary.chips += 1
+                summary.km2 += ref.km2
+                summary.buckets[(bucket, models[bucket])] += 1
+                summary.scenes_with_data.add(scene)
+            elif bucket == NO_DATA_CHIP:
+                summary.empty_chips += 1
+    summary.failures.extend(failures)
+    summary.retries += counter.retries
+
+
+def _gallery_models(settings: GraphSettings) -> dict[int, str]:
+    gallery = load_gallery(settings.gallery)
+    return {b: gallery.model_name(b) for b in range(len(gallery.bucket_codes))}
+
+
+def _failed_partition(partition: Partition, stage: str, exc: Exception) -> PartitionSummary:
+    """A partition whose task failed outside any one chip: its shards are reported lost
+    (the archive itself may be what failed, so chips are not expanded)."""
+    summary = PartitionSummary(partition.index)
+    problem = f"{stage}: the partition's task failed ({describe_error(exc)})"
+    for segment in partition.segments:
+        summary.scenes.add(segment.scene)
+        summary.lost_shards.append((segment, problem))
+    return summary
+
+
+# -- the fused plan ----------------------------------------------------------------------
+
+def fused_stages(settings: GraphSettings, records: list[Partition],
+                 env: TaskEnv) -> list[PartitionSummary]:
+    """Stages 1, 2 and 3 of one partition in one task, then its shards written.
+
+    Each chip is read once, with its halo: stage 1 embeds the centre of each halo read (the
+    chip itself), stage 2 routes it, and stage 3 segments the partition's chips bucket by
+    bucket from the same pixels. The maps, routes and failures are those of the regrouped
+    plan; only where the work runs differs: nothing crosses processes between stages and no
+    stage waits for another's slowest partition.
+    """
+    summaries = []
+    for partition in records:
+        try:
+            summaries.append(_fused_partition(settings, partition, env))
+        except Exception as exc:  # e.g. the gallery or store vanished under a worker
+            summaries.append(_failed_partition(partition, FUSED, exc))
+    return summaries
+
+
+def _fused_partition(settings: GraphSettings, partition: Partition,
+                     env: TaskEnv) -> PartitionSummary:
+    from resflow.stages import extract_features, map_codes
+
+    clock, counter = _Clock(), storage.RetryCount()
+    summary = PartitionSummary(partition.index)
+    device = _device(settings, env)
+    gallery = load_gallery(settings.gallery)
+    archive = _archive(settings.archive)
+    failures: list[ChipFailure] = []
+    halo = settings.halo
+    work = [r for r in expand(partition, archive, _store(settings.out)) if r.valid_fraction > 0]
+    with clock("read"):
+        work, pixels = read_chips(work, _reader(archive, halo, counter), STAGE1, failures)
+    with clock("preprocess"):
+        centres = (np.stack([centre(p, r, halo) for p, r in zip(pixels, work, strict=True)])
+                   if pixels else np.empty((0,)))
+    with clock("stage1"):
+        embedded, vectors = compute_chips(
+            work, centres, partial(extract_features, extractor=gallery.feature_extractor(),
+                                   batch_size=settings.batch_size, device=device),
+            STAGE1, failures)
+    del centres  # a copy of every chip: freed before stage 3's own stacks
+    mapped: dict[ChipRef, tuple[np.ndarray, np.ndarray, int]] = {}
+    if embedded:
+        with clock("stage2"):
+            _, buckets = map_codes(np.stack(vectors), gallery.hashing_head(),
+                                   gallery.bucket_codes)
+        mapped = segment_chips(settings, gallery, device,
+                               dict(zip(embedded, buckets.tolist(), strict=True)),
+                               dict(zip(work, pixels, strict=True)), clock, failures)
+    write_shards(settings, partition, mapped, failures, summary, counter, clock, FUSED)
+    summary.seconds = dict(clock.seconds)
+    return summary
+
+
+# -- the regrouped plan ------------------------------------------------------------------
+
+def failing_stage(stage: str, fn: Callable[..., list[Any]]) -> Callable[..., list[Any]]:
+    """Run a regrouped-plan stage so an error outside any one chip fails its chips, not the
+    run: chip records become :class:`ChipFailure`\\ s, partitions travel on to be written."""
+    def run(*args: Any) -> list[Any]:
+        try:
+            return fn(*args)
+        except Exception as exc:
+            problem = f"the partition's task failed ({describe_error(exc)})"
+            return [r if isinstance(r, ChipFailure | Planned | StorageRetries) else
+                    ChipFailure(r.ref, stage, problem, origin=r.origin) for r in args[-2]]
+    return run
+
+
+def stage1_features(settings: GraphSettings, records: list[Partition],
+                    env: TaskEnv) -> list[Any]:
+    """Expand each partition, read its chips (no halo) and compute their Lite0 embeddings;
+    a chip that cannot be read or embedded becomes a :class:`ChipFailure`. The partition
+    travels on as :class:`Planned`."""
+    out: list[Any] = []
+    for partition in records:
+        out.append(Planned(partition))
+        try:
+            out.extend(_features(settings, partition, env))
+        except Exception:  # its chips reach the write stage without results, and fail there
+            continue
+    return out
+
+
+def _features(settings: GraphSettings, partition: Partition, env: TaskEnv) -> list[Any]:
+    from resflow.stages import extract_features
+
+    clock, counter = _Clock(), storage.RetryCount()
+    device = _device(settings, env)
+    gallery = load_gallery(settings.gallery)
+    archive = _archive(settings.archive)
+    refs = [r for r in expand(partition, archive, _store(settings.out)) if r.valid_fraction > 0]
+    failures: list[ChipFailure] = []
+    with clock("read"):
+        refs, pixels = read_chips(refs, _reader(archive, 0, counter), STAGE1, failures)
+    with clock("stage1"):
+        refs, vectors = compute_chips(
+            refs, np.stack([p.image for p in pixels]) if pixels else np.empty((0,)),
+            partial(extract_features, extractor=gallery.feature_extractor(),
+                    batch_size=settings.batch_size, device=device), STAGE1, failures)
+    share = clock.share(len(refs))
+    return [StorageRetries(partition.index, counter.retries),
+            *(ChipFailure(f.ref, f.stage, f.problem, origin=partition.index) for f in failures),
+            *(Features(ref, vec, share, partition.index)
+              for ref, vec in zip(refs, vectors, strict=True))]
+
+
+def stage2_hashing(settings: GraphSettings, splits: int, records: list[Any],
+                   env: TaskEnv) -> list[Any]:
+    """Hash each embedding and route the chip reference to its nearest bucket (failures and
+    partitions pass on unchanged)."""
+    from resflow.stages import map_codes
+
+    passing = [r for r in records if not isinstance(r, Features)]
+    features = [r for r in records if isinstance(r, Features)]
+    if not features:
+        return passing
+    clock = _Clock()
+    gallery = load_gallery(settings.gallery)
+    with clock("stage2"):
+        _, buckets = map_codes(np.stack([r.features for r in features]), gallery.hashing_head(),
+                               gallery.bucket_codes)
+    return [*passing, *(
+        Routed(r.ref, int(b), clock.share(len(features), r.seconds), r.origin,
+               split=_split_of(r.ref, splits))
+        for r, b in zip(features, buckets, strict=True)
+    )]
+
+
+def _split_of(ref: ChipRef, splits: int) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{ref.scene}/{ref.row}/{ref.col}".encode(),
+                                          digest_size=4).digest()) % splits
+
+
+def stage3_segment(settings: GraphSettings, records: list[Any], env: TaskEnv) -> list[Any]:
+    """Re-read each routed chip with a halo of context and segment it with its bucket's
+    model; the quantised maps travel on to the task that writes their shard."""
+    passing = [r for r in records if not isinstance(r, Routed)]
+    routed = {r.ref: r for r in records if isinstance(r, Routed)}
+    if not routed:
+        return passing
+    clock, counter = _Clock(), storage.RetryCount()
+    device = _device(settings, env)
+    gallery = load_gallery(settings.gallery)
+    archive = _archive(settings.archive)
+    failures: list[ChipFailure] = []
+    with clock("read"):
+        refs, pixels = read_chips(sorted(routed), _reader(archive, settings.halo, counter),
+                                  STAGE3, failures)
+    mapped = segment_chips(settings, gallery, device, {ref: routed[ref].bucket for ref in refs},
+                           dict(zip(refs, pixels, strict=True)), clock, failures)
+    share = clock.share(len(routed))
+    first = next(iter(routed.values())).origin
+    return [*passing, StorageRetries(first, counter.retries),
+            *(ChipFailure(f.ref, f.stage, f.problem, origin=routed[f.ref].origin)
+              for f in failures),
+            *(Segmented(ref, bucket, prob, mask, _add(routed[ref].seconds, share),
+                        routed[ref].origin)
+              for ref, (prob, mask, bucket) in mapped.items())]
+
+
+def _add(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = out.get(key, 0.0) + value
+    return out
+
+
+def write_stage(settings: GraphSettings, records: list[Any], env: TaskEnv
+                ) -> list[PartitionSummary]:
+    """The regrouped plan's last stage: one partition's chips, back together, written shard
+    by shard."""
+    plans = [r.partition for r in records if isinstance(r, Planned)]
+    summaries = []
+    for partition in plans:
+        mine = [r for r in records if not isinstance(r, Planned) and r.origin == partition.index]
+        try:
+            summaries.append(_write_partition(settings, partition, mine))
+        except Exception as exc:
+            summaries.append(_failed_partition(partition, WRITE, exc))
+    return summaries
+
+
+def _write_partition(settings: GraphSettings, partition: Partition,
+                     records: list[Any]) -> PartitionSummary:
+    clock, counter = _Clock(), storage.RetryCount()
+    summary = PartitionSummary(partition.index)
+    failures = [r for r in records if isinstance(r, ChipFailure)]
+    chips = [r for r in records if isinstance(r, Segmented)]
+    mapped = {r.ref: (r.probability, r.mask, r.bucket) for r in chips}
+    write_shards(settings, partition, mapped, failures, summary, counter, clock, WRITE)
+    summary.retries += sum(r.count for r in records if isinstance(r, StorageRetries))
+    seconds = dict(clock.seconds)
+    for r in chips:
+        for key, value in r.seconds.items():
+            seconds[key] = seconds.get(key, 0.0) + value
+    summary.seconds = seconds
+    return summary

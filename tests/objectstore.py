@@ -1,0 +1,106 @@
+"""A real S3-compatible server on loopback (moto's server mode) that can be told to fail.
+
+The server is moto's own WSGI application behind a small middleware that injects faults:
+the next ``n`` requests matching a method and a key pattern get an HTTP error (503
+``SlowDown``, 500) or a delay, as a throttled or flaky object store would give them. Every
+request is counted, so tests can see what the store was asked.
+
+The test session points the standard AWS variables at it before any engine starts (see
+``tests/conftest.py``), so Dask workers and Spark executors reach it exactly as they would
+reach a real object store: through the environment, never through resflow's settings.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from werkzeug.serving import WSGIRequestHandler, make_server
+
+SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+             b"<Message>Please reduce your request rate.</Message></Error>")
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log: a run makes hundreds of requests."""
+
+    def log_request(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+@dataclass
+class Fault:
+    """Fail (or delay) the next ``times`` requests whose method and path match."""
+
+    method: str
+    pattern: re.Pattern[str]
+    times: int
+    status: int = 503
+    delay_s: float = 0.0
+
+
+class FaultyS3:
+    """moto's S3 on ``127.0.0.1:port``, with faults injected on request."""
+
+    def __init__(self, port: int) -> None:
+        from moto.server import DomainDispatcherApplication, create_backend_app
+
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self._app = DomainDispatcherApplication(create_backend_app)
+        self._faults: list[Fault] = []
+        self._lock = threading.Lock()
+        self.requests: Counter[str] = Counter()
+        self.injected = 0
+        self._server = make_server("127.0.0.1", port, self, threaded=True,
+                                   request_handler=_QuietHandler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
+        fault = self._take_fault(method, path)
+        with self._lock:
+            self.requests[method] += 1
+        if fault is not None and fault.delay_s:
+            time.sleep(fault.delay_s)
+        elif fault is not None:
+            start_response(f"{fault.status} Injected", [("Content-Type", "application/xml"),
+                                                        ("Content-Length", str(len(SLOW_DOWN)))])
+            return [SLOW_DOWN]
+        return self._app(environ, start_response)
+
+    def _take_fault(self, method: str, path: str) -> Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.times > 0 and fault.method == method and fault.pattern.search(path):
+                    fault.times -= 1
+                    self.injected += 1
+                    return fault
+        return None
+
+    def fail(self, method: str, pattern: str, times: int, *, status: int = 503,
+             delay_s: float = 0.0) -> None:
+        """Make the next ``times`` ``method`` requests whose path matches ``pattern`` fail with
+        ``status`` (or wait ``delay_s`` seconds first, when given)."""
+        with self._lock:
+            self._faults.append(Fault(method, re.compile(pattern), times, status, delay_s))
+
+    def clear(self) -> None:
+        """Drop every fault still pending."""
+        with self._lock:
+            self._faults.clear()
+            self.injected = 0
+
+    def create_bucket(self, name: str) -> None:
+        import boto3
+
+        boto3.client("s3", endpoint_url=self.url).create_bucket(Bucket=name)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._thread.join()

@@ -1,0 +1,184 @@
+"""Archives, sources and outputs in object storage: a real S3 server on loopback (moto).
+
+Rasters are read in place from ``s3://`` URLs at ingest, the archive and the output store
+live in the bucket, the Dask and Spark engines map from and to it, transient errors are
+retried and counted, a run that could not write resumes to the same bytes as a clean run,
+missing objects are named by URL, and credentials never reach a message or a report.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from typer.testing import CliRunner
+
+from resflow import storage
+from resflow.archive import Archive
+from resflow.cli import app
+from resflow.config import IngestConfig, RunConfig
+from resflow.errors import InputError
+from resflow.graph import run_graph
+from resflow.ingest import ingest
+from resflow.local import LocalExecutor
+from resflow.outputs import OutputStore
+from resflow.samples import sample_path
+from tests.fixtures_engines import build_engine
+from tests.fixtures_storage import SECRET
+from tests.objectstore import FaultyS3
+
+SOURCES = ("rotterdam-ms1", "atlanta-pan")
+ARRAYS = ("probability", "mask", "chip_bucket")
+
+
+@pytest.fixture(scope="module")
+def bucket(s3: FaultyS3) -> str:
+    """A fresh bucket holding the sample GeoTIFFs under ``src/``."""
+    import fsspec
+
+    name = f"resflow-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(name)
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    for sample in SOURCES:
+        fs.put(str(sample_path(sample)), f"{name}/src/{sample_path(sample).name}")
+    return name
+
+
+@pytest.fixture(scope="module")
+def s3_archive(bucket: str) -> str:
+    url = f"s3://{bucket}/archive.zarr"
+    result = ingest([f"s3://{bucket}/src/"], url, IngestConfig(chip=256))
+    assert result.ok and len(result.ingested) == len(SOURCES), result
+    return url
+
+
+@pytest.fixture(scope="module")
+def reference(engine_gallery: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same rasters ingested and mapped on local disk: what every object-storage run
+    must equal."""
+    folder = tmp_path_factory.mktemp("s3-reference")
+    archive = folder / "archive.zarr"
+    result = ingest([sample_path(s) for s in SOURCES], archive, IngestConfig(chip=256))
+    assert result.ok, result
+    out = folder / "maps.zarr"
+    run_graph(RunConfig(archive=str(archive), out=str(out), gallery=engine_gallery,
+                        backend="local", partition_chips=8),
+              LocalExecutor(gpus=[], progress=False))
+    return out
+
+
+def arrays(location: str | Path) -> dict[tuple[str, str], np.ndarray]:
+    store = OutputStore.open(location)
+    return {(scene, name): store.read_array(scene, name)[...]
+            for scene in store.groups for name in ARRAYS}
+
+
+def assert_same_maps(location: str | Path, reference: Path) -> None:
+    got, want = arrays(location), arrays(reference)
+    assert got.keys() == want.keys()
+    for key, array in got.items():
+        assert np.array_equal(array, want[key]), f"{location}: {key} differs"
+
+
+def objects(location: str | Path) -> dict[str, bytes]:
+    """Every map and ledger object of a store, by key: equal bytes mean equal stores."""
+    fs, root = storage.filesystem(storage.normalise(location))
+    keys = [k for k in fs.find(root) if any(f"/{a}/c/" in k for a in ARRAYS)]
+    return {k[len(root):]: fs.cat_file(k) for k in keys}
+
+
+def test_ingest_reads_rasters_in_place_from_urls(s3_archive: str, reference: Path) -> None:
+    remote = Archive.open(s3_archive)
+    local = Archive.open(reference.parent / "archive.zarr")
+    assert remote.scenes.keys() == local.scenes.keys()
+    for name, info in remote.scenes.items():
+        assert info.sha256 == local.scenes[name].sha256
+        assert info.source.startswith("s3://")
+        np.testing.assert_array_equal(remote.image(name)[...], local.image(name)[...])
+
+
+@pytest.mark.parametrize("backend", ["dask", "spark"])
+def test_engines_map_from_and_to_object_storage(backend: str, request: pytest.FixtureRequest,
+                                                s3_archive: str, bucket: str,
+                                                engine_gallery: Path, reference: Path) -> None:
+    out = f"s3://{bucket}/maps-{backend}.zarr"
+    config = RunConfig(archive=s3_archive, out=out, gallery=engine_gallery, backend=backend,
+                       partition_chips=8)
+    with build_engine(backend, request) as executor:
+        result = run_graph(config, executor)
+    assert not result.failures and result.report.store_retries == 0
+    assert result.report.out == out and OutputStore.open(out).complete
+    assert_same_maps(out, reference)
+    assert objects(out) == objects(reference)
+    ds = xr.open_zarr(out, group="ms1")  # readers open the bucket as they open a folder
+    assert ds.probability.dtype == np.float64 and float(ds.probability.max()) <= 1.0
+
+
+def test_transient_errors_are_retried_and_counted(faults: FaultyS3, s3_archive: str,
+                                                  bucket: str, engine_gallery: Path,
+                                                  reference: Path) -> None:
+    out = f"s3://{bucket}/maps-flaky.zarr"
+    faults.fail("PUT", r"/probability/c/", 3)  # throttled writes (503 SlowDown)
+    faults.fail("GET", r"/archive\.zarr/scenes/.*/image/c/", 2, status=500)  # reads
+    config = RunConfig(archive=s3_archive, out=out, gallery=engine_gallery, backend="local",
+                       partition_chips=8)
+    result = run_graph(config, LocalExecutor(gpus=[], progress=False))
+    assert faults.injected == 5
+    # a retry is one read or write tried again; chunks fetched together fail together
+    retries = result.report.store_retries
+    assert 2 <= retries <= 5
+    assert f"({retries} storage retries)" in result.report.summary_line()
+    assert not result.failures and OutputStore.open(out).complete
+    assert_same_maps(out, reference)
+
+
+def test_a_run_that_could_not_write_resumes_to_the_same_bytes(
+        faults: FaultyS3, request: pytest.FixtureRequest, s3_archive: str, bucket: str,
+        engine_gallery: Path, reference: Path) -> None:
+    """Writes of one shard are refused (403) on every try: the run finishes the rest, is
+    not complete, and ``--resume`` on Dask rewrites just that shard, to the bytes of a
+    clean run."""
+    out = f"s3://{bucket}/maps-resumed.zarr"
+    faults.fail("PUT", r"/ms1/mask/c/0/0$", 1000, status=403)
+    config = RunConfig(archive=s3_archive, out=out, gallery=engine_gallery, backend="dask",
+                       partition_chips=8)
+    with build_engine("dask", request) as executor:
+        first = run_graph(config, executor)
+    assert first.failures and all("writing its shard failed" in f.problem
+                                  for f in first.failures)
+    assert {f.ref.scene for f in first.failures} == {"ms1"}
+    assert not OutputStore.open(out).complete
+    faults.clear()
+    with build_engine("dask", request) as executor:
+        resumed = run_graph(config.model_copy(update={"resume": True}), executor)
+    assert resumed.report.chips == len(first.failures) and not resumed.failures
+    assert OutputStore.open(out).complete
+    assert objects(out) == objects(reference)
+
+
+def test_missing_objects_are_named_by_their_url(s3: FaultyS3, bucket: str,
+                                                tmp_path: Path) -> None:
+    missing = f"s3://{bucket}/no-such-scene.tif"
+    result = ingest([missing], tmp_path / "a.zarr")
+    (refusal,) = result.refused
+    assert refusal["source"] == missing and "no object" in refusal["problem"]
+    with pytest.raises(InputError, match=f"s3://{bucket}/nothing.zarr: the archive does not"):
+        Archive.open(f"s3://{bucket}/nothing.zarr")
+
+
+def test_credentials_never_reach_messages_or_reports(s3_archive: str, bucket: str,
+                                                     engine_gallery: Path) -> None:
+    out = f"s3://{bucket}/maps-cli.zarr"
+    done = CliRunner().invoke(app, ["run", s3_archive, "--out", out, "--backend", "local",
+                                    "--gallery", str(engine_gallery)])
+    assert done.exit_code == 0, done.output
+    assert out in done.output
+    report = storage.read_bytes(storage.join(out, "run_report.json")).decode()
+    root = storage.read_bytes(storage.join(out, "zarr.json")).decode()
+    for text in (done.output, report, root):
+        assert SECRET not in text
+    assert json.loads(report)["config"]["out"] == out
