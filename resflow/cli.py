@@ -18,7 +18,7 @@ app = typer.Typer(
 )
 
 COMMAND_MODULES: tuple[str, ...] = ("ingest", "info", "doctor", "train", "gallery", "run", "demo",
-                                     "bench", "eval")
+                                     "bench", "eval", "export")
 
 for _module in COMMAND_MODULES:
     importlib.import_module(f"resflow.commands.{_module}").register(app)

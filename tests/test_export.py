@@ -1,23 +1,107 @@
-"""Exports read back with GDAL: COG layout and georeferencing, footprints, quicklook PNG."""
+"""Exports read back with the libraries users open them with: rasterio for COGs, geopandas
+for footprints (GeoParquet and RFC 7946 GeoJSON), the ``resflow export`` command, quicklooks.
+
+Two stores: a real run of the sample archive on the local engine (``mapped``), and a
+synthetic store (``blobs``) whose large, ragged buildings cross many chip and window edges
+and which holds a chip without data, so not-mapped pixels are exercised too.
+"""
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+import shapely
 from affine import Affine
 from PIL import Image
 from pyproj import CRS
-from shapely.geometry import box, shape
+from scipy import ndimage
+from shapely.geometry import box
+from typer.testing import CliRunner
 
 from resflow.archive import Archive
+from resflow.cli import app
 from resflow.errors import ResflowError
-from resflow.export import export_cogs, export_footprints, quicklook
-from resflow.outputs import OutputStore
-from tests.test_outputs import CONFIG, squares
+from resflow.export import (
+    FOOTPRINT_COLUMNS,
+    MASK_COLOURS,
+    TILE_PX,
+    MaskRule,
+    SceneMaps,
+    export_cogs,
+    export_footprints,
+    export_run,
+    quicklook,
+    scene_buildings,
+    scene_gsd_m,
+)
+from resflow.masks import building_mask, min_pixels
+from resflow.outputs import NO_DATA_CHIP, NOT_MAPPED, OutputStore, quantise
+from resflow.planning import shards_of
+
+RUN = {"threshold": 0.5, "halo": 32, "gallery": None, "backend": "local",
+       "min_building_m2": 8.0}
+MODELS = {0: "mono", 1: "bucket-1"}
+EMPTY_CHIP = (1, 1)
+"""The chip of every synthetic scene that holds no valid pixel (bucket -1, not mapped)."""
+
+
+def blobs(height: int, width: int, seed: int) -> np.ndarray:
+    """A smooth random probability field: ragged blobs of every size, some with holes,
+    many far larger than a chip."""
+    field = ndimage.gaussian_filter(np.random.default_rng(seed).random((height, width)), 6)
+    field = (field - field.min()) / (field.max() - field.min())
+    return np.clip((field - 0.35) * 3, 0, 1)
+
+
+def write_blobs(archive: Archive, out: Path) -> OutputStore:
+    """A complete store of :func:`blobs`, masked as the run masks (whole scene, mirrored by
+    the halo, specks under 8 m^2 dropped), chip ``EMPTY_CHIP`` not mapped, and bucket
+    ``(row + col) % 2`` for every other chip."""
+    store = OutputStore.create(out, archive, run_config=RUN, shard_chips=2,
+                               bucket_models=MODELS)
+    for n, (scene, info) in enumerate(sorted(archive.scenes.items())):
+        probability = quantise(blobs(info.height, info.width, n))
+        r, c = EMPTY_CHIP
+        empty = np.s_[r * info.chip:(r + 1) * info.chip, c * info.chip:(c + 1) * info.chip]
+        probability[empty] = 0
+        mask = building_mask(probability, RUN["threshold"] * 254,
+                             min_pixels(RUN["min_building_m2"], info.gsd_m),
+                             reflect=RUN["halo"]).astype(np.uint8)
+        for shard in range(shards_of(info, store.shard_chips)):
+            refs = archive.shard_chips(scene, shard, store.shard_chips)
+            windows = [np.s_[r.y0:r.y0 + r.height, r.x0:r.x0 + r.width] for r in refs]
+            store.write_shard(scene, shard, refs, [probability[w] for w in windows],
+                              [mask[w] for w in windows],
+                              [NO_DATA_CHIP if (r.row, r.col) == EMPTY_CHIP
+                               else (r.row + r.col) % 2 for r in refs])
+    store.finalize({"summary": "synthetic blobs", "finished_utc": "2025-01-02T03:04:05+00:00"})
+    return store
+
+
+@functools.cache
+def map_samples(sample_archive: Path, out_dir: Path) -> Path:
+    """The sample archive mapped by the bundled gallery on the in-process engine, once per
+    test session however many modules ask (``out_dir`` is the session's)."""
+    from resflow.config import RunConfig
+    from resflow.graph import run_graph
+    from resflow.local import LocalExecutor
+
+    out = out_dir / "maps.zarr"
+    config = RunConfig(archive=sample_archive, out=out, backend="local", device="cpu")
+    run_graph(config, LocalExecutor(gpus=[], progress=False))
+    return out
+
+
+@pytest.fixture(scope="module")
+def mapped(sample_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> OutputStore:
+    return OutputStore.open(map_samples(sample_archive, tmp_path_factory.getbasetemp()))
 
 
 @pytest.fixture(scope="module")
@@ -26,21 +110,35 @@ def archive(sample_archive: Path) -> Archive:
 
 
 @pytest.fixture(scope="module")
-def complete_store(archive: Archive, tmp_path_factory: pytest.TempPathFactory) -> OutputStore:
-    store = OutputStore.create(tmp_path_factory.mktemp("export") / "out.zarr", archive,
-                               run_config=CONFIG)
-    for ref in archive.chips():
-        store.write_chip(ref, squares(ref), squares(ref) > 127)
-    store.finalize({"summary": "test run"})
-    return store
+def synthetic(archive: Archive, tmp_path_factory: pytest.TempPathFactory) -> OutputStore:
+    return write_blobs(archive, tmp_path_factory.mktemp("blobs") / "blobs.zarr")
 
 
-def test_cogs_are_tiled_with_overviews_and_georeferenced_like_the_scene(
-        complete_store, archive, tmp_path):
-    paths = export_cogs(complete_store, tmp_path / "cogs")
+def store_digest(store: OutputStore) -> str:
+    digest = hashlib.sha256()
+    for scene in sorted(store.groups):
+        for name in ("probability", "mask", "chip_bucket"):
+            digest.update(np.ascontiguousarray(store.read_array(scene, name)[...]).tobytes())
+    return digest.hexdigest()
+
+
+def scene_maps(store: OutputStore) -> list[SceneMaps]:
+    return [SceneMaps.open(store, scene, gsd) for scene, gsd in scene_gsd_m(store).items()]
+
+
+def buildings(maps: SceneMaps, rule: MaskRule, tile_px: int) -> list[tuple]:
+    return sorted((b.first, b.pixels, b.probability_mean, b.probability_max,
+                   shapely.to_wkb(b.polygon)) for b in scene_buildings(maps, rule,
+                                                                       tile_px=tile_px))
+
+
+# --- COGs -------------------------------------------------------------------------------------
+
+def test_cogs_are_georeferenced_tiled_and_hold_the_stored_values(synthetic, archive, tmp_path):
+    paths = export_cogs(synthetic, tmp_path / "cogs")
     assert len(paths) == 2 * len(archive.scenes)
     for scene, info in archive.scenes.items():
-        group = complete_store.groups[scene]
+        group = synthetic.groups[scene]
         for array in ("probability", "mask"):
             with rasterio.open(tmp_path / "cogs" / f"{group}_{array}.tif") as src:
                 assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
@@ -50,57 +148,204 @@ def test_cogs_are_tiled_with_overviews_and_georeferenced_like_the_scene(
                 assert CRS.from_user_input(src.crs) == CRS.from_wkt(info.crs_wkt)
                 assert src.transform.almost_equals(Affine(*info.transform[:6]))
                 assert (src.height, src.width) == (info.height, info.width)
-                expected = complete_store.read_array(scene, array)[...]
-                np.testing.assert_array_equal(src.read(1), expected)
-                if array == "mask":  # overviews sampled, not averaged: still 0/1
-                    overview = src.read(1, out_shape=(src.height // 2, src.width // 2))
-                    assert set(np.unique(overview).tolist()) == {0, 1}
+                stored = synthetic.read_array(scene, array)[...]
+                np.testing.assert_array_equal(src.read(1), stored)
+                assert src.nodata == NOT_MAPPED
+                r, c = EMPTY_CHIP
+                assert (src.read(1)[r * info.chip:(r + 1) * info.chip,
+                                    c * info.chip:(c + 1) * info.chip] == NOT_MAPPED).all()
 
 
-def test_footprints_are_in_the_scene_crs_and_inside_the_scene(complete_store, archive, tmp_path):
-    paths = export_footprints(complete_store, tmp_path / "buildings.geojson")
-    crss = {CRS.from_wkt(info.crs_wkt) for info in archive.scenes.values()}
-    assert len(paths) == len(crss)  # one file per CRS of the mapped scenes
-    seen = set()
-    for path in paths:
-        collection = json.loads(path.read_text())
-        crs = CRS.from_user_input(collection["crs"]["properties"]["name"])
-        for feature in collection["features"]:
-            scene = feature["properties"]["scene"]
-            info = archive.scenes[scene]
-            assert crs.equals(CRS.from_wkt(info.crs_wkt), ignore_axis_order=True)
-            t = Affine(*info.transform[:6])
-            (x0, y0), (x1, y1) = t @ (0, 0), t @ (info.width, info.height)
-            bounds = box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
-            polygon = shape(feature["geometry"])
-            assert polygon.is_valid and bounds.buffer(1e-9).contains(polygon)
-            assert feature["properties"]["area_px"] >= 8
-            seen.add(scene)
-    assert seen == set(archive.scenes)
+def test_cog_metadata_says_how_to_read_probability_and_mask(synthetic, tmp_path):
+    export_cogs(synthetic, tmp_path)
+    group = synthetic.groups["sample_geotiff"]
+    with rasterio.open(tmp_path / f"{group}_probability.tif") as src:
+        assert src.scales == (pytest.approx(1 / 254),) and src.offsets == (0.0,)
+        assert src.read(1, masked=True).max() * src.scales[0] == pytest.approx(1.0)
+    with rasterio.open(tmp_path / f"{group}_mask.tif") as src:
+        colours = src.colormap(1)
+        assert colours[1] == MASK_COLOURS[1] and colours[1][0] > 200  # buildings red
+        assert colours[0][:3] == (0, 0, 0)                            # background dark
+        assert colours[NOT_MAPPED][3] == 0 == src.read_masks(1)[src.read(1) == NOT_MAPPED].max()
+        overview = src.read(1, out_shape=(src.height // 2, src.width // 2))
+        assert set(np.unique(overview).tolist()) <= {0, 1, NOT_MAPPED}  # sampled, not averaged
 
 
-def test_footprints_of_one_crs_go_to_the_named_file(complete_store, archive, tmp_path):
-    scene = "ms1"
-    one = OutputStore(complete_store.path, {scene: complete_store.groups[scene]})
-    target = tmp_path / "ms1.geojson"
-    assert export_footprints(one, target) == [target]
-    features = json.loads(target.read_text())["features"]
-    # 30 x 30 pixel squares on a 60-pixel lattice: n^2 whole ones, cut ones on two edges
-    n = (archive.scenes[scene].width - 45) // 60 + 1
-    assert n**2 <= len(features) <= (n + 1) ** 2
-    assert sum(f["properties"]["area_px"] == 900 for f in features) == n**2
-    assert all(f["properties"]["area_px"] <= 900 for f in features)
+def test_rethresholded_mask_is_the_whole_scene_mask_and_leaves_the_store_alone(
+        mapped, tmp_path):
+    before = store_digest(mapped)
+    for threshold in (0.5, 0.7):
+        export_cogs(mapped, tmp_path / str(threshold), threshold=threshold)
+        for maps in scene_maps(mapped):
+            stored = maps.probability[...]
+            cut = np.where(stored == NOT_MAPPED, 0, stored)
+            expected = building_mask(cut, threshold * 254, min_pixels(8.0, maps.gsd_m),
+                                     reflect=RUN["halo"]).astype(np.uint8)
+            expected[stored == NOT_MAPPED] = NOT_MAPPED
+            name = f"{mapped.groups[maps.scene]}_mask.tif"
+            with rasterio.open(tmp_path / str(threshold) / name) as src:
+                mask = src.read(1)
+                assert src.tags()["threshold"] == str(threshold)
+            np.testing.assert_array_equal(mask, expected)
+            if threshold == 0.5:  # the run judged specks by each chip's own halo predictions
+                assert np.mean(mask != maps.mask[...]) < 0.001
+    assert store_digest(mapped) == before
 
 
-def test_quicklook_png_has_the_requested_size(complete_store, archive, tmp_path):
+# --- footprints -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("rule", [MaskRule(), MaskRule(0.6, 89, 32)], ids=["mask", "recut"])
+def test_small_windows_give_the_polygons_of_whole_scene_vectorisation(synthetic, mapped, rule):
+    for store in (synthetic, mapped):
+        for maps in scene_maps(store):
+            whole = buildings(maps, rule, 10 ** 6)
+            assert buildings(maps, rule, maps.chip) == whole
+            if rule.threshold is None:
+                assert sum(b[1] for b in whole) == np.count_nonzero(maps.mask[...] == 1)
+    crossing = [b for maps in scene_maps(synthetic) for b in buildings(maps, rule, 10 ** 6)
+                if shapely.from_wkb(b[4]).bounds[2] - shapely.from_wkb(b[4]).bounds[0] > 512]
+    assert crossing, "some buildings span several windows"
+
+
+def test_footprints_are_one_geoparquet_in_wgs84_with_their_properties(synthetic, tmp_path):
+    (path,) = export_footprints(synthetic, tmp_path / "buildings.parquet")
+    frame = gpd.read_parquet(path)
+    assert CRS.from_user_input(frame.crs) == CRS.from_epsg(4326)
+    assert tuple(frame.columns[:-1]) == FOOTPRINT_COLUMNS and frame.geometry.is_valid.all()
+    assert set(frame.scene) == set(synthetic.groups)
+    gsd = scene_gsd_m(synthetic)
+    for scene, rows in frame.groupby("scene"):
+        maps = SceneMaps.open(synthetic, scene, gsd[scene])
+        # polygons hold their pixels: in the scene CRS, area / pixel area x gsd^2 = area_m2
+        in_crs = rows.to_crs(CRS.from_wkt(maps.crs_wkt))
+        pixel_area = abs(maps.transform.determinant)
+        np.testing.assert_allclose(in_crs.area / pixel_area * gsd[scene] ** 2, rows.area_m2,
+                                   rtol=1e-6)
+        assert (rows.area_m2 >= RUN["min_building_m2"]).all()
+        assert ((rows.prob_mean > 0.5) & (rows.prob_mean <= rows.prob_max)
+                & (rows.prob_max <= 1)).all()
+        height, width = maps.shape
+        corners = [maps.transform @ (0, 0), maps.transform @ (width, height)]
+        extent = gpd.GeoSeries([box(*corners[0], *corners[1])], crs=in_crs.crs)
+        assert extent.buffer(1e-3).iloc[0].contains(in_crs.union_all())
+        for row in rows.itertuples():
+            chip_row, chip_col = map(int, row.chip.split("_"))
+            assert (chip_row, chip_col) != EMPTY_CHIP
+            assert row.bucket == (chip_row + chip_col) % 2
+            assert row.model == MODELS[row.bucket]
+
+
+def test_the_runs_chips_name_their_bucket_and_model(mapped, tmp_path):
+    (path,) = export_footprints(mapped, tmp_path / "buildings.parquet")
+    frame = gpd.read_parquet(path)
+    assert len(frame) > 0
+    models = mapped.bucket_models()
+    for scene, rows in frame.groupby("scene"):
+        ledger = mapped.read_array(scene, "chip_bucket")[...]
+        for row in rows.itertuples():
+            chip_row, chip_col = map(int, row.chip.split("_"))
+            assert row.bucket == ledger[chip_row, chip_col] >= 0
+            assert row.model == models[row.bucket]
+
+
+def test_geojson_is_rfc7946_longitude_first_with_the_same_buildings(synthetic, tmp_path):
+    export_footprints(synthetic, tmp_path / "b.parquet")
+    (path,) = export_footprints(synthetic, tmp_path / "b.geojson")
+    document = json.loads(path.read_text())
+    assert "crs" not in document
+    parquet, geojson = gpd.read_parquet(tmp_path / "b.parquet"), gpd.read_file(path)
+    assert len(geojson) == len(parquet)
+    atlanta = geojson[geojson.scene == "sample_geotiff"].total_bounds
+    assert -85 < atlanta[0] < atlanta[2] < -84 and 33 < atlanta[1] < atlanta[3] < 34
+    ours, theirs = geojson.geometry.values, parquet.geometry.values
+    np.testing.assert_allclose(shapely.bounds(ours), shapely.bounds(theirs), atol=1e-7)
+    np.testing.assert_allclose(shapely.area(ours), shapely.area(theirs), rtol=1e-2)
+    forced = export_footprints(synthetic, tmp_path / "b.txt.parquet", format="geojson")
+    assert "FeatureCollection" in forced[0].read_text()[:100]
+
+
+def test_min_area_and_simplification(synthetic, tmp_path):
+    exact = gpd.read_parquet(export_footprints(synthetic, tmp_path / "a.parquet")[0])
+    large = gpd.read_parquet(export_footprints(synthetic, tmp_path / "b.parquet",
+                                               min_area_m2=100)[0])
+    assert (large.area_m2 >= 100).all() and len(large) == (exact.area_m2 >= 100).sum()
+    simple = gpd.read_parquet(export_footprints(synthetic, tmp_path / "c.parquet",
+                                                simplify_m=0.6)[0])
+    assert len(simple) == len(exact) and simple.geometry.is_valid.all()
+    assert shapely.get_num_coordinates(simple.geometry.values).sum() < \
+        0.6 * shapely.get_num_coordinates(exact.geometry.values).sum()
+    pd_equal = simple.drop(columns="geometry").equals(exact.drop(columns="geometry"))
+    assert pd_equal, "areas and probabilities are the pixels', not the simplified outline's"
+
+
+def test_rethresholded_footprints_hold_only_pixels_above_the_threshold(mapped, tmp_path):
+    run = gpd.read_parquet(export_footprints(mapped, tmp_path / "run.parquet")[0])
+    high = gpd.read_parquet(export_footprints(mapped, tmp_path / "hi.parquet",
+                                              threshold=0.8)[0])
+    assert len(high) > 0 and high.area_m2.sum() < run.area_m2.sum()
+    assert (high.prob_mean > 0.8).all()
+
+
+# --- export_run, refusals and leftovers --------------------------------------------------------
+
+def test_export_run_writes_every_output_and_leaves_no_partial_file(synthetic, tmp_path):
+    written = export_run(synthetic, cog_dir=tmp_path / "cog", footprints=tmp_path / "b.geojson",
+                         stac_dir=tmp_path / "stac", threshold=0.6)
+    assert all(p.is_file() for p in written)
+    assert written[-1] == tmp_path / "stac" / "collection.json"
+    assert not list(tmp_path.rglob("*.partial")) and not list(tmp_path.rglob(".*"))
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({}, "no output was asked for"),
+    ({"footprints": "b.gpkg"}, "cannot be written as '.gpkg'"),
+    ({"stac_dir": "s", "threshold": 1.5}, "not between 0 and 1"),
+    ({"footprints": "b.parquet", "min_area_m2": -1}, "negative"),
+])
+def test_bad_requests_are_refused_before_anything_is_written(synthetic, tmp_path, kwargs,
+                                                              message):
+    paths = {k: tmp_path / v if isinstance(v, str) else v for k, v in kwargs.items()}
+    with pytest.raises(ResflowError, match=message):
+        export_run(synthetic, **paths)
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_folder_in_the_way_is_refused_and_nothing_is_left(synthetic, tmp_path):
+    (tmp_path / "b.parquet").mkdir()
+    with pytest.raises(ResflowError, match="folder is in the way"):
+        export_footprints(synthetic, tmp_path / "b.parquet")
+    assert [p.name for p in tmp_path.iterdir()] == ["b.parquet"]
+
+
+def test_incomplete_outputs_are_not_exported(archive, tmp_path):
+    store = OutputStore.create(tmp_path / "partial.zarr", archive, run_config=RUN)
+    with pytest.raises(ResflowError, match=r"not complete.*--resume"):
+        export_run(store, cog_dir=tmp_path / "cogs")
+
+
+def test_export_command_writes_and_refuses(synthetic, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["export", str(synthetic.path), "--footprints",
+                                 str(tmp_path / "b.parquet"), "--stac", str(tmp_path / "stac"),
+                                 "--threshold", "0.6", "--min-area-m2", "20",
+                                 "--simplify-m", "0.3"])
+    assert result.exit_code == 0, result.output
+    assert f"wrote {tmp_path / 'b.parquet'}" in result.output
+    assert (gpd.read_parquet(tmp_path / "b.parquet").area_m2 >= 20).all()
+    refused = runner.invoke(app, ["export", str(synthetic.path)])
+    assert refused.exit_code == 2 and "--cog DIR" in refused.output
+
+
+# --- quicklook ---------------------------------------------------------------------------------
+
+def test_quicklook_png_has_the_requested_size(mapped, archive, tmp_path):
     scene = "sample_geotiff"
     info = archive.scenes[scene]
-    png = quicklook(complete_store, archive, scene, tmp_path / "ql.png", width_px=600)
+    png = quicklook(mapped, archive, scene, tmp_path / "ql.png", width_px=600)
     with Image.open(png) as image:
         assert image.size == (600, round(600 * info.height / info.width))
 
 
-def test_incomplete_outputs_are_not_exported(archive, tmp_path):
-    store = OutputStore.create(tmp_path / "partial.zarr", archive, run_config=CONFIG)
-    with pytest.raises(ResflowError, match="not complete"):
-        export_cogs(store, tmp_path / "cogs")
+def test_windows_default_to_whole_chips(synthetic):
+    for maps in scene_maps(synthetic):
+        assert maps.tile(TILE_PX) % maps.chip == 0 and maps.tile(1) == maps.chip

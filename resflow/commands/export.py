@@ -1,0 +1,67 @@
+"""``resflow export``: COGs, building footprints and a STAC Collection from a finished run."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+class FootprintsFormat(StrEnum):
+    """The values ``--footprints-format`` accepts."""
+
+    parquet = "parquet"
+    geojson = "geojson"
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``export`` command to the CLI."""
+    app.command("export")(export_command)
+
+
+def export_command(
+    out: Annotated[str, typer.Argument(  # str, not Path: an s3:// URL keeps its slashes
+        metavar="OUT", help="a complete output store: a folder such as maps.zarr, or a URL")],
+    cog: Annotated[Path | None, typer.Option(
+        help="write two Cloud-Optimized GeoTIFFs per scene (probability, mask) here")] = None,
+    footprints: Annotated[Path | None, typer.Option(
+        help="write every scene's buildings to this file, in WGS 84: GeoParquet, or "
+        "GeoJSON (RFC 7946) for a .geojson/.json name")] = None,
+    footprints_format: Annotated[FootprintsFormat | None, typer.Option(
+        help="footprints format, whatever the file name (default: by suffix)",
+        case_sensitive=False)] = None,
+    stac: Annotated[Path | None, typer.Option(
+        help="write a STAC Collection (collection.json, one Item per scene) here")] = None,
+    threshold: Annotated[float | None, typer.Option(
+        help="cut the stored probability again at this value in (0, 1) for the COG mask and "
+        "the footprints, without inference (default: the run's own mask; the store is "
+        "never changed)")] = None,
+    min_area_m2: Annotated[float | None, typer.Option(
+        "--min-area-m2", help="drop buildings smaller than this, m^2 on the ground: from the "
+        "footprints, and from the COG mask with --threshold (default: the run's "
+        "min_building_m2, else 8)")] = None,
+    simplify_m: Annotated[float | None, typer.Option(
+        "--simplify-m", help="simplify footprint outlines with this tolerance, metres "
+        "(default: exact pixel edges)")] = None,
+) -> None:
+    """Export OUT (a finished `resflow run`) as COGs, footprints and a STAC Collection.
+
+    Give at least one of --cog, --footprints and --stac. Exit codes: 0 written; 2 refused
+    (nothing asked for, a setting out of range, an incomplete or missing output), with one
+    line naming the file, the problem and the fix.
+    """
+    from resflow.errors import ResflowError
+    from resflow.export import export_run
+
+    try:
+        written = export_run(
+            out, cog_dir=cog, footprints=footprints, stac_dir=stac, threshold=threshold,
+            min_area_m2=min_area_m2, simplify_m=simplify_m,
+            footprints_format=footprints_format.value if footprints_format else None)
+    except ResflowError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    for path in written:
+        typer.echo(f"wrote {path}")

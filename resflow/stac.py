@@ -1,0 +1,332 @@
+"""STAC out and in: a Collection describing a finished run, and the imagery a STAC file names.
+
+:func:`write_collection` describes an output store the way catalogue tools (pystac,
+stac-browser, QGIS's STAC source) expect: one Item per scene, with its footprint in WGS 84,
+the projection of its grid (``proj:``), the store's Zarr group (opened with xarray through
+``xarray:open_kwargs``), its COGs (``raster:bands`` says how to read the values) and the
+footprints file as assets, and links to the model gallery and its model card. Links and
+local asset paths are relative, so the folder can move together with the files it names.
+
+:func:`stac_sources` goes the other way, for ``resflow ingest``: the image files of a STAC
+Catalog, Collection, ItemCollection or Item.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pystac
+import shapely
+from pyproj import CRS, Transformer
+from pystac.extensions.classification import Classification, ClassificationExtension
+from pystac.extensions.projection import ProjectionExtension
+from pystac.extensions.raster import DataType, RasterBand, RasterExtension
+from pystac.extensions.xarray_assets import XarrayAssetsExtension
+from shapely import affinity
+from shapely.geometry import box, mapping
+from shapely.geometry.polygon import orient
+
+from resflow import storage
+from resflow.errors import InputError
+from resflow.export import (
+    WGS84,
+    Encoding,
+    SceneMaps,
+    cog_names,
+    default_min_area_m2,
+    footprint_format,
+    replacing,
+    root_attributes,
+    run_settings,
+    scene_gsd_m,
+)
+from resflow.gallery import DEFAULT_PATH
+from resflow.outputs import OutputStore
+
+COLLECTION_FILE = "collection.json"
+ZARR_MEDIA_TYPE = "application/vnd+zarr"
+PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
+MODEL_CARD = "MODEL_CARD.md"
+#: Points added along each edge of a scene before reprojecting it, so the WGS 84 footprint
+#: follows the curved edges of a projected grid...
+EDGE_POINTS = 21
+#: ...and then the points that add nothing (less than about 0.1 m off the edge) removed.
+FOOTPRINT_TOLERANCE_DEG = 1e-6
+
+
+def write_collection(store: OutputStore, stac_dir: Path | str, *,
+                     cog_dir: Path | str | None = None, footprints: Path | str | None = None,
+                     threshold: float | None = None,
+                     min_area_m2: float | None = None) -> list[Path]:
+    """Write ``<stac_dir>/collection.json`` and one ``<group>/<group>.json`` Item per scene.
+
+    Parameters
+    ----------
+    store
+        A complete output store.
+    cog_dir
+        Where :func:`resflow.export.export_cogs` wrote the scene COGs; None: no COG assets.
+    footprints
+        The footprints file :func:`resflow.export.export_footprints` wrote; None: none.
+    threshold, min_area_m2
+        The settings the COG mask was made with (for its description).
+
+    Items are written first and ``collection.json`` last, each under a temporary name, and
+    an older ``collection.json`` is removed before anything else: a reader that finds the
+    Collection finds all of it.
+
+    Returns
+    -------
+    list of Path
+        The Item files, then ``collection.json``.
+    """
+    root_dir = Path(stac_dir)
+    (root_dir / COLLECTION_FILE).unlink(missing_ok=True)
+    settings = run_settings(store)
+    when = _made_at(store)
+    run_min_area = default_min_area_m2(store)
+    if threshold is None:
+        rule = (f"probability above {settings.get('threshold', 0.5):g}, groups under "
+                f"{run_min_area:g} m^2 dropped (the run's own mask)")
+    else:
+        rule = (f"probability above {threshold:g}, groups under "
+                f"{run_min_area if min_area_m2 is None else min_area_m2:g} m^2 dropped "
+                "(re-cut by `resflow export`)")
+    items = [_scene_item(store, maps, when, cog_dir, footprints, rule)
+             for maps in (SceneMaps.open(store, scene, gsd)
+                          for scene, gsd in scene_gsd_m(store).items())]
+    collection = _collection(store, items, when, settings, footprints)
+    collection.catalog_type = pystac.CatalogType.SELF_CONTAINED
+    collection.normalize_hrefs(str(root_dir.absolute()))
+    collection.make_asset_hrefs_relative()
+    collection.make_all_asset_hrefs_relative()
+    written = []
+    for item in items:
+        written.append(_write_json(Path(item.get_self_href()), item.to_dict(
+            include_self_link=False, transform_hrefs=True)))
+    written.append(_write_json(root_dir / COLLECTION_FILE, collection.to_dict(
+        include_self_link=False, transform_hrefs=True)))
+    return written
+
+
+def _write_json(path: Path, document: dict[str, Any]) -> Path:
+    with replacing(path) as partial:
+        partial.write_text(json.dumps(document, indent=2) + "\n")
+    return path
+
+
+def _made_at(store: OutputStore) -> datetime:
+    """When the run finished (its report), else when the store was made: resflow archives
+    do not record acquisition times, so an Item's ``datetime`` is the map's."""
+    attrs = root_attributes(store)
+    stamp = (attrs.get("run_report") or {}).get("finished_utc") or attrs.get("created_utc")
+    return datetime.fromisoformat(stamp) if stamp else datetime.now(UTC)
+
+
+def _local_href(location: Path | str) -> str:
+    """An asset href: an absolute local path (made relative on save) or a URL as shown."""
+    return str(Path(location).absolute()) if isinstance(location, Path) else \
+        storage.display(location)
+
+
+def _scene_item(store: OutputStore, maps: SceneMaps, when: datetime,
+                cog_dir: Path | str | None, footprints: Path | str | None,
+                mask_rule: str) -> pystac.Item:
+    group = store.groups[maps.scene]
+    height, width = maps.shape
+    crs = CRS.from_wkt(maps.crs_wkt)
+    t = maps.transform
+    corners = affinity.affine_transform(box(0, 0, width, height),
+                                        [t.a, t.b, t.d, t.e, t.c, t.f])
+    edge = max(corners.length / (4 * EDGE_POINTS), 1e-12)
+    to_wgs84 = Transformer.from_crs(crs, WGS84, always_xy=True)
+    footprint = orient(shapely.simplify(shapely.transform(  # counter-clockwise, as GeoJSON
+        shapely.segmentize(corners, edge), lambda xy: _transformed(to_wgs84, xy)),
+        FOOTPRINT_TOLERANCE_DEG))
+    item = pystac.Item(id=group, geometry=mapping(footprint), bbox=list(footprint.bounds),
+                       datetime=when, properties={"title": maps.scene})
+    item.common_metadata.gsd = maps.gsd_m
+    epsg = crs.to_epsg()
+    ProjectionExtension.ext(item, add_if_missing=True).apply(
+        code=f"EPSG:{epsg}" if epsg else None, wkt2=crs.to_wkt(),
+        shape=[height, width], transform=list(maps.transform)[:6],
+        bbox=list(corners.bounds))
+    zarr_asset = pystac.Asset(_local_href(store.path), title=f"output store, group {group}",
+                              description="Zarr v3: probability, mask and chip_bucket of "
+                              "this scene on its own grid", media_type=ZARR_MEDIA_TYPE,
+                              roles=["data"])
+    item.add_asset("zarr", zarr_asset)
+    XarrayAssetsExtension.ext(zarr_asset, add_if_missing=True).open_kwargs = {
+        "engine": "zarr", "group": group, "consolidated": True}
+    if cog_dir is not None:
+        names = cog_names(group)
+        _add_cog(item, "probability", Path(cog_dir) / names["probability"],
+                 "building probability", "probability = value x scale",
+                 maps.probability_encoding)
+        mask = _add_cog(item, "mask", Path(cog_dir) / names["mask"], "building mask",
+                        f"1 = building: {mask_rule}",
+                        maps.mask_encoding)
+        ClassificationExtension.ext(mask, add_if_missing=True).apply(classes=[
+            Classification.create(value=0, description="background", name="background"),
+            Classification.create(value=1, description="building", name="building",
+                                  color_hint="E6281E")])
+    if footprints is not None:
+        item.add_asset("footprints", _footprints_asset(
+            Path(footprints), f"this scene's buildings are the rows with scene == "
+            f"{maps.scene!r}"))
+    return item
+
+
+def _transformed(transformer: Transformer, xy: np.ndarray) -> np.ndarray:
+    x, y = transformer.transform(xy[:, 0], xy[:, 1])
+    return np.column_stack([x, y])
+
+
+def _add_cog(item: pystac.Item, key: str, path: Path, title: str, description: str,
+             encoding: Encoding) -> pystac.Asset:
+    """Add a COG asset whose ``raster:bands`` say how to read its values."""
+    asset = pystac.Asset(str(path.absolute()), title=title, description=description,
+                         media_type=pystac.MediaType.COG, roles=["data"])
+    item.add_asset(key, asset)
+    scale = {} if encoding.scale == 1 else {"scale": encoding.scale, "offset": 0.0}
+    RasterExtension.ext(asset, add_if_missing=True).apply(bands=[RasterBand.create(
+        nodata=encoding.nodata, data_type=DataType.UINT8, **scale)])
+    return asset
+
+
+def _footprints_asset(path: Path, description: str) -> pystac.Asset:
+    media = ("application/geo+json" if footprint_format(path) == "geojson"
+             else PARQUET_MEDIA_TYPE)
+    return pystac.Asset(str(path.absolute()), title="building footprints (WGS 84)",
+                        description=description, media_type=media, roles=["data"])
+
+
+def _collection(store: OutputStore, items: list[pystac.Item], when: datetime,
+                settings: dict[str, Any], footprints: Path | str | None) -> pystac.Collection:
+    name = Path(storage.display(store.path).rstrip("/")).name
+    boxes = [item.bbox for item in items if item.bbox] or [[-180.0, -90.0, 180.0, 90.0]]
+    union = [min(b[0] for b in boxes), min(b[1] for b in boxes),
+             max(b[2] for b in boxes), max(b[3] for b in boxes)]
+    gallery = Path(settings["gallery"]) if settings.get("gallery") else DEFAULT_PATH
+    collection = pystac.Collection(
+        id=Path(name).stem or "resflow-maps", title=f"resflow building maps: {name}",
+        description=(f"Building probability and masks mapped by resflow from "
+                     f"{settings.get('archive', 'an imagery archive')} with the model "
+                     f"gallery {gallery}, one Item per scene."),
+        extent=pystac.Extent(pystac.SpatialExtent([union, *boxes]),
+                             pystac.TemporalExtent([[when, when]])),
+        license="other")
+    collection.add_link(pystac.Link("via", str(gallery.absolute()), title="model gallery "
+                                    "(manifest.json, weights, model card)"))
+    card = gallery / MODEL_CARD
+    if card.is_file():
+        collection.add_link(pystac.Link("describedby", str(card.absolute()),
+                                        media_type="text/markdown", title="model card"))
+    collection.add_asset("zarr", pystac.Asset(_local_href(store.path), title="output store",
+                                              media_type=ZARR_MEDIA_TYPE, roles=["data"]))
+    if footprints is not None:
+        collection.add_asset("footprints", _footprints_asset(
+            Path(footprints), "every scene's buildings, one row per building"))
+    collection.add_items(items)
+    return collection
+
+
+# --- STAC in: the images to ingest ----------------------------------------------------------
+
+def _is_tiff(asset: pystac.Asset) -> bool:
+    if asset.media_type:
+        return asset.media_type.split(";")[0].strip().lower() == "image/tiff"
+    return asset.href.lower().split("?")[0].endswith((".tif", ".tiff"))
+
+
+def _read(path: str) -> tuple[str, list[pystac.Item]]:
+    """The STAC document's type and its Items (a Catalog or Collection is walked down)."""
+    try:
+        document = json.loads(pystac.StacIO.default().read_text(path))
+    except FileNotFoundError:
+        raise InputError(path, "the STAC file does not exist", "check the path") from None
+    except OSError as exc:
+        raise InputError(path, f"the STAC file cannot be read ({exc})",
+                         "check the path or URL and that it can be reached") from None
+    except ValueError as exc:
+        raise InputError(path, f"the STAC file cannot be read as JSON ({exc})",
+                         "give a STAC Catalog, Collection, ItemCollection or Item JSON "
+                         "file") from None
+    kind = document.get("type") if isinstance(document, dict) else None
+    try:
+        if kind == "FeatureCollection":
+            return kind, list(pystac.ItemCollection.from_dict(document, preserve_dict=False))
+        if kind == "Feature":
+            return kind, [pystac.Item.from_dict(document, href=path)]
+        if kind in ("Catalog", "Collection"):
+            catalog = pystac.read_dict(document, href=path)
+            if isinstance(catalog, pystac.Catalog):
+                return kind, list(catalog.get_items(recursive=True))
+    except (pystac.STACError, KeyError, TypeError, ValueError) as exc:
+        raise InputError(path, f"the {kind} is not valid STAC ({exc})",
+                         "check the file against the STAC specification") from None
+    raise InputError(path, f"the JSON is not STAC (type {kind!r})", "give a STAC Catalog, "
+                     "Collection, ItemCollection (FeatureCollection) or Item (Feature)")
+
+
+def _hrefs(items: list[pystac.Item], path: str, asset_key: str | None) -> Iterator[str]:
+    for item in items:
+        for key, asset in item.assets.items():
+            chosen = key == asset_key if asset_key else "data" in (asset.roles or [])
+            if chosen and _is_tiff(asset):
+                # an ItemCollection's Items have no location of their own: use the file's
+                yield asset.get_absolute_href() or pystac.utils.make_absolute_href(
+                    asset.href, path)
+
+
+def stac_sources(path: Path | str, *, asset_key: str | None = None) -> list[str]:
+    """The GeoTIFF hrefs (absolute paths or URLs) a STAC file offers for ingest.
+
+    Parameters
+    ----------
+    path
+        A STAC Catalog or Collection (walked down to every Item), an ItemCollection (for
+        example a STAC API search result saved to a file) or a single Item; a local path or
+        a URL.
+    asset_key
+        Take each Item's asset of this key (``"visual"``, ``"B04"``); default: every asset
+        whose roles include ``"data"``. Either way only TIFF assets (media type
+        ``image/tiff``, COGs included, or a ``.tif``/``.tiff`` href without a media type).
+
+    Returns
+    -------
+    list of str
+        Each href once, in Item order; relative hrefs resolved against the Item (or the
+        file, for an ItemCollection).
+
+    Raises
+    ------
+    InputError
+        The file is missing, not JSON or not STAC, holds no Item, or no asset matches,
+        naming the asset keys, roles and media types it does hold.
+
+    Examples
+    --------
+    >>> stac_sources("search.json", asset_key="visual")  # doctest: +SKIP
+    ['https://example.com/S2A_..._TCI.tif', ...]
+    """
+    where = os.fspath(path)
+    kind, items = _read(where)
+    if not items:
+        raise InputError(where, f"the {kind} holds no Items", "give a STAC file with Items")
+    hrefs = list(dict.fromkeys(_hrefs(items, where, asset_key)))
+    if not hrefs:
+        offered = sorted({f"{key} (roles {asset.roles or []}, {asset.media_type or 'no type'})"
+                          for item in items for key, asset in item.assets.items()})
+        wanted = f"asset {asset_key!r}" if asset_key else "asset with role 'data'"
+        raise InputError(where, f"none of its {len(items)} Items has a GeoTIFF {wanted}; "
+                         f"assets found: {', '.join(offered) or 'none'}",
+                         "choose the image's asset key (for example `visual`), or give a "
+                         "STAC file whose Items hold GeoTIFF assets")
+    return hrefs

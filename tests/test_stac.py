@@ -1,0 +1,206 @@
+"""STAC out and in: a real run exported as a STAC Collection and read back with pystac (and
+its assets opened with xarray, rasterio and geopandas), and the GeoTIFFs a STAC file offers
+for ingest.
+
+Schema validation (``pystac.validation``) fetches every extension's JSON schema over the
+network, which the tests never use, so the fields are checked one by one instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pystac
+import pytest
+import rasterio
+import xarray as xr
+from pyproj import CRS
+from pystac.extensions.classification import ClassificationExtension
+from pystac.extensions.projection import ProjectionExtension
+from pystac.extensions.raster import RasterExtension
+from pystac.extensions.xarray_assets import XarrayAssetsExtension
+from shapely.geometry import shape
+
+from resflow.errors import InputError
+from resflow.export import export_run
+from resflow.gallery import DEFAULT_PATH
+from resflow.outputs import NOT_MAPPED, OutputStore
+from resflow.samples import sample_path
+from resflow.stac import stac_sources
+from tests.test_export import map_samples
+
+EXTENSIONS = ("projection", "raster", "xarray-assets", "classification")
+
+
+@pytest.fixture(scope="module")
+def mapped(sample_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> OutputStore:
+    return OutputStore.open(map_samples(sample_archive, tmp_path_factory.getbasetemp()))
+
+
+@pytest.fixture(scope="module")
+def exported(mapped: OutputStore, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run exported: ``cog/``, ``buildings.parquet`` and ``stac/`` side by side."""
+    out = tmp_path_factory.mktemp("exported")
+    export_run(mapped, cog_dir=out / "cog", footprints=out / "buildings.parquet",
+               stac_dir=out / "stac")
+    return out
+
+
+@pytest.fixture(scope="module")
+def collection(exported: Path) -> pystac.Collection:
+    return pystac.Collection.from_file(str(exported / "stac" / "collection.json"))
+
+
+def test_one_item_per_scene_with_its_wgs84_footprint(collection, mapped, exported):
+    items = {item.id: item for item in collection.get_items()}
+    assert set(items) == set(mapped.groups.values())
+    buildings = gpd.read_parquet(exported / "buildings.parquet")
+    for scene, group in mapped.groups.items():
+        item = items[group]
+        assert item.properties["title"] == scene and item.common_metadata.gsd > 0
+        footprint = shape(item.geometry)
+        assert footprint.is_valid and footprint.exterior.is_ccw  # RFC 7946 winding
+        assert item.bbox == pytest.approx(list(footprint.bounds))
+        assert -180 <= item.bbox[0] < item.bbox[2] <= 180
+        assert -90 <= item.bbox[1] < item.bbox[3] <= 90
+        assert footprint.buffer(1e-7).contains(
+            buildings[buildings.scene == scene].union_all())
+        assert item.datetime is not None and item.datetime <= datetime.now(UTC)
+    extent = collection.extent.spatial.bboxes[0]
+    assert all(extent[0] <= i.bbox[0] and i.bbox[2] <= extent[2] for i in items.values())
+
+
+def test_items_carry_the_projection_of_their_grid(collection, mapped):
+    for scene, group in mapped.groups.items():
+        item = collection.get_item(group)
+        proj = ProjectionExtension.ext(item)
+        crs_wkt, transform = mapped.georeference(scene)
+        crs = CRS.from_wkt(crs_wkt)
+        assert proj.code == f"EPSG:{crs.to_epsg()}"
+        assert CRS.from_wkt(proj.wkt2) == crs
+        assert proj.shape == list(mapped.read_array(scene, "probability").shape)
+        assert proj.transform == pytest.approx(list(transform))
+        height, width = proj.shape
+        x0, y1 = transform[2], transform[5]
+        assert proj.bbox == pytest.approx(
+            [x0, y1 + transform[4] * height, x0 + transform[0] * width, y1])
+        schemas = " ".join(item.stac_extensions)
+        assert all(f"/{name}/" in schemas for name in EXTENSIONS)
+
+
+def test_cog_assets_say_how_to_read_them_as_rasterio_does(collection, mapped):
+    for group in mapped.groups.values():
+        item = collection.get_item(group)
+        for key in ("probability", "mask"):
+            asset = item.assets[key]
+            assert "data" in asset.roles and asset.media_type == pystac.MediaType.COG
+            (band,) = RasterExtension.ext(asset).bands
+            with rasterio.open(asset.get_absolute_href()) as src:
+                assert band.data_type == src.dtypes[0] == "uint8"
+                assert band.nodata == src.nodata == NOT_MAPPED
+                assert (band.scale or 1.0) == pytest.approx(src.scales[0])
+        assert RasterExtension.ext(item.assets["probability"]).bands[0].scale == \
+            pytest.approx(1 / 254)
+        classes = ClassificationExtension.ext(item.assets["mask"]).classes
+        assert {(c.value, c.name) for c in classes} == {(0, "background"), (1, "building")}
+
+
+def test_zarr_asset_opens_the_scene_group_with_xarray(collection, mapped):
+    for scene, group in mapped.groups.items():
+        asset = collection.get_item(group).assets["zarr"]
+        assert asset.roles == ["data"] and asset.media_type == "application/vnd+zarr"
+        kwargs = XarrayAssetsExtension.ext(asset).open_kwargs
+        assert kwargs["group"] == group
+        assert Path(asset.get_absolute_href()).resolve() == Path(mapped.path).resolve()
+        with xr.open_dataset(asset.get_absolute_href(), **kwargs,
+                             mask_and_scale=False) as ds:
+            np.testing.assert_array_equal(ds["mask"].values,
+                                          mapped.read_array(scene, "mask")[...])
+
+
+def test_footprints_and_gallery_are_linked_and_paths_are_relative(collection, exported):
+    for item in collection.get_items():
+        assert Path(item.assets["footprints"].get_absolute_href()) == \
+            exported / "buildings.parquet"
+    links = {link.rel: link for link in collection.links}
+    assert Path(links["via"].href) == DEFAULT_PATH
+    assert links["describedby"].href.endswith("MODEL_CARD.md")
+    assert Path(links["describedby"].href).is_file()
+    stac_dir = exported / "stac"
+    for document in [stac_dir / "collection.json", *stac_dir.glob("*/*.json")]:
+        raw = json.loads(document.read_text())
+        hrefs = [a["href"] for a in raw.get("assets", {}).values()] + \
+            [link["href"] for link in raw["links"] if link["rel"] not in ("via", "describedby")]
+        assert hrefs and not any(os.path.isabs(h) for h in hrefs), document
+
+
+# --- STAC in -----------------------------------------------------------------------------------
+
+def test_sources_of_an_exported_collection_and_item(exported, mapped):
+    stac_dir = exported / "stac"
+    cogs = sorted(str(p) for p in (exported / "cog").glob("*.tif"))
+    assert sorted(stac_sources(stac_dir / "collection.json")) == cogs
+    probability = stac_sources(stac_dir / "collection.json", asset_key="probability")
+    assert sorted(probability) == [c for c in cogs if c.endswith("_probability.tif")]
+    group = next(iter(mapped.groups.values()))
+    assert sorted(stac_sources(stac_dir / group / f"{group}.json")) == \
+        [c for c in cogs if Path(c).name.startswith(f"{group}_")]
+
+
+def item(item_id: str, assets: dict[str, pystac.Asset]) -> dict:
+    stac_item = pystac.Item(item_id, geometry=None, bbox=None,
+                            datetime=datetime(2020, 1, 1, tzinfo=UTC), properties={})
+    for key, asset in assets.items():
+        stac_item.add_asset(key, asset)
+    return stac_item.to_dict(include_self_link=False, transform_hrefs=False)
+
+
+def test_sources_of_an_item_collection_of_the_bundled_samples(tmp_path):
+    folder = tmp_path / "search"
+    folder.mkdir()
+    samples = [sample_path(n) for n in ("atlanta-pan", "rotterdam-ms1", "rgbn")]
+    features = [item(f"scene-{n}", {
+        "image": pystac.Asset(os.path.relpath(path, folder) if n else str(path),
+                              media_type=pystac.MediaType.GEOTIFF, roles=["data"]),
+        "thumbnail": pystac.Asset("thumb.png", media_type=pystac.MediaType.PNG,
+                                  roles=["thumbnail"]),
+        "overview": pystac.Asset("small.tif", media_type=pystac.MediaType.COG,
+                                 roles=["overview"]),
+    }) for n, path in enumerate(samples)]
+    search = folder / "search.json"
+    search.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    sources = stac_sources(search)
+    assert [Path(s).resolve() for s in sources] == [p.resolve() for p in samples]
+    for source in sources:
+        with rasterio.open(source) as src:
+            assert src.crs is not None
+    # any asset key, each href once, resolved against the file
+    assert stac_sources(search, asset_key="overview") == [str(folder / "small.tif")]
+
+
+def test_stac_files_offering_nothing_to_ingest_are_refused_clearly(tmp_path, exported):
+    thumbs = tmp_path / "thumbs.json"
+    thumbs.write_text(json.dumps({"type": "FeatureCollection", "features": [item("a", {
+        "thumbnail": pystac.Asset("a.png", media_type=pystac.MediaType.PNG,
+                                  roles=["thumbnail"])})]}))
+    with pytest.raises(InputError, match=r"thumbnail \(roles \['thumbnail'\], image/png\)"):
+        stac_sources(thumbs)
+    with pytest.raises(InputError, match="asset 'visual'"):
+        stac_sources(exported / "stac" / "collection.json", asset_key="visual")
+    with pytest.raises(InputError, match="does not exist"):
+        stac_sources(tmp_path / "missing.json")
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(InputError, match="cannot be read as JSON"):
+        stac_sources(tmp_path / "broken.json")
+    (tmp_path / "plain.json").write_text(json.dumps({"type": "Topology"}))
+    with pytest.raises(InputError, match="not STAC"):
+        stac_sources(tmp_path / "plain.json")
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"type": "FeatureCollection", "features": []}))
+    with pytest.raises(InputError, match="holds no Items"):
+        stac_sources(empty)
