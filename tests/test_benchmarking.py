@@ -18,7 +18,7 @@ from benchmarks.engine_study.memory import peaks, reset_peaks
 from benchmarks.engine_study.scaled_archive import read_on_working_grid, write_scaled_scene
 from benchmarks.engine_study.scaling import scaled_archive, spread
 from benchmarks.engine_study.series import summarise
-from benchmarks.engine_study.study import BenchOptions, run_benchmark
+from benchmarks.engine_study.study import BenchOptions, gpu_sweep, run_benchmark
 from benchmarks.engine_study.sweeps import override, plan_sweeps, run_sweeps
 from resflow.archive import Archive
 from resflow.config import RunConfig
@@ -112,15 +112,17 @@ def test_summaries_and_machine() -> None:
 
 def test_quick_benchmark_writes_results(tile: Path, gallery: Gallery, tmp_path: Path) -> None:
     options = BenchOptions(quick=True, backends=("local",), repeats=1, out=tmp_path / "results",
-                           gallery=gallery.path, partition_chips=2, halo=HALO, factors=(1, 2),
-                           scaling_backend="local", source=tile, chip=CHIP,
-                           work_dir=tmp_path / "work")
+                           gallery=gallery.path, partition_chips=2, halo=HALO, batch_size=2,
+                           device="cpu", factors=(1, 2), scaling_backend="local", source=tile,
+                           chip=CHIP, work_dir=tmp_path / "work")
     results = run_benchmark(options, log=lambda line: None)
     saved = json.loads((tmp_path / "results" / "bench-quick.json").read_text())
     assert saved["mode"] == "quick" and saved["archive"]["chips"] == 16  # x4 of 2 x 2 chips
+    assert saved["device"] == "cpu" and saved["options"]["batch_size"] == 2
     labels = [e["label"] for e in results["engines"]]
     assert labels == ["local", "local regrouped"]  # both plans, the default first
     for engine in results["engines"]:
+        assert (engine["device"], engine["batch_size"]) == ("cpu", 2)  # the engines' settings
         assert set(engine["stage_seconds"]) == set(STAGES)
         assert sum(engine["stage_fractions"].values()) == pytest.approx(1.0)
         assert results["ratios"][engine["label"]]["of_limit"] > 0
@@ -132,7 +134,8 @@ def test_quick_benchmark_writes_results(tile: Path, gallery: Gallery, tmp_path: 
     assert results["sweeps"] == {}
     for name in ("rates", "stages", "scaling"):
         assert (tmp_path / "results" / f"{name}-quick.png").stat().st_size > 0
-    assert "| local |" in (tmp_path / "results" / "table-quick.md").read_text()
+    table = (tmp_path / "results" / "table-quick.md").read_text()
+    assert "| local |" in table and "models on cpu, batch size 2" in table
 
 
 def test_sweeps_plan_every_shape_and_measure_a_point(archive: Path, gallery: Gallery,
@@ -147,7 +150,8 @@ def test_sweeps_plan_every_shape_and_measure_a_point(archive: Path, gallery: Gal
 
     config = RunConfig(archive=archive, gallery=gallery.path, halo=HALO, device="cpu")
     changed = override(config, {"dask.workers": 3, "batch_size": 2})
-    assert (changed.dask.workers, changed.batch_size, changed.halo) == (3, 2, HALO)
+    assert (changed.model_dump()["dask"]["workers"], changed.batch_size, changed.halo) == (
+        3, 2, HALO)
 
     points = {"partition chips (local)": [("1", {"backend": "local", "partition_chips": 1}),
                                           ("4", {"backend": "local", "partition_chips": 4})]}
@@ -180,6 +184,33 @@ def test_an_unknown_plan_is_refused_before_any_work(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "field 'plan'" in result.output and "'fused' or 'regrouped'" in result.output
     assert not out.exists()
+
+
+def test_bench_refuses_a_device_or_batch_size_it_cannot_use(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from resflow.cli import app
+
+    out = tmp_path / "results"
+    if not torch.cuda.is_available():
+        result = CliRunner().invoke(app, ["bench", "--quick", "--device", "cuda", "--out",
+                                          str(out)])
+        assert result.exit_code == 2 and "torch sees no GPU" in result.output
+    result = CliRunner().invoke(app, ["bench", "--quick", "--batch-size", "0", "--out",
+                                      str(out)])
+    assert result.exit_code == 2 and "batch-size" in result.output
+    assert not out.exists()  # refused before any work
+
+
+def test_the_gpu_sweep_says_why_it_did_not_run() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    full, quick = BenchOptions(), BenchOptions(quick=True)
+    assert gpu_sweep(full, {"gpus": []}, cpu).startswith("skipped: no GPU")
+    assert gpu_sweep(full, {"gpus": ["NVIDIA H200"]}, cpu) == (
+        "skipped: models ran on cpu, so tasks per GPU were not swept")
+    assert gpu_sweep(quick, {"gpus": ["NVIDIA H200"]}, cuda) == (
+        "skipped: quick mode runs no sweeps")
+    assert gpu_sweep(full, {"gpus": ["NVIDIA H200"]}, cuda) == "run"
 
 
 def test_a_worker_that_exits_does_not_count_as_other_work() -> None:

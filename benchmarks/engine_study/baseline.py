@@ -5,7 +5,9 @@ chip plus its halo with rasterio, reflect-pad it at the scene edge, scale it to 
 the mono segmenter (torch with its default threads, all cores), trim the halo and write
 the uint8 probability into an output GeoTIFF. It uses the same chip edge, halo and model
 as resflow, so resflow's area rate divided by this one says what the engine, the three
-stages and the bucket models cost or buy against the obvious script.
+stages and the bucket models cost or buy against the obvious script. On a GPU the script
+moves the model and each chip to the device and runs under the same inference settings as
+resflow's stages (bf16 or fp16 autocast, :func:`resflow.devices.inference_context`).
 
 Scaling follows the archive's rule (2nd-98th percentile per band of the valid pixels), as a
 careful user would copy it, computed on a decimated read so memory stays bounded.
@@ -13,6 +15,7 @@ careful user would copy it, computed on a decimated read so memory stays bounded
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,9 +26,10 @@ import torch
 from rasterio.windows import Window
 
 from benchmarks.engine_study.contention import contention
+from benchmarks.engine_study.limit import CPU
 from benchmarks.engine_study.series import summarise
 from resflow.chips import chip_grid, window_km2
-from resflow.devices import torch_threads
+from resflow.devices import inference_context, torch_threads
 from resflow.gallery import Gallery
 
 #: Longest edge of the decimated read used for the scaling percentiles, pixels.
@@ -57,8 +61,9 @@ def _read_context(src: rasterio.DatasetReader, bands: list[int], y0: int, x0: in
 
 
 def segment_geotiff(path: Path, out: Path, model: torch.nn.Module, *, chip: int,
-                    halo: int) -> dict[str, Any]:
-    """Map one GeoTIFF chip by chip; returns its chips and km^2."""
+                    halo: int, device: torch.device) -> dict[str, Any]:
+    """Map one GeoTIFF chip by chip with ``model`` (on ``device``); returns its chips and
+    km^2."""
     chips, km2 = 0, 0.0
     with rasterio.open(path) as src:
         bands = [1, 1, 1] if src.count < 3 else [1, 2, 3]
@@ -67,12 +72,12 @@ def segment_geotiff(path: Path, out: Path, model: torch.nn.Module, *, chip: int,
         profile = src.profile | {"driver": "GTiff", "count": 1, "dtype": "uint8", "nodata": None,
                                  "tiled": True, "blockxsize": chip, "blockysize": chip,
                                  "compress": "deflate"}
-        with rasterio.open(out, "w", **profile) as dst, torch.inference_mode():
+        with rasterio.open(out, "w", **profile) as dst, inference_context(device):
             for _, _, y0, x0, h, w in chip_grid(src.height, src.width, chip):
                 block = _read_context(src, bands, y0, x0, chip, halo).astype(np.float32)
                 image = np.clip((block - low) / (high - low), 0, 1).astype(np.float32)
-                logits = model(torch.from_numpy(image)[None])
-                probability = torch.sigmoid(logits)[0, 0].numpy()
+                logits = model(torch.from_numpy(image)[None].to(device))
+                probability = torch.sigmoid(logits.float())[0, 0].cpu().numpy()
                 trimmed = probability[halo: halo + h, halo: halo + w]
                 dst.write(np.round(trimmed * 255).astype(np.uint8), 1,
                           window=Window(x0, y0, w, h))
@@ -82,7 +87,8 @@ def segment_geotiff(path: Path, out: Path, model: torch.nn.Module, *, chip: int,
 
 
 def hand_written(sources: Sequence[Path], gallery: Gallery, out_dir: Path, *, chip: int,
-                 halo: int, threads: int) -> dict[str, Any]:
+                 halo: int, threads: int,
+                 device: torch.device = CPU) -> dict[str, Any]:
     """Time the hand-written loop over ``sources``, writing GeoTIFFs into ``out_dir``.
 
     Parameters
@@ -97,6 +103,9 @@ def hand_written(sources: Sequence[Path], gallery: Gallery, out_dir: Path, *, ch
         The run's chip edge and halo, pixels.
     threads
         Torch intra-op threads, what a plain script gets by default: all cores.
+    device
+        Where the model runs; on CUDA a copy of the gallery's cached model is moved there,
+        so the gallery's own stays on the CPU for everything else in the process.
 
     Returns
     -------
@@ -105,15 +114,17 @@ def hand_written(sources: Sequence[Path], gallery: Gallery, out_dir: Path, *, ch
         ``others_cores`` (:mod:`benchmarks.engine_study.contention`).
     """
     model = gallery.mono().eval()
+    if device.type != "cpu":
+        model = copy.deepcopy(model).to(device)
     out_dir.mkdir(parents=True, exist_ok=True)
     chips, km2 = 0, 0.0
     with torch_threads(threads):
-        with torch.inference_mode():  # first call builds oneDNN kernels: keep it untimed
-            model(torch.zeros(1, 3, chip + 2 * halo, chip + 2 * halo))
+        with inference_context(device):  # first call builds the kernels: keep it untimed
+            model(torch.zeros(1, 3, chip + 2 * halo, chip + 2 * halo, device=device))
         with contention() as record:
             for source in sources:
                 done = segment_geotiff(Path(source), out_dir / f"{Path(source).stem}.tif",
-                                       model, chip=chip, halo=halo)
+                                       model, chip=chip, halo=halo, device=device)
                 chips, km2 = chips + done["chips"], km2 + done["km2"]
     wall = record["wall_s"]
     return {"chips": chips, "km2": km2, "wall_s": wall, "km2_per_s": km2 / wall,

@@ -26,6 +26,13 @@ from resflow.executor import Executor
 from resflow.report import STAGES
 
 
+def with_settings(config: RunConfig, **changes: Any) -> RunConfig:
+    """``config`` with ``changes``, validated again: ``model_copy(update=...)`` skips
+    validation, so a path would keep its ``Path`` type in a field that holds locations as
+    strings."""
+    return RunConfig.model_validate({**config.model_dump(), **changes})
+
+
 def start_executor(config: RunConfig) -> tuple[Executor, float]:
     """The engine ``config.backend`` names, without progress bars, and the seconds it took
     to start."""
@@ -88,8 +95,7 @@ class EngineSeries:
                  warm_up: bool = True) -> None:
         self.label = label or config.backend
         self.out = out_dir / f"{self.label}.zarr"
-        self.config = config.model_copy(update={"out": self.out, "overwrite": True,
-                                                "resume": False})
+        self.config = with_settings(config, out=self.out, overwrite=True, resume=False)
         self.runs: list[dict[str, Any]] = []
         before = descendant_pids()
         self.executor, self.startup_s = start_executor(self.config)
@@ -117,7 +123,7 @@ class EngineSeries:
         """
         shutil.rmtree(self.out, ignore_errors=True)
         self.out = self.out.with_name(f"{self.label}-{Path(archive).stem}.zarr")
-        self.config = self.config.model_copy(update={"archive": archive, "out": self.out})
+        self.config = with_settings(self.config, archive=archive, out=self.out)
 
     def close(self) -> None:
         """Stop the engine and remove the output store."""
@@ -130,7 +136,8 @@ class EngineSeries:
         Returns
         -------
         dict
-            ``label``, ``backend``, ``engine`` (class name), ``startup_s``, ``cold_s``,
+            ``label``, ``backend``, ``engine`` (class name), ``device`` and ``batch_size``
+            (the run settings), ``startup_s``, ``cold_s``,
             ``km2``, ``chips``, the summaries ``wall_s``, ``km2_per_s``, ``chips_per_s``,
             ``s_per_km2``, ``others_cores``; ``stage_seconds``, ``stage_fractions`` and
             ``report_wall_s`` of the median run; ``memory`` (peak MiB, largest over the
@@ -147,6 +154,8 @@ class EngineSeries:
             "label": self.label,
             "backend": self.config.backend,
             "engine": self.executor.__class__.__name__,
+            "device": self.config.device,
+            "batch_size": self.config.batch_size,
             "startup_s": self.startup_s,
             "cold_s": self.cold_s,
             "km2": km2,

@@ -8,7 +8,9 @@ Python thread per core, each on its own interleaved share of the chips; torch re
 GIL inside its kernels, so the threads compute in parallel.
 
 An engine's area rate divided by this limit's is the fraction of the machine it turns into
-maps; the remainder is reading, writing, regrouping and scheduling.
+maps; the remainder is reading, writing, regrouping and scheduling. On a GPU (``device``)
+the threads share the one device and every model call holds ``batch_size`` chips, as the
+graph's tasks do there.
 """
 
 from __future__ import annotations
@@ -62,13 +64,13 @@ class Preloaded:
         return cls(refs, plain, context, float(sum(ref.km2 for ref in refs)))
 
 
-def _share(index: np.ndarray, data: Preloaded, gallery: Gallery,
-           batch_size: int) -> dict[str, float]:
+def _share(index: np.ndarray, data: Preloaded, gallery: Gallery, batch_size: int,
+           device: torch.device) -> dict[str, float]:
     """Stages 1, 2 and 3 on the chips at ``index``; returns seconds per stage."""
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     features = extract_features(data.plain[index], gallery.feature_extractor(),
-                                batch_size=batch_size, device=CPU)
+                                batch_size=batch_size, device=device)
     seconds["stage1"] = time.perf_counter() - start
     start = time.perf_counter()
     _, buckets = map_codes(features, gallery.hashing_head(), gallery.bucket_codes)
@@ -76,25 +78,28 @@ def _share(index: np.ndarray, data: Preloaded, gallery: Gallery,
     start = time.perf_counter()
     for bucket in np.unique(buckets):
         segment(data.context[index[buckets == bucket]], gallery.segmenter(int(bucket)),
-                batch_size=batch_size, device=CPU)
+                batch_size=batch_size, device=device)
     seconds["stage3"] = time.perf_counter() - start
     return seconds
 
 
-def warm_up(data: Preloaded, gallery: Gallery) -> None:
-    """Build every model and let oneDNN create its kernels, outside any timing.
+def warm_up(data: Preloaded, gallery: Gallery, device: torch.device = CPU,
+            batch_size: int = 1) -> None:
+    """Build every model and let oneDNN (or CUDA) create its kernels, outside any timing.
 
     Segmenters are built lazily and cached by the gallery; building them here, in one
     thread, also keeps the timed threads from racing to build the same one.
     """
     for bucket in range(len(gallery.bucket_codes)):
         gallery.segmenter(bucket)
-    _share(np.arange(min(1, len(data.refs))), data, gallery, batch_size=1)
+    _share(np.arange(min(batch_size if device.type == "cuda" else 1, len(data.refs))), data,
+           gallery, batch_size, device)
 
 
 def one_pass(data: Preloaded, gallery: Gallery, threads: int,
-             batch_size: int = 8) -> dict[str, Any]:
-    """One timed pass of all chips on ``threads`` threads, chips dealt round-robin.
+             batch_size: int = 8, device: torch.device = CPU) -> dict[str, Any]:
+    """One timed pass of all chips on ``threads`` threads, chips dealt round-robin, the
+    models on ``device``.
 
     Returns
     -------
@@ -105,7 +110,8 @@ def one_pass(data: Preloaded, gallery: Gallery, threads: int,
     shares = [np.arange(i, len(data.refs), threads) for i in range(threads)]
     with contention() as record, ThreadPoolExecutor(
             max_workers=threads, thread_name_prefix="resflow-limit") as pool:
-        results = list(pool.map(lambda idx: _share(idx, data, gallery, batch_size), shares))
+        results = list(pool.map(lambda idx: _share(idx, data, gallery, batch_size, device),
+                                shares))
     stage_seconds = {s: float(sum(r[s] for r in results)) for s in LIMIT_STAGES}
     return {**record, "stage_seconds": stage_seconds}
 
@@ -142,13 +148,13 @@ def summarise_passes(data: Preloaded, passes: list[dict[str, Any]], threads: int
 
 
 def compute_limit(data: Preloaded, gallery: Gallery, *, threads: int, repeats: int,
-                  batch_size: int = 8) -> dict[str, Any]:
+                  batch_size: int = 8, device: torch.device = CPU) -> dict[str, Any]:
     """Warm up, then ``repeats`` passes on ``threads`` threads and one on a single thread.
 
     ``batch_size`` is passed to the stage functions as the graph does (no effect on CPU).
     See :func:`summarise_passes` for the result.
     """
-    warm_up(data, gallery)
-    passes = [one_pass(data, gallery, threads, batch_size) for _ in range(repeats)]
-    single = one_pass(data, gallery, 1, batch_size) if threads > 1 else None
+    warm_up(data, gallery, device, batch_size)
+    passes = [one_pass(data, gallery, threads, batch_size, device) for _ in range(repeats)]
+    single = one_pass(data, gallery, 1, batch_size, device) if threads > 1 else None
     return summarise_passes(data, passes, threads, single)

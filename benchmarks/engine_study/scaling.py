@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmarks.engine_study.engines import EngineSeries
+from benchmarks.engine_study.engines import EngineSeries, with_settings
 from benchmarks.engine_study.scaled_archive import write_scaled_scene
 from resflow.config import IngestConfig, RunConfig
 from resflow.ingest import ingest
@@ -89,7 +89,7 @@ def scaling_study(config: RunConfig, work_dir: Path, *, factors: tuple[int, ...]
     """
     archives = {f: scaled_archive(f, work_dir, chip=chip, source=source) for f in factors}
     sizes = []
-    series = EngineSeries(config.model_copy(update={"archive": archives[factors[0]]}),
+    series = EngineSeries(with_settings(config, archive=archives[factors[0]]),
                           work_dir, label=f"{config.backend}-scaling")
     try:
         for factor in factors[1:]:

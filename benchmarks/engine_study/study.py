@@ -26,14 +26,17 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from benchmarks.engine_study.baseline import hand_written, summarise_runs
-from benchmarks.engine_study.engines import EngineSeries
+from benchmarks.engine_study.engines import EngineSeries, with_settings
 from benchmarks.engine_study.limit import Preloaded, one_pass, summarise_passes, warm_up
 from benchmarks.engine_study.machine import describe_machine, load_average
 from benchmarks.engine_study.scaling import FACTORS, scaled_archive, scaling_study
 from benchmarks.engine_study.sweeps import plan_sweeps, run_sweeps
 from resflow.archive import Archive
-from resflow.config import DaskConfig, RunConfig, SparkConfig
+from resflow.config import RunConfig
+from resflow.devices import DevicePreference, resolve_device
 from resflow.gallery import Gallery
 from resflow.report import collect_versions
 
@@ -62,7 +65,11 @@ class BenchOptions:
     gallery
         Model gallery; ``None`` = the bundled default.
     partition_chips, halo, batch_size
-        Run settings shared by every engine (see :class:`resflow.config.RunConfig`).
+        Run settings shared by every engine (see :class:`resflow.config.RunConfig`); the
+        limit and the hand-written loop use the same ``batch_size``.
+    device
+        Where every model runs, the limit's, the hand-written loop's and every engine's:
+        ``"auto"`` (a GPU when torch sees one), ``"cpu"`` or ``"cuda"``.
     factors
         Scaling sizes, multiples of the Atlanta tile.
     scaling_backend
@@ -83,6 +90,7 @@ class BenchOptions:
     partition_chips: int = 16
     halo: int = 32
     batch_size: int = 8
+    device: DevicePreference = "auto"
     factors: tuple[int, ...] = FACTORS
     scaling_backend: str = "dask"
     source: Path | None = None
@@ -100,14 +108,16 @@ class BenchOptions:
         return 4 if self.quick else 8
 
 
-def base_config(options: BenchOptions, archive: Path, cores: int) -> RunConfig:
-    """The run settings every engine gets: one worker (or task slot) per core, one thread."""
+def base_config(options: BenchOptions, archive: Path, cores: int,
+                device: torch.device) -> RunConfig:
+    """The run settings every engine gets: one worker (or task slot) per core, one thread,
+    models on ``device`` (resolved once, so the engines run where the limit does)."""
     return RunConfig(
-        archive=archive, gallery=options.gallery, backend="dask",
+        archive=archive, gallery=options.gallery, backend="dask", device=device.type,
         batch_size=options.batch_size, partition_chips=options.partition_chips,
         halo=options.halo, torch_threads=1,
-        dask=DaskConfig(workers=cores, threads_per_worker=1, dashboard_address="127.0.0.1:0"),
-        spark=SparkConfig(master=f"local[{cores}]"),
+        dask={"workers": cores, "threads_per_worker": 1, "dashboard_address": "127.0.0.1:0"},
+        spark={"master": f"local[{cores}]"},
     )
 
 
@@ -133,7 +143,7 @@ class _Steps:
 
 
 def compare(options: BenchOptions, config: RunConfig, archive: Archive, gallery: Gallery,
-            data: Preloaded, work: Path, cores: int,
+            data: Preloaded, work: Path, cores: int, device: torch.device,
             step: Callable[[str], None]) -> dict[str, Any]:
     """The limit, the hand-written loop and every engine, repetitions interleaved.
 
@@ -152,7 +162,7 @@ def compare(options: BenchOptions, config: RunConfig, archive: Archive, gallery:
 
     def hand_written_pass() -> dict[str, Any]:
         return hand_written(sources, gallery, work / "baseline", chip=options.chip,
-                            halo=options.halo, threads=cores)
+                            halo=options.halo, threads=cores, device=device)
 
     engines: list[EngineSeries] = []
     try:
@@ -161,18 +171,19 @@ def compare(options: BenchOptions, config: RunConfig, archive: Archive, gallery:
                 label = backend if plan == options.plans[0] else f"{backend} {plan}"
                 step(f"engine {label}: start and cold run")
                 engines.append(EngineSeries(
-                    config.model_copy(update={"backend": backend, "plan": plan}), work,
+                    with_settings(config, backend=backend, plan=plan), work,
                     label=label))
         passes, baseline_runs = [], []
         for round_ in range(1, options.repeats + 1):
             step(f"round {round_}/{options.repeats}: limit, hand-written loop, "
                  f"{', '.join(e.label for e in engines)}")
-            passes.append(one_pass(data, gallery, cores, options.batch_size))
+            passes.append(one_pass(data, gallery, cores, options.batch_size, device))
             baseline_runs.append(hand_written_pass())
             for engine in engines:
                 engine.run()
         step("compute limit on one thread (how the cores add up)")
-        single = one_pass(data, gallery, 1, options.batch_size) if cores > 1 else None
+        single = (one_pass(data, gallery, 1, options.batch_size, device) if cores > 1
+                  else None)
         return {"limit": summarise_passes(data, passes, cores, single),
                 "baseline": summarise_runs(baseline_runs),
                 "engines": [e.summary(cores) for e in engines]}
@@ -182,8 +193,15 @@ def compare(options: BenchOptions, config: RunConfig, archive: Archive, gallery:
 
 
 def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Measure everything, write the results, and return the results document."""
+    """Measure everything, write the results, and return the results document.
+
+    Raises
+    ------
+    resflow.errors.ConfigError
+        before any work, when ``options.device`` is ``"cuda"`` and torch sees no GPU.
+    """
     started = time.perf_counter()
+    device = resolve_device(options.device)
     machine = describe_machine()
     cores = int(machine["cores"])
     load_before = load_average()
@@ -196,25 +214,27 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
                                       source=options.source)
         archive = Archive.open(archive_path)
         gallery = Gallery.load(options.gallery)
-        config = base_config(options, archive_path, cores)
+        config = base_config(options, archive_path, cores, device)
 
-        step(f"compute limit: preload chips, warm up on {cores} threads")
+        step(f"compute limit: preload chips, warm up on {cores} threads ({device})")
         data = Preloaded.read(archive, options.halo)
-        warm_up(data, gallery)
-        comparison = compare(options, config, archive, gallery, data, work, cores, step)
+        warm_up(data, gallery, device, options.batch_size)
+        comparison = compare(options, config, archive, gallery, data, work, cores, device,
+                             step)
 
         step(f"scaling x{'/x'.join(map(str, options.factors))} on {options.scaling_backend}")
-        scaling = scaling_study(config.model_copy(update={"backend": options.scaling_backend}),
+        scaling = scaling_study(with_settings(config, backend=options.scaling_backend),
                                 work, factors=options.factors, repeats=options.repeats,
                                 cores=cores, chip=options.chip, source=options.source)
 
         sweeps = {}
         if not options.quick:
             step("sweeps")
-            sweeps = run_sweeps(config, plan_sweeps(cores, len(machine["gpus"])),
+            gpus = len(machine["gpus"]) if device.type == "cuda" else 0
+            sweeps = run_sweeps(config, plan_sweeps(cores, gpus),
                                 repeats=options.repeats, out_dir=work, cores=cores,
                                 limit_pass=partial(one_pass, data, gallery, cores,
-                                                   options.batch_size))
+                                                   options.batch_size, device))
 
         step.done()
     results = {
@@ -223,6 +243,7 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
         "duration_s": time.perf_counter() - started,
         "step_seconds": step.seconds,
         "machine": machine,
+        "device": str(device),
         "load_average": {"before": load_before, "after": load_average()},
         "versions": collect_versions(),
         "options": json.loads(json.dumps(asdict(options), default=str)),
@@ -234,11 +255,21 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
         "ratios": ratios(comparison["engines"], comparison["limit"], comparison["baseline"]),
         "scaling": scaling,
         "sweeps": sweeps,
-        "gpu_sweep": "run" if machine["gpus"] else
-        "skipped: no GPU on this machine, so tasks per GPU were not swept",
+        "gpu_sweep": gpu_sweep(options, machine, device),
     }
     write_results(results, options.out)
     return results
+
+
+def gpu_sweep(options: BenchOptions, machine: dict[str, Any], device: torch.device) -> str:
+    """Whether the tasks-per-GPU sweep ran, and if not, why."""
+    if not machine["gpus"]:
+        return "skipped: no GPU on this machine, so tasks per GPU were not swept"
+    if device.type != "cuda":
+        return f"skipped: models ran on {device}, so tasks per GPU were not swept"
+    if options.quick:
+        return "skipped: quick mode runs no sweeps"
+    return "run"
 
 
 def ratios(engines: list[dict[str, Any]], limit: dict[str, Any],

@@ -28,7 +28,8 @@ def machine_line(results: dict[str, Any]) -> str:
             f"{results['archive']['chips']} chips, {results['archive']['km2']:.3f} km^2 "
             f"(x{results['archive']['scale']} {results['archive']['source']}), "
             f"{results['options']['repeats']} "
-            f"repeats, {results['mode']} mode")
+            f"repeats, {results['mode']} mode; models on {results['device']}, "
+            f"batch size {results['options']['batch_size']}")
 
 
 def rates_table(results: dict[str, Any]) -> str:

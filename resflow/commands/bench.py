@@ -13,6 +13,8 @@ from typing import Annotated
 
 import typer
 
+from resflow.commands.run import DeviceChoice
+
 #: Top-level modules the study imports that only the ``bench`` extra installs.
 BENCH_EXTRA: tuple[str, ...] = ("psutil",)
 
@@ -35,6 +37,12 @@ def bench_command(
         "benchmarks/results"),
     gallery: Annotated[Path | None, typer.Option(help="model gallery (default: bundled)")] = None,
     partition_chips: Annotated[int, typer.Option(min=1, help="chips per partition")] = 16,
+    batch_size: Annotated[int, typer.Option(
+        min=1, help="chips per model call on CUDA, in the limit, the hand-written loop and "
+        "every engine; the CPU runs one chip per call whatever it is (see resflow.stages)")] = 8,
+    device: Annotated[DeviceChoice, typer.Option(
+        help="where every model runs, the limit's and the hand-written loop's included: auto "
+        "(a GPU when torch sees one), cpu or cuda", case_sensitive=False)] = DeviceChoice.auto,
     work_dir: Annotated[Path | None, typer.Option(
         help="keep scratch archives here (default: a temporary folder)")] = None,
 ) -> None:
@@ -51,7 +59,7 @@ def bench_command(
         options = study.BenchOptions(
             quick=quick, backends=_names(backends), plans=_names(plans),
             repeats=repeats, out=out, gallery=gallery, partition_chips=partition_chips,
-            work_dir=work_dir)
+            batch_size=batch_size, device=device.value, work_dir=work_dir)
         for plan in options.plans:  # refused before any work, naming the field
             load_config(None, RunConfig, plan=plan)
         results = study.run_benchmark(options, log=lambda line: typer.echo(line, err=True))
