@@ -33,7 +33,9 @@ re-runs the shards that hold a chip still at -2; resume state is one small objec
 
 Metadata is written in bulk when the store is made (every scene's group built in memory,
 then stored in concurrent batches), and workers open only the arrays they write; the
-consolidated root document is for readers such as xarray, never parsed by a task.
+consolidated root document is for readers such as xarray, never parsed by a task. Making a
+store writes metadata only: each scene's ``x`` and ``y`` values are written by the task
+that writes its first shard.
 
 ``xarray.open_zarr(OUT, group=...)`` reads a group with ``spatial_ref`` as a coordinate,
 and rioxarray's ``.rio.crs`` / ``.rio.transform()`` recover the scene georeferencing.
@@ -190,13 +192,12 @@ def _scene_group(root: zarr.Group, group: str, info: SceneInfo, shard_chips: int
                    dtype="int16", fill_value=UNWRITTEN, dimension_names=("chip_row", "chip_col"),
                    attributes={"long_name": "bucket that served the chip; -1 no valid pixel "
                                "(skipped), -2 not written", "_FillValue": UNWRITTEN})
-    a, _, c, _, e, f = info.transform[:6]
-    x = g.create_array("x", shape=(info.width,), chunks=(info.width,), dtype="float64",
-                       dimension_names=("x",), attributes={"long_name": "x of pixel centre"})
-    x[:] = c + (np.arange(info.width) + 0.5) * a
-    y = g.create_array("y", shape=(info.height,), chunks=(info.height,), dtype="float64",
-                       dimension_names=("y",), attributes={"long_name": "y of pixel centre"})
-    y[:] = f + (np.arange(info.height) + 0.5) * e
+    # the coordinates' values are written with the scene's first shard (write_shard), so
+    # making the store writes metadata only, however large the scenes
+    g.create_array("x", shape=(info.width,), chunks=(info.width,), dtype="float64",
+                   dimension_names=("x",), attributes={"long_name": "x of pixel centre"})
+    g.create_array("y", shape=(info.height,), chunks=(info.height,), dtype="float64",
+                   dimension_names=("y",), attributes={"long_name": "y of pixel centre"})
     g.create_array("spatial_ref", shape=(), dtype="int64", fill_value=0,
                    dimension_names=(), attributes={
                        "crs_wkt": info.crs_wkt, "spatial_ref": info.crs_wkt,
@@ -555,9 +556,18 @@ class OutputStore:
                           slice(ref.x0 - x0, ref.x0 - x0 + ref.width))
                 probability[window] = prob
                 mask[window] = chip_mask
+        if shard == 0:
+            self._write_coordinates(scene, height, width)
         probability_array[y0:y1, x0:x1] = probability
         self._array(scene, "mask")[y0:y1, x0:x1] = mask
         self._array(scene, LEDGER)[r0:r1, c0:c1] = ledger
+
+    def _write_coordinates(self, scene: str, height: int, width: int) -> None:
+        """The scene's pixel-centre x and y, from its transform: written by the task that
+        writes shard 0, before that shard's ledger entry, so a complete store has them."""
+        _, (a, _, c, _, e, f) = self.georeference(scene)
+        self._array(scene, "x")[:] = c + (np.arange(width) + 0.5) * a
+        self._array(scene, "y")[:] = f + (np.arange(height) + 0.5) * e
 
     def _check_window(self, ref: ChipRef, probability: np.ndarray, mask: np.ndarray,
                       scene: str, window: tuple[int, int, int, int], chip: int) -> None:

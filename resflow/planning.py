@@ -38,7 +38,7 @@ MIN_PARTITION_CHIPS = 2
 FAN_IN = 16
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Segment:
     """Shards ``start..stop-1`` (row-major on the scene's shard grid) of one scene."""
 
@@ -47,7 +47,7 @@ class Segment:
     stop: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Partition:
     """One task's work: runs of whole shards, and how many chips they hold.
 
