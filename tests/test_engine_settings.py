@@ -161,3 +161,21 @@ def test_spark_local_tasks_are_spread_over_the_gpus_by_partition() -> None:
 def test_only_local_masters_spread_tasks_over_the_drivers_gpus() -> None:
     assert all(map(is_local_master, ["local", "local[4]", "local[*]", "local[4,2]"]))
     assert not any(map(is_local_master, ["local-cluster[2,1,1024]", "spark://h:7077", "yarn"]))
+
+
+def test_executors_run_this_python_only_where_they_share_its_paths() -> None:
+    """Local and standalone executors run the driver's interpreter; on YARN or Kubernetes
+    the driver's path means nothing, so only a configured (packed) Python is passed on."""
+    import sys
+
+    from resflow_spark import executor_python
+    from resflow_spark.settings import SparkConfig
+
+    assert executor_python(SparkConfig(master="local[2]")) == sys.executable
+    assert executor_python(SparkConfig(master="spark://10.0.0.1:7077")) == sys.executable
+    assert executor_python(SparkConfig(master="yarn")) is None
+    assert executor_python(SparkConfig(master="k8s://https://k8s:6443")) is None
+    packed = "./environment/bin/python"
+    assert executor_python(SparkConfig(master="yarn", python=packed)) == packed
+    assert executor_python(SparkConfig(master="k8s://https://k8s:6443",
+                                       conf={"spark.pyspark.python": packed})) == packed

@@ -66,6 +66,25 @@ def _with_retries(master: str, max_failures: int) -> str:
     return f"local[{match.group(1) or 1},{max_failures}]" if match else master
 
 
+def executor_python(config: SparkConfig) -> str | None:
+    """The Python the executors run: the configured one; else this interpreter where the
+    executors share this host's paths (local and standalone masters); else None, leaving
+    Spark's own default, since on YARN or Kubernetes the driver's path means nothing on the
+    executors (ship a packed environment and name its Python instead).
+
+    >>> from resflow_spark.settings import SparkConfig
+    >>> executor_python(SparkConfig(master="yarn")) is None
+    True
+    >>> executor_python(SparkConfig(master="yarn", python="./environment/bin/python"))
+    './environment/bin/python'
+    """
+    if config.python is not None or "spark.pyspark.python" in config.conf:
+        return config.python or config.conf["spark.pyspark.python"]
+    if config.master.startswith(("yarn", "k8s://")):
+        return None
+    return sys.executable
+
+
 def _build_session(config: SparkConfig) -> SparkSession:
     """A session configured for resflow: reused Python workers, this interpreter, quiet console."""
     from pyspark.sql import SparkSession
@@ -77,16 +96,18 @@ def _build_session(config: SparkConfig) -> SparkSession:
         check_endpoint("spark.master", config.master,
                        "start the master (`spark-class org.apache.spark.deploy.master.Master`) "
                        "or check the host and port")
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     builder = (
         SparkSession.builder.master(_with_retries(config.master, config.task_max_failures))
         .appName("resflow")
         .config("spark.task.maxFailures", str(config.task_max_failures))
         .config("spark.python.worker.reuse", "true")
-        .config("spark.pyspark.python", sys.executable)
         .config("spark.ui.showConsoleProgress", "false")
     )
+    python = executor_python(config)
+    if python is not None:
+        os.environ.setdefault("PYSPARK_PYTHON", python)
+        builder = builder.config("spark.pyspark.python", python)
     if not config.master.startswith("local"):
         # local[N] and local-cluster[workers,cores,memory] carry their own executor shape
         builder = builder.config("spark.executor.cores", str(config.executor_cores)).config(

@@ -59,6 +59,11 @@ class SparkConfig(BaseModel):
     task_max_failures: int = Field(
         4, ge=1, description="attempts per task before the run fails; a task lost with its "
         "executor or Python worker is retried (local[N] becomes local[N,F])")
+    python: str | None = Field(
+        None, description="the Python the executors run. None = this interpreter on local "
+        "and standalone (spark://) masters, whose hosts share its path; on yarn and k8s:// "
+        "the packed environment's, e.g. ./environment/bin/python with spark.archives "
+        "env.tar.gz#environment in conf (unset there: Spark's own default)")
     conf: dict[str, str] = Field(default_factory=dict, description="extra spark.* settings")
 
     @field_validator("master")
