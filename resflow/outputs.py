@@ -49,6 +49,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -149,10 +150,48 @@ def _read_root(location: Path | str) -> dict[str, Any] | None:
         return None
 
 
+#: Bytes of the root document read first for its attributes (doubled until they are whole).
+ATTRIBUTES_PREFIX = 1 << 20
+
+
 def read_root_attrs(location: Path | str) -> dict[str, Any] | None:
-    """Root attributes of a Zarr v3 store (a folder or a URL), or None if it is not one."""
-    root = _read_root(location)
-    return None if root is None else root.get("attributes", {})
+    """Root attributes of a Zarr v3 store (a folder or a URL), or None if it is not one.
+
+    resflow writes ``attributes`` before the consolidated metadata of every group, so
+    only the head of the root document is read and parsed: a worker opening the store of a
+    country-wide run never parses the metadata of all its scenes. A document laid out
+    otherwise (rewritten by another tool) is parsed whole.
+    """
+    document = storage.join(location, "zarr.json")
+    size = ATTRIBUTES_PREFIX
+    while True:
+        try:
+            head = storage.read_prefix(document, size).decode("utf-8", errors="ignore")
+        except OSError:
+            return None
+        attrs = _leading_attributes(head)
+        if attrs is not None:
+            return attrs
+        if len(head) < size:  # the whole document is here: parse it as zarr would
+            root = _read_root(location)
+            return None if root is None else root.get("attributes", {})
+        size *= 2
+
+
+def _leading_attributes(head: str) -> dict[str, Any] | None:
+    """The root's ``attributes`` object if ``head`` holds all of it before anything else
+    that could contain the same key (resflow's own layout), else None."""
+    key = head.find('"attributes"')
+    if key < 0 or '"consolidated_metadata"' in head[:key]:
+        return None
+    start = head.find(":", key) + 1
+    while start < len(head) and head[start].isspace():
+        start += 1
+    try:
+        value, _ = json.JSONDecoder().raw_decode(head, start)
+    except ValueError:  # cut off: read more
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _update_root_attrs(location: Path | str, updates: dict[str, Any]) -> None:
@@ -166,17 +205,13 @@ def _update_root_attrs(location: Path | str, updates: dict[str, Any]) -> None:
     storage.write_bytes(storage.join(location, "zarr.json"), json.dumps(root).encode())
 
 
-def _scene_group(root: zarr.Group, group: str, info: SceneInfo, shard_chips: int,
-                 threshold: float | None) -> None:
-    """Build one scene's group (in the in-memory batch) on the scene grid."""
-    rows, cols = grid_shape(info.height, info.width, info.chip)
-    g = root.create_group(group, attributes={
-        "scene": info.name, "source": info.source, "sha256": info.sha256,
-        "chip": info.chip, "chips_total": rows * cols, "threshold": threshold,
-        "gsd_m": info.gsd_m,
-    })
-    shape, chunks = (info.height, info.width), (info.chip, info.chip)
-    shards = (info.chip * shard_chips, info.chip * shard_chips)
+def _scene_arrays(g: zarr.Group, height: int, width: int, chip: int,
+                  shard_chips: int) -> None:
+    """Create one scene's arrays in ``g``; ``spatial_ref``'s attributes are the scene's own
+    and are set per scene by :func:`_scene_documents`."""
+    rows, cols = grid_shape(height, width, chip)
+    shape, chunks = (height, width), (chip, chip)
+    shards = (chip * shard_chips, chip * shard_chips)
     data_attrs = {"grid_mapping": "spatial_ref", "coordinates": "spatial_ref",
                   "_FillValue": NOT_MAPPED}
     g.create_array("probability", shape=shape, chunks=chunks, shards=shards, dtype="uint8",
@@ -194,14 +229,41 @@ def _scene_group(root: zarr.Group, group: str, info: SceneInfo, shard_chips: int
                                "(skipped), -2 not written", "_FillValue": UNWRITTEN})
     # the coordinates' values are written with the scene's first shard (write_shard), so
     # making the store writes metadata only, however large the scenes
-    g.create_array("x", shape=(info.width,), chunks=(info.width,), dtype="float64",
+    g.create_array("x", shape=(width,), chunks=(width,), dtype="float64",
                    dimension_names=("x",), attributes={"long_name": "x of pixel centre"})
-    g.create_array("y", shape=(info.height,), chunks=(info.height,), dtype="float64",
+    g.create_array("y", shape=(height,), chunks=(height,), dtype="float64",
                    dimension_names=("y",), attributes={"long_name": "y of pixel centre"})
-    g.create_array("spatial_ref", shape=(), dtype="int64", fill_value=0,
-                   dimension_names=(), attributes={
-                       "crs_wkt": info.crs_wkt, "spatial_ref": info.crs_wkt,
-                       "GeoTransform": _geotransform(info.transform)})
+    g.create_array("spatial_ref", shape=(), dtype="int64", fill_value=0, dimension_names=())
+
+
+@lru_cache(maxsize=256)
+def _array_documents(height: int, width: int, chip: int, shard_chips: int) -> str:
+    """The arrays' metadata documents of a scene of this grid, as JSON ``{name: document}``:
+    built once by zarr itself per grid, then reused for every scene of that grid (a country
+    archive has few distinct scene sizes), so making a store costs a JSON copy per scene."""
+    from zarr.storage import MemoryStore
+
+    documents: dict[str, Any] = {}
+    root = zarr.open_group(MemoryStore(store_dict=documents), mode="w", zarr_format=3)
+    _scene_arrays(root.create_group("g"), height, width, chip, shard_chips)
+    return json.dumps({key.split("/")[1]: json.loads(buffer.to_bytes())
+                       for key, buffer in documents.items() if key.count("/") == 2})
+
+
+def _scene_documents(group: str, info: SceneInfo, shard_chips: int,
+                     threshold: float | None) -> dict[str, dict[str, Any]]:
+    """Every metadata document of one scene's group, by node path in the store."""
+    rows, cols = grid_shape(info.height, info.width, info.chip)
+    arrays = json.loads(_array_documents(info.height, info.width, info.chip, shard_chips))
+    arrays["spatial_ref"]["attributes"] = {
+        "crs_wkt": info.crs_wkt, "spatial_ref": info.crs_wkt,
+        "GeoTransform": _geotransform(info.transform)}
+    documents = {f"{group}/{name}": document for name, document in arrays.items()}
+    documents[group] = {"zarr_format": 3, "node_type": "group", "attributes": {
+        "scene": info.name, "source": info.source, "sha256": info.sha256,
+        "chip": info.chip, "chips_total": rows * cols, "threshold": threshold,
+        "gsd_m": info.gsd_m}}
+    return documents
 
 
 def _store_batch(location: Path | str, documents: dict[str, bytes]) -> None:
@@ -234,43 +296,29 @@ def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 def write_hierarchy(location: Path | str, root_attrs: dict[str, Any],
                     scenes: Iterable[tuple[str, SceneInfo]], *, shard_chips: int,
                     threshold: float | None) -> int:
-    """Create the store's metadata and coordinates for every scene, in bulk.
+    """Create the store's metadata for every scene, in bulk.
 
-    Scenes are built :data:`METADATA_BATCH` at a time in an in-memory Zarr store and each
-    batch is stored with one concurrent write; the root document, with every group's
-    metadata consolidated for readers, is written last, so a store that lacks it was never
-    finished. Returns the number of objects written.
+    Each scene's documents come from a per-grid template (:func:`_array_documents`), and
+    :data:`METADATA_BATCH` scenes at a time are stored with one concurrent write; the root
+    document, with every group's metadata consolidated for readers, is written last, so a
+    store that lacks it was never finished. Returns the number of objects written.
     """
-    from zarr.storage import MemoryStore
-
     consolidated: dict[str, Any] = {}
     written = 0
     for batch in _batches(scenes, METADATA_BATCH):
         documents: dict[str, Any] = {}
-        root = zarr.open_group(MemoryStore(store_dict=documents), mode="w", zarr_format=3)
         for group, info in batch:
-            _scene_group(root, group, info, shard_chips, threshold)
-        del documents["zarr.json"]
-        payload = {key: buffer.to_bytes() for key, buffer in documents.items()}
-        for key, value in payload.items():
-            if key.endswith("zarr.json"):
-                consolidated[key[:-len("/zarr.json")]] = json.loads(value)
-        _store_batch(location, payload)
-        written += len(payload)
+            documents.update(_scene_documents(group, info, shard_chips, threshold))
+        consolidated.update(documents)
+        _store_batch(location, {f"{path}/zarr.json": json.dumps(document).encode()
+                                for path, document in documents.items()})
+        written += len(documents)
     document = {"zarr_format": 3, "node_type": "group", "attributes": root_attrs,
                 "consolidated_metadata": {"kind": "inline", "must_understand": False,
                                           "metadata": consolidated}}
     storage.write_bytes(storage.join(location, "zarr.json"),
                         json.dumps(document, default=str).encode())
     return written + 1
-
-
-@dataclass(frozen=True)
-class ShardResult:
-    """What one written shard holds, for the run's totals."""
-
-    chips: int
-    skipped: int
 
 
 @dataclass
@@ -518,7 +566,8 @@ class OutputStore:
 
     def write_shard(self, scene: str, shard: int, refs: Sequence[ChipRef],
                     probabilities: Sequence[np.ndarray], masks: Sequence[np.ndarray],
-                    buckets: Sequence[int]) -> None:
+                    buckets: Sequence[int], transform: tuple[float, ...] | None = None
+                    ) -> None:
         """Write one whole shard of a scene: its chips' pixels, then its ledger block.
 
         Parameters
@@ -535,6 +584,9 @@ class OutputStore:
         buckets
             Per chip, its bucket, or :data:`NO_DATA_CHIP` for a chip without valid pixels
             (whose pixels stay not mapped), or :data:`UNWRITTEN` for a chip that failed.
+        transform
+            The scene's affine ``(a, b, c, d, e, f)``, for the coordinates written with
+            shard 0 (read from ``spatial_ref`` when not given).
 
         Writing a shard twice writes identical bytes, so re-executed tasks are harmless.
         """
@@ -557,15 +609,16 @@ class OutputStore:
                 probability[window] = prob
                 mask[window] = chip_mask
         if shard == 0:
-            self._write_coordinates(scene, height, width)
+            self._write_coordinates(scene, height, width, transform)
         probability_array[y0:y1, x0:x1] = probability
         self._array(scene, "mask")[y0:y1, x0:x1] = mask
         self._array(scene, LEDGER)[r0:r1, c0:c1] = ledger
 
-    def _write_coordinates(self, scene: str, height: int, width: int) -> None:
+    def _write_coordinates(self, scene: str, height: int, width: int,
+                           transform: tuple[float, ...] | None) -> None:
         """The scene's pixel-centre x and y, from its transform: written by the task that
         writes shard 0, before that shard's ledger entry, so a complete store has them."""
-        _, (a, _, c, _, e, f) = self.georeference(scene)
+        a, _, c, _, e, f = (transform or self.georeference(scene)[1])[:6]
         self._array(scene, "x")[:] = c + (np.arange(width) + 0.5) * a
         self._array(scene, "y")[:] = f + (np.arange(height) + 0.5) * e
 

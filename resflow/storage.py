@@ -184,6 +184,18 @@ def read_bytes(location: Path | str) -> bytes:
         raise FileNotFoundError(f"no object at {display(location)}") from None
 
 
+def read_prefix(location: Path | str, size: int) -> bytes:
+    """The first ``size`` bytes of a file or object (all of it if shorter)."""
+    if isinstance(location, Path):
+        with location.open("rb") as fh:
+            return fh.read(size)
+    fs, path = filesystem(location)
+    try:
+        return fs.cat_file(path, start=0, end=size)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no object at {display(location)}") from None
+
+
 def write_bytes(location: Path | str, data: bytes) -> None:
     """Write a whole object; a local file goes to a temporary name first and is renamed, so
     a reader never sees half of it (an object store's PUT is all or nothing already)."""

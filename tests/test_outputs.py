@@ -267,3 +267,18 @@ def test_hostile_scene_names_cannot_escape_the_output(archive, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nest"]
     assert sorted(p.name for p in (tmp_path / "nest").iterdir()) == ["out.zarr"]
     assert safe_group_name("../../evil") == "__.._evil"
+
+
+def test_root_attributes_are_read_from_the_head_of_the_root_document(store, monkeypatch):
+    """Workers read the root attributes without parsing every group's consolidated
+    metadata; a root document laid out otherwise (consolidated metadata first) still reads."""
+    import resflow.outputs as outputs
+
+    root = json.loads((store.path / "zarr.json").read_text())
+    monkeypatch.setattr(outputs, "ATTRIBUTES_PREFIX", 64)  # grown until the attributes fit
+    assert outputs.read_root_attrs(store.path) == root["attributes"]
+    reordered = {"consolidated_metadata": root["consolidated_metadata"],
+                 "zarr_format": 3, "node_type": "group", "attributes": root["attributes"]}
+    (store.path / "zarr.json").write_text(json.dumps(reordered))
+    assert outputs.read_root_attrs(store.path) == root["attributes"]
+    assert OutputStore.open(store.path).groups == store.groups
