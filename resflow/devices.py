@@ -10,10 +10,8 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from types import ModuleType
 from typing import Literal
 
-import numpy as np
 import torch
 
 from resflow.errors import ConfigError
@@ -232,17 +230,6 @@ def inference_context(device: torch.device) -> Iterator[None]:
         dtype = autocast_dtype(torch.cuda.get_device_capability(device))
         with torch.autocast("cuda", dtype=dtype):
             yield
-
-
-def array_module(device: torch.device) -> ModuleType:
-    """``cupy`` on CUDA when importable (GPU-side preprocessing), else ``numpy``."""
-    if device.type == "cuda":
-        try:
-            import cupy
-        except ImportError:
-            return np
-        return cupy
-    return np
 
 
 @contextmanager
