@@ -2,9 +2,36 @@
 
 The core package is engine-agnostic: it never imports dask or pyspark. Engines are found
 through the ``resflow.backends`` entry-point group (see :mod:`resflow.plugins`).
+
+From Python, :func:`resflow.run` maps an archive and returns the run report, and
+:func:`resflow.open_maps` opens the maps as an ``xarray.DataTree`` (:mod:`resflow.api`).
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from resflow.errors import ResflowError
 
+if TYPE_CHECKING:
+    from resflow.api import open_maps, run
+
 __version__ = "0.1.0"
-__all__ = ["ResflowError", "__version__"]
+__all__ = ["ResflowError", "__version__", "open_maps", "run"]
+
+_API = frozenset({"open_maps", "run"})
+
+
+def __getattr__(name: str) -> Any:
+    """``run`` and ``open_maps``, imported on first use, so that ``import resflow`` (which
+    every worker task and CLI command does) loads neither torch nor xarray."""
+    if name in _API:
+        from resflow import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'resflow' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The module's names with the lazy ones, for tab completion in notebooks."""
+    return sorted({*globals(), *_API})
