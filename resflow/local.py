@@ -13,8 +13,7 @@ from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from tqdm.auto import tqdm
-
+from resflow.bars import progress_bar
 from resflow.executor import (
     CPU,
     Executor,
@@ -79,9 +78,9 @@ class LocalExecutor(Executor):
             return list(fn(coll[index], TaskEnv(self.name, name, index, gpu)))
 
         with ThreadPoolExecutor(self.threads, thread_name_prefix=stage_key(name)) as pool:
-            return list(tqdm(pool.map(task, range(len(coll))), total=len(coll),
-                             desc=stage_key(name), unit="part", disable=not self.progress,
-                             leave=False))
+            return list(progress_bar(pool.map(task, range(len(coll))), total=len(coll),
+                                     desc=stage_key(name), unit="part",
+                                     enabled=self.progress, leave=False))
 
     def group_by_key(
         self, coll: list[list[Any]], key: Callable[[Any], Hashable], npartitions: int, *,

@@ -22,8 +22,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from tqdm.auto import tqdm
-
+from resflow.bars import progress_bar
 from resflow.endpoints import check_endpoint
 from resflow.errors import BackendError
 from resflow.executor import (
@@ -269,8 +268,8 @@ class DaskExecutor(Executor):
 
         try:
             for label, futures in self._stages:
-                with tqdm(total=len(futures), desc=stage_key(label), unit="part",
-                          disable=not self.progress, leave=False) as bar:
+                with progress_bar(total=len(futures), desc=stage_key(label), unit="part",
+                                  enabled=self.progress, leave=False) as bar:
                     for _ in as_completed(futures):
                         bar.update()
             parts = self.client.gather(coll)

@@ -6,7 +6,8 @@ import threading
 from typing import Any
 
 from pyspark import SparkContext
-from tqdm.auto import tqdm
+
+from resflow.bars import progress_bar
 
 
 class StageProgress:
@@ -55,8 +56,8 @@ class StageProgress:
                 bar = self._bars.get(stage_id)
                 if bar is None:
                     label = self.labels[index] if len(stage_ids) == len(self.labels) else info.name
-                    bar = self._bars[stage_id] = tqdm(total=info.numTasks, desc=label, unit="task",
-                                                      leave=False)
+                    bar = self._bars[stage_id] = progress_bar(total=info.numTasks, desc=label,
+                                                              unit="task", leave=False)
                 bar.n = info.numCompletedTasks
                 bar.refresh()
 
