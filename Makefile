@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/resflow demo --workdir demo-output
+	$(BIN)/resflow demo --work-dir demo-output
 
 test: install
 	$(BIN)/python -m pytest

@@ -12,7 +12,7 @@ time, and whether the output is complete and equal, bit for bit, to the clean ru
 
 Usage::
 
-    python benchmarks/soak.py --workdir /tmp/soak --kills 3 --json benchmarks/results/soak.json
+    python benchmarks/soak.py --work-dir /tmp/soak --kills 3 --json benchmarks/results/soak.json
 
 Everything binds to 127.0.0.1; every process started is killed by pid before exit.
 """
@@ -168,7 +168,7 @@ def soak(backend: str, archive: Path, clean: Path, total: int, kills: int, workd
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--work-dir", dest="workdir", type=Path, required=True)
     parser.add_argument("--factor", type=int, default=4, help="mosaic size, source tiles")
     parser.add_argument("--chip", type=int, default=128)
     parser.add_argument("--kills", type=int, default=3, help="worker SIGKILLs per run")

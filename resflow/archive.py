@@ -66,7 +66,9 @@ class SceneInfo:
     transform
         Affine ``(a, b, c, d, e, f)`` in rasterio order, pixel corner to CRS units.
     nodata
-        Source nodata value, or None.
+        The value of invalid pixels: the source's nodata, or None. A scene with a ``mask``
+        always has one, which the source's masked pixels were written as (chosen by
+        :func:`resflow.harmonise.masked_nodata` when the source has none).
     chip
         Chip edge = Zarr chunk edge, pixels.
     source, sha256
@@ -83,6 +85,12 @@ class SceneInfo:
     skip
         Why the scene is not mapped (too coarse for buildings), or None. A skipped scene
         keeps its metadata but no pixels.
+    mask
+        The source's own mask, whose masked pixels are stored as ``nodata``: ``"alpha"`` (an
+        alpha band, which is not stored: it is no imagery), ``"per_dataset"`` (a GDAL mask
+        band, internal or ``.msk``), or None. The values are GDAL's mask flag names.
+    alpha_band
+        The source's 1-based number of the alpha band left out of ``image``, or None.
     """
 
     name: str
@@ -102,6 +110,8 @@ class SceneInfo:
     source_gsd_m: float
     resampling: str = "none"
     skip: str | None = None
+    mask: str | None = None
+    alpha_band: int | None = None
 
     def to_attrs(self) -> dict[str, Any]:
         """JSON-ready attributes for the scene group."""
@@ -118,7 +128,14 @@ class SceneInfo:
             sha256=attrs["sha256"], stats=dict(attrs["stats"]), rgb=tuple(attrs["rgb"]),
             gsd_m=float(attrs["gsd_m"]), source_gsd_m=float(attrs["source_gsd_m"]),
             resampling=attrs["resampling"], skip=attrs["skip"],
+            mask=attrs.get("mask"), alpha_band=attrs.get("alpha_band"),
         )
+
+    @property
+    def source_bands(self) -> tuple[int, ...]:
+        """The source's 1-based band number of each stored band (all but an alpha band)."""
+        count = len(self.band_names) + (self.alpha_band is not None)
+        return tuple(b for b in range(1, count + 1) if b != self.alpha_band)
 
     @property
     def resolution(self) -> tuple[float, float]:
@@ -271,7 +288,12 @@ class Archive:
         return [pixels[i] for i in range(len(refs))]
 
     def summary(self) -> dict[str, Any]:
-        """A JSON-ready description: scenes, bands, CRS, resolution, chips, km^2, refusals."""
+        """A JSON-ready description: scenes, bands, CRS, resolution, chips, km^2, refusals.
+
+        Per scene, ``rgb`` indexes the stored ``bands`` from 0, while ``band_numbers`` (each
+        stored band's) and ``rgb_bands`` (those feeding R, G, B) are the source's 1-based
+        band numbers, as ``--rgb`` takes them; ``mask`` and ``alpha_band`` say what marked
+        pixels invalid besides nodata (:class:`SceneInfo`)."""
         scenes = []
         for info in self.scenes.values():
             rows, cols = -(-info.height // info.chip), -(-info.width // info.chip)
@@ -282,7 +304,9 @@ class Archive:
                 "nodata": info.nodata, "crs": crs, "resolution": list(info.resolution),
                 "chip": info.chip, "chips": rows * cols, "km2": round(info.km2, 6),
                 "rgb": list(info.rgb), "gsd_m": info.gsd_m, "source_gsd_m": info.source_gsd_m,
-                "resampling": info.resampling,
+                "resampling": info.resampling, "band_numbers": list(info.source_bands),
+                "rgb_bands": [info.source_bands[i] for i in info.rgb], "mask": info.mask,
+                "alpha_band": info.alpha_band,
             })
         return {"path": self.display, "kind": ARCHIVE_KIND, "scenes": scenes,
                 "skipped": self.skipped_records(), "refused": self.refused}

@@ -1,14 +1,16 @@
 """The one validated configuration model behind every resflow command.
 
-Every run is a :class:`RunConfig`; the CLI only fills it (YAML file first, then flags), and
-the run report embeds the exact config so any map can be reproduced. Validation happens
-before any work: a malformed file or field is a :class:`~resflow.errors.ConfigError` naming
-the field.
+Every run is a :class:`RunConfig`; the CLI only fills it (the YAML file of ``--config``, then
+each ``--set KEY=VALUE``, then the command's flags: :func:`load_config`), and the run report
+embeds the exact config so any map can be reproduced. Validation happens before any work: a
+malformed file or field is a :class:`~resflow.errors.ConfigError` naming the field and where
+its value came from.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -228,48 +230,168 @@ def _as_details(errors: list[ErrorDetails], prefix: tuple[str, ...]) -> list[Ini
             for error in errors]
 
 
-def load_config(path: Path | str | None, model: type[BaseModel] = RunConfig,
-                **overrides: Any) -> Any:
-    """Load ``model`` from a YAML file, then apply non-None ``overrides`` (the CLI flags).
+SET_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+"""A ``--set`` key: a setting's name, dotted for a field of a section (``dask.workers``)."""
 
-    Nested overrides use dotted keys: ``"<engine>.<field>"`` sets a field of an engine's
-    section.
+
+def parse_sets(items: Iterable[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items as ``{KEY: value}``, a later item for a key winning.
+
+    VALUE is read by YAML's rules, as it would be in a config file, so the command line and
+    the file mean the same: ``0.6`` is a number, ``true`` a bool, ``null`` (or nothing) null,
+    ``[0, 1]`` a list, and anything else a string.
 
     Raises
     ------
     ConfigError
-        naming the file and the first bad field, for unreadable YAML or invalid values.
+        naming the item, for one that is not ``KEY=VALUE`` or whose VALUE is not YAML.
+
+    Examples
+    --------
+    >>> parse_sets(["threshold=0.6", "dask.workers=4", "stac=false", "gsd=null"])
+    {'threshold': 0.6, 'dask.workers': 4, 'stac': False, 'gsd': None}
     """
-    data: dict[str, Any] = {}
-    where = str(path) if path is not None else "command line"
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(where, "the config file does not exist", "check the path")
+    values: dict[str, Any] = {}
+    for item in items:
+        key, equals, text = item.partition("=")
+        key = key.strip()
+        if not equals or not SET_KEY.fullmatch(key):
+            raise ConfigError(f"--set {item}", "not KEY=VALUE with KEY the name of a setting "
+                              "(dotted for a field of a section)",
+                              "write e.g. --set threshold=0.6 or --set dask.workers=4")
         try:
-            loaded = yaml.safe_load(path.read_text())
+            values[key] = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(where, f"not valid YAML ({exc.__class__.__name__}: {exc})",
-                              "fix the YAML syntax at the position shown") from exc
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(where, "the top level must be a mapping of settings",
-                              "write `key: value` lines, e.g. `backend: dask`")
-        data = loaded or {}
+            raise ConfigError(f"--set {key}", f"the value is not valid YAML "
+                              f"({exc.__class__.__name__}: {exc})",
+                              f"quote it, e.g. --set {key}='\"...\"'") from exc
+    return values
+
+
+def load_config(path: Path | str | None, model: type[BaseModel] = RunConfig, *,
+                sets: Iterable[str] = (), **overrides: Any) -> Any:
+    """Resolve ``model`` from, lowest precedence first, its defaults, the YAML file at
+    ``path``, the ``sets`` (``--set KEY=VALUE`` items, :func:`parse_sets`) in order, and the
+    non-None ``overrides`` (the command's own flags).
+
+    So a flag beats a ``--set`` of the same setting, which beats the file. Keys of ``sets``
+    and ``overrides`` are dotted for a field of a section: ``"<engine>.<field>"`` sets a field
+    of an engine's section. A ``--set`` may set a value to null; a flag left out (None) sets
+    nothing.
+
+    Raises
+    ------
+    ConfigError
+        naming the first bad field and where its value came from (the file, ``--set KEY`` or
+        the command line), for unreadable YAML or invalid values; an unknown key's error
+        lists the settings that exist there.
+    """
+    where = str(path) if path is not None else "command line"
+    data = _read_yaml(Path(path)) if path is not None else {}
+    given: list[tuple[tuple[str, ...], str]] = []  # (key path, source), in the order applied
+    for key, value in parse_sets(sets).items():
+        _assign(data, key, value, f"--set {key}")
+        given.append((tuple(key.split(".")), f"--set {key}"))
     for key, value in overrides.items():
-        if value is None:
-            continue
-        node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            if node.get(part) is None:  # absent, or a YAML section with every line commented
-                node[part] = {}
-            node = node[part]
-        node[leaf] = value
+        if value is not None:
+            _assign(data, key, value, f"command line: {key}")
+            given.append((tuple(key.split(".")), "command line"))
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        fix = (ENGINE_SECTION_FIX if first["type"] == ENGINE_SECTION else
-               f"see `resflow --help` or the README for valid values of '{field}'")
-        raise ConfigError(f"{where}: field '{field}'", first["msg"], fix) from exc
+        raise _config_error(exc, model, where, given) from exc
+
+
+def dump_config(settings: BaseModel) -> str:
+    """``settings`` as the YAML a config file would hold to reproduce them (what
+    ``--print-config`` prints): every field, engine sections included, in model order.
+
+    Examples
+    --------
+    >>> print(dump_config(IngestConfig(chip=512)), end="")
+    chip: 512
+    workers: 2
+    window_rows: 1024
+    gsd: 0.3
+    max_gsd: 2.0
+    stac_asset: null
+    """
+    return yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False,
+                          default_flow_style=False, allow_unicode=True)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    """The mapping a YAML config file holds (empty for an empty file)."""
+    if not path.is_file():
+        raise ConfigError(str(path), "the config file does not exist", "check the path")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), f"not valid YAML ({exc.__class__.__name__}: {exc})",
+                          "fix the YAML syntax at the position shown") from exc
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(str(path), "the top level must be a mapping of settings",
+                          "write `key: value` lines, e.g. `backend: dask`")
+    return loaded or {}
+
+
+def _assign(data: dict[str, Any], key: str, value: Any, source: str) -> None:
+    """Set dotted ``key`` in ``data``, making the sections on the way; ``source`` names where
+    the value came from in the error for a key that runs through a plain value."""
+    node = data
+    *parents, leaf = key.split(".")
+    for depth, part in enumerate(parents):
+        if node.get(part) is None:  # absent, or a YAML section with every line commented
+            node[part] = {}
+        elif not isinstance(node[part], dict):
+            section = ".".join(parents[:depth + 1])
+            raise ConfigError(source, f"'{section}' holds a value ({node[part]!r}), not a "
+                              f"section with a field '{leaf}'",
+                              f"set '{section}' itself, or remove its value from the file")
+        node = node[part]
+    node[leaf] = value
+
+
+def _config_error(exc: ValidationError, model: type[BaseModel], where: str,
+                  given: list[tuple[tuple[str, ...], str]]) -> ConfigError:
+    """The first validation error, located at its field and at the source of its value:
+    the last ``--set`` or flag whose key is the field, or holds it, or lies inside it; else
+    the file."""
+    first = exc.errors()[0]
+    loc = tuple(str(p) for p in first["loc"])
+    field = ".".join(loc) or "(top level)"
+    source = next((label for path, label in reversed(given) if loc
+                   and path[:len(loc)] == loc[:len(path)]), None)
+    if source is None:
+        location = f"{where}: field '{field}'"
+    elif source == f"--set {field}":
+        location = source
+    else:
+        location = f"{source}: field '{field}'"
+    known = _settings_at(model, loc[:-1]) if first["type"] == "extra_forbidden" else []
+    if first["type"] == ENGINE_SECTION:
+        fix = ENGINE_SECTION_FIX
+    elif known:
+        section = f" of '{'.'.join(loc[:-1])}'" if len(loc) > 1 else ""
+        fix = f"use one of the settings{section}: {', '.join(known)}"
+    else:
+        fix = f"see `resflow --help` or the README for valid values of '{field}'"
+    return ConfigError(location, first["msg"], fix)
+
+
+def _settings_at(model: type[BaseModel], section: tuple[str, ...]) -> list[str]:
+    """The keys a mapping at ``section`` of ``model``'s YAML may hold: the fields of the
+    (nested) model there, and for a run config's top level its engine sections; [] where
+    ``section`` names no model."""
+    from resflow.plugins import engine_classes
+
+    engines = {name: cls.config_model for name, cls in engine_classes().items()
+               if cls.config_model} if issubclass(model, RunConfig) else {}
+    current: type[BaseModel] | None = model
+    for part in section:
+        field = current.model_fields.get(part) if current else None
+        inner = field.annotation if field else engines.get(part) if current is model else None
+        current = inner if isinstance(inner, type) and issubclass(inner, BaseModel) else None
+    if current is None:
+        return []
+    return [*current.model_fields, *(sorted(engines) if current is model else [])]

@@ -11,6 +11,11 @@ Band names (kept in the archive), first rule that applies:
    ``LC08_*`` 3-band composites, whose bands are blue, green, red;
 4. ``b1``, ``b2``, ... (4-band rasters: the 4th band of an RGB-interpreted file is ``nir``).
 
+A band whose colour interpretation is ``alpha`` is named ``alpha`` and is no imagery: the
+rules above name the other bands as if it were absent (so RGBA is red, green, blue and a
+gray + alpha raster is ``pan``). Ingest stores only the imagery bands and keeps the alpha
+band as the scene's mask (see Validity).
+
 Band selection (0-based indices into the source bands, kept as ``rgb``):
 
 * an explicit override (``ingest(..., rgb=(2, 1, 0))`` or ``resflow ingest --rgb 3,2,1``)
@@ -21,6 +26,8 @@ Band selection (0-based indices into the source bands, kept as ``rgb``):
 * 3 or more bands: the first three, read as R, G, B (RGB, or R, G, B of RGBN);
 * 2 bands: refused, pass an override.
 
+Messages count bands from 1, as GDAL and ``--rgb`` do.
+
 Scaling: per scene and per band, robust ``low``/``high`` values are the 2nd and 98th
 percentiles of the valid pixels, computed once at ingest on a regular subsample of at most
 about a million pixels (bounded memory, independent of scene size) and stored in the
@@ -28,6 +35,9 @@ scene's attributes. A pixel value ``v`` becomes ``clip((v - low) / (high - low),
 
 Validity: a pixel is invalid when any band is NaN or Inf, or when every band equals the
 nodata value (rasterio's dataset-mask rule). Invalid pixels read as 0 with ``valid=False``.
+A source's own mask (an alpha band, or a GDAL mask band: internal or ``.msk``) is made part
+of the pixels at ingest by :func:`apply_mask`: masked pixels are stored as nodata (the
+source's, or one :func:`masked_nodata` chooses), so every reader finds them by this one rule.
 """
 
 from __future__ import annotations
@@ -63,30 +73,49 @@ def band_names(path: Path, count: int, descriptions: Sequence[str | None],
     --------
     >>> band_names(Path("x.tif"), 4, [None] * 4, ["red", "green", "blue", "undefined"])
     ('red', 'green', 'blue', 'nir')
+    >>> band_names(Path("x.tif"), 4, [None] * 4, ["red", "green", "blue", "alpha"])
+    ('red', 'green', 'blue', 'alpha')
     >>> band_names(Path("LC08_L1TP_x.TIF"), 3, [None] * 3, ["gray", "undefined", "undefined"])
     ('blue', 'green', 'red')
     """
     if all(descriptions) and len(set(descriptions)) == count:
         return tuple(str(d).strip().lower() for d in descriptions)
+    imagery = [i for i, c in enumerate(colorinterp[:count]) if c != "alpha"]
+    names = iter(_imagery_names(path, [colorinterp[i] for i in imagery],
+                                [i + 1 for i in imagery]))
+    return tuple("alpha" if c == "alpha" else next(names) for c in colorinterp[:count])
+
+
+def _imagery_names(path: Path, colorinterp: Sequence[str],
+                   numbers: Sequence[int]) -> tuple[str, ...]:
+    """Rules 2 to 4 of the module docstring for the bands that are not alpha, whose 1-based
+    band numbers are ``numbers`` (``b<number>`` names keep them)."""
+    count = len(colorinterp)
     if count == 1 and colorinterp[0] in ("gray", "grey", "undefined"):
         return ("pan",)
     if tuple(colorinterp[:3]) == ("red", "green", "blue"):
-        extra = ["nir"] if count == 4 else [f"b{i + 1}" for i in range(3, count)]
+        extra = ["nir"] if count == 4 else [f"b{n}" for n in numbers[3:]]
         return ("red", "green", "blue", *extra)
     for pattern, n, names in SOURCE_RULES:
         if n == count and re.match(pattern, path.name):
             return names
-    return tuple(f"b{i + 1}" for i in range(count))
+    return tuple(f"b{n}" for n in numbers)
 
 
-def select_rgb(where: str, names: Sequence[str],
-               override: Sequence[int] | None = None) -> tuple[int, int, int]:
-    """Choose the 0-based source bands feeding the models' R, G, B channels.
+def select_rgb(where: str, names: Sequence[str], override: Sequence[int] | None = None,
+               numbers: Sequence[int] | None = None) -> tuple[int, int, int]:
+    """Choose the bands feeding the models' R, G, B channels, as 0-based indices into
+    ``names``.
+
+    ``numbers`` are the source's 1-based band numbers of ``names`` (default 1, 2, ...; ingest
+    passes them without the alpha band, which is not imagery). ``override`` holds 0-based
+    source band indices; errors name bands by their 1-based numbers.
 
     Raises
     ------
     InputError
-        if the override is out of range, or a 2-band raster has no override.
+        if the override does not name three of the bands, or a 2-band raster has no
+        override.
 
     Examples
     --------
@@ -94,14 +123,19 @@ def select_rgb(where: str, names: Sequence[str],
     (2, 1, 0)
     >>> select_rgb("a.tif", ("pan",))
     (0, 0, 0)
+    >>> select_rgb("a.tif", ("b1", "b2", "b3"), override=(2, 1, 0))
+    (2, 1, 0)
     """
     count = len(names)
+    numbers = tuple(numbers) if numbers is not None else tuple(range(1, count + 1))
     if override is not None:
-        rgb = tuple(int(i) for i in override)
-        if len(rgb) != 3 or not all(0 <= i < count for i in rgb):
-            raise InputError(where, f"band override {list(override)} does not name 3 of the "
-                             f"{count} bands (0-based)", f"give 3 indices in 0..{count - 1}")
-        return rgb  # type: ignore[return-value]
+        given = [int(i) + 1 for i in override]
+        if len(given) != 3 or not all(b in numbers for b in given):
+            raise InputError(where, f"the bands chosen for R, G, B ({','.join(map(str, given))}"
+                             f", counted from 1) are not three of its {count} imagery bands, "
+                             f"numbered {_numbering(numbers)}",
+                             f"pass --rgb with three band numbers from {_numbering(numbers)}")
+        return tuple(numbers.index(b) for b in given)  # type: ignore[return-value]
     if {"red", "green", "blue"} <= set(names):
         return names.index("red"), names.index("green"), names.index("blue")
     if count == 1:
@@ -110,6 +144,13 @@ def select_rgb(where: str, names: Sequence[str],
         return 0, 1, 2
     raise InputError(where, f"a {count}-band raster has no default RGB mapping",
                      "pass --rgb with three 1-based band numbers, e.g. --rgb 1,2,2")
+
+
+def _numbering(numbers: Sequence[int]) -> str:
+    """``(1, 2, 3, 4)`` -> ``"1 to 4"``, ``(2, 3)`` -> ``"2 to 3"``, ``(1, 3)`` -> ``"1, 3"``."""
+    if len(numbers) > 1 and list(numbers) == list(range(numbers[0], numbers[-1] + 1)):
+        return f"{numbers[0]} to {numbers[-1]}"
+    return ", ".join(map(str, numbers))
 
 
 def valid_mask(pixels: np.ndarray, nodata: float | None) -> np.ndarray:
@@ -127,6 +168,57 @@ def _representable(value: float, dtype: np.dtype) -> bool:
         info = np.iinfo(dtype)
         return float(value).is_integer() and info.min <= value <= info.max
     return True
+
+
+def masked_nodata(dtype: str, nodata: float | None) -> float:
+    """The nodata value a scene with a mask stores its masked pixels as.
+
+    The source's own when the pixels can hold it; else NaN for float pixels (never data) and
+    the dtype's minimum for integers (0 for unsigned ones, the usual nodata of 8- and 16-bit
+    imagery), whose valid pixels :func:`apply_mask` keeps apart from it.
+
+    Examples
+    --------
+    >>> masked_nodata("uint8", None), masked_nodata("uint16", 65535.0), masked_nodata("int16", None)
+    (0.0, 65535.0, -32768.0)
+    >>> masked_nodata("float32", None)
+    nan
+    """
+    kind = np.dtype(dtype)
+    floating = bool(np.issubdtype(kind, np.floating))
+    if nodata is not None and (floating or (not np.isnan(nodata)
+                                            and _representable(nodata, kind))):
+        return float(nodata)
+    return float("nan") if floating else float(np.iinfo(kind).min)
+
+
+def apply_mask(pixels: np.ndarray, valid: np.ndarray, nodata: float) -> np.ndarray:
+    """Write a source mask into ``pixels`` ``(band, y, x)`` in place and return them: where
+    ``valid`` is False every band becomes ``nodata``, so :func:`valid_mask` finds the pixel.
+
+    A valid pixel equal to ``nodata`` in every band (possible only for a nodata value chosen
+    by :func:`masked_nodata`: the source's own marks its pixels invalid already) has its first
+    band moved one step off nodata (one grey level, invisible after scaling), so it stays valid.
+
+    Examples
+    --------
+    >>> px = np.array([[[0, 5, 0]], [[0, 6, 0]]], dtype=np.uint8)
+    >>> apply_mask(px, np.array([[True, False, False]]), 0.0)[:, 0].tolist()
+    [[1, 0, 0], [0, 0, 0]]
+    """
+    pixels[:, ~valid] = nodata
+    if not np.isnan(nodata):
+        clash = valid & (pixels == nodata).all(axis=0)
+        if clash.any():
+            pixels[0][clash] = _next_to(nodata, pixels.dtype)
+    return pixels
+
+
+def _next_to(value: float, dtype: np.dtype) -> float:
+    """The closest value of ``dtype`` to ``value`` that is not ``value``."""
+    if np.issubdtype(dtype, np.integer):
+        return value + 1 if value < np.iinfo(dtype).max else value - 1
+    return float(np.nextafter(dtype.type(value), dtype.type(np.inf)))
 
 
 @dataclass

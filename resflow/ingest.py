@@ -25,7 +25,7 @@ import numpy as np
 import rasterio
 import zarr
 from affine import Affine
-from rasterio.enums import Resampling
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
@@ -36,7 +36,14 @@ from resflow.archive import ARCHIVE_KIND, FORMAT_VERSION, SCENES, SceneInfo
 from resflow.chips import grid_shape
 from resflow.config import IngestConfig
 from resflow.errors import InputError
-from resflow.harmonise import StatsSampler, band_names, select_rgb, valid_mask
+from resflow.harmonise import (
+    StatsSampler,
+    apply_mask,
+    band_names,
+    masked_nodata,
+    select_rgb,
+    valid_mask,
+)
 from resflow.resolution import working_grid
 
 RASTER_SUFFIXES = frozenset({
@@ -261,6 +268,7 @@ def _inspect_once(path: Path | str, name: str, config: IngestConfig,
             count, dtypes, crs, transform = ds.count, ds.dtypes, ds.crs, ds.transform
             height, width, nodata = ds.height, ds.width, ds.nodata
             descriptions, colorinterp = ds.descriptions, [c.name for c in ds.colorinterp]
+            mask_flags = ds.mask_flag_enums
             has_gcps = bool(ds.gcps[0]) or bool(ds.rpcs)
             subdatasets = ds.subdatasets
     except RasterioError as exc:
@@ -285,18 +293,45 @@ def _inspect_once(path: Path | str, name: str, config: IngestConfig,
         raise InputError(where, f"the raster has no {' and no '.join(missing)}",
                          "georeference it first, e.g. `gdal_edit.py -a_srs EPSG:xxxx "
                          "-a_ullr ulx uly lrx lry`")
+    alpha_band, mask = _source_mask(where, colorinterp, mask_flags, rgb)
     names = band_names(Path(storage.basename(path)), count, descriptions, colorinterp)
+    imagery = tuple(b for b in range(1, count + 1) if b != alpha_band)
+    names = tuple(names[b - 1] for b in imagery)
     grid = working_grid(crs.to_wkt(), tuple(transform)[:6], height, width, config.gsd,
                         config.max_gsd)
     info = SceneInfo(
         name=name, height=grid.height, width=grid.width, band_names=names, dtype=dtypes[0],
-        crs_wkt=crs.to_wkt(), transform=grid.transform, nodata=nodata, chip=config.chip,
+        crs_wkt=crs.to_wkt(), transform=grid.transform, chip=config.chip,
+        nodata=masked_nodata(dtypes[0], nodata) if mask else nodata,
         source=storage.display(path), sha256=sha256(path), stats={},
-        rgb=select_rgb(where, names, rgb),
+        rgb=select_rgb(where, names, rgb, numbers=imagery),
         gsd_m=grid.gsd_m, source_gsd_m=grid.source_gsd_m, resampling=grid.resampling,
-        skip=grid.skip,
+        skip=grid.skip, mask=mask, alpha_band=alpha_band,
     )
     return _Plan(source=path, info=info)
+
+
+def _source_mask(where: str, colorinterp: Sequence[str], mask_flags: Sequence[Sequence[Any]],
+                 rgb: Sequence[int] | None) -> tuple[int | None, str | None]:
+    """The source's alpha band (1-based) and the kind of mask it has (``SceneInfo.mask``).
+
+    An alpha band is found by its colour interpretation, which GDAL sets for any pixel type
+    (its mask flags name alpha only for 8- and 16-bit rasters); a GDAL mask band by the
+    ``per_dataset`` flag. A band override naming the alpha band is refused.
+    """
+    alpha = next((i + 1 for i, c in enumerate(colorinterp) if c == "alpha"), None)
+    if alpha is None:
+        per_dataset = any(MaskFlags.per_dataset in flags for flags in mask_flags)
+        return None, "per_dataset" if per_dataset else None
+    if len(colorinterp) == 1:
+        raise InputError(where, "its only band is an alpha band: a mask without imagery",
+                         "ingest the raster whose bands it masks")
+    if rgb is not None and alpha - 1 in rgb:
+        others = ",".join(str(b) for b in range(1, len(colorinterp) + 1) if b != alpha)
+        raise InputError(where, f"band {alpha}, chosen for R, G or B, is the raster's alpha "
+                         "band: its mask, not imagery",
+                         f"pass --rgb with three of the imagery bands {others}")
+    return alpha, "alpha"
 
 
 def _open_for_writing(out: Path | str) -> zarr.Group:
@@ -328,7 +363,7 @@ def _is_current(root: zarr.Group, info: SceneInfo) -> bool:
     attrs = root[key].attrs
     return (attrs.get("complete") is True and attrs.get("sha256") == info.sha256
             and attrs.get("chip") == info.chip and tuple(attrs.get("rgb", ())) == info.rgb
-            and attrs.get("gsd_m") == info.gsd_m)
+            and attrs.get("gsd_m") == info.gsd_m and attrs.get("mask") == info.mask)
 
 
 def _write_scene(root: zarr.Group, plan: _Plan, config: IngestConfig) -> None:
@@ -382,7 +417,7 @@ def _stream(group: zarr.Group, plan: _Plan, config: IngestConfig) -> tuple[dict,
         for y0 in range(0, info.height, step):
             for x0 in range(0, info.width, step):
                 h, w = min(step, info.height - y0), min(step, info.width - x0)
-                pixels = ds.read(window=Window(x0, y0, w, h))
+                pixels = _read_window(ds, info, Window(x0, y0, w, h), src.nodata)
                 image[:, y0:y0 + h, x0:x0 + w] = pixels
                 sampler.add(y0, x0, pixels)
                 _count_valid(valid_count, valid_mask(pixels, info.nodata), y0, x0, chip)
@@ -400,12 +435,42 @@ def _on_working_grid(src: rasterio.DatasetReader,
     GDAL warps window by window, so streaming stays bounded in memory; ``average`` weighs
     every source pixel by its overlap with the working pixel and skips nodata, which is
     the antialiasing :mod:`resflow.resolution` describes.
+
+    With a source mask the warper skips masked pixels too, and the view carries the warped
+    mask as an alpha band (the source's own, at its place, or one added last for a GDAL mask
+    band), which :func:`_read_window` reads; the view then has no nodata value, so a working
+    pixel is never taken for masked because its warped value equals nodata.
     """
     if info.resampling == "none":
         return nullcontext(src)
-    return WarpedVRT(src, crs=src.crs, transform=Affine(*info.transform), width=info.width,
-                     height=info.height, resampling=Resampling[info.resampling],
-                     src_nodata=info.nodata, nodata=info.nodata)
+    grid = {"crs": src.crs, "transform": Affine(*info.transform), "width": info.width,
+            "height": info.height, "resampling": Resampling[info.resampling]}
+    if info.mask is None:
+        return WarpedVRT(src, **grid, src_nodata=info.nodata, nodata=info.nodata)
+    return WarpedVRT(src, **grid, src_nodata=src.nodata, nodata=None,
+                     src_alpha=info.alpha_band or 0, add_alpha=info.mask == "per_dataset")
+
+
+def _read_window(ds: Any, info: SceneInfo, window: Window,
+                 source_nodata: float | None) -> np.ndarray:
+    """The scene's stored bands in ``window`` of ``ds`` (from :func:`_on_working_grid`).
+
+    With a source mask, pixels it masks, or that are the source's nodata in every band, are
+    written as ``info.nodata`` (:func:`resflow.harmonise.apply_mask`), so the archive's one
+    validity rule finds them. The mask is the alpha band, read with the bands in one call,
+    or GDAL's mask band: from the source itself, or the alpha band the warped view adds.
+    """
+    if info.mask is None:
+        return ds.read(window=window)
+    bands = list(info.source_bands)
+    if info.mask == "per_dataset" and info.resampling == "none":
+        pixels = ds.read(bands, window=window)
+        valid = ds.read_masks(bands[0], window=window) > 0
+    else:
+        alpha = info.alpha_band if info.mask == "alpha" else ds.count
+        block = ds.read([*bands, alpha], window=window)
+        pixels, valid = block[:-1], block[-1] > 0
+    return apply_mask(pixels, valid & valid_mask(pixels, source_nodata), info.nodata)
 
 
 def _count_valid(counts: np.ndarray, valid: np.ndarray, y0: int, x0: int, chip: int) -> None:
@@ -432,7 +497,7 @@ def _write_coords(group: zarr.Group, info: SceneInfo) -> None:
     for dim, values, standard in (("x", x, names[0]), ("y", y, names[1])):
         group.create_array(dim, data=values, dimension_names=(dim,), overwrite=True,
                            attributes={"standard_name": standard, "axis": dim.upper()})
-    group.create_array("band", data=np.arange(1, len(info.band_names) + 1, dtype=np.int64),
+    group.create_array("band", data=np.asarray(info.source_bands, dtype=np.int64),
                        dimension_names=("band",), overwrite=True)
     ref = group.create_array("spatial_ref", shape=(), dtype="int64", fill_value=0,
                              dimension_names=(), overwrite=True, attributes={

@@ -65,7 +65,8 @@ def test_rgb_override(tmp_path: Path) -> None:
                                  "--rgb", "4,3,2"])
     assert result.exit_code == 0
     info = json.loads(runner.invoke(app, ["info", str(out), "--json"]).stdout)
-    assert info["scenes"][0]["rgb"] == [3, 2, 1]
+    assert info["scenes"][0]["rgb"] == [3, 2, 1] and info["scenes"][0]["rgb_bands"] == [4, 3, 2]
+    assert "R,G,B from bands 4,3,2" in runner.invoke(app, ["info", str(out)]).stdout
     bad = runner.invoke(app, ["ingest", str(sample_path("rotterdam-ms1")), "--out", str(out),
                               "--rgb", "red"])
     assert bad.exit_code == 2 and "--rgb" in bad.stderr

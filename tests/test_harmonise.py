@@ -25,6 +25,20 @@ def test_band_names_from_descriptions_colours_and_source_rules() -> None:
     assert band_names(x, 4, [None] * 4, ["gray"] + ["undefined"] * 3) == ("b1", "b2", "b3", "b4")
 
 
+def test_an_alpha_band_is_never_imagery() -> None:
+    x = Path("x.tif")
+    rgba = ["red", "green", "blue", "alpha"]
+    assert band_names(x, 4, [None] * 4, rgba) == ("red", "green", "blue", "alpha")
+    assert band_names(x, 2, [None] * 2, ["gray", "alpha"]) == ("pan", "alpha")
+    assert band_names(x, 4, [None] * 4, ["alpha", "red", "green", "blue"]) == (
+        "alpha", "red", "green", "blue")
+    assert band_names(Path("LC08_x.tif"), 4, [None] * 4, ["gray", "undefined", "undefined",
+                                                         "alpha"]) == (
+        "blue", "green", "red", "alpha")
+    assert band_names(x, 3, [None] * 3, ["undefined", "alpha", "undefined"]) == (
+        "b1", "alpha", "b3")
+
+
 def test_rgb_selection_per_source() -> None:
     assert select_rgb("a", ("pan",)) == (0, 0, 0)
     assert select_rgb("a", ("blue", "green", "red")) == (2, 1, 0)
@@ -33,8 +47,20 @@ def test_rgb_selection_per_source() -> None:
     assert select_rgb("a", ("b1", "b2", "b3", "b4"), override=(3, 2, 1)) == (3, 2, 1)
     with pytest.raises(InputError, match="no default RGB mapping"):
         select_rgb("a", ("b1", "b2"))
-    with pytest.raises(InputError, match="does not name 3"):
+    with pytest.raises(InputError, match=r"\(1,2,3, counted from 1\).* numbered 1\. Fix"):
         select_rgb("a", ("pan",), override=(0, 1, 2))
+
+
+def test_rgb_override_counts_the_source_bands_from_1() -> None:
+    """An override names the source's bands; with an alpha band left out (numbers 1, 2, 4 of
+    an alpha-third raster) it maps to the stored bands and messages say the numbers."""
+    assert select_rgb("a", ("r", "g", "b"), override=(3, 1, 0), numbers=(1, 2, 4)) == (2, 1, 0)
+    with pytest.raises(InputError) as err:
+        select_rgb("a.tif", ("b1", "b2", "b3", "b4"), override=(4, 2, 1))
+    assert "(5,3,2, counted from 1)" in str(err.value) and "numbered 1 to 4" in str(err.value)
+    assert "0-based" not in str(err.value) and "from 1 to 4" in err.value.fix
+    with pytest.raises(InputError, match="numbered 1, 2, 4"):
+        select_rgb("a", ("r", "g", "b"), override=(2, 1, 0), numbers=(1, 2, 4))
 
 
 def test_nodata_nan_and_inf_are_invalid_and_zero() -> None:

@@ -1,1 +1,2 @@
-"""One module per CLI command; each exposes ``register(app)`` and imports heavy parts lazily."""
+"""One module per CLI command, each exposing ``register(app)`` and importing heavy parts
+lazily, and :mod:`resflow.commands.options`, the flags several commands share."""

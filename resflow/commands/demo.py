@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from resflow.commands.options import Backend, ConfigFile, PrintConfig, Sets, show_config
 from resflow.commands.run import with_engine_flags
 
 #: The scene shown in the quicklook: the SpaceNet Atlanta tile, the one with buildings labelled.
@@ -26,20 +27,43 @@ def register(app: typer.Typer) -> None:
 
 
 def demo_command(
-    workdir: Annotated[Path, typer.Option(help="folder for the archive and the maps")] = Path(
-        "demo-output"),
-    backend: Annotated[str, typer.Option(
-        help="the engine: any installed backend, `resflow doctor` lists them")] = "dask",
+    work_dir: Annotated[Path, typer.Option(
+        "--work-dir", help="folder for the archive and the maps")] = Path("demo-output"),
+    backend: Backend = None,
+    config: ConfigFile = None,
+    sets: Sets = None,
+    print_config: PrintConfig = False,
+    old_work_dir: Annotated[Path | None, typer.Option(
+        "--workdir", hidden=True, help="deprecated spelling of --work-dir")] = None,
     engine_settings: dict[str, Any] | None = None,  # what the engines' flags set, dotted
 ) -> None:
-    """Ingest the bundled samples, map their buildings, export COGs, footprints, a quicklook."""
+    """Ingest the bundled samples, map their buildings, export COGs, footprints, a quicklook.
+
+    The mapping step's settings are a run config, resolved as for `resflow run` (--config,
+    then --set, then the flags); the demo sets the archive, the output and its exports.
+    """
     from resflow.commands.info import info_command
-    from resflow.commands.run import run_command
+    from resflow.commands.run import execute_run
+    from resflow.config import RunConfig, load_config
     from resflow.errors import ResflowError
     from resflow.ingest import ingest
     from resflow.samples import list_samples
 
-    archive, out = workdir / "samples.zarr", workdir / "buildings.zarr"
+    if old_work_dir is not None:
+        typer.echo("warning: --workdir is deprecated; write --work-dir", err=True)
+        work_dir = old_work_dir
+    archive, out = work_dir / "samples.zarr", work_dir / "buildings.zarr"
+    try:
+        settings = load_config(
+            config, RunConfig, sets=sets or (), archive=archive, out=out, backend=backend,
+            overwrite=True, cog_dir=work_dir / "cog", footprints=work_dir / "buildings.geojson",
+            **(engine_settings or {}))
+    except ResflowError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    if print_config:
+        show_config(settings)
+        return
     rasters = [s.path for s in list_samples("raster")]
     typer.echo(f"[1/3] ingesting {len(rasters)} bundled sample rasters -> {archive}")
     try:
@@ -53,15 +77,13 @@ def demo_command(
         raise typer.Exit(1)
     for record in result.too_coarse:
         typer.echo(f"skipped: {record['name']}: {record['reason']}", err=True)
-    info_command(archive, as_json=False)
+    info_command(str(archive), as_json=False)
 
-    typer.echo(f"[2/3] mapping buildings on the {backend} backend -> {out}")
-    run_command(archive=archive, out=out, backend=backend, overwrite=True,
-                cog=workdir / "cog", footprints=workdir / "buildings.geojson",
-                engine_settings=engine_settings)
+    typer.echo(f"[2/3] mapping buildings on the {settings.backend} backend -> {out}")
+    execute_run(settings)
 
     typer.echo("[3/3] quicklook of the labelled SpaceNet Atlanta scene")
-    png = _quicklook(archive, out, workdir / f"quicklook_{QUICKLOOK_SCENE}.png")
+    png = _quicklook(archive, out, work_dir / f"quicklook_{QUICKLOOK_SCENE}.png")
     typer.echo(f"wrote {png}")
 
 

@@ -52,17 +52,18 @@ def describe(path: Path | str) -> dict:
 
 
 def format_archive(summary: dict) -> str:
-    """Human-readable lines for an archive summary."""
+    """Human-readable lines for an archive summary; band numbers count from 1, as in
+    ``--rgb``."""
     lines = [f"archive {summary['path']}: {len(summary['scenes'])} scenes"]
     for s in summary["scenes"]:
         res = s["resolution"]
         lines.append(
             f"  {s['name']}: {s['width']}x{s['height']} px, {len(s['bands'])} bands "
-            f"{','.join(s['bands'])} ({s['dtype']}, nodata {s['nodata']}), {s['crs']}, "
-            f"pixel {res[0]:.6g} x {res[1]:.6g}, {s['chips']} chips of {s['chip']} px, "
-            f"{s['km2']:.4g} km^2, rgb bands {[b + 1 for b in s['rgb']]}, "
-            f"ground pixel {s['gsd_m']:.3g} m (source {s['source_gsd_m']:.3g} m, "
-            f"resampling {s['resampling']})")
+            f"{','.join(s['bands'])}{_mask_note(s)} ({s['dtype']}, nodata {s['nodata']}), "
+            f"{s['crs']}, pixel {res[0]:.6g} x {res[1]:.6g}, {s['chips']} chips of "
+            f"{s['chip']} px, {s['km2']:.4g} km^2, R,G,B from bands "
+            f"{','.join(map(str, s['rgb_bands']))}, ground pixel {s['gsd_m']:.3g} m (source "
+            f"{s['source_gsd_m']:.3g} m, resampling {s['resampling']})")
     for s in summary.get("skipped", []):
         lines.append(f"  skipped {s['name']}: {s['reason']}; not mapped ({s['source']})")
     if summary["refused"]:
@@ -70,3 +71,12 @@ def format_archive(summary: dict) -> str:
         lines.extend(f"  {r['source']}: {r['problem']}. Fix: {r['fix']}."
                      for r in summary["refused"])
     return "\n".join(lines)
+
+
+def _mask_note(scene: dict) -> str:
+    """What besides nodata marks a scene's pixels invalid, after its band names."""
+    if scene.get("mask") == "alpha":
+        return f" (+ alpha mask, band {scene['alpha_band']})"
+    if scene.get("mask") == "per_dataset":
+        return " (+ GDAL mask band)"
+    return ""

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from resflow.commands.options import ConfigFile, PrintConfig, Sets, show_config
 
 
 def register(app: typer.Typer) -> None:
@@ -23,21 +24,24 @@ def ingest_command(
     chip: Annotated[int | None, typer.Option(help="chip edge in pixels (default 256)")] = None,
     workers: Annotated[int | None, typer.Option(help="scenes in parallel (default 2)")] = None,
     rgb: Annotated[str | None, typer.Option(
-        help="1-based bands feeding R,G,B for every source, e.g. 3,2,1 "
-        "(default: by band names, else pan x3, else bands 1,2,3)")] = None,
+        help="band numbers (from 1) feeding R,G,B for every source, e.g. 3,2,1 "
+        "(default: by band names, else pan x3, else bands 1,2,3; never an alpha band)")] = None,
     gsd: Annotated[str | None, typer.Option(
         help="working ground resolution in metres every scene is resampled to, or 'native' "
-        "to keep each scene's own (default 0.5, the bundled gallery's; use your gallery's)"
+        "to keep each scene's own (default 0.3, the bundled gallery's; use your gallery's)"
     )] = None,
     asset: Annotated[str | None, typer.Option(
         help="for STAC sources (a catalogue, collection or ItemCollection .json): the asset "
         "key to ingest, e.g. visual (default: every GeoTIFF data asset)")] = None,
-    config: Annotated[Path | None, typer.Option(help="YAML file of ingest settings")] = None,
+    config: ConfigFile = None,
+    sets: Sets = None,
+    print_config: PrintConfig = False,
 ) -> None:
     """Ingest GDAL rasters into ARCHIVE.zarr, one group per scene, chunked on the chip grid.
 
-    Exit code 0 when every input was ingested, 1 when some were refused (listed on stderr
-    and in `resflow info`), 2 when nothing could be done.
+    Settings come from the ingest defaults, then --config, then each --set, then the other
+    flags. Exit code 0 when every input was ingested (or with --print-config), 1 when some
+    were refused (listed on stderr and in `resflow info`), 2 when nothing could be done.
     """
     from resflow.config import IngestConfig, load_config
     from resflow.errors import ConfigError, ResflowError
@@ -45,22 +49,19 @@ def ingest_command(
 
     try:
         overrides = {"chip": chip, "workers": workers, "stac_asset": asset}
-        if gsd is not None:
+        if gsd is not None and gsd != "native":
             try:
-                overrides["gsd"] = None if gsd == "native" else float(gsd)
+                overrides["gsd"] = float(gsd)
             except ValueError:
                 raise ConfigError("--gsd", f"'{gsd}' is neither metres nor 'native'",
                                   "write e.g. --gsd 0.5 or --gsd native") from None
-        settings = load_config(config, IngestConfig, **overrides)
-        if gsd == "native":  # an explicit null beats the file's value
+        settings = load_config(config, IngestConfig, sets=sets or (), **overrides)
+        if gsd == "native":  # an explicit null beats the file's value and --set's
             settings = settings.model_copy(update={"gsd": None})
-        bands = None
-        if rgb is not None:
-            try:
-                bands = [int(b) - 1 for b in rgb.split(",")]
-            except ValueError:
-                raise ConfigError("--rgb", f"'{rgb}' is not three band numbers",
-                                  "write three 1-based numbers, e.g. --rgb 3,2,1") from None
+        bands = band_indices(rgb)
+        if print_config:
+            show_config(settings)
+            return
         result = ingest(sources, out, settings, rgb=bands, progress=True)
     except ResflowError as err:
         typer.echo(f"error: {err}", err=True)
@@ -75,3 +76,30 @@ def ingest_command(
                f"{len(result.refused)} refused", file=sys.stdout)
     if result.refused:
         raise typer.Exit(1 if result.ingested or result.skipped else 2)
+
+
+def band_indices(rgb: str | None) -> list[int] | None:
+    """``--rgb 3,2,1`` as the 0-based band indices :func:`resflow.ingest.ingest` takes.
+
+    Raises
+    ------
+    ConfigError
+        naming ``--rgb``, unless it is three whole numbers of at least 1.
+
+    Examples
+    --------
+    >>> band_indices("3,2,1"), band_indices(None)
+    ([2, 1, 0], None)
+    """
+    from resflow.errors import ConfigError
+
+    if rgb is None:
+        return None
+    try:
+        numbers = [int(b) for b in rgb.split(",")]
+    except ValueError:
+        numbers = []
+    if len(numbers) != 3 or min(numbers) < 1:
+        raise ConfigError("--rgb", f"'{rgb}' is not three band numbers counted from 1",
+                          "write three 1-based numbers, e.g. --rgb 3,2,1")
+    return [b - 1 for b in numbers]

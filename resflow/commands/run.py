@@ -13,15 +13,27 @@ import warnings
 from collections.abc import Callable, Collection
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from resflow.commands.options import (
+    Backend,
+    ConfigFile,
+    PlanChoice,
+    PrintConfig,
+    Sets,
+    show_config,
+)
 from resflow.executor import CliOption
+
+if TYPE_CHECKING:
+    from resflow.config import RunConfig
 
 
 class DeviceChoice(StrEnum):
-    """The values ``--device`` accepts (typer refuses anything else before any work)."""
+    """The values ``--device`` accepts (typer refuses anything else before any work):
+    ``RunConfig.device``'s values (a test holds them equal)."""
 
     auto = "auto"
     cpu = "cpu"
@@ -109,10 +121,10 @@ def run_command(
     out: Annotated[str, typer.Option(
         "--out", "-o", help="the output store, e.g. maps.zarr or s3://bucket/maps.zarr")],
     gallery: Annotated[Path | None, typer.Option(help="model gallery (default: bundled)")] = None,
-    backend: Annotated[str | None, typer.Option(
-        help="the engine: any installed backend, `resflow doctor` lists them (default dask)")
-    ] = None,
-    config: Annotated[Path | None, typer.Option(help="YAML file of run settings")] = None,
+    backend: Backend = None,
+    config: ConfigFile = None,
+    sets: Sets = None,
+    print_config: PrintConfig = False,
     batch_size: Annotated[int | None, typer.Option(help="chips per model call on GPU")] = None,
     device: Annotated[DeviceChoice | None, typer.Option(
         help="where models run: auto (a GPU when torch sees one), cpu or cuda (default auto)",
@@ -122,7 +134,7 @@ def run_command(
     min_building_m2: Annotated[float | None, typer.Option(
         "--min-building-m2", help="drop smaller groups of building pixels from the mask, "
         "m^2 on the ground (default 8; 0 keeps all)")] = None,
-    plan: Annotated[str | None, typer.Option(
+    plan: Annotated[PlanChoice | None, typer.Option(
         help="fused (default): stages 1-3 per partition in one task; regrouped: regroup by "
         "bucket before stage 3 (RESFlow's shape). Same maps")] = None,
     cog: Annotated[Path | None, typer.Option(help="also write one COG per scene here")] = None,
@@ -139,13 +151,36 @@ def run_command(
 ) -> None:
     """Segment buildings in every scene of ARCHIVE and write OUT.zarr (same grids and CRS).
 
-    Flags override the YAML file; each installed engine adds its own. Ends with one summary
-    line. Exit codes: 0 on success (or when a resumed output is already complete); 1 when the
-    run finished but some inputs or chips failed (listed in the run report); 2 when the run
-    was refused before any work, or failed; 130 when interrupted (Ctrl-C), after saying how
-    to resume.
+    Settings come from the run config's defaults, then --config, then each --set, then the
+    other flags; each installed engine adds its own flags. Ends with one summary line. Exit
+    codes: 0 on success (or when a resumed output is already complete, or with
+    --print-config); 1 when the run finished but some inputs or chips failed (listed in the
+    run report); 2 when the run was refused before any work, or failed; 130 when interrupted
+    (Ctrl-C), after saying how to resume.
     """
     from resflow.config import RunConfig, load_config
+    from resflow.errors import ResflowError
+
+    try:
+        settings = load_config(
+            config, RunConfig, sets=sets or (), archive=archive, out=out, gallery=gallery,
+            backend=backend, batch_size=batch_size, device=device.value if device else None,
+            threshold=threshold, min_building_m2=min_building_m2,
+            plan=plan, cog_dir=cog, footprints=footprints, stac=stac, stac_dir=stac_dir,
+            resume=resume or None, overwrite=overwrite or None, **(engine_settings or {}),
+        )
+    except ResflowError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    if print_config:
+        show_config(settings)
+        return
+    execute_run(settings)
+
+
+def execute_run(settings: RunConfig) -> None:
+    """Run the graph as ``settings`` (a :class:`~resflow.config.RunConfig` with ``archive``
+    and ``out``) say, and report it as ``resflow run`` does, exit codes included."""
     from resflow.errors import ResflowError
     from resflow.graph import run_graph
     from resflow.interrupts import progress_line, sigterm_as_interrupt, stop_message
@@ -153,14 +188,8 @@ def run_command(
     from resflow.plugins import load_backend
     from resflow.preflight import check_run
 
+    out = settings.out
     try:
-        settings: RunConfig = load_config(
-            config, RunConfig, archive=archive, out=out, gallery=gallery, backend=backend,
-            batch_size=batch_size, device=device.value if device else None,
-            threshold=threshold, min_building_m2=min_building_m2,
-            plan=plan, cog_dir=cog, footprints=footprints, stac=stac, stac_dir=stac_dir,
-            resume=resume or None, overwrite=overwrite or None, **(engine_settings or {}),
-        )
         executor_class = load_backend(settings.backend)
         if check_run(settings) == "resume":
             typer.echo(progress_line(out, "resuming"), err=True)

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import typing
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from resflow.commands.options import ConfigFile, PrintConfig, Sets, show_config
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 
 def register(app: typer.Typer) -> None:
@@ -20,9 +28,11 @@ def train_command(
         "GeoPackage, Shapefile, ...) or a georeferenced mask, any CRS; each file labels the "
         "scenes its extent covers (repeatable)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="gallery directory to write")],
-    seed: Annotated[int, typer.Option(help="seed of every random choice")] = 0,
-    buckets: Annotated[str, typer.Option(
-        help="number of buckets, or 'auto' for the best silhouette over 2..8")] = "auto",
+    seed: Annotated[int | None, typer.Option(
+        help="seed of every random choice (default 0)")] = None,
+    buckets: Annotated[str | None, typer.Option(
+        help="number of buckets, or 'auto' for the best silhouette over 2..8 (default "
+        "auto)")] = None,
     mono_steps: Annotated[int | None, typer.Option(help="mono decoder steps (default 600)")] = None,
     bucket_steps: Annotated[int | None, typer.Option(
         help="per-bucket fine-tune steps (default 200)")] = None,
@@ -31,20 +41,37 @@ def train_command(
     holdout: Annotated[list[str] | None, typer.Option(
         "--holdout", help="labelled scene scored whole as the test set and never trained on "
         "(repeatable; default: the bottom 20% of every labelled scene)")] = None,
+    config: ConfigFile = None,
+    sets: Sets = None,
+    print_config: PrintConfig = False,
 ) -> None:
     """Train the hashing head, bucket codes and decoders; score ensemble vs mono on held-out
-    rows; write GALLERY/manifest.json, the safetensors weights and GALLERY/metrics.json."""
+    rows; write GALLERY/manifest.json, the safetensors weights and GALLERY/metrics.json.
+
+    Settings (every field of the training config: steps, learning rates, buckets...) come
+    from its defaults, then --config, then each --set, then the other flags; the gallery's
+    manifest records them.
+    """
+    from resflow.config import load_config
     from resflow.errors import ConfigError, ResflowError
-    from resflow.training.train import train
 
     try:
-        if buckets != "auto" and not (buckets.isdigit() and int(buckets) >= 1):
+        if buckets not in (None, "auto") and not (buckets.isdigit() and int(buckets) >= 1):
             raise ConfigError("--buckets", f"'{buckets}' is neither 'auto' nor a count >= 1",
                               "write e.g. --buckets 4 or --buckets auto")
-        settings = {k: v for k, v in {"mono_steps": mono_steps,
-                                      "bucket_steps": bucket_steps}.items() if v is not None}
-        gallery = train(archive, labels, out, seed=seed, scenes=scene, holdout=holdout or (),
-                        buckets=None if buckets == "auto" else int(buckets), **settings)
+        settings = load_config(
+            config, training_settings(), sets=sets or (), seed=seed, mono_steps=mono_steps,
+            bucket_steps=bucket_steps,
+            buckets=int(buckets) if buckets not in (None, "auto") else None)
+        if buckets == "auto":  # an explicit 'auto' beats the file's count and --set's
+            settings = settings.model_copy(update={"buckets": None})
+        if print_config:
+            show_config(settings)
+            return
+        from resflow.training.train import train
+
+        gallery = train(archive, labels, out, scenes=scene, holdout=holdout or (),
+                        **settings.model_dump())
     except ResflowError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
@@ -55,3 +82,21 @@ def train_command(
                + ", ".join(gallery.model_name(k) for k in range(len(gallery.bucket_codes)))
                + f"; trained at {gallery.gsd_m:g} m in {seconds['total']:.0f} s")
     typer.echo(format_metrics(gallery.manifest["metrics"]["test"]))
+
+
+@functools.cache
+def training_settings() -> type[BaseModel]:
+    """The settings model of ``resflow train``: the fields of
+    :class:`resflow.training.train.TrainConfig` (a dataclass, the one definition), validated
+    by pydantic like every other config, unknown keys refused."""
+    from pydantic import ConfigDict, Field, create_model
+
+    from resflow.training.train import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    fields: dict[str, Any] = {
+        f.name: (hints[f.name], f.default if f.default is not dataclasses.MISSING
+                 else Field(default_factory=f.default_factory))
+        for f in dataclasses.fields(TrainConfig)}
+    return create_model("TrainSettings", __config__=ConfigDict(extra="forbid", frozen=True),
+                        __doc__=TrainConfig.__doc__, **fields)

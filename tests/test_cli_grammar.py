@@ -1,0 +1,208 @@
+"""One grammar for every command: ``--config``, ``--set KEY=VALUE`` and ``--print-config``
+where a command has settings, choices listed and checked by the command line, one spelling
+per concept, band numbers from 1 and errors that name the flag or key.
+
+``--print-config`` returns before any work, so no engine starts and nothing is written.
+"""
+
+from __future__ import annotations
+
+import re
+import typing
+from pathlib import Path
+
+import pytest
+import typer
+import yaml
+from typer.testing import CliRunner
+
+from resflow.cli import app
+from resflow.commands.options import PlanChoice
+from resflow.commands.run import DeviceChoice
+from resflow.config import RunConfig
+from resflow.plugins import declared_backends
+from resflow.samples import sample_path
+
+runner = CliRunner()
+
+#: Commands whose settings are a model, and so take --config, --set and --print-config.
+WITH_SETTINGS = {"run", "demo", "ingest", "train"}
+
+
+def flat(text: str) -> str:
+    """``text`` without the error box typer draws, on one line: messages wrap in the box."""
+    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
+
+
+def printed(args: list[str]) -> dict:
+    """The settings ``resflow ARGS --print-config`` prints, checking it exits 0."""
+    result = runner.invoke(app, [*args, "--print-config"])
+    assert result.exit_code == 0, result.output
+    return yaml.safe_load(result.stdout)
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_run_settings_come_from_the_file_then_set_then_flags(tmp_path: Path) -> None:
+    config = write(tmp_path / "run.yaml", "threshold: 0.4\nbatch_size: 4\nplan: regrouped\n"
+                   "halo: 16\ndask:\n  workers: 3\n  dashboard_address: 127.0.0.1:0\n")
+    out = tmp_path / "maps.zarr"
+    settings = printed(["run", "archive.zarr", "--out", str(out), "--config", str(config),
+                        "--set", "threshold=0.6", "--set", "batch_size=2",
+                        "--set", "dask.workers=5", "--set", "stac=false",
+                        "--set", "gallery=null", "--set", "halo=8", "--set", "halo=12",
+                        "--batch-size", "16"])
+    assert settings["threshold"] == 0.6  # --set beats the file
+    assert settings["batch_size"] == 16  # a flag beats --set
+    assert settings["plan"] == "regrouped"  # the file beats the default
+    assert settings["halo"] == 12  # the last --set of a key wins
+    assert settings["stac"] is False and settings["gallery"] is None  # YAML scalars
+    assert settings["dask"] == {**settings["dask"], "workers": 5,
+                                "dashboard_address": "127.0.0.1:0"}
+    assert settings["archive"] == "archive.zarr" and settings["out"] == str(out)
+    assert RunConfig.model_validate(settings).threshold == 0.6  # a config file again
+    assert not out.exists()
+    # an engine's own flag beats a --set of the field it fills
+    settings = printed(["run", "a.zarr", "--out", str(out), "--set", "dask.workers=5",
+                        "--workers", "7"])
+    assert settings["dask"]["workers"] == 7
+
+
+def test_ingest_settings_come_from_the_file_then_set_then_flags(tmp_path: Path) -> None:
+    config = write(tmp_path / "ingest.yaml", "chip: 512\ngsd: 0.5\nworkers: 4\n")
+    args = ["ingest", "x.tif", "--out", str(tmp_path / "a.zarr"), "--config", str(config)]
+    settings = printed([*args, "--set", "chip=128", "--set", "gsd=null", "--workers", "3"])
+    assert settings == {**settings, "chip": 128, "gsd": None, "workers": 3}
+    assert printed([*args, "--set", "gsd=0.6", "--gsd", "native"])["gsd"] is None
+    assert printed([*args, "--set", "chip=128", "--chip", "64"])["chip"] == 64
+    assert printed(args)["chip"] == 512
+    assert not (tmp_path / "a.zarr").exists()
+
+
+@pytest.mark.parametrize(("args", "key"), [
+    (["run", "a.zarr", "--out", "o.zarr", "--set", "bogus=1"], "--set bogus"),
+    (["run", "a.zarr", "--out", "o.zarr", "--set", "dask.wrokers=2"], "--set dask.wrokers"),
+    (["run", "a.zarr", "--out", "o.zarr", "--set", "threshold=2"], "--set threshold"),
+    (["run", "a.zarr", "--out", "o.zarr", "--set", "threshold"], "--set threshold"),
+    (["ingest", "x.tif", "--out", "a.zarr", "--set", "chipp=3"], "--set chipp"),
+])
+def test_a_bad_set_is_refused_naming_its_key(args: list[str], key: str,
+                                             tmp_path: Path) -> None:
+    result = runner.invoke(app, [*args, "--print-config"])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.startswith(f"error: {key}"), result.stderr
+
+
+def test_an_unknown_key_lists_the_settings_there() -> None:
+    result = runner.invoke(app, ["run", "a.zarr", "--out", "o.zarr",
+                                 "--set", "dask.wrokers=2"])
+    assert result.exit_code == 2
+    assert "use one of the settings of 'dask': scheduler_address, workers" in result.stderr
+
+
+def test_an_unknown_backend_is_refused_listing_the_installed_ones() -> None:
+    names = declared_backends()
+    assert {"local", "dask", "spark"} <= set(names)
+    result = runner.invoke(app, ["run", "a.zarr", "--out", "o.zarr", "--backend", "bogus"])
+    assert result.exit_code == 2
+    text = flat(result.output)
+    assert "Invalid value for '--backend': unknown backend 'bogus'" in text, text
+    assert f"installed backends: {', '.join(names)}" in text, text
+    for command in ("run", "demo"):
+        help_text = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"}).output
+        assert f"<{'|'.join(names)}>" in help_text, help_text
+
+
+@pytest.mark.parametrize(("flag", "value", "choices"), [
+    ("--plan", "fast", ("fused", "regrouped")),
+    ("--device", "gpu", ("auto", "cpu", "cuda")),
+])
+def test_choices_are_listed_and_checked(flag: str, value: str,
+                                        choices: tuple[str, ...]) -> None:
+    result = runner.invoke(app, ["run", "a.zarr", "--out", "o.zarr", flag, value])
+    assert result.exit_code == 2
+    text = flat(result.output)
+    assert f"Invalid value for '{flag}'" in text and f"'{value}'" in text, text
+    assert all(f"'{choice}'" in text for choice in choices), text
+    help_text = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "200"}).output
+    assert f"<{'|'.join(choices)}>" in help_text
+
+
+def test_the_flags_choices_are_the_run_configs() -> None:
+    fields = RunConfig.model_fields
+    assert typing.get_args(PlanChoice) == typing.get_args(fields["plan"].annotation)
+    assert tuple(DeviceChoice) == typing.get_args(fields["device"].annotation)
+
+
+def test_footprints_format_is_a_listed_choice() -> None:
+    result = runner.invoke(app, ["export", "maps.zarr", "--footprints", "b.gpkg",
+                                 "--footprints-format", "shp"])
+    assert result.exit_code == 2
+    text = flat(result.output)
+    assert "'--footprints-format'" in text and "'parquet', 'geojson'" in text, text
+
+
+def test_rgb_errors_count_bands_from_1(tmp_path: Path) -> None:
+    out = tmp_path / "a.zarr"
+    result = runner.invoke(app, ["ingest", str(sample_path("rotterdam-ms1")), "--out",
+                                 str(out), "--rgb", "5,3,2"])
+    assert result.exit_code == 2, result.output  # the only input was refused
+    assert "(5,3,2, counted from 1)" in result.stderr, result.stderr
+    assert "numbered 1 to 4" in result.stderr and "0-based" not in result.stderr
+    assert "from 1 to 4" in result.stderr
+    for given in ("0,1,2", "1,2", "red"):
+        bad = runner.invoke(app, ["ingest", str(sample_path("rotterdam-ms1")), "--out",
+                                  str(out), "--rgb", given])
+        assert bad.exit_code == 2 and bad.stderr.startswith("error: --rgb:"), bad.stderr
+        assert "counted from 1" in bad.stderr
+
+
+def test_every_command_with_settings_takes_the_same_grammar() -> None:
+    commands = typer.main.get_command(app).commands
+    flags = {name: {flag for param in command.params for flag in param.opts}
+             for name, command in commands.items() if name != "gallery"}
+    assert {name for name, given in flags.items() if "--config" in given} == WITH_SETTINGS
+    for name in WITH_SETTINGS:
+        assert {"--config", "--set", "--print-config"} <= flags[name], name
+    assert "--work-dir" in flags["demo"] and "--work-dir" in flags["bench"]
+    assert "--workdir" not in runner.invoke(app, ["demo", "--help"]).output
+
+
+@pytest.mark.parametrize(("args", "text", "key", "value"), [
+    (["run", "a.zarr", "--out", "o.zarr"], "threshold: 0.7\n", "threshold", 0.7),
+    (["ingest", "x.tif", "--out", "a.zarr"], "chip: 128\n", "chip", 128),
+    (["demo"], "partition_chips: 4\n", "partition_chips", 4),
+    (["train", "a.zarr", "--labels", "b.geojson", "--out", "g"], "mono_steps: 20\n",
+     "mono_steps", 20),
+])
+def test_every_command_with_settings_accepts_a_config_file(args: list[str], text: str,
+                                                           key: str, value: object,
+                                                           tmp_path: Path) -> None:
+    config = write(tmp_path / "settings.yaml", text)
+    assert printed([*args, "--config", str(config)])[key] == value
+    refused = runner.invoke(app, [*args, "--config", str(write(tmp_path / "bad.yaml",
+                                                               "nonsense: 1\n"))])
+    assert refused.exit_code == 2 and "bad.yaml: field 'nonsense'" in refused.stderr
+
+
+def test_train_flags_beat_set_and_the_file(tmp_path: Path) -> None:
+    config = write(tmp_path / "train.yaml", "buckets: 4\nseed: 3\nlr: 0.01\n")
+    args = ["train", "a.zarr", "--labels", "b.geojson", "--out", "g", "--config", str(config)]
+    settings = printed([*args, "--set", "lr=0.005", "--set", "fractions=[0.6, 0.3, 0.1]"])
+    assert (settings["buckets"], settings["seed"], settings["lr"]) == (4, 3, 0.005)
+    assert settings["fractions"] == [0.6, 0.3, 0.1]
+    settings = printed([*args, "--buckets", "auto", "--seed", "9"])
+    assert settings["buckets"] is None and settings["seed"] == 9
+
+
+def test_demo_takes_work_dir_and_still_its_old_spelling(tmp_path: Path) -> None:
+    settings = printed(["demo", "--work-dir", str(tmp_path / "w"), "--backend", "local"])
+    assert settings["archive"] == str(tmp_path / "w" / "samples.zarr")
+    assert settings["backend"] == "local" and settings["overwrite"] is True
+    old = runner.invoke(app, ["demo", "--workdir", str(tmp_path / "old"), "--print-config"])
+    assert old.exit_code == 0 and "--workdir is deprecated; write --work-dir" in old.stderr
+    assert yaml.safe_load(old.stdout)["out"] == str(tmp_path / "old" / "buildings.zarr")
+    assert not (tmp_path / "w").exists() and not (tmp_path / "old").exists()
