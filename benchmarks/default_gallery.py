@@ -50,8 +50,10 @@ def card(gallery: Gallery, study: dict[str, Any] | None) -> str:
         "ground resolution (finer imagery is averaged down, imagery up to 2 m is "
         "upsampled, coarser imagery is skipped).", "",
         "## Models", "",
-        f"- Stage 1: frozen ImageNet EfficientNet-Lite0, 1280-d embedding pooled over data "
-        f"pixels only. Stage 2: a {m['bits']}-bit hashing head and {len(m['buckets'])} "
+        "- Stage 1: frozen ImageNet EfficientNet-Lite0, run once per chip on the chip read "
+        f"with its {m['training']['halo']} px halo; the 1280-d embedding is pooled over the "
+        "chip's own data pixels, and the same encoder maps feed stage 3. "
+        f"Stage 2: a {m['bits']}-bit hashing head and {len(m['buckets'])} "
         f"buckets (k-means on training chips, {m['training']['bucket_criterion']['method']}); "
         f"Hamming routing agrees with k-means on {bucketing['routing_agrees_with_kmeans']:.0%} "
         "of the training chips.",

@@ -9,7 +9,9 @@ across tasks), and opens the archive and the output store once.
 Stage 3 is overlap-tile inference, dask's ``map_overlap`` in three steps: *add a halo*
 (``Archive.read_chips(refs, halo)``, reflected beyond scene edges as ``boundary="reflect"``),
 *compute* on the padded chip, *trim* the halo so only the centre, predicted with context on
-every side, is written. Neighbouring chips therefore meet without seams.
+every side, is written. Neighbouring chips therefore meet without seams. The encoder runs
+once on that halo read and serves both stages (:mod:`resflow.stages`): stage 1 embeds the
+chip from its maps, stage 3 decodes them.
 
 Every task ends in a :class:`PartitionSummary` (counts, km^2, bucket use, seconds, failures,
 storage retries): what the driver adds up, instead of a record per chip.
@@ -25,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,6 +48,9 @@ from resflow.outputs import (
     quantised_threshold,
 )
 from resflow.planning import Partition, Segment
+
+if TYPE_CHECKING:
+    from resflow.stages import FeatureMaps
 
 STAGE1 = "stage1-features"
 STAGE2 = "stage2-hashing"
@@ -68,7 +73,8 @@ class GraphSettings:
     batch_size
         Chips per model call on CUDA.
     halo
-        Context pixels read around each chip in stage 3 and trimmed before writing.
+        Context pixels read around each chip, encoded with it (stages 1 and 3) and
+        trimmed before writing.
     threshold
         Probability above which a pixel is building, for the mask.
     min_building_m2
@@ -310,39 +316,68 @@ def trim(probability: np.ndarray, ref: ChipRef, halo: int) -> np.ndarray:
     return probability[halo:halo + ref.height, halo:halo + ref.width]
 
 
-def centre(pixels: ChipPixels, ref: ChipRef, halo: int) -> np.ndarray:
-    """The nominal chip (``chip x chip``) inside a halo read: what stage 1 sees.
+def encode_chips(settings: GraphSettings, gallery: Gallery, device: Any,
+                 refs: Sequence[ChipRef], images: np.ndarray, stage: str,
+                 failures: list[ChipFailure]
+                 ) -> tuple[list[ChipRef], list[np.ndarray], dict[ChipRef, FeatureMaps]]:
+    """The one encoder pass over halo-read chips: each chip's embedding (stage 2 routes on
+    it) and its encoder maps (stage 3 decodes them).
 
-    Equal, bit for bit, to reading the chip without a halo.
+    ``images`` holds one halo read per chip of ``refs``. A chip that cannot be encoded, or
+    whose embedding is not finite, is appended to ``failures`` under ``stage``; the others
+    come back with their embeddings and maps.
     """
-    return pixels.image[:, halo:halo + ref.chip, halo:halo + ref.chip]
+    from resflow.stages import encode
+
+    maps: dict[ChipRef, FeatureMaps] = {}
+
+    def run(rows: np.ndarray) -> np.ndarray:  # rows, not pixels, so a retried chip keeps its ref
+        features, chip_maps = encode(images[rows], gallery.feature_extractor(),
+                                     halo=settings.halo, batch_size=settings.batch_size,
+                                     device=device)
+        maps.update(zip((refs[i] for i in rows), chip_maps, strict=True))
+        return features
+
+    kept, vectors = compute_chips(refs, np.arange(len(refs)), run, stage, failures)
+    return kept, vectors, {ref: maps[ref] for ref in kept}
+
+
+def _decode_rows(maps: list[FeatureMaps], rows: np.ndarray, **decode_args: Any) -> np.ndarray:
+    """:func:`resflow.stages.decode` of the chips at ``rows`` of ``maps``: lets
+    :func:`~resflow.failures.compute_chips` retry a chip alone by its row."""
+    from resflow.stages import decode
+
+    return decode([maps[i] for i in rows], **decode_args)
 
 
 def segment_chips(settings: GraphSettings, gallery: Gallery, device: Any,
                   buckets: dict[ChipRef, int], pixels: dict[ChipRef, ChipPixels],
-                  clock: _Clock, failures: list[ChipFailure]
+                  maps: dict[ChipRef, FeatureMaps], clock: _Clock,
+                  failures: list[ChipFailure]
                   ) -> dict[ChipRef, tuple[np.ndarray, np.ndarray, int]]:
-    """Segment halo-read chips bucket by bucket with each bucket's model, quantise them, mask
-    them with their halo (so specks crossing a chip border are judged whole), and trim.
+    """Decode encoded chips model by model, quantise them, mask them with their halo (so
+    specks crossing a chip border are judged whole), and trim.
 
-    Returns ``chip -> (probability, mask, bucket)``, uint8 on the chip's in-scene window with
+    Chips are grouped by the model serving their bucket, not by bucket, so every bucket the
+    mono model serves shares its micro-batches. Returns ``chip -> (probability, mask,
+    bucket)``, uint8 on the chip's in-scene window with
     :data:`~resflow.outputs.NOT_MAPPED` where the source holds no data; chips that fail are
     appended to ``failures``. Time goes to ``clock``.
     """
-    from resflow.stages import segment
-
     halo = settings.halo
     scenes = _archive(settings.archive).scenes
     out: dict[ChipRef, tuple[np.ndarray, np.ndarray, int]] = {}
-    for bucket in sorted(set(buckets.values())):
-        group = sorted(ref for ref, b in buckets.items() if b == bucket)
-        with clock("preprocess"):
-            images = np.stack([pixels[ref].image for ref in group])
+    groups: dict[str, list[ChipRef]] = {}
+    for ref in sorted(buckets):
+        groups.setdefault(gallery.model_name(buckets[ref]), []).append(ref)
+    for group in groups.values():
+        run = partial(_decode_rows, [maps[ref] for ref in group],
+                      segmenter=gallery.segmenter(buckets[group[0]]),
+                      size=pixels[group[0]].image.shape[-2:],
+                      batch_size=settings.batch_size, device=device)
         with clock("stage3"):
-            kept, probability = compute_chips(
-                group, images, partial(segment, segmenter=gallery.segmenter(bucket),
-                                       batch_size=settings.batch_size, device=device),
-                STAGE3, failures)
+            kept, probability = compute_chips(group, np.arange(len(group)), run, STAGE3,
+                                              failures)
         with clock("write"):
             for ref, prob in zip(kept, probability, strict=True):
                 valid = pixels[ref].valid
@@ -352,8 +387,8 @@ def segment_chips(settings: GraphSettings, gallery: Gallery, device: Any,
                                                 scenes[ref.scene].gsd_m)).astype(np.uint8)
                 quantised[~valid] = NOT_MAPPED
                 mask[~valid] = NOT_MAPPED
-                out[ref] = (trim(quantised, ref, halo), trim(mask, ref, halo), bucket)
-        del images, probability  # before the next bucket's stack: one bucket's floats at a time
+                out[ref] = (trim(quantised, ref, halo), trim(mask, ref, halo), buckets[ref])
+        del probability  # before the next model's: one model's floats at a time
     return out
 
 
@@ -389,7 +424,8 @@ def write_shards(settings: GraphSettings, partition: Partition,
         with clock("write"):
             try:
                 storage.retrying(partial(store.write_shard, scene, shard, chips, probabilities,
-                                         masks, buckets), counter)
+                                         masks, buckets, archive.scenes[scene].transform),
+                                 counter)
             except Exception as exc:  # a shard that cannot be written fails its chips
                 failures.extend(ChipFailure(ref, stage, f"writing its shard failed "
                                             f"({describe_error(exc)})")
@@ -430,9 +466,9 @@ def fused_stages(settings: GraphSettings, records: list[Partition],
                  env: TaskEnv) -> list[PartitionSummary]:
     """Stages 1, 2 and 3 of one partition in one task, then its shards written.
 
-    Each chip is read once, with its halo: stage 1 embeds the centre of each halo read (the
-    chip itself), stage 2 routes it, and stage 3 segments the partition's chips bucket by
-    bucket from the same pixels. The maps, routes and failures are those of the regrouped
+    Each chip is read once, with its halo, and encoded once: stage 1 embeds the chip from
+    the encoder maps of its halo read, stage 2 routes it, and stage 3 decodes the same maps
+    with the model of its bucket. The maps, routes and failures are those of the regrouped
     plan; only where the work runs differs: nothing crosses processes between stages and no
     stage waits for another's slowest partition.
     """
@@ -447,7 +483,7 @@ def fused_stages(settings: GraphSettings, records: list[Partition],
 
 def _fused_partition(settings: GraphSettings, partition: Partition,
                      env: TaskEnv) -> PartitionSummary:
-    from resflow.stages import extract_features, map_codes
+    from resflow.stages import map_codes
 
     clock, counter = _Clock(), storage.RetryCount()
     summary = PartitionSummary(partition.index)
@@ -455,19 +491,16 @@ def _fused_partition(settings: GraphSettings, partition: Partition,
     gallery = load_gallery(settings.gallery)
     archive = _archive(settings.archive)
     failures: list[ChipFailure] = []
-    halo = settings.halo
     work = [r for r in expand(partition, archive, _store(settings.out)) if r.valid_fraction > 0]
     with clock("read"):
-        work, pixels = read_chips(work, _reader(archive, halo, counter), STAGE1, failures)
+        work, pixels = read_chips(work, _reader(archive, settings.halo, counter), STAGE1,
+                                  failures)
     with clock("preprocess"):
-        centres = (np.stack([centre(p, r, halo) for p, r in zip(pixels, work, strict=True)])
-                   if pixels else np.empty((0,)))
+        images = np.stack([p.image for p in pixels]) if pixels else np.empty((0,))
     with clock("stage1"):
-        embedded, vectors = compute_chips(
-            work, centres, partial(extract_features, extractor=gallery.feature_extractor(),
-                                   batch_size=settings.batch_size, device=device),
-            STAGE1, failures)
-    del centres  # a copy of every chip: freed before stage 3's own stacks
+        embedded, vectors, maps = encode_chips(settings, gallery, device, work, images, STAGE1,
+                                               failures)
+    del images  # a copy of every chip, which the maps now stand for
     mapped: dict[ChipRef, tuple[np.ndarray, np.ndarray, int]] = {}
     if embedded:
         with clock("stage2"):
@@ -475,7 +508,7 @@ def _fused_partition(settings: GraphSettings, partition: Partition,
                                    gallery.bucket_codes)
         mapped = segment_chips(settings, gallery, device,
                                dict(zip(embedded, buckets.tolist(), strict=True)),
-                               dict(zip(work, pixels, strict=True)), clock, failures)
+                               dict(zip(work, pixels, strict=True)), maps, clock, failures)
     write_shards(settings, partition, mapped, failures, summary, counter, clock, FUSED)
     summary.seconds = dict(clock.seconds)
     return summary
@@ -498,9 +531,9 @@ def failing_stage(stage: str, fn: Callable[..., list[Any]]) -> Callable[..., lis
 
 def stage1_features(settings: GraphSettings, records: list[Partition],
                     env: TaskEnv) -> list[Any]:
-    """Expand each partition, read its chips (no halo) and compute their Lite0 embeddings;
-    a chip that cannot be read or embedded becomes a :class:`ChipFailure`. The partition
-    travels on as :class:`Planned`."""
+    """Expand each partition, read its chips with their halo and compute their Lite0
+    embeddings as the fused plan does; a chip that cannot be read or embedded becomes a
+    :class:`ChipFailure`. The partition travels on as :class:`Planned`."""
     out: list[Any] = []
     for partition in records:
         out.append(Planned(partition))
@@ -521,12 +554,14 @@ def _features(settings: GraphSettings, partition: Partition, env: TaskEnv) -> li
     refs = [r for r in expand(partition, archive, _store(settings.out)) if r.valid_fraction > 0]
     failures: list[ChipFailure] = []
     with clock("read"):
-        refs, pixels = read_chips(refs, _reader(archive, 0, counter), STAGE1, failures)
+        refs, pixels = read_chips(refs, _reader(archive, settings.halo, counter), STAGE1,
+                                  failures)
     with clock("stage1"):
         refs, vectors = compute_chips(
             refs, np.stack([p.image for p in pixels]) if pixels else np.empty((0,)),
             partial(extract_features, extractor=gallery.feature_extractor(),
-                    batch_size=settings.batch_size, device=device), STAGE1, failures)
+                    halo=settings.halo, batch_size=settings.batch_size, device=device),
+            STAGE1, failures)
     share = clock.share(len(refs))
     return [StorageRetries(partition.index, counter.retries),
             *(ChipFailure(f.ref, f.stage, f.problem, origin=partition.index) for f in failures),
@@ -562,8 +597,9 @@ def _split_of(ref: ChipRef, splits: int) -> int:
 
 
 def stage3_segment(settings: GraphSettings, records: list[Any], env: TaskEnv) -> list[Any]:
-    """Re-read each routed chip with a halo of context and segment it with its bucket's
-    model; the quantised maps travel on to the task that writes their shard."""
+    """Re-read each routed chip with a halo of context, encode it again (the maps are too
+    big to travel with the chip) and segment it with its bucket's model; the quantised maps
+    travel on to the task that writes their shard."""
     passing = [r for r in records if not isinstance(r, Routed)]
     routed = {r.ref: r for r in records if isinstance(r, Routed)}
     if not routed:
@@ -576,8 +612,13 @@ def stage3_segment(settings: GraphSettings, records: list[Any], env: TaskEnv) ->
     with clock("read"):
         refs, pixels = read_chips(sorted(routed), _reader(archive, settings.halo, counter),
                                   STAGE3, failures)
-    mapped = segment_chips(settings, gallery, device, {ref: routed[ref].bucket for ref in refs},
-                           dict(zip(refs, pixels, strict=True)), clock, failures)
+    with clock("stage3"):
+        encoded, _, maps = encode_chips(
+            settings, gallery, device, refs,
+            np.stack([p.image for p in pixels]) if pixels else np.empty((0,)), STAGE3, failures)
+    mapped = segment_chips(settings, gallery, device,
+                           {ref: routed[ref].bucket for ref in encoded},
+                           dict(zip(refs, pixels, strict=True)), maps, clock, failures)
     share = clock.share(len(routed))
     first = next(iter(routed.values())).origin
     return [*passing, StorageRetries(first, counter.retries),

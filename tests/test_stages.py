@@ -1,11 +1,17 @@
-"""Stage functions give a chip the same bits alone, in any batch, order, size or thread count."""
+"""Stage functions give a chip the same bits alone, in any batch, order, size or thread count;
+one encoder pass gives stage 1 and stage 3 what two passes gave; stage 3 batches by model."""
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F
 
+from resflow.archive import Archive
 from resflow.devices import resolve_device
 from resflow.errors import ConfigError
+from resflow.gallery import write_gallery
 from resflow.models import (
     BuildingSegmenter,
     FeatureExtractor,
@@ -14,7 +20,9 @@ from resflow.models import (
     hamming_nearest,
     load_imagenet_lite0,
 )
-from resflow.stages import extract_features, map_codes, segment
+from resflow.outputs import NOT_MAPPED, quantise
+from resflow.stages import decode, encode, extract_features, map_codes, segment
+from resflow.tasks import STAGE1, GraphSettings, _Clock, encode_chips, segment_chips, trim
 
 CPU = torch.device("cpu")
 
@@ -29,14 +37,18 @@ def chips() -> np.ndarray:
     return np.random.default_rng(0).random((5, 3, 64, 64), dtype=np.float32)
 
 
-def _segmenter(encoder, seed: int) -> BuildingSegmenter:
+def _decoder(seed: int) -> SegmentationDecoder:
     torch.manual_seed(seed)
     decoder = SegmentationDecoder()
     for module in decoder.modules():  # non-trivial inference statistics
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.1, 0.1)
             module.running_var.uniform_(0.5, 2.0)
-    return BuildingSegmenter(encoder, decoder).eval()
+    return decoder.eval()
+
+
+def _segmenter(encoder, seed: int) -> BuildingSegmenter:
+    return BuildingSegmenter(encoder, _decoder(seed)).eval()
 
 
 def _one_by_one(stage, chips, model):
@@ -117,3 +129,111 @@ def test_resolve_device_on_cpu_only_host():
         assert resolve_device("auto") == CPU
         with pytest.raises(ConfigError, match="no GPU"):
             resolve_device("cuda")
+
+
+HALO = 16
+
+
+@pytest.fixture(scope="module")
+def halo_reads() -> np.ndarray:
+    """Chips of 64 px read with a 16 px halo (96 px, a multiple of the encoder's stride),
+    one with a nodata corner reaching into the chip, one of 100 px that must be padded."""
+    reads = np.random.default_rng(4).random((4, 3, 64 + 2 * HALO, 64 + 2 * HALO),
+                                            dtype=np.float32)
+    reads[1, :, :40, :40] = 0.0
+    return reads
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_one_encoder_pass_segments_as_the_segmenter_does(encoder, halo_reads, batch_size):
+    """Stage 3 from stage 1's maps is bit for bit the segmenter's own two-pass result, so
+    maps change only where routing does."""
+    segmenter = _segmenter(encoder, 0)
+    features, maps = encode(halo_reads, FeatureExtractor(encoder), halo=HALO,
+                            batch_size=batch_size, device=CPU)
+    assert len(maps) == len(halo_reads) and all(len(m) == 5 for m in maps)
+    assert [m.shape[0] for m in maps[0]] == [1] * 5
+    size = halo_reads.shape[-2:]
+    decoded = decode(maps, segmenter, size=size, batch_size=batch_size, device=CPU)
+    assert np.array_equal(decoded, segment(halo_reads, segmenter, batch_size=2, device=CPU))
+    assert np.array_equal(features, extract_features(halo_reads, FeatureExtractor(encoder),
+                                                     halo=HALO, batch_size=2, device=CPU))
+    odd = np.random.default_rng(5).random((2, 3, 100, 100), dtype=np.float32)
+    _, odd_maps = encode(odd, FeatureExtractor(encoder), halo=HALO, batch_size=1, device=CPU)
+    assert odd_maps[0][0].shape[-1] == 64  # reflect-padded to 128 px, as the segmenter pads
+    assert np.array_equal(decode(odd_maps, segmenter, size=(100, 100), batch_size=1,
+                                 device=CPU),
+                          segment(odd, segmenter, batch_size=1, device=CPU))
+
+
+def test_embedding_pools_the_chip_cells_of_the_halo_read(encoder, halo_reads, chips):
+    """The halo shapes the features, but only the chip's own data pixels weigh in the
+    pooling; without a halo the embedding is the plain Lite0 one of the two-pass graph."""
+    features, _ = encode(halo_reads, FeatureExtractor(encoder), halo=HALO, batch_size=1,
+                         device=CPU)
+    with torch.inference_mode():
+        x = torch.from_numpy(halo_reads)
+        head = F.relu6(encoder._bn1(encoder._conv_head(encoder.feature_maps(x)[-1])))
+        # 96 px -> 3 x 3 cells of 32 px; the halo (16 px) is half of every border cell
+        data = (x.amax(dim=1, keepdim=True) > 0).float()
+        data[..., :HALO, :] = 0
+        data[..., -HALO:, :] = 0
+        data[..., :, :HALO] = 0
+        data[..., :, -HALO:] = 0
+        weights = F.adaptive_avg_pool2d(data, (3, 3))
+        expected = (head * weights).sum(dim=(2, 3)) / weights.sum(dim=(2, 3))
+        plain = encoder.features(torch.from_numpy(chips))
+    np.testing.assert_allclose(features, expected.numpy(), rtol=1e-4, atol=5e-5)
+    outside = halo_reads.copy()  # other halo pixels: other features, the same weighting
+    outside[:, :, :HALO] = 0.0
+    moved, _ = encode(outside, FeatureExtractor(encoder), halo=HALO, batch_size=1, device=CPU)
+    assert not np.array_equal(moved, features)
+    no_halo, _ = encode(chips, FeatureExtractor(encoder), halo=0, batch_size=1, device=CPU)
+    assert np.array_equal(no_halo, np.concatenate([
+        extract_features(chips[i:i + 1], FeatureExtractor(encoder), batch_size=1, device=CPU)
+        for i in range(len(chips))]))
+    np.testing.assert_allclose(no_halo, plain.numpy(), rtol=1e-4, atol=5e-5)
+
+
+@pytest.fixture(scope="module")
+def shared_mono_gallery(tmp_path_factory):
+    """Three buckets, two of them served by ``mono``."""
+    out = tmp_path_factory.mktemp("gallery")
+    torch.manual_seed(0)
+    return write_gallery(
+        out, bucket_codes=np.array([[1, 0, 1, 0], [0, 1, 1, 1], [1, 1, 0, 0]], bool),
+        head=HashingHead(hidden=32, bits=4),
+        decoders={"mono": _decoder(1), "bucket-1": _decoder(2)},
+        buckets=[{"chips": 1, "labelled_chips": 0}] * 3, gsd_m=0.3, info={})
+
+
+def test_stage3_batches_by_model_as_per_bucket_calls_would(shared_mono_gallery,
+                                                          sample_archive: Path,
+                                                          tmp_path: Path):
+    """Chips of buckets 0 and 2 share mono's decoder calls; each chip's maps equal those
+    of segmenting its bucket alone, and the ledger still names its own bucket."""
+    gallery = shared_mono_gallery
+    assert [gallery.model_name(b) for b in range(3)] == ["mono", "bucket-1", "mono"]
+    archive = Archive.open(sample_archive)
+    refs = archive.chips(["sample_geotiff"])[:6]
+    pixels = dict(zip(refs, archive.read_chips(refs, 32), strict=True))
+    settings = GraphSettings(archive=sample_archive, gallery=gallery.path, out=tmp_path,
+                             batch_size=4, halo=32)
+    images = np.stack([pixels[r].image for r in refs])
+    kept, vectors, maps = encode_chips(settings, gallery, CPU, refs, images, STAGE1, [])
+    assert kept == refs and len(vectors) == len(maps) == len(refs)
+    buckets = dict(zip(refs, [0, 2, 1, 2, 0, 1], strict=True))
+    together = segment_chips(settings, gallery, CPU, buckets, pixels, maps, _Clock(), [])
+    for bucket in range(3):
+        alone = segment_chips(settings, gallery, CPU,
+                              {r: b for r, b in buckets.items() if b == bucket}, pixels, maps,
+                              _Clock(), [])
+        for ref, (probability, mask, served) in alone.items():
+            assert served == bucket == together[ref][2]
+            assert np.array_equal(probability, together[ref][0])
+            assert np.array_equal(mask, together[ref][1])
+    first = refs[0]  # bucket 0: mono, as the segmenter itself maps it
+    segmented = segment(images[:1], gallery.segmenter(0), batch_size=1, device=CPU)[0]
+    valid = pixels[first].valid
+    expected = trim(np.where(valid, quantise(segmented), NOT_MAPPED), first, 32)
+    assert np.array_equal(together[first][0], expected)

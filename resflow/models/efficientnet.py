@@ -43,6 +43,11 @@ FEATURE_STRIDES = (2, 4, 8, 16, 32)
 FEATURE_CHANNELS = (16, 24, 40, 112, 320)
 #: Width of the pooled embedding returned by :meth:`EfficientNetLite0.features`.
 EMBEDDING_DIM = 1280
+#: The coarsest stride: :class:`FeatureExtractor` reflect-pads inputs to multiples of it.
+SIZE_MULTIPLE = 32
+
+Window = tuple[int, int, int, int]
+"""``(y0, x0, height, width)`` of a chip inside an image read around it, pixels."""
 
 
 @dataclass(frozen=True)
@@ -187,11 +192,18 @@ class EfficientNetLite0(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The pooled ``(N, 1280)`` embedding in front of the classifier."""
-        y = self._stem(x)
-        for block in self._blocks:
-            y = block(y)
-        y = F.relu6(self._bn1(self._conv_head(y)))
-        return data_weighted_mean(y, x)
+        return self.embed(self.feature_maps(x)[-1], x)
+
+    def embed(self, last: torch.Tensor, x: torch.Tensor,
+              window: Window | None = None) -> torch.Tensor:
+        """The ``(N, 1280)`` embedding from the stride-32 map ``last`` of images ``x``.
+
+        Taking the map rather than the image lets one encoder pass feed both the embedding
+        (stage 1) and the segmentation decoder (stage 3). ``window`` is the part of ``x``
+        pooled (:func:`data_weighted_mean`), all of it when ``None``.
+        """
+        y = F.relu6(self._bn1(self._conv_head(last)))
+        return data_weighted_mean(y, x, window)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """ImageNet logits ``(N, num_classes)``."""
@@ -199,21 +211,55 @@ class EfficientNetLite0(nn.Module):
 
 
 class FeatureExtractor(nn.Module):
-    """Stage 1 model: maps ``(N, 3, H, W)`` images in ``[0, 1]`` to ``(N, 1280)`` embeddings.
+    """Stage 1 model: one pass of the frozen encoder over chips read with a halo.
 
-    A thin wrapper so :func:`resflow.stages.extract_features` can call any module the same
-    way, whatever backbone the gallery holds.
+    :meth:`encode` gives both what stage 2 routes on (the embedding of the chip, pooled
+    over the chip without its halo) and what stage 3 decodes (the encoder maps of chip and
+    halo), so the graph runs the encoder once per chip. Inputs are reflect-padded to a
+    multiple of :data:`SIZE_MULTIPLE` first, exactly as
+    :class:`resflow.models.segmentation.BuildingSegmenter` pads them, so the maps are the
+    ones its decoders were trained on.
     """
 
     def __init__(self, backbone: EfficientNetLite0) -> None:
         super().__init__()
         self.backbone = backbone
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone.features(x)
+    def encode(self, x: torch.Tensor, halo: int = 0) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Encoder maps of padded ``x`` (strides 2..32) and the ``(N, 1280)`` embedding.
+
+        Parameters
+        ----------
+        x
+            ``(N, 3, H, W)`` images in ``[0, 1]``: chips with ``halo`` context pixels on
+            every side.
+        halo
+            Context pixels on each edge, left out of the embedding's pooling.
+        """
+        height, width = x.shape[-2:]
+        padded = pad_to_multiple(x)
+        maps = self.backbone.feature_maps(padded)
+        window = (halo, halo, height - 2 * halo, width - 2 * halo)
+        return maps, self.backbone.embed(maps[-1], padded, window)
+
+    def forward(self, x: torch.Tensor, halo: int = 0) -> torch.Tensor:
+        """The ``(N, 1280)`` embedding of :meth:`encode`, its maps dropped."""
+        return self.encode(x, halo)[1]
 
 
-def data_weighted_mean(maps: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+def pad_to_multiple(x: torch.Tensor) -> torch.Tensor:
+    """Reflect-pad ``(N, C, H, W)`` at the bottom and right to multiples of
+    :data:`SIZE_MULTIPLE`, so every map of :meth:`EfficientNetLite0.feature_maps` has
+    exactly ``size / stride`` cells; unchanged when already there."""
+    height, width = x.shape[-2:]
+    pad_h, pad_w = -height % SIZE_MULTIPLE, -width % SIZE_MULTIPLE
+    if pad_h or pad_w:
+        return F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
+    return x
+
+
+def data_weighted_mean(maps: torch.Tensor, images: torch.Tensor,
+                       window: Window | None = None) -> torch.Tensor:
     """Pool ``(N, C, h, w)`` maps over space, each cell weighted by its share of data pixels.
 
     Harmonisation (:mod:`resflow.harmonise`) sets nodata to 0 in every band, so a pixel
@@ -221,11 +267,21 @@ def data_weighted_mean(maps: torch.Tensor, images: torch.Tensor) -> torch.Tensor
     outside its scene would embed as "half black" and be bucketed by its nodata share
     rather than by what it shows. A chip without any data pixel falls back to the plain
     mean.
+
+    Only pixels inside ``window`` (``(y0, x0, height, width)`` of ``images``; all of them
+    when ``None``) count, so a chip read with a halo embeds as the chip: the halo's context
+    still shapes every cell's features, but cells of halo or padding carry no weight.
     """
-    data = (images.amax(dim=1, keepdim=True) > 0).to(maps.dtype)
-    weights = F.adaptive_avg_pool2d(data, maps.shape[-2:])
+    inside = torch.ones_like(images[:, :1])
+    if window is not None:
+        y0, x0, height, width = window
+        inside = torch.zeros_like(inside)
+        inside[..., y0:y0 + height, x0:x0 + width] = 1
+    data = (images.amax(dim=1, keepdim=True) > 0).to(images.dtype) * inside
+    weights = F.adaptive_avg_pool2d(data.to(maps.dtype), maps.shape[-2:])
     total = weights.sum(dim=(2, 3), keepdim=True)
-    weights = torch.where(total > 0, weights, torch.ones_like(weights))
+    plain = F.adaptive_avg_pool2d(inside.to(maps.dtype), maps.shape[-2:])
+    weights = torch.where(total > 0, weights, plain)
     return (maps * weights).sum(dim=(2, 3)) / weights.sum(dim=(2, 3))
 
 

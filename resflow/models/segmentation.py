@@ -12,15 +12,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from resflow.models.efficientnet import FEATURE_CHANNELS, EfficientNetLite0
+from resflow.models.efficientnet import (
+    FEATURE_CHANNELS,
+    SIZE_MULTIPLE,
+    EfficientNetLite0,
+    pad_to_multiple,
+)
 
 #: Decoder widths from the stride-16 level down to stride 2.
 DECODER_CHANNELS = (64, 48, 32, 24)
 #: Width of the full-resolution head.
 HEAD_CHANNELS = 16
-#: Input edges must be multiples of this (the encoder's coarsest stride); other sizes are
-#: reflect-padded up to it and the output cropped back.
-SIZE_MULTIPLE = 32
 
 
 def _conv_bn_relu(in_ch: int, out_ch: int, kernel: int) -> nn.Sequential:
@@ -111,14 +113,21 @@ class BuildingSegmenter(nn.Module):
         Apply ``torch.sigmoid`` for probabilities; training uses the logits with
         ``BCEWithLogitsLoss``.
         """
-        height, width = x.shape[-2:]
-        pad_h, pad_w = -height % SIZE_MULTIPLE, -width % SIZE_MULTIPLE
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
         with torch.no_grad():
-            maps = self.encoder.feature_maps(x)
-        logits = self.decoder(maps, x.shape[-2:])
-        return logits[..., :height, :width]
+            maps = self.encoder.feature_maps(pad_to_multiple(x))
+        return self.decode(maps, x.shape[-2:])
+
+    def decode(self, maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """Building logits ``(N, 1, *size)`` from the encoder maps of images of ``size``
+        pixels reflect-padded to multiples of :data:`SIZE_MULTIPLE` (the maps
+        :meth:`resflow.models.efficientnet.FeatureExtractor.encode` returns).
+
+        :meth:`forward` is the encoder pass followed by this, so maps computed once for
+        stage 1 give stage 3 the same logits.
+        """
+        height, width = size
+        padded = (height + -height % SIZE_MULTIPLE, width + -width % SIZE_MULTIPLE)
+        return self.decoder(maps, padded)[..., :height, :width]
 
     def decoder_state_dict(self) -> dict[str, torch.Tensor]:
         """The decoder's tensors only, contiguous and on the CPU, ready for safetensors."""

@@ -12,8 +12,9 @@ or, with ``holdout``, whole scenes the models never see (a held-out place); the 
 scenes then split into train and validation bands only.
 
 Routing and scoring use the same stage functions and halo as inference
-(:mod:`resflow.stages`): chip features come from the chip read without halo, segmentation
-from the chip read with ``halo`` context pixels and trimmed back. The test region is scored
+(:mod:`resflow.stages`): chip features come from the chip read with ``halo`` context pixels
+and pooled over the chip alone (the embedding the graph's one encoder pass gives), and
+segmentation from the same read, trimmed back. The test region is scored
 as one mosaic per scene (:func:`resflow.training.regions.region_rows`), so a building cut
 by a chip edge counts once.
 
@@ -181,7 +182,8 @@ def _train(archive: Archive, labels: list[Labels], out: Path, config: TrainConfi
     encoder = load_imagenet_lite0()
     extractor = FeatureExtractor(encoder).eval()
     features = np.concatenate([
-        extract_features(archive.read_chip(ref).image[None], extractor, batch_size=1, device=CPU)
+        extract_features(archive.read_chip(ref, config.halo).image[None], extractor,
+                         halo=config.halo, batch_size=1, device=CPU)
         for ref in tqdm(all_refs, desc="features")])
     row_of = {ref: i for i, ref in enumerate(all_refs)}
     fit_rows = [row_of[r] for r in regions["train"]]
@@ -377,8 +379,9 @@ def evaluate_gallery(archive_path: Path | str, labels: Sequence[Path | str],
         refs = split_regions(archive.chips(names), config.fractions)["test"]
     with _deterministic():
         features = np.concatenate([
-            extract_features(archive.read_chip(ref).image[None], gallery.feature_extractor(),
-                             batch_size=1, device=CPU) for ref in refs])
+            extract_features(archive.read_chip(ref, config.halo).image[None],
+                             gallery.feature_extractor(), halo=config.halo, batch_size=1,
+                             device=CPU) for ref in refs])
         _, routed = map_codes(features, gallery.hashing_head(), gallery.bucket_codes)
         decoders = {gallery.model_name(k): gallery.segmenter(k).decoder
                     for k in range(len(gallery.bucket_codes))} | {MONO: gallery.mono().decoder}
