@@ -536,25 +536,27 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 def stage_outputs(data: Preloaded, gallery: Gallery, device: torch.device, batch_size: int,
                   halo: int, buckets: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Features, codes, buckets and the trimmed probability of every preloaded chip.
+    """Features, codes, buckets and the trimmed probability of every preloaded chip, by the
+    graph's own path: one encoder pass over chip plus halo (:func:`resflow.stages.encode`),
+    its maps decoded model by model (:func:`resflow.stages.decode`).
 
     ``buckets`` chooses each chip's segmenter (default: its own route), so that stage 3 can
     be compared on two devices with the same model even where their routes differ.
     """
     import numpy as np
 
-    from resflow.stages import extract_features, map_codes, segment
+    from resflow.stages import decode, encode, map_codes
 
-    features = extract_features(data.plain, gallery.feature_extractor(),
-                                batch_size=batch_size, device=device)
+    features, maps = encode(data.context, gallery.feature_extractor(), halo=halo,
+                            batch_size=batch_size, device=device)
     codes, routed = map_codes(features, gallery.hashing_head(), gallery.bucket_codes)
     serve = routed if buckets is None else buckets
     chip = data.plain.shape[-1]
     probability = np.zeros((len(features), chip, chip), dtype=np.float32)
     for bucket in np.unique(serve):
         index = np.flatnonzero(serve == bucket)
-        padded = segment(data.context[index], gallery.segmenter(int(bucket)),
-                         batch_size=batch_size, device=device)
+        padded = decode([maps[i] for i in index], gallery.segmenter(int(bucket)),
+                        size=data.context.shape[-2:], batch_size=batch_size, device=device)
         probability[index] = padded[:, halo:halo + chip, halo:halo + chip]
     return {"features": features, "codes": codes, "buckets": routed,
             "probability": probability}
@@ -734,7 +736,9 @@ def one_run(args: list[str], out: Path, log: Path, timeout_s: float) -> dict[str
                          ("wall_s", "chips", "km2", "stage_seconds", "cluster", "backend")}
     if code != 0:
         text = log.read_text()
-        errors = [line for line in text.splitlines() if line.startswith("error")]
+        # resflow's own refusals start "error:"; the CLI's usage errors come boxed
+        lines = (line.strip("│╭╰─ ") for line in text.splitlines())
+        errors = [line for line in lines if line.startswith(("error", "Invalid value"))]
         run["error"] = errors[-1] if errors else f"exit code {code}"
         run["log_tail"] = text[-2000:]
     return run

@@ -25,8 +25,11 @@ MAX_CHIPS = 512
 
 
 def write_mosaic(gallery: Gallery, archive_path: Path | str, out: Path | str, *,
-                 per_bucket: int = 8) -> Path:
+                 per_bucket: int = 8, halo: int = 32) -> Path:
     """Route the archive's chips through ``gallery`` and draw ``per_bucket`` chips a bucket.
+
+    Chips are routed as a run routes them: read with ``halo`` pixels of context (the run's
+    ``halo``, 32 by default) and embedded from the chip's cells of that one encoder pass.
 
     Returns
     -------
@@ -37,11 +40,14 @@ def write_mosaic(gallery: Gallery, archive_path: Path | str, out: Path | str, *,
     refs = archive.chips()
     if len(refs) > MAX_CHIPS:
         refs = [refs[i] for i in np.linspace(0, len(refs) - 1, MAX_CHIPS).astype(int)]
-    images = [archive.read_chip(ref).image for ref in refs]
+    reads = [archive.read_chip(ref, halo).image for ref in refs]
     extractor = gallery.feature_extractor()
     features = np.concatenate([
-        extract_features(image[None], extractor, batch_size=1, device=torch.device("cpu"))
-        for image in images]) if images else np.zeros((0, 1280), np.float32)
+        extract_features(image[None], extractor, halo=halo, batch_size=1,
+                         device=torch.device("cpu"))
+        for image in reads]) if reads else np.zeros((0, 1280), np.float32)
+    images = [image[:, halo:image.shape[1] - halo, halo:image.shape[2] - halo]
+              for image in reads]
     _, buckets = map_codes(features, gallery.hashing_head(), gallery.bucket_codes)
     k = len(gallery.bucket_codes)
     fig, axes = plt.subplots(k, per_bucket, figsize=(1.6 * per_bucket + 1.6, 1.7 * k),
