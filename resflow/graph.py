@@ -21,14 +21,14 @@ regroup buys nothing but two shuffles, a second read of every chip and barriers 
 stages; ``benchmarks/README.md`` measures the difference.
 
 The driver never holds a record per chip: partitions are runs of shards, tasks return one
-:class:`~resflow.tasks.PartitionSummary` each, and :class:`RunTotals` adds them up.
+:class:`~resflow.tasks.PartitionSummary` each, and a :class:`~resflow.tasks.Tally` adds them
+up as they arrive.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections import Counter
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -56,7 +56,7 @@ from resflow.tasks import (
     STAGE3,
     WRITE,
     GraphSettings,
-    PartitionSummary,
+    Tally,
     failing_stage,
     fused_stages,
     gallery_key,
@@ -81,45 +81,6 @@ def settings_from_config(config: RunConfig) -> GraphSettings:
 
 
 @dataclass
-class RunTotals:
-    """What the run did, added up one partition summary at a time, as they arrive.
-
-    Memory is independent of the number of chips: counts, a failure per failed chip, and
-    the names of the scenes seen.
-    """
-
-    chips: int = 0
-    km2: float = 0.0
-    empty_chips: int = 0
-    retries: int = 0
-    buckets: Counter = field(default_factory=Counter)
-    seconds: dict[str, float] = field(default_factory=dict)
-    failures: list[ChipFailure] = field(default_factory=list)
-    lost_shards: list[tuple[Any, str]] = field(default_factory=list)
-    scenes: set[str] = field(default_factory=set)
-    scenes_with_data: set[str] = field(default_factory=set)
-
-    def add(self, summary: PartitionSummary) -> None:
-        """Fold in one partition's summary."""
-        self.chips += summary.chips
-        self.km2 += summary.km2
-        self.empty_chips += summary.empty_chips
-        self.retries += summary.retries
-        self.buckets.update(summary.buckets)
-        for key, value in summary.seconds.items():
-            self.seconds[key] = self.seconds.get(key, 0.0) + value
-        self.failures.extend(summary.failures)
-        self.lost_shards.extend(summary.lost_shards)
-        self.scenes |= summary.scenes
-        self.scenes_with_data |= summary.scenes_with_data
-
-    @property
-    def complete(self) -> bool:
-        """Whether every planned chip was written (failures leave the ledger short)."""
-        return not self.failures and not self.lost_shards
-
-
-@dataclass
 class RunResult:
     """What :func:`run_graph` did.
 
@@ -134,7 +95,7 @@ class RunResult:
     """
 
     report: Any
-    totals: RunTotals
+    totals: Tally
     exports: list[Path] = field(default_factory=list)
 
     @property
@@ -229,7 +190,7 @@ def run_graph(config: RunConfig, executor: Executor) -> RunResult:
     graph = build_graph(executor, settings, partitions, len(gallery.bucket_codes),
                         mean_partition, config.plan)  # regrouped stage 3 splits to this size
     compute_start = time.perf_counter()
-    totals = RunTotals()
+    totals = Tally()
     for summary in executor.collect(graph):
         totals.add(summary)
     compute_wall = time.perf_counter() - compute_start
@@ -251,7 +212,7 @@ def run_graph(config: RunConfig, executor: Executor) -> RunResult:
     return RunResult(report, totals, _export(config, store))
 
 
-def _errors(archive: Archive, totals: RunTotals) -> list[dict[str, str]]:
+def _errors(archive: Archive, totals: Tally) -> list[dict[str, str]]:
     """Refused inputs, scenes without data, lost shards and failed chips, as report errors."""
     lost = [{"source": archive.scenes[segment.scene].source,
              "where": f"{archive.scenes[segment.scene].source}: scene {segment.scene}, shards "
@@ -265,7 +226,7 @@ def _errors(archive: Archive, totals: RunTotals) -> list[dict[str, str]]:
     return [*archive.refused, *empty_scene_errors(archive, empty), *lost, *failed]
 
 
-def _stage_seconds(totals: RunTotals, compute_wall: float,
+def _stage_seconds(totals: Tally, compute_wall: float,
                    description: dict[str, Any]) -> dict[str, float]:
     """Task seconds per stage, plus ``scheduling``: the compute wall time the task slots
     spent outside stage functions (dispatch, serialisation, regroup, waiting)."""

@@ -154,14 +154,14 @@ class Planned:
 
 
 @dataclass
-class PartitionSummary:
-    """What one partition's task wrote and spent: the only thing a task returns to the
-    driver, which adds them up (:class:`resflow.graph.RunTotals`).
+class Tally:
+    """What tasks wrote and spent: one partition's (a :class:`PartitionSummary`) or the
+    whole run's, added up summary by summary as they arrive (:meth:`add`).
+
+    Its size does not grow with chips: counts, a failure per failed chip, scene names.
 
     Attributes
     ----------
-    partition
-        The partition's index.
     chips, km2
         Chips mapped and written, and their ground area.
     empty_chips
@@ -178,10 +178,9 @@ class PartitionSummary:
     retries
         Reads and writes tried again after a transient storage error.
     scenes, scenes_with_data
-        Scenes the partition covers, and those where it found a valid pixel.
+        Scenes covered, and those where a valid pixel was found.
     """
 
-    partition: int
     chips: int = 0
     km2: float = 0.0
     empty_chips: int = 0
@@ -192,6 +191,33 @@ class PartitionSummary:
     retries: int = 0
     scenes: set[str] = field(default_factory=set)
     scenes_with_data: set[str] = field(default_factory=set)
+
+    def add(self, other: Tally) -> None:
+        """Fold in another tally (a partition's summary)."""
+        self.chips += other.chips
+        self.km2 += other.km2
+        self.empty_chips += other.empty_chips
+        self.retries += other.retries
+        self.buckets.update(other.buckets)
+        for key, value in other.seconds.items():
+            self.seconds[key] = self.seconds.get(key, 0.0) + value
+        self.failures.extend(other.failures)
+        self.lost_shards.extend(other.lost_shards)
+        self.scenes |= other.scenes
+        self.scenes_with_data |= other.scenes_with_data
+
+    @property
+    def complete(self) -> bool:
+        """Whether every planned chip was written (failures leave the ledger short)."""
+        return not self.failures and not self.lost_shards
+
+
+@dataclass
+class PartitionSummary(Tally):
+    """One partition's :class:`Tally`: the only thing a task returns to the driver."""
+
+    #: the partition's index in the plan
+    partition: int = -1
 
 
 # -- per-process caches ------------------------------------------------------------------
@@ -452,7 +478,7 @@ def _gallery_models(settings: GraphSettings) -> dict[int, str]:
 def _failed_partition(partition: Partition, stage: str, exc: Exception) -> PartitionSummary:
     """A partition whose task failed outside any one chip: its shards are reported lost
     (the archive itself may be what failed, so chips are not expanded)."""
-    summary = PartitionSummary(partition.index)
+    summary = PartitionSummary(partition=partition.index)
     problem = f"{stage}: the partition's task failed ({describe_error(exc)})"
     for segment in partition.segments:
         summary.scenes.add(segment.scene)
@@ -486,7 +512,7 @@ def _fused_partition(settings: GraphSettings, partition: Partition,
     from resflow.stages import map_codes
 
     clock, counter = _Clock(), storage.RetryCount()
-    summary = PartitionSummary(partition.index)
+    summary = PartitionSummary(partition=partition.index)
     device = _device(settings, env)
     gallery = load_gallery(settings.gallery)
     archive = _archive(settings.archive)
@@ -654,7 +680,7 @@ def write_stage(settings: GraphSettings, records: list[Any], env: TaskEnv
 def _write_partition(settings: GraphSettings, partition: Partition,
                      records: list[Any]) -> PartitionSummary:
     clock, counter = _Clock(), storage.RetryCount()
-    summary = PartitionSummary(partition.index)
+    summary = PartitionSummary(partition=partition.index)
     failures = [r for r in records if isinstance(r, ChipFailure)]
     chips = [r for r in records if isinstance(r, Segmented)]
     mapped = {r.ref: (r.probability, r.mask, r.bucket) for r in chips}
