@@ -40,16 +40,6 @@ __all__ = ["ResflowError", "open_maps", "run"]
 
 logger = logging.getLogger("resflow")
 
-#: For each bundled engine that can run on a cluster the caller already has: the keyword its
-#: executor's constructor takes that session under, and the session's type (module, class).
-#: ``spark`` is not a keyword of :func:`run` for the session, since it names the Spark
-#: engine's settings section there, as in a YAML file.
-SESSIONS: dict[str, tuple[str, str, str]] = {
-    "dask": ("client", "distributed", "Client"),
-    "spark": ("spark", "pyspark.sql", "SparkSession"),
-}
-
-
 def run(archive: storage.Location, out: storage.Location, backend: str = "dask",
         client: Any = None, *, progress: bool = False, **settings: Any) -> RunReport:
     """Map the buildings of every scene of ``archive`` into the output store ``out``.
@@ -117,7 +107,7 @@ def run(archive: storage.Location, out: storage.Location, backend: str = "dask",
     config: RunConfig = load_config(None, RunConfig, archive=archive, out=out,
                                     backend=backend, **settings)
     executor_class = load_backend(config.backend)
-    session = _session(config.backend, client)
+    session = _session(executor_class, client)
     check_run(config)
     with _executor(executor_class, config, session, progress=progress) as executor:
         if executor.dashboard_link:
@@ -146,9 +136,9 @@ def _refuse_loader_parameters(settings: dict[str, Any], loader: Callable[..., An
                           "and engine sections only")
 
 
-def _session(backend: str, client: Any) -> dict[str, Any]:
-    """``client`` as the keyword argument engine ``backend``'s constructor takes it under;
-    empty without a client.
+def _session(executor_class: type[Executor], client: Any) -> dict[str, Any]:
+    """``client`` as the keyword argument the engine's constructor takes it under (the
+    engine declares it: :attr:`resflow.executor.Executor.session`); empty without a client.
 
     Raises
     ------
@@ -157,14 +147,18 @@ def _session(backend: str, client: Any) -> dict[str, Any]:
     """
     if client is None:
         return {}
-    if backend not in SESSIONS:
-        takes = " or ".join(f"backend='{name}'" for name in SESSIONS)
+    from resflow.plugins import engine_classes
+
+    backend = executor_class.name
+    takers = {name: cls.session for name, cls in engine_classes().items() if cls.session}
+    if executor_class.session is None:
+        takes = " or ".join(f"backend='{name}'" for name in sorted(takers))
         raise BackendError("client", f"the '{backend}' engine cannot run on an existing "
                            "cluster", f"leave client out, or pass it with {takes}")
-    keyword, module, cls_name = SESSIONS[backend]
+    keyword, module, cls_name = executor_class.session
     if not isinstance(client, getattr(importlib.import_module(module), cls_name)):
         given = type(client).__module__.split(".")[0]
-        owner = [name for name, (_, m, _) in SESSIONS.items() if m.split(".")[0] == given]
+        owner = [name for name, (_, m, _) in takers.items() if m.split(".")[0] == given]
         fix = (f"pass backend='{owner[0]}'" if owner else
                f"pass a {module}.{cls_name}, or leave client out to start one")
         raise BackendError("client", f"the '{backend}' engine runs on a {module}.{cls_name}, "

@@ -263,6 +263,10 @@ class Executor(ABC):
     #: modules the engine imports to run (``("dask", "distributed")``): an engine whose
     #: module imports them only when used is still listed as broken when one is missing
     requires: ClassVar[tuple[str, ...]] = ()
+    #: an existing session the engine can run on, for ``resflow.run(..., client=...)``:
+    #: ``(constructor keyword, module, class)``, e.g. ``("client", "distributed", "Client")``;
+    #: ``None``: the engine always starts its own
+    session: ClassVar[tuple[str, str, str] | None] = None
 
     @classmethod
     def environment(cls) -> dict[str, str]:

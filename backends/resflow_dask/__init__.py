@@ -119,6 +119,7 @@ class DaskExecutor(Executor):
     """
 
     name = "dask"
+    session = ("client", "distributed", "Client")
     config_model = DaskConfig
     cli_options = CLI_OPTIONS
     requires = ("dask", "distributed")

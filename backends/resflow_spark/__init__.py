@@ -136,6 +136,7 @@ class SparkExecutor(Executor):
     """
 
     name = "spark"
+    session = ("spark", "pyspark.sql", "SparkSession")
     config_model = SparkConfig
     cli_options = CLI_OPTIONS
     requires = ("pyspark",)
