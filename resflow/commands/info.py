@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -28,13 +29,29 @@ def info_command(
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     if as_json:
-        typer.echo(json.dumps(summary, indent=2, default=str))
+        typer.echo(json.dumps(strict_json(summary), indent=2, default=str, allow_nan=False))
     elif summary.get("kind") == "output":
         from resflow.outputs import format_description
 
         typer.echo(format_description(summary))
     else:
         typer.echo(format_archive(summary))
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with every float NaN or infinity as None: strict JSON has neither, and a
+    float scene's nodata is often NaN.
+
+    >>> strict_json({"nodata": float("nan"), "bands": [1.0, float("inf")]})
+    {'nodata': None, 'bands': [1.0, None]}
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(item) for item in value]
+    return value
 
 
 def describe(path: Path | str) -> dict:
