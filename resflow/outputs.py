@@ -43,6 +43,7 @@ and rioxarray's ``.rio.crs`` / ``.rio.transform()`` recover the scene georeferen
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -55,6 +56,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
+import zarr.api.asynchronous
+from zarr.core.sync import sync
 
 from resflow import storage
 from resflow.chips import grid_shape, shard_chip_window
@@ -321,6 +324,19 @@ def write_hierarchy(location: Path | str, root_attrs: dict[str, Any],
     return written + 1
 
 
+def _write_together(writes: Sequence[tuple[zarr.Array, Any, np.ndarray]]) -> None:
+    """Write ``(array, selection, values)`` triples concurrently, in one round trip through
+    zarr's I/O loop; the first error is raised once all have finished."""
+    async def write_all() -> list[Any]:
+        return await asyncio.gather(*(array.async_array.setitem(selection, values)
+                                      for array, selection, values in writes),
+                                    return_exceptions=True)
+
+    for outcome in sync(write_all()):
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
 @dataclass
 class OutputStore:
     """A resflow output store: create it once on the driver, open it cheaply on workers.
@@ -535,12 +551,25 @@ class OutputStore:
 
     def _array(self, scene: str, name: str) -> zarr.Array:
         """A cached read-write handle, so a worker opens each array's metadata once."""
-        key = (scene, name)
-        if key not in self._arrays:
-            self._arrays[key] = zarr.open_array(self._zarr_store(read_only=False),
-                                                path=f"{self._group(scene)}/{name}",
-                                                mode="r+", zarr_format=3)
-        return self._arrays[key]
+        return self._open(scene, (name,))[0]
+
+    def _open(self, scene: str, names: Sequence[str]) -> list[zarr.Array]:
+        """Cached read-write handles on several arrays of a scene, those not yet open opened
+        together: one round trip through zarr's I/O loop instead of one per array, which is
+        most of a small scene's cost."""
+        missing = [name for name in names if (scene, name) not in self._arrays]
+        if missing:
+            store, group = self._zarr_store(read_only=False), self._group(scene)
+
+            async def open_all() -> list[Any]:
+                return await asyncio.gather(*(
+                    zarr.api.asynchronous.open_array(store=store, path=f"{group}/{name}",
+                                                     mode="r+", zarr_format=3)
+                    for name in missing))
+
+            for name, opened in zip(missing, sync(open_all()), strict=True):
+                self._arrays[(scene, name)] = zarr.Array(opened)
+        return [self._arrays[(scene, name)] for name in names]
 
     def read_array(self, scene: str, name: str) -> zarr.Array:
         """A read-only handle on one array (``probability``, ``mask``, ``chip_bucket``...)
@@ -590,7 +619,8 @@ class OutputStore:
 
         Writing a shard twice writes identical bytes, so re-executed tasks are harmless.
         """
-        probability_array = self._array(scene, "probability")
+        names = ("probability", "mask", LEDGER, *(("x", "y") if shard == 0 else ()))
+        probability_array, mask_array, ledger_array, *coordinates = self._open(scene, names)
         height, width = probability_array.shape
         chip = probability_array.chunks[0]
         r0, r1, c0, c1 = shard_chip_window(shard, height, width, chip, self.shard_chips)
@@ -608,19 +638,14 @@ class OutputStore:
                           slice(ref.x0 - x0, ref.x0 - x0 + ref.width))
                 probability[window] = prob
                 mask[window] = chip_mask
-        if shard == 0:
-            self._write_coordinates(scene, height, width, transform)
-        probability_array[y0:y1, x0:x1] = probability
-        self._array(scene, "mask")[y0:y1, x0:x1] = mask
-        self._array(scene, LEDGER)[r0:r1, c0:c1] = ledger
-
-    def _write_coordinates(self, scene: str, height: int, width: int,
-                           transform: tuple[float, ...] | None) -> None:
-        """The scene's pixel-centre x and y, from its transform: written by the task that
-        writes shard 0, before that shard's ledger entry, so a complete store has them."""
-        a, _, c, _, e, f = (transform or self.georeference(scene)[1])[:6]
-        self._array(scene, "x")[:] = c + (np.arange(width) + 0.5) * a
-        self._array(scene, "y")[:] = f + (np.arange(height) + 0.5) * e
+        region = np.s_[y0:y1, x0:x1]
+        writes = [(probability_array, region, probability), (mask_array, region, mask)]
+        if coordinates:  # the scene's x and y come with its first shard
+            a, _, c, _, e, f = (transform or self.georeference(scene)[1])[:6]
+            writes += [(coordinates[0], np.s_[:], c + (np.arange(width) + 0.5) * a),
+                       (coordinates[1], np.s_[:], f + (np.arange(height) + 0.5) * e)]
+        _write_together(writes)
+        ledger_array[r0:r1, c0:c1] = ledger  # last: the shard is done once its pixels are
 
     def _check_window(self, ref: ChipRef, probability: np.ndarray, mask: np.ndarray,
                       scene: str, window: tuple[int, int, int, int], chip: int) -> None:
