@@ -89,7 +89,8 @@ class RunConfig(_Strict):
 
     archive: LocationField | None = Field(
         None, description="the imagery archive: a folder or a URL such as s3://bucket/a.zarr")
-    gallery: Path | None = Field(None, description="model gallery; None = the bundled default")
+    gallery: LocationField | None = Field(
+        None, description="model gallery: a folder or a URL; None = the bundled default")
     out: LocationField | None = Field(
         None, description="the output store: a folder or a URL such as s3://bucket/maps.zarr")
     backend: str = Field(

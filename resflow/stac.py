@@ -213,7 +213,8 @@ def _collection(store: OutputStore, items: list[pystac.Item], when: datetime,
     boxes = [item.bbox for item in items if item.bbox] or [[-180.0, -90.0, 180.0, 90.0]]
     union = [min(b[0] for b in boxes), min(b[1] for b in boxes),
              max(b[2] for b in boxes), max(b[3] for b in boxes)]
-    gallery = Path(settings["gallery"]) if settings.get("gallery") else DEFAULT_PATH
+    gallery = (storage.normalise(settings["gallery"]) if settings.get("gallery")
+               else DEFAULT_PATH)
     collection = pystac.Collection(
         id=Path(name).stem or "resflow-maps", title=f"resflow building maps: {name}",
         description=(f"Building probability and masks mapped by resflow from "
@@ -222,11 +223,11 @@ def _collection(store: OutputStore, items: list[pystac.Item], when: datetime,
         extent=pystac.Extent(pystac.SpatialExtent([union, *boxes]),
                              pystac.TemporalExtent([[when, when]])),
         license="other")
-    collection.add_link(pystac.Link("via", str(gallery.absolute()), title="model gallery "
+    collection.add_link(pystac.Link("via", _href(gallery), title="model gallery "
                                     "(manifest.json, weights, model card)"))
-    card = gallery / MODEL_CARD
-    if card.is_file():
-        collection.add_link(pystac.Link("describedby", str(card.absolute()),
+    card = storage.join(gallery, MODEL_CARD)
+    if storage.exists(card):
+        collection.add_link(pystac.Link("describedby", _href(card),
                                         media_type="text/markdown", title="model card"))
     collection.add_asset("zarr", pystac.Asset(_local_href(store.path), title="output store",
                                               media_type=ZARR_MEDIA_TYPE, roles=["data"]))
@@ -235,6 +236,11 @@ def _collection(store: OutputStore, items: list[pystac.Item], when: datetime,
             Path(footprints), "every scene's buildings, one row per building"))
     collection.add_items(items)
     return collection
+
+
+def _href(location: Path | str) -> str:
+    """A link target: an absolute path, or a URL without credentials."""
+    return str(location.absolute()) if isinstance(location, Path) else storage.display(location)
 
 
 # --- STAC in: the images to ingest ----------------------------------------------------------

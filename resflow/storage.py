@@ -290,6 +290,43 @@ def raster_env(location: Path | str, **options: Any) -> Any:
     return rasterio.Env(**gdal_options(location), **options)
 
 
+def local_copy(location: Path | str, marker: str) -> Path:
+    """A local folder holding what is under ``location``: the path itself, or for a URL a
+    copy in this user's cache (``<tmp>/resflow-cache-<uid>``), fetched again whenever the
+    object ``marker`` (a manifest) differs from the copy's. The copy is made under a
+    temporary name and renamed, so a process never sees half of one.
+
+    For small trees read by every worker (a model gallery): each process reads local files.
+    """
+    import hashlib
+    import shutil
+    import tempfile
+
+    if isinstance(location, Path):
+        return location
+    remote = read_bytes(join(location, marker))
+    cache = Path(tempfile.gettempdir()) / f"resflow-cache-{os.getuid()}"
+    cache.mkdir(mode=0o700, exist_ok=True)
+    target = cache / hashlib.sha256(display(location).encode() + remote).hexdigest()[:24]
+    if (target / marker).is_file() and (target / marker).read_bytes() == remote:
+        return target
+    fs, path = filesystem(location)
+    staging = Path(tempfile.mkdtemp(dir=cache, prefix=".partial-"))
+    try:
+        for key in fs.find(path):
+            relative = key[len(path.rstrip("/")) + 1:]
+            (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+            (staging / relative).write_bytes(fs.cat_file(key))
+        try:
+            staging.replace(target)
+        except OSError:  # another process made the same copy first
+            if not (target / marker).is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
 def local_or_none(location: Path | str) -> Path | None:
     """The local path, or None for a URL (for work that only a local folder allows)."""
     return location if isinstance(location, Path) else None

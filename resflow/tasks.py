@@ -86,7 +86,7 @@ class GraphSettings:
     """
 
     archive: Path | str
-    gallery: Path | None
+    gallery: Path | str | None
     out: Path | str
     batch_size: int = 8
     halo: int = 32
@@ -228,9 +228,17 @@ _ARCHIVES: dict[tuple[str, str], Archive] = {}
 _STORES: dict[tuple[str, str], OutputStore] = {}
 
 
-def gallery_key(path: Path | None) -> tuple[str, str]:
+def gallery_folder(location: Path | str | None) -> Path:
+    """The gallery's local folder: the bundled default for None, a verified local copy for
+    a URL (:func:`resflow.storage.local_copy`, keyed by its manifest)."""
+    if location is None:
+        return DEFAULT_PATH
+    return storage.local_copy(storage.normalise(location), MANIFEST)
+
+
+def gallery_key(location: Path | str | None) -> tuple[str, str]:
     """The cache key of a gallery: its resolved path and the sha256 of its manifest."""
-    path = DEFAULT_PATH if path is None else Path(path)
+    path = gallery_folder(location)
     try:
         digest = hashlib.sha256((path / MANIFEST).read_bytes()).hexdigest()
     except OSError:
@@ -239,16 +247,17 @@ def gallery_key(path: Path | None) -> tuple[str, str]:
     return str(path.resolve()), digest
 
 
-def load_gallery(path: Path | None) -> Gallery:
-    """The gallery, loaded and verified once per process (a retrained gallery reloads)."""
-    key = gallery_key(path)
+def load_gallery(location: Path | str | None) -> Gallery:
+    """The gallery (a folder, a URL, or None for the bundled one), loaded and verified once
+    per process (a retrained gallery reloads)."""
+    key = gallery_key(location)
     with _LOCK:
         if key not in _GALLERIES:
-            _GALLERIES[key] = Gallery.load(path)
+            _GALLERIES[key] = Gallery.load(Path(key[0]))
         return _GALLERIES[key]
 
 
-def preload_models(path: Path | None) -> None:
+def preload_models(path: Path | str | None) -> None:
     """Build every model of the gallery in this process, before the first task needs it,
     and fix the process's malloc thresholds (:mod:`resflow.allocator`)."""
     steady_malloc()

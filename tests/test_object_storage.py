@@ -182,3 +182,25 @@ def test_credentials_never_reach_messages_or_reports(s3_archive: str, bucket: st
     for text in (done.output, report, root):
         assert SECRET not in text
     assert json.loads(report)["config"]["out"] == out
+
+
+def test_a_gallery_in_the_bucket_is_read_through_a_verified_local_copy(
+        s3_archive: str, bucket: str, engine_gallery: Path, reference: Path,
+        tmp_path: Path) -> None:
+    """Every process reads the gallery from a local copy keyed by its manifest: the maps are
+    those of the same gallery on disk, and a changed manifest is fetched again."""
+    import fsspec
+
+    from resflow.tasks import gallery_folder
+
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    fs.put(str(engine_gallery), f"{bucket}/gallery", recursive=True)
+    url = f"s3://{bucket}/gallery"
+    copy = gallery_folder(url)
+    assert copy != engine_gallery and (copy / "manifest.json").read_bytes() == \
+        (engine_gallery / "manifest.json").read_bytes()
+    out = f"s3://{bucket}/maps-gallery-url.zarr"
+    run_graph(RunConfig(archive=s3_archive, out=out, gallery=url, backend="local",
+                        partition_chips=8), LocalExecutor(gpus=[], progress=False))
+    assert_same_maps(out, reference)
+    assert gallery_folder(url) == copy  # the same manifest: the same copy, not fetched again

@@ -120,7 +120,8 @@ def run_command(
         help="the imagery archive (from `resflow ingest`): a folder or a URL (s3://...)")],
     out: Annotated[str, typer.Option(
         "--out", "-o", help="the output store, e.g. maps.zarr or s3://bucket/maps.zarr")],
-    gallery: Annotated[Path | None, typer.Option(help="model gallery (default: bundled)")] = None,
+    gallery: Annotated[str | None, typer.Option(
+        help="model gallery: a folder or a URL (default: bundled)")] = None,
     backend: Backend = None,
     config: ConfigFile = None,
     sets: Sets = None,
