@@ -9,6 +9,7 @@ missing objects are named by URL, and credentials never reach a message or a rep
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from pathlib import Path
 
@@ -204,3 +205,38 @@ def test_a_gallery_in_the_bucket_is_read_through_a_verified_local_copy(
                         partition_chips=8), LocalExecutor(gpus=[], progress=False))
     assert_same_maps(out, reference)
     assert gallery_folder(url) == copy  # the same manifest: the same copy, not fetched again
+
+
+def test_a_run_killed_mid_write_resumes_to_the_same_bytes(
+        faults: FaultyS3, s3_archive: str, bucket: str, engine_gallery: Path, reference: Path,
+        tmp_path: Path) -> None:
+    """``resflow run`` against the bucket, SIGKILLed with its writes in flight (the server
+    slows them down), then ``--resume``: the store's objects are a clean run's, byte for
+    byte."""
+    from tests.reliability.processes import (
+        BIN,
+        chips_done,
+        kill_tree,
+        resflow,
+        started,
+        tree,
+        wait_until,
+    )
+
+    out = f"s3://{bucket}/maps-killed.zarr"
+    args = ["run", s3_archive, "--out", out, "--backend", "local", "--gallery",
+            str(engine_gallery), "--set", "partition_chips=8"]
+    faults.fail("PUT", r"maps-killed\.zarr/.*/c/", 10_000, delay_s=0.3)
+    with started([str(BIN / "resflow"), *args], tmp_path / "killed.log") as proc:
+        wait_until(lambda: chips_done(out) >= 1, "a first chip", proc)
+        kill_tree(tree(proc.pid))
+    time.sleep(1.0)  # requests the server held back still land: the ledger says what did
+    done_before = chips_done(out)
+    assert 0 < done_before < len(Archive.open(s3_archive).chips())
+    assert not OutputStore.open(out).complete
+    faults.clear()
+    resumed = resflow(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"at {done_before}/" in resumed.stderr  # "resuming ... at N/M chips"
+    assert OutputStore.open(out).complete
+    assert objects(out) == objects(reference)
