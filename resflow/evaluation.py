@@ -26,7 +26,7 @@ What is scored, and why:
 * **Overall = summed counts.** The overall line adds the scenes' pixel and footprint
   counts and computes ratios from the sums, so a small scene cannot weigh like a big one.
 
-The mask scored is the run's own (as written: ``probability > threshold x 255`` without
+The mask scored is the run's own (as written: ``probability > threshold`` without
 specks smaller than the run's ``min_building_m2``, :mod:`resflow.masks`), or the
 probability re-thresholded the same way at ``threshold`` when one is given.
 """
@@ -222,7 +222,7 @@ def write_overlay(png_path: Path, background: np.ndarray, categories: np.ndarray
     ----------
     background
         ``(h, w, 3)`` float RGB in [0, 1] (the harmonised imagery) or ``(h, w)`` uint8
-        probability x 255, drawn in grey.
+        probability x 254 (255 not mapped), drawn in grey.
     categories
         ``(h, w)`` codes of :func:`~resflow.training.metrics.pixel_categories`, on the same
         grid as ``background``.

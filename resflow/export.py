@@ -39,7 +39,7 @@ from resflow import storage
 from resflow.config import MIN_BUILDING_M2
 from resflow.errors import ConfigError, ResflowError
 from resflow.masks import building_mask, min_pixels
-from resflow.outputs import OutputStore
+from resflow.outputs import PROBABILITY_SCALE, OutputStore
 
 if TYPE_CHECKING:
     from resflow.archive import Archive
@@ -53,10 +53,6 @@ a few tens of MB per window, whatever the scene size."""
 
 WGS84 = "EPSG:4326"
 """The one CRS of a footprints file, as RFC 7946 GeoJSON requires (longitude, latitude)."""
-
-LEGACY_PROBABILITY_SCALE = 1 / 255
-"""Scale of a probability array without a ``scale_factor`` attribute (stores that stored
-probability x 255)."""
 
 MASK_COLOURS = {0: (0, 0, 0, 255), 1: (230, 40, 30, 255)}
 """Colour table of mask COGs, RGBA: background black, buildings red (as quicklooks). A TIFF
@@ -155,7 +151,7 @@ class SceneMaps:
         mask = store.read_array(scene, "mask")
         crs_wkt, transform = store.georeference(scene)
         return cls(scene, probability, mask,
-                   Encoding.of(probability, default_scale=LEGACY_PROBABILITY_SCALE),
+                   Encoding.of(probability, default_scale=1 / PROBABILITY_SCALE),
                    Encoding.of(mask, default_scale=1.0), crs_wkt, Affine(*transform), gsd_m)
 
     @property
