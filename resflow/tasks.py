@@ -324,10 +324,20 @@ class _Timer:
 
 # -- pieces shared by both plans ---------------------------------------------------------
 
-def expand(partition: Partition, archive: Archive, store: OutputStore) -> list[ChipRef]:
-    """Every chip of the partition's shards, in plan order."""
-    return [ref for scene, shard in partition.shards()
-            for ref in archive.shard_chips(scene, shard, store.shard_chips)]
+ShardChips = tuple[str, int, list[ChipRef]]
+"""One shard of a partition: its scene, its index, and its chips."""
+
+
+def expand(partition: Partition, archive: Archive, store: OutputStore) -> list[ShardChips]:
+    """Every shard of the partition with its chips, in plan order: built once per task and
+    used both to read the chips and to write the shards."""
+    return [(scene, shard, archive.shard_chips(scene, shard, store.shard_chips))
+            for scene, shard in partition.shards()]
+
+
+def with_data(shards: list[ShardChips]) -> list[ChipRef]:
+    """The chips of ``shards`` that hold a valid pixel: those worth reading and mapping."""
+    return [ref for _, _, refs in shards for ref in refs if ref.valid_fraction > 0]
 
 
 def _reader(archive: Archive, halo: int, counter: storage.RetryCount
@@ -427,7 +437,7 @@ def segment_chips(settings: GraphSettings, gallery: Gallery, device: Any,
     return out
 
 
-def write_shards(settings: GraphSettings, partition: Partition,
+def write_shards(settings: GraphSettings, shards: list[ShardChips],
                  mapped: dict[ChipRef, tuple[np.ndarray, np.ndarray, int]],
                  failures: list[ChipFailure], summary: PartitionSummary,
                  counter: storage.RetryCount, clock: _Clock, stage: str) -> None:
@@ -440,9 +450,8 @@ def write_shards(settings: GraphSettings, partition: Partition,
     store, archive = _store(settings.out), _archive(settings.archive)
     failed = {f.ref for f in failures}
     models = _gallery_models(settings)
-    for scene, shard in partition.shards():
+    for scene, shard, chips in shards:
         summary.scenes.add(scene)
-        chips = archive.shard_chips(scene, shard, store.shard_chips)
         probabilities, masks, buckets = [], [], []
         for ref in chips:
             if ref in mapped:
@@ -526,7 +535,8 @@ def _fused_partition(settings: GraphSettings, partition: Partition,
     gallery = load_gallery(settings.gallery)
     archive = _archive(settings.archive)
     failures: list[ChipFailure] = []
-    work = [r for r in expand(partition, archive, _store(settings.out)) if r.valid_fraction > 0]
+    shards = expand(partition, archive, _store(settings.out))
+    work = with_data(shards)
     with clock("read"):
         work, pixels = read_chips(work, _reader(archive, settings.halo, counter), STAGE1,
                                   failures)
@@ -544,7 +554,7 @@ def _fused_partition(settings: GraphSettings, partition: Partition,
         mapped = segment_chips(settings, gallery, device,
                                dict(zip(embedded, buckets.tolist(), strict=True)),
                                dict(zip(work, pixels, strict=True)), maps, clock, failures)
-    write_shards(settings, partition, mapped, failures, summary, counter, clock, FUSED)
+    write_shards(settings, shards, mapped, failures, summary, counter, clock, FUSED)
     summary.seconds = dict(clock.seconds)
     return summary
 
@@ -586,7 +596,7 @@ def _features(settings: GraphSettings, partition: Partition, env: TaskEnv) -> li
     device = _device(settings, env)
     gallery = load_gallery(settings.gallery)
     archive = _archive(settings.archive)
-    refs = [r for r in expand(partition, archive, _store(settings.out)) if r.valid_fraction > 0]
+    refs = with_data(expand(partition, archive, _store(settings.out)))
     failures: list[ChipFailure] = []
     with clock("read"):
         refs, pixels = read_chips(refs, _reader(archive, settings.halo, counter), STAGE1,
@@ -693,7 +703,8 @@ def _write_partition(settings: GraphSettings, partition: Partition,
     failures = [r for r in records if isinstance(r, ChipFailure)]
     chips = [r for r in records if isinstance(r, Segmented)]
     mapped = {r.ref: (r.probability, r.mask, r.bucket) for r in chips}
-    write_shards(settings, partition, mapped, failures, summary, counter, clock, WRITE)
+    shards = expand(partition, _archive(settings.archive), _store(settings.out))
+    write_shards(settings, shards, mapped, failures, summary, counter, clock, WRITE)
     summary.retries += sum(r.count for r in records if isinstance(r, StorageRetries))
     seconds = dict(clock.seconds)
     for r in chips:
