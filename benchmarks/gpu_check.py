@@ -41,7 +41,7 @@ import traceback
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from email.parser import Parser
 from pathlib import Path
@@ -537,17 +537,19 @@ def environment(device: torch.device) -> dict[str, Any]:
 def stage_outputs(data: Preloaded, gallery: Gallery, device: torch.device, batch_size: int,
                   halo: int, buckets: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Features, codes, buckets and the trimmed probability of every preloaded chip, by the
-    graph's own path: one encoder pass over chip plus halo (:func:`resflow.stages.encode`),
-    its maps decoded model by model (:func:`resflow.stages.decode`).
+    graph's own path: the chips as stored, harmonised on ``device``, one encoder pass over
+    chip plus halo (:func:`resflow.stages.encode`), its maps decoded model by model
+    (:func:`resflow.stages.decode`).
 
     ``buckets`` chooses each chip's segmenter (default: its own route), so that stage 3 can
     be compared on two devices with the same model even where their routes differ.
     """
     import numpy as np
 
+    from resflow.model_input import SourceImages
     from resflow.stages import decode, encode, map_codes
 
-    features, maps = encode(data.context, gallery.feature_extractor(), halo=halo,
+    features, maps = encode(SourceImages(data.stored), gallery.feature_extractor(), halo=halo,
                             batch_size=batch_size, device=device)
     codes, routed = map_codes(features, gallery.hashing_head(), gallery.bucket_codes)
     serve = routed if buckets is None else buckets
@@ -615,10 +617,72 @@ def compare_outputs(reference: dict[str, np.ndarray], other: dict[str, np.ndarra
     return {**found, "within": within, "within_tolerance": all(within.values())}
 
 
+def input_route(data: Preloaded, archive: Archive, device: torch.device,
+                options: CheckOptions) -> dict[str, Any]:
+    """The graph's way into the models on ``device`` against harmonising on the host.
+
+    Chips go as stored (source dtype, pinned double-buffered staging) and are harmonised
+    on the device (:class:`resflow.model_input.SourceImages`; float64 and wide 32-bit
+    sources are harmonised first, :func:`~resflow.model_input.travels_stored`); the host
+    route harmonises every chip to float32 and sends that. Both must give the same blocks
+    bit for bit, and quantising and thresholding on the device the host's bytes. Each route
+    is timed producing the engines' blocks of the chips (warmed up untimed, waited for at
+    the end).
+    """
+    import numpy as np
+    import torch
+
+    from resflow.masks import building_mask
+    from resflow.model_input import HARMONISED_BYTES, SourceImages, sent_bytes
+    from resflow.outputs import NOT_MAPPED, quantise, quantised_threshold
+    from resflow.stages import quantise_tensor
+
+    chips = archive.read_sources(data.refs, options.halo)
+    rows = options.engine_batch_size
+    routes = {"host": SourceImages(chips, on_device=False),
+              "device": SourceImages(chips, on_device=True)}
+    equal = all(torch.equal(a, b) for (a, _), (b, _) in zip(
+        routes["host"].blocks(rows, device), routes["device"].blocks(rows, device),
+        strict=True))
+
+    def chips_per_s(images: SourceImages) -> float:
+        checksum = torch.zeros((), device=device)
+        for block, _ in images.blocks(rows, device):  # warm-up: tables, buffers
+            checksum += block.sum()
+        start = time.perf_counter()
+        for _ in range(options.repeats):
+            for block, _ in images.blocks(rows, device):
+                checksum += block.sum()
+        float(checksum)  # waits for the device
+        return options.repeats * len(images) / (time.perf_counter() - start)
+
+    rng = np.random.default_rng(0)
+    probability = rng.random((len(chips), *chips[0].valid.shape), dtype=np.float32)
+    valid = np.stack([chip.valid for chip in chips])
+    stored, above = quantise_tensor(torch.from_numpy(probability).to(device),
+                                    torch.from_numpy(valid).to(device), MASK_THRESHOLD)
+    expected = np.stack([quantise(np.where(v, p, 0.0)) for p, v in zip(probability, valid,
+                                                                        strict=True)])
+    expected_above = np.stack([building_mask(q, quantised_threshold(MASK_THRESHOLD), 0)
+                               for q in expected])
+    expected[~valid] = NOT_MAPPED
+    edge = chips[0].valid.shape[-1]
+    return {
+        "chips": len(chips), "batch_size": rows, "device": str(device),
+        "blocks_bitwise_equal": equal,
+        "quantise_bitwise_equal": bool(np.array_equal(stored.cpu().numpy(), expected)
+                                       and np.array_equal(above.cpu().numpy(), expected_above)),
+        "bytes_per_chip": {"sent": float(np.mean([sent_bytes(c) for c in chips])),
+                           "float32": HARMONISED_BYTES * edge * edge},
+        "chips_per_s": {name: chips_per_s(images) for name, images in routes.items()},
+    }
+
+
 def first_chips(data: Preloaded, n: int) -> Preloaded:
     """The first ``n`` chips of ``data``."""
-    return replace(data, refs=data.refs[:n], plain=data.plain[:n], context=data.context[:n],
-                   km2=float(sum(r.km2 for r in data.refs[:n])))
+    import numpy as np
+
+    return data.subset(np.arange(min(n, len(data.refs))))
 
 
 def repeated_chips(data: Preloaded, n: int) -> Preloaded:
@@ -627,10 +691,7 @@ def repeated_chips(data: Preloaded, n: int) -> Preloaded:
 
     if n <= 0:
         return data
-    index = np.arange(n) % len(data.refs)
-    refs = [data.refs[i] for i in index]
-    return replace(data, refs=refs, plain=data.plain[index], context=data.context[index],
-                   km2=float(sum(r.km2 for r in refs)))
+    return data.subset(np.arange(n) % len(data.refs))
 
 
 def compare_devices(data: Preloaded, gallery: Gallery, device: torch.device,
@@ -872,6 +933,19 @@ def markdown(summary: dict[str, Any]) -> str:
         for measure in ("feature_max_abs", "feature_relative_l2_max", "probability_max_abs",
                         "mask_iou"):
             lines.append(f"| {measure} | {_num(comparison[measure], 4)} | - | - |")
+    if "input_route" in summary:
+        route = summary["input_route"]
+        size, rate = route["bytes_per_chip"], route["chips_per_s"]
+        lines += ["", f"## Into the models on {route['device']}: stored pixels against "
+                  "host float32", "",
+                  f"{route['chips']} chips in blocks of {route['batch_size']}; blocks bit for "
+                  f"bit equal: {_num(route['blocks_bitwise_equal'])}; quantise and threshold "
+                  f"bit for bit equal: {_num(route['quantise_bitwise_equal'])}.", "",
+                  "| route | bytes a chip sent | blocks chips/s |", "|---|---|---|",
+                  f"| stored dtype, harmonised on the device | {_num(size['sent'], 0)} | "
+                  f"{_num(rate['device'])} |",
+                  f"| float32, harmonised on the host | {_num(size['float32'], 0)} | "
+                  f"{_num(rate['host'])} |"]
     if "batch_invariance" in summary:
         invariance = summary["batch_invariance"]
         lines += ["", f"## Batch invariance on {invariance['device']}", "",
@@ -978,6 +1052,7 @@ def run_check(options: CheckOptions, log: Callable[[str], None] = print) -> dict
     archive, gallery, data = loaded["archive"], loaded["gallery"], loaded["data"]
     compared = first_chips(data, options.compare_chips)
     step("comparison", lambda: compare_devices(compared, gallery, device, options))
+    step("input_route", lambda: input_route(compared, archive, device, options))
     step("batch_invariance", lambda: batch_invariance(compared, gallery, device, options))
     swept = repeated_chips(data, options.sweep_chips)
     step("batch_sweep", lambda: batch_sweep(swept, archive, gallery, device, options))

@@ -31,6 +31,7 @@ from resflow import storage
 from resflow.chips import (
     ChipPixels,
     ChipRef,
+    SourceChip,
     chip_grid,
     chip_runs,
     halo_indices,
@@ -38,7 +39,7 @@ from resflow.chips import (
     window_km2,
 )
 from resflow.errors import InputError
-from resflow.harmonise import harmonise
+from resflow.harmonise import Scaling, valid_mask
 
 ARCHIVE_KIND = "archive"
 #: 2: scenes on a working grid at a recorded ground resolution (``gsd_m``), too-coarse
@@ -171,6 +172,7 @@ class Archive:
         self.skipped = skipped or {}
         self._arrays: dict[str, zarr.Array] = {}
         self._valid: dict[str, np.ndarray] = {}
+        self._scalings: dict[str, Scaling] = {}
         self._store: Any = None
 
     @property
@@ -240,6 +242,13 @@ class Archive:
                                            shard_chips)
         return [self._ref(info, row, col) for row in range(r0, r1) for col in range(c0, c1)]
 
+    def scaling(self, scene: str) -> Scaling:
+        """How the scene's stored pixels become the models' input (made once per process)."""
+        if scene not in self._scalings:
+            info = self._scene(scene)
+            self._scalings[scene] = Scaling.of(info.dtype, info.rgb, info.stats)
+        return self._scalings[scene]
+
     def _valid_fraction(self, scene: str) -> np.ndarray:
         """Share of valid pixels per chip of a scene, read once per process."""
         if scene not in self._valid:
@@ -263,29 +272,37 @@ class Archive:
         return self.read_chips([ref], halo)[0]
 
     def read_chips(self, refs: Sequence[ChipRef], halo: int = 0) -> list[ChipPixels]:
-        """:meth:`read_chip` for many chips, in the order given, decoding each chunk once.
+        """:meth:`read_chip` for many chips, in the order given, decoding each chunk once."""
+        return [chip.harmonised() for chip in self.read_sources(refs, halo)]
+
+    def read_sources(self, refs: Sequence[ChipRef], halo: int = 0) -> list[SourceChip]:
+        """Chips read with ``halo`` pixels of context, in the order given, as stored: the
+        inference graph sends them to its models this way and harmonises them there.
 
         Chips side by side in one chip row of a scene form a *run* read as one slab: a chip
         with a halo spans 3 x 3 chunks, and neighbours share 6 of them, so a run of ``n``
-        chips decodes ``3 (n + 2)`` chunks instead of ``9 n``. The pixels are those of
-        :meth:`read_chip`, bit for bit (reflection and harmonisation are per pixel).
+        chips decodes ``3 (n + 2)`` chunks instead of ``9 n``. Beyond the scene edge pixels
+        are reflected (see :mod:`resflow.chips`); validity is judged on every stored band.
         """
-        pixels: dict[int, ChipPixels] = {}
+        chips: dict[int, SourceChip] = {}
         for run in chip_runs(refs):
             first = refs[run[0]]
             info = self._scene(first.scene)
+            scaling = self.scaling(first.scene)
             span = (refs[run[-1]].col - first.col + 1) * first.chip
             rows = halo_indices(first.y0, first.chip, halo, info.height)
             cols = halo_indices(first.x0, span, halo, info.width)
             r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-            slab = np.asarray(self.image(first.scene)[:, r0:r1, c0:c1])
-            image, valid = harmonise(slab[:, rows - r0][:, :, cols - c0], info.nodata,
-                                     info.rgb, info.stats)
+            slab = np.asarray(self.image(first.scene)[:, r0:r1, c0:c1])[:, rows - r0][
+                :, :, cols - c0]
+            valid = valid_mask(slab, info.nodata)
+            used = slab[list(scaling.bands)]
             edge = first.chip + 2 * halo
             for i in run:
                 x = (refs[i].col - first.col) * first.chip
-                pixels[i] = ChipPixels(image=image[:, :, x:x + edge], valid=valid[:, x:x + edge])
-        return [pixels[i] for i in range(len(refs))]
+                chips[i] = SourceChip(pixels=used[:, :, x:x + edge], valid=valid[:, x:x + edge],
+                                      scaling=scaling)
+        return [chips[i] for i in range(len(refs))]
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready description: scenes, bands, CRS, resolution, chips, km^2, refusals.

@@ -16,9 +16,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pyproj import CRS, Geod, Proj, Transformer
+
+if TYPE_CHECKING:
+    from resflow.harmonise import Scaling
 
 
 @dataclass(frozen=True, order=True)
@@ -69,6 +73,40 @@ class ChipPixels:
 
     image: np.ndarray
     valid: np.ndarray
+
+    def finite(self) -> bool:
+        """Whether every pixel is finite, so that a model can map the chip."""
+        return bool(np.isfinite(self.image).all())
+
+
+@dataclass
+class SourceChip:
+    """One chip read with a halo, as stored: what travels to the models, which harmonise
+    it where they run (:class:`resflow.harmonise.Scaling`).
+
+    Attributes
+    ----------
+    pixels
+        ``(len(scaling.bands), chip + 2*halo, chip + 2*halo)`` in the stored dtype: the
+        bands feeding R, G and B, each once.
+    valid
+        bool ``(chip + 2*halo, chip + 2*halo)``, as :attr:`ChipPixels.valid`.
+    scaling
+        The scene's scaling of ``pixels`` to the models' input.
+    """
+
+    pixels: np.ndarray
+    valid: np.ndarray
+    scaling: Scaling
+
+    def harmonised(self) -> ChipPixels:
+        """The chip as the models see it, harmonised on the host."""
+        return ChipPixels(image=self.scaling.apply(self.pixels, self.valid), valid=self.valid)
+
+    def finite(self) -> bool:
+        """Whether every pixel harmonises to a finite value (checked without harmonising
+        where the scaling guarantees it)."""
+        return self.scaling.always_finite or self.harmonised().finite()
 
 
 def chip_grid(height: int, width: int, chip: int) -> Iterator[tuple[int, int, int, int, int, int]]:

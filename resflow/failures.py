@@ -15,13 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
     from resflow.archive import Archive
-    from resflow.chips import ChipPixels, ChipRef
+    from resflow.chips import ChipPixels, ChipRef, SourceChip
+
+    Chip = ChipPixels | SourceChip
 
 FIX = ("check the scene's source raster (e.g. `gdalinfo -stats`); re-ingest it once fixed, "
        "then `resflow run ... --resume` maps only the missing chips")
@@ -61,18 +63,18 @@ def describe_error(exc: BaseException) -> str:
     return f"{exc.__class__.__name__}: {exc}".rstrip(".")
 
 
-def read_chips(refs: Sequence[ChipRef], read: Callable[[Sequence[ChipRef]], list[ChipPixels]],
-               stage: str, failures: list[ChipFailure]
-               ) -> tuple[list[ChipRef], list[ChipPixels]]:
+def read_chips(refs: Sequence[ChipRef], read: Callable[[Sequence[ChipRef]], list[Chip]],
+               stage: str, failures: list[ChipFailure]) -> tuple[list[ChipRef], list[Chip]]:
     """Read the chips together; one whose read raises or whose model input is not finite
     fails alone.
 
-    ``read`` takes a list of chips (:meth:`resflow.archive.Archive.read_chips`). If reading
+    ``read`` takes a list of chips (:meth:`resflow.archive.Archive.read_sources` or
+    :meth:`~resflow.archive.Archive.read_chips`). If reading
     them together raises, each chip is read on its own so that only the unreadable ones fail.
     Returns the chips that can go on and their pixels; failures are appended to ``failures``.
     """
     try:
-        together: list[ChipPixels | None] = list(read(refs))
+        together: list[Chip | None] = list(read(refs))
     except Exception:  # find the chip(s) at fault; the others are read one by one
         together = []
         for ref in refs:
@@ -83,11 +85,11 @@ def read_chips(refs: Sequence[ChipRef], read: Callable[[Sequence[ChipRef]], list
                                             f"reading the chip failed ({describe_error(exc)})"))
                 together.append(None)
     kept: list[ChipRef] = []
-    pixels: list[ChipPixels] = []
+    pixels: list[Chip] = []
     for ref, chip in zip(refs, together, strict=True):
         if chip is None:
             continue
-        if not np.isfinite(chip.image).all():
+        if not chip.finite():
             failures.append(ChipFailure(ref, stage, "its harmonised pixels hold NaN or Inf "
                                         "(source values too extreme to scale), so no model "
                                         "can map it"))
@@ -98,17 +100,20 @@ def read_chips(refs: Sequence[ChipRef], read: Callable[[Sequence[ChipRef]], list
 
 
 def compute_chips(refs: Sequence[ChipRef], images: np.ndarray,
-                  model: Callable[[np.ndarray], np.ndarray], stage: str,
-                  failures: list[ChipFailure]) -> tuple[list[ChipRef], list[np.ndarray]]:
+                  model: Callable[[np.ndarray], Sequence[Any]], stage: str,
+                  failures: list[ChipFailure],
+                  finite: Callable[[Any], bool] = lambda out: bool(np.isfinite(out).all())
+                  ) -> tuple[list[ChipRef], list[Any]]:
     """``model`` on the batch ``images`` (one row per chip); a chip it cannot map fails alone.
 
     The batch runs once; if it raises, each chip runs alone so only the chips that raise fail.
-    A chip whose output is not finite fails too, so NaN never reaches the output store.
+    A chip whose output is not ``finite`` (default: every value finite) fails too, so NaN
+    never reaches the output store.
     """
     if not refs:
         return [], []
     try:
-        outputs: list[np.ndarray | None] = list(model(images))
+        outputs: list[Any] = list(model(images))
     except Exception:  # find the chip(s) at fault; the others keep their exact results
         outputs = []
         for ref, image in zip(refs, images, strict=True):
@@ -118,11 +123,11 @@ def compute_chips(refs: Sequence[ChipRef], images: np.ndarray,
                 failures.append(ChipFailure(ref, stage, f"the model raised {describe_error(exc)}"))
                 outputs.append(None)
     kept: list[ChipRef] = []
-    results: list[np.ndarray] = []
+    results: list[Any] = []
     for ref, out in zip(refs, outputs, strict=True):
         if out is None:
             continue
-        if not np.isfinite(out).all():
+        if not finite(out):
             failures.append(ChipFailure(ref, stage, "the model returned NaN or Inf"))
             continue
         kept.append(ref)

@@ -258,11 +258,6 @@ def harmonise(pixels: np.ndarray, nodata: float | None, rgb: Sequence[int],
               stats: dict) -> tuple[np.ndarray, np.ndarray]:
     """Source pixels ``(band, y, x)`` to the models' input.
 
-    8- and 16-bit integer pixels go through a per-band lookup table (:func:`scaled_table`):
-    one gather per source band instead of five float64 passes per channel, and bit for bit
-    the same values (the table is the same formula over every possible pixel value). Float
-    pixels are scaled directly.
-
     Returns
     -------
     image, valid
@@ -276,23 +271,97 @@ def harmonise(pixels: np.ndarray, nodata: float | None, rgb: Sequence[int],
     ([[0.0, 0.5, 1.0]], [[False, True, True]])
     """
     valid = valid_mask(pixels, nodata)
-    if pixels.dtype.kind not in "iu" or pixels.dtype.itemsize > 2:
-        return _scaled(pixels, valid, rgb, stats), valid
-    offset = np.iinfo(pixels.dtype).min
-    image = np.empty((3, *pixels.shape[1:]), dtype=np.float32)
-    gathered: dict[int, int] = {}
-    for channel, band in enumerate(rgb):
-        if band in gathered:  # a panchromatic band feeds all three channels
-            image[channel] = image[gathered[band]]
-            continue
-        table = scaled_table(pixels.dtype.str, float(stats["low"][band]),
-                             float(stats["high"][band]))
-        index = pixels[band] if offset == 0 else pixels[band].astype(np.int32) - offset
-        np.take(table, index, out=image[channel])
-        gathered[band] = channel
-    if not valid.all():
-        image[:, ~valid] = 0.0
-    return image, valid
+    scaling = Scaling.of(pixels.dtype, rgb, stats)
+    return scaling.apply(pixels[list(scaling.bands)], valid), valid
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """How one scene's stored bands become the models' three channels (module doc).
+
+    Chips travel to the models as the source's own pixels (1 or 2 bytes each for 8- and
+    16-bit imagery, against 12 for three float32 channels) and are scaled where the models
+    run, on the host (:meth:`apply`) or on a GPU
+    (:func:`resflow.device_input.harmonise_tensor`), with the same values bit for bit.
+
+    Attributes
+    ----------
+    dtype
+        The stored pixels' numpy dtype string (``"|u1"``, ``"<u2"``, ...).
+    bands
+        The stored bands that feed a channel, each once, in order of first use: only these
+        are sent to the models (a panchromatic band once, not three times).
+    channels
+        For R, G and B, the position in ``bands`` of the band feeding it.
+    low, high
+        Per entry of ``bands``, the values scaled to 0 and to 1.
+    """
+
+    dtype: str
+    bands: tuple[int, ...]
+    channels: tuple[int, int, int]
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+
+    @classmethod
+    def of(cls, dtype: np.dtype | str, rgb: Sequence[int], stats: dict) -> Scaling:
+        """The scaling of a scene whose pixels are ``dtype``, R, G, B bands ``rgb`` and
+        per-band ``stats`` (``{"low": [...], "high": [...]}``, every stored band)."""
+        bands = tuple(dict.fromkeys(int(b) for b in rgb))
+        return cls(dtype=np.dtype(dtype).str, bands=bands,
+                   channels=tuple(bands.index(int(b)) for b in rgb),  # type: ignore[arg-type]
+                   low=tuple(float(stats["low"][b]) for b in bands),
+                   high=tuple(float(stats["high"][b]) for b in bands))
+
+    @property
+    def tabled(self) -> bool:
+        """Whether pixels are scaled by lookup (8- and 16-bit integers) rather than
+        arithmetic: one gather per band instead of five float64 passes per channel."""
+        kind = np.dtype(self.dtype)
+        return kind.kind in "iu" and kind.itemsize <= 2
+
+    def tables(self) -> np.ndarray:
+        """``(len(bands), 2**bits)`` float32: every value of the dtype scaled by each band's
+        rule, indexed from the dtype's minimum (256 KiB a band for 16 bits)."""
+        return np.stack([scaled_table(self.dtype, low, high)
+                         for low, high in zip(self.low, self.high, strict=True)])
+
+    @functools.cached_property
+    def always_finite(self) -> bool:
+        """Whether every pixel scales to a finite value, so chips need no check: lookups of
+        finite tables, or finite ``low``, ``high`` and span (``(v - low) / span`` is then
+        finite or infinite, and clipped to [0, 1])."""
+        if self.tabled:
+            return bool(np.isfinite(self.tables()).all())
+        low, high = np.asarray(self.low), np.asarray(self.high)
+        with np.errstate(over="ignore"):
+            return bool(np.isfinite(low).all() and np.isfinite(high).all()
+                        and np.isfinite(high - low).all())
+
+    def apply(self, pixels: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """``pixels`` ``(len(bands), y, x)`` of :attr:`dtype` to float32 ``(3, y, x)`` in
+        [0, 1], pixels not ``valid`` 0.
+
+        8- and 16-bit pixels go through :meth:`tables`, which hold the arithmetic rule's
+        values over every possible pixel, so both routes give the same bits.
+        """
+        if not self.tabled:
+            return _scaled(pixels, valid, self.channels,
+                           {"low": self.low, "high": self.high})
+        offset = np.iinfo(np.dtype(self.dtype)).min
+        image = np.empty((3, *pixels.shape[1:]), dtype=np.float32)
+        gathered: dict[int, int] = {}
+        for channel, band in enumerate(self.channels):
+            if band in gathered:  # a panchromatic band feeds all three channels
+                image[channel] = image[gathered[band]]
+                continue
+            table = scaled_table(self.dtype, self.low[band], self.high[band])
+            index = pixels[band] if offset == 0 else pixels[band].astype(np.int32) - offset
+            np.take(table, index, out=image[channel])
+            gathered[band] = channel
+        if not valid.all():
+            image[:, ~valid] = 0.0
+        return image
 
 
 @functools.lru_cache(maxsize=64)
@@ -313,7 +382,7 @@ def _scaled(pixels: np.ndarray, valid: np.ndarray, rgb: Sequence[int],
     idx = list(rgb)
     low = np.asarray(stats["low"], dtype=np.float64)[idx][:, None, None]
     high = np.asarray(stats["high"], dtype=np.float64)[idx][:, None, None]
-    span = np.where(high > low, high - low, 1.0)
     with np.errstate(invalid="ignore", over="ignore"):
+        span = np.where(high > low, high - low, 1.0)
         scaled = np.clip((pixels[idx].astype(np.float64) - low) / span, 0.0, 1.0)
     return np.where(valid[None], scaled, 0.0).astype(np.float32)

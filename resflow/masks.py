@@ -65,7 +65,20 @@ def building_mask(probability: np.ndarray, threshold: float, min_pixels: int,
         inner = np.s_[reflect:-reflect, reflect:-reflect]
         return building_mask(np.pad(probability, reflect, mode="symmetric"), threshold,
                              min_pixels)[inner]
-    mask = probability > threshold
+    return keep_components(probability > threshold, min_pixels)
+
+
+def keep_components(mask: np.ndarray, min_pixels: int) -> np.ndarray:
+    """``mask`` without its 4-connected components of fewer than ``min_pixels`` pixels,
+    keeping every component that touches the array's edge (its rest may lie beyond it).
+
+    >>> m = np.zeros((4, 5), dtype=bool); m[1, 1] = m[1:3, 3] = m[0, 0] = True
+    >>> keep_components(m, 2).astype(int)
+    array([[1, 0, 0, 0, 0],
+           [0, 0, 0, 1, 0],
+           [0, 0, 0, 1, 0],
+           [0, 0, 0, 0, 0]])
+    """
     if min_pixels <= 1 or not mask.any():
         return mask
     labels, _ = ndimage.label(mask)

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
-STAGES = ("read", "preprocess", "stage1", "stage2", "regroup", "stage3", "write", "scheduling")
+STAGES = ("read", "stage1", "stage2", "regroup", "stage3", "write", "scheduling")
 """Per-stage time keys, seconds summed over all tasks (``scheduling`` = wall time the engine
 spent outside the stage functions: task dispatch, serialisation, waiting)."""
 

@@ -12,6 +12,13 @@ maps, which :func:`decode` turns into probabilities with the chip's model (stage
 maps are exactly those :func:`segment` computes inside a segmenter, so a chip's
 probabilities are the same bits either way (``tests/test_stages.py``).
 
+In and out of the device
+------------------------
+The graph hands :func:`encode` its chips as stored (:class:`resflow.model_input.SourceImages`),
+harmonised where the model runs, and takes stage 3 back through :func:`decode_quantised`,
+which quantises and thresholds on the device: one copy back per model group, 2 bytes a
+pixel, instead of float32 probabilities copied after every micro-batch.
+
 Determinism
 -----------
 A chip's outputs must be bitwise identical whether it runs in-process, on a Dask worker or
@@ -38,8 +45,10 @@ instruction set (oneDNN dispatches on AVX2/AVX-512).
 from __future__ import annotations
 
 import copy
+import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -48,8 +57,10 @@ from torch import nn
 
 from resflow.allocator import steady_malloc
 from resflow.devices import inference_context, memory_format, torch_threads, use_device
+from resflow.model_input import ChipImages, array_blocks, as_chip_images, staging
 from resflow.models.efficientnet import EMBEDDING_DIM
 from resflow.models.hashing import hamming_nearest
+from resflow.outputs import NOT_MAPPED, PROBABILITY_SCALE, quantised_threshold
 
 #: Intra-op threads inside every stage call; part of the result, so it is fixed.
 STAGE_THREADS = 1
@@ -61,13 +72,6 @@ FeatureMaps = tuple[torch.Tensor, ...]
 device that computed them (:func:`encode`)."""
 
 
-def _check_images(images: np.ndarray) -> np.ndarray:
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must be (N, 3, S, S), got {images.shape}")
-    return images
-
-
 def _run_batched(
     array: np.ndarray,
     model: Callable[[torch.Tensor], torch.Tensor],
@@ -77,24 +81,16 @@ def _run_batched(
     """Apply ``model`` to fixed-size blocks of ``rows`` items, zero-padding the last block.
 
     Every call sees the same tensor shape, so an item's result depends neither on ``N`` nor
-    on its neighbours. Outputs are returned as float32 numpy, padding dropped.
+    on its neighbours. Outputs are returned as float32 numpy, padding dropped, in one copy
+    from the device at the end (a copy per block would wait for the device every block).
     """
-    return np.concatenate([model(tensor)[:count].float().cpu().numpy()
-                           for tensor, count in _blocks(array, rows, device)])
+    return _host(torch.cat([model(tensor)[:count].float()
+                            for tensor, count in array_blocks(array, rows, device)]))
 
 
-def _blocks(array: np.ndarray, rows: int, device: torch.device
-            ) -> Iterator[tuple[torch.Tensor, int]]:
-    """``array`` in blocks of exactly ``rows`` items on ``device``, the last one zero-padded,
-    each with the count of its real items."""
-    layout = memory_format(device) if array.ndim == 4 else torch.contiguous_format
-    for start in range(0, len(array), rows):
-        block = np.ascontiguousarray(array[start : start + rows], dtype=np.float32)
-        count = len(block)
-        if count < rows:
-            padding = np.zeros((rows - count, *block.shape[1:]), dtype=np.float32)
-            block = np.concatenate([block, padding])
-        yield torch.from_numpy(block).to(device, memory_format=layout, non_blocking=True), count
+def _host(tensor: torch.Tensor) -> np.ndarray:
+    """``tensor`` as a numpy array on the host: the one wait for the device of a call."""
+    return tensor.cpu().numpy()
 
 
 def _rows_per_call(device: torch.device, batch_size: int) -> int:
@@ -139,8 +135,8 @@ def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 def extract_features(
-    images: np.ndarray, extractor: nn.Module, *, halo: int = 0, batch_size: int,
-    device: torch.device
+    images: np.ndarray | ChipImages, extractor: nn.Module, *, halo: int = 0,
+    batch_size: int, device: torch.device
 ) -> np.ndarray:
     """Stage 1 alone: the 1280-d Lite0 embedding of each chip, its encoder maps dropped.
 
@@ -151,7 +147,8 @@ def extract_features(
     ----------
     images
         ``(N, 3, S, S)`` float32 chips in ``[0, 1]``, each with ``halo`` pixels of context
-        on every side.
+        on every side, or chips as stored (:class:`resflow.model_input.SourceImages`),
+        harmonised on ``device``.
     extractor
         :class:`resflow.models.efficientnet.FeatureExtractor` (``gallery.feature_extractor()``).
     halo
@@ -167,17 +164,18 @@ def extract_features(
     numpy.ndarray
         ``(N, 1280)`` float32.
     """
-    images = _check_images(images)
+    images = as_chip_images(images)
     if len(images) == 0:
         return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
     model = _prepare(extractor, device)
     with torch_threads(STAGE_THREADS), inference_context(device):
-        return _run_batched(images, lambda x: model(x, halo), _rows_per_call(device, batch_size),
-                            device)
+        return _host(torch.cat([
+            model(tensor, halo)[:count].float()
+            for tensor, count in images.blocks(_rows_per_call(device, batch_size), device)]))
 
 
 def encode(
-    images: np.ndarray, extractor: nn.Module, *, halo: int, batch_size: int,
+    images: np.ndarray | ChipImages, extractor: nn.Module, *, halo: int, batch_size: int,
     device: torch.device
 ) -> tuple[np.ndarray, list[FeatureMaps]]:
     """Stage 1 of the one-pass graph: one encoder pass per chip read with its halo.
@@ -194,17 +192,17 @@ def encode(
         :func:`extract_features`) and each chip's :data:`FeatureMaps`, left on ``device``
         for :func:`decode`: about 2.8 MB a chip of 320 px in float32.
     """
-    images = _check_images(images)
+    images = as_chip_images(images)
     if len(images) == 0:
         return np.zeros((0, EMBEDDING_DIM), dtype=np.float32), []
     model = _prepare(extractor, device)
     features, maps = [], []
     with torch_threads(STAGE_THREADS), inference_context(device):
-        for tensor, count in _blocks(images, _rows_per_call(device, batch_size), device):
+        for tensor, count in images.blocks(_rows_per_call(device, batch_size), device):
             levels, embedding = model.encode(tensor, halo)
-            features.append(embedding[:count].float().cpu().numpy())
+            features.append(embedding[:count].float())
             maps.extend(tuple(level[i : i + 1] for level in levels) for i in range(count))
-    return np.concatenate(features), maps
+    return _host(torch.cat(features)), maps
 
 
 def map_codes(
@@ -241,7 +239,8 @@ def map_codes(
 
 
 def segment(
-    images: np.ndarray, segmenter: nn.Module, *, batch_size: int, device: torch.device
+    images: np.ndarray | ChipImages, segmenter: nn.Module, *, batch_size: int,
+    device: torch.device
 ) -> np.ndarray:
     """Stage 3 with its own encoder pass: building probability per pixel.
 
@@ -265,16 +264,14 @@ def segment(
     numpy.ndarray
         ``(N, S, S)`` float32 probabilities in ``[0, 1]``.
     """
-    images = _check_images(images)
+    images = as_chip_images(images)
     if len(images) == 0:
-        return np.zeros((0, *images.shape[2:]), dtype=np.float32)
+        return np.zeros((0, images.edge, images.edge), dtype=np.float32)
     model = _prepare(segmenter, device)
-
-    def probability(x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(model(x).float())[:, 0]
-
     with torch_threads(STAGE_THREADS), inference_context(device):
-        return _run_batched(images, probability, _rows_per_call(device, batch_size), device)
+        return _host(torch.cat([
+            torch.sigmoid(model(tensor).float())[:count, 0]
+            for tensor, count in images.blocks(_rows_per_call(device, batch_size), device)]))
 
 
 def decode(
@@ -306,17 +303,119 @@ def decode(
     """
     if len(maps) == 0:
         return np.zeros((0, *size), dtype=np.float32)
+    with torch_threads(STAGE_THREADS), inference_context(device):
+        return _host(torch.cat([probability for probability, _ in _decoded(
+            maps, segmenter, size=size, batch_size=batch_size, device=device)]))
+
+
+def _decoded(maps: Sequence[FeatureMaps], segmenter: nn.Module, *, size: tuple[int, int],
+             batch_size: int, device: torch.device
+             ) -> Iterator[tuple[torch.Tensor, slice]]:
+    """:func:`decode`'s probabilities micro-batch by micro-batch, left on ``device``: each
+    ``(count, S, S)`` float32 with the slice of ``maps`` it belongs to."""
     model = _prepare(segmenter, device)
     rows = _rows_per_call(device, batch_size)
-    outputs = []
+    for start in range(0, len(maps), rows):
+        chips = list(maps[start : start + rows])
+        count = len(chips)
+        if count < rows:
+            chips += [tuple(torch.zeros_like(level) for level in chips[0])] * (rows - count)
+        levels = [parts[0] if rows == 1 else torch.cat(parts)
+                  for parts in zip(*chips, strict=True)]
+        logits = model.decode(levels, size)
+        yield torch.sigmoid(logits.float())[:count, 0], slice(start, start + count)
+
+
+@dataclass(frozen=True)
+class QuantisedChip:
+    """One chip's stage-3 result as the output store keeps it (:mod:`resflow.outputs`).
+
+    Attributes
+    ----------
+    probability
+        uint8 ``(S, S)``: probability x :data:`~resflow.outputs.PROBABILITY_SCALE`, and
+        :data:`~resflow.outputs.NOT_MAPPED` where the chip holds no data.
+    above
+        bool ``(S, S)``: pixels above the threshold, before small components are dropped
+        (:func:`resflow.masks.keep_components`).
+    finite
+        Whether the model's probabilities were all finite; if not, the other fields mean
+        nothing and the chip fails.
+    """
+
+    probability: np.ndarray
+    above: np.ndarray
+    finite: bool
+
+
+def quantise_tensor(probability: torch.Tensor, valid: torch.Tensor, threshold: float
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`resflow.outputs.quantise` and the threshold of
+    :func:`resflow.masks.building_mask`, on the tensors' device, with the host's bits.
+
+    Parameters
+    ----------
+    probability
+        float32 ``(n, S, S)`` in ``[0, 1]``.
+    valid
+        bool ``(n, S, S)``: pixels holding data.
+    threshold
+        Probability threshold in ``[0, 1]``.
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        The stored probability, uint8 with :data:`~resflow.outputs.NOT_MAPPED` where not
+        ``valid``, and the pixels above ``threshold`` (never where not ``valid``).
+    """
+    scaled = torch.clamp(torch.where(valid, probability, 0.0), 0.0, 1.0) * PROBABILITY_SCALE
+    stored = torch.round(scaled).to(torch.uint8)  # half to even, as numpy's rint
+    # an integer exceeds t exactly when it exceeds floor(t): no rounding of t to float32
+    above = stored > math.floor(quantised_threshold(threshold))
+    return stored.masked_fill(~valid, NOT_MAPPED), above & valid
+
+
+def decode_quantised(
+    maps: Sequence[FeatureMaps], valid: Sequence[np.ndarray], segmenter: nn.Module, *,
+    threshold: float, size: tuple[int, int], batch_size: int, device: torch.device
+) -> list[QuantisedChip]:
+    """Stage 3 as the graph runs it: :func:`decode`, then quantised and thresholded on
+    ``device`` (:func:`quantise_tensor`), so that 2 bytes a pixel come back instead of 4.
+
+    Parameters
+    ----------
+    maps, segmenter, size, batch_size, device
+        As for :func:`decode`.
+    valid
+        Per chip, bool ``size``: its pixels holding data (sent to ``device`` in
+        :func:`resflow.model_input.staging`'s pinned buffers on a GPU).
+    threshold
+        Probability above which a pixel is building.
+
+    Returns
+    -------
+    list of QuantisedChip
+        One per chip; :func:`decode`'s probabilities quantised, bit for bit.
+    """
+    if len(maps) == 0:
+        return []
+    stored, above, finite = [], [], []
     with torch_threads(STAGE_THREADS), inference_context(device):
-        for start in range(0, len(maps), rows):
-            chips = list(maps[start : start + rows])
-            count = len(chips)
-            if count < rows:
-                chips += [tuple(torch.zeros_like(level) for level in chips[0])] * (rows - count)
-            levels = [parts[0] if rows == 1 else torch.cat(parts)
-                      for parts in zip(*chips, strict=True)]
-            logits = model.decode(levels, size)
-            outputs.append(torch.sigmoid(logits.float())[:count, 0].cpu().numpy())
-    return np.concatenate(outputs)
+        for probability, rows in _decoded(maps, segmenter, size=size, batch_size=batch_size,
+                                          device=device):
+            mask = _to_device(np.stack(valid[rows]), device)
+            finite.append(torch.isfinite(probability).flatten(1).all(1))
+            quantised, over = quantise_tensor(probability, mask, threshold)
+            stored.append(quantised)
+            above.append(over)
+    stored_host, above_host, finite_host = (_host(torch.cat(parts))
+                                            for parts in (stored, above, finite))
+    return [QuantisedChip(*chip) for chip in zip(stored_host, above_host,
+                                                  finite_host.tolist(), strict=True)]
+
+
+def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``array`` on ``device``: as it is on the CPU, through pinned memory on a GPU."""
+    if device.type == "cpu":
+        return torch.from_numpy(array)
+    return staging(device).send([array])[0]

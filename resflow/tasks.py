@@ -7,7 +7,7 @@ hash (a Dask ``WorkerPlugin`` fills it at worker start, Spark's reused Python wo
 across tasks), and opens the archive and the output store once.
 
 Stage 3 is overlap-tile inference, dask's ``map_overlap`` in three steps: *add a halo*
-(``Archive.read_chips(refs, halo)``, reflected beyond scene edges as ``boundary="reflect"``),
+(``Archive.read_sources(refs, halo)``, reflected beyond scene edges as ``boundary="reflect"``),
 *compute* on the padded chip, *trim* the halo so only the centre, predicted with context on
 every side, is written. Neighbouring chips therefore meet without seams. The encoder runs
 once on that halo read and serves both stages (:mod:`resflow.stages`): stage 1 embeds the
@@ -34,23 +34,22 @@ import numpy as np
 from resflow import storage
 from resflow.allocator import steady_malloc
 from resflow.archive import Archive
-from resflow.chips import ChipPixels, ChipRef
+from resflow.chips import ChipRef, SourceChip
 from resflow.executor import TaskEnv
 from resflow.failures import ChipFailure, compute_chips, describe_error, read_chips
 from resflow.gallery import DEFAULT_PATH, MANIFEST, Gallery
-from resflow.masks import building_mask, min_pixels
+from resflow.masks import keep_components, min_pixels
 from resflow.outputs import (
     NO_DATA_CHIP,
     NOT_MAPPED,
     UNWRITTEN,
     OutputStore,
-    quantise,
-    quantised_threshold,
 )
 from resflow.planning import Partition, Segment
 
 if TYPE_CHECKING:
-    from resflow.stages import FeatureMaps
+    from resflow.model_input import SourceImages
+    from resflow.stages import FeatureMaps, QuantisedChip
 
 STAGE1 = "stage1-features"
 STAGE2 = "stage2-hashing"
@@ -341,10 +340,10 @@ def with_data(shards: list[ShardChips]) -> list[ChipRef]:
 
 
 def _reader(archive: Archive, halo: int, counter: storage.RetryCount
-            ) -> Callable[[Sequence[ChipRef]], list[ChipPixels]]:
-    """``archive.read_chips`` with transient storage errors retried (and counted)."""
-    def read(refs: Sequence[ChipRef]) -> list[ChipPixels]:
-        return storage.retrying(lambda: archive.read_chips(refs, halo), counter)
+            ) -> Callable[[Sequence[ChipRef]], list[SourceChip]]:
+    """``archive.read_sources`` with transient storage errors retried (and counted)."""
+    def read(refs: Sequence[ChipRef]) -> list[SourceChip]:
+        return storage.retrying(lambda: archive.read_sources(refs, halo), counter)
     return read
 
 
@@ -362,13 +361,14 @@ def trim(probability: np.ndarray, ref: ChipRef, halo: int) -> np.ndarray:
 
 
 def encode_chips(settings: GraphSettings, gallery: Gallery, device: Any,
-                 refs: Sequence[ChipRef], images: np.ndarray, stage: str,
+                 refs: Sequence[ChipRef], images: SourceImages, stage: str,
                  failures: list[ChipFailure]
                  ) -> tuple[list[ChipRef], list[np.ndarray], dict[ChipRef, FeatureMaps]]:
     """The one encoder pass over halo-read chips: each chip's embedding (stage 2 routes on
     it) and its encoder maps (stage 3 decodes them).
 
-    ``images`` holds one halo read per chip of ``refs``. A chip that cannot be encoded, or
+    ``images`` holds one halo read per chip of ``refs``, harmonised on ``device`` as it is
+    encoded. A chip that cannot be encoded, or
     whose embedding is not finite, is appended to ``failures`` under ``stage``; the others
     come back with their embeddings and maps.
     """
@@ -387,21 +387,23 @@ def encode_chips(settings: GraphSettings, gallery: Gallery, device: Any,
     return kept, vectors, {ref: maps[ref] for ref in kept}
 
 
-def _decode_rows(maps: list[FeatureMaps], rows: np.ndarray, **decode_args: Any) -> np.ndarray:
-    """:func:`resflow.stages.decode` of the chips at ``rows`` of ``maps``: lets
+def _decode_rows(maps: list[FeatureMaps], valid: list[np.ndarray], rows: np.ndarray,
+                 **decode_args: Any) -> list[QuantisedChip]:
+    """:func:`resflow.stages.decode_quantised` of the chips at ``rows``: lets
     :func:`~resflow.failures.compute_chips` retry a chip alone by its row."""
-    from resflow.stages import decode
+    from resflow.stages import decode_quantised
 
-    return decode([maps[i] for i in rows], **decode_args)
+    return decode_quantised([maps[i] for i in rows], [valid[i] for i in rows], **decode_args)
 
 
 def segment_chips(settings: GraphSettings, gallery: Gallery, device: Any,
-                  buckets: dict[ChipRef, int], pixels: dict[ChipRef, ChipPixels],
+                  buckets: dict[ChipRef, int], pixels: dict[ChipRef, SourceChip],
                   maps: dict[ChipRef, FeatureMaps], clock: _Clock,
                   failures: list[ChipFailure]
                   ) -> dict[ChipRef, tuple[np.ndarray, np.ndarray, int]]:
-    """Decode encoded chips model by model, quantise them, mask them with their halo (so
-    specks crossing a chip border are judged whole), and trim.
+    """Decode encoded chips model by model, quantise and threshold them on the device, drop
+    small components with their halo (so specks crossing a chip border are judged whole),
+    and trim.
 
     Chips are grouped by the model serving their bucket, not by bucket, so every bucket the
     mono model serves shares its micro-batches. Returns ``chip -> (probability, mask,
@@ -417,23 +419,20 @@ def segment_chips(settings: GraphSettings, gallery: Gallery, device: Any,
         groups.setdefault(gallery.model_name(buckets[ref]), []).append(ref)
     for group in groups.values():
         run = partial(_decode_rows, [maps[ref] for ref in group],
+                      [pixels[ref].valid for ref in group],
                       segmenter=gallery.segmenter(buckets[group[0]]),
-                      size=pixels[group[0]].image.shape[-2:],
+                      threshold=settings.threshold, size=pixels[group[0]].valid.shape,
                       batch_size=settings.batch_size, device=device)
         with clock("stage3"):
-            kept, probability = compute_chips(group, np.arange(len(group)), run, STAGE3,
-                                              failures)
+            kept, decoded = compute_chips(group, np.arange(len(group)), run, STAGE3,
+                                          failures, finite=lambda chip: chip.finite)
         with clock("write"):
-            for ref, prob in zip(kept, probability, strict=True):
-                valid = pixels[ref].valid
-                quantised = quantise(np.where(valid, prob, 0.0))
-                mask = building_mask(quantised, quantised_threshold(settings.threshold),
-                                     min_pixels(settings.min_building_m2,
-                                                scenes[ref.scene].gsd_m)).astype(np.uint8)
-                quantised[~valid] = NOT_MAPPED
-                mask[~valid] = NOT_MAPPED
-                out[ref] = (trim(quantised, ref, halo), trim(mask, ref, halo), buckets[ref])
-        del probability  # before the next model's: one model's floats at a time
+            for ref, chip in zip(kept, decoded, strict=True):
+                mask = keep_components(chip.above, min_pixels(
+                    settings.min_building_m2, scenes[ref.scene].gsd_m)).astype(np.uint8)
+                mask[~pixels[ref].valid] = NOT_MAPPED
+                out[ref] = (trim(chip.probability, ref, halo), trim(mask, ref, halo),
+                            buckets[ref])
     return out
 
 
@@ -527,6 +526,7 @@ def fused_stages(settings: GraphSettings, records: list[Partition],
 
 def _fused_partition(settings: GraphSettings, partition: Partition,
                      env: TaskEnv) -> PartitionSummary:
+    from resflow.model_input import SourceImages
     from resflow.stages import map_codes
 
     clock, counter = _Clock(), storage.RetryCount()
@@ -540,12 +540,9 @@ def _fused_partition(settings: GraphSettings, partition: Partition,
     with clock("read"):
         work, pixels = read_chips(work, _reader(archive, settings.halo, counter), STAGE1,
                                   failures)
-    with clock("preprocess"):
-        images = np.stack([p.image for p in pixels]) if pixels else np.empty((0,))
     with clock("stage1"):
-        embedded, vectors, maps = encode_chips(settings, gallery, device, work, images, STAGE1,
-                                               failures)
-    del images  # a copy of every chip, which the maps now stand for
+        embedded, vectors, maps = encode_chips(settings, gallery, device, work,
+                                               SourceImages(pixels), STAGE1, failures)
     mapped: dict[ChipRef, tuple[np.ndarray, np.ndarray, int]] = {}
     if embedded:
         with clock("stage2"):
@@ -590,6 +587,7 @@ def stage1_features(settings: GraphSettings, records: list[Partition],
 
 
 def _features(settings: GraphSettings, partition: Partition, env: TaskEnv) -> list[Any]:
+    from resflow.model_input import SourceImages
     from resflow.stages import extract_features
 
     clock, counter = _Clock(), storage.RetryCount()
@@ -603,7 +601,7 @@ def _features(settings: GraphSettings, partition: Partition, env: TaskEnv) -> li
                                   failures)
     with clock("stage1"):
         refs, vectors = compute_chips(
-            refs, np.stack([p.image for p in pixels]) if pixels else np.empty((0,)),
+            refs, SourceImages(pixels),
             partial(extract_features, extractor=gallery.feature_extractor(),
                     halo=settings.halo, batch_size=settings.batch_size, device=device),
             STAGE1, failures)
@@ -645,6 +643,8 @@ def stage3_segment(settings: GraphSettings, records: list[Any], env: TaskEnv) ->
     """Re-read each routed chip with a halo of context, encode it again (the maps are too
     big to travel with the chip) and segment it with its bucket's model; the quantised maps
     travel on to the task that writes their shard."""
+    from resflow.model_input import SourceImages
+
     passing = [r for r in records if not isinstance(r, Routed)]
     routed = {r.ref: r for r in records if isinstance(r, Routed)}
     if not routed:
@@ -658,9 +658,8 @@ def stage3_segment(settings: GraphSettings, records: list[Any], env: TaskEnv) ->
         refs, pixels = read_chips(sorted(routed), _reader(archive, settings.halo, counter),
                                   STAGE3, failures)
     with clock("stage3"):
-        encoded, _, maps = encode_chips(
-            settings, gallery, device, refs,
-            np.stack([p.image for p in pixels]) if pixels else np.empty((0,)), STAGE3, failures)
+        encoded, _, maps = encode_chips(settings, gallery, device, refs,
+                                        SourceImages(pixels), STAGE3, failures)
     mapped = segment_chips(settings, gallery, device,
                            {ref: routed[ref].bucket for ref in encoded},
                            dict(zip(refs, pixels, strict=True)), maps, clock, failures)

@@ -78,6 +78,7 @@ def test_limit_has_rates_and_stage_seconds(archive: Path, gallery: Gallery) -> N
     data = Preloaded.read(Archive.open(archive), HALO)
     assert data.plain.shape == (4, 3, CHIP, CHIP)
     assert data.context.shape == (4, 3, CHIP + 2 * HALO, CHIP + 2 * HALO)
+    assert [c.valid.shape for c in data.stored] == [(CHIP + 2 * HALO,) * 2] * 4
     limit = compute_limit(data, gallery, threads=2, repeats=2)
     assert limit["chips"] == 4 and limit["km2"] == pytest.approx(data.km2)
     assert limit["km2_per_s"]["n"] == 2 and limit["km2_per_s"]["median"] > 0

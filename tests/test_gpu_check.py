@@ -34,6 +34,10 @@ def test_the_check_runs_on_the_cpu_and_writes_its_summary(sample_archive: Path,
     assert comparison["chips"] == 2 and comparison["bitwise_equal"]
     assert comparison["within_tolerance"] and set(comparison["within"]) == set(
         gpu_check.TOLERANCES)
+    route = summary["input_route"]  # the GPU's way in, rehearsed on the CPU
+    assert route["blocks_bitwise_equal"] and route["quantise_bitwise_equal"]
+    assert route["bytes_per_chip"]["sent"] <= route["bytes_per_chip"]["float32"]
+    assert min(route["chips_per_s"].values()) > 0
     assert [p["batch_size"] for p in summary["batch_invariance"]["points"]] == [1, 2]
     assert all(p["bitwise_equal"] for p in summary["batch_invariance"]["points"])
 
@@ -58,6 +62,7 @@ def test_the_check_runs_on_the_cpu_and_writes_its_summary(sample_archive: Path,
     assert top["engines"]["local"]["status"] == "ok"
     text = (out / "gpu-check.md").read_text()
     assert "Rehearsal on the CPU" in text and "| local end to end (ok) |" in text
+    assert "| stored dtype, harmonised on the device |" in text
     assert sorted(p.name for p in out.iterdir()) == ["gpu-check.json", "gpu-check.md"]
     assert (tmp_path / "logs" / "local-1.log").is_file()
 

@@ -12,6 +12,7 @@ from resflow.archive import Archive
 from resflow.devices import resolve_device
 from resflow.errors import ConfigError
 from resflow.gallery import write_gallery
+from resflow.model_input import SourceImages
 from resflow.models import (
     BuildingSegmenter,
     FeatureExtractor,
@@ -216,11 +217,12 @@ def test_stage3_batches_by_model_as_per_bucket_calls_would(shared_mono_gallery,
     assert [gallery.model_name(b) for b in range(3)] == ["mono", "bucket-1", "mono"]
     archive = Archive.open(sample_archive)
     refs = archive.chips(["sample_geotiff"])[:6]
-    pixels = dict(zip(refs, archive.read_chips(refs, 32), strict=True))
+    pixels = dict(zip(refs, archive.read_sources(refs, 32), strict=True))
     settings = GraphSettings(archive=sample_archive, gallery=gallery.path, out=tmp_path,
                              batch_size=4, halo=32)
-    images = np.stack([pixels[r].image for r in refs])
-    kept, vectors, maps = encode_chips(settings, gallery, CPU, refs, images, STAGE1, [])
+    images = np.stack([pixels[r].harmonised().image for r in refs])
+    kept, vectors, maps = encode_chips(settings, gallery, CPU, refs,
+                                       SourceImages([pixels[r] for r in refs]), STAGE1, [])
     assert kept == refs and len(vectors) == len(maps) == len(refs)
     buckets = dict(zip(refs, [0, 2, 1, 2, 0, 1], strict=True))
     together = segment_chips(settings, gallery, CPU, buckets, pixels, maps, _Clock(), [])

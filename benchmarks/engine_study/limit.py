@@ -1,8 +1,9 @@
 """The pure-compute limit: the graph's model passes over preloaded chips on every core.
 
 This is the speed no engine can beat on a machine: the same stage functions the graph
-runs (:mod:`resflow.stages`), over the same chips, with every chip already in memory as a
-float32 tensor, nothing read, written, serialised or scheduled. Each stage call uses one
+runs (:mod:`resflow.stages`), over the same chips, with every chip already in memory as
+stored (harmonised as the graph harmonises it, where the models run), nothing read,
+written, serialised or scheduled. Each stage call uses one
 torch thread (see the determinism notes in :mod:`resflow.stages`), so the limit runs one
 Python thread per core, each on its own interleaved share of the chips; torch releases the
 GIL inside its kernels, so the threads compute in parallel.
@@ -26,7 +27,7 @@ import argparse
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,9 @@ import torch
 from benchmarks.engine_study.contention import contention
 from benchmarks.engine_study.series import summarise
 from resflow.archive import Archive
-from resflow.chips import ChipRef
+from resflow.chips import ChipRef, SourceChip
 from resflow.gallery import Gallery
+from resflow.model_input import SourceImages
 from resflow.stages import decode, encode, extract_features, map_codes, segment
 
 CPU = torch.device("cpu")
@@ -56,30 +58,42 @@ class Preloaded:
     refs
         The chips, in archive order.
     plain
-        float32 ``(N, 3, chip, chip)``: chips read without halo (stage 1 of the two-pass
-        graph, and device comparisons).
+        float32 ``(N, 3, chip, chip)``: chips read without halo, harmonised (stage 1 of the
+        two-pass graph).
     context
-        float32 ``(N, 3, chip + 2*halo, chip + 2*halo)``: chips read with their halo, what
-        the graph encodes.
+        float32 ``(N, 3, chip + 2*halo, chip + 2*halo)``: chips read with their halo,
+        harmonised (stage 3 of the two-pass graph).
+    stored
+        The same chips with their halo as stored (:meth:`Archive.read_sources`): what the
+        graph encodes, harmonising them where the models run.
     km2
         Ground area of the chips, km^2.
     halo
-        Context pixels on each side of ``context``.
+        Context pixels on each side of ``context`` and ``stored``.
     """
 
     refs: list[ChipRef]
     plain: np.ndarray
     context: np.ndarray
+    stored: list[SourceChip]
     km2: float
     halo: int
 
     @classmethod
     def read(cls, archive: Archive, halo: int) -> Preloaded:
-        """Read every chip of ``archive`` twice (without and with ``halo``), untimed."""
+        """Read every chip of ``archive`` without and with ``halo``, untimed."""
         refs = archive.chips()
         plain = np.stack([archive.read_chip(ref).image for ref in refs])
-        context = np.stack([archive.read_chip(ref, halo).image for ref in refs])
-        return cls(refs, plain, context, float(sum(ref.km2 for ref in refs)), halo)
+        stored = archive.read_sources(refs, halo)
+        context = np.stack([chip.harmonised().image for chip in stored])
+        return cls(refs, plain, context, stored, float(sum(ref.km2 for ref in refs)), halo)
+
+    def subset(self, index: np.ndarray) -> Preloaded:
+        """The chips at ``index``, in that order (repeats allowed)."""
+        refs = [self.refs[i] for i in index]
+        return replace(self, refs=refs, plain=self.plain[index], context=self.context[index],
+                       stored=[self.stored[i] for i in index],
+                       km2=float(sum(r.km2 for r in refs)))
 
 
 def _share(index: np.ndarray, data: Preloaded, gallery: Gallery, batch_size: int,
@@ -99,7 +113,8 @@ def _one_encoder_pass(index: np.ndarray, data: Preloaded, gallery: Gallery, batc
                       device: torch.device, seconds: dict[str, float]) -> None:
     """The graph: encode once with the halo, route, decode one model's chips together."""
     start = time.perf_counter()
-    features, maps = encode(data.context[index], gallery.feature_extractor(), halo=data.halo,
+    features, maps = encode(SourceImages([data.stored[i] for i in index]),
+                            gallery.feature_extractor(), halo=data.halo,
                             batch_size=batch_size, device=device)
     seconds["stage1"] += time.perf_counter() - start
     start = time.perf_counter()

@@ -21,7 +21,7 @@ from benchmarks.engine_study.scaling import FLAT_TOLERANCE
 from resflow.report import STAGES
 
 STAGE_COLOURS = dict(zip([*[s for s in STAGES if s != "scheduling"], "idle"],
-                         ["#4c72b0", "#8172b2", "#55a868", "#64b5cd", "#ccb974", "#c44e52",
+                         ["#4c72b0", "#55a868", "#64b5cd", "#ccb974", "#c44e52",
                           "#937860", "#bbbbbb"], strict=True))
 
 
