@@ -40,8 +40,9 @@ def test_core_imports_without_engines() -> None:
 
 
 def test_engine_settings_and_flags_without_engines_or_torch(tmp_path) -> None:
-    """``resflow run --help`` shows the engines' flags, and a YAML file's engine sections are
-    validated by the engines' own models, while dask, pyspark and torch cannot be imported."""
+    """``resflow run --help`` shows the engines' flags, a YAML file's engine sections are
+    validated by the engines' own models, and ``resflow train --print-config`` shows the
+    training settings, while dask, pyspark and torch cannot be imported."""
     config = tmp_path / "run.yaml"
     config.write_text("backend: spark\ndask: {workers: 3}\nspark: {master: 'local[4]'}\n")
     script = textwrap.dedent(f"""
@@ -61,6 +62,9 @@ def test_engine_settings_and_flags_without_engines_or_torch(tmp_path) -> None:
         from resflow.errors import ConfigError
 
         assert CliRunner().invoke(app, ["run", "--help"]).exit_code == 0
+        shown = CliRunner().invoke(app, ["train", "a.zarr", "--labels", "l.geojson", "--out",
+                                         "g", "--set", "mono_steps=7", "--print-config"])
+        assert shown.exit_code == 0 and "mono_steps: 7" in shown.output, shown.output
         run = typer.main.get_command(app).commands["run"]
         flags = {{flag for param in run.params for flag in param.opts}}
         assert {{"--scheduler-address", "--spark-master", "--workers"}} <= flags, flags

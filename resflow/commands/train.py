@@ -87,11 +87,11 @@ def train_command(
 @functools.cache
 def training_settings() -> type[BaseModel]:
     """The settings model of ``resflow train``: the fields of
-    :class:`resflow.training.train.TrainConfig` (a dataclass, the one definition), validated
+    :class:`resflow.training.config.TrainConfig` (a dataclass, the one definition), validated
     by pydantic like every other config, unknown keys refused."""
     from pydantic import ConfigDict, Field, create_model
 
-    from resflow.training.train import TrainConfig
+    from resflow.training.config import TrainConfig
 
     hints = typing.get_type_hints(TrainConfig)
     fields: dict[str, Any] = {

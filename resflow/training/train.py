@@ -40,7 +40,6 @@ from tqdm.auto import tqdm
 
 from resflow.archive import Archive
 from resflow.chips import ChipRef
-from resflow.config import MIN_BUILDING_M2
 from resflow.errors import InputError
 from resflow.gallery import MONO, Gallery, write_gallery
 from resflow.masks import building_mask, min_pixels
@@ -49,9 +48,10 @@ from resflow.models.segmentation import BuildingSegmenter, SegmentationDecoder
 from resflow.resolution import matches
 from resflow.stages import extract_features, map_codes, segment
 from resflow.training.buckets import init_buckets
+from resflow.training.config import TrainConfig
 from resflow.training.labels import Labels, load_labels, rasterise
 from resflow.training.metrics import Scores, score_scene
-from resflow.training.regions import DEFAULT_FRACTIONS, region_rows, split_regions
+from resflow.training.regions import region_rows, split_regions
 from resflow.training.segmentation import Encoded, encode, evaluate_loss, train_decoder
 
 CPU = torch.device("cpu")
@@ -62,35 +62,6 @@ NORMALISATION = (
     "Lite0 input normalisation (p - 127/255) / (128/255) is applied. Reflected padding "
     "beyond scene edges is never scored."
 )
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every setting of a training run; recorded in the manifest.
-
-    ``buckets`` None means chosen by silhouette (:mod:`resflow.training.buckets`).
-    ``patience`` is the number of validation checks without improvement after which a
-    decoder stops early. ``min_bucket_chips`` is the fewest train chips a bucket needs for
-    a decoder of its own to be tried.
-    """
-
-    seed: int = 0
-    buckets: int | None = None
-    bits: int = 16
-    hidden: int = 128
-    hash_steps: int = 300
-    mono_steps: int = 600
-    bucket_steps: int = 200
-    batch: int = 8
-    lr: float = 2e-3
-    bucket_lr: float = 5e-4
-    eval_every: int = 25
-    patience: int = 6
-    min_bucket_chips: int = 8
-    halo: int = 32
-    threshold: float = 0.5
-    min_building_m2: float = MIN_BUILDING_M2
-    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
 
 
 @dataclass

@@ -1,0 +1,38 @@
+"""The settings of a training run, apart from the code that trains (and imports torch), so
+that ``resflow train --print-config`` and config validation stay fast."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from resflow.config import MIN_BUILDING_M2
+from resflow.training.regions import DEFAULT_FRACTIONS
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a training run; recorded in the manifest.
+
+    ``buckets`` None means chosen by silhouette (:mod:`resflow.training.buckets`).
+    ``patience`` is the number of validation checks without improvement after which a
+    decoder stops early. ``min_bucket_chips`` is the fewest train chips a bucket needs for
+    a decoder of its own to be tried.
+    """
+
+    seed: int = 0
+    buckets: int | None = None
+    bits: int = 16
+    hidden: int = 128
+    hash_steps: int = 300
+    mono_steps: int = 600
+    bucket_steps: int = 200
+    batch: int = 8
+    lr: float = 2e-3
+    bucket_lr: float = 5e-4
+    eval_every: int = 25
+    patience: int = 6
+    min_bucket_chips: int = 8
+    halo: int = 32
+    threshold: float = 0.5
+    min_building_m2: float = MIN_BUILDING_M2
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
