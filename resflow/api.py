@@ -104,8 +104,8 @@ def run(archive: storage.Location, out: storage.Location, backend: str = "dask",
     from resflow.preflight import check_run
 
     _refuse_loader_parameters(settings, load_config)
-    config: RunConfig = load_config(None, RunConfig, archive=archive, out=out,
-                                    backend=backend, **settings)
+    config: RunConfig = load_config(None, RunConfig, origin="resflow.run() argument",
+                                    archive=archive, out=out, backend=backend, **settings)
     executor_class = load_backend(config.backend)
     session = _session(executor_class, client)
     check_run(config)

@@ -270,10 +270,12 @@ def parse_sets(items: Iterable[str]) -> dict[str, Any]:
 
 
 def load_config(path: Path | str | None, model: type[BaseModel] = RunConfig, *,
-                sets: Iterable[str] = (), **overrides: Any) -> Any:
+                sets: Iterable[str] = (), origin: str = "command line",
+                **overrides: Any) -> Any:
     """Resolve ``model`` from, lowest precedence first, its defaults, the YAML file at
     ``path``, the ``sets`` (``--set KEY=VALUE`` items, :func:`parse_sets`) in order, and the
-    non-None ``overrides`` (the command's own flags).
+    non-None ``overrides`` (the command's own flags, or a function's arguments: ``origin``
+    names where they came from in errors).
 
     So a flag beats a ``--set`` of the same setting, which beats the file. Keys of ``sets``
     and ``overrides`` are dotted for a field of a section: ``"<engine>.<field>"`` sets a field
@@ -284,10 +286,10 @@ def load_config(path: Path | str | None, model: type[BaseModel] = RunConfig, *,
     ------
     ConfigError
         naming the first bad field and where its value came from (the file, ``--set KEY`` or
-        the command line), for unreadable YAML or invalid values; an unknown key's error
-        lists the settings that exist there.
+        ``origin``), for unreadable YAML or invalid values; an unknown key's error lists
+        the settings that exist there.
     """
-    where = str(path) if path is not None else "command line"
+    where = str(path) if path is not None else origin
     data = _read_yaml(Path(path)) if path is not None else {}
     given: list[tuple[tuple[str, ...], str]] = []  # (key path, source), in the order applied
     for key, value in parse_sets(sets).items():
@@ -295,8 +297,8 @@ def load_config(path: Path | str | None, model: type[BaseModel] = RunConfig, *,
         given.append((tuple(key.split(".")), f"--set {key}"))
     for key, value in overrides.items():
         if value is not None:
-            _assign(data, key, value, f"command line: {key}")
-            given.append((tuple(key.split(".")), "command line"))
+            _assign(data, key, value, f"{origin}: {key}")
+            given.append((tuple(key.split(".")), origin))
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -87,13 +87,15 @@ def test_local_engine_and_a_dask_client_write_the_same_maps(
     ({"dask": {"workers": 0}}, "dask.workers"),
     ({"dask": {"wokers": 2}}, "dask.wokers"),
     ({"sets": ["batch_size=4"]}, "sets"),  # a parameter of the config loader, not a setting
+    ({"origin": "x"}, "origin"),
 ])
 def test_bad_settings_are_refused_naming_the_field(settings: dict[str, Any], field: str,
                                                    sample_archive: Path,
                                                    tmp_path: Path) -> None:
     out = tmp_path / "maps.zarr"
-    with pytest.raises(ConfigError, match=f"field '{field}'"):
+    with pytest.raises(ConfigError, match=f"field '{field}'") as refused:
         resflow.run(sample_archive, out, **settings)
+    assert "command line" not in str(refused.value)  # the settings are arguments here
     assert not out.exists()
 
 

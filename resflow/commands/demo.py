@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from resflow.commands.options import Backend, ConfigFile, PrintConfig, Sets, show_config
+from resflow.commands.options import Backend, ConfigFile, PrintConfig, Sets, run_settings
 from resflow.commands.run import with_engine_flags
 
 #: The scene shown in the quicklook: the SpaceNet Atlanta tile, the one with buildings labelled.
@@ -44,7 +44,6 @@ def demo_command(
     """
     from resflow.commands.info import info_command
     from resflow.commands.run import execute_run
-    from resflow.config import RunConfig, load_config
     from resflow.errors import ResflowError
     from resflow.ingest import ingest
     from resflow.samples import list_samples
@@ -53,16 +52,11 @@ def demo_command(
         typer.echo("warning: --workdir is deprecated; write --work-dir", err=True)
         work_dir = old_work_dir
     archive, out = work_dir / "samples.zarr", work_dir / "buildings.zarr"
-    try:
-        settings = load_config(
-            config, RunConfig, sets=sets or (), archive=archive, out=out, backend=backend,
-            overwrite=True, cog_dir=work_dir / "cog", footprints=work_dir / "buildings.geojson",
-            **(engine_settings or {}))
-    except ResflowError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
-    if print_config:
-        show_config(settings)
+    settings = run_settings(
+        config, sets, print_config, archive=archive, out=out, backend=backend, overwrite=True,
+        cog_dir=work_dir / "cog", footprints=work_dir / "buildings.geojson",
+        **(engine_settings or {}))
+    if settings is None:
         return
     rasters = [s.path for s in list_samples("raster")]
     typer.echo(f"[1/3] ingesting {len(rasters)} bundled sample rasters -> {archive}")

@@ -13,7 +13,7 @@ Nothing heavy is imported here: ``resflow --help`` builds every command's flags.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
@@ -63,3 +63,22 @@ def show_config(settings: BaseModel) -> None:
     from resflow.config import dump_config
 
     typer.echo(dump_config(settings), nl=False)
+
+
+def run_settings(config: Path | None, sets: list[str] | None, print_config: bool,
+                 **overrides: Any) -> Any:
+    """The run config of ``run`` and ``demo``, resolved from ``--config``, ``--set`` and the
+    command's flags (:func:`resflow.config.load_config`); ``None`` once ``--print-config``
+    has printed it. Bad settings end the command: the error on stderr, exit code 2."""
+    from resflow.config import RunConfig, load_config
+    from resflow.errors import ResflowError
+
+    try:
+        settings = load_config(config, RunConfig, sets=sets or (), **overrides)
+    except ResflowError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    if print_config:
+        show_config(settings)
+        return None
+    return settings

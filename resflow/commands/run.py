@@ -23,7 +23,7 @@ from resflow.commands.options import (
     PlanChoice,
     PrintConfig,
     Sets,
-    show_config,
+    run_settings,
 )
 from resflow.executor import CliOption
 
@@ -159,24 +159,14 @@ def run_command(
     run report); 2 when the run was refused before any work, or failed; 130 when interrupted
     (Ctrl-C), after saying how to resume.
     """
-    from resflow.config import RunConfig, load_config
-    from resflow.errors import ResflowError
-
-    try:
-        settings = load_config(
-            config, RunConfig, sets=sets or (), archive=archive, out=out, gallery=gallery,
-            backend=backend, batch_size=batch_size, device=device.value if device else None,
-            threshold=threshold, min_building_m2=min_building_m2,
-            plan=plan, cog_dir=cog, footprints=footprints, stac=stac, stac_dir=stac_dir,
-            resume=resume or None, overwrite=overwrite or None, **(engine_settings or {}),
-        )
-    except ResflowError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
-    if print_config:
-        show_config(settings)
-        return
-    execute_run(settings)
+    settings = run_settings(
+        config, sets, print_config, archive=archive, out=out, gallery=gallery,
+        backend=backend, batch_size=batch_size, device=device.value if device else None,
+        threshold=threshold, min_building_m2=min_building_m2,
+        plan=plan, cog_dir=cog, footprints=footprints, stac=stac, stac_dir=stac_dir,
+        resume=resume or None, overwrite=overwrite or None, **(engine_settings or {}))
+    if settings is not None:
+        execute_run(settings)
 
 
 def execute_run(settings: RunConfig) -> None:
