@@ -171,11 +171,7 @@ def _executor(executor_class: type[Executor], config: RunConfig, session: dict[s
     """The run's engine: from its settings, as ``resflow run`` builds it, or on the caller's
     ``session`` (:func:`_session`)."""
     if not session:
-        executor = executor_class.from_config(config)
-        # from_config shows bars, as the CLI does; the bundled engines read this attribute
-        # when they collect
-        executor.progress = progress  # type: ignore[attr-defined]
-        return executor
+        return executor_class.from_config(config, progress=progress)
     # what from_config passes (the engine's settings; no GPUs for device="cpu"), plus the
     # session
     return executor_class(config.engine_settings(config.backend),  # type: ignore[call-arg]

@@ -24,8 +24,9 @@ nothing else:
     Run ``setup()`` once in every worker process before its tasks (Dask: a ``WorkerPlugin``),
     so per-process state such as loaded models is ready and never shipped with a task.
 
-Plus ``from_config(run_config)`` (how ``resflow run`` builds an engine, from its own section
-``run_config.engine_settings(name)``), ``gpu_share`` (the GPU share a GPU task claims on this
+Plus ``from_config(run_config, *, progress=True)`` (how ``resflow run`` builds an engine,
+from its own section ``run_config.engine_settings(name)``, with or without progress bars),
+``gpu_share`` (the GPU share a GPU task claims on this
 engine, from its config), ``close()`` (also via ``with``), ``describe()`` (the cluster shape
 for run reports) and ``dashboard_link`` (where to watch the run, or ``None``).
 
@@ -278,8 +279,12 @@ class Executor(ABC):
 
     @classmethod
     @abstractmethod
-    def from_config(cls, config: RunConfig) -> Executor:
-        """The executor a run asks for: what ``resflow run --backend <name>`` constructs."""
+    def from_config(cls, config: RunConfig, *, progress: bool = True) -> Executor:
+        """The executor a run asks for: what ``resflow run --backend <name>`` constructs.
+
+        ``progress``: draw a progress bar per stage while collecting, as ``resflow run``
+        does; ``resflow.run`` (unless asked) and the benchmarks turn them off. An engine
+        that draws none ignores it."""
 
     @abstractmethod
     def from_partitions(self, partitions: Sequence[Sequence[T]]) -> Any:

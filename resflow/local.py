@@ -58,8 +58,8 @@ class LocalExecutor(Executor):
         self.threads = threads or len(os.sched_getaffinity(0))
 
     @classmethod
-    def from_config(cls, config: RunConfig) -> LocalExecutor:
-        return cls(gpus=[] if config.device == "cpu" else None)
+    def from_config(cls, config: RunConfig, *, progress: bool = True) -> LocalExecutor:
+        return cls(gpus=[] if config.device == "cpu" else None, progress=progress)
 
     def from_partitions(self, partitions: Sequence[Sequence[Any]]) -> list[list[Any]]:
         return [list(p) for p in partitions]

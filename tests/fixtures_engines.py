@@ -140,4 +140,4 @@ def build_engine(name: str, request: pytest.FixtureRequest) -> Executor:
     from resflow.config import RunConfig
     from resflow.plugins import load_backend
 
-    return load_backend(name).from_config(RunConfig(backend=name, device="cpu"))
+    return load_backend(name).from_config(RunConfig(backend=name, device="cpu"), progress=False)

@@ -174,8 +174,9 @@ class DaskExecutor(Executor):
         self._stages: list[tuple[str, list[Future]]] = []
 
     @classmethod
-    def from_config(cls, config: RunConfig) -> DaskExecutor:
-        return cls(config.engine_settings(cls.name), gpus=[] if config.device == "cpu" else None)
+    def from_config(cls, config: RunConfig, *, progress: bool = True) -> DaskExecutor:
+        return cls(config.engine_settings(cls.name), gpus=[] if config.device == "cpu" else None,
+                   progress=progress)
 
     # -- cluster facts -------------------------------------------------------------------
 

@@ -162,8 +162,9 @@ class SparkExecutor(Executor):
             if is_local_master(self.sc.master) else ())
 
     @classmethod
-    def from_config(cls, config: RunConfig) -> SparkExecutor:
-        return cls(config.engine_settings(cls.name), gpus=[] if config.device == "cpu" else None)
+    def from_config(cls, config: RunConfig, *, progress: bool = True) -> SparkExecutor:
+        return cls(config.engine_settings(cls.name), gpus=[] if config.device == "cpu" else None,
+                   progress=progress)
 
     @classmethod
     def environment(cls) -> dict[str, str]:

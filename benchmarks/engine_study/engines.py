@@ -40,11 +40,9 @@ def start_executor(config: RunConfig) -> tuple[Executor, float]:
 
     cls = load_backend(config.backend)
     start = time.perf_counter()
-    executor = cls.from_config(config)
-    seconds = time.perf_counter() - start
-    if hasattr(executor, "progress"):
-        executor.progress = False  # bars would interleave with the benchmark's own output
-    return executor, seconds
+    # no bars: they would interleave with the benchmark's own output
+    executor = cls.from_config(config, progress=False)
+    return executor, time.perf_counter() - start
 
 
 def timed_run(config: RunConfig, executor: Executor,
