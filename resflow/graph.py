@@ -70,14 +70,16 @@ from resflow.tasks import (
 
 
 def settings_from_config(config: RunConfig) -> GraphSettings:
-    """The task settings of a run."""
+    """The task settings of a run, the gallery's version (its manifest's sha256) pinned
+    here so that every task maps with the gallery the run started with."""
     if config.archive is None or config.out is None:
         raise ValueError("a run needs both an archive and an output location")
     return GraphSettings(archive=storage.normalise(config.archive), gallery=config.gallery,
                          out=storage.normalise(config.out), batch_size=config.batch_size,
                          halo=config.halo, threshold=config.threshold,
                          min_building_m2=config.min_building_m2, device=config.device,
-                         torch_threads=config.torch_threads)
+                         torch_threads=config.torch_threads,
+                         gallery_version=gallery_key(config.gallery)[1])
 
 
 @dataclass
@@ -173,19 +175,21 @@ def run_graph(config: RunConfig, executor: Executor) -> RunResult:
     start = time.perf_counter()
     settings = settings_from_config(config)
     archive = Archive.open(settings.archive)
-    gallery = load_gallery(settings.gallery)  # verified here, before any task is shipped
+    # verified here, before any task is shipped
+    gallery = load_gallery(settings.gallery, settings.gallery_version)
     check_resolution(archive, gallery)
     run_config = config.model_dump(mode="json")
     store = OutputStore.create(
         settings.out, archive, overwrite=config.overwrite, resume=config.resume,
         run_config=run_config, shard_chips=shard_edge(config.partition_chips),
-        bucket_models={b: gallery.model_name(b) for b in range(len(gallery.bucket_codes))})
+        bucket_models={b: gallery.model_name(b) for b in range(len(gallery.bucket_codes))},
+        gallery_version=settings.gallery_version)
     description = executor.describe()
     partitions = plan(archive.scenes, shard_chips=store.shard_chips,
                       partition_chips=config.partition_chips, slots=task_slots(description),
                       done=store.done_shards if config.resume else None)
-    models_id = gallery_key(settings.gallery)[1][:12]
-    executor.preload(partial(preload_models, settings.gallery), name=f"models-{models_id}")
+    executor.preload(partial(preload_models, settings.gallery, settings.gallery_version),
+                     name=f"models-{settings.gallery_version[:12]}")
     mean_partition = math.ceil(sum(p.chips for p in partitions) / max(1, len(partitions)))
     graph = build_graph(executor, settings, partitions, len(gallery.bucket_codes),
                         mean_partition, config.plan)  # regrouped stage 3 splits to this size

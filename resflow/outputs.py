@@ -374,7 +374,8 @@ class OutputStore:
     @classmethod
     def create(cls, out_path: storage.Location, archive: Archive, *, overwrite: bool = False,
                resume: bool = False, run_config: dict[str, Any], shard_chips: int = 1,
-               bucket_models: dict[int, str] | None = None) -> OutputStore:
+               bucket_models: dict[int, str] | None = None,
+               gallery_version: str = "") -> OutputStore:
         """Create the output store for every scene of ``archive`` (or reopen it to resume).
 
         Parameters
@@ -396,6 +397,9 @@ class OutputStore:
         bucket_models
             Bucket number -> the model that serves it (``"mono"``, ``"bucket-1"``), kept in
             the root attributes so every chip's model can be told from ``chip_bucket``.
+        gallery_version
+            The sha256 of the gallery's manifest, kept in the root attributes: a resumed
+            output must be finished with the same gallery, not only the same location.
 
         Raises
         ------
@@ -407,17 +411,18 @@ class OutputStore:
         """
         out = storage.normalise(out_path)
         action = cls.check_target(out, archive, overwrite=overwrite, resume=resume,
-                                  run_config=run_config)
+                                  run_config=run_config, gallery_version=gallery_version)
         if action == "resume":
             return cls.open(out)
         if action == "overwrite":
             storage.remove_tree(out)
-        return cls._new(out, archive, run_config, shard_chips, bucket_models or {})
+        return cls._new(out, archive, run_config, shard_chips, bucket_models or {},
+                        gallery_version)
 
     @classmethod
     def check_target(cls, out_path: storage.Location, archive: Archive, *,
                      overwrite: bool = False, resume: bool = False,
-                     run_config: dict[str, Any]) -> str:
+                     run_config: dict[str, Any], gallery_version: str = "") -> str:
         """Every refusal of :meth:`create`, without writing anything.
 
         ``resflow run`` calls it before starting an engine, so a run that would be refused
@@ -450,7 +455,7 @@ class OutputStore:
                                    f" this resflow writes format {FORMAT_VERSION}",
                                    "pass --overwrite to recompute it")
         elif resume and not overwrite:
-            cls.open(out)._check_resumable(attrs, archive, run_config)
+            cls.open(out)._check_resumable(attrs, archive, run_config, gallery_version)
             return "resume"
         if not overwrite:
             state = "a complete" if attrs.get("complete") else "an unfinished"
@@ -473,7 +478,8 @@ class OutputStore:
 
     @classmethod
     def _new(cls, out: Path | str, archive: Archive, run_config: dict[str, Any],
-             shard_chips: int, bucket_models: dict[int, str]) -> OutputStore:
+             shard_chips: int, bucket_models: dict[int, str],
+             gallery_version: str) -> OutputStore:
         groups = _group_names(archive.scenes)
         if isinstance(out, Path):
             for group in groups.values():
@@ -486,7 +492,7 @@ class OutputStore:
             "archive": storage.display(archive.path), "scenes": groups,
             "shard_chips": shard_chips,
             "bucket_models": {str(b): m for b, m in sorted(bucket_models.items())},
-            "run_config": run_config,
+            "run_config": run_config, "gallery_version": gallery_version,
         }
         write_hierarchy(out, attrs, ((groups[name], info) for name, info in
                                      archive.scenes.items()),
@@ -494,7 +500,7 @@ class OutputStore:
         return cls(out, groups, shard_chips)
 
     def _check_resumable(self, attrs: dict[str, Any], archive: Archive,
-                         run_config: dict[str, Any]) -> None:
+                         run_config: dict[str, Any], gallery_version: str) -> None:
         if attrs.get("complete"):
             raise OutputComplete(self.display, "the output is already complete, so there is "
                                  "nothing to resume", "use --overwrite to recompute it, or "
@@ -517,6 +523,13 @@ class OutputStore:
                                    f"started with {key}={previous[key]!r}, not "
                                    f"{run_config[key]!r}", f"resume with {key}="
                                    f"{previous[key]!r} or pass --overwrite")
+        started = attrs.get("gallery_version", "")
+        if started and gallery_version and started != gallery_version:
+            raise ResflowError(f"{self.display}: gallery_version", "the output was started "
+                               f"with another version of its gallery (manifest sha256 "
+                               f"{started[:12]}, now {gallery_version[:12]}), and one map "
+                               "must not mix two galleries' models", "resume with the "
+                               "gallery it was started with, or pass --overwrite")
 
     @classmethod
     def open(cls, out_path: storage.Location) -> OutputStore:

@@ -42,7 +42,7 @@ def check_run(config: RunConfig) -> str:
     """
     from resflow.archive import Archive
     from resflow.outputs import OutputStore
-    from resflow.tasks import load_gallery
+    from resflow.tasks import gallery_key, load_gallery
 
     for field in ("archive", "out"):
         if getattr(config, field) is None:
@@ -52,7 +52,8 @@ def check_run(config: RunConfig) -> str:
     check_resolution(archive, load_gallery(config.gallery))  # load verifies every sha256
     return OutputStore.check_target(config.out, archive, overwrite=config.overwrite,  # type: ignore[arg-type]
                                     resume=config.resume,
-                                    run_config=config.model_dump(mode="json"))
+                                    run_config=config.model_dump(mode="json"),
+                                    gallery_version=gallery_key(config.gallery)[1])
 
 
 def check_resolution(archive: Archive, gallery: Gallery) -> None:

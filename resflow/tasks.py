@@ -35,6 +35,7 @@ from resflow import storage
 from resflow.allocator import steady_malloc
 from resflow.archive import Archive
 from resflow.chips import ChipRef, SourceChip
+from resflow.errors import GalleryError
 from resflow.executor import TaskEnv
 from resflow.failures import ChipFailure, compute_chips, describe_error, read_chips
 from resflow.gallery import DEFAULT_PATH, MANIFEST, Gallery
@@ -82,6 +83,9 @@ class GraphSettings:
         ``"auto"``, ``"cpu"`` or ``"cuda"``; a task uses the GPU its engine assigned.
     torch_threads
         Intra-op threads per worker process.
+    gallery_version
+        The sha256 of the gallery's manifest when the run started (:func:`load_gallery`);
+        empty: whatever the gallery holds when a task loads it.
     """
 
     archive: Path | str
@@ -93,6 +97,7 @@ class GraphSettings:
     min_building_m2: float = 0.0
     device: str = "auto"
     torch_threads: int = 1
+    gallery_version: str = ""
 
 
 # -- what tasks return -------------------------------------------------------------------
@@ -246,21 +251,46 @@ def gallery_key(location: Path | str | None) -> tuple[str, str]:
     return str(path.resolve()), digest
 
 
-def load_gallery(location: Path | str | None) -> Gallery:
+def load_gallery(location: Path | str | None, version: str = "") -> Gallery:
     """The gallery (a folder, a URL, or None for the bundled one), loaded and verified once
-    per process (a retrained gallery reloads)."""
-    key = gallery_key(location)
+    per process; a retrained gallery (another manifest) loads anew.
+
+    ``version`` is the sha256 of the manifest a run started with
+    (:attr:`GraphSettings.gallery_version`). A process that holds that version reads
+    nothing, not even the manifest (a URL gallery costs no request per task); one that has
+    to load the gallery checks it is still that version, so a gallery replaced during a run
+    fails the tasks that would have mixed its models with the old ones.
+
+    Raises
+    ------
+    GalleryError
+        if the gallery is missing, does not verify, or is not ``version``.
+    """
+    if version:
+        with _LOCK:
+            held = _GALLERIES.get((str(location), version))
+        if held is not None:
+            return held
+    folder, digest = gallery_key(location)
+    if version and digest != version:
+        raise GalleryError(
+            storage.display(location) if location is not None else str(DEFAULT_PATH),
+            f"the gallery changed during the run (its manifest's sha256 is now "
+            f"{digest[:12]}, the run started with {version[:12]})",
+            "let a run finish before replacing its gallery; run again with --resume to map "
+            "the chips this one could not")
+    key = (str(location), digest)
     with _LOCK:
         if key not in _GALLERIES:
-            _GALLERIES[key] = Gallery.load(Path(key[0]))
+            _GALLERIES[key] = Gallery.load(Path(folder))
         return _GALLERIES[key]
 
 
-def preload_models(path: Path | str | None) -> None:
+def preload_models(path: Path | str | None, version: str = "") -> None:
     """Build every model of the gallery in this process, before the first task needs it,
     and fix the process's malloc thresholds (:mod:`resflow.allocator`)."""
     steady_malloc()
-    gallery = load_gallery(path)
+    gallery = load_gallery(path, version)
     gallery.feature_extractor()
     gallery.hashing_head()
     for bucket in range(len(gallery.bucket_codes)):
@@ -488,7 +518,7 @@ def write_shards(settings: GraphSettings, shards: list[ShardChips],
 
 
 def _gallery_models(settings: GraphSettings) -> dict[int, str]:
-    gallery = load_gallery(settings.gallery)
+    gallery = load_gallery(settings.gallery, settings.gallery_version)
     return {b: gallery.model_name(b) for b in range(len(gallery.bucket_codes))}
 
 
@@ -532,7 +562,7 @@ def _fused_partition(settings: GraphSettings, partition: Partition,
     clock, counter = _Clock(), storage.RetryCount()
     summary = PartitionSummary(partition=partition.index)
     device = _device(settings, env)
-    gallery = load_gallery(settings.gallery)
+    gallery = load_gallery(settings.gallery, settings.gallery_version)
     archive = _archive(settings.archive)
     failures: list[ChipFailure] = []
     shards = expand(partition, archive, _store(settings.out))
@@ -592,7 +622,7 @@ def _features(settings: GraphSettings, partition: Partition, env: TaskEnv) -> li
 
     clock, counter = _Clock(), storage.RetryCount()
     device = _device(settings, env)
-    gallery = load_gallery(settings.gallery)
+    gallery = load_gallery(settings.gallery, settings.gallery_version)
     archive = _archive(settings.archive)
     refs = with_data(expand(partition, archive, _store(settings.out)))
     failures: list[ChipFailure] = []
@@ -623,7 +653,7 @@ def stage2_hashing(settings: GraphSettings, splits: int, records: list[Any],
     if not features:
         return passing
     clock = _Clock()
-    gallery = load_gallery(settings.gallery)
+    gallery = load_gallery(settings.gallery, settings.gallery_version)
     with clock("stage2"):
         _, buckets = map_codes(np.stack([r.features for r in features]), gallery.hashing_head(),
                                gallery.bucket_codes)
@@ -651,7 +681,7 @@ def stage3_segment(settings: GraphSettings, records: list[Any], env: TaskEnv) ->
         return passing
     clock, counter = _Clock(), storage.RetryCount()
     device = _device(settings, env)
-    gallery = load_gallery(settings.gallery)
+    gallery = load_gallery(settings.gallery, settings.gallery_version)
     archive = _archive(settings.archive)
     failures: list[ChipFailure] = []
     with clock("read"):

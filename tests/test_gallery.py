@@ -99,3 +99,24 @@ def test_default_gallery_loads_and_verifies():
     with torch.no_grad():
         assert gallery.feature_extractor()(images).shape == (1, 1280)
         assert gallery.segmenter(0)(images).shape == (1, 1, 64, 64)
+
+
+def test_a_run_pins_its_gallery_version(written, tmp_path):
+    """A task process holding the run's gallery version reads nothing; one that must load
+    the gallery refuses it once it was replaced mid-run, naming both versions."""
+    from resflow.tasks import gallery_key, load_gallery
+
+    folder = _copy(written[0], tmp_path / "g")
+    version = gallery_key(folder)[1]
+    loaded = load_gallery(folder, version)
+    (folder / "manifest.json").unlink()  # a process holding the version never looks
+    assert load_gallery(folder, version) is loaded
+
+    replaced = _copy(written[0], tmp_path / "h")
+    manifest = json.loads((replaced / "manifest.json").read_text())
+    manifest["info"] = {"retrained": True}
+    (replaced / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(GalleryError, match=f"changed during the run .*now "
+                       f"{gallery_key(replaced)[1][:12]}, the run started with {version[:12]}"):
+        load_gallery(replaced, version)
+    assert load_gallery(replaced).manifest["info"] == {"retrained": True}  # unpinned: loads

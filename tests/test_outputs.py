@@ -26,6 +26,7 @@ from resflow.outputs import (
     OutputStore,
     describe,
     format_description,
+    read_root_attrs,
     safe_group_name,
 )
 from resflow.planning import shards_of
@@ -282,3 +283,17 @@ def test_root_attributes_are_read_from_the_head_of_the_root_document(store, monk
     (store.path / "zarr.json").write_text(json.dumps(reordered))
     assert outputs.read_root_attrs(store.path) == root["attributes"]
     assert OutputStore.open(store.path).groups == store.groups
+
+
+def test_a_resumed_output_keeps_its_gallery_version(archive, tmp_path):
+    """Same gallery location, other contents: resuming would mix two galleries' models."""
+    path = tmp_path / "versioned.zarr"
+    OutputStore.create(path, archive, run_config=CONFIG, gallery_version="a" * 64)
+    with pytest.raises(ResflowError, match=r"another version of its gallery \(manifest sha256 "
+                       r"aaaaaaaaaaaa, now bbbbbbbbbbbb\)") as err:
+        OutputStore.create(path, archive, resume=True, run_config=CONFIG,
+                           gallery_version="b" * 64)
+    assert "--overwrite" in str(err.value)
+    resumed = OutputStore.create(path, archive, resume=True, run_config=CONFIG,
+                                 gallery_version="a" * 64)
+    assert read_root_attrs(resumed.path)["gallery_version"] == "a" * 64
