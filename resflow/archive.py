@@ -18,6 +18,7 @@ is true are listed: an interrupted ingest never yields a scene that looks finish
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -26,6 +27,8 @@ from typing import Any
 
 import numpy as np
 import zarr
+import zarr.api.asynchronous
+from zarr.core.sync import sync
 
 from resflow import storage
 from resflow.chips import (
@@ -46,6 +49,8 @@ ARCHIVE_KIND = "archive"
 #: scenes kept as ``skip`` records.
 FORMAT_VERSION = 2
 SCENES = "scenes"
+#: Each scene's array of the share of valid pixels in each chip (written at ingest).
+VALID = "valid_fraction"
 
 
 @dataclass(frozen=True)
@@ -222,6 +227,31 @@ class Archive:
                                                   path=f"{SCENES}/{scene}/image", mode="r")
         return self._arrays[scene]
 
+    def prefetch(self, scenes: Iterable[str]) -> None:
+        """Open the scenes' pixel arrays and read their valid fractions, those not held yet,
+        all together: one round trip through zarr's I/O loop for a task's scenes instead of
+        three a scene, which is most of what a small scene costs a task."""
+        wanted = [scene for scene in dict.fromkeys(scenes)
+                  if scene not in self._arrays or scene not in self._valid]
+        if not wanted:
+            return
+        for scene in wanted:
+            self._scene(scene)  # an unknown scene is named before anything is read
+        store = self._zarr_store()
+
+        async def fetch(scene: str) -> tuple[Any, np.ndarray]:
+            image, valid = await asyncio.gather(*(
+                zarr.api.asynchronous.open_array(store=store, path=f"{SCENES}/{scene}/{name}",
+                                                 mode="r") for name in ("image", VALID)))
+            return image, np.asarray(await valid.getitem(...))
+
+        async def fetch_all() -> list[tuple[Any, np.ndarray]]:
+            return await asyncio.gather(*(fetch(scene) for scene in wanted))
+
+        for scene, (image, valid) in zip(wanted, sync(fetch_all()), strict=True):
+            self._arrays.setdefault(scene, zarr.Array(image))
+            self._valid.setdefault(scene, valid)
+
     def chips(self, scenes: Iterable[str] | None = None) -> list[ChipRef]:
         """Chip references tiling the given scenes (all by default) exactly once.
 
@@ -253,7 +283,7 @@ class Archive:
         """Share of valid pixels per chip of a scene, read once per process."""
         if scene not in self._valid:
             self._valid[scene] = np.asarray(zarr.open_array(
-                self._zarr_store(), path=f"{SCENES}/{scene}/valid_fraction", mode="r")[...])
+                self._zarr_store(), path=f"{SCENES}/{scene}/{VALID}", mode="r")[...])
         return self._valid[scene]
 
     def _ref(self, info: SceneInfo, row: int, col: int) -> ChipRef:

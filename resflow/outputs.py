@@ -324,17 +324,59 @@ def write_hierarchy(location: Path | str, root_attrs: dict[str, Any],
     return written + 1
 
 
-def _write_together(writes: Sequence[tuple[zarr.Array, Any, np.ndarray]]) -> None:
-    """Write ``(array, selection, values)`` triples concurrently, in one round trip through
-    zarr's I/O loop; the first error is raised once all have finished."""
+Write = tuple[zarr.Array, Any, np.ndarray]
+"""``(array, selection, values)``: one write into an array of the store."""
+
+
+def _write_together(writes: Sequence[Write]) -> list[Exception | None]:
+    """Write ``writes`` concurrently, in one round trip through zarr's I/O loop; each one's
+    error (``None``: written), once all have finished."""
     async def write_all() -> list[Any]:
         return await asyncio.gather(*(array.async_array.setitem(selection, values)
                                       for array, selection, values in writes),
                                     return_exceptions=True)
 
-    for outcome in sync(write_all()):
-        if isinstance(outcome, BaseException):
-            raise outcome
+    outcomes = sync(write_all()) if writes else []
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+            raise outcome  # an interrupt, not a failed write
+    return [outcome if isinstance(outcome, Exception) else None for outcome in outcomes]
+
+
+@dataclass(frozen=True)
+class ShardWrite:
+    """One whole shard of a scene on its way to the store (:meth:`OutputStore.write_shards`).
+
+    Attributes
+    ----------
+    scene, shard
+        The scene and the shard's row-major index on its shard grid.
+    refs
+        The shard's chips that were mapped; every other chip of the shard is stored as
+        not mapped (255), which is what a chip without valid pixels is.
+    probabilities, masks
+        uint8 ``(ref.height, ref.width)`` per chip: :func:`quantise`'d probability and
+        the building mask (0/1; :func:`resflow.masks.building_mask`), where invalid
+        pixels already hold :data:`NOT_MAPPED`.
+    buckets
+        Per chip, its bucket, or :data:`NO_DATA_CHIP` for a chip without valid pixels
+        (whose pixels stay not mapped), or :data:`UNWRITTEN` for a chip that failed.
+    transform
+        The scene's affine ``(a, b, c, d, e, f)``, for the coordinates written with
+        shard 0 (read from ``spatial_ref`` when not given).
+    """
+
+    scene: str
+    shard: int
+    refs: Sequence[ChipRef]
+    probabilities: Sequence[np.ndarray]
+    masks: Sequence[np.ndarray]
+    buckets: Sequence[int]
+    transform: tuple[float, ...] | None = None
+
+    def arrays(self) -> tuple[str, ...]:
+        """The scene's arrays this shard writes: the coordinates come with shard 0."""
+        return ("probability", "mask", LEDGER, *(("x", "y") if self.shard == 0 else ()))
 
 
 @dataclass
@@ -567,22 +609,27 @@ class OutputStore:
         return self._open(scene, (name,))[0]
 
     def _open(self, scene: str, names: Sequence[str]) -> list[zarr.Array]:
-        """Cached read-write handles on several arrays of a scene, those not yet open opened
-        together: one round trip through zarr's I/O loop instead of one per array, which is
-        most of a small scene's cost."""
-        missing = [name for name in names if (scene, name) not in self._arrays]
-        if missing:
-            store, group = self._zarr_store(read_only=False), self._group(scene)
-
-            async def open_all() -> list[Any]:
-                return await asyncio.gather(*(
-                    zarr.api.asynchronous.open_array(store=store, path=f"{group}/{name}",
-                                                     mode="r+", zarr_format=3)
-                    for name in missing))
-
-            for name, opened in zip(missing, sync(open_all()), strict=True):
-                self._arrays[(scene, name)] = zarr.Array(opened)
+        """Cached read-write handles on several arrays of a scene (:meth:`_open_all`)."""
+        self._open_all([(scene, name) for name in names])
         return [self._arrays[(scene, name)] for name in names]
+
+    def _open_all(self, arrays: Iterable[tuple[str, str]]) -> None:
+        """Open the ``(scene, array)`` handles not yet cached, all together: one round trip
+        through zarr's I/O loop instead of one per array, which is most of a small scene's
+        cost."""
+        missing = list(dict.fromkeys(key for key in arrays if key not in self._arrays))
+        if not missing:
+            return
+        store = self._zarr_store(read_only=False)
+        paths = [f"{self._group(scene)}/{name}" for scene, name in missing]
+
+        async def open_all() -> list[Any]:
+            return await asyncio.gather(*(
+                zarr.api.asynchronous.open_array(store=store, path=path, mode="r+",
+                                                 zarr_format=3) for path in paths))
+
+        for key, opened in zip(missing, sync(open_all()), strict=True):
+            self._arrays[key] = zarr.Array(opened)
 
     def read_array(self, scene: str, name: str) -> zarr.Array:
         """A read-only handle on one array (``probability``, ``mask``, ``chip_bucket``...)
@@ -610,41 +657,71 @@ class OutputStore:
                     probabilities: Sequence[np.ndarray], masks: Sequence[np.ndarray],
                     buckets: Sequence[int], transform: tuple[float, ...] | None = None
                     ) -> None:
-        """Write one whole shard of a scene: its chips' pixels, then its ledger block.
-
-        Parameters
-        ----------
-        scene, shard
-            The scene and the shard's row-major index on its shard grid.
-        refs
-            The shard's chips that were mapped; every other chip of the shard is stored as
-            not mapped (255), which is what a chip without valid pixels is.
-        probabilities, masks
-            uint8 ``(ref.height, ref.width)`` per chip: :func:`quantise`'d probability and
-            the building mask (0/1; :func:`resflow.masks.building_mask`), where invalid
-            pixels already hold :data:`NOT_MAPPED`.
-        buckets
-            Per chip, its bucket, or :data:`NO_DATA_CHIP` for a chip without valid pixels
-            (whose pixels stay not mapped), or :data:`UNWRITTEN` for a chip that failed.
-        transform
-            The scene's affine ``(a, b, c, d, e, f)``, for the coordinates written with
-            shard 0 (read from ``spatial_ref`` when not given).
+        """Write one whole shard (the fields of :class:`ShardWrite`), raising its error.
 
         Writing a shard twice writes identical bytes, so re-executed tasks are harmless.
         """
-        names = ("probability", "mask", LEDGER, *(("x", "y") if shard == 0 else ()))
-        probability_array, mask_array, ledger_array, *coordinates = self._open(scene, names)
+        errors = self.write_shards([ShardWrite(scene, shard, refs, probabilities, masks,
+                                               buckets, transform)])
+        if errors:
+            raise errors[0]
+
+    def write_shards(self, shards: Sequence[ShardWrite]) -> dict[int, Exception]:
+        """Write whole shards, of any scenes: every shard's pixels (and the coordinates that
+        come with a scene's first shard) in one round trip through zarr's I/O loop, then, in
+        a second, the ledger blocks of the shards whose pixels were all written.
+
+        A task writes its partition's shards this way, so a partition of many small scenes
+        costs three round trips (arrays opened, pixels, ledgers), not three per scene.
+
+        Returns
+        -------
+        dict
+            Index into ``shards`` -> the error of each shard not written, whose ledger
+            block is left untouched (its chips stay unwritten). Empty when all were.
+        """
+        errors: dict[int, Exception] = {}
+        try:
+            self._open_all((s.scene, name) for s in shards for name in s.arrays())
+        except Exception as exc:  # nothing can be written without the arrays
+            return dict.fromkeys(range(len(shards)), exc)
+        pixels: list[tuple[int, Write]] = []
+        ledgers: dict[int, Write] = {}
+        for index, shard in enumerate(shards):
+            try:
+                writes, ledgers[index] = self._shard_writes(shard)
+            except Exception as exc:  # a chip that does not fit its shard
+                errors[index] = exc
+                continue
+            pixels.extend((index, write) for write in writes)
+        for (index, _), error in zip(pixels, _write_together([w for _, w in pixels]),
+                                     strict=True):
+            if error is not None:
+                errors.setdefault(index, error)
+        # last: a shard is done once its pixels are
+        done = [index for index in ledgers if index not in errors]
+        for index, error in zip(done, _write_together([ledgers[i] for i in done]),
+                                strict=True):
+            if error is not None:
+                errors[index] = error
+        return errors
+
+    def _shard_writes(self, write: ShardWrite) -> tuple[list[Write], Write]:
+        """The pixel writes of one shard (its scene's coordinates with shard 0) and its
+        ledger write, from arrays already open."""
+        probability_array, mask_array, ledger_array, *coordinates = (
+            self._arrays[(write.scene, name)] for name in write.arrays())
         height, width = probability_array.shape
         chip = probability_array.chunks[0]
-        r0, r1, c0, c1 = shard_chip_window(shard, height, width, chip, self.shard_chips)
+        r0, r1, c0, c1 = shard_chip_window(write.shard, height, width, chip, self.shard_chips)
         y0, x0 = r0 * chip, c0 * chip
         y1, x1 = min(height, r1 * chip), min(width, c1 * chip)
         probability = np.full((y1 - y0, x1 - x0), NOT_MAPPED, np.uint8)
         mask = np.full_like(probability, NOT_MAPPED)
         ledger = np.full((r1 - r0, c1 - c0), UNWRITTEN, np.int16)
-        for ref, prob, chip_mask, bucket in zip(refs, probabilities, masks, buckets,
-                                                strict=True):
-            self._check_window(ref, prob, chip_mask, scene, (r0, r1, c0, c1), chip)
+        for ref, prob, chip_mask, bucket in zip(write.refs, write.probabilities, write.masks,
+                                                write.buckets, strict=True):
+            self._check_window(ref, prob, chip_mask, write.scene, (r0, r1, c0, c1), chip)
             ledger[ref.row - r0, ref.col - c0] = bucket
             if bucket >= 0:
                 window = (slice(ref.y0 - y0, ref.y0 - y0 + ref.height),
@@ -652,13 +729,13 @@ class OutputStore:
                 probability[window] = prob
                 mask[window] = chip_mask
         region = np.s_[y0:y1, x0:x1]
-        writes = [(probability_array, region, probability), (mask_array, region, mask)]
+        writes: list[Write] = [(probability_array, region, probability),
+                               (mask_array, region, mask)]
         if coordinates:  # the scene's x and y come with its first shard
-            a, _, c, _, e, f = (transform or self.georeference(scene)[1])[:6]
+            a, _, c, _, e, f = (write.transform or self.georeference(write.scene)[1])[:6]
             writes += [(coordinates[0], np.s_[:], c + (np.arange(width) + 0.5) * a),
                        (coordinates[1], np.s_[:], f + (np.arange(height) + 0.5) * e)]
-        _write_together(writes)
-        ledger_array[r0:r1, c0:c1] = ledger  # last: the shard is done once its pixels are
+        return writes, (ledger_array, np.s_[r0:r1, c0:c1], ledger)
 
     def _check_window(self, ref: ChipRef, probability: np.ndarray, mask: np.ndarray,
                       scene: str, window: tuple[int, int, int, int], chip: int) -> None:
@@ -702,6 +779,35 @@ class OutputStore:
                         continue
             return ledger
 
+    def ledgers(self, batch: int = 256) -> dict[str, tuple[np.ndarray, tuple[int, int], int]]:
+        """Every scene's ledger (:meth:`ledger`), grid shape ``(height, width)`` in pixels
+        and chip edge, read ``batch`` scenes at a time in one round trip through zarr's I/O
+        loop each: what finishing or describing a run of many small scenes reads."""
+        store = self._zarr_store(read_only=True)
+
+        async def read(scene: str) -> tuple[np.ndarray | None, tuple[int, int], int]:
+            group = self._group(scene)
+            ledger, probability = await asyncio.gather(*(
+                zarr.api.asynchronous.open_array(store=store, path=f"{group}/{name}",
+                                                 mode="r", zarr_format=3)
+                for name in (LEDGER, "probability")))
+            try:
+                values = np.asarray(await ledger.getitem(...))
+            except Exception:  # a torn object: :meth:`ledger` reads it shard by shard
+                values = None
+            height, width = probability.shape
+            return values, (int(height), int(width)), int(probability.chunks[0])
+
+        async def read_all(scenes: list[str]) -> list[Any]:
+            return await asyncio.gather(*(read(scene) for scene in scenes))
+
+        found = {}
+        for scenes in _batches(self.groups, batch):
+            for scene, (values, shape, chip) in zip(scenes, sync(read_all(scenes)),
+                                                    strict=True):
+                found[scene] = (self.ledger(scene) if values is None else values, shape, chip)
+        return found
+
     def done_shards(self, scene: str) -> set[int]:
         """Shards of ``scene`` whose every chip is written (mapped or skipped as empty)."""
         ledger = self.ledger(scene)
@@ -720,8 +826,8 @@ class OutputStore:
         """Chips whose pixels are stored (or that hold no valid pixel), as
         ``(scene, row, col)``."""
         done: set[tuple[str, int, int]] = set()
-        for scene in self.groups:
-            rows, cols = np.nonzero(self.ledger(scene) != UNWRITTEN)
+        for scene, (ledger, _, _) in self.ledgers().items():
+            rows, cols = np.nonzero(ledger != UNWRITTEN)
             done.update((scene, int(r), int(c)) for r, c in zip(rows, cols, strict=True))
         return done
 
@@ -775,14 +881,11 @@ def describe(path: storage.Location) -> dict[str, Any]:
     store = OutputStore.open(path)
     attrs = read_root_attrs(store.path) or {}
     scenes = []
-    for name, group in store.groups.items():
-        ledger = store.ledger(name)
+    for name, (ledger, (height, width), chip) in store.ledgers().items():
         done = int(np.count_nonzero(ledger != UNWRITTEN))
-        probability = store.read_array(name, "probability")
-        height, width = probability.shape
         total = ledger.size
-        scenes.append({"scene": name, "group": group, "height": height, "width": width,
-                       "chip": int(probability.chunks[0]), "chips_done": done,
+        scenes.append({"scene": name, "group": store.groups[name], "height": height,
+                       "width": width, "chip": chip, "chips_done": done,
                        "chips_total": total, "percent": _percent(done, total)})
     done = sum(s["chips_done"] for s in scenes)
     total = sum(s["chips_total"] for s in scenes)

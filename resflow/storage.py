@@ -374,3 +374,36 @@ def retrying(operation: Callable[[], T], counter: RetryCount | None = None, *,
                 counter.retries += 1
             time.sleep(first_backoff_s * 2 ** attempt)
     raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
+def retrying_each(operation: Callable[[list[int]], dict[int, Exception]], count: int,
+                  counter: RetryCount | None = None, *, attempts: int = ATTEMPTS,
+                  first_backoff_s: float = FIRST_BACKOFF_S) -> dict[int, Exception]:
+    """:func:`retrying` for ``count`` items done together: ``operation(items)`` does the
+    items (indices) it is given and returns the errors of those it could not; the ones that
+    failed transiently are tried again, together, with backoff, each retry counted.
+
+    Returns the items that failed for good, with their last errors.
+
+    >>> tries = {0: 0, 1: 0}
+    >>> def some(items):
+    ...     for i in items:
+    ...         tries[i] += 1
+    ...     return {1: TimeoutError("slow")} if tries[1] < 2 else {}
+    >>> count = RetryCount()
+    >>> retrying_each(some, 2, count, first_backoff_s=0.0), tries, count.retries
+    ({}, {0: 1, 1: 2}, 1)
+    """
+    pending, failed = list(range(count)), {}
+    for attempt in range(attempts):
+        errors = operation(pending)
+        again = [i for i in pending if i in errors and transient(errors[i])
+                 and attempt < attempts - 1]
+        failed.update((i, error) for i, error in errors.items() if i not in again)
+        if not again:
+            return failed
+        if counter is not None:
+            counter.retries += len(again)
+        time.sleep(first_backoff_s * 2 ** attempt)
+        pending = again
+    raise AssertionError("unreachable")  # pragma: no cover - the last attempt returns

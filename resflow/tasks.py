@@ -45,6 +45,7 @@ from resflow.outputs import (
     NOT_MAPPED,
     UNWRITTEN,
     OutputStore,
+    ShardWrite,
 )
 from resflow.planning import Partition, Segment
 
@@ -360,6 +361,7 @@ ShardChips = tuple[str, int, list[ChipRef]]
 def expand(partition: Partition, archive: Archive, store: OutputStore) -> list[ShardChips]:
     """Every shard of the partition with its chips, in plan order: built once per task and
     used both to read the chips and to write the shards."""
+    archive.prefetch(segment.scene for segment in partition.segments)
     return [(scene, shard, archive.shard_chips(scene, shard, store.shard_chips))
             for scene, shard in partition.shards()]
 
@@ -470,7 +472,8 @@ def write_shards(settings: GraphSettings, shards: list[ShardChips],
                  mapped: dict[ChipRef, tuple[np.ndarray, np.ndarray, int]],
                  failures: list[ChipFailure], summary: PartitionSummary,
                  counter: storage.RetryCount, clock: _Clock, stage: str) -> None:
-    """Write every shard of the partition and count what was written into ``summary``.
+    """Write every shard of the partition, together (:meth:`OutputStore.write_shards`), and
+    count what was written into ``summary``.
 
     A chip without valid pixels is written as not mapped (ledger -1); a chip with neither a
     result nor a failure record (lost on the way) becomes a failure here, so no chip is ever
@@ -479,6 +482,7 @@ def write_shards(settings: GraphSettings, shards: list[ShardChips],
     store, archive = _store(settings.out), _archive(settings.archive)
     failed = {f.ref for f in failures}
     models = _gallery_models(settings)
+    writes = []
     for scene, shard, chips in shards:
         summary.scenes.add(scene)
         probabilities, masks, buckets = [], [], []
@@ -494,27 +498,34 @@ def write_shards(settings: GraphSettings, shards: list[ShardChips],
             probabilities.append(prob)
             masks.append(mask)
             buckets.append(bucket)
-        with clock("write"):
-            try:
-                storage.retrying(partial(store.write_shard, scene, shard, chips, probabilities,
-                                         masks, buckets, archive.scenes[scene].transform),
-                                 counter)
-            except Exception as exc:  # a shard that cannot be written fails its chips
-                failures.extend(ChipFailure(ref, stage, f"writing its shard failed "
-                                            f"({describe_error(exc)})")
-                                for ref, bucket in zip(chips, buckets, strict=True)
-                                if bucket >= 0)
-                continue
-        for ref, bucket in zip(chips, buckets, strict=True):
+        writes.append(ShardWrite(scene, shard, chips, probabilities, masks, buckets,
+                                 archive.scenes[scene].transform))
+    with clock("write"):
+        lost = storage.retrying_each(
+            lambda indices: _renumbered(store.write_shards([writes[i] for i in indices]),
+                                        indices), len(writes), counter)
+    for index, write in enumerate(writes):
+        if index in lost:  # a shard that cannot be written fails its chips
+            failures.extend(ChipFailure(ref, stage, f"writing its shard failed "
+                                        f"({describe_error(lost[index])})")
+                            for ref, bucket in zip(write.refs, write.buckets, strict=True)
+                            if bucket >= 0)
+            continue
+        for ref, bucket in zip(write.refs, write.buckets, strict=True):
             if bucket >= 0:
                 summary.chips += 1
                 summary.km2 += ref.km2
                 summary.buckets[(bucket, models[bucket])] += 1
-                summary.scenes_with_data.add(scene)
+                summary.scenes_with_data.add(write.scene)
             elif bucket == NO_DATA_CHIP:
                 summary.empty_chips += 1
     summary.failures.extend(failures)
     summary.retries += counter.retries
+
+
+def _renumbered(errors: dict[int, Exception], indices: Sequence[int]) -> dict[int, Exception]:
+    """Errors keyed by position in ``indices``, keyed by the index itself."""
+    return {indices[position]: error for position, error in errors.items()}
 
 
 def _gallery_models(settings: GraphSettings) -> dict[int, str]:

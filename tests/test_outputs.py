@@ -24,6 +24,7 @@ from resflow.outputs import (
     UNWRITTEN,
     OutputComplete,
     OutputStore,
+    ShardWrite,
     describe,
     format_description,
     read_root_attrs,
@@ -297,3 +298,30 @@ def test_a_resumed_output_keeps_its_gallery_version(archive, tmp_path):
     resumed = OutputStore.create(path, archive, resume=True, run_config=CONFIG,
                                  gallery_version="a" * 64)
     assert read_root_attrs(resumed.path)["gallery_version"] == "a" * 64
+
+
+def test_shards_of_several_scenes_are_written_together_and_fail_alone(store, archive):
+    """One call writes shards of two scenes; a shard that does not fit is refused alone, its
+    ledger untouched, while the others are written and ledgered as one at a time would be."""
+    def shard(scene: str, index: int, *, misplaced: bool = False) -> ShardWrite:
+        refs = archive.shard_chips(scene, index, store.shard_chips)
+        written = archive.shard_chips(scene, index + 1 if misplaced else index,
+                                      store.shard_chips)
+        return ShardWrite(scene, index, written, [squares(r) for r in refs],
+                          [(squares(r) > 127).astype(np.uint8) for r in refs], [0] * len(refs))
+
+    errors = store.write_shards([shard("ms1", 0), shard("ms1", 1, misplaced=True),
+                                 shard("sample_geotiff", 0), shard("sample_geotiff", 2)])
+    assert list(errors) == [1] and "not in shard" in str(errors[1])
+    expected = {(r.scene, r.row, r.col) for scene, index in
+                (("ms1", 0), ("sample_geotiff", 0), ("sample_geotiff", 2))
+                for r in archive.shard_chips(scene, index, store.shard_chips)}
+    assert store.done_chips() == expected
+    one_by_one = OutputStore.create(store.path.with_name("alone.zarr"), archive,
+                                    run_config=CONFIG, shard_chips=SHARD)
+    for scene, index in (("ms1", 0), ("sample_geotiff", 0), ("sample_geotiff", 2)):
+        write_shard(one_by_one, archive, scene, index)
+    for scene in ("ms1", "sample_geotiff"):
+        for name in ("probability", "mask", "chip_bucket", "x", "y"):
+            assert np.array_equal(store.read_array(scene, name)[...],
+                                  one_by_one.read_array(scene, name)[...], equal_nan=True)
