@@ -604,19 +604,10 @@ class OutputStore:
     def _zarr_store(self, *, read_only: bool) -> Any:
         return storage.zarr_store(self.path, read_only=read_only)
 
-    def _array(self, scene: str, name: str) -> zarr.Array:
-        """A cached read-write handle, so a worker opens each array's metadata once."""
-        return self._open(scene, (name,))[0]
-
-    def _open(self, scene: str, names: Sequence[str]) -> list[zarr.Array]:
-        """Cached read-write handles on several arrays of a scene (:meth:`_open_all`)."""
-        self._open_all([(scene, name) for name in names])
-        return [self._arrays[(scene, name)] for name in names]
-
     def _open_all(self, arrays: Iterable[tuple[str, str]]) -> None:
-        """Open the ``(scene, array)`` handles not yet cached, all together: one round trip
-        through zarr's I/O loop instead of one per array, which is most of a small scene's
-        cost."""
+        """Open the ``(scene, array)`` read-write handles not yet cached (a worker opens each
+        array's metadata once), all together: one round trip through zarr's I/O loop instead
+        of one per array, which is most of a small scene's cost."""
         missing = list(dict.fromkeys(key for key in arrays if key not in self._arrays))
         if not missing:
             return

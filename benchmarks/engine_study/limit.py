@@ -40,13 +40,15 @@ from resflow.archive import Archive
 from resflow.chips import ChipRef, SourceChip
 from resflow.gallery import Gallery
 from resflow.model_input import SourceImages
-from resflow.stages import decode, encode, extract_features, map_codes, segment
+from resflow.stages import decode_quantised, encode, extract_features, map_codes, segment
 
 CPU = torch.device("cpu")
 LIMIT_STAGES = ("stage1", "stage2", "stage3")
 #: Chips a fused task encodes before decoding them: the graph's default partition
 #: (``RunConfig.partition_chips``), which bounds the encoder maps held at once.
 PARTITION_CHIPS = 16
+#: The graph's default probability threshold (``RunConfig.threshold``).
+THRESHOLD = 0.5
 
 
 @dataclass
@@ -111,10 +113,11 @@ def _share(index: np.ndarray, data: Preloaded, gallery: Gallery, batch_size: int
 
 def _one_encoder_pass(index: np.ndarray, data: Preloaded, gallery: Gallery, batch_size: int,
                       device: torch.device, seconds: dict[str, float]) -> None:
-    """The graph: encode once with the halo, route, decode one model's chips together."""
+    """The graph: encode once with the halo, route, decode one model's chips together and
+    quantise and threshold them where they were decoded."""
     start = time.perf_counter()
-    features, maps = encode(SourceImages([data.stored[i] for i in index]),
-                            gallery.feature_extractor(), halo=data.halo,
+    chips = [data.stored[i] for i in index]
+    features, maps = encode(SourceImages(chips), gallery.feature_extractor(), halo=data.halo,
                             batch_size=batch_size, device=device)
     seconds["stage1"] += time.perf_counter() - start
     start = time.perf_counter()
@@ -124,9 +127,10 @@ def _one_encoder_pass(index: np.ndarray, data: Preloaded, gallery: Gallery, batc
     size = data.context.shape[-2:]
     models = np.array([gallery.model_name(int(b)) for b in buckets])
     for name in np.unique(models):
-        chips = np.flatnonzero(models == name)
-        decode([maps[i] for i in chips], gallery.segmenter(int(buckets[chips[0]])), size=size,
-               batch_size=batch_size, device=device)
+        group = np.flatnonzero(models == name)
+        decode_quantised([maps[i] for i in group], [chips[i].valid for i in group],
+                         gallery.segmenter(int(buckets[group[0]])), threshold=THRESHOLD,
+                         size=size, batch_size=batch_size, device=device)
     seconds["stage3"] += time.perf_counter() - start
 
 
