@@ -39,8 +39,10 @@ VICTIMS = {
     # Spark's Python workers are forked by the pyspark.daemon process, one per task slot
     "spark": ("pyspark.daemon", ["--backend", "spark", "--spark-master", "local[2]"]),
 }
-RECOVERED = {"dask": "Restarting worker", "spark": "Python worker exited unexpectedly"}
-"""What each engine logs when it recovers from the kill: proof the kill hit the run."""
+RECOVERED = {"dask": "Restarting worker", "spark": "Lost task"}
+"""What each engine logs when it recovers from the kill: proof the kill hit the run. Spark logs
+``Lost task`` for every failed attempt it retries, whichever way the dead worker's socket broke
+(``Python worker exited unexpectedly`` on a read, a reset or broken pipe on a write)."""
 
 
 def _victims(pid: int, marker: str) -> list[psutil.Process]:
@@ -58,7 +60,7 @@ def _victims(pid: int, marker: str) -> list[psutil.Process]:
 
 
 def _kill_until_recovered(proc: subprocess.Popen, marker: str, log: Path, recovered: str,
-                          out: Path, tries: int = 3) -> int:
+                          out: Path, tries: int = 5) -> int:
     """Kill every worker of the run, again if the engine did not log a recovery (both may
     have been between tasks, where a kill costs the engine nothing to notice); returns the
     chips written at the first kill."""
@@ -113,6 +115,6 @@ def test_a_killed_worker_costs_nothing(backend: str, small_archive: Path, run_co
     store = OutputStore.open(out)
     assert store.complete and len(store.done_chips()) == TOTAL
     text = log.read_text()
-    assert RECOVERED[backend] in text
+    assert RECOVERED[backend] in text, f"no recovery logged after {killed_at} chips:\n{text[-3000:]}"
     assert f"resflow: {TOTAL} chips" in text.strip().splitlines()[-1]
     assert_identical(out, reference_maps)
