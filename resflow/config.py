@@ -37,6 +37,11 @@ from resflow.storage import LocationField
 #: study (docs/accuracy.md), which scores 0, 4 and 8 m^2.
 MIN_BUILDING_M2 = 8.0
 
+#: Default dip in building probability between two roof peaks that splits one blob into two
+#: buildings (:func:`resflow.masks.split_touching`). Chosen by the accuracy study
+#: (docs/accuracy.md), which scores 0, 0.03, 0.05, 0.07 and 0.1.
+SPLIT_DIP = 0.05
+
 
 ENGINE_SECTION = "engine_section"
 """Error type of a run-config section that names no installed engine with settings."""
@@ -112,6 +117,10 @@ class RunConfig(_Strict):
     min_building_m2: float = Field(
         MIN_BUILDING_M2, ge=0, description="smaller connected groups of building pixels, in "
         "m^2 on the ground, are dropped from the mask (specks, not buildings); 0 keeps all")
+    split_dip: float = Field(
+        SPLIT_DIP, ge=0, lt=1, description="touching roofs found as one blob are split where "
+        "the building probability dips by at least this between two peaks (dense "
+        "settlements); 0 keeps every blob whole")
     cog_dir: Path | None = Field(None, description="also write one COG per scene and map here")
     footprints: Path | None = Field(
         None, description="also write building footprints to this file: GeoParquet, or RFC "

@@ -45,7 +45,7 @@ from resflow.archive import Archive
 from resflow.errors import ConfigError, InputError, ResflowError
 from resflow.harmonise import harmonise
 from resflow.masks import building_mask, min_pixels
-from resflow.outputs import NOT_MAPPED, OutputStore, quantised_threshold
+from resflow.outputs import NOT_MAPPED, PROBABILITY_SCALE, OutputStore, quantised_threshold
 from resflow.outputs import describe as describe_output
 from resflow.training.labels import load_labels, rasterise
 from resflow.training.metrics import (
@@ -152,7 +152,7 @@ def evaluate(out_store_path: Path | str, label_paths: list[Path | str], *,
         crs_wkt, transform, height, width = grids[scene]
         predicted = _predicted(store, scene, threshold, min_pixels(
             float(run_config.get("min_building_m2", 0.0)), float(attrs["gsd_m"])),
-            int(run_config.get("halo", 0)))
+            int(run_config.get("halo", 0)), float(run_config.get("split_dip", 0.0)))
         truth = rasterise(covering[scene], crs_wkt, transform, (0, 0, height, width))
         step = max(1, math.ceil(max(height, width) / OVERLAY_MAX_PX))
         valid = _mapped(store, scene)
@@ -302,15 +302,17 @@ def _summary(scores: Scores, scored_pixels: int) -> dict[str, Any]:
 
 
 def _predicted(store: OutputStore, scene: str, threshold: float | None,
-               smallest: int, halo: int) -> np.ndarray:
-    """The building mask: the run's own, or the probability cut as the run cuts it (specks
-    under the run's ``min_building_m2``, ``smallest`` pixels, dropped; edges reflected by
-    the run's ``halo``). Pixels not mapped are never buildings."""
+               smallest: int, halo: int, split: float) -> np.ndarray:
+    """The building mask: the run's own, or the probability cut as the run cuts it (touching
+    roofs split by the run's ``split_dip``, ``split``; specks under the run's
+    ``min_building_m2``, ``smallest`` pixels, dropped; edges reflected by the run's
+    ``halo``). Pixels not mapped are never buildings."""
     if threshold is None:
         return np.asarray(store.read_array(scene, "mask")[...]) == 1
     probability = np.asarray(store.read_array(scene, "probability")[...])
     probability = np.where(probability == NOT_MAPPED, 0, probability).astype(np.uint8)
-    return building_mask(probability, quantised_threshold(threshold), smallest, reflect=halo)
+    return building_mask(probability, quantised_threshold(threshold), smallest, reflect=halo,
+                         split=split * PROBABILITY_SCALE)
 
 
 def _mapped(store: OutputStore, scene: str) -> np.ndarray:

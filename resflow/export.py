@@ -124,11 +124,15 @@ class MaskRule:
         With a threshold: groups of fewer building pixels are dropped, as the run drops them.
     halo
         With a threshold: the run's halo, mirrored beyond the scene edges as the run did.
+    split
+        With a threshold: the run's ``split_dip``, touching roofs split as the run split
+        them (0: blobs kept whole, as runs made before the setting existed did).
     """
 
     threshold: float | None = None
     min_pixels: int = 0
     halo: int = 0
+    split: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -178,7 +182,8 @@ class SceneMaps:
         whole scene at once (mirrored by ``halo``): a group reaching the margin's edge has
         at least ``min_pixels`` pixels either way, and a group that does not is whole. The
         margin, and so the memory, grows with the minimum area: 1,111 pixels a side for
-        100 m^2 at 0.3 m.
+        100 m^2 at 0.3 m. Touching roofs are split within the margin: a blob reaching past
+        it may be cut differently than scene-wide (:mod:`resflow.masks`).
         """
         if rule.threshold is None:
             return (np.asarray(self.probability[y0:y1, x0:x1]),
@@ -193,8 +198,9 @@ class SceneMaps:
         top, left = rule.halo * (ry0 == 0), rule.halo * (rx0 == 0)
         padded = np.pad(cut, ((top, rule.halo * (ry1 == height)),
                               (left, rule.halo * (rx1 == width))), mode="symmetric")
-        building = building_mask(padded, rule.threshold * self.probability_encoding.levels,
-                                 rule.min_pixels)
+        levels = self.probability_encoding.levels
+        building = building_mask(padded, rule.threshold * levels, rule.min_pixels,
+                                 split=rule.split * levels)
         inner = np.s_[y0 - ry0:y1 - ry0, x0 - rx0:x1 - rx0]
         mask = building[top:, left:][inner].astype(np.uint8)
         if unmapped is not None and self.mask_encoding.nodata is not None:
@@ -322,8 +328,9 @@ def _rule(store: OutputStore, maps: SceneMaps, threshold: float | None,
           min_area_m2: float) -> MaskRule:
     if threshold is None:
         return MaskRule()
+    settings = run_settings(store)
     return MaskRule(threshold, min_pixels(min_area_m2, maps.gsd_m),
-                    int(run_settings(store).get("halo", 0)))
+                    int(settings.get("halo", 0)), float(settings.get("split_dip", 0.0)))
 
 
 # --- Cloud-Optimized GeoTIFFs ---------------------------------------------------------------

@@ -77,7 +77,8 @@ def settings_from_config(config: RunConfig) -> GraphSettings:
     return GraphSettings(archive=storage.normalise(config.archive), gallery=config.gallery,
                          out=storage.normalise(config.out), batch_size=config.batch_size,
                          halo=config.halo, threshold=config.threshold,
-                         min_building_m2=config.min_building_m2, device=config.device,
+                         min_building_m2=config.min_building_m2,
+                         split_dip=config.split_dip, device=config.device,
                          torch_threads=config.torch_threads,
                          gallery_version=gallery_key(config.gallery)[1])
 

@@ -83,7 +83,7 @@ UNWRITTEN = -2
 #: Scenes whose groups are built in memory and stored together while creating a store.
 METADATA_BATCH = 256
 # Run settings that change the pixels: a resumed run must use the same ones.
-PIXEL_SETTINGS = ("gallery", "halo", "threshold", "min_building_m2")
+PIXEL_SETTINGS = ("gallery", "halo", "threshold", "min_building_m2", "split_dip")
 _RESERVED = frozenset({"zarr.json", REPORT_NAME, STAC_FOLDER})
 
 

@@ -39,10 +39,11 @@ from resflow.errors import GalleryError
 from resflow.executor import TaskEnv
 from resflow.failures import ChipFailure, compute_chips, describe_error, read_chips
 from resflow.gallery import DEFAULT_PATH, MANIFEST, Gallery
-from resflow.masks import keep_components, min_pixels
+from resflow.masks import keep_components, min_pixels, split_touching
 from resflow.outputs import (
     NO_DATA_CHIP,
     NOT_MAPPED,
+    PROBABILITY_SCALE,
     UNWRITTEN,
     OutputStore,
     ShardWrite,
@@ -80,6 +81,8 @@ class GraphSettings:
         Probability above which a pixel is building, for the mask.
     min_building_m2
         Smallest building kept in the mask, m^2 on the ground (:mod:`resflow.masks`).
+    split_dip
+        Probability dip between two roof peaks that splits a blob (:mod:`resflow.masks`).
     device
         ``"auto"``, ``"cpu"`` or ``"cuda"``; a task uses the GPU its engine assigned.
     torch_threads
@@ -96,6 +99,7 @@ class GraphSettings:
     halo: int = 32
     threshold: float = 0.5
     min_building_m2: float = 0.0
+    split_dip: float = 0.0
     device: str = "auto"
     torch_threads: int = 1
     gallery_version: str = ""
@@ -433,9 +437,9 @@ def segment_chips(settings: GraphSettings, gallery: Gallery, device: Any,
                   maps: dict[ChipRef, FeatureMaps], clock: _Clock,
                   failures: list[ChipFailure]
                   ) -> dict[ChipRef, tuple[np.ndarray, np.ndarray, int]]:
-    """Decode encoded chips model by model, quantise and threshold them on the device, drop
-    small components with their halo (so specks crossing a chip border are judged whole),
-    and trim.
+    """Decode encoded chips model by model, quantise and threshold them on the device, split
+    touching roofs and drop small components with their halo (so blobs and specks crossing
+    a chip border are judged whole), and trim.
 
     Chips are grouped by the model serving their bucket, not by bucket, so every bucket the
     mono model serves shares its micro-batches. Returns ``chip -> (probability, mask,
@@ -460,7 +464,10 @@ def segment_chips(settings: GraphSettings, gallery: Gallery, device: Any,
                                           failures, finite=lambda chip: chip.finite)
         with clock("write"):
             for ref, chip in zip(kept, decoded, strict=True):
-                mask = keep_components(chip.above, min_pixels(
+                mapped = np.where(chip.probability == NOT_MAPPED, 0, chip.probability)
+                above = split_touching(mapped, chip.above,
+                                       settings.split_dip * PROBABILITY_SCALE)
+                mask = keep_components(above, min_pixels(
                     settings.min_building_m2, scenes[ref.scene].gsd_m)).astype(np.uint8)
                 mask[~pixels[ref].valid] = NOT_MAPPED
                 out[ref] = (trim(chip.probability, ref, halo), trim(mask, ref, halo),

@@ -27,6 +27,7 @@ from typer.testing import CliRunner
 
 from resflow.archive import Archive
 from resflow.cli import app
+from resflow.config import SPLIT_DIP
 from resflow.errors import ResflowError
 from resflow.export import (
     FOOTPRINT_COLUMNS,
@@ -46,7 +47,8 @@ from resflow.outputs import NO_DATA_CHIP, NOT_MAPPED, OutputStore, quantise
 from resflow.planning import shards_of
 
 RUN = {"threshold": 0.5, "halo": 32, "gallery": None, "backend": "local",
-       "min_building_m2": 8.0}
+       "min_building_m2": 8.0, "split_dip": 0.0}
+"""The synthetic store's run settings: blobs kept whole, so that many span several windows."""
 MODELS = {0: "mono", 1: "bucket-1"}
 EMPTY_CHIP = (1, 1)
 """The chip of every synthetic scene that holds no valid pixel (bucket -1, not mapped)."""
@@ -73,7 +75,7 @@ def write_blobs(archive: Archive, out: Path) -> OutputStore:
         probability[empty] = 0
         mask = building_mask(probability, RUN["threshold"] * 254,
                              min_pixels(RUN["min_building_m2"], info.gsd_m),
-                             reflect=RUN["halo"]).astype(np.uint8)
+                             reflect=RUN["halo"], split=RUN["split_dip"] * 254).astype(np.uint8)
         for shard in range(shards_of(info, store.shard_chips)):
             refs = archive.shard_chips(scene, shard, store.shard_chips)
             windows = [np.s_[r.y0:r.y0 + r.height, r.x0:r.x0 + r.width] for r in refs]
@@ -180,7 +182,8 @@ def test_rethresholded_mask_is_the_whole_scene_mask_and_leaves_the_store_alone(
             stored = maps.probability[...]
             cut = np.where(stored == NOT_MAPPED, 0, stored)
             expected = building_mask(cut, threshold * 254, min_pixels(8.0, maps.gsd_m),
-                                     reflect=RUN["halo"]).astype(np.uint8)
+                                     reflect=RUN["halo"],
+                                     split=SPLIT_DIP * 254).astype(np.uint8)
             expected[stored == NOT_MAPPED] = NOT_MAPPED
             name = f"{mapped.groups[maps.scene]}_mask.tif"
             with rasterio.open(tmp_path / str(threshold) / name) as src:

@@ -135,6 +135,9 @@ def run_command(
     min_building_m2: Annotated[float | None, typer.Option(
         "--min-building-m2", help="drop smaller groups of building pixels from the mask, "
         "m^2 on the ground (default 8; 0 keeps all)")] = None,
+    split_dip: Annotated[float | None, typer.Option(
+        help="split touching roofs where the building probability dips by at least this "
+        "between two peaks (default 0.05; 0 keeps blobs whole)")] = None,
     plan: Annotated[PlanChoice | None, typer.Option(
         help="fused (default): stages 1-3 per partition in one task; regrouped: regroup by "
         "bucket before stage 3 (RESFlow's shape). Same maps")] = None,
@@ -162,7 +165,7 @@ def run_command(
     settings = run_settings(
         config, sets, print_config, archive=archive, out=out, gallery=gallery,
         backend=backend, batch_size=batch_size, device=device.value if device else None,
-        threshold=threshold, min_building_m2=min_building_m2,
+        threshold=threshold, min_building_m2=min_building_m2, split_dip=split_dip,
         plan=plan, cog_dir=cog, footprints=footprints, stac=stac, stac_dir=stac_dir,
         resume=resume or None, overwrite=overwrite or None, **(engine_settings or {}))
     if settings is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from resflow.config import MIN_BUILDING_M2
+from resflow.config import MIN_BUILDING_M2, SPLIT_DIP
 from resflow.training.regions import DEFAULT_FRACTIONS
 
 
@@ -35,4 +35,5 @@ class TrainConfig:
     halo: int = 32
     threshold: float = 0.5
     min_building_m2: float = MIN_BUILDING_M2
+    split_dip: float = SPLIT_DIP
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS

@@ -327,12 +327,13 @@ def _subset(data: Encoded | None, idx: np.ndarray) -> Encoded | None:
 def evaluate_gallery(archive_path: Path | str, labels: Sequence[Path | str],
                      gallery_path: Path | str, *, scenes: Sequence[str] | None = None,
                      holdout: Sequence[str] = (), sweep: Sequence[float] = (),
-                     **settings: Any) -> dict[str, Any]:
+                     split_sweep: Sequence[float] = (), **settings: Any) -> dict[str, Any]:
     """Score a trained gallery's bucket ensemble and mono on test chips, as training does.
 
     The test chips are the whole ``holdout`` scenes, or else the test band of ``scenes``
     (default: every labelled scene) cut by ``fractions``; chips are routed by the gallery's
-    own stages 1 and 2. ``sweep`` adds scores at other ``min_building_m2`` values.
+    own stages 1 and 2. ``sweep`` adds scores at other ``min_building_m2`` values,
+    ``split_sweep`` at other ``split_dip`` values.
 
     Examples
     --------
@@ -359,18 +360,20 @@ def evaluate_gallery(archive_path: Path | str, labels: Sequence[Path | str],
         empty = np.zeros(0, np.float32)
         test = _Chips(list(refs), empty, empty, empty, np.asarray(routed, int))
         return _evaluate(archive, test, loaded, gallery.mono().encoder, decoders, config,
-                         sweep)
+                         sweep, split_sweep)
 
 
 def _evaluate(archive: Archive, test: _Chips, labels: list[Labels],
               encoder: torch.nn.Module, decoders: dict[str, SegmentationDecoder],
-              config: TrainConfig, sweep: Sequence[float] = ()) -> dict[str, Any]:
+              config: TrainConfig, sweep: Sequence[float] = (),
+              split_sweep: Sequence[float] = ()) -> dict[str, Any]:
     """Score the ensemble (each chip by its bucket's model) and mono on the test chips.
 
     Each scene's test band is mapped as one mosaic, read with the inference halo, masked as
     runs mask (:func:`resflow.masks.building_mask`) and scored per scene and overall by
     :func:`resflow.training.metrics.score_scene`, the code ``resflow eval`` runs on finished
-    maps. ``sweep`` scores the same maps again at other ``min_building_m2`` values.
+    maps. ``sweep`` scores the same maps again at other ``min_building_m2`` values and
+    ``split_sweep`` at other ``split_dip`` values.
     """
     models = {name: BuildingSegmenter(encoder, d).eval() for name, d in decoders.items()}
     bands = region_rows(test.refs)
@@ -399,23 +402,27 @@ def _evaluate(archive: Archive, test: _Chips, labels: list[Labels],
                                (y0, 0, y1 - y0, archive.scenes[scene].width))
               for scene, (y0, y1) in bands.items()}
 
-    def scored(min_m2: float) -> dict[str, Any]:
+    def scored(min_m2: float, split: float) -> dict[str, Any]:
         result: dict[str, Any] = {}
         per_scene: dict[str, dict[str, Any]] = {}
         for kind, by_scene in canvases.items():
             overall = Scores()
             for scene, prob in by_scene.items():
                 smallest = min_pixels(min_m2, archive.scenes[scene].gsd_m)
-                predicted = building_mask(prob, config.threshold, smallest, reflect=h)
+                predicted = building_mask(prob, config.threshold, smallest, reflect=h,
+                                          split=split)
                 scores = score_scene(predicted, truths[scene], valid[scene])
                 overall += scores
                 per_scene.setdefault(scene, {})[kind] = scores.summary()
             result[kind] = overall.summary()
         return {"test": result, "test_scenes": per_scene}
 
-    metrics = {**scored(config.min_building_m2), "test_chips_served_by": served}
+    metrics = {**scored(config.min_building_m2, config.split_dip), "test_chips_served_by": served}
     if sweep:
-        metrics["min_building_sweep"] = {f"{m:g}": scored(m) for m in sweep}
+        metrics["min_building_sweep"] = {f"{m:g}": scored(m, config.split_dip) for m in sweep}
+    if split_sweep:
+        metrics["split_sweep"] = {f"{d:g}": scored(config.min_building_m2, d)
+                                  for d in split_sweep}
     return metrics
 
 

@@ -115,6 +115,6 @@ def test_a_killed_worker_costs_nothing(backend: str, small_archive: Path, run_co
     store = OutputStore.open(out)
     assert store.complete and len(store.done_chips()) == TOTAL
     text = log.read_text()
-    assert RECOVERED[backend] in text, f"no recovery logged after {killed_at} chips:\n{text[-3000:]}"
+    assert RECOVERED[backend] in text, f"no recovery after {killed_at} chips:\n{text[-3000:]}"
     assert f"resflow: {TOTAL} chips" in text.strip().splitlines()[-1]
     assert_identical(out, reference_maps)
