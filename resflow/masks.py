@@ -31,7 +31,6 @@ import math
 
 import numpy as np
 from scipy import ndimage
-from skimage.segmentation import watershed
 
 SMOOTH_SIGMA = 1.0
 """Gaussian smoothing of the probability, in pixels, before its peaks are found: a roof's
@@ -111,12 +110,43 @@ def split_touching(probability: np.ndarray, mask: np.ndarray, split: float) -> n
     if split <= 0 or not mask.any():
         return mask
     height = ndimage.gaussian_filter(probability.astype(np.float32), SMOOTH_SIGMA)
-    basins = watershed(-height, mask=mask)  # one basin per local peak, within the blobs
-    orphans = mask & (basins == 0)  # watershed leaves some one-pixel blobs unlabelled
-    if orphans.any():
-        basins[orphans] = ndimage.label(orphans)[0][orphans] + basins.max()
+    basins = _basins(height, mask)
     keep = _regions(basins, height, split)
     return _separated(keep[basins])
+
+
+def _basins(height: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``mask`` cut into basins of ``height``'s peaks, by steepest ascent: every pixel
+    belongs to the peak it reaches by stepping, again and again, to its highest
+    4-neighbour in the mask while that is higher. 0 outside ``mask``.
+
+    Each pixel's step depends only on its neighbours, so a blob's basins depend only on
+    the blob and the pixels it is smoothed with: chip by chip as scene-wide. Every pixel
+    no neighbour of which is higher is a peak of its own, so plateaus start several
+    basins; :func:`_regions` merges basins whose peaks stand less than ``split`` above
+    their pass, so too many basins cost nothing but time.
+    """
+    rows, cols = mask.shape
+    inside = np.pad(np.where(mask, height, -np.inf), 1, constant_values=-np.inf)
+    index = np.arange(rows * cols).reshape(rows, cols)
+    best, step = inside[1:-1, 1:-1].copy(), index.copy()
+    for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+        neighbour = inside[1 + dy:1 + dy + rows, 1 + dx:1 + dx + cols]
+        higher = neighbour > best
+        best = np.where(higher, neighbour, best)
+        step = np.where(higher, np.roll(index, (-dy, -dx), axis=(0, 1)), step)
+    step = step.ravel()
+    while True:  # pointer jumping: every pixel reaches its peak in log2(steps) rounds
+        further = step[step]
+        if np.array_equal(further, step):
+            break
+        step = further
+    peaks = np.flatnonzero(mask.ravel() & (step == np.arange(step.size)))
+    label = np.zeros(step.size, np.int64)
+    label[peaks] = np.arange(1, peaks.size + 1)
+    basins = label[step].reshape(rows, cols)
+    basins[~mask] = 0
+    return basins
 
 
 def _regions(basins: np.ndarray, height: np.ndarray, split: float) -> np.ndarray:
@@ -127,12 +157,14 @@ def _regions(basins: np.ndarray, height: np.ndarray, split: float) -> np.ndarray
     region of its own only if its peak stands at least ``split`` above the pass.
     """
     count = int(basins.max())
-    peaks = np.full(count + 1, -np.inf, np.float32)
-    np.maximum.at(peaks, basins.ravel(), height.ravel())
+    top = np.full(count + 1, -np.inf, np.float32)
+    np.maximum.at(top, basins.ravel(), height.ravel())
     lows, highs, passes = _passes(basins, height)
-    parent = np.arange(count + 1)
-    joined = np.arange(count + 1)  # the set a shallow top basin joined
-    region = np.ones(count + 1, bool)
+    order = np.argsort(-passes, kind="stable")
+    peaks = top.tolist()  # plain lists: the loop touches single items only
+    parent = list(range(count + 1))
+    joined = list(range(count + 1))  # the set a shallow top basin joined
+    region = [True] * (count + 1)
 
     def root(b: int) -> int:
         while parent[b] != b:
@@ -140,24 +172,24 @@ def _regions(basins: np.ndarray, height: np.ndarray, split: float) -> np.ndarray
             b = parent[b]
         return b
 
-    for i in np.argsort(-passes, kind="stable"):
-        a, b = root(lows[i]), root(highs[i])
+    for low, high, level in zip(lows[order].tolist(), highs[order].tolist(),
+                                passes[order].tolist(), strict=True):
+        a, b = root(low), root(high)
         if a == b:
             continue
         if peaks[a] < peaks[b] or (peaks[a] == peaks[b] and a > b):
             a, b = b, a  # a: the set with the higher peak; roots are their top basins
-        if peaks[b] - passes[i] < split:
+        if peaks[b] - level < split:
             region[b] = False
             joined[b] = a
         parent[b] = a
-    owner = np.arange(count + 1)
+    owner = [0] * (count + 1)
     for b in range(1, count + 1):
         r = b
         while not region[r]:
             r = joined[r]
         owner[b] = r
-    owner[0] = 0
-    return owner
+    return np.asarray(owner)
 
 
 def _passes(basins: np.ndarray, height: np.ndarray
