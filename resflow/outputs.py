@@ -84,6 +84,8 @@ UNWRITTEN = -2
 METADATA_BATCH = 256
 # Run settings that change the pixels: a resumed run must use the same ones.
 PIXEL_SETTINGS = ("gallery", "halo", "threshold", "min_building_m2", "split_dip")
+#: What outputs made before a pixel setting existed used: they split no roofs.
+PIXEL_SETTINGS_BEFORE = {"split_dip": 0.0}
 _RESERVED = frozenset({"zarr.json", REPORT_NAME, STAC_FOLDER})
 
 
@@ -558,7 +560,7 @@ class OutputStore:
                 raise ResflowError(f"{self.display}/{self.groups[name]}", "the scene grid "
                                    "differs from the archive's", "pass --overwrite to "
                                    "recompute it")
-        previous = attrs.get("run_config", {})
+        previous = PIXEL_SETTINGS_BEFORE | attrs.get("run_config", {})
         for key in PIXEL_SETTINGS:
             if key in previous and key in run_config and previous[key] != run_config[key]:
                 raise ResflowError(f"{self.display}: run_config.{key}", f"the output was "

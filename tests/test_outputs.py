@@ -203,6 +203,9 @@ def test_existing_output_is_refused_without_resume_or_overwrite(store, archive):
     with pytest.raises(ResflowError, match="threshold"):
         OutputStore.create(store.path, archive, resume=True,
                            run_config={**CONFIG, "threshold": 0.7})
+    with pytest.raises(ResflowError, match=r"started with split_dip=0\.0"):  # split nothing
+        OutputStore.create(store.path, archive, resume=True,
+                           run_config={**CONFIG, "split_dip": 0.05})
 
     fresh = OutputStore.create(store.path, archive, overwrite=True, run_config=CONFIG)
     assert fresh.done_chips() == set()
