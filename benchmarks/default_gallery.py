@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.accuracy import PLACES, build_archive, label_files, markdown
+from resflow.config import MIN_BUILDING_M2, SPLIT_DIP
 from resflow.gallery import DEFAULT_PATH, Gallery
 from resflow.mosaic import write_mosaic
 from resflow.training.train import train
@@ -80,7 +81,8 @@ def card(gallery: Gallery, study: dict[str, Any] | None) -> str:
                   "Measured by `make accuracy` (`docs/accuracy.md`) with this recipe: leave "
                   "one place out, trained on four places and scored on every pixel of the "
                   "fifth. Masks are cut as runs cut them by default: touching roofs split "
-                  "where the probability dips by 0.05 between them, specks under 8 m^2 "
+                  f"where the probability dips by {SPLIT_DIP:g} between them, specks under "
+                  f"{MIN_BUILDING_M2:g} m^2 "
                   "dropped. Objects match one to one at IoU >= 0.5.", "",
                   markdown(study["lopo"]["rows"]), "",
                   f"Mean over places: {study['lopo']['mean_over_places']}.", ""]

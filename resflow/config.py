@@ -39,8 +39,8 @@ MIN_BUILDING_M2 = 8.0
 
 #: Default dip in building probability between two roof peaks that splits one blob into two
 #: buildings (:func:`resflow.masks.split_touching`). Chosen by the accuracy study
-#: (docs/accuracy.md), which scores 0, 0.03, 0.05, 0.07 and 0.1.
-SPLIT_DIP = 0.05
+#: (docs/accuracy.md), which scores 0 to 0.2.
+SPLIT_DIP = 0.1
 
 
 ENGINE_SECTION = "engine_section"

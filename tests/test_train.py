@@ -14,7 +14,8 @@ from resflow.errors import InputError
 from resflow.gallery import MONO, Gallery, write_gallery
 from resflow.models.hashing import HashingHead
 from resflow.models.segmentation import SegmentationDecoder
-from resflow.training.train import evaluate_gallery, train
+from resflow.training.segmentation import loss_fn
+from resflow.training.train import evaluate_gallery, gap_weight, separated, train
 
 LABELS = Path(__file__).parents[1] / "resflow/samples/data/spacenet-atlanta/geotiff_labels.geojson"
 TINY = {"buckets": 2, "hash_steps": 20, "mono_steps": 3, "bucket_steps": 2, "eval_every": 2,
@@ -142,3 +143,36 @@ def test_a_saved_gallery_scores_as_its_training_did(trained, sample_archive):
     assert again["test"] == metrics["test"]
     assert again["test_chips_served_by"] == metrics["test_chips_served_by"]
     assert set(again["min_building_sweep"]["0"]["test"]) == {"ensemble", "mono"}
+
+
+def two_roofs_and_a_shed() -> np.ndarray:
+    """Footprint ids: two roofs sharing a wall (1, 2) and a shed 10 pixels away (3)."""
+    ids = np.zeros((40, 60), np.int32)
+    ids[5:20, 5:20], ids[5:20, 20:35], ids[30:38, 5:13] = 1, 2, 3
+    return ids
+
+
+def test_the_gap_between_touching_roofs_weighs_most():
+    ids = two_roofs_and_a_shed()
+    target = separated(ids)
+    weight = gap_weight(ids, target, 10.0, 3.0)
+    wall = (ids > 0) & ~target                       # the gap separated() cut between 1 and 2
+    assert wall.any() and (weight[wall] > 9).all()
+    assert (weight[target] == 1).all()               # buildings
+    assert weight[0:4, 40:].max() < 1.5 and weight[39, 59] == 1  # open ground
+    assert 1 < weight[25, 9] < weight[wall].min()    # 10 pixels between roof 1 and the shed
+    assert (gap_weight(ids, target, 0.0, 3.0) == 1).all()
+
+
+def test_filling_a_weighted_gap_costs_more_than_filling_open_ground():
+    ids = two_roofs_and_a_shed()
+    target = separated(ids)
+    weight = torch.from_numpy(gap_weight(ids, target, 10.0, 3.0))[None, None]
+    truth = torch.from_numpy(target.astype(np.float32))[None, None]
+    logits = (truth * 8 - 4).clone()                 # right everywhere
+    wall, ground = logits.clone(), logits.clone()
+    wall[0, 0, 5:20, 19:21] = 4                      # fills the 30-pixel wall gap
+    ground[0, 0, 0:2, 40:55] = 4                     # 30 pixels of open ground
+    right = loss_fn(logits, truth, weight, 1.0)
+    assert loss_fn(wall, truth, weight, 1.0) - right > 3 * (loss_fn(ground, truth, weight, 1.0)
+                                                          - right)

@@ -137,7 +137,7 @@ def run_command(
         "m^2 on the ground (default 8; 0 keeps all)")] = None,
     split_dip: Annotated[float | None, typer.Option(
         help="split touching roofs where the building probability dips by at least this "
-        "between two peaks (default 0.05; 0 keeps blobs whole)")] = None,
+        "between two peaks (default 0.1; 0 keeps blobs whole)")] = None,
     plan: Annotated[PlanChoice | None, typer.Option(
         help="fused (default): stages 1-3 per partition in one task; regrouped: regroup by "
         "bucket before stage 3 (RESFlow's shape). Same maps")] = None,

@@ -35,5 +35,7 @@ class TrainConfig:
     halo: int = 32
     threshold: float = 0.5
     min_building_m2: float = MIN_BUILDING_M2
+    gap_weight: float = 10.0
+    gap_sigma_m: float = 1.0
     split_dip: float = SPLIT_DIP
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS

@@ -12,7 +12,9 @@ haze far more than in orientation.
 
 The loss is class-balanced: binary cross-entropy with the positive class weighted by the
 train set's negative/positive pixel ratio (capped), plus soft Dice, both over scored pixels
-only (valid data inside the scene; reflected padding is not a label). The checkpoint kept
+only (valid data inside the scene; reflected padding is not a label). Cross-entropy also
+weighs the narrow gaps between buildings up (:func:`resflow.training.train.gap_weight`),
+so touching roofs stay apart. The checkpoint kept
 is the one with the lowest validation loss, evaluated every ``eval_every`` steps (and, for
 a fine-tune, before its first step), so the validation region, never the test region,
 decides when to stop; a bucket decoder that never beats mono on validation keeps mono's
@@ -129,19 +131,22 @@ def positive_weight(data: Encoded) -> float:
     into one footprint. The square root keeps sparse buildings from being ignored without
     that bias.
     """
-    pos = float((data.target * data.weight).sum())
-    neg = float(((1 - data.target) * data.weight).sum())
+    scored = (data.weight > 0).float()
+    pos = float((data.target * scored).sum())
+    neg = float(((1 - data.target) * scored).sum())
     return float(min(MAX_POS_WEIGHT, max(1.0, (neg / max(pos, 1.0)) ** 0.5)))
 
 
 def loss_fn(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
             pos_weight: float) -> torch.Tensor:
-    """Class-balanced BCE plus soft Dice, over pixels with ``weight > 0`` only."""
+    """Class-balanced BCE weighted by ``weight``, plus soft Dice, over pixels with
+    ``weight > 0`` only."""
     bce = F.binary_cross_entropy_with_logits(
         logits, target, weight=weight, pos_weight=torch.tensor(pos_weight), reduction="sum")
     bce = bce / weight.sum().clamp_min(1.0)
-    prob = torch.sigmoid(logits) * weight
-    dice = 1 - (2 * (prob * target).sum() + 1) / (prob.sum() + (target * weight).sum() + 1)
+    scored = (weight > 0).float()
+    prob = torch.sigmoid(logits) * scored
+    dice = 1 - (2 * (prob * target).sum() + 1) / (prob.sum() + (target * scored).sum() + 1)
     return bce + dice
 
 
