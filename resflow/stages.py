@@ -57,6 +57,7 @@ from torch import nn
 
 from resflow.allocator import steady_malloc
 from resflow.devices import inference_context, memory_format, torch_threads, use_device
+from resflow.masks import keep_components, split_touching
 from resflow.model_input import ChipImages, array_blocks, as_chip_images, staging
 from resflow.models.efficientnet import EMBEDDING_DIM
 from resflow.models.hashing import hamming_nearest
@@ -346,6 +347,17 @@ class QuantisedChip:
     probability: np.ndarray
     above: np.ndarray
     finite: bool
+
+    def building_mask(self, split_dip: float, min_pixels: int) -> np.ndarray:
+        """``above`` with touching roofs split where the probability dips by ``split_dip``
+        and components under ``min_pixels`` dropped (:mod:`resflow.masks`), on the host.
+
+        Called on the chip with its halo, so blobs and specks crossing the chip's border
+        are judged by what lies beyond it; pixels not mapped count as probability 0.
+        """
+        mapped = np.where(self.probability == NOT_MAPPED, 0, self.probability)
+        above = split_touching(mapped, self.above, split_dip * PROBABILITY_SCALE)
+        return keep_components(above, min_pixels)
 
 
 def quantise_tensor(probability: torch.Tensor, valid: torch.Tensor, threshold: float

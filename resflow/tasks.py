@@ -39,11 +39,10 @@ from resflow.errors import GalleryError
 from resflow.executor import TaskEnv
 from resflow.failures import ChipFailure, compute_chips, describe_error, read_chips
 from resflow.gallery import DEFAULT_PATH, MANIFEST, Gallery
-from resflow.masks import keep_components, min_pixels, split_touching
+from resflow.masks import min_pixels
 from resflow.outputs import (
     NO_DATA_CHIP,
     NOT_MAPPED,
-    PROBABILITY_SCALE,
     UNWRITTEN,
     OutputStore,
     ShardWrite,
@@ -462,13 +461,12 @@ def segment_chips(settings: GraphSettings, gallery: Gallery, device: Any,
         with clock("stage3"):
             kept, decoded = compute_chips(group, np.arange(len(group)), run, STAGE3,
                                           failures, finite=lambda chip: chip.finite)
+            masks = [chip.building_mask(settings.split_dip, min_pixels(
+                settings.min_building_m2, scenes[ref.scene].gsd_m))
+                for ref, chip in zip(kept, decoded, strict=True)]
         with clock("write"):
-            for ref, chip in zip(kept, decoded, strict=True):
-                mapped = np.where(chip.probability == NOT_MAPPED, 0, chip.probability)
-                above = split_touching(mapped, chip.above,
-                                       settings.split_dip * PROBABILITY_SCALE)
-                mask = keep_components(above, min_pixels(
-                    settings.min_building_m2, scenes[ref.scene].gsd_m)).astype(np.uint8)
+            for ref, chip, building in zip(kept, decoded, masks, strict=True):
+                mask = building.astype(np.uint8)
                 mask[~pixels[ref].valid] = NOT_MAPPED
                 out[ref] = (trim(chip.probability, ref, halo), trim(mask, ref, halo),
                             buckets[ref])

@@ -38,7 +38,9 @@ from benchmarks.engine_study.contention import contention
 from benchmarks.engine_study.series import summarise
 from resflow.archive import Archive
 from resflow.chips import ChipRef, SourceChip
+from resflow.config import MIN_BUILDING_M2, SPLIT_DIP
 from resflow.gallery import Gallery
+from resflow.masks import min_pixels
 from resflow.model_input import SourceImages
 from resflow.stages import decode_quantised, encode, extract_features, map_codes, segment
 
@@ -72,6 +74,9 @@ class Preloaded:
         Ground area of the chips, km^2.
     halo
         Context pixels on each side of ``context`` and ``stored``.
+    smallest
+        Each chip's smallest building kept, pixels: the graph's default
+        ``min_building_m2`` at its scene's ground resolution.
     """
 
     refs: list[ChipRef]
@@ -80,6 +85,7 @@ class Preloaded:
     stored: list[SourceChip]
     km2: float
     halo: int
+    smallest: list[int]
 
     @classmethod
     def read(cls, archive: Archive, halo: int) -> Preloaded:
@@ -88,14 +94,18 @@ class Preloaded:
         plain = np.stack([archive.read_chip(ref).image for ref in refs])
         stored = archive.read_sources(refs, halo)
         context = np.stack([chip.harmonised().image for chip in stored])
-        return cls(refs, plain, context, stored, float(sum(ref.km2 for ref in refs)), halo)
+        smallest = [min_pixels(MIN_BUILDING_M2, archive.scenes[ref.scene].gsd_m)
+                    for ref in refs]
+        return cls(refs, plain, context, stored, float(sum(ref.km2 for ref in refs)), halo,
+                   smallest)
 
     def subset(self, index: np.ndarray) -> Preloaded:
         """The chips at ``index``, in that order (repeats allowed)."""
         refs = [self.refs[i] for i in index]
         return replace(self, refs=refs, plain=self.plain[index], context=self.context[index],
                        stored=[self.stored[i] for i in index],
-                       km2=float(sum(r.km2 for r in refs)))
+                       km2=float(sum(r.km2 for r in refs)),
+                       smallest=[self.smallest[i] for i in index])
 
 
 def _share(index: np.ndarray, data: Preloaded, gallery: Gallery, batch_size: int,
@@ -113,8 +123,9 @@ def _share(index: np.ndarray, data: Preloaded, gallery: Gallery, batch_size: int
 
 def _one_encoder_pass(index: np.ndarray, data: Preloaded, gallery: Gallery, batch_size: int,
                       device: torch.device, seconds: dict[str, float]) -> None:
-    """The graph: encode once with the halo, route, decode one model's chips together and
-    quantise and threshold them where they were decoded."""
+    """The graph: encode once with the halo, route, decode one model's chips together,
+    quantise and threshold them where they were decoded, and split touching roofs and drop
+    specks on the host."""
     start = time.perf_counter()
     chips = [data.stored[i] for i in index]
     features, maps = encode(SourceImages(chips), gallery.feature_extractor(), halo=data.halo,
@@ -128,9 +139,12 @@ def _one_encoder_pass(index: np.ndarray, data: Preloaded, gallery: Gallery, batc
     models = np.array([gallery.model_name(int(b)) for b in buckets])
     for name in np.unique(models):
         group = np.flatnonzero(models == name)
-        decode_quantised([maps[i] for i in group], [chips[i].valid for i in group],
-                         gallery.segmenter(int(buckets[group[0]])), threshold=THRESHOLD,
-                         size=size, batch_size=batch_size, device=device)
+        decoded = decode_quantised([maps[i] for i in group], [chips[i].valid for i in group],
+                                   gallery.segmenter(int(buckets[group[0]])),
+                                   threshold=THRESHOLD, size=size, batch_size=batch_size,
+                                   device=device)
+        for i, chip in zip(group, decoded, strict=True):
+            chip.building_mask(SPLIT_DIP, data.smallest[index[i]])
     seconds["stage3"] += time.perf_counter() - start
 
 
