@@ -3,8 +3,8 @@
 A pixel above the threshold is not yet a building. Roofs that touch (dense settlements,
 terraces) come out of the threshold as one blob; counted as footprints, a blob over five
 houses matches none of them. Where the probability rises to two peaks with a dip between
-them, :func:`split_touching` cuts the blob along the dip (a marker watershed whose markers
-are the peaks that stand at least ``split`` above the dip, as morphological h-maxima do),
+them, :func:`split_touching` cuts the blob along the dip (keeping apart the peaks that
+stand at least ``split`` above the pass between them, as morphological h-maxima do),
 leaving a one-pixel gap between the roofs. Isolated clusters of a few pixels (a car roof, a
 shadow edge) would each become a footprint and ruin object counts: resflow then keeps only
 connected components (4-connected, as footprints are counted by
@@ -89,13 +89,13 @@ def building_mask(probability: np.ndarray, threshold: float, min_pixels: int,
 def split_touching(probability: np.ndarray, mask: np.ndarray, split: float) -> np.ndarray:
     """``mask`` with a one-pixel gap cut between touching roofs.
 
-    The probability, smoothed by :data:`SMOOTH_SIGMA`, is flooded from its peaks within
-    each blob of ``mask``. Two flooded regions stay apart where the lower of their peaks
-    stands at least ``split`` above the highest pass between them (its *dynamic*); shallower
-    peaks join the region they first meet. Regions that stay apart are separated by
-    removing the boundary pixels of one of them, so 4-connected counting sees two
-    buildings. Every blob keeps at least its highest region, so no blob disappears, and
-    pixels are only ever removed, never added.
+    Each blob of ``mask`` is cut into the basins of the peaks of the probability, smoothed
+    by :data:`SMOOTH_SIGMA` (:func:`_basins`). Two regions stay apart where the lower of
+    their peaks stands at least ``split`` above the highest pass between them (its
+    *dynamic*); shallower peaks join the region they first meet (:func:`_regions`).
+    Regions that stay apart are separated by removing the boundary pixels of one of them,
+    so 4-connected counting sees two buildings. Every blob keeps at least one region whole,
+    so no blob disappears, and pixels are only ever removed, never added.
 
     Found by the leave-one-place-out study (``docs/accuracy.md``): roofs that touch in
     dense settlements are found as blobs; the dip in probability along the shared wall or

@@ -337,8 +337,8 @@ class QuantisedChip:
         uint8 ``(S, S)``: probability x :data:`~resflow.outputs.PROBABILITY_SCALE`, and
         :data:`~resflow.outputs.NOT_MAPPED` where the chip holds no data.
     above
-        bool ``(S, S)``: pixels above the threshold, before small components are dropped
-        (:func:`resflow.masks.keep_components`).
+        bool ``(S, S)``: pixels above the threshold, before touching roofs are split and
+        small components dropped (:meth:`building_mask`).
     finite
         Whether the model's probabilities were all finite; if not, the other fields mean
         nothing and the chip fails.
