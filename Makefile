@@ -39,7 +39,7 @@ gpu-archive: install
 gpu-wheels: gpu-archive
 	$(BIN)/python -m benchmarks.gpu_check wheels
 
-# The accuracy study behind docs/accuracy.md (needs ../shared/data/fair; about 40 minutes on
+# The accuracy study behind docs/accuracy.md (needs ../shared/data/fair; about 45 minutes on
 # 2 cores): leave one place out and a split within each place, at two ground resolutions.
 accuracy: install
 	$(BIN)/python -m benchmarks.accuracy --gsd 0.3 --jobs 2

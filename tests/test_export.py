@@ -195,6 +195,23 @@ def test_rethresholded_mask_is_the_whole_scene_mask_and_leaves_the_store_alone(
     assert store_digest(mapped) == before
 
 
+def test_the_run_splits_touching_roofs_as_the_scene_wide_cut_does(mapped):
+    """The run cuts its blobs where the probability dips (the default ``split_dip``): its
+    mask is far closer to the scene-wide split mask than to the unsplit one (chips split
+    with their halo, so a few cuts near chip borders differ)."""
+    cut_pixels = 0
+    for maps in scene_maps(mapped):
+        stored = maps.probability[...]
+        cut = np.where(stored == NOT_MAPPED, 0, stored)
+        rule = (0.5 * 254, min_pixels(8.0, maps.gsd_m))
+        whole = building_mask(cut, *rule, reflect=RUN["halo"])
+        split = building_mask(cut, *rule, reflect=RUN["halo"], split=SPLIT_DIP * 254)
+        cut_pixels += int((whole & ~split).sum())
+        run = maps.mask[...] == 1
+        assert np.mean(run != split) <= np.mean(run != whole) / 2
+    assert cut_pixels > 0, "the samples hold touching roofs to split"
+
+
 # --- footprints -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("rule", [MaskRule(), MaskRule(0.6, 89, 32)], ids=["mask", "recut"])
