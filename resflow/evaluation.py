@@ -7,11 +7,13 @@ uses on its held-out band (:func:`resflow.training.metrics.score_scene`), so a n
 
 What is scored, and why:
 
-* **Labelled scenes only.** A scene is labelled when some label file's extent intersects
-  its footprint (:meth:`~resflow.training.labels.Labels.covers`); then every unlabelled
-  pixel of it is background (the SpaceNet convention). Scenes no label file reaches are
-  listed as ``not_labelled`` and not scored: scoring them would count every prediction
-  there as a false positive.
+* **Labelled or covered scenes only.** A scene is labelled when some label file's extent
+  intersects its footprint (:meth:`~resflow.training.labels.Labels.covers`); then every
+  unlabelled pixel of it is background (the SpaceNet convention). A scene no label file
+  reaches is scored only when the user says the labels cover it (``covered``, ``--covered
+  SCENE``): it then has no building, and every building predicted there is a false alarm.
+  Other scenes are listed as ``not_labelled`` and not scored, since nobody said whether
+  their buildings were drawn.
 * **Mapped pixels only.** Only pixels of chips in the store's ledger are scored. A complete
   store has every planned chip there; the ledger is still used so a score can never count
   an unmapped chip as missed buildings.
@@ -25,6 +27,9 @@ What is scored, and why:
   n-th pixel, so it stays bounded.
 * **Overall = summed counts.** The overall line adds the scenes' pixel and footprint
   counts and computes ratios from the sums, so a small scene cannot weigh like a big one.
+* **Seams of every scene.** Whether labelled or not, each scene's probability and mask get
+  a seam ratio (:mod:`resflow.seams`) on the store's chip grid: about 1 when chip borders
+  do not show, well above 1 when they do. The overall ratio sums the scenes' pixel pairs.
 
 The mask scored is the run's own (as written: ``probability > threshold`` without
 specks smaller than the run's ``min_building_m2``, :mod:`resflow.masks`), or the
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +53,7 @@ from resflow.harmonise import harmonise
 from resflow.masks import building_mask, min_pixels
 from resflow.outputs import NOT_MAPPED, PROBABILITY_SCALE, OutputStore, quantised_threshold
 from resflow.outputs import describe as describe_output
+from resflow.seams import NO_PAIRS, SeamRatio, seam_ratio
 from resflow.training.labels import load_labels, rasterise
 from resflow.training.metrics import (
     FALSE_NEGATIVE,
@@ -84,8 +91,8 @@ def default_report_dir(out_store_path: Path | str) -> Path:
 
 
 def evaluate(out_store_path: Path | str, label_paths: list[Path | str], *,
-             threshold: float | None = None, report_dir: Path | str | None = None
-             ) -> dict[str, Any]:
+             threshold: float | None = None, report_dir: Path | str | None = None,
+             covered: Sequence[str] = ()) -> dict[str, Any]:
     """Score every labelled scene of a complete output store; write ``eval.json`` and overlays.
 
     Parameters
@@ -99,6 +106,9 @@ def evaluate(out_store_path: Path | str, label_paths: list[Path | str], *,
     report_dir
         Where ``eval.json`` and ``<scene>_overlay.png`` go (default
         :func:`default_report_dir`).
+    covered
+        Scenes the labels cover although no label polygon reaches them (empty land): they
+        are scored with no building, so what is predicted there counts as false positives.
 
     Returns
     -------
@@ -106,16 +116,21 @@ def evaluate(out_store_path: Path | str, label_paths: list[Path | str], *,
         What ``eval.json`` holds: ``store``, ``labels`` (one record per file), ``threshold``
         and ``threshold_source`` (``"run"`` or ``"--threshold"``), ``archive`` (used for
         nodata and imagery, or None), ``report_dir``, ``scenes`` (scene -> scores, see
-        below), ``not_labelled`` (scene names) and ``overall``. Scores are those of
-        :meth:`~resflow.training.metrics.Scores.summary` plus ``true_buildings``,
-        ``predicted_buildings`` and ``scored_pixels``; a scene also has ``nodata_excluded``
-        and ``overlay`` (its PNG's file name in ``report_dir``); ``overall`` has ``scenes``.
+        below), ``covered`` and ``not_labelled`` (scene names), ``overall`` and ``seams``.
+        Scores are those of :meth:`~resflow.training.metrics.Scores.summary` plus
+        ``true_buildings``, ``predicted_buildings`` and ``scored_pixels``; a scene also has
+        ``nodata_excluded``, ``labelled`` (a label file reaches it; False for a scene scored
+        only as ``covered``) and ``overlay`` (its PNG's file name in ``report_dir``);
+        ``overall`` has ``scenes``. ``seams`` has ``scenes`` (every scene of the store ->
+        ``{"probability": ratio, "mask": ratio}``, None where undefined) and ``overall``
+        (the same, pixel pairs of all scenes summed), from :func:`seam_ratios`.
 
     Raises
     ------
     InputError
         a store that is missing, not a resflow output or not complete; a missing or unusable
-        label file; labels that cover no scene of the store.
+        label file; a ``covered`` name that is not a scene of the store; labels that cover
+        no scene of the store and no scene ``covered``.
     ConfigError
         ``threshold`` outside (0, 1).
     """
@@ -126,13 +141,19 @@ def evaluate(out_store_path: Path | str, label_paths: list[Path | str], *,
                           "give a probability such as 0.5")
     if not label_paths:
         raise InputError("--labels", "no label file given", "pass --labels FILE")
+    unknown = [name for name in covered if name not in store.groups]
+    if unknown:
+        raise InputError("--covered", f"{', '.join(map(repr, unknown))} "
+                         f"{'is not a scene' if len(unknown) == 1 else 'are not scenes'} "
+                         f"of {out}", "name scenes of the store: "
+                         + ", ".join(sorted(store.groups)))
     labels = [load_labels(p) for p in label_paths]
     root = zarr.open_group(str(out), mode="r", zarr_format=3)
     grids = {scene: (*store.georeference(scene), *root[group]["probability"].shape)
              for scene, group in store.groups.items()}
     covering = {scene: [lab for lab in labels if lab.covers(*grid)]
                 for scene, grid in grids.items()}
-    if not any(covering.values()):
+    if not any(covering.values()) and not covered:
         raise InputError(", ".join(str(lab.path) for lab in labels),
                          f"the labels cover none of the {len(grids)} scenes of {out} "
                          f"({', '.join(sorted(grids))})", "give labels drawn over these scenes, "
@@ -144,25 +165,31 @@ def evaluate(out_store_path: Path | str, label_paths: list[Path | str], *,
     report = Path(report_dir) if report_dir is not None else default_report_dir(out)
     report.mkdir(parents=True, exist_ok=True)
     scenes: dict[str, dict[str, Any]] = {}
+    seams: dict[str, dict[str, SeamRatio]] = {}
     overall = Scores()
     for scene, group in store.groups.items():
-        if not covering[scene]:
+        probability = np.asarray(store.read_array(scene, "probability")[...])
+        mask = np.asarray(store.read_array(scene, "mask")[...])
+        seams[scene] = seam_ratios(probability, mask,
+                                   int(root[group]["probability"].chunks[0]))
+        if not covering[scene] and scene not in covered:
             continue
         attrs = dict(root[group].attrs)
         crs_wkt, transform, height, width = grids[scene]
-        predicted = _predicted(store, scene, threshold, min_pixels(
+        predicted = _predicted(probability, mask, threshold, min_pixels(
             float(run_config.get("min_building_m2", 0.0)), float(attrs["gsd_m"])),
             int(run_config.get("halo", 0)), float(run_config.get("split_dip", 0.0)))
+        # A covered scene that no label reaches is all background: rasterise([]) is zeros.
         truth = rasterise(covering[scene], crs_wkt, transform, (0, 0, height, width))
         step = max(1, math.ceil(max(height, width) / OVERLAY_MAX_PX))
-        valid = _mapped(store, scene)
+        valid = probability != NOT_MAPPED
         pixels = (_archive_pixels(archive, scene, attrs["sha256"], (height, width), step)
                   if archive else None)
         if pixels is not None:
             valid &= pixels[0]
             background = pixels[1]
         else:
-            background = np.asarray(store.read_array(scene, "probability")[::step, ::step])
+            background = probability[::step, ::step]
         scores = score_scene(predicted, truth, valid)
         overall += scores
         overlay = f"{group}_overlay.png"
@@ -172,7 +199,8 @@ def evaluate(out_store_path: Path | str, label_paths: list[Path | str], *,
                       pixel_categories(predicted[every], truth[every], valid[every]),
                       f"{scene}: pixel F1 {summary['pixel_f1']:.3f}, object F1 "
                       f"{summary['object_f1']:.3f} (threshold {cut:g})")
-        scenes[scene] = {**summary, "nodata_excluded": pixels is not None, "overlay": overlay}
+        scenes[scene] = {**summary, "nodata_excluded": pixels is not None,
+                         "labelled": bool(covering[scene]), "overlay": overlay}
     result = {
         "store": str(out),
         "labels": [{**lab.record(), "repaired": lab.repaired, "skipped": lab.skipped}
@@ -182,9 +210,16 @@ def evaluate(out_store_path: Path | str, label_paths: list[Path | str], *,
         "archive": str(archive.path) if archive else None,
         "report_dir": str(report),
         "scenes": scenes,
-        "not_labelled": sorted(s for s, found in covering.items() if not found),
+        "covered": sorted(set(covered)),
+        "not_labelled": sorted(s for s, found in covering.items()
+                               if not found and s not in covered),
         "overall": {**_summary(overall, sum(s["scored_pixels"] for s in scenes.values())),
                     "scenes": len(scenes)},
+        "seams": {"scenes": {scene: {kind: ratio.summary() for kind, ratio in pair.items()}
+                             for scene, pair in seams.items()},
+                  "overall": {kind: sum((pair[kind] for pair in seams.values()),
+                                        NO_PAIRS).summary()
+                              for kind in ("probability", "mask")}},
     }
     (report / EVAL_JSON).write_text(json.dumps(result, indent=2) + "\n")
     return result
@@ -270,7 +305,8 @@ def write_overlay(png_path: Path, background: np.ndarray, categories: np.ndarray
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """The fixed-width table ``resflow eval`` prints: one row per scene, then overall."""
+    """The fixed-width table ``resflow eval`` prints: one row per scene, then overall; then
+    the seam ratios of every scene, scored or not."""
     columns = ("true", "pred", "pix P", "pix R", "pix F1", "IoU", "obj P", "obj R", "obj F1")
     keys = ("pixel_precision", "pixel_recall", "pixel_f1", "pixel_iou", "object_precision",
             "object_recall", "object_f1")
@@ -281,6 +317,9 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"{name:<{width}}{s['true_buildings']:>8}{s['predicted_buildings']:>8}"
                      + "".join(f"{s[k]:>8.3f}" for k in keys))
     lines.insert(len(lines) - 1, "-" * len(lines[0]))
+    if result["covered"]:
+        lines.append(f"covered (scored, unlabelled pixels are background): "
+                     f"{', '.join(result['covered'])}")
     if result["not_labelled"]:
         lines.append(f"not labelled (not scored): {', '.join(result['not_labelled'])}")
     source = "the run's" if result["threshold_source"] == "run" else "given"
@@ -288,10 +327,25 @@ def format_table(result: dict[str, Any]) -> str:
               else "scored where the archive no longer holds the scene")
     lines.append(f"threshold {result['threshold']:g} ({source}); buildings matched at IoU >= "
                  f"0.5; nodata {nodata}")
+    lines += ["", *_seam_lines(result["seams"]), ""]
     n = len(result["scenes"])
     lines.append(f"report: {Path(result['report_dir']) / EVAL_JSON} and {n} overlay PNG"
                  + "s" * (n != 1))
     return "\n".join(lines)
+
+
+def _seam_lines(seams: dict[str, Any]) -> list[str]:
+    """The seam block of the table: one row per scene, then overall; "-" where undefined."""
+    rows = {**seams["scenes"], "overall": seams["overall"]}
+    width = max(len(name) for name in [*rows, "seam ratio"])
+    lines = [f"{'seam ratio':<{width}}{'prob':>8}{'mask':>8}   (chip borders / elsewhere; "
+             "about 1 = seamless)"]
+    for name, pair in rows.items():
+        lines.append(f"{name:<{width}}" + "".join(
+            f"{'-' if pair[k] is None else format(pair[k], '.3f'):>8}"
+            for k in ("probability", "mask")))
+    lines.insert(len(lines) - 1, "-" * (width + 16))
+    return lines
 
 
 def _summary(scores: Scores, scored_pixels: int) -> dict[str, Any]:
@@ -301,23 +355,41 @@ def _summary(scores: Scores, scored_pixels: int) -> dict[str, Any]:
             "scored_pixels": scored_pixels, **scores.summary()}
 
 
-def _predicted(store: OutputStore, scene: str, threshold: float | None,
+def seam_ratios(probability: np.ndarray, mask: np.ndarray, chip: int
+                ) -> dict[str, SeamRatio]:
+    """Seam ratios of one scene's probability and building mask on its chip grid.
+
+    Parameters
+    ----------
+    probability
+        ``(H, W)`` uint8 probability as stored (x 254, 255 where not mapped).
+    mask
+        ``(H, W)`` stored mask (1 = building).
+    chip
+        Chip edge in pixels (the store's chunk edge).
+
+    Returns
+    -------
+    dict
+        ``probability`` and ``mask`` -> :class:`~resflow.seams.SeamRatio`, over pairs of
+        mapped pixels only: about 1 when chip borders do not show.
+    """
+    mapped = probability != NOT_MAPPED
+    return {"probability": seam_ratio(probability, chip, mapped),
+            "mask": seam_ratio(np.asarray(mask) == 1, chip, mapped)}
+
+
+def _predicted(probability: np.ndarray, mask: np.ndarray, threshold: float | None,
                smallest: int, halo: int, split: float) -> np.ndarray:
     """The building mask: the run's own, or the probability cut as the run cuts it (touching
     roofs split by the run's ``split_dip``, ``split``; specks under the run's
     ``min_building_m2``, ``smallest`` pixels, dropped; edges reflected by the run's
     ``halo``). Pixels not mapped are never buildings."""
     if threshold is None:
-        return np.asarray(store.read_array(scene, "mask")[...]) == 1
-    probability = np.asarray(store.read_array(scene, "probability")[...])
+        return mask == 1
     probability = np.where(probability == NOT_MAPPED, 0, probability).astype(np.uint8)
     return building_mask(probability, quantised_threshold(threshold), smallest, reflect=halo,
                          split=split * PROBABILITY_SCALE)
-
-
-def _mapped(store: OutputStore, scene: str) -> np.ndarray:
-    """Pixels the run mapped (written, and holding data), on the scene grid."""
-    return np.asarray(store.read_array(scene, "probability")[...]) != NOT_MAPPED
 
 
 def _open_archive(recorded: str | None, out: Path) -> Archive | None:

@@ -24,9 +24,15 @@ from resflow.chips import shard_index
 from resflow.cli import app
 from resflow.config import IngestConfig, RunConfig
 from resflow.errors import ConfigError, InputError
-from resflow.evaluation import EVAL_JSON, default_report_dir, evaluate, format_table
+from resflow.evaluation import (
+    EVAL_JSON,
+    default_report_dir,
+    evaluate,
+    format_table,
+    seam_ratios,
+)
 from resflow.ingest import ingest
-from resflow.outputs import OutputStore
+from resflow.outputs import NOT_MAPPED, OutputStore
 from resflow.samples import sample_path
 from resflow.training.labels import load_labels, rasterise
 from resflow.training.metrics import (
@@ -199,9 +205,13 @@ def test_evaluate_hand_made_store_exactly(hand_archive: Path, hand_labels: Path,
     assert (scene["true_buildings"], scene["predicted_buildings"]) == (2, 2)
     assert scene["object_precision"] == scene["object_recall"] == scene["object_f1"] == 0.5
     assert result["overall"] == {**{k: v for k, v in scene.items()
-                                    if k not in ("nodata_excluded", "overlay")}, "scenes": 1}
+                                    if k not in ("nodata_excluded", "labelled", "overlay")},
+                                 "scenes": 1}
     assert (result["threshold"], result["threshold_source"]) == (0.5, "run")
-    assert result["not_labelled"] == []
+    assert scene["labelled"] and result["not_labelled"] == result["covered"] == []
+    # No edge of the hand-drawn maps lies on a chip border (B crosses them whole).
+    assert result["seams"] == {"scenes": {"hand": {"probability": 0.0, "mask": 0.0}},
+                               "overall": {"probability": 0.0, "mask": 0.0}}
     assert result["labels"][0]["buildings"] == 3
 
     # Re-thresholded at 0.3, the faint B (p = 100/255) is found whole although it spans
@@ -212,6 +222,64 @@ def test_evaluate_hand_made_store_exactly(hand_archive: Path, hand_labels: Path,
     assert (s["object_tp"], s["object_fp"], s["object_fn"]) == (2, 1, 0)
     assert s["object_f1"] == pytest.approx(0.8)
     assert (low["threshold"], low["threshold_source"]) == (0.3, "--threshold")
+
+
+def far_labels(folder: Path) -> Path:
+    """Building A moved 100 km east: a label file that reaches no scene of the store."""
+    a = footprint(BUILDING_A)
+    return geojson(folder / "far.geojson", [
+        {**a, "coordinates": [[[x + 1e5, y] for x, y in a["coordinates"][0]]]}])
+
+
+def test_a_covered_scene_without_buildings_counts_its_false_alarms(
+        hand_archive: Path, hand_labels: Path, tmp_path: Path) -> None:
+    out = hand_store(hand_archive, tmp_path / "maps.zarr")
+    far = far_labels(tmp_path)
+    with pytest.raises(InputError, match="cover none of the 1 scenes"):
+        evaluate(out, [far])
+    result = evaluate(out, [far], covered=["hand"])
+    scene = result["scenes"]["hand"]
+    assert not scene["labelled"] and result["covered"] == ["hand"]
+    assert result["not_labelled"] == []
+    # Truth is all background: the run's mask (A found in part, the false blob; B is below
+    # the run's 0.5) is two false alarms of 64 + 25 px, outside the nodata block.
+    assert (scene["tp"], scene["fp"], scene["fn"]) == (0, 64 + 25, 0)
+    assert (scene["true_buildings"], scene["predicted_buildings"]) == (0, 2)
+    assert (scene["object_tp"], scene["object_fp"], scene["object_fn"]) == (0, 2, 0)
+    assert scene["pixel_precision"] == scene["object_precision"] == 0.0
+    assert scene["scored_pixels"] == SIZE * SIZE - 16 * 16
+    assert result["overall"]["fp"] == 89 and result["overall"]["scenes"] == 1
+    assert "covered (scored, unlabelled pixels are background): hand" in format_table(result)
+
+    # Covering a labelled scene changes nothing: its labels are its truth.
+    both = evaluate(out, [hand_labels], covered=["hand"], report_dir=tmp_path / "both")
+    alone = evaluate(out, [hand_labels], report_dir=tmp_path / "alone")
+    assert both["scenes"] == alone["scenes"] and both["scenes"]["hand"]["labelled"]
+
+    with pytest.raises(InputError) as caught:
+        evaluate(out, [far], covered=["hand", "nowhere"])
+    assert str(caught.value) == (f"--covered: 'nowhere' is not a scene of {out}. "
+                                 "Fix: name scenes of the store: hand.")
+
+
+def test_seam_ratios_show_a_chip_grid_and_skip_unmapped_pixels() -> None:
+    texture = np.random.default_rng(1).integers(0, 60, (SIZE, SIZE)).astype(np.uint8)
+    mask = (texture > 30).astype(np.uint8)
+    seamless = seam_ratios(texture, mask, CHIP)
+    assert 0.8 < seamless["probability"].ratio < 1.25
+    assert 0.8 < seamless["mask"].ratio < 1.25
+    # Each chip offset by its own amount: the borders change far more than elsewhere.
+    offsets = np.kron(np.array([[0, 120], [60, 180]], np.uint8), np.ones((CHIP, CHIP),
+                                                                          np.uint8))
+    seamy = seam_ratios(texture + offsets, np.kron(np.array([[1, 0], [0, 1]], np.uint8),
+                                                    np.ones((CHIP, CHIP), np.uint8)), CHIP)
+    assert seamy["probability"].ratio > 3 and seamy["mask"].ratio is None  # no edge elsewhere
+    # An unmapped chip makes no seam with its neighbours, whatever its stored value.
+    unmapped = texture.copy()
+    unmapped[:CHIP, CHIP:] = NOT_MAPPED
+    ratios = seam_ratios(unmapped, mask, CHIP)
+    assert 0.8 < ratios["probability"].ratio < 1.25
+    assert ratios["probability"].border_pairs == seamless["probability"].border_pairs - CHIP * 2
 
 
 def test_without_the_archive_nodata_pixels_are_scored(hand_archive: Path, hand_labels: Path,
@@ -257,8 +325,7 @@ def test_bad_label_files_are_refused(hand_archive: Path, tmp_path: Path) -> None
     a = footprint(BUILDING_A)
     cases = {
         "does not exist": tmp_path / "absent.geojson",
-        "cover none of the 1 scenes": geojson(tmp_path / "far.geojson", [
-            {**a, "coordinates": [[[x + 1e5, y] for x, y in a["coordinates"][0]]]}]),
+        "cover none of the 1 scenes": far_labels(tmp_path),
         "unknown CRS 'EPSG:999999'": geojson(tmp_path / "bad-crs.geojson", [a], "EPSG:999999"),
         "cannot be longitude/latitude": geojson(tmp_path / "no-crs.geojson", [a], None),
         "no Polygon or MultiPolygon": geojson(
@@ -321,6 +388,12 @@ def test_real_run_scores_the_same_from_every_format(real_run: Path, atlanta_vari
     for name, result in results.items():
         assert result["overall"] == reference["overall"], name
         assert result["scenes"]["sample_geotiff"] == scene, name
+        assert result["seams"] == reference["seams"], name
+    # Seams of every scene, labelled or not: the run's halo keeps chip borders from showing.
+    seams = reference["seams"]
+    assert set(seams["scenes"]) == groups
+    for pair in [*seams["scenes"].values(), seams["overall"]]:
+        assert 0.5 < pair["probability"] < 1.5, seams
     assert results["wgs84"]["labels"][0]["crs"] == "EPSG:4326"
 
     png = tmp_path / "geojson" / scene["overlay"]
@@ -350,10 +423,36 @@ def test_cli_prints_the_table_and_refuses_bad_input(real_run: Path, tmp_path: Pa
     assert as_json.exit_code == 0
     assert json.loads(as_json.stdout)["threshold"] == 0.4
 
+    assert "seam ratio" in result.stdout and "about 1 = seamless" in result.stdout
+
     missing = runner.invoke(app, ["eval", str(real_run), "--labels", str(tmp_path / "no.gpkg")])
     assert missing.exit_code == 2
     assert missing.stderr.strip() == (f"error: {tmp_path / 'no.gpkg'}: the label file does not "
                                       "exist. Fix: check the --labels path.")
+
+
+def test_cli_scores_a_covered_scene_and_refuses_an_unknown_one(real_run: Path,
+                                                               tmp_path: Path) -> None:
+    labels = str(sample_path("atlanta-labels"))
+    result = runner.invoke(app, ["eval", str(real_run), "--labels", labels, "--covered", "ms1",
+                                 "--json", "--report-dir", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.stdout)
+    assert set(found["scenes"]) == {"sample_geotiff", "ms1"} and found["covered"] == ["ms1"]
+    assert "ms1" not in found["not_labelled"]
+    ms1 = found["scenes"]["ms1"]
+    assert not ms1["labelled"] and ms1["true_buildings"] == ms1["tp"] == ms1["fn"] == 0
+    assert ms1["predicted_buildings"] == ms1["object_fp"] > 0   # Rotterdam is dense with roofs
+    overall = found["overall"]
+    assert overall["fp"] == found["scenes"]["sample_geotiff"]["fp"] + ms1["fp"]
+    assert (tmp_path / "r" / ms1["overlay"]).read_bytes()[:8] == PNG_MAGIC
+
+    unknown = runner.invoke(app, ["eval", str(real_run), "--labels", labels,
+                                  "--covered", "nowhere"])
+    assert unknown.exit_code == 2
+    assert unknown.stderr.strip() == (
+        f"error: --covered: 'nowhere' is not a scene of {real_run}. Fix: name scenes of "
+        f"the store: {', '.join(sorted(OutputStore.open(real_run).groups))}.")
 
 
 def test_matching_a_whole_scene_of_buildings_stays_small() -> None:

@@ -19,6 +19,10 @@ def eval_command(
     labels: Annotated[list[Path], typer.Option(
         "--labels", help="building footprints in any vector format GDAL/OGR reads (GeoJSON, "
         "GeoPackage, Shapefile, FlatGeobuf...) or a georeferenced mask, any CRS (repeatable)")],
+    covered: Annotated[list[str] | None, typer.Option(
+        "--covered", metavar="SCENE", help="a scene the labels cover although no label "
+        "polygon reaches it (empty land): scored with no building, so every building "
+        "predicted there is a false alarm (repeatable)")] = None,
     threshold: Annotated[float | None, typer.Option(
         help="re-threshold the probability at this value (default: the run's mask)")] = None,
     report_dir: Annotated[Path | None, typer.Option(
@@ -29,14 +33,22 @@ def eval_command(
     """Score the building maps of OUT against footprint labels, per scene and overall.
 
     Pixel precision, recall, F1 and IoU, and object precision, recall and F1 (one-to-one
-    matches at IoU >= 0.5). Writes eval.json and one overlay PNG per labelled scene. Exit
-    code 0 when scored, 2 on bad input (the store, a label file, the threshold).
+    matches at IoU >= 0.5). A scene is scored when a label file reaches it or it is named
+    with --covered; other scenes are listed as not labelled. Writes eval.json and one
+    overlay PNG per scored scene. Exit code 0 when scored, 2 on bad input (the store, a
+    label file, a --covered name, the threshold).
+
+    Every scene, scored or not, also gets seam ratios for its probability and its mask:
+    the mean change between neighbouring pixels across a chip border over the mean change
+    everywhere else. About 1 means the chip grid does not show; well above 1 means it does.
+    The imagery itself gives 0.8-1.4 on small scenes, so read a small scene's ratio as noise.
     """
     from resflow.errors import ResflowError
     from resflow.evaluation import evaluate, format_table
 
     try:
-        result = evaluate(out, labels, threshold=threshold, report_dir=report_dir)
+        result = evaluate(out, labels, threshold=threshold, report_dir=report_dir,
+                          covered=covered or [])
     except ResflowError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
