@@ -1,21 +1,22 @@
 """The accuracy study: how good are resflow's maps on places the models never saw?
 
-Five labelled places at two ground resolutions: four cities of OpenAerialMap drone imagery
-with OpenStreetMap footprints (``../shared/data/fair``: Zanzibar, Kampala, Kathmandu,
-Nairobi; 7 cm) and the SpaceNet Atlanta tile bundled with resflow (0.5 m). Every source is
-ingested at one working ground resolution (``--gsd``), then:
+The places are those of ``../shared/data/fair/places.json`` (OpenAerialMap drone imagery
+with OpenStreetMap footprints, 7-27 cm; :mod:`benchmarks.places`: a place added there is
+studied, one whose files are missing is skipped with a warning) and the SpaceNet Atlanta
+tile bundled with resflow (0.5 m). Every source is ingested at one working ground
+resolution (``--gsd``), then:
 
-* ``lopo``: leave one place out. For each place, a gallery is trained on the other four
+* ``lopo``: leave one place out. For each place, a gallery is trained on the other places
   (train and validation bands of their scenes) and scored on every pixel of the held-out
   place: mono against the bucket ensemble, with building counts.
-* ``split``: one gallery trained on the train bands of all five places and scored on the
-  test band (the bottom 20 % of rows) of each place.
+* ``split``: one gallery trained on the train bands of all places and scored on the test
+  band (the bottom 20 % of rows) of each place.
 
 Scores are those of ``resflow eval``; objects match one-to-one at IoU >= 0.5. Masks split
 touching roofs at the run default ``split_dip`` and drop specks under the run default
 ``min_building_m2``; the study also scores 0, 4 and 8 m^2 and the split dips of
 ``SPLIT_DIPS``. So that the held-out place never chooses its own setting, ``lopo`` also
-scores each place at the dip that is best on the other four (``split_chosen_elsewhere``).
+scores each place at the dip that is best on the others (``split_chosen_elsewhere``).
 A fold whose gallery is already in ``--work`` is scored again without retraining.
 
 Usage (from the repository root; ``make accuracy`` runs the study behind docs/accuracy.md)::
@@ -32,14 +33,12 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from benchmarks.places import ATLANTA, PLACES_JSON, Place, load_places
 from resflow.config import IngestConfig
+from resflow.errors import InputError
 from resflow.ingest import ingest
-from resflow.samples import sample_path
 from resflow.training.metrics import Scores
 
-FAIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fair"
-CITIES = ("zanzibar", "kampala", "kathmandu", "nairobi")
-PLACES = (*CITIES, "atlanta")
 COUNTS = ("tp", "fp", "fn", "object_tp", "object_fp", "object_fn")
 #: Smallest building kept in the masks scored, m^2: the run default and two others.
 MIN_AREAS = (0.0, 4.0, 8.0)
@@ -47,34 +46,36 @@ MIN_AREAS = (0.0, 4.0, 8.0)
 SPLIT_DIPS = (0.0, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2)
 
 
-def place_scenes() -> dict[str, list[str]]:
+def study_places(path: Path = PLACES_JSON) -> list[Place]:
+    """The places studied: those of ``places.json`` found on disk, then Atlanta."""
+    try:
+        return [*load_places(path), ATLANTA]
+    except InputError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+def place_scenes(places: list[Place]) -> dict[str, list[str]]:
     """Archive scene names of each place."""
-    scenes = {city: [f"{city}-1", f"{city}-2"] for city in CITIES}
-    scenes["atlanta"] = ["sample_geotiff"]
-    return scenes
+    return {place.name: place.scene_names for place in places}
 
 
-def label_files() -> list[Path]:
-    """One footprint file per place; each labels the scenes its extent covers."""
-    return [FAIR / f"{city}-labels.geojson" for city in CITIES] + [
-        sample_path("atlanta-labels")]
+def label_files(places: list[Place]) -> list[Path]:
+    """The footprint files of every place; each labels the scenes its extent covers."""
+    return [path for place in places for path in place.labels]
 
 
-def build_archive(work: Path, gsd: float, chip: int) -> Path:
-    """Ingest the five places at ``gsd`` metres into ``work`` (skipped when current)."""
-    if not FAIR.is_dir():
-        raise SystemExit(f"{FAIR} is missing: the study needs the fAIr drone imagery there")
+def build_archive(work: Path, gsd: float, chip: int, places: list[Place]) -> Path:
+    """Ingest the places' scenes at ``gsd`` metres into ``work`` (skipped when current)."""
     out = work / f"places-{gsd:g}m-{chip}px.zarr"
-    sources = [FAIR / f"{city}-{i}.tif" for city in CITIES for i in (1, 2)]
-    result = ingest([*sources, sample_path("atlanta-pan")], out,
+    result = ingest([path for place in places for path in place.scenes], out,
                     IngestConfig(gsd=gsd, chip=chip))
     if result.refused:
         raise SystemExit(f"ingest refused inputs: {result.refused}")
     return out
 
 
-def _fold(archive: Path, out: Path, scenes: list[str], holdout: list[str],
-          settings: dict[str, Any]) -> dict[str, Any]:
+def _fold(archive: Path, labels: list[Path], out: Path, scenes: list[str],
+          holdout: list[str], settings: dict[str, Any]) -> dict[str, Any]:
     """Train one fold's gallery (unless ``out`` already holds it) and score it.
 
     The scores come from :func:`resflow.training.train.evaluate_gallery`, so a fold trained
@@ -84,10 +85,10 @@ def _fold(archive: Path, out: Path, scenes: list[str], holdout: list[str],
 
     start = time.perf_counter()
     if not (out / "metrics.json").is_file():
-        train(archive, label_files(), out, seed=0, scenes=scenes or None, holdout=holdout,
+        train(archive, labels, out, seed=0, scenes=scenes or None, holdout=holdout,
               **settings)
     trained = json.loads((out / "metrics.json").read_text())
-    metrics = evaluate_gallery(archive, label_files(), out, scenes=scenes or None,
+    metrics = evaluate_gallery(archive, labels, out, scenes=scenes or None,
                                holdout=holdout, sweep=MIN_AREAS, split_sweep=SPLIT_DIPS,
                                **settings)
     metrics.update(bucket_decisions=trained["bucket_decisions"], seconds=trained["seconds"],
@@ -108,25 +109,27 @@ def _row(place: str, kind: str, s: dict[str, Any]) -> dict[str, Any]:
                                              "object_f1")}}
 
 
-def lopo(archive: Path, work: Path, jobs: int, settings: dict[str, Any]) -> dict[str, Any]:
-    """Leave one place out: train on four places, score the fifth whole."""
-    scenes = place_scenes()
+def lopo(archive: Path, work: Path, jobs: int, settings: dict[str, Any],
+         places: list[Place]) -> dict[str, Any]:
+    """Leave one place out: train on the other places, score the held-out one whole."""
+    scenes = place_scenes(places)
+    names = list(scenes)
     folds = {}
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         futures = {place: pool.submit(
-            _fold, archive, work / f"lopo-{place}",
-            [s for p, names in scenes.items() if p != place for s in names], scenes[place],
-            settings) for place in PLACES}
+            _fold, archive, label_files(places), work / f"lopo-{place}",
+            [s for p, held in scenes.items() if p != place for s in held], scenes[place],
+            settings) for place in names}
         for place, future in futures.items():
             folds[place] = future.result()
     rows = [_row(place, kind, folds[place]["test"][kind])
-            for place in PLACES for kind in ("mono", "ensemble")]
+            for place in names for kind in ("mono", "ensemble")]
     sweep = {m: [_row(place, kind, folds[place]["min_building_sweep"][m]["test"][kind])
-                 for place in PLACES for kind in ("mono", "ensemble")]
-             for m in folds[PLACES[0]]["min_building_sweep"]}
+                 for place in names for kind in ("mono", "ensemble")]
+             for m in folds[names[0]]["min_building_sweep"]}
     dips = {d: [_row(place, kind, folds[place]["split_sweep"][d]["test"][kind])
-                for place in PLACES for kind in ("mono", "ensemble")]
-            for d in folds[PLACES[0]]["split_sweep"]}
+                for place in names for kind in ("mono", "ensemble")]
+            for d in folds[names[0]]["split_sweep"]}
     return {"rows": rows, "min_building_sweep": {m: means(r) for m, r in sweep.items()},
             "split_sweep": {d: means(r) for d, r in dips.items()},
             "split_chosen_elsewhere": chosen_elsewhere(dips),
@@ -144,7 +147,7 @@ def chosen_elsewhere(dips: dict[str, list[dict[str, Any]]]) -> dict[str, dict[st
         f1 = {d: {r["place"]: r["object_f1"] for r in rows if r["model"] == kind}
               for d, rows in dips.items()}
         places = {}
-        for place in PLACES:
+        for place in dict.fromkeys(r["place"] for rows in dips.values() for r in rows):
             best = max(f1, key=lambda d: sum(v for p, v in f1[d].items() if p != place))
             places[place] = {"split_dip": float(best), "object_f1": f1[best][place]}
         mean = sum(p["object_f1"] for p in places.values()) / len(places)
@@ -152,14 +155,16 @@ def chosen_elsewhere(dips: dict[str, list[dict[str, Any]]]) -> dict[str, dict[st
     return out
 
 
-def split(archive: Path, work: Path, settings: dict[str, Any]) -> dict[str, Any]:
+def split(archive: Path, work: Path, settings: dict[str, Any],
+          places: list[Place]) -> dict[str, Any]:
     """One gallery on the train bands of all places, scored on each place's test band."""
-    metrics = _fold(archive, work / "split", [], [], settings)
+    metrics = _fold(archive, label_files(places), work / "split", [], [], settings)
 
     def rows_of(scored: dict[str, Any]) -> list[dict[str, Any]]:
         return [_row(place, kind, combine([scored["test_scenes"][n][kind] for n in names
                                            if n in scored["test_scenes"]]))
-                for place, names in place_scenes().items() for kind in ("mono", "ensemble")]
+                for place, names in place_scenes(places).items()
+                for kind in ("mono", "ensemble")]
 
     return {"rows": rows_of(metrics),
             "min_building_sweep": {m: means(rows_of(scored))
@@ -202,19 +207,23 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="folds trained in parallel")
     parser.add_argument("--work", type=Path, default=Path("work-tmp/accuracy"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--places", type=Path, default=PLACES_JSON,
+                        help="the places studied (Atlanta, bundled, is always added)")
     parser.add_argument("--settings", type=json.loads, default={},
                         help="TrainConfig overrides as JSON, e.g. '{\"mono_steps\": 300}'")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    archive = build_archive(args.work, args.gsd, args.chip)
-    result: dict[str, Any] = {"gsd_m": args.gsd, "chip": args.chip, "settings": args.settings}
+    places = study_places(args.places)
+    archive = build_archive(args.work, args.gsd, args.chip, places)
+    result: dict[str, Any] = {"gsd_m": args.gsd, "chip": args.chip, "settings": args.settings,
+                              "places": place_scenes(places)}
     text = [f"# Accuracy at {args.gsd:g} m, chip {args.chip}\n"]
     for study in args.study or ["lopo", "split"]:
         work = args.work / f"{args.gsd:g}m"
-        found = (lopo(archive, work, args.jobs, args.settings) if study == "lopo"
-                 else split(archive, work, args.settings))
+        found = (lopo(archive, work, args.jobs, args.settings, places) if study == "lopo"
+                 else split(archive, work, args.settings, places))
         found["mean_over_places"] = means(found["rows"])
         result[study] = found
         text += [f"## {study}\n", markdown(found["rows"]), "",
