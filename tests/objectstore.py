@@ -3,7 +3,8 @@
 The server is moto's own WSGI application behind a small middleware that injects faults:
 the next ``n`` requests matching a method and a key pattern get an HTTP error (503
 ``SlowDown``, 500) or a delay, as a throttled or flaky object store would give them. Every
-request is counted, so tests can see what the store was asked.
+request is counted, so tests can see what the store was asked, and the requests being served
+are counted, so a test can wait until those it held back have landed.
 
 The test session points the standard AWS variables at it before any engine starts (see
 ``tests/conftest.py``), so Dask workers and Spark executors reach it exactly as they would
@@ -56,6 +57,8 @@ class FaultyS3:
         self._lock = threading.Lock()
         self.requests: Counter[str] = Counter()
         self.injected = 0
+        self.in_flight = 0
+        self._last_request = time.monotonic()
         self._server = make_server("127.0.0.1", port, self, threaded=True,
                                    request_handler=_QuietHandler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -66,13 +69,26 @@ class FaultyS3:
         fault = self._take_fault(method, path)
         with self._lock:
             self.requests[method] += 1
-        if fault is not None and fault.delay_s:
-            time.sleep(fault.delay_s)
-        elif fault is not None:
-            start_response(f"{fault.status} Injected", [("Content-Type", "application/xml"),
-                                                        ("Content-Length", str(len(SLOW_DOWN)))])
-            return [SLOW_DOWN]
-        return self._app(environ, start_response)
+            self.in_flight += 1
+            self._last_request = time.monotonic()
+        try:
+            if fault is not None and fault.delay_s:
+                time.sleep(fault.delay_s)
+            elif fault is not None:
+                start_response(f"{fault.status} Injected",
+                               [("Content-Type", "application/xml"),
+                                ("Content-Length", str(len(SLOW_DOWN)))])
+                return [SLOW_DOWN]
+            return self._app(environ, start_response)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def quiet(self, for_s: float = 0.25) -> bool:
+        """No request is being served (every held-back one has landed or been refused) and
+        none has arrived for ``for_s`` seconds (a killed client's last bytes are read)."""
+        with self._lock:
+            return self.in_flight == 0 and time.monotonic() - self._last_request >= for_s
 
     def _take_fault(self, method: str, path: str) -> Fault | None:
         with self._lock:

@@ -1,7 +1,9 @@
-"""Running ``resflow run`` as a user would, and killing what it started.
+"""Processes for tests: running ``resflow`` as a user would, waiting on a condition (never
+a fixed sleep), and killing what a test started.
 
-Every run here is a subprocess in its own session, bound to 127.0.0.1; every process a test
-starts is killed by pid (its own tree, found with psutil) before the test ends.
+Every process here runs in its own session, bound to 127.0.0.1; every process a test starts
+is killed by pid (its own tree, found with psutil) before the test ends. The one module for
+this: tests import it, never each other.
 """
 
 from __future__ import annotations
@@ -32,6 +34,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def port_open(port: int) -> bool:
+    """Whether something listens on ``127.0.0.1:port``."""
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def run_args(archive: Path, out: Path, config: Path, *flags: str) -> list[str]:

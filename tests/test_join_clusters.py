@@ -2,20 +2,16 @@
 
 A ``dask scheduler`` with two ``dask worker`` processes, and a Spark standalone master and
 worker started with the ``spark-class`` launcher shipped inside pyspark; everything bound to
-127.0.0.1, every process stopped (its whole process group) at the end.
+127.0.0.1, every process killed (its whole tree, by pid) at the end.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
-import sys
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -25,46 +21,17 @@ import pytest
 from resflow.archive import Archive
 from resflow.config import RunConfig
 from resflow.outputs import OutputStore
+from tests import processes
+from tests.processes import BIN, free_port, port_open, wait_until
 
-BIN = Path(sys.executable).parent
 LOCAL = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(ready: Callable[[], bool], what: str, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} did not come up in {timeout:.0f} s")
-        time.sleep(0.5)
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 @contextmanager
 def started(cmd: list[str], log: Path) -> Iterator[subprocess.Popen]:
-    """Run ``cmd`` in its own process group, logging to ``log``; stop the group on exit."""
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=LOCAL,
-                                start_new_session=True)
-    try:
+    """Run ``cmd`` in its own session, logging to ``log``; kill its whole tree on exit."""
+    with processes.started(cmd, log, env=LOCAL) as proc:
         yield proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
 
 
 def resflow_run(archive: Path, gallery: Path, out: Path, *flags: str) -> str:
@@ -91,7 +58,7 @@ def dask_output(sample_archive: Path, engine_gallery: Path,
         stack.enter_context(started(
             [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
              "--dashboard-address", f"127.0.0.1:{free_port()}"], tmp / "scheduler.log"))
-        wait_until(lambda: port_open(port), "the Dask scheduler")
+        wait_until(lambda: port_open(port), "the Dask scheduler", timeout=90)
         stack.enter_context(started(
             [str(BIN / "dask"), "worker", address, "--host", "127.0.0.1", "--nworkers", "2",
              "--nthreads", "1", "--no-dashboard", "--local-directory", str(tmp)],
@@ -124,12 +91,12 @@ def spark_output(sample_archive: Path, engine_gallery: Path,
         stack.enter_context(started(
             [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
              "--port", str(port), "--webui-port", str(ui)], tmp / "master.log"))
-        wait_until(lambda: port_open(port), "the Spark master")
+        wait_until(lambda: port_open(port), "the Spark master", timeout=90)
         stack.enter_context(started(
             [spark_class, "org.apache.spark.deploy.worker.Worker", master, "--host",
              "127.0.0.1", "--cores", "1", "--memory", "1g", "--webui-port", str(free_port()),
              "--work-dir", str(tmp / "work")], tmp / "worker.log"))
-        wait_until(alive_workers, "the Spark worker")
+        wait_until(alive_workers, "the Spark worker", timeout=90)
         summary = resflow_run(sample_archive, engine_gallery, tmp / "out.zarr",
                               "--backend", "spark", "--spark-master", master,
                               "--plan", "regrouped")

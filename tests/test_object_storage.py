@@ -9,7 +9,6 @@ missing objects are named by URL, and credentials never reach a message or a rep
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from pathlib import Path
 
@@ -213,7 +212,7 @@ def test_a_run_killed_mid_write_resumes_to_the_same_bytes(
     """``resflow run`` against the bucket, SIGKILLed with its writes in flight (the server
     slows them down), then ``--resume``: the store's objects are a clean run's, byte for
     byte."""
-    from tests.reliability.processes import (
+    from tests.processes import (
         BIN,
         chips_done,
         kill_tree,
@@ -230,7 +229,8 @@ def test_a_run_killed_mid_write_resumes_to_the_same_bytes(
     with started([str(BIN / "resflow"), *args], tmp_path / "killed.log") as proc:
         wait_until(lambda: chips_done(out) >= 1, "a first chip", proc)
         kill_tree(tree(proc.pid))
-    time.sleep(1.0)  # requests the server held back still land: the ledger says what did
+    # requests the server held back still land: the ledger says what did, once they have
+    wait_until(faults.quiet, "the held-back requests to land", timeout=60)
     done_before = chips_done(out)
     assert 0 < done_before < len(Archive.open(s3_archive).chips())
     assert not OutputStore.open(out).complete

@@ -48,7 +48,7 @@ def reference_maps(small_archive: Path, engine_gallery: Path,
     """The clean run's maps (in-process reference engine): what every recovered run must equal."""
     from resflow.graph import run_graph
     from resflow.local import LocalExecutor
-    from tests.reliability.processes import maps
+    from tests.processes import maps
 
     out = tmp_path_factory.mktemp("reliability-reference") / "clean.zarr"
     config = RunConfig(archive=small_archive, gallery=engine_gallery, out=out, backend="local",

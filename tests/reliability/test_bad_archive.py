@@ -24,7 +24,7 @@ from resflow.archive import Archive
 from resflow.outputs import NO_DATA_CHIP, NOT_MAPPED, OutputStore, describe
 from resflow.resolution import DEFAULT_GSD_M
 from resflow.samples import sample_path
-from tests.reliability.processes import LOCAL_ENV, resflow
+from tests.processes import LOCAL_ENV, resflow
 
 GRID = from_origin(500000, 5700000, DEFAULT_GSD_M, DEFAULT_GSD_M)  # mapped as it is
 

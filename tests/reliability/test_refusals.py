@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from resflow.cli import app
-from tests.reliability.processes import free_port, resflow
+from tests.processes import free_port, resflow
 
 
 def _tampered(gallery: Path, tmp: Path) -> Path:

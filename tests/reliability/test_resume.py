@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from resflow.cli import app
 from resflow.outputs import OutputStore, describe
-from tests.reliability.processes import (
+from tests.processes import (
     assert_identical,
     chips_done,
     interrupt,

@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from resflow.outputs import OutputStore
-from tests.reliability.processes import (
+from tests.processes import (
     assert_identical,
     chips_done,
     run_args,
