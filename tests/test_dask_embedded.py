@@ -5,9 +5,9 @@ nanny's malloc tunable, the driver's environment is left as it was, and on a hos
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from functools import partial
+from pathlib import Path
 
 import pytest
 from resflow_dask.settings import DaskConfig
@@ -15,7 +15,7 @@ from resflow_dask.settings import DaskConfig
 from resflow.executor import StageResources, TaskEnv
 from resflow.graph import preload_models
 from tests.allocations import FRESH_MMAP_FAULTS, faults_per_alloc
-from tests.intervals import peak_overlap
+from tests.overlap import meet, meetings, peak_together
 
 TASKS = 8
 
@@ -24,10 +24,11 @@ def _trim_setting() -> str | None:
     return os.environ.get("MALLOC_TRIM_THRESHOLD_")
 
 
-def hold_device(records: list[int], env: TaskEnv) -> list[tuple[str | None, float, float]]:
-    start = time.time()
-    time.sleep(0.6)
-    return [(env.gpu, start, time.time())]
+def hold_device(room: str, want: int, records: list[int], env: TaskEnv
+                ) -> list[tuple[str | None, int]]:
+    """Hold the device until ``want`` other tasks on it are met (or every task has come)."""
+    meet(room, f"task{records[0]}", want=want, patience=30, side=str(env.gpu), total=TASKS)
+    return [(env.gpu, records[0])]
 
 
 @pytest.fixture(scope="module")
@@ -59,17 +60,20 @@ def test_workers_reuse_memory_and_the_driver_environment_is_restored(embedded) -
     assert all(f < FRESH_MMAP_FAULTS / 10 for f in faults), faults
 
 
-def test_four_gpu_tasks_share_the_gpu_by_default(embedded) -> None:
+def test_four_gpu_tasks_share_the_gpu_by_default(embedded, tmp_path: Path) -> None:
     """The worker declares the GPU as a resource of 1 and runs 4 threads, so GPU tasks of the
-    default share (0.25) run four at a time on device "0"; CPU tasks get no device."""
+    default share (0.25) run four at a time on device "0" (each waits to meet three others
+    there); CPU tasks get no device."""
     executor, _ = embedded
     shape = executor.describe()
     assert shape["threads_per_worker"] == [4] and shape["worker_resources"] == ["{'GPU': 1}"]
     parts = executor.from_partitions([[i] for i in range(TASKS)])
     gpu = StageResources(gpu=executor.gpu_share)
-    held = executor.collect(executor.map_partitions(parts, hold_device, name="gpushare",
-                                                    resources=gpu))
-    assert {device for device, _, _ in held} == {"0"}
-    assert peak_overlap([(start, end) for _, start, end in held]) == 4
-    cpu = executor.collect(executor.map_partitions(parts, hold_device, name="cpushare"))
-    assert {device for device, _, _ in cpu} == {None}
+    held = executor.collect(executor.map_partitions(
+        parts, partial(hold_device, str(tmp_path / "gpu"), 3), name="gpushare", resources=gpu))
+    assert {device for device, _ in held} == {"0"}
+    assert sorted(task for _, task in held) == list(range(TASKS))
+    assert peak_together(meetings(tmp_path / "gpu")) == 4
+    cpu = executor.collect(executor.map_partitions(
+        parts, partial(hold_device, str(tmp_path / "cpu"), 0), name="cpushare"))
+    assert {device for device, _ in cpu} == {None}

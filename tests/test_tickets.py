@@ -14,53 +14,49 @@ import pytest
 
 from resflow.errors import ResflowError
 from resflow.tickets import TicketTimeout, checkout, default_ticket_dir, ticket_path
-from tests.intervals import peak_overlap
+from tests.overlap import meet, meetings, on_side, peak_together
 
 DEVICES = ["0", "1"]
 PER_DEVICE = 2
+TASKS = 18
 
 
-def hold_ticket(ticket_dir: str, log_dir: str, task: int) -> None:
-    """Check out a device, record entering and leaving it, hold it briefly."""
+def hold_ticket(ticket_dir: str, room: str, task: int) -> None:
+    """Check out a device and hold it until three other holders (every slot taken) are met,
+    or every task has come, or a second has passed."""
     with checkout(DEVICES, PER_DEVICE, ticket_dir, timeout=60) as device:
-        log = Path(log_dir) / f"task{task}.log"
-        log.write_text(f"{device} {time.monotonic()} ")
-        time.sleep(0.15)
-        with log.open("a") as f:
-            f.write(f"{time.monotonic()}\n")
+        meet(room, f"task{task}", want=len(DEVICES) * PER_DEVICE - 1, patience=1.0,
+             side=device, any_side=True, total=TASKS)
 
 
 def hold_forever(ticket_dir: str, ready: str) -> None:
     with checkout(["0"], 1, ticket_dir, timeout=5):
         Path(ready).touch()
-        time.sleep(600)
+        time.sleep(600)  # until the test kills it
 
 
 def test_no_device_oversubscribed_and_every_task_gets_one(tmp_path: Path) -> None:
-    tickets, logs = tmp_path / "tickets", tmp_path / "logs"
-    logs.mkdir()
+    tickets, room = tmp_path / "tickets", tmp_path / "room"
     ctx = mp.get_context("spawn")
     # 6 worker processes sharing 2 devices x 2 slots, 18 tasks
     with ctx.Pool(6) as pool:
-        pool.starmap(hold_ticket, [(str(tickets), str(logs), i) for i in range(18)])
-    records = [log.read_text().split() for log in sorted(logs.iterdir())]
-    assert len(records) == 18
-    assert {device for device, _, _ in records} == set(DEVICES)
+        pool.starmap(hold_ticket, [(str(tickets), str(room), i) for i in range(TASKS)])
+    met = meetings(room)
+    assert len(met) == TASKS
+    assert {task.split("@")[0] for task in met} == set(DEVICES)
     for device in DEVICES:
-        held = [(float(a), float(b)) for d, a, b in records if d == device]
-        assert peak_overlap(held) <= PER_DEVICE
-    assert peak_overlap([(float(a), float(b)) for _, a, b in records]) > PER_DEVICE
+        assert peak_together(met, on_side(met, device)) <= PER_DEVICE
+    assert peak_together(met) > PER_DEVICE
 
 
 def test_killed_holder_ticket_is_reclaimed(tmp_path: Path) -> None:
+    from tests.processes import wait_until  # here: the spawned holders need not import it
+
     ready = tmp_path / "ready"
     holder = mp.get_context("spawn").Process(target=hold_forever, args=(str(tmp_path), str(ready)))
     holder.start()
     try:
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            assert time.monotonic() < deadline, "the holder never got its ticket"
-            time.sleep(0.05)
+        wait_until(ready.exists, "the holder's ticket", timeout=60)
         with pytest.raises(TicketTimeout, match="no GPU ticket came free"), checkout(
             ["0"], 1, tmp_path, timeout=0.3
         ):
