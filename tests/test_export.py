@@ -8,7 +8,6 @@ and which holds a chip without data, so not-mapped pixels are exercised too.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 from pathlib import Path
@@ -87,23 +86,9 @@ def write_blobs(archive: Archive, out: Path) -> OutputStore:
     return store
 
 
-@functools.cache
-def map_samples(sample_archive: Path, out_dir: Path) -> Path:
-    """The sample archive mapped by the bundled gallery on the in-process engine, once per
-    test session however many modules ask (``out_dir`` is the session's)."""
-    from resflow.config import RunConfig
-    from resflow.graph import run_graph
-    from resflow.local import LocalExecutor
-
-    out = out_dir / "maps.zarr"
-    config = RunConfig(archive=sample_archive, out=out, backend="local", device="cpu")
-    run_graph(config, LocalExecutor(gpus=[], progress=False))
-    return out
-
-
 @pytest.fixture(scope="module")
-def mapped(sample_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> OutputStore:
-    return OutputStore.open(map_samples(sample_archive, tmp_path_factory.getbasetemp()))
+def mapped(mapped_samples: Path) -> OutputStore:
+    return OutputStore.open(mapped_samples)
 
 
 @pytest.fixture(scope="module")

@@ -32,14 +32,13 @@ from resflow.gallery import DEFAULT_PATH
 from resflow.outputs import NOT_MAPPED, OutputStore
 from resflow.samples import sample_path
 from resflow.stac import stac_sources
-from tests.test_export import map_samples
 
 EXTENSIONS = ("projection", "raster", "xarray-assets", "classification")
 
 
 @pytest.fixture(scope="module")
-def mapped(sample_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> OutputStore:
-    return OutputStore.open(map_samples(sample_archive, tmp_path_factory.getbasetemp()))
+def mapped(mapped_samples: Path) -> OutputStore:
+    return OutputStore.open(mapped_samples)
 
 
 @pytest.fixture(scope="module")
