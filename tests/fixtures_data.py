@@ -1,4 +1,4 @@
-"""Data fixtures: a small real-imagery archive shared by the whole test session."""
+"""Data fixtures: a small real-imagery archive, and its maps, shared by the whole session."""
 
 from __future__ import annotations
 
@@ -9,6 +9,14 @@ import pytest
 from resflow.config import IngestConfig
 from resflow.ingest import ingest
 from resflow.samples import DATA_DIR, sample_path
+
+ATLANTA_LABELS = sample_path("atlanta-labels")
+"""The SpaceNet footprints of the Atlanta sample (scene ``sample_geotiff``)."""
+
+TINY_TRAINING = {"buckets": 2, "hash_steps": 20, "mono_steps": 3, "bucket_steps": 2,
+                 "eval_every": 2, "min_bucket_chips": 1}
+"""Training settings that exercise every phase (buckets, mono, bucket decoders, scores) in
+as few steps as each allows."""
 
 ARCHIVE_SAMPLES = ("atlanta-pan", "rotterdam-ms1", "rmnp-rgb")
 """Panchromatic uint16 with nodata, 4-band float64, geographic uint8 RGB: the three shapes
@@ -39,10 +47,46 @@ tests of the archive as a pixel-exact store (mapping needs the working resolutio
 
 
 @pytest.fixture(scope="session")
+def tiny_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Atlanta sample alone on its own 0.5 m grid (900 x 900, 16 chips of 256: 4 chip
+    rows, so train, validation and test bands): the smallest labelled archive a training
+    runs on. Read-only."""
+    out = tmp_path_factory.mktemp("tiny") / "atlanta.zarr"
+    result = ingest([sample_path("atlanta-pan")], out, IngestConfig(chip=256, gsd=0.5))
+    assert result.ok and len(result.ingested) == 1, result
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_gallery(sample_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A gallery trained on ``sample_archive`` with the Atlanta labels and
+    ``TINY_TRAINING`` (seed 0), with its ``metrics.json``. Read-only."""
+    from resflow.training.train import train
+
+    out = tmp_path_factory.mktemp("trained") / "gallery"
+    train(sample_archive, [ATLANTA_LABELS], out, seed=0, **TINY_TRAINING)
+    return out
+
+
+@pytest.fixture(scope="session")
 def native_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The three samples of ``sample_archive`` on their own grids (``ms1`` at 1 m,
     ``rmnp-rgb`` geographic at about 146 m), none skipped. Read-only."""
     out = tmp_path_factory.mktemp("native") / "samples.zarr"
     result = ingest([sample_path(n) for n in ARCHIVE_SAMPLES], out, NATIVE)
     assert result.ok and len(result.ingested) == len(ARCHIVE_SAMPLES), result
+    return out
+
+
+@pytest.fixture(scope="session")
+def mapped_samples(sample_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``sample_archive`` mapped by the bundled gallery on the in-process engine, once per
+    session however many modules ask. Read-only: copy it before modifying."""
+    from resflow.config import RunConfig
+    from resflow.graph import run_graph
+    from resflow.local import LocalExecutor
+
+    out = tmp_path_factory.mktemp("mapped") / "maps.zarr"
+    config = RunConfig(archive=sample_archive, out=out, backend="local", device="cpu")
+    run_graph(config, LocalExecutor(gpus=[], progress=False))
     return out

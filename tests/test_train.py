@@ -1,4 +1,8 @@
-"""A tiny end-to-end train on the sample archive: gallery, metrics, determinism, CLI."""
+"""A tiny end-to-end train on the sample archive: gallery, metrics, determinism, CLI.
+
+The session's one trained gallery (``trained_gallery``) serves every test that reads a
+trained gallery; trainings of their own run on the tiny one-scene archive.
+"""
 
 import json
 from pathlib import Path
@@ -16,16 +20,19 @@ from resflow.models.hashing import HashingHead
 from resflow.models.segmentation import SegmentationDecoder
 from resflow.training.segmentation import loss_fn
 from resflow.training.train import evaluate_gallery, gap_weight, separated, train
+from tests.fixtures_data import ATLANTA_LABELS as LABELS
+from tests.fixtures_data import TINY_TRAINING as TINY
 
-LABELS = Path(__file__).parents[1] / "resflow/samples/data/spacenet-atlanta/geotiff_labels.geojson"
-TINY = {"buckets": 2, "hash_steps": 20, "mono_steps": 3, "bucket_steps": 2, "eval_every": 2,
-        "min_bucket_chips": 1}
+LEARNING = {"buckets": 1, "hash_steps": 5, "mono_steps": 40, "eval_every": 10, "patience": 0,
+            "min_bucket_chips": 10_000}
+"""Mono alone (no bucket is given a decoder of its own), long enough to learn something."""
 
 
 @pytest.fixture(scope="module")
-def trained(sample_archive, tmp_path_factory):
-    out = tmp_path_factory.mktemp("trained") / "gallery"
-    return train(sample_archive, [LABELS], out, seed=0, **TINY)
+def trained(trained_gallery: Path) -> Gallery:
+    return Gallery.load(trained_gallery)
+
+
 
 
 def test_gallery_and_metrics_are_written(trained):
@@ -44,10 +51,12 @@ def test_gallery_and_metrics_are_written(trained):
     assert metrics["regions"]["train"]["labelled_pixels"] > 0
 
 
-def test_same_seed_same_gallery(trained, sample_archive, tmp_path):
-    again = train(sample_archive, [LABELS], tmp_path / "again", seed=0, **TINY)
-    assert again.manifest["files"] == trained.manifest["files"]
-    assert again.manifest["buckets"] == trained.manifest["buckets"]
+@pytest.mark.slow
+def test_same_seed_same_gallery(tiny_archive, tmp_path):
+    first = train(tiny_archive, [LABELS], tmp_path / "first", seed=0, **TINY)
+    again = train(tiny_archive, [LABELS], tmp_path / "again", seed=0, **TINY)
+    assert again.manifest["files"] == first.manifest["files"]
+    assert again.manifest["buckets"] == first.manifest["buckets"]
 
 
 def test_gallery_show_prints_scores_and_writes_a_mosaic(trained, sample_archive, tmp_path):
@@ -68,9 +77,9 @@ def test_cli_refusals_are_one_line_and_exit_2(sample_archive, tmp_path):
     assert missing.exit_code == 2 and "no gallery manifest" in missing.output
 
 
-def test_short_training_lowers_the_validation_loss(sample_archive, tmp_path):
-    train(sample_archive, [LABELS], tmp_path / "g", seed=0, buckets=1, hash_steps=5,
-          mono_steps=40, eval_every=10, patience=0)
+@pytest.mark.slow
+def test_short_training_lowers_the_validation_loss(tiny_archive, tmp_path):
+    train(tiny_archive, [LABELS], tmp_path / "g", seed=0, **LEARNING)
     mono = json.loads((tmp_path / "g" / "metrics.json").read_text())["training"][MONO]
     assert mono["best_step"] > 0
     assert mono["best_validation_loss"] < mono["initial_validation_loss"]
@@ -108,7 +117,7 @@ def test_manifest_records_resolution_buckets_and_time(trained, sample_archive):
     assert manifest["training"]["seconds"]["total"] > 0
 
 
-def test_training_refuses_labels_without_buildings_to_learn(sample_archive, tmp_path):
+def test_training_refuses_labels_without_buildings_to_learn(tiny_archive, tmp_path):
     # One small footprint in the bottom (test) band: the train band holds no building.
     corner = (733601.0 + 10, 3724689.0 + 10)
     ring = [corner, (corner[0] + 4, corner[1]), (corner[0] + 4, corner[1] + 4),
@@ -120,7 +129,7 @@ def test_training_refuses_labels_without_buildings_to_learn(sample_archive, tmp_
         "features": [{"type": "Feature", "properties": {},
                       "geometry": {"type": "Polygon", "coordinates": [ring]}}]}))
     with pytest.raises(InputError, match="holds no building pixel"):
-        train(sample_archive, [labels], tmp_path / "g", **TINY)
+        train(tiny_archive, [labels], tmp_path / "g", **TINY)
     assert not (tmp_path / "g").exists()
 
 
