@@ -5,7 +5,7 @@ BIN = $(VENV)/bin
 STAMP = $(VENV)/.installed
 GALLERY_GSD ?= 0.3
 
-.PHONY: install demo test lint bench accuracy gallery clean gpu-archive gpu-wheels
+.PHONY: install demo test test-fast lint bench accuracy gallery clean gpu-archive gpu-wheels
 
 install: $(STAMP)
 
@@ -23,6 +23,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# The edit loop (about 2 minutes on 2 cores): everything but the slow, Spark and S3 tests.
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow and not spark and not s3"
 
 lint: install
 	$(BIN)/ruff check resflow backends benchmarks tests

@@ -14,6 +14,7 @@ a profile asking a whole GPU serialise them.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -32,6 +33,15 @@ else
   echo '{{"name": "gpu", "addresses": ["1"]}}'
 fi
 """
+
+
+def java_missing() -> str | None:
+    """Why Spark cannot start here (no Java), or None when a ``java`` is found."""
+    home = os.environ.get("JAVA_HOME")
+    if shutil.which("java") or (home and (Path(home) / "bin" / "java").is_file()):
+        return None
+    return ("Spark needs Java 17: no `java` on the PATH and no JAVA_HOME "
+            "(apt install openjdk-17-jre-headless, or conda's openjdk=17)")
 
 
 @pytest.fixture(scope="session")
@@ -84,6 +94,8 @@ def gpu_discovery_script(directory: Path) -> Path:
 @pytest.fixture(scope="session")
 def spark_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A SparkSession on ``local-cluster[2,2,1024]`` whose two executors have one GPU each."""
+    if why := java_missing():
+        pytest.skip(why)
     from resflow_spark import SparkExecutor
     from resflow_spark.settings import SparkConfig
 

@@ -24,6 +24,8 @@ from resflow.outputs import OutputStore
 from tests import processes
 from tests.processes import BIN, free_port, port_open, wait_until
 
+pytestmark = pytest.mark.slow  # clusters of processes started apart, and whole runs on them
+
 LOCAL = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
 
 

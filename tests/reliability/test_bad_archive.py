@@ -26,6 +26,8 @@ from resflow.resolution import DEFAULT_GSD_M
 from resflow.samples import sample_path
 from tests.processes import LOCAL_ENV, resflow
 
+pytestmark = pytest.mark.slow  # whole runs on every engine
+
 GRID = from_origin(500000, 5700000, DEFAULT_GSD_M, DEFAULT_GSD_M)  # mapped as it is
 
 

@@ -18,6 +18,8 @@ from rasterio.transform import from_origin
 
 from resflow.archive import Archive
 
+pytestmark = pytest.mark.slow  # a 5000 x 5000 scene written, then streamed through ingest
+
 SIZE = 5000
 PEAK_LIMIT_MB = 350
 """Measured about 230 MiB with the cache capped and about 440 MiB without, on a 24 GiB host."""
@@ -28,6 +30,7 @@ INGEST = """
 import re, sys
 from resflow.config import IngestConfig
 from resflow.ingest import ingest
+
 result = ingest([sys.argv[1]], sys.argv[2], IngestConfig(chip=256, gsd=None))
 assert result.ok, result.refused
 status = open("/proc/self/status").read()

@@ -28,6 +28,8 @@ from tests.processes import (
     wait_until,
 )
 
+pytestmark = pytest.mark.slow  # whole runs in subprocesses, interrupted and resumed
+
 BACKENDS = ("dask", "spark")
 
 

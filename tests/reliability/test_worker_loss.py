@@ -32,6 +32,8 @@ from tests.processes import (
     wait_until,
 )
 
+pytestmark = pytest.mark.slow  # whole runs in subprocesses, killed and recovered
+
 TOTAL = 64
 VICTIMS = {
     # Dask's nanny runs each worker as a multiprocessing child of the driver
