@@ -43,6 +43,7 @@ from resflow.chips import (
 )
 from resflow.errors import InputError
 from resflow.harmonise import Scaling, valid_mask
+from resflow.windows import Window
 
 ARCHIVE_KIND = "archive"
 #: 2: scenes on a working grid at a recorded ground resolution (``gsd_m``), too-coarse
@@ -333,6 +334,21 @@ class Archive:
                 chips[i] = SourceChip(pixels=used[:, :, x:x + edge], valid=valid[:, x:x + edge],
                                       scaling=scaling)
         return [chips[i] for i in range(len(refs))]
+
+    def read_window(self, window: Window, halo: int = 0) -> SourceChip:
+        """A prediction window (:mod:`resflow.windows`) read with ``halo`` pixels of context,
+        as stored: ``window.shape`` plus ``2 * halo`` each way, reflected beyond the scene
+        edge as chip reads are, so a one-chip window reads exactly as that chip."""
+        info = self._scene(window.scene)
+        height, width = window.shape
+        rows = halo_indices(window.y0, height, halo, info.height)
+        cols = halo_indices(window.x0, width, halo, info.width)
+        r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+        slab = np.asarray(self.image(window.scene)[:, r0:r1, c0:c1])[:, rows - r0][
+            :, :, cols - c0]
+        scaling = self.scaling(window.scene)
+        return SourceChip(pixels=slab[list(scaling.bands)], valid=valid_mask(slab, info.nodata),
+                          scaling=scaling)
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready description: scenes, bands, CRS, resolution, chips, km^2, refusals.

@@ -108,7 +108,12 @@ class RunConfig(_Strict):
         "once; regrouped: regroup chips by bucket between stages 2 and 3, so every stage-3 "
         "task serves one bucket's model (RESFlow's shape). Same maps either way")
     halo: int = Field(
-        32, ge=0, description="context pixels around each chip for overlap-tile inference")
+        128, ge=0, le=1024, description="context pixels around each prediction window for "
+        "overlap-tile inference")
+    window: int = Field(
+        4, ge=1, le=16, description="chips per side of a prediction window: each window of "
+        "window x window chips is encoded, routed and segmented in one piece, so chip "
+        "borders inside it do not show in the maps; 1 = chip by chip")
     torch_threads: int = Field(
         1, ge=1, description="intra-op threads per task (avoid oversubscription)")
     device: Literal["auto", "cpu", "cuda"] = "auto"

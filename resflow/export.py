@@ -651,6 +651,7 @@ def export_footprints(out_store: OutputStore | storage.Location, path: Path | st
     frames = [scene_footprints(store, maps, rule=_rule(store, maps, threshold, min_area),
                                min_area_m2=min_area, simplify_m=simplify_m, tile_px=tile_px)
               for maps in _scene_maps(store)]
+    frames = [f for f in frames if len(f)]  # a scene without buildings adds no rows
     frame = (gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=WGS84) if frames
              else _frame([], gpd.GeoSeries([], crs=WGS84)))
     with replacing(target) as partial:

@@ -76,7 +76,8 @@ def settings_from_config(config: RunConfig) -> GraphSettings:
         raise ValueError("a run needs both an archive and an output location")
     return GraphSettings(archive=storage.normalise(config.archive), gallery=config.gallery,
                          out=storage.normalise(config.out), batch_size=config.batch_size,
-                         halo=config.halo, threshold=config.threshold,
+                         halo=config.halo, window=config.window,
+                         threshold=config.threshold,
                          min_building_m2=config.min_building_m2,
                          split_dip=config.split_dip, device=config.device,
                          torch_threads=config.torch_threads,
@@ -182,7 +183,7 @@ def run_graph(config: RunConfig, executor: Executor) -> RunResult:
     run_config = config.model_dump(mode="json")
     store = OutputStore.create(
         settings.out, archive, overwrite=config.overwrite, resume=config.resume,
-        run_config=run_config, shard_chips=shard_edge(config.partition_chips),
+        run_config=run_config, shard_chips=shard_edge(config.partition_chips, config.window),
         bucket_models={b: gallery.model_name(b) for b in range(len(gallery.bucket_codes))},
         gallery_version=settings.gallery_version)
     description = executor.describe()

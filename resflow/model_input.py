@@ -128,6 +128,12 @@ class SourceImages:
     def edge(self) -> int:
         return int(self.chips[0].pixels.shape[-1])
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Pixels per chip, rows and columns (a prediction window need not be square)."""
+        rows, cols = self.chips[0].pixels.shape[-2:]
+        return int(rows), int(cols)
+
     def blocks(self, rows: int, device: torch.device) -> Iterator[tuple[torch.Tensor, int]]:
         for start in range(0, len(self.chips), rows):
             chips = self.chips[start:start + rows]
@@ -138,7 +144,7 @@ class SourceImages:
 
     def _host_block(self, chips: Sequence[SourceChip], rows: int,
                     device: torch.device) -> torch.Tensor:
-        block = np.zeros((rows, 3, self.edge, self.edge), dtype=np.float32)
+        block = np.zeros((rows, 3, *self.shape), dtype=np.float32)
         for i, chip in enumerate(chips):
             block[i] = chip.scaling.apply(chip.pixels, chip.valid)
         return torch.from_numpy(block).to(device, memory_format=memory_format(device))
@@ -159,7 +165,7 @@ class SourceImages:
             else:
                 arrays.append(np.stack([chips[i].harmonised().image for i in index]))
         sent = iter(staging(device).send(arrays))
-        block = torch.empty((rows, 3, self.edge, self.edge), dtype=torch.float32,
+        block = torch.empty((rows, 3, *self.shape), dtype=torch.float32,
                             device=device, memory_format=memory_format(device))
         block[len(chips):] = 0.0  # the padding rows; every other row is written below
         for scaling, index in groups.items():

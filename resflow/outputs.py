@@ -83,9 +83,10 @@ UNWRITTEN = -2
 #: Scenes whose groups are built in memory and stored together while creating a store.
 METADATA_BATCH = 256
 # Run settings that change the pixels: a resumed run must use the same ones.
-PIXEL_SETTINGS = ("gallery", "halo", "threshold", "min_building_m2", "split_dip")
-#: What outputs made before a pixel setting existed used: they split no roofs.
-PIXEL_SETTINGS_BEFORE = {"split_dip": 0.0}
+PIXEL_SETTINGS = ("gallery", "halo", "window", "threshold", "min_building_m2", "split_dip")
+#: What outputs made before a pixel setting existed used: they split no roofs and mapped
+#: chip by chip.
+PIXEL_SETTINGS_BEFORE = {"split_dip": 0.0, "window": 1}
 _RESERVED = frozenset({"zarr.json", REPORT_NAME, STAC_FOLDER})
 
 

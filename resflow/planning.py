@@ -84,14 +84,18 @@ def shards_of(info: SceneInfo, shard_chips: int) -> int:
     return rows * cols
 
 
-def shard_edge(partition_chips: int) -> int:
+def shard_edge(partition_chips: int, window: int = 1) -> int:
     """The shard edge in chips for a new output: the largest square shard that fits in one
-    partition, so a partition is never forced above ``partition_chips`` by its shards.
+    partition, in whole prediction windows (:mod:`resflow.windows`), so a task predicts
+    each window of its chips once and no other task needs it. The window wins where it is
+    larger than a partition.
 
-    >>> shard_edge(16), shard_edge(8), shard_edge(1)
-    (4, 2, 1)
+    >>> shard_edge(16), shard_edge(8), shard_edge(1), shard_edge(8, window=4)
+    (4, 2, 1, 4)
+    >>> shard_edge(64, window=4), shard_edge(36, window=4)
+    (8, 4)
     """
-    return max(1, math.isqrt(partition_chips))
+    return max(window, math.isqrt(partition_chips) // window * window)
 
 
 def plan(scenes: Mapping[str, SceneInfo], *, shard_chips: int, partition_chips: int,

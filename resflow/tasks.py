@@ -6,12 +6,12 @@ the gallery once into a process-level cache keyed by the gallery's location and 
 hash (a Dask ``WorkerPlugin`` fills it at worker start, Spark's reused Python workers keep it
 across tasks), and opens the archive and the output store once.
 
-Stage 3 is overlap-tile inference, dask's ``map_overlap`` in three steps: *add a halo*
-(``Archive.read_sources(refs, halo)``, reflected beyond scene edges as ``boundary="reflect"``),
-*compute* on the padded chip, *trim* the halo so only the centre, predicted with context on
-every side, is written. Neighbouring chips therefore meet without seams. The encoder runs
-once on that halo read and serves both stages (:mod:`resflow.stages`): stage 1 embeds the
-chip from its maps, stage 3 decodes them.
+Chips are predicted a window of chips at a time (:mod:`resflow.windows`), as overlap-tile
+inference, dask's ``map_overlap`` in three steps: *add a halo* (``Archive.read_window``,
+reflected beyond scene edges as ``boundary="reflect"``), *compute* on the padded window,
+*trim* the halo and cut the window back into its chips. The encoder runs once on that read
+and serves both stages (:mod:`resflow.stages`): stage 1 embeds the window from its maps,
+stage 3 decodes them. A window that cannot be read or mapped fails its chips.
 
 Every task ends in a :class:`PartitionSummary` (counts, km^2, bucket use, seconds, failures,
 storage retries): what the driver adds up, instead of a record per chip.
@@ -25,7 +25,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +36,7 @@ from resflow.archive import Archive
 from resflow.chips import ChipRef, SourceChip
 from resflow.errors import GalleryError
 from resflow.executor import TaskEnv
-from resflow.failures import ChipFailure, compute_chips, describe_error, read_chips
+from resflow.failures import ChipFailure, describe_error
 from resflow.gallery import DEFAULT_PATH, MANIFEST, Gallery
 from resflow.masks import min_pixels
 from resflow.outputs import (
@@ -48,10 +47,10 @@ from resflow.outputs import (
     ShardWrite,
 )
 from resflow.planning import Partition, Segment
+from resflow.windows import Window, group_by_window
 
 if TYPE_CHECKING:
-    from resflow.model_input import SourceImages
-    from resflow.stages import FeatureMaps, QuantisedChip
+    from resflow.stages import FeatureMaps
 
 STAGE1 = "stage1-features"
 STAGE2 = "stage2-hashing"
@@ -74,8 +73,10 @@ class GraphSettings:
     batch_size
         Chips per model call on CUDA.
     halo
-        Context pixels read around each chip, encoded with it (stages 1 and 3) and
-        trimmed before writing.
+        Context pixels read around each prediction window, encoded with it (stages 1 and 3)
+        and trimmed before writing.
+    window
+        Chips per side of a prediction window (:mod:`resflow.windows`).
     threshold
         Probability above which a pixel is building, for the mask.
     min_building_m2
@@ -95,7 +96,8 @@ class GraphSettings:
     gallery: Path | str | None
     out: Path | str
     batch_size: int = 8
-    halo: int = 32
+    halo: int = 128
+    window: int = 4
     threshold: float = 0.5
     min_building_m2: float = 0.0
     split_dip: float = 0.0
@@ -374,103 +376,95 @@ def with_data(shards: list[ShardChips]) -> list[ChipRef]:
     return [ref for _, _, refs in shards for ref in refs if ref.valid_fraction > 0]
 
 
-def _reader(archive: Archive, halo: int, counter: storage.RetryCount
-            ) -> Callable[[Sequence[ChipRef]], list[SourceChip]]:
-    """``archive.read_sources`` with transient storage errors retried (and counted)."""
-    def read(refs: Sequence[ChipRef]) -> list[SourceChip]:
-        return storage.retrying(lambda: archive.read_sources(refs, halo), counter)
-    return read
+class WindowFailed(Exception):
+    """A step of a window's prediction failed: every chip of the window fails with it."""
+
+    def __init__(self, stage: str, problem: str) -> None:
+        super().__init__(problem)
+        self.stage, self.problem = stage, problem
 
 
-def trim(probability: np.ndarray, ref: ChipRef, halo: int) -> np.ndarray:
-    """The chip's in-scene window from a halo-padded prediction (``map_overlap``'s trim).
+def windows_of(settings: GraphSettings, archive: Archive,
+               refs: Sequence[ChipRef]) -> dict[Window, list[ChipRef]]:
+    """The prediction windows (:mod:`resflow.windows`) holding ``refs``, each with its chips
+    among them."""
+    shapes = {scene: (archive.scenes[scene].height, archive.scenes[scene].width)
+              for scene in {ref.scene for ref in refs}}
+    return group_by_window(refs, settings.window, shapes)
 
-    Examples
-    --------
-    >>> from resflow.chips import ChipRef
-    >>> ref = ChipRef("s", 0, 0, 0, 0, 3, 2, 4, 0.0, 1.0)
-    >>> trim(np.zeros((8, 8)), ref, halo=2).shape
-    (3, 2)
+
+def encode_window(settings: GraphSettings, gallery: Gallery, device: Any, archive: Archive,
+                  window: Window, stage: str, counter: storage.RetryCount, clock: _Clock
+                  ) -> tuple[SourceChip, np.ndarray, FeatureMaps]:
+    """Read a window with its halo and run the encoder once over it: its pixels as stored,
+    its ``(1, 1280)`` embedding (pooled over the window without its halo, what stage 2
+    routes on) and its encoder maps (what stage 3 decodes).
+
+    Raises
+    ------
+    WindowFailed
+        The window cannot be read, holds pixels that harmonise to NaN or Inf, or embeds to
+        a value that is not finite.
     """
-    return probability[halo:halo + ref.height, halo:halo + ref.width]
-
-
-def encode_chips(settings: GraphSettings, gallery: Gallery, device: Any,
-                 refs: Sequence[ChipRef], images: SourceImages, stage: str,
-                 failures: list[ChipFailure]
-                 ) -> tuple[list[ChipRef], list[np.ndarray], dict[ChipRef, FeatureMaps]]:
-    """The one encoder pass over halo-read chips: each chip's embedding (stage 2 routes on
-    it) and its encoder maps (stage 3 decodes them).
-
-    ``images`` holds one halo read per chip of ``refs``, harmonised on ``device`` as it is
-    encoded. A chip that cannot be encoded, or
-    whose embedding is not finite, is appended to ``failures`` under ``stage``; the others
-    come back with their embeddings and maps.
-    """
+    from resflow.model_input import SourceImages
     from resflow.stages import encode
 
-    maps: dict[ChipRef, FeatureMaps] = {}
+    with clock("read"):
+        try:
+            source = storage.retrying(lambda: archive.read_window(window, settings.halo),
+                                      counter)
+        except Exception as exc:
+            raise WindowFailed(stage, "reading its window of chips failed "
+                               f"({describe_error(exc)})") from exc
+        if not source.finite():
+            raise WindowFailed(stage, "its window's harmonised pixels hold NaN or Inf (source "
+                               "values too extreme to scale), so no model can map it")
+    with clock("stage1"):
+        try:
+            embedding, maps = encode(SourceImages([source]), gallery.feature_extractor(),
+                                     halo=settings.halo, batch_size=1, device=device)
+        except Exception as exc:
+            raise WindowFailed(stage, f"the model raised {describe_error(exc)}") from exc
+        if not np.isfinite(embedding).all():
+            raise WindowFailed(stage, "the model returned NaN or Inf")
+    return source, embedding, maps[0]
 
-    def run(rows: np.ndarray) -> np.ndarray:  # rows, not pixels, so a retried chip keeps its ref
-        features, chip_maps = encode(images[rows], gallery.feature_extractor(),
-                                     halo=settings.halo, batch_size=settings.batch_size,
-                                     device=device)
-        maps.update(zip((refs[i] for i in rows), chip_maps, strict=True))
-        return features
 
-    kept, vectors = compute_chips(refs, np.arange(len(refs)), run, stage, failures)
-    return kept, vectors, {ref: maps[ref] for ref in kept}
+def segment_window(settings: GraphSettings, gallery: Gallery, device: Any, window: Window,
+                   refs: Sequence[ChipRef], source: SourceChip, maps: FeatureMaps,
+                   bucket: int, clock: _Clock
+                   ) -> dict[ChipRef, tuple[np.ndarray, np.ndarray, int]]:
+    """Decode a window's encoder maps with its bucket's model, quantise and threshold on the
+    device, split touching roofs and drop small components over the whole window with its
+    halo, and cut out ``refs``.
 
+    Returns ``chip -> (probability, mask, bucket)``, uint8 on the chip's in-scene window
+    with :data:`~resflow.outputs.NOT_MAPPED` where the source holds no data.
 
-def _decode_rows(maps: list[FeatureMaps], valid: list[np.ndarray], rows: np.ndarray,
-                 **decode_args: Any) -> list[QuantisedChip]:
-    """:func:`resflow.stages.decode_quantised` of the chips at ``rows``: lets
-    :func:`~resflow.failures.compute_chips` retry a chip alone by its row."""
+    Raises
+    ------
+    WindowFailed
+        The model raised or returned probabilities that are not finite.
+    """
     from resflow.stages import decode_quantised
 
-    return decode_quantised([maps[i] for i in rows], [valid[i] for i in rows], **decode_args)
-
-
-def segment_chips(settings: GraphSettings, gallery: Gallery, device: Any,
-                  buckets: dict[ChipRef, int], pixels: dict[ChipRef, SourceChip],
-                  maps: dict[ChipRef, FeatureMaps], clock: _Clock,
-                  failures: list[ChipFailure]
-                  ) -> dict[ChipRef, tuple[np.ndarray, np.ndarray, int]]:
-    """Decode encoded chips model by model, quantise and threshold them on the device, split
-    touching roofs and drop small components with their halo (so blobs and specks crossing
-    a chip border are judged whole), and trim.
-
-    Chips are grouped by the model serving their bucket, not by bucket, so every bucket the
-    mono model serves shares its micro-batches. Returns ``chip -> (probability, mask,
-    bucket)``, uint8 on the chip's in-scene window with
-    :data:`~resflow.outputs.NOT_MAPPED` where the source holds no data; chips that fail are
-    appended to ``failures``. Time goes to ``clock``.
-    """
-    halo = settings.halo
-    scenes = _archive(settings.archive).scenes
-    out: dict[ChipRef, tuple[np.ndarray, np.ndarray, int]] = {}
-    groups: dict[str, list[ChipRef]] = {}
-    for ref in sorted(buckets):
-        groups.setdefault(gallery.model_name(buckets[ref]), []).append(ref)
-    for group in groups.values():
-        run = partial(_decode_rows, [maps[ref] for ref in group],
-                      [pixels[ref].valid for ref in group],
-                      segmenter=gallery.segmenter(buckets[group[0]]),
-                      threshold=settings.threshold, size=pixels[group[0]].valid.shape,
-                      batch_size=settings.batch_size, device=device)
-        with clock("stage3"):
-            kept, decoded = compute_chips(group, np.arange(len(group)), run, STAGE3,
-                                          failures, finite=lambda chip: chip.finite)
-            masks = [chip.building_mask(settings.split_dip, min_pixels(
-                settings.min_building_m2, scenes[ref.scene].gsd_m))
-                for ref, chip in zip(kept, decoded, strict=True)]
-        with clock("write"):
-            for ref, chip, building in zip(kept, decoded, masks, strict=True):
-                mask = building.astype(np.uint8)
-                mask[~pixels[ref].valid] = NOT_MAPPED
-                out[ref] = (trim(chip.probability, ref, halo), trim(mask, ref, halo),
-                            buckets[ref])
-    return out
+    scene = _archive(settings.archive).scenes[window.scene]
+    with clock("stage3"):
+        try:
+            chip = decode_quantised([maps], [source.valid], gallery.segmenter(bucket),
+                                    threshold=settings.threshold, size=source.valid.shape,
+                                    batch_size=1, device=device)[0]
+        except Exception as exc:
+            raise WindowFailed(STAGE3, f"the model raised {describe_error(exc)}") from exc
+        if not chip.finite:
+            raise WindowFailed(STAGE3, "the model returned NaN or Inf")
+        building = chip.building_mask(settings.split_dip,
+                                      min_pixels(settings.min_building_m2, scene.gsd_m))
+    with clock("write"):
+        mask = building.astype(np.uint8)
+        mask[~source.valid] = NOT_MAPPED
+        return {ref: (window.crop(chip.probability, ref, settings.halo),
+                      window.crop(mask, ref, settings.halo), bucket) for ref in refs}
 
 
 def write_shards(settings: GraphSettings, shards: list[ShardChips],
@@ -572,7 +566,6 @@ def fused_stages(settings: GraphSettings, records: list[Partition],
 
 def _fused_partition(settings: GraphSettings, partition: Partition,
                      env: TaskEnv) -> PartitionSummary:
-    from resflow.model_input import SourceImages
     from resflow.stages import map_codes
 
     clock, counter = _Clock(), storage.RetryCount()
@@ -582,21 +575,17 @@ def _fused_partition(settings: GraphSettings, partition: Partition,
     archive = _archive(settings.archive)
     failures: list[ChipFailure] = []
     shards = expand(partition, archive, _store(settings.out))
-    work = with_data(shards)
-    with clock("read"):
-        work, pixels = read_chips(work, _reader(archive, settings.halo, counter), STAGE1,
-                                  failures)
-    with clock("stage1"):
-        embedded, vectors, maps = encode_chips(settings, gallery, device, work,
-                                               SourceImages(pixels), STAGE1, failures)
     mapped: dict[ChipRef, tuple[np.ndarray, np.ndarray, int]] = {}
-    if embedded:
-        with clock("stage2"):
-            _, buckets = map_codes(np.stack(vectors), gallery.hashing_head(),
-                                   gallery.bucket_codes)
-        mapped = segment_chips(settings, gallery, device,
-                               dict(zip(embedded, buckets.tolist(), strict=True)),
-                               dict(zip(work, pixels, strict=True)), maps, clock, failures)
+    for window, refs in windows_of(settings, archive, with_data(shards)).items():
+        try:
+            source, embedding, maps = encode_window(settings, gallery, device, archive,
+                                                    window, STAGE1, counter, clock)
+            with clock("stage2"):
+                _, buckets = map_codes(embedding, gallery.hashing_head(), gallery.bucket_codes)
+            mapped.update(segment_window(settings, gallery, device, window, refs, source,
+                                         maps, int(buckets[0]), clock))
+        except WindowFailed as failed:
+            failures.extend(ChipFailure(ref, failed.stage, failed.problem) for ref in refs)
     write_shards(settings, shards, mapped, failures, summary, counter, clock, FUSED)
     summary.seconds = dict(clock.seconds)
     return summary
@@ -633,29 +622,25 @@ def stage1_features(settings: GraphSettings, records: list[Partition],
 
 
 def _features(settings: GraphSettings, partition: Partition, env: TaskEnv) -> list[Any]:
-    from resflow.model_input import SourceImages
-    from resflow.stages import extract_features
-
     clock, counter = _Clock(), storage.RetryCount()
     device = _device(settings, env)
     gallery = load_gallery(settings.gallery, settings.gallery_version)
     archive = _archive(settings.archive)
     refs = with_data(expand(partition, archive, _store(settings.out)))
     failures: list[ChipFailure] = []
-    with clock("read"):
-        refs, pixels = read_chips(refs, _reader(archive, settings.halo, counter), STAGE1,
-                                  failures)
-    with clock("stage1"):
-        refs, vectors = compute_chips(
-            refs, SourceImages(pixels),
-            partial(extract_features, extractor=gallery.feature_extractor(),
-                    halo=settings.halo, batch_size=settings.batch_size, device=device),
-            STAGE1, failures)
-    share = clock.share(len(refs))
+    embedded: list[tuple[ChipRef, np.ndarray]] = []
+    for window, chips in windows_of(settings, archive, refs).items():
+        try:
+            _, embedding, _ = encode_window(settings, gallery, device, archive, window,
+                                            STAGE1, counter, clock)
+        except WindowFailed as failed:
+            failures.extend(ChipFailure(ref, failed.stage, failed.problem) for ref in chips)
+            continue
+        embedded.extend((ref, embedding[0]) for ref in chips)
+    share = clock.share(len(embedded))
     return [StorageRetries(partition.index, counter.retries),
             *(ChipFailure(f.ref, f.stage, f.problem, origin=partition.index) for f in failures),
-            *(Features(ref, vec, share, partition.index)
-              for ref, vec in zip(refs, vectors, strict=True))]
+            *(Features(ref, vec, share, partition.index) for ref, vec in embedded)]
 
 
 def stage2_hashing(settings: GraphSettings, splits: int, records: list[Any],
@@ -675,22 +660,22 @@ def stage2_hashing(settings: GraphSettings, splits: int, records: list[Any],
                                gallery.bucket_codes)
     return [*passing, *(
         Routed(r.ref, int(b), clock.share(len(features), r.seconds), r.origin,
-               split=_split_of(r.ref, splits))
+               split=_split_of(r.ref, settings.window, splits))
         for r, b in zip(features, buckets, strict=True)
     )]
 
 
-def _split_of(ref: ChipRef, splits: int) -> int:
-    return int.from_bytes(hashlib.blake2b(f"{ref.scene}/{ref.row}/{ref.col}".encode(),
-                                          digest_size=4).digest()) % splits
+def _split_of(ref: ChipRef, window: int, splits: int) -> int:
+    """The stage-3 partition of a chip: chips of one prediction window go together, so the
+    window is encoded once there."""
+    key = f"{ref.scene}/{ref.row // window}/{ref.col // window}"
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest()) % splits
 
 
 def stage3_segment(settings: GraphSettings, records: list[Any], env: TaskEnv) -> list[Any]:
-    """Re-read each routed chip with a halo of context, encode it again (the maps are too
-    big to travel with the chip) and segment it with its bucket's model; the quantised maps
-    travel on to the task that writes their shard."""
-    from resflow.model_input import SourceImages
-
+    """Re-read each routed chip's prediction window with its halo, encode it again (the
+    maps are too big to travel with the chip) and segment it with its bucket's model; the
+    quantised maps travel on to the task that writes their shard."""
     passing = [r for r in records if not isinstance(r, Routed)]
     routed = {r.ref: r for r in records if isinstance(r, Routed)}
     if not routed:
@@ -700,15 +685,15 @@ def stage3_segment(settings: GraphSettings, records: list[Any], env: TaskEnv) ->
     gallery = load_gallery(settings.gallery, settings.gallery_version)
     archive = _archive(settings.archive)
     failures: list[ChipFailure] = []
-    with clock("read"):
-        refs, pixels = read_chips(sorted(routed), _reader(archive, settings.halo, counter),
-                                  STAGE3, failures)
-    with clock("stage3"):
-        encoded, _, maps = encode_chips(settings, gallery, device, refs,
-                                        SourceImages(pixels), STAGE3, failures)
-    mapped = segment_chips(settings, gallery, device,
-                           {ref: routed[ref].bucket for ref in encoded},
-                           dict(zip(refs, pixels, strict=True)), maps, clock, failures)
+    mapped: dict[ChipRef, tuple[np.ndarray, np.ndarray, int]] = {}
+    for window, refs in windows_of(settings, archive, sorted(routed)).items():
+        try:
+            source, _, maps = encode_window(settings, gallery, device, archive, window,
+                                            STAGE3, counter, clock)
+            mapped.update(segment_window(settings, gallery, device, window, refs, source,
+                                         maps, routed[refs[0]].bucket, clock))
+        except WindowFailed as failed:
+            failures.extend(ChipFailure(ref, failed.stage, failed.problem) for ref in refs)
     share = clock.share(len(routed))
     first = next(iter(routed.values())).origin
     return [*passing, StorageRetries(first, counter.retries),

@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from pyproj import CRS
 
 from resflow.archive import Archive
 from resflow.chips import chip_grid, symmetric_index, window_km2
-from resflow.failures import ChipFailure, read_chips
 from resflow.harmonise import harmonise
+from resflow.storage import RetryCount
+from resflow.tasks import (
+    STAGE1,
+    GraphSettings,
+    WindowFailed,
+    _Clock,
+    encode_window,
+    load_gallery,
+    windows_of,
+)
+from resflow.windows import window_of
+
+CPU = torch.device("cpu")
 
 
 @pytest.mark.parametrize(("height", "width", "chip"), [(900, 900, 256), (300, 1, 64), (5, 7, 4)])
@@ -74,22 +88,38 @@ def test_reading_many_chips_at_once_equals_reading_each(sample_archive: Path, ha
         np.testing.assert_array_equal(got.valid, alone.valid)
 
 
-def test_an_unreadable_chip_fails_alone(sample_archive: Path) -> None:
-    """When reading chips together raises, each is read alone: only the bad one fails."""
+def test_a_one_chip_window_reads_as_its_chip(sample_archive: Path) -> None:
+    """A prediction window of one chip is that chip's halo read, at scene edges too."""
     archive = Archive.open(sample_archive)
+    info = archive.scenes["ms1"]
+    for ref in archive.chips(["ms1"])[-2:]:  # the last column and corner: reflected reads
+        window = window_of(ref, 1, info.height, info.width)
+        (chip,) = archive.read_sources([ref], 40)
+        read = archive.read_window(window, 40)
+        np.testing.assert_array_equal(read.pixels, chip.pixels)
+        np.testing.assert_array_equal(read.valid, chip.valid)
+
+
+def test_an_unreadable_window_fails_its_chips_alone(sample_archive: Path,
+                                                    tmp_path: Path) -> None:
+    """A window holding a corrupt chunk fails every chip of it with a reason; a window
+    beside it still reads."""
+    copy = tmp_path / "archive.zarr"
+    shutil.copytree(sample_archive, copy)
+    chunk = copy / "scenes" / "sample_geotiff" / "image" / "c" / "0" / "0" / "0"
+    chunk.write_bytes(b"not a zstd frame")
+    archive = Archive.open(copy)
+    settings = GraphSettings(archive=copy, gallery=None, out=tmp_path / "o.zarr", window=2)
     refs = archive.chips(["sample_geotiff"])[:4]
-    bad = refs[2]
-
-    def read(chips):
-        if bad in chips:
-            raise OSError("chunk checksum mismatch")
-        return archive.read_chips(chips)
-
-    failures: list[ChipFailure] = []
-    kept, pixels = read_chips(refs, read, "stage1-features", failures)
-    assert kept == [r for r in refs if r != bad] and len(pixels) == 3
-    assert [(f.ref, f.stage) for f in failures] == [(bad, "stage1-features")]
-    assert "reading the chip failed (OSError: chunk checksum mismatch)" in failures[0].problem
+    (bad, bad_chips), (good, _) = windows_of(settings, archive, refs).items()
+    assert bad_chips == refs[:2]
+    gallery = load_gallery(None)
+    with pytest.raises(WindowFailed, match="reading its window of chips failed") as failed:
+        encode_window(settings, gallery, CPU, archive, bad, STAGE1, RetryCount(), _Clock())
+    assert failed.value.stage == STAGE1
+    source, _, _ = encode_window(settings, gallery, CPU, archive, good, STAGE1, RetryCount(),
+                                 _Clock())
+    assert source.valid.shape == (512 + 2 * settings.halo,) * 2
 
 
 def test_km2_projected_and_geographic() -> None:

@@ -8,24 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from resflow.archive import Archive
 from resflow.config import RunConfig
 from resflow.executor import Executor, TaskEnv
 from resflow.graph import RunResult, run_graph, settings_from_config
 from resflow.local import LocalExecutor
-from resflow.outputs import OutputStore, quantise
+from resflow.outputs import OutputStore
 from resflow.planning import plan
-from resflow.stages import segment
 from resflow.tasks import (
     GraphSettings,
-    Routed,
-    Segmented,
     fused_stages,
-    load_gallery,
-    stage3_segment,
-    trim,
 )
 
 BACKENDS = ("local", "dask", "spark")
@@ -145,39 +138,6 @@ def test_a_task_run_twice_leaves_the_same_output(runs, sample_archive: Path,
         assert np.array_equal(array, once[key]) and np.array_equal(array, before[key])
     assert first.chips == second.chips == partition.chips and not first.failures
     assert first.buckets == second.buckets
-
-
-def test_no_seams_chip_by_chip_equals_a_whole_window(runs, sample_archive: Path,
-                                                     engine_gallery: Path,
-                                                     tmp_path: Path) -> None:
-    """Four chips segmented apart with a halo match one prediction over their whole window
-    (with wider context), including across the chip borders, away from scene edges.
-
-    This checks halo reads and trimming, so it uses the seeded engine gallery, whose
-    untrained decoders see little beyond the halo; a trained decoder's receptive field is
-    wider than the 32-pixel halo, so its chips legitimately differ from a wider window."""
-    config = runs["local"][0].model_copy(update={"gallery": engine_gallery})
-    archive = Archive.open(sample_archive)
-    scene = "sample_geotiff"  # 1500 x 1500: chips (1, 1) to (2, 2) are interior
-    refs = {(r.row, r.col): r for r in archive.chips([scene])}
-    block = [refs[(row, col)] for row in (1, 2) for col in (1, 2)]
-    # bucket 0 is served by the mono model, so all four chips share one segmenter
-    segmented = {r.ref: r for r in stage3_segment(
-        settings_for(config, config.out), [Routed(r, 0, {}, origin=0) for r in block],
-        TaskEnv("local", "stage3-segment", 0)) if isinstance(r, Segmented)}
-    first = block[0]
-    window = replace(first, height=2 * first.chip, width=2 * first.chip, chip=2 * first.chip)
-    context = 96
-    image = archive.read_chip(window, halo=context).image[None]
-    whole = segment(image, load_gallery(config.gallery).segmenter(0), batch_size=1,
-                    device=torch.device("cpu"))[0]
-    whole = trim(whole, window, context)
-    tiled = np.block([[segmented[refs[(row, col)]].probability for col in (1, 2)]
-                      for row in (1, 2)]).astype(np.int16)
-    assert np.abs(tiled - quantise(whole).astype(np.int16)).max() <= 1
-    seam = slice(first.chip - 4, first.chip + 4)  # the rows and columns where chips meet
-    assert np.abs(tiled[seam] - quantise(whole)[seam].astype(np.int16)).max() <= 1
-    assert np.abs(tiled[:, seam] - quantise(whole)[:, seam].astype(np.int16)).max() <= 1
 
 
 def test_run_lists_the_exports_it_wrote(sample_archive: Path, engine_gallery: Path,

@@ -12,7 +12,6 @@ from resflow.archive import Archive
 from resflow.devices import resolve_device
 from resflow.errors import ConfigError
 from resflow.gallery import write_gallery
-from resflow.model_input import SourceImages
 from resflow.models import (
     BuildingSegmenter,
     FeatureExtractor,
@@ -23,7 +22,15 @@ from resflow.models import (
 )
 from resflow.outputs import NOT_MAPPED, quantise
 from resflow.stages import decode, encode, extract_features, map_codes, segment
-from resflow.tasks import STAGE1, GraphSettings, _Clock, encode_chips, segment_chips, trim
+from resflow.storage import RetryCount
+from resflow.tasks import (
+    STAGE1,
+    GraphSettings,
+    _Clock,
+    encode_window,
+    segment_window,
+    windows_of,
+)
 
 CPU = torch.device("cpu")
 
@@ -197,8 +204,8 @@ def test_embedding_pools_the_chip_cells_of_the_halo_read(encoder, halo_reads, ch
 
 
 @pytest.fixture(scope="module")
-def shared_mono_gallery(tmp_path_factory):
-    """Three buckets, two of them served by ``mono``."""
+def two_model_gallery(tmp_path_factory):
+    """Three buckets: 0 and 2 served by ``mono``, 1 by its own decoder."""
     out = tmp_path_factory.mktemp("gallery")
     torch.manual_seed(0)
     return write_gallery(
@@ -208,34 +215,30 @@ def shared_mono_gallery(tmp_path_factory):
         buckets=[{"chips": 1, "labelled_chips": 0}] * 3, gsd_m=0.3, info={})
 
 
-def test_stage3_batches_by_model_as_per_bucket_calls_would(shared_mono_gallery,
-                                                          sample_archive: Path,
-                                                          tmp_path: Path):
-    """Chips of buckets 0 and 2 share mono's decoder calls; each chip's maps equal those
-    of segmenting its bucket alone, and the ledger still names its own bucket."""
-    gallery = shared_mono_gallery
-    assert [gallery.model_name(b) for b in range(3)] == ["mono", "bucket-1", "mono"]
+@pytest.mark.parametrize("bucket", [0, 1])
+def test_a_window_is_segmented_as_its_model_maps_the_window(two_model_gallery,
+                                                            sample_archive: Path,
+                                                            tmp_path: Path, bucket: int):
+    """One encoder pass over a window of chips, decoded by the bucket's model and cut into
+    its chips, gives each chip exactly the segmenter's own map of the window there."""
+    gallery = two_model_gallery
     archive = Archive.open(sample_archive)
-    refs = archive.chips(["sample_geotiff"])[:6]
-    pixels = dict(zip(refs, archive.read_sources(refs, 32), strict=True))
     settings = GraphSettings(archive=sample_archive, gallery=gallery.path, out=tmp_path,
-                             batch_size=4, halo=32)
-    images = np.stack([pixels[r].harmonised().image for r in refs])
-    kept, vectors, maps = encode_chips(settings, gallery, CPU, refs,
-                                       SourceImages([pixels[r] for r in refs]), STAGE1, [])
-    assert kept == refs and len(vectors) == len(maps) == len(refs)
-    buckets = dict(zip(refs, [0, 2, 1, 2, 0, 1], strict=True))
-    together = segment_chips(settings, gallery, CPU, buckets, pixels, maps, _Clock(), [])
-    for bucket in range(3):
-        alone = segment_chips(settings, gallery, CPU,
-                              {r: b for r, b in buckets.items() if b == bucket}, pixels, maps,
-                              _Clock(), [])
-        for ref, (probability, mask, served) in alone.items():
-            assert served == bucket == together[ref][2]
-            assert np.array_equal(probability, together[ref][0])
-            assert np.array_equal(mask, together[ref][1])
-    first = refs[0]  # bucket 0: mono, as the segmenter itself maps it
-    segmented = segment(images[:1], gallery.segmenter(0), batch_size=1, device=CPU)[0]
-    valid = pixels[first].valid
-    expected = trim(np.where(valid, quantise(segmented), NOT_MAPPED), first, 32)
-    assert np.array_equal(together[first][0], expected)
+                             halo=32, window=2)
+    refs = archive.chips(["sample_geotiff"])[:3]  # two windows: chips 0-1 and chip 2
+    (first, pair), (second, single) = windows_of(settings, archive, refs).items()
+    assert pair == refs[:2] and single == refs[2:] and first.shape == second.shape == (512, 512)
+    clock, retries = _Clock(), RetryCount()
+    source, embedding, maps = encode_window(settings, gallery, CPU, archive, first, STAGE1,
+                                            retries, clock)
+    assert embedding.shape == (1, 1280) and source.valid.shape == (576, 576)
+    mapped = segment_window(settings, gallery, CPU, first, pair, source, maps, bucket, clock)
+    image = source.harmonised().image[None]
+    whole = segment(image, gallery.segmenter(bucket), batch_size=1, device=CPU)[0]
+    expected = np.where(source.valid, quantise(whole), NOT_MAPPED)
+    for ref in pair:
+        probability, mask, served = mapped[ref]
+        assert served == bucket and probability.shape == mask.shape == (ref.height, ref.width)
+        assert np.array_equal(probability, first.crop(expected, ref, 32))
+    assert np.array_equal(extract_features(image, gallery.feature_extractor(), halo=32,
+                                           batch_size=1, device=CPU), embedding)
