@@ -56,6 +56,7 @@ def stored_arrays(location: Path | str) -> dict[tuple[str, str], np.ndarray]:
             for scene in store.groups for name in ARRAYS}
 
 
+@pytest.mark.slow
 def test_local_engine_and_a_dask_client_write_the_same_maps(
         local_maps: tuple[Path, RunReport], dask_client: Any, sample_archive: Path,
         engine_gallery: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

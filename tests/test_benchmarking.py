@@ -12,7 +12,7 @@ import torch
 from rasterio.windows import Window
 
 from benchmarks.engine_study.baseline import hand_written
-from benchmarks.engine_study.limit import Preloaded, compute_limit, one_pass
+from benchmarks.engine_study.limit import Preloaded, compare_settings, compute_limit, one_pass
 from benchmarks.engine_study.machine import describe_machine
 from benchmarks.engine_study.memory import peaks, reset_peaks
 from benchmarks.engine_study.scaled_archive import read_on_working_grid, write_scaled_scene
@@ -74,16 +74,67 @@ def test_scaled_scene_keeps_georeferencing(tile: Path, tmp_path: Path) -> None:
         assert np.array_equal(big.read(window=Window(0, 0, src.width, src.height)), src.read())
 
 
+@pytest.mark.parametrize("window", [1, 4])
+def test_the_limit_preloads_every_window_as_the_graph_predicts_it(archive: Path,
+                                                                  window: int) -> None:
+    opened = Archive.open(archive)
+    data = Preloaded.read(opened, HALO, window)
+    chips = opened.chips()  # 2 x 2 chips, all with data
+    assert sorted(data.refs) == sorted(chips) and len(data.refs) == 4
+    assert data.km2 == pytest.approx(sum(r.km2 for r in chips))
+    edge = CHIP * min(window, 2) + 2 * HALO  # a window of 4 spans the scene's 2 x 2 chips
+    assert len(data.windows) == 4 // min(window, 2) ** 2
+    assert [s.valid.shape for s in data.stored] == [(edge, edge)] * len(data.windows)
+    for w, source, refs in zip(data.windows, data.stored, data.chips, strict=True):
+        assert source.pixels.shape == (3, edge, edge)
+        expected = opened.read_window(w, HALO)
+        assert np.array_equal(source.pixels, expected.pixels)
+        assert all(w.crop(source.valid, ref, HALO).shape == (ref.height, ref.width)
+                   for ref in refs)
+
+
+def test_a_limit_pass_maps_every_window_once(archive: Path, gallery: Gallery,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks.engine_study import limit
+
+    data = Preloaded.read(Archive.open(archive), HALO, 1)
+    decoded: list[tuple[int, ...]] = []
+    decode = limit.decode_quantised
+
+    def spy(maps: list, valid: list, *args: object, **kwargs: object) -> list:
+        decoded.extend(v.shape for v in valid)
+        assert kwargs["size"] == valid[0].shape and kwargs["batch_size"] == 1
+        return decode(maps, valid, *args, **kwargs)
+
+    monkeypatch.setattr(limit, "decode_quantised", spy)
+    one_pass(data, gallery, threads=2)
+    assert decoded == [(CHIP + 2 * HALO,) * 2] * 4  # each window once, whole, as the graph
+
+
 def test_limit_has_rates_and_stage_seconds(archive: Path, gallery: Gallery) -> None:
-    data = Preloaded.read(Archive.open(archive), HALO)
-    assert data.plain.shape == (4, 3, CHIP, CHIP)
-    assert data.context.shape == (4, 3, CHIP + 2 * HALO, CHIP + 2 * HALO)
-    assert [c.valid.shape for c in data.stored] == [(CHIP + 2 * HALO,) * 2] * 4
+    data = Preloaded.read(Archive.open(archive), HALO, 4)
     limit = compute_limit(data, gallery, threads=2, repeats=2)
-    assert limit["chips"] == 4 and limit["km2"] == pytest.approx(data.km2)
+    assert limit["chips"] == 4 and limit["windows"] == 1  # chips, not windows, are counted
+    assert limit["km2"] == pytest.approx(data.km2)
+    assert (limit["window"], limit["halo"]) == (4, HALO)
     assert limit["km2_per_s"]["n"] == 2 and limit["km2_per_s"]["median"] > 0
+    assert limit["chips_per_s"]["median"] == pytest.approx(
+        4 / limit["wall_s"]["median"], rel=1e-6)
     assert set(limit["stage_seconds"]) == {"stage1", "stage2", "stage3"}
     assert limit["thread_scaling"] > 0
+
+
+def test_window_settings_are_compared_pass_by_pass(archive: Path, gallery: Gallery) -> None:
+    found = compare_settings(Archive.open(archive), gallery, [(1, HALO), (4, 2 * HALO)],
+                             threads=2, repeats=2)
+    first, second = found["settings"]
+    assert [(s["window"], s["halo"], s["windows"]) for s in found["settings"]] == [
+        (1, HALO, 4), (4, 2 * HALO, 1)]
+    assert first["chips"] == second["chips"] == 4
+    assert first["of_first"] == 1.0 and first["paired_of_first"]["values"] == [1.0, 1.0]
+    assert second["of_first"] == pytest.approx(
+        second["chips_per_s"]["median"] / first["chips_per_s"]["median"])
+    assert second["paired_of_first"]["n"] == 2
 
 
 def test_hand_written_loop_maps_every_chip(tile: Path, archive: Path, gallery: Gallery,
@@ -111,6 +162,7 @@ def test_summaries_and_machine() -> None:
     assert machine["cores"] >= 1 and machine["memory_gib"] > 0 and machine["cpu_model"]
 
 
+@pytest.mark.slow
 def test_quick_benchmark_writes_results(tile: Path, gallery: Gallery, tmp_path: Path) -> None:
     options = BenchOptions(quick=True, backends=("local",), repeats=1, out=tmp_path / "results",
                            gallery=gallery.path, partition_chips=2, halo=HALO, batch_size=2,
@@ -156,7 +208,7 @@ def test_sweeps_plan_every_shape_and_measure_a_point(archive: Path, gallery: Gal
 
     points = {"partition chips (local)": [("1", {"backend": "local", "partition_chips": 1}),
                                           ("4", {"backend": "local", "partition_chips": 4})]}
-    data = Preloaded.read(Archive.open(archive), HALO)
+    data = Preloaded.read(Archive.open(archive), HALO, config.window)
     passes: list[dict] = []
 
     def limit_pass() -> dict:

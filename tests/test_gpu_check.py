@@ -13,6 +13,7 @@ from benchmarks import gpu_check
 from resflow.archive import Archive
 
 
+@pytest.mark.slow
 def test_the_check_runs_on_the_cpu_and_writes_its_summary(sample_archive: Path,
                                                           tmp_path: Path) -> None:
     out = tmp_path / "results"
@@ -31,12 +32,15 @@ def test_the_check_runs_on_the_cpu_and_writes_its_summary(sample_archive: Path,
     assert archive["km2_at_0_5m"] == pytest.approx(archive["km2"] * (0.5 / 0.3) ** 2, rel=1e-3)
 
     comparison = summary["comparison"]  # the CPU against itself: the harness adds nothing
-    assert comparison["chips"] == 2 and comparison["bitwise_equal"]
+    # whole prediction windows: the first one already holds more than 2 chips
+    assert comparison["windows"] == 1 and comparison["chips"] > 2
+    assert comparison["bitwise_equal"]
     assert comparison["within_tolerance"] and set(comparison["within"]) == set(
         gpu_check.TOLERANCES)
     route = summary["input_route"]  # the GPU's way in, rehearsed on the CPU
     assert route["blocks_bitwise_equal"] and route["quantise_bitwise_equal"]
-    assert route["bytes_per_chip"]["sent"] <= route["bytes_per_chip"]["float32"]
+    assert route["windows"] == 1 and route["chips"] == comparison["chips"]
+    assert route["bytes_per_window"]["sent"] <= route["bytes_per_window"]["float32"]
     assert min(route["chips_per_s"].values()) > 0
     assert [p["batch_size"] for p in summary["batch_invariance"]["points"]] == [1, 2]
     assert all(p["bitwise_equal"] for p in summary["batch_invariance"]["points"])
@@ -44,7 +48,8 @@ def test_the_check_runs_on_the_cpu_and_writes_its_summary(sample_archive: Path,
     sweep = summary["batch_sweep"]
     assert [p["batch_size"] for p in sweep] == [1, 2]
     for point in sweep:
-        assert point["chips"] == 3 and point["chips_per_s"] > 0
+        assert point["windows"] == 1 and point["chips"] == comparison["chips"]
+        assert point["chips_per_s"] > 0
         assert point["of_resflow"] == pytest.approx(
             point["km2_per_s_at_0_5m"] / gpu_check.RESFLOW_KM2_PER_S)
         assert point["nvidia_smi"] == {"skipped": "nvidia-smi not found"}
@@ -52,6 +57,7 @@ def test_the_check_runs_on_the_cpu_and_writes_its_summary(sample_archive: Path,
     local = summary["engines"]["local"]
     assert local["status"] == "ok" and local["chips"] == chips
     assert "--device cpu" in local["command"] and "--batch-size 8" in local["command"]
+    assert "--set halo=128 --set window=4" in local["command"]  # what the stages ran
     assert local["km2_per_s"] == pytest.approx(local["km2"] / local["report_wall_s"])
     assert summary["engines"]["nothing"]["status"] == "failed"
     assert "nothing" in summary["engines"]["nothing"]["error"]
@@ -65,6 +71,13 @@ def test_the_check_runs_on_the_cpu_and_writes_its_summary(sample_archive: Path,
     assert "| stored dtype, harmonised on the device |" in text
     assert sorted(p.name for p in out.iterdir()) == ["gpu-check.json", "gpu-check.md"]
     assert (tmp_path / "logs" / "local-1.log").is_file()
+
+
+def test_the_check_predicts_the_graphs_windows() -> None:
+    from resflow.config import RunConfig
+
+    options = gpu_check.CheckOptions(archive=Path("a"), out=Path("b"))
+    assert (options.window, options.halo) == (RunConfig().window, RunConfig().halo)
 
 
 def test_a_cuda_check_without_a_gpu_stops_at_once(tmp_path: Path) -> None:

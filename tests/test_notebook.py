@@ -30,6 +30,7 @@ def outputs_text(notebook: nbformat.NotebookNode) -> str:
     return "\n".join(parts)
 
 
+@pytest.mark.slow
 def test_quickstart_notebook_runs_on_the_bundled_samples(tmp_path: Path) -> None:
     pytest.importorskip("distributed", reason="the quickstart runs on Dask (`resflow[dask]`)")
     from jupyter_client.kernelspec import KernelSpecManager
