@@ -32,6 +32,7 @@ from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 from resflow.errors import ConfigError
 from resflow.resolution import DEFAULT_GSD_M, MAX_GSD_M
 from resflow.storage import LocationField
+from resflow.windows import WINDOW_CHIPS, WINDOW_HALO
 
 #: Default smallest building kept in a mask, m^2: about 2 x 4 m. Chosen by the accuracy
 #: study (docs/accuracy.md), which scores 0, 4 and 8 m^2.
@@ -108,10 +109,10 @@ class RunConfig(_Strict):
         "once; regrouped: regroup chips by bucket between stages 2 and 3, so every stage-3 "
         "task serves one bucket's model (RESFlow's shape). Same maps either way")
     halo: int = Field(
-        128, ge=0, le=1024, description="context pixels around each prediction window for "
+        WINDOW_HALO, ge=0, le=1024, description="context pixels around each prediction window for "
         "overlap-tile inference")
     window: int = Field(
-        4, ge=1, le=16, description="chips per side of a prediction window: each window of "
+        WINDOW_CHIPS, ge=1, le=16, description="chips per side of a prediction window: each "
         "window x window chips is encoded, routed and segmented in one piece, so chip "
         "borders inside it do not show in the maps; 1 = chip by chip")
     torch_threads: int = Field(

@@ -47,7 +47,7 @@ from resflow.outputs import (
     ShardWrite,
 )
 from resflow.planning import Partition, Segment
-from resflow.windows import Window, group_by_window
+from resflow.windows import WINDOW_CHIPS, WINDOW_HALO, Window, group_by_window
 
 if TYPE_CHECKING:
     from resflow.stages import FeatureMaps
@@ -96,8 +96,8 @@ class GraphSettings:
     gallery: Path | str | None
     out: Path | str
     batch_size: int = 8
-    halo: int = 128
-    window: int = 4
+    halo: int = WINDOW_HALO
+    window: int = WINDOW_CHIPS
     threshold: float = 0.5
     min_building_m2: float = 0.0
     split_dip: float = 0.0

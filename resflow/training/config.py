@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from resflow.config import MIN_BUILDING_M2, SPLIT_DIP
 from resflow.training.regions import DEFAULT_FRACTIONS
+from resflow.windows import WINDOW_CHIPS, WINDOW_HALO
 
 
 @dataclass(frozen=True)
@@ -16,7 +17,10 @@ class TrainConfig:
     ``buckets`` None means chosen by silhouette (:mod:`resflow.training.buckets`).
     ``patience`` is the number of validation checks without improvement after which a
     decoder stops early. ``min_bucket_chips`` is the fewest train chips a bucket needs for
-    a decoder of its own to be tried.
+    a decoder of its own to be tried. ``halo`` is the context around a chip when its
+    features are computed for bucket fitting; test chips are scored as runs map them, a
+    ``window`` of chips at a time with ``window_halo`` pixels of context
+    (:mod:`resflow.windows`).
     """
 
     seed: int = 0
@@ -33,6 +37,8 @@ class TrainConfig:
     patience: int = 6
     min_bucket_chips: int = 8
     halo: int = 32
+    window: int = WINDOW_CHIPS
+    window_halo: int = WINDOW_HALO
     threshold: float = 0.5
     min_building_m2: float = MIN_BUILDING_M2
     gap_weight: float = 10.0

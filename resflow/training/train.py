@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,16 +43,21 @@ from resflow.chips import ChipRef
 from resflow.errors import InputError
 from resflow.gallery import MONO, Gallery, write_gallery
 from resflow.masks import building_mask, min_pixels
+from resflow.model_input import SourceImages
 from resflow.models.efficientnet import FeatureExtractor, load_imagenet_lite0
 from resflow.models.segmentation import BuildingSegmenter, SegmentationDecoder
+from resflow.outputs import quantise
 from resflow.resolution import matches
-from resflow.stages import extract_features, map_codes, segment
+from resflow.seams import seam_ratio
+from resflow.stages import decode, encode, extract_features, map_codes
 from resflow.training.buckets import init_buckets
 from resflow.training.config import TrainConfig
 from resflow.training.labels import Labels, load_labels, rasterise
 from resflow.training.metrics import Scores, score_scene
 from resflow.training.regions import region_rows, split_regions
-from resflow.training.segmentation import Encoded, encode, evaluate_loss, train_decoder
+from resflow.training.segmentation import Encoded, evaluate_loss, train_decoder
+from resflow.training.segmentation import encode as encode_training
+from resflow.windows import group_by_window
 
 CPU = torch.device("cpu")
 NORMALISATION = (
@@ -171,10 +176,10 @@ def _train(archive: Archive, labels: list[Labels], out: Path, config: TrainConfi
                          "pixel, so there is nothing to learn",
                          "check the labels lie on the scenes' buildings (draw them over the "
                          "imagery) or give labelled scenes with buildings")
-    train_set = encode(encoder, data["train"].images, data["train"].target, data["train"].weight,
-                       seed=config.seed)
-    val_set = (encode(encoder, data["validation"].images, data["validation"].target,
-                      data["validation"].weight, augment=False)
+    train_set = encode_training(encoder, data["train"].images, data["train"].target,
+                                data["train"].weight, seed=config.seed)
+    val_set = (encode_training(encoder, data["validation"].images, data["validation"].target,
+                               data["validation"].weight, augment=False)
                if data["validation"].refs else None)
     clock["encode"] = time.perf_counter()
 
@@ -187,7 +192,10 @@ def _train(archive: Archive, labels: list[Labels], out: Path, config: TrainConfi
                  for k in range(len(found.codes))]
     clock["decoders"] = time.perf_counter()
 
-    metrics = (_evaluate(archive, data["test"], labels, encoder, decoders, config)
+    def route(embedding: np.ndarray) -> int:
+        return int(map_codes(embedding, found.head, found.codes)[1][0])
+
+    metrics = (_evaluate(archive, data["test"], labels, encoder, decoders, route, config)
                if data["test"].refs else {"test": {}, "test_scenes": {}})
     clock["evaluate"] = time.perf_counter()
     metrics["regions"] = {name: {"chips": len(d.refs),
@@ -385,32 +393,35 @@ def evaluate_gallery(archive_path: Path | str, labels: Sequence[Path | str],
         names = scenes or [n for n, s in archive.scenes.items() if any(
             lab.covers(s.crs_wkt, s.transform, s.height, s.width) for lab in loaded)]
         refs = split_regions(archive.chips(names), config.fractions)["test"]
+    def route(embedding: np.ndarray) -> int:
+        return int(map_codes(embedding, gallery.hashing_head(), gallery.bucket_codes)[1][0])
+
     with _deterministic():
-        features = np.concatenate([
-            extract_features(archive.read_chip(ref, config.halo).image[None],
-                             gallery.feature_extractor(), halo=config.halo, batch_size=1,
-                             device=CPU) for ref in refs])
-        _, routed = map_codes(features, gallery.hashing_head(), gallery.bucket_codes)
         decoders = {gallery.model_name(k): gallery.segmenter(k).decoder
                     for k in range(len(gallery.bucket_codes))} | {MONO: gallery.mono().decoder}
         empty = np.zeros(0, np.float32)
-        test = _Chips(list(refs), empty, empty, empty, np.asarray(routed, int))
-        return _evaluate(archive, test, loaded, gallery.mono().encoder, decoders, config,
+        test = _Chips(list(refs), empty, empty, empty)
+        return _evaluate(archive, test, loaded, gallery.mono().encoder, decoders, route, config,
                          sweep, split_sweep)
 
 
 def _evaluate(archive: Archive, test: _Chips, labels: list[Labels],
               encoder: torch.nn.Module, decoders: dict[str, SegmentationDecoder],
-              config: TrainConfig, sweep: Sequence[float] = (),
-              split_sweep: Sequence[float] = ()) -> dict[str, Any]:
-    """Score the ensemble (each chip by its bucket's model) and mono on the test chips.
+              route: Callable[[np.ndarray], int], config: TrainConfig,
+              sweep: Sequence[float] = (), split_sweep: Sequence[float] = ()
+              ) -> dict[str, Any]:
+    """Score the ensemble (each window by its bucket's model) and mono on the test chips.
 
-    Each scene's test band is mapped as one mosaic, read with the inference halo, masked as
-    runs mask (:func:`resflow.masks.building_mask`) and scored per scene and overall by
+    The test chips are predicted as a run predicts them: a window of ``config.window``
+    chips at a time with ``config.window_halo`` pixels of context (:mod:`resflow.windows`), routed
+    as a whole by ``route`` (embedding -> bucket), the window's chips outside the test set
+    used as context only. Each scene's test band is then masked as runs mask
+    (:func:`resflow.masks.building_mask`) and scored per scene and overall by
     :func:`resflow.training.metrics.score_scene`, the code ``resflow eval`` runs on finished
-    maps. ``sweep`` scores the same maps again at other ``min_building_m2`` values and
-    ``split_sweep`` at other ``split_dip`` values.
+    maps, with its seam ratio (:mod:`resflow.seams`). ``sweep`` scores the same maps again
+    at other ``min_building_m2`` values and ``split_sweep`` at other ``split_dip`` values.
     """
+    extractor = FeatureExtractor(encoder).eval()
     models = {name: BuildingSegmenter(encoder, d).eval() for name, d in decoders.items()}
     bands = region_rows(test.refs)
     canvases = {m: {s: np.zeros((y1 - y0, archive.scenes[s].width), np.float32)
@@ -418,21 +429,27 @@ def _evaluate(archive: Archive, test: _Chips, labels: list[Labels],
     valid = {s: np.zeros((y1 - y0, archive.scenes[s].width), bool)
              for s, (y0, y1) in bands.items()}
     served: dict[str, int] = {}
-    h = config.halo
-    for ref, bucket in tqdm(list(zip(test.refs, test.buckets, strict=True)), desc="evaluate"):
-        pixels = archive.read_chip(ref, halo=h)
+    h = config.window_halo
+    shapes = {s: (archive.scenes[s].height, archive.scenes[s].width) for s in bands}
+    windows = group_by_window(test.refs, config.window, shapes)
+    for window, refs in tqdm(list(windows.items()), desc="evaluate"):
+        source = archive.read_window(window, h)
+        embedding, maps = encode(SourceImages([source]), extractor, halo=h, batch_size=1,
+                                 device=CPU)
+        bucket = route(embedding)
         name = f"bucket-{bucket}" if f"bucket-{bucket}" in models else MONO
-        served[name] = served.get(name, 0) + 1
-        y = ref.y0 - bands[ref.scene][0]
-        window = np.s_[y: y + ref.height, ref.x0: ref.x0 + ref.width]
-        core = np.s_[h: h + ref.height, h: h + ref.width]
-        valid[ref.scene][window] = pixels.valid[core]
-        probs = {MONO: segment(pixels.image[None], models[MONO], batch_size=1, device=CPU)[0]}
+        served[name] = served.get(name, 0) + len(refs)
+        probs = {MONO: decode(maps, models[MONO], size=source.valid.shape, batch_size=1,
+                              device=CPU)[0]}
         probs["ensemble"] = (probs[MONO] if name == MONO else
-                             segment(pixels.image[None], models[name], batch_size=1,
-                                     device=CPU)[0])
-        for canvas, prob in probs.items():
-            canvases[canvas][ref.scene][window] = prob[core]
+                             decode(maps, models[name], size=source.valid.shape,
+                                    batch_size=1, device=CPU)[0])
+        for ref in refs:
+            y = ref.y0 - bands[ref.scene][0]
+            at = np.s_[y: y + ref.height, ref.x0: ref.x0 + ref.width]
+            valid[ref.scene][at] = window.crop(source.valid, ref, h)
+            for canvas, prob in probs.items():
+                canvases[canvas][ref.scene][at] = window.crop(prob, ref, h)
     truths = {scene: rasterise(labels, archive.scenes[scene].crs_wkt,
                                archive.scenes[scene].transform,
                                (y0, 0, y1 - y0, archive.scenes[scene].width))
@@ -449,7 +466,11 @@ def _evaluate(archive: Archive, test: _Chips, labels: list[Labels],
                                           split=split)
                 scores = score_scene(predicted, truths[scene], valid[scene])
                 overall += scores
-                per_scene.setdefault(scene, {})[kind] = scores.summary()
+                chip, origin = archive.scenes[scene].chip, (bands[scene][0], 0)
+                per_scene.setdefault(scene, {})[kind] = {**scores.summary(), "seams": {
+                    "probability": seam_ratio(quantise(prob), chip, valid[scene],
+                                              origin).summary(),
+                    "mask": seam_ratio(predicted, chip, valid[scene], origin).summary()}}
             result[kind] = overall.summary()
         return {"test": result, "test_scenes": per_scene}
 
