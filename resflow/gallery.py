@@ -37,6 +37,7 @@ from resflow.models.efficientnet import (
 )
 from resflow.models.hashing import HashingHead
 from resflow.models.segmentation import BuildingSegmenter, SegmentationDecoder
+from resflow.paths import confined
 
 #: Manifest schema this resflow reads and writes; bump on any incompatible change.
 #: 2: ``resolution.gsd_m``, the working ground resolution the models were trained at.
@@ -256,15 +257,35 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         if key not in manifest:
             raise GalleryError(str(file), f"the manifest has no {key!r} entry",
                                "restore the gallery from its source or retrain it")
-    for model in manifest["models"].values():
-        if model["file"] not in manifest["files"]:
-            raise GalleryError(str(file), f"{model['file']} has no sha256 in 'files'",
-                               "restore the gallery from its source or retrain it")
+    restore = "restore the gallery from its source or retrain it"
+    files, models = manifest["files"], manifest["models"]
+    if not isinstance(files, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise GalleryError(str(file), "'files' is not a mapping of file names to sha256",
+                           restore)
+    if not isinstance(models, dict) or not all(
+            isinstance(m, dict) and isinstance(m.get("file"), str) for m in models.values()):
+        raise GalleryError(str(file), "'models' is not a mapping of names to entries with a "
+                           "'file'", restore)
+    for name in files:
+        _confined(path, name)
+    for model in models.values():
+        if model["file"] not in files:
+            raise GalleryError(str(file), f"{model['file']} has no sha256 in 'files'", restore)
     return manifest
 
 
+def _confined(path: Path, name: str) -> Path:
+    """The gallery file ``name``, refused unless it is inside the gallery folder: a manifest
+    is outside data, and ``../../etc/hostname`` must never be read as a weight file."""
+    return confined(path, name, what="a file name in the manifest",
+                    where=str(path / MANIFEST), error=GalleryError,
+                    fix="restore the gallery from its source, or retrain it; a gallery only "
+                        "names files in its own folder")
+
+
 def _verified_bytes(path: Path, name: str, digest: str) -> bytes:
-    file = path / name
+    file = _confined(path, name)
     if not file.is_file():
         raise GalleryError(str(file), "a weight file listed in the manifest is missing",
                            "restore the gallery directory complete, or retrain it")

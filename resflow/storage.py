@@ -297,26 +297,52 @@ def local_copy(location: Path | str, marker: str) -> Path:
     temporary name and renamed, so a process never sees half of one.
 
     For small trees read by every worker (a model gallery): each process reads local files.
+    The objects' keys come from whoever published them: every key is checked to stay
+    inside the copy (:func:`resflow.paths.confined`) before anything is fetched, and the
+    cache folder must be this user's alone (:func:`resflow.paths.private_folder`).
+
+    Raises
+    ------
+    InputError
+        An object key that would lead outside the copy (``gal/../../x``), naming the key.
+    ResflowError
+        The cache folder is a link, another user's, or writable by others.
     """
     import hashlib
     import shutil
     import tempfile
 
+    from resflow.errors import InputError
+    from resflow.paths import confined, private_folder
+
     if isinstance(location, Path):
         return location
     remote = read_bytes(join(location, marker))
-    cache = Path(tempfile.gettempdir()) / f"resflow-cache-{os.getuid()}"
-    cache.mkdir(mode=0o700, exist_ok=True)
+    cache = private_folder(
+        Path(tempfile.gettempdir()) / f"resflow-cache-{os.getuid()}", "the gallery cache folder",
+        "remove it (resflow makes it anew, private to you), or set TMPDIR to a private folder")
     target = cache / hashlib.sha256(display(location).encode() + remote).hexdigest()[:24]
     if (target / marker).is_file() and (target / marker).read_bytes() == remote:
         return target
     fs, path = filesystem(location)
+    prefix = path.rstrip("/") + "/"
     staging = Path(tempfile.mkdtemp(dir=cache, prefix=".partial-"))
     try:
+        files = {}
         for key in fs.find(path):
-            relative = key[len(path.rstrip("/")) + 1:]
-            (staging / relative).parent.mkdir(parents=True, exist_ok=True)
-            (staging / relative).write_bytes(fs.cat_file(key))
+            where = display(fs.unstrip_protocol(key))
+            if not key.startswith(prefix):
+                raise InputError(where, f"the object is not under {display(location)}",
+                                 "remove the object from the folder, or copy the folder "
+                                 "from a source you trust")
+            files[key] = confined(staging, key[len(prefix):], what="the object key",
+                                  where=where, error=InputError,
+                                  fix="remove or rename the object: resflow never writes "
+                                      "outside its cache; get the folder from a source you "
+                                      "trust")
+        for key, file in files.items():
+            file.parent.mkdir(parents=True, exist_ok=True)
+            file.write_bytes(fs.cat_file(key))
         try:
             staging.replace(target)
         except OSError:  # another process made the same copy first

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import fcntl
 import os
-import stat
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 
 from resflow.errors import ResflowError
+from resflow.paths import private_folder
 
 
 class TicketTimeout(ResflowError):
@@ -48,23 +48,10 @@ def default_ticket_dir() -> Path:
     ResflowError
         If the path exists but is not a directory of this user that only they can write.
     """
-    uid = os.getuid()
-    path = Path(tempfile.gettempdir()) / f"resflow-tickets-{uid}"
-    with suppress(FileExistsError):
-        path.mkdir(mode=0o700)
-    info = path.lstat()
-    if not stat.S_ISDIR(info.st_mode):
-        problem = "is not a directory (a symlink or file someone else may have planted)"
-    elif info.st_uid != uid:
-        problem = f"is owned by user id {info.st_uid}, not by this user ({uid})"
-    elif info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        problem = f"is writable by other users (mode {stat.S_IMODE(info.st_mode):o})"
-    else:
-        return path
-    raise ResflowError(
-        str(path), f"the device-ticket directory {problem}",
-        "remove it, or set the engine's ticket_dir setting to a private directory of your own",
-    )
+    path = Path(tempfile.gettempdir()) / f"resflow-tickets-{os.getuid()}"
+    return private_folder(
+        path, "the device-ticket directory",
+        "remove it, or set the engine's ticket_dir setting to a private directory of your own")
 
 
 def ticket_path(ticket_dir: Path, device: str, slot: int) -> Path:
