@@ -102,7 +102,8 @@ class RunConfig(_Strict):
     backend: str = Field(
         "dask", description="the engine: any installed resflow.backends entry point "
         "(`resflow doctor` lists them)")
-    batch_size: int = Field(8, ge=1, description="chips per model forward pass")
+    batch_size: int = Field(8, ge=1, description="chips per model call in the benchmarks' "
+                            "compute limit; a run sends one prediction window per call")
     partition_chips: int = Field(16, ge=1, description="chips per partition of the graph")
     plan: Literal["fused", "regrouped"] = Field(
         "fused", description="fused: stages 1-3 of a partition in one task, each chip read "

@@ -11,18 +11,19 @@ connected components (4-connected, as footprints are counted by
 :mod:`resflow.training.metrics`) of at least ``min_pixels`` pixels; ``min_pixels`` comes
 from ``min_building_m2`` and the scene's ground resolution (:func:`min_pixels`).
 
-Inference calls :func:`building_mask` on each chip *with its halo* (reflected beyond the
-scene edge, as every read is), then trims, so a speck is judged by its whole extent even
-where it crosses a chip border. A component touching the edge of the array may continue
-beyond it, so it is always kept. The per-chip result therefore equals masking the whole
-scene at once, reflected the same way (``reflect``), whenever ``min_pixels`` is at most the
-halo plus one: a component that reaches from the chip to the halo's edge has at least that
-many pixels. Larger minimums may keep a few long thin components the whole-scene mask
-would drop; they never remove a building the whole-scene mask keeps. Splitting looks at a
-whole blob and its surroundings up to :data:`SMOOTH_REACH` pixels away, so it too is the
-same chip by chip as scene-wide for every blob that lies that far inside the chip and its
-halo (any blob up to ``halo - 2 * SMOOTH_REACH`` pixels across); a bigger blob crossing a
-chip border may be cut differently on its two sides.
+Inference calls :func:`building_mask` on each prediction window *with its halo*
+(:mod:`resflow.windows`; reflected beyond the scene edge, as every read is), then trims, so
+a speck is judged by its whole extent even where it crosses a window border. A component
+touching the edge of the array may continue beyond it, so it is always kept. The windowed
+result therefore equals masking the whole scene at once, reflected the same way
+(``reflect``), whenever ``min_pixels`` is at most the halo plus one: a component that
+reaches from the window to the halo's edge has at least that many pixels. Larger minimums
+may keep a few long thin components the whole-scene mask would drop; they never remove a
+building the whole-scene mask keeps. Splitting looks at a whole blob and its surroundings
+up to :data:`SMOOTH_REACH` pixels away, so it too is the same window by window as
+scene-wide for every blob that lies that far inside the window and its halo (any blob up to
+``halo - 2 * SMOOTH_REACH`` pixels across); a bigger blob crossing a window border may be
+cut differently on its two sides.
 """
 
 from __future__ import annotations

@@ -6,11 +6,12 @@ references, so the local, Dask and Spark engines all call the same code.
 One encoder pass per chip
 -------------------------
 The frozen Lite0 encoder is shared by stage 1 and every stage-3 segmenter, so the graph
-runs it once per chip, on the chip read with its halo: :func:`encode` returns the chip's
-embedding (pooled over the chip without its halo, for stage 2) together with the encoder
-maps, which :func:`decode` turns into probabilities with the chip's model (stage 3). The
-maps are exactly those :func:`segment` computes inside a segmenter, so a chip's
-probabilities are the same bits either way (``tests/test_stages.py``).
+runs it once per image it predicts, read with its halo (a prediction window of chips,
+:mod:`resflow.windows`; here simply "a chip"): :func:`encode` returns the embedding (pooled
+without the halo, for stage 2) together with the encoder maps, which :func:`decode` turns
+into probabilities with the routed model (stage 3). The maps are exactly those
+:func:`segment` computes inside a segmenter, so the probabilities are the same bits either
+way (``tests/test_stages.py``).
 
 In and out of the device
 ------------------------

@@ -126,7 +126,9 @@ def run_command(
     config: ConfigFile = None,
     sets: Sets = None,
     print_config: PrintConfig = False,
-    batch_size: Annotated[int | None, typer.Option(help="chips per model call on GPU")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        help="chips per model call in benchmarks; a run sends one prediction window a call")
+    ] = None,
     device: Annotated[DeviceChoice | None, typer.Option(
         help="where models run: auto (a GPU when torch sees one), cpu or cuda (default auto)",
         case_sensitive=False)] = None,
@@ -181,6 +183,7 @@ def execute_run(settings: RunConfig) -> None:
     from resflow.outputs import OutputComplete
     from resflow.plugins import load_backend
     from resflow.preflight import check_run
+    from resflow.redaction import redact_text
 
     out = settings.out
     try:
@@ -189,7 +192,8 @@ def execute_run(settings: RunConfig) -> None:
             typer.echo(progress_line(out, "resuming"), err=True)
         with sigterm_as_interrupt(), executor_class.from_config(settings) as executor:
             if executor.dashboard_link:
-                typer.echo(f"{settings.backend} dashboard: {executor.dashboard_link}", err=True)
+                typer.echo(f"{settings.backend} dashboard: "
+                           f"{redact_text(executor.dashboard_link)}", err=True)
             result = run_graph(settings, executor)
     except OutputComplete as done:
         typer.echo(f"nothing to do: {done}")
@@ -201,7 +205,8 @@ def execute_run(settings: RunConfig) -> None:
         typer.echo(f"interrupted: {stop_message(out)}", err=True)
         raise typer.Exit(130) from None
     except Exception as exc:  # an engine gave up (e.g. too many lost workers)
-        typer.echo(f"error: the run failed ({exc.__class__.__name__}: {exc}); "
+        typer.echo(f"error: the run failed ({exc.__class__.__name__}: "
+                   f"{redact_text(str(exc))}); "
                    f"{stop_message(out)}", err=True)
         raise typer.Exit(2) from None
     for path in result.exports:
