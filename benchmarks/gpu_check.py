@@ -117,6 +117,10 @@ TOLERANCES = {
     "probability_mean_abs": ("<=", 0.02),
     "mask_agreement": (">=", 0.98),
 }
+#: The graph's prediction window and halo (``RunConfig.window``, ``RunConfig.halo``), kept
+#: here because this module imports resflow only once the check runs; a test holds them equal.
+GRAPH_WINDOW = 4
+GRAPH_HALO = 128
 #: Probability above which a pixel counts as building in the mask comparison.
 MASK_THRESHOLD = 0.5
 #: The archive among the items packed into parts (it travels as its own folder).
@@ -380,10 +384,11 @@ class CheckOptions:
         Batch sizes swept over the stage functions; the first is the reference of the
         batch-invariance comparison.
     compare_chips
-        Chips run on both the CPU and the device (the first of the archive).
+        Chips run on both the CPU and the device: the archive's first prediction windows
+        holding at least this many.
     sweep_chips
-        Chips per sweep pass: the archive's chips repeated up to this many, so a fast GPU
-        runs long enough to time (0: the archive's chips once).
+        Chips per sweep pass: the archive's windows repeated until they hold this many, so
+        a fast GPU runs long enough to time (0: the archive's windows once).
     repeats
         Timed passes per sweep point, and timed ``resflow run`` per engine.
     engines
@@ -394,8 +399,9 @@ class CheckOptions:
         ``--workers`` of the Dask and Spark runs.
     cold_run
         Run each engine once untimed first (caches, CUDA kernels loaded from disk).
-    halo
-        Context pixels around each chip for stage 3, as the graph's default.
+    halo, window
+        Context pixels around each prediction window and chips per side of one, for the
+        stage functions and the engine runs alike (default: the graph's).
     run_timeout_s
         Longest one ``resflow run`` may take before it is killed.
     """
@@ -413,7 +419,8 @@ class CheckOptions:
     engine_batch_size: int = 8
     workers: int = 4
     cold_run: bool = True
-    halo: int = 32
+    halo: int = GRAPH_HALO
+    window: int = GRAPH_WINDOW
     run_timeout_s: float = 600.0
 
 
@@ -535,33 +542,46 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 
 def stage_outputs(data: Preloaded, gallery: Gallery, device: torch.device, batch_size: int,
-                  halo: int, buckets: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Features, codes, buckets and the trimmed probability of every preloaded chip, by the
-    graph's own path: the chips as stored, harmonised on ``device``, one encoder pass over
-    chip plus halo (:func:`resflow.stages.encode`), its maps decoded model by model
-    (:func:`resflow.stages.decode`).
+                  buckets: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Features, codes and buckets of every preloaded prediction window and the probability
+    of its chips, by the graph's own path: each window as stored, harmonised on ``device``,
+    one encoder pass over window plus halo (:func:`resflow.stages.encode`), its maps decoded
+    with its bucket's model (:func:`resflow.stages.decode`) and cut back into its chips
+    (:meth:`resflow.windows.Window.crop`). Up to ``batch_size`` windows of one shape share
+    a model call (the graph: one).
 
-    ``buckets`` chooses each chip's segmenter (default: its own route), so that stage 3 can
-    be compared on two devices with the same model even where their routes differ.
+    ``buckets`` chooses each window's segmenter (default: its own route), so that stage 3
+    can be compared on two devices with the same model even where their routes differ.
+    ``probability`` is every chip's in-scene pixels, window by window, flattened.
     """
     import numpy as np
 
+    from benchmarks.engine_study.limit import window_batches
     from resflow.model_input import SourceImages
     from resflow.stages import decode, encode, map_codes
 
-    features, maps = encode(SourceImages(data.stored), gallery.feature_extractor(), halo=halo,
-                            batch_size=batch_size, device=device)
-    codes, routed = map_codes(features, gallery.hashing_head(), gallery.bucket_codes)
-    serve = routed if buckets is None else buckets
-    chip = data.plain.shape[-1]
-    probability = np.zeros((len(features), chip, chip), dtype=np.float32)
-    for bucket in np.unique(serve):
-        index = np.flatnonzero(serve == bucket)
-        padded = decode([maps[i] for i in index], gallery.segmenter(int(bucket)),
-                        size=data.context.shape[-2:], batch_size=batch_size, device=device)
-        probability[index] = padded[:, halo:halo + chip, halo:halo + chip]
-    return {"features": features, "codes": codes, "buckets": routed,
-            "probability": probability}
+    features, codes, routed, probability = [], [], [], []
+    for batch in window_batches(np.arange(len(data.windows)), data, batch_size):
+        sources = [data.stored[i] for i in batch]
+        found, maps = encode(SourceImages(sources), gallery.feature_extractor(),
+                             halo=data.halo, batch_size=batch_size, device=device)
+        batch_codes, batch_routed = map_codes(found, gallery.hashing_head(),
+                                              gallery.bucket_codes)
+        serve = batch_routed if buckets is None else buckets[batch]
+        padded = np.zeros((len(batch), *sources[0].valid.shape), dtype=np.float32)
+        for bucket in np.unique(serve):
+            index = np.flatnonzero(serve == bucket)
+            padded[index] = decode([maps[i] for i in index], gallery.segmenter(int(bucket)),
+                                   size=sources[0].valid.shape, batch_size=batch_size,
+                                   device=device)
+        features.append(found)
+        codes.append(batch_codes)
+        routed.append(batch_routed)
+        probability += [data.windows[i].crop(window, ref, data.halo).ravel()
+                        for i, window in zip(batch, padded, strict=True)
+                        for ref in data.chips[i]]
+    return {"features": np.concatenate(features), "codes": np.concatenate(codes),
+            "buckets": np.concatenate(routed), "probability": np.concatenate(probability)}
 
 
 def differences(reference: dict[str, np.ndarray], other: dict[str, np.ndarray]
@@ -617,17 +637,17 @@ def compare_outputs(reference: dict[str, np.ndarray], other: dict[str, np.ndarra
     return {**found, "within": within, "within_tolerance": all(within.values())}
 
 
-def input_route(data: Preloaded, archive: Archive, device: torch.device,
+def input_route(data: Preloaded, device: torch.device,
                 options: CheckOptions) -> dict[str, Any]:
     """The graph's way into the models on ``device`` against harmonising on the host.
 
-    Chips go as stored (source dtype, pinned double-buffered staging) and are harmonised
-    on the device (:class:`resflow.model_input.SourceImages`; float64 and wide 32-bit
-    sources are harmonised first, :func:`~resflow.model_input.travels_stored`); the host
-    route harmonises every chip to float32 and sends that. Both must give the same blocks
-    bit for bit, and quantising and thresholding on the device the host's bytes. Each route
-    is timed producing the engines' blocks of the chips (warmed up untimed, waited for at
-    the end).
+    Prediction windows go as stored (source dtype, pinned double-buffered staging) and are
+    harmonised on the device (:class:`resflow.model_input.SourceImages`; float64 and wide
+    32-bit sources are harmonised first, :func:`~resflow.model_input.travels_stored`); the
+    host route harmonises every window to float32 and sends that. Both must give the same
+    blocks bit for bit, and quantising and thresholding on the device the host's bytes.
+    Each route is timed producing the graph's blocks, one window each (warmed up untimed,
+    waited for at the end).
     """
     import numpy as np
     import torch
@@ -637,61 +657,75 @@ def input_route(data: Preloaded, archive: Archive, device: torch.device,
     from resflow.outputs import NOT_MAPPED, quantise, quantised_threshold
     from resflow.stages import quantise_tensor
 
-    chips = archive.read_sources(data.refs, options.halo)
-    rows = options.engine_batch_size
-    routes = {"host": SourceImages(chips, on_device=False),
-              "device": SourceImages(chips, on_device=True)}
-    equal = all(torch.equal(a, b) for (a, _), (b, _) in zip(
-        routes["host"].blocks(rows, device), routes["device"].blocks(rows, device),
-        strict=True))
+    windows = data.stored
+    routes = {"host": SourceImages(windows, on_device=False),
+              "device": SourceImages(windows, on_device=True)}
+
+    def blocks(images: SourceImages) -> Iterator[torch.Tensor]:
+        for row in range(len(images)):
+            for block, _ in images[np.array([row])].blocks(1, device):
+                yield block
+
+    equal = all(torch.equal(a, b) for a, b in zip(
+        blocks(routes["host"]), blocks(routes["device"]), strict=True))
 
     def chips_per_s(images: SourceImages) -> float:
         checksum = torch.zeros((), device=device)
-        for block, _ in images.blocks(rows, device):  # warm-up: tables, buffers
+        for block in blocks(images):  # warm-up: tables, buffers
             checksum += block.sum()
         start = time.perf_counter()
         for _ in range(options.repeats):
-            for block, _ in images.blocks(rows, device):
+            for block in blocks(images):
                 checksum += block.sum()
         float(checksum)  # waits for the device
-        return options.repeats * len(images) / (time.perf_counter() - start)
+        return options.repeats * len(data.refs) / (time.perf_counter() - start)
 
     rng = np.random.default_rng(0)
-    probability = rng.random((len(chips), *chips[0].valid.shape), dtype=np.float32)
-    valid = np.stack([chip.valid for chip in chips])
-    stored, above = quantise_tensor(torch.from_numpy(probability).to(device),
-                                    torch.from_numpy(valid).to(device), MASK_THRESHOLD)
-    expected = np.stack([quantise(np.where(v, p, 0.0)) for p, v in zip(probability, valid,
-                                                                        strict=True)])
-    expected_above = np.stack([building_mask(q, quantised_threshold(MASK_THRESHOLD), 0)
-                               for q in expected])
-    expected[~valid] = NOT_MAPPED
-    edge = chips[0].valid.shape[-1]
+    quantised_equal = True
+    for window in windows:
+        probability = rng.random(window.valid.shape, dtype=np.float32)
+        stored, above = quantise_tensor(torch.from_numpy(probability[None]).to(device),
+                                        torch.from_numpy(window.valid[None]).to(device),
+                                        MASK_THRESHOLD)
+        expected = quantise(np.where(window.valid, probability, 0.0))
+        expected_above = building_mask(expected, quantised_threshold(MASK_THRESHOLD), 0)
+        expected[~window.valid] = NOT_MAPPED
+        quantised_equal &= bool(np.array_equal(stored[0].cpu().numpy(), expected)
+                                and np.array_equal(above[0].cpu().numpy(), expected_above))
     return {
-        "chips": len(chips), "batch_size": rows, "device": str(device),
-        "blocks_bitwise_equal": equal,
-        "quantise_bitwise_equal": bool(np.array_equal(stored.cpu().numpy(), expected)
-                                       and np.array_equal(above.cpu().numpy(), expected_above)),
-        "bytes_per_chip": {"sent": float(np.mean([sent_bytes(c) for c in chips])),
-                           "float32": HARMONISED_BYTES * edge * edge},
+        "windows": len(windows), "chips": len(data.refs), "device": str(device),
+        "blocks_bitwise_equal": equal, "quantise_bitwise_equal": quantised_equal,
+        "bytes_per_window": {
+            "sent": float(np.mean([sent_bytes(w) for w in windows])),
+            "float32": float(np.mean([HARMONISED_BYTES * w.valid.size for w in windows]))},
         "chips_per_s": {name: chips_per_s(images) for name, images in routes.items()},
     }
 
 
-def first_chips(data: Preloaded, n: int) -> Preloaded:
-    """The first ``n`` chips of ``data``."""
-    import numpy as np
+def _windows_for(data: Preloaded, n: int, repeat: bool) -> list[int]:
+    """Indices of ``data``'s windows, in order (round again where ``repeat``), until they
+    hold at least ``n`` chips; at least one window."""
+    index: list[int] = []
+    held = 0
+    while (not index or held < n) and (repeat or len(index) < len(data.windows)):
+        i = len(index) % len(data.windows)
+        index.append(i)
+        held += len(data.chips[i])
+    return index
 
-    return data.subset(np.arange(min(n, len(data.refs))))
+
+def first_chips(data: Preloaded, n: int) -> Preloaded:
+    """The first windows of ``data`` holding at least ``n`` chips (all, where they hold
+    fewer; always one): windows are what the graph predicts, so they are not cut."""
+    return data.subset(_windows_for(data, n, repeat=False))
 
 
 def repeated_chips(data: Preloaded, n: int) -> Preloaded:
-    """``data``'s chips repeated (in order) to ``n`` chips; ``n == 0`` keeps them once."""
-    import numpy as np
-
+    """``data``'s windows repeated (in order) until they hold at least ``n`` chips;
+    ``n == 0`` keeps them once."""
     if n <= 0:
         return data
-    return data.subset(np.arange(n) % len(data.refs))
+    return data.subset(_windows_for(data, n, repeat=True))
 
 
 def compare_devices(data: Preloaded, gallery: Gallery, device: torch.device,
@@ -700,11 +734,11 @@ def compare_devices(data: Preloaded, gallery: Gallery, device: torch.device,
     engines' batch size; stage 3 serves each chip with the CPU route's model on both."""
     import torch
 
-    cpu = stage_outputs(data, gallery, torch.device("cpu"), options.engine_batch_size,
-                        options.halo)
-    other = stage_outputs(data, gallery, device, options.engine_batch_size, options.halo,
+    cpu = stage_outputs(data, gallery, torch.device("cpu"), options.engine_batch_size)
+    other = stage_outputs(data, gallery, device, options.engine_batch_size,
                           buckets=cpu["buckets"])
-    return {"chips": len(data.refs), "batch_size": options.engine_batch_size,
+    return {"windows": len(data.windows), "chips": len(data.refs),
+            "batch_size": options.engine_batch_size,
             "reference": "cpu float32", "device": str(device), "tolerances": TOLERANCES,
             **compare_outputs(cpu, other)}
 
@@ -714,22 +748,23 @@ def batch_invariance(data: Preloaded, gallery: Gallery, device: torch.device,
     """Whether a chip's outputs on ``device`` depend on the batch it runs in: every batch
     size against the first, and the first run twice (run-to-run determinism)."""
     first, *others = options.batch_sizes
-    reference = stage_outputs(data, gallery, device, first, options.halo)
-    again = stage_outputs(data, gallery, device, first, options.halo)
+    reference = stage_outputs(data, gallery, device, first)
+    again = stage_outputs(data, gallery, device, first)
     points = [{"batch_size": first, **differences(reference, again), "against": "itself"}]
     for size in others:
-        outputs = stage_outputs(data, gallery, device, size, options.halo,
-                                buckets=reference["buckets"])
+        outputs = stage_outputs(data, gallery, device, size, buckets=reference["buckets"])
         points.append({"batch_size": size, **differences(reference, outputs),
                        "against": f"batch size {first}"})
-    return {"chips": len(data.refs), "device": str(device), "points": points}
+    return {"windows": len(data.windows), "chips": len(data.refs), "device": str(device),
+            "points": points}
 
 
 def batch_sweep(data: Preloaded, archive: Archive, gallery: Gallery, device: torch.device,
                 options: CheckOptions) -> list[dict[str, Any]]:
-    """chips/s of the three stage functions on preloaded chips per batch size, one thread
-    feeding the device (:func:`benchmarks.engine_study.limit.one_pass`), kernels warmed up
-    untimed for each size; peak device memory and ``nvidia-smi`` samples beside."""
+    """chips/s of the graph's stage calls on preloaded prediction windows per batch size
+    (windows of one shape per model call; the graph makes one), one thread feeding the
+    device (:func:`benchmarks.engine_study.limit.one_pass`), kernels warmed up untimed for
+    each size; peak device memory and ``nvidia-smi`` samples beside."""
     import torch
 
     from benchmarks.engine_study.limit import one_pass, summarise_passes, warm_up
@@ -741,11 +776,13 @@ def batch_sweep(data: Preloaded, archive: Archive, gallery: Gallery, device: tor
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         with gpu_samples(options.logs / f"nvidia-smi-sweep-{size}.csv") as samples:
-            passes = [one_pass(data, gallery, 1, size, device) for _ in range(options.repeats)]
+            passes = [one_pass(data, gallery, 1, device, size)
+                      for _ in range(options.repeats)]
         summary = summarise_passes(data, passes, threads=1)
         median_s = summary["wall_s"]["median"]
         points.append({
-            "batch_size": size, "chips": len(data.refs), "km2": data.km2,
+            "batch_size": size, "windows": len(data.windows), "chips": len(data.refs),
+            "km2": data.km2,
             "wall_s": summary["wall_s"], "chips_per_s_range": summary["chips_per_s"],
             **rates(len(data.refs), data.km2, median_s, scale),
             "stage_seconds": summary["stage_seconds"],
@@ -822,7 +859,7 @@ def engine_runs(backend: str, archive: Archive, device: torch.device, options: C
     # --no-stac: the STAC export needs pystac and geopandas, which the GPU host lacks
     args = [*resflow_command(), "run", str(archive.path), "--out", str(out), "--backend",
             backend, "--device", device.type, "--batch-size", str(options.engine_batch_size),
-            "--no-stac"]
+            "--no-stac", "--set", f"halo={options.halo}", "--set", f"window={options.window}"]
     if backend in ("dask", "spark"):
         args += ["--workers", str(options.workers)]
     if backend == "dask":  # a free port: a dashboard someone else left must not clash
@@ -924,7 +961,8 @@ def markdown(summary: dict[str, Any]) -> str:
     if "comparison" in summary:
         comparison = summary["comparison"]
         lines += ["", f"## CPU (float32) against {comparison['device']}", "",
-                  f"{comparison['chips']} chips, batch size {comparison['batch_size']}; "
+                  f"{comparison['windows']} prediction windows ({comparison['chips']} chips), "
+                  f"batch size {comparison['batch_size']}; "
                   f"bit for bit equal: {_num(comparison['bitwise_equal'])}.", "",
                   "| measure | value | tolerance | within |", "|---|---|---|---|"]
         for measure, (op, bound) in comparison["tolerances"].items():
@@ -935,13 +973,14 @@ def markdown(summary: dict[str, Any]) -> str:
             lines.append(f"| {measure} | {_num(comparison[measure], 4)} | - | - |")
     if "input_route" in summary:
         route = summary["input_route"]
-        size, rate = route["bytes_per_chip"], route["chips_per_s"]
+        size, rate = route["bytes_per_window"], route["chips_per_s"]
         lines += ["", f"## Into the models on {route['device']}: stored pixels against "
                   "host float32", "",
-                  f"{route['chips']} chips in blocks of {route['batch_size']}; blocks bit for "
-                  f"bit equal: {_num(route['blocks_bitwise_equal'])}; quantise and threshold "
-                  f"bit for bit equal: {_num(route['quantise_bitwise_equal'])}.", "",
-                  "| route | bytes a chip sent | blocks chips/s |", "|---|---|---|",
+                  f"{route['windows']} prediction windows ({route['chips']} chips), one a "
+                  f"block; blocks bit for bit equal: {_num(route['blocks_bitwise_equal'])}; "
+                  "quantise and threshold bit for bit equal: "
+                  f"{_num(route['quantise_bitwise_equal'])}.", "",
+                  "| route | bytes a window sent | blocks chips/s |", "|---|---|---|",
                   f"| stored dtype, harmonised on the device | {_num(size['sent'], 0)} | "
                   f"{_num(rate['device'])} |",
                   f"| float32, harmonised on the host | {_num(size['float32'], 0)} | "
@@ -955,7 +994,8 @@ def markdown(summary: dict[str, Any]) -> str:
                   f"{_num(p['feature_max_abs'], 3)} | {_num(p['probability_max_abs'], 3)} |"
                   for p in invariance["points"]]
     if summary.get("batch_sweep"):
-        lines += ["", "## Batch sweep: stage functions on preloaded chips, one thread", "",
+        lines += ["", "## Batch sweep: stage functions on preloaded prediction windows, one "
+                  "thread", "",
                   "| batch size | chips | chips/s (min-max) | km^2/s | km^2/s at 0.5 m | "
                   "stage 1 / 2 / 3 s | peak device MiB | GPU util mean / max, memory |",
                   "|---|---|---|---|---|---|---|---|"]
@@ -1052,7 +1092,7 @@ def run_check(options: CheckOptions, log: Callable[[str], None] = print) -> dict
     archive, gallery, data = loaded["archive"], loaded["gallery"], loaded["data"]
     compared = first_chips(data, options.compare_chips)
     step("comparison", lambda: compare_devices(compared, gallery, device, options))
-    step("input_route", lambda: input_route(compared, archive, device, options))
+    step("input_route", lambda: input_route(compared, device, options))
     step("batch_invariance", lambda: batch_invariance(compared, gallery, device, options))
     swept = repeated_chips(data, options.sweep_chips)
     step("batch_sweep", lambda: batch_sweep(swept, archive, gallery, device, options))
@@ -1068,8 +1108,9 @@ def run_check(options: CheckOptions, log: Callable[[str], None] = print) -> dict
 
 
 def load_archive(options: CheckOptions, loaded: dict[str, Any]) -> dict[str, Any]:
-    """Open the archive and the gallery and preload every chip (into ``loaded``: archive,
-    gallery, data); returns the archive's description for the summary."""
+    """Open the archive and the gallery and preload every prediction window (into
+    ``loaded``: archive, gallery, data); returns the archive's description for the
+    summary."""
     from benchmarks.engine_study.limit import Preloaded
     from resflow.archive import Archive
     from resflow.gallery import Gallery
@@ -1077,7 +1118,7 @@ def load_archive(options: CheckOptions, loaded: dict[str, Any]) -> dict[str, Any
     archive = Archive.open(find_archive(options.archive))
     refs = archive.chips()
     loaded |= {"archive": archive, "gallery": Gallery.load(options.gallery),
-               "data": Preloaded.read(archive, options.halo)}
+               "data": Preloaded.read(archive, options.halo, options.window)}
     km2 = float(sum(r.km2 for r in refs))
     return {"path": str(archive.path), "chips": len(refs), "km2": km2,
             "gsd_m": statistics.fmean(archive.scenes[r.scene].gsd_m for r in refs),
@@ -1159,7 +1200,10 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--engines", type=_names, help="comma-separated: local,dask,spark")
     run.add_argument("--engine-batch-size", dest="engine_batch_size", type=int)
     run.add_argument("--workers", type=int, help="Dask workers, Spark local[N]")
-    run.add_argument("--halo", type=int)
+    run.add_argument("--halo", type=int, help="context pixels around each prediction window "
+                     "(default: the graph's)")
+    run.add_argument("--window", type=int, help="chips per side of a prediction window "
+                     "(default: the graph's)")
     run.add_argument("--run-timeout-s", dest="run_timeout_s", type=float)
     run.set_defaults(handler=run_command)
     return top

@@ -86,7 +86,7 @@ def test_the_limit_preloads_every_window_as_the_graph_predicts_it(archive: Path,
     assert len(data.windows) == 4 // min(window, 2) ** 2
     assert [s.valid.shape for s in data.stored] == [(edge, edge)] * len(data.windows)
     for w, source, refs in zip(data.windows, data.stored, data.chips, strict=True):
-        assert source.pixels.shape == (3, edge, edge)
+        assert source.pixels.shape[-2:] == (edge, edge)  # the bands feeding R, G, B, once
         expected = opened.read_window(w, HALO)
         assert np.array_equal(source.pixels, expected.pixels)
         assert all(w.crop(source.valid, ref, HALO).shape == (ref.height, ref.width)
@@ -118,8 +118,8 @@ def test_limit_has_rates_and_stage_seconds(archive: Path, gallery: Gallery) -> N
     assert limit["km2"] == pytest.approx(data.km2)
     assert (limit["window"], limit["halo"]) == (4, HALO)
     assert limit["km2_per_s"]["n"] == 2 and limit["km2_per_s"]["median"] > 0
-    assert limit["chips_per_s"]["median"] == pytest.approx(
-        4 / limit["wall_s"]["median"], rel=1e-6)
+    assert limit["chips_per_s"]["values"] == pytest.approx(
+        [4 / wall for wall in limit["wall_s"]["values"]])
     assert set(limit["stage_seconds"]) == {"stage1", "stage2", "stage3"}
     assert limit["thread_scaling"] > 0
 

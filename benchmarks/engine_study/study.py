@@ -2,7 +2,7 @@
 
 In one process and one sitting, so the ratios compare like with like on a shared machine:
 
-1. the compute limit on preloaded chips (:mod:`benchmarks.engine_study.limit`), the
+1. the compute limit on preloaded prediction windows (:mod:`benchmarks.engine_study.limit`), the
    hand-written rasterio loop with the mono model (:mod:`benchmarks.engine_study.baseline`)
    and each engine end to end (:mod:`benchmarks.engine_study.engines`), their repetitions
    interleaved round by round (:func:`compare`);
@@ -30,7 +30,14 @@ import torch
 
 from benchmarks.engine_study.baseline import hand_written, summarise_runs
 from benchmarks.engine_study.engines import EngineSeries, with_settings
-from benchmarks.engine_study.limit import Preloaded, one_pass, summarise_passes, warm_up
+from benchmarks.engine_study.limit import (
+    HALO,
+    WINDOW,
+    Preloaded,
+    one_pass,
+    summarise_passes,
+    warm_up,
+)
 from benchmarks.engine_study.machine import describe_machine, load_average
 from benchmarks.engine_study.scaling import FACTORS, scaled_archive, scaling_study
 from benchmarks.engine_study.sweeps import plan_sweeps, run_sweeps
@@ -64,9 +71,11 @@ class BenchOptions:
         Folder for ``bench-<mode>.json``, the PNG plots and ``table.md``.
     gallery
         Model gallery; ``None`` = the bundled default.
-    partition_chips, halo, batch_size
+    partition_chips, halo, window, batch_size
         Run settings shared by every engine (see :class:`resflow.config.RunConfig`); the
-        limit and the hand-written loop use the same ``batch_size``.
+        limit predicts the same windows with the same halo, one window a model call as the
+        graph does; the hand-written loop uses the same halo around each chip, and
+        ``batch_size``.
     device
         Where every model runs, the limit's, the hand-written loop's and every engine's:
         ``"auto"`` (a GPU when torch sees one), ``"cpu"`` or ``"cuda"``.
@@ -88,7 +97,8 @@ class BenchOptions:
     out: Path = Path("benchmarks/results")
     gallery: Path | None = None
     partition_chips: int = 16
-    halo: int = 32
+    halo: int = HALO
+    window: int = WINDOW
     batch_size: int = 8
     device: DevicePreference = "auto"
     factors: tuple[int, ...] = FACTORS
@@ -115,7 +125,7 @@ def base_config(options: BenchOptions, archive: Path, cores: int,
     return RunConfig(
         archive=archive, gallery=options.gallery, backend="dask", device=device.type,
         batch_size=options.batch_size, partition_chips=options.partition_chips,
-        halo=options.halo, torch_threads=1,
+        halo=options.halo, window=options.window, torch_threads=1,
         dask={"workers": cores, "threads_per_worker": 1, "dashboard_address": "127.0.0.1:0"},
         spark={"master": f"local[{cores}]"},
     )
@@ -177,13 +187,12 @@ def compare(options: BenchOptions, config: RunConfig, archive: Archive, gallery:
         for round_ in range(1, options.repeats + 1):
             step(f"round {round_}/{options.repeats}: limit, hand-written loop, "
                  f"{', '.join(e.label for e in engines)}")
-            passes.append(one_pass(data, gallery, cores, options.batch_size, device))
+            passes.append(one_pass(data, gallery, cores, device))
             baseline_runs.append(hand_written_pass())
             for engine in engines:
                 engine.run()
         step("compute limit on one thread (how the cores add up)")
-        single = (one_pass(data, gallery, 1, options.batch_size, device) if cores > 1
-                  else None)
+        single = one_pass(data, gallery, 1, device) if cores > 1 else None
         return {"limit": summarise_passes(data, passes, cores, single),
                 "baseline": summarise_runs(baseline_runs),
                 "engines": [e.summary(cores) for e in engines]}
@@ -216,9 +225,9 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
         gallery = Gallery.load(options.gallery)
         config = base_config(options, archive_path, cores, device)
 
-        step(f"compute limit: preload chips, warm up on {cores} threads ({device})")
-        data = Preloaded.read(archive, options.halo)
-        warm_up(data, gallery, device, options.batch_size)
+        step(f"compute limit: preload windows, warm up on {cores} threads ({device})")
+        data = Preloaded.read(archive, options.halo, options.window)
+        warm_up(data, gallery, device)
         comparison = compare(options, config, archive, gallery, data, work, cores, device,
                              step)
 
@@ -233,8 +242,7 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
             gpus = len(machine["gpus"]) if device.type == "cuda" else 0
             sweeps = run_sweeps(config, plan_sweeps(cores, gpus),
                                 repeats=options.repeats, out_dir=work, cores=cores,
-                                limit_pass=partial(one_pass, data, gallery, cores,
-                                                   options.batch_size, device))
+                                limit_pass=partial(one_pass, data, gallery, cores, device))
 
         step.done()
     results = {
