@@ -102,6 +102,7 @@ def run(archive: storage.Location, out: storage.Location, backend: str = "dask",
     from resflow.graph import run_graph
     from resflow.plugins import load_backend
     from resflow.preflight import check_run
+    from resflow.redaction import redact
 
     _refuse_loader_parameters(settings, load_config)
     config: RunConfig = load_config(None, RunConfig, origin="resflow.run() argument",
@@ -111,7 +112,7 @@ def run(archive: storage.Location, out: storage.Location, backend: str = "dask",
     check_run(config)
     with _executor(executor_class, config, session, progress=progress) as executor:
         if executor.dashboard_link:
-            logger.info("%s dashboard: %s", config.backend, executor.dashboard_link)
+            logger.info("%s dashboard: %s", config.backend, redact(executor.dashboard_link))
         report = run_graph(config, executor).report
     for error in report.errors:
         logger.warning("input error: %s: %s. Fix: %s.", error["where"], error["problem"],

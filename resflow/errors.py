@@ -24,12 +24,20 @@ class ResflowError(Exception):
     --------
     >>> str(ResflowError("a.tif", "the file is empty (0 bytes)", "re-download it"))
     'a.tif: the file is empty (0 bytes). Fix: re-download it.'
+
+    Credentials in a URL never reach the message (:mod:`resflow.redaction`):
+
+    >>> str(ResflowError("s3://KEY:SECRET@b/a.zarr", "no archive here", "check it"))
+    's3://***@b/a.zarr: no archive here. Fix: check it.'
     """
 
     def __init__(self, where: str, problem: str, fix: str) -> None:
-        self.where = str(where)
-        self.problem = problem.rstrip(".")
-        self.fix = fix.rstrip(".")
+        from resflow.redaction import redact_text
+
+        # A message is printed, logged and stored: no URL credentials ever reach it.
+        self.where = redact_text(str(where))
+        self.problem = redact_text(problem.rstrip("."))
+        self.fix = redact_text(fix.rstrip("."))
         super().__init__(f"{self.where}: {self.problem}. Fix: {self.fix}.")
 
     def as_record(self) -> dict[str, str]:

@@ -26,14 +26,16 @@ def progress_line(out: Path | str, verb: str) -> str:
     """
     from resflow.errors import ResflowError
     from resflow.outputs import describe
+    from resflow.redaction import redact_text
 
+    shown = redact_text(str(out))  # a URL given with user:secret@ is printed without them
     try:
         desc = describe(out)
     except ResflowError:
-        return f"{verb} before {out} was created"
+        return f"{verb} before {shown} was created"
     except Exception as exc:  # a store cut off while it was being created
-        return f"{verb} while {out} was being created ({exc.__class__.__name__})"
-    return f"{verb} {out} at {desc['chips_done']}/{desc['chips_total']} chips " \
+        return f"{verb} while {shown} was being created ({exc.__class__.__name__})"
+    return f"{verb} {shown} at {desc['chips_done']}/{desc['chips_total']} chips " \
            f"({desc['percent']:.1f}%)"
 
 

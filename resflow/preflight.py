@@ -64,8 +64,8 @@ def check_resolution(archive: Archive, gallery: Gallery) -> None:
     """
     for info in archive.scenes.values():
         if not matches(info.gsd_m, gallery.gsd_m):
-            raise InputError(
-                f"{archive.path}: scene '{info.name}'",
+            raise InputError(  # InputError masks URL credentials (resflow.redaction)
+                f"{archive.display}: scene '{info.name}'",
                 f"stored at {info.gsd_m:.3g} m per pixel, but the gallery {gallery.path} "
                 f"works at {gallery.gsd_m:g} m",
                 f"re-ingest the sources with `resflow ingest --gsd {gallery.gsd_m:g}` into a "

@@ -15,7 +15,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field
+from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
+
+from resflow.redaction import redact
 
 STAGES = ("read", "stage1", "stage2", "regroup", "stage3", "write", "scheduling")
 """Per-stage time keys, seconds summed over all tasks (``scheduling`` = wall time the engine
@@ -70,7 +72,14 @@ class ClusterShape(BaseModel):
     threads_per_worker: int = Field(ge=1)
     gpus: int = Field(0, ge=0)
     details: dict[str, Any] = Field(default_factory=dict,
-                                    description="the engine's own description, as given")
+                                    description="the engine's own description, as given "
+                                    "(secrets redacted: resflow.redaction)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _redacted(cls, data: Any) -> Any:
+        """An engine's description may name a master URL with credentials: masked here."""
+        return redact(data) if isinstance(data, dict) else data
 
     @classmethod
     def from_executor(cls, description: dict[str, Any]) -> ClusterShape:
@@ -117,7 +126,8 @@ class RunReport(BaseModel):
     backend, cluster
         Engine name and the shape of its cluster.
     config
-        The exact run config (``RunConfig.model_dump(mode="json")``).
+        The exact run config (``RunConfig.model_dump(mode="json")``), with every secret
+        masked as ``"***"`` (:func:`resflow.redaction.redact`).
     errors
         Per-input errors, each ``{"where", "problem", "fix"}`` (``ResflowError.as_record()``).
     skipped
@@ -158,6 +168,14 @@ class RunReport(BaseModel):
     finished_utc: str = Field(
         default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     peak_rss_mb: float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _redacted(cls, data: Any) -> Any:
+        """Secrets in the config (``spark.conf`` keys naming a secret, URLs with
+        ``user:secret@``), the output's name and the errors are masked on the way in
+        (:func:`resflow.redaction.redact`), so no report, file or line ever holds them."""
+        return redact(data) if isinstance(data, dict) else data
 
     @computed_field  # type: ignore[prop-decorator]
     @property

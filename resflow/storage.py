@@ -100,6 +100,34 @@ def display(location: Location) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+def refuse_credentials(location: Path | str) -> None:
+    """Refuse a URL that embeds credentials (``s3://KEY:SECRET@bucket/...``).
+
+    The storage libraries do not use them (they would take ``KEY:SECRET@bucket`` for the
+    bucket, and put the secret in their own error messages): credentials come from the
+    environment or a profile, never from a location.
+
+    Raises
+    ------
+    ResflowError
+        naming the URL without its credentials.
+
+    >>> refuse_credentials("s3://bucket/a.zarr")
+    >>> refuse_credentials("s3://KEY:SECRET@bucket/a.zarr")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    resflow.errors.ResflowError: s3://bucket/a.zarr: the URL holds credentials (user:secret@)...
+    """
+    if isinstance(location, Path) or "@" not in urlsplit(location).netloc:
+        return
+    from resflow.errors import ResflowError
+
+    raise ResflowError(display(location), "the URL holds credentials (user:secret@), which "
+                       "resflow never sends to a storage library nor records",
+                       "drop them from the URL and give them through the environment "
+                       "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)")
+
+
 def filesystem(location: Path | str) -> tuple[Any, str]:
     """The fsspec filesystem and in-filesystem path of a location.
 
@@ -114,6 +142,7 @@ def filesystem(location: Path | str) -> tuple[Any, str]:
 
     if isinstance(location, Path):
         return fsspec.filesystem("file"), str(location)
+    refuse_credentials(location)
     protocol = urlsplit(location).scheme
     try:
         fs, path = fsspec.core.url_to_fs(location, **STORAGE_OPTIONS.get(protocol, {}))
@@ -132,6 +161,7 @@ def zarr_store(location: Path | str, *, read_only: bool = False) -> Any:
 
     if isinstance(location, Path):
         return LocalStore(location, read_only=read_only)
+    refuse_credentials(location)
     protocol = urlsplit(location).scheme
     options = STORAGE_OPTIONS.get(protocol, {})
     try:
