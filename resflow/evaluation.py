@@ -51,7 +51,13 @@ from resflow.archive import Archive
 from resflow.errors import ConfigError, InputError, ResflowError
 from resflow.harmonise import harmonise
 from resflow.masks import building_mask, min_pixels
-from resflow.outputs import NOT_MAPPED, PROBABILITY_SCALE, OutputStore, quantised_threshold
+from resflow.outputs import (
+    NOT_MAPPED,
+    PROBABILITY_SCALE,
+    OutputStore,
+    quantised_threshold,
+    scene_file,
+)
 from resflow.outputs import describe as describe_output
 from resflow.seams import NO_PAIRS, SeamRatio, seam_ratio
 from resflow.training.labels import load_labels, rasterise
@@ -195,7 +201,7 @@ def evaluate(out_store_path: Path | str, label_paths: list[Path | str], *,
         overlay = f"{group}_overlay.png"
         summary = _summary(scores, int(valid.sum()))
         every = np.s_[::step, ::step]
-        write_overlay(report / overlay, background,
+        write_overlay(scene_file(report, overlay, store), background,
                       pixel_categories(predicted[every], truth[every], valid[every]),
                       f"{scene}: pixel F1 {summary['pixel_f1']:.3f}, object F1 "
                       f"{summary['object_f1']:.3f} (threshold {cut:g})")

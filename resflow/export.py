@@ -39,7 +39,7 @@ from resflow import storage
 from resflow.config import MIN_BUILDING_M2
 from resflow.errors import ConfigError, ResflowError
 from resflow.masks import building_mask, min_pixels
-from resflow.outputs import PROBABILITY_SCALE, OutputStore
+from resflow.outputs import PROBABILITY_SCALE, OutputStore, scene_file
 
 if TYPE_CHECKING:
     from resflow.archive import Archive
@@ -340,6 +340,7 @@ def cog_names(group: str) -> dict[str, str]:
     return {name: f"{group}_{name}.tif" for name in ("probability", "mask")}
 
 
+
 def export_cogs(out_store: OutputStore | storage.Location, cog_dir: Path | str, *,
                 threshold: float | None = None,
                 min_area_m2: float | None = None) -> list[Path]:
@@ -380,7 +381,7 @@ def export_cogs(out_store: OutputStore | storage.Location, cog_dir: Path | str, 
     for maps in _scene_maps(store):
         names = cog_names(store.groups[maps.scene])
         tags = {"scene": maps.scene, "source": store.display}
-        target = cog_dir / names["probability"]
+        target = scene_file(cog_dir, names["probability"], store)
         _write_cog(maps, _stored_blocks(maps.probability), target, "average",
                    "building probability (value x scale)", maps.probability_encoding,
                    {**tags, "array": "probability"})
@@ -390,7 +391,7 @@ def export_cogs(out_store: OutputStore | storage.Location, cog_dir: Path | str, 
                   else _mask_blocks(maps, rule, TILE_PX))
         recut = {} if threshold is None else {"threshold": str(threshold),
                                               "min_area_m2": str(min_area)}
-        target = cog_dir / names["mask"]
+        target = scene_file(cog_dir, names["mask"], store)
         _write_cog(maps, blocks, target, "nearest", "building mask (1 building, 0 background)",
                    maps.mask_encoding, {**tags, "array": "mask", **recut}, MASK_COLOURS)
         written.append(target)

@@ -62,6 +62,8 @@ from zarr.core.sync import sync
 from resflow import storage
 from resflow.chips import grid_shape, shard_chip_window
 from resflow.errors import ResflowError
+from resflow.paths import confined
+from resflow.redaction import redact
 from resflow.report import REPORT_NAME
 
 if TYPE_CHECKING:
@@ -140,6 +142,42 @@ def _group_names(scene_names: Iterable[str]) -> dict[str, str]:
         taken.add(group.lower())
         groups[name] = group
     return groups
+
+
+def _checked_groups(out: Path | str, scenes: Any) -> dict[str, str]:
+    """The store's ``scenes`` attribute (scene name -> group), refused unless every group is
+    a name :func:`_group_names` could have made: exports turn group names into file names
+    (COGs, STAC Items, overlays), and a store's attributes are anyone's to edit.
+
+    Raises
+    ------
+    ResflowError
+        naming the store and the scene whose group is not a plain, unique folder name.
+    """
+    where = f"{storage.display(out)}: scenes"
+    fix = "recompute the output with `resflow run --overwrite`; never edit a store's zarr.json"
+    if not isinstance(scenes, dict):
+        raise ResflowError(where, "the store records no mapping of scene names to groups", fix)
+    taken: set[str] = set(_RESERVED)
+    for name, group in scenes.items():
+        if not isinstance(group, str) or safe_group_name(group) != group \
+                or group.lower() in taken:
+            raise ResflowError(where, f"scene {name!r} has the group {group!r}, which is not "
+                               "a plain folder name of its own (only A-Z, a-z, 0-9, '.', '_' "
+                               "and '-', no leading dot, not reserved, not repeated): the "
+                               "store's attributes were edited", fix)
+        taken.add(group.lower())
+    return dict(scenes)
+
+
+def scene_file(folder: Path | str, name: str, store: OutputStore) -> Path:
+    """``folder / name`` for a file named after a scene's group, refused if it would leave
+    ``folder`` (:func:`resflow.paths.confined`): group names come from the store's
+    attributes, which anyone may edit."""
+    return confined(folder, name, what="a file name made from a scene's group",
+                    where=f"{store.display}: scenes", error=ResflowError,
+                    fix="recompute the output with `resflow run --overwrite`; never edit a "
+                        "store's zarr.json")
 
 
 def _geotransform(transform: tuple[float, ...]) -> str:
@@ -537,7 +575,7 @@ class OutputStore:
             "archive": storage.display(archive.path), "scenes": groups,
             "shard_chips": shard_chips,
             "bucket_models": {str(b): m for b, m in sorted(bucket_models.items())},
-            "run_config": run_config, "gallery_version": gallery_version,
+            "run_config": redact(run_config), "gallery_version": gallery_version,
         }
         write_hierarchy(out, attrs, ((groups[name], info) for name, info in
                                      archive.scenes.items()),
@@ -562,6 +600,7 @@ class OutputStore:
                                    "differs from the archive's", "pass --overwrite to "
                                    "recompute it")
         previous = PIXEL_SETTINGS_BEFORE | attrs.get("run_config", {})
+        run_config = redact(run_config)  # as it was stored: secrets masked
         for key in PIXEL_SETTINGS:
             if key in previous and key in run_config and previous[key] != run_config[key]:
                 raise ResflowError(f"{self.display}: run_config.{key}", f"the output was "
@@ -596,7 +635,7 @@ class OutputStore:
                                f"{attrs.get('format_version')} is not this resflow's "
                                f"{FORMAT_VERSION}", "recompute it with `resflow run "
                                "--overwrite`")
-        return cls(out, dict(attrs["scenes"]), int(attrs["shard_chips"]))
+        return cls(out, _checked_groups(out, attrs.get("scenes")), int(attrs["shard_chips"]))
 
     def _group(self, scene: str) -> str:
         if scene not in self.groups:
@@ -855,6 +894,7 @@ class OutputStore:
         self._keep_report(report, complete=False)
 
     def _keep_report(self, report: dict[str, Any], *, complete: bool) -> None:
+        report = redact(report)
         text = json.dumps(report, indent=2, default=str) + "\n"
         storage.write_bytes(storage.join(self.path, REPORT_NAME), text.encode())
         _update_root_attrs(self.path, {"run_report": json.loads(text), "complete": complete})

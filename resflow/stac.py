@@ -47,7 +47,7 @@ from resflow.export import (
     scene_gsd_m,
 )
 from resflow.gallery import DEFAULT_PATH
-from resflow.outputs import OutputStore
+from resflow.outputs import OutputStore, scene_file
 
 COLLECTION_FILE = "collection.json"
 ZARR_MEDIA_TYPE = "application/vnd+zarr"
@@ -107,8 +107,11 @@ def write_collection(store: OutputStore, stac_dir: Path | str, *,
     collection.make_asset_hrefs_relative()
     collection.make_all_asset_hrefs_relative()
     written = []
+    root_abs = root_dir.absolute()
     for item in items:
-        written.append(_write_json(Path(item.get_self_href()), item.to_dict(
+        # An Item's file is <group>/<group>.json: kept inside stac_dir whatever the store says
+        target = scene_file(root_abs, os.path.relpath(item.get_self_href(), root_abs), store)
+        written.append(_write_json(target, item.to_dict(
             include_self_link=False, transform_hrefs=True)))
     written.append(_write_json(root_dir / COLLECTION_FILE, collection.to_dict(
         include_self_link=False, transform_hrefs=True)))
@@ -166,10 +169,10 @@ def _scene_item(store: OutputStore, maps: SceneMaps, when: datetime,
         "engine": "zarr", "group": group, "consolidated": True}
     if cog_dir is not None:
         names = cog_names(group)
-        _add_cog(item, "probability", Path(cog_dir) / names["probability"],
+        _add_cog(item, "probability", scene_file(cog_dir, names["probability"], store),
                  "building probability", "probability = value x scale",
                  maps.probability_encoding)
-        mask = _add_cog(item, "mask", Path(cog_dir) / names["mask"], "building mask",
+        mask = _add_cog(item, "mask", scene_file(cog_dir, names["mask"], store), "building mask",
                         f"1 = building: {mask_rule}",
                         maps.mask_encoding)
         ClassificationExtension.ext(mask, add_if_missing=True).apply(classes=[
