@@ -1,0 +1,386 @@
+"""Untrusted inputs stay harmless (issue 20): paths confined, secrets redacted.
+
+A hostile publisher controls a gallery's object keys and manifest, and anyone can edit an
+output store's attributes: every name from there that becomes a path stays inside its folder
+or is refused with one clear line, and nothing is written outside the test folder. A run
+given secrets (Spark settings naming a key, URLs with ``user:secret@``) keeps them out of
+every report, store attribute, log line and message it writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import stat
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from resflow.cli import app
+from resflow.config import RunConfig
+from resflow.errors import GalleryError, InputError, ResflowError
+from resflow.evaluation import evaluate
+from resflow.export import export_run
+from resflow.gallery import Gallery
+from resflow.interrupts import progress_line, stop_message
+from resflow.outputs import OutputStore
+from resflow.paths import confined
+from resflow.preflight import check_run
+from resflow.redaction import MASK, redact, redact_text
+from resflow.report import ClusterShape, RunReport
+from tests.fixtures_data import ATLANTA_LABELS
+from tests.objectstore import FaultyS3
+
+PLANTED = "planted-s3cr3t-9f2c"
+"""A secret planted in every setting and URL a run accepts; it must appear nowhere."""
+
+SECRET_CONF = {
+    "spark.hadoop.fs.s3a.secret.key": PLANTED,
+    "spark.hadoop.fs.s3a.access.key": f"AKIA-{PLANTED}",
+    "spark.hadoop.fs.s3a.session.token": PLANTED,
+    "spark.ssl.keyStorePassword": PLANTED,
+    "spark.authenticate.secret": PLANTED,
+    "spark.hadoop.fs.gs.auth.service.account.json.keyfile": "/keys/sa.json",
+    "spark.executor.memoryOverhead": "512m",
+}
+"""Spark settings a user might give under ``spark.conf``: all but the last two hold a
+secret by their key's name."""
+
+
+def no_secret(*texts: str) -> None:
+    for text in texts:
+        assert PLANTED not in text, text
+
+
+def files_under(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*")}
+
+
+# --- confinement: the helper ---------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["../x", "a/../../x", "/etc/hostname", "", "a\\..\\x",
+                                  "a/\x00"])
+def test_names_that_would_leave_their_folder_are_refused(tmp_path: Path, name: str) -> None:
+    with pytest.raises(InputError, match="would lead outside"):
+        confined(tmp_path, name, what="a name")
+
+
+def test_a_link_inside_the_folder_pointing_out_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "out").symlink_to(tmp_path)
+    with pytest.raises(InputError, match="through a link"):
+        confined(tmp_path / "base", "out/x.txt")
+    assert confined(tmp_path / "base", "sub/x.txt") == tmp_path / "base" / "sub" / "x.txt"
+
+
+# --- galleries ----------------------------------------------------------------------------
+
+@pytest.fixture
+def gallery_copy(engine_gallery: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "gallery"
+    shutil.copytree(engine_gallery, copy)
+    return copy
+
+
+def edit_manifest(gallery: Path, edit) -> None:
+    manifest = json.loads((gallery / "manifest.json").read_text())
+    edit(manifest)
+    (gallery / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("name", ["../../etc/hostname", "/etc/hostname"])
+def test_manifest_file_names_outside_the_gallery_are_refused(gallery_copy: Path,
+                                                             name: str) -> None:
+    import hashlib
+
+    digest = hashlib.sha256(Path("/etc/hostname").read_bytes()).hexdigest() \
+        if Path("/etc/hostname").is_file() else "0" * 64
+
+    def point_mono_at(manifest: dict) -> None:
+        manifest["files"][name] = digest
+        manifest["models"]["mono"]["file"] = name
+
+    edit_manifest(gallery_copy, point_mono_at)
+    with pytest.raises(GalleryError, match=r"manifest\.json: a file name in the manifest "
+                       r"\('.*etc/hostname'\) would lead outside"):
+        Gallery.load(gallery_copy)
+
+
+def test_a_weight_file_linked_outside_the_gallery_is_refused(gallery_copy: Path,
+                                                            tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere.safetensors"
+    (gallery_copy / "mono.safetensors").rename(outside)
+    (gallery_copy / "mono.safetensors").symlink_to(outside)
+    with pytest.raises(GalleryError, match="through a link"):
+        Gallery.load(gallery_copy)
+
+
+def test_a_malformed_files_table_is_refused_by_name(gallery_copy: Path) -> None:
+    edit_manifest(gallery_copy, lambda m: m.update(files=["mono.safetensors"]))
+    with pytest.raises(GalleryError, match="'files' is not a mapping"):
+        Gallery.load(gallery_copy)
+
+
+@pytest.fixture
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The system temporary folder (where the gallery cache goes) inside the test folder."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+@pytest.fixture
+def gallery_bucket(s3: FaultyS3, engine_gallery: Path) -> str:
+    """A bucket holding ``engine_gallery`` under ``gal/``."""
+    import fsspec
+
+    name = f"resflow-sec-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(name)
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    fs.put(str(engine_gallery), f"{name}/gal", recursive=True)
+    return name
+
+
+def test_a_bucket_gallery_with_escaping_keys_writes_nothing_outside_and_fails_the_run(
+        s3: FaultyS3, gallery_bucket: str, private_tmp: Path, tmp_path: Path,
+        sample_archive: Path) -> None:
+    import boto3
+
+    # From the copy's staging folder <tmp>/resflow-cache-<uid>/.partial-*/, three levels up
+    # is the test folder itself.
+    key = "gal/../../../PWNED.txt"
+    boto3.client("s3", endpoint_url=s3.url).put_object(Bucket=gallery_bucket, Key=key,
+                                                       Body=b"echo pwned\n")
+    before = files_under(tmp_path)
+    from resflow.tasks import gallery_folder
+
+    with pytest.raises(InputError, match=r"PWNED\.txt: the object key .* would lead "
+                       r"outside .*'\.\.' component.*Fix: remove or rename the object"):
+        gallery_folder(f"s3://{gallery_bucket}/gal")
+    done = CliRunner().invoke(app, ["run", str(sample_archive), "--out",
+                                    str(tmp_path / "maps.zarr"), "--backend", "local",
+                                    "--gallery", f"s3://{gallery_bucket}/gal"])
+    assert done.exit_code == 2, done.output
+    assert "PWNED.txt: the object key" in done.output and "Traceback" not in done.output
+    after = files_under(tmp_path)
+    assert not [p for p in after if p.name == "PWNED.txt"]
+    assert not (after - before) - files_under(private_tmp), after - before
+    assert not (tmp_path / "maps.zarr").exists()
+    cache = private_tmp / f"resflow-cache-{os.getuid()}"
+    assert [p.name for p in cache.iterdir()] == []  # no half copy left behind
+
+
+def test_a_clean_bucket_gallery_is_copied_into_a_private_cache(
+        gallery_bucket: str, private_tmp: Path, engine_gallery: Path) -> None:
+    from resflow.tasks import gallery_folder
+
+    copy = gallery_folder(f"s3://{gallery_bucket}/gal")
+    cache = private_tmp / f"resflow-cache-{os.getuid()}"
+    assert copy.parent == cache and stat.S_IMODE(cache.stat().st_mode) == 0o700
+    assert sorted(p.name for p in copy.iterdir()) == \
+        sorted(p.name for p in engine_gallery.iterdir())
+
+
+@pytest.mark.parametrize("planted", ["link", "shared"])
+def test_a_planted_or_shared_cache_folder_is_refused(gallery_bucket: str, private_tmp: Path,
+                                                     tmp_path: Path, planted: str) -> None:
+    from resflow.tasks import gallery_folder
+
+    cache = private_tmp / f"resflow-cache-{os.getuid()}"
+    if planted == "link":
+        (tmp_path / "world").mkdir()
+        (tmp_path / "world").chmod(0o777)
+        cache.symlink_to(tmp_path / "world")
+        expected = "the gallery cache folder is not a directory"
+    else:
+        cache.mkdir()
+        cache.chmod(0o777)
+        expected = "the gallery cache folder is writable by other users"
+    with pytest.raises(ResflowError, match=f"resflow-cache-{os.getuid()}: {expected}.*Fix: "):
+        gallery_folder(f"s3://{gallery_bucket}/gal")
+    assert list((tmp_path / "world").iterdir() if planted == "link" else cache.iterdir()) == []
+
+
+# --- a real small run with planted secrets --------------------------------------------------
+
+@pytest.fixture(scope="module")
+def secret_run(sample_archive: Path, engine_gallery: Path,
+               tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """``resflow run`` on the local engine, its config planting a secret in every setting
+    that takes one: the Spark section's ``conf`` (kept in the run config whatever the
+    engine) and master URL, the Dask scheduler URL. Returns the output and what it printed."""
+    folder = tmp_path_factory.mktemp("secret-run")
+    config = folder / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "spark": {"master": f"k8s://https://admin:{PLANTED}@k8s.example:6443",
+                  "conf": SECRET_CONF},
+        "dask": {"scheduler_address": f"tls://user:{PLANTED}@scheduler.example:8786"},
+    }))
+    out = folder / "maps.zarr"
+    done = CliRunner().invoke(app, ["run", str(sample_archive), "--out", str(out),
+                                    "--backend", "local", "--gallery", str(engine_gallery),
+                                    "--config", str(config), "--device", "cpu"])
+    assert done.exit_code == 0, done.output
+    return {"out": out, "output": done.output, "config": config}
+
+
+@pytest.mark.slow
+def test_secrets_reach_no_report_attribute_or_message_of_a_real_run(secret_run: dict) -> None:
+    out: Path = secret_run["out"]
+    no_secret(secret_run["output"])
+    written = [p for p in out.rglob("*") if p.is_file() and p.suffix in {".json", ""}]
+    assert out / "run_report.json" in written and out / "zarr.json" in written
+    for file in written:
+        no_secret(file.read_bytes().decode("utf-8", "replace"))
+    report = json.loads((out / "run_report.json").read_text())
+    stored = json.loads((out / "zarr.json").read_text())["attributes"]["run_config"]
+    for config in (report["config"], stored):
+        conf = config["spark"]["conf"]
+        assert {k for k, v in conf.items() if v == MASK} == set(SECRET_CONF) - {
+            "spark.executor.memoryOverhead", "spark.hadoop.fs.gs.auth.service.account.json."
+            "keyfile"}
+        assert conf["spark.executor.memoryOverhead"] == "512m"
+        assert config["spark"]["master"] == "k8s://https://***@k8s.example:6443"
+        assert config["dask"]["scheduler_address"] == "tls://***@scheduler.example:8786"
+    # the report stays a valid report, and its summary line carries no secret either
+    no_secret(RunReport.read(out).summary_line())
+
+
+@pytest.mark.slow
+def test_a_resumed_run_with_the_same_secrets_is_accepted(secret_run: dict,
+                                                         sample_archive: Path,
+                                                         engine_gallery: Path) -> None:
+    """The store keeps settings masked, and resuming compares them masked: the same
+    settings, secrets included, resume the same output."""
+    config = RunConfig(archive=sample_archive, out=secret_run["out"], gallery=engine_gallery,
+                       backend="local", resume=True,
+                       **yaml.safe_load(secret_run["config"].read_text()))
+    from resflow.outputs import OutputComplete
+
+    with pytest.raises(OutputComplete):
+        check_run(config)
+
+
+@pytest.mark.slow
+def test_the_library_logs_no_secret(sample_archive: Path, engine_gallery: Path,
+                                    tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import resflow
+
+    caplog.set_level(logging.DEBUG)
+    out = tmp_path / "maps.zarr"
+    report = resflow.run(sample_archive, out, backend="local", gallery=engine_gallery,
+                         device="cpu", progress=False,
+                         spark={"conf": SECRET_CONF,
+                                "master": f"k8s://https://admin:{PLANTED}@k8s.example:6443"})
+    no_secret(caplog.text, json.dumps(report.to_dict()), report.summary_line(),
+              json.dumps(report.config))
+    report.write(tmp_path)
+    no_secret((tmp_path / "run_report.json").read_text())
+
+
+def test_reports_mask_secrets_however_they_are_built(tmp_path: Path) -> None:
+    report = RunReport(out=f"s3://k:{PLANTED}@bucket/maps.zarr", chips=1, km2=1, wall_s=1,
+                       backend="spark",
+                       cluster=ClusterShape(workers=1, threads_per_worker=1, details={
+                           "master": f"spark://u:{PLANTED}@host:7077"}),
+                       config={"spark": {"conf": SECRET_CONF}},
+                       errors=[{"where": f"https://h/x.tif?token={PLANTED}", "problem": "p",
+                                "fix": "f"}])
+    no_secret(report.summary_line(), json.dumps(report.to_dict()),
+              report.write(tmp_path).read_text())
+
+
+# --- messages -------------------------------------------------------------------------------
+
+def test_errors_never_carry_url_credentials() -> None:
+    err = InputError(f"s3://AKIA:{PLANTED}@bucket/a.zarr", f"no object at "
+                     f"gs://x:{PLANTED}@b/c", "check https://h/x?X-Amz-Signature=" + PLANTED)
+    no_secret(str(err), json.dumps(err.as_record()))
+    assert str(err).startswith("s3://***@bucket/a.zarr: no object at gs://***@b/c")
+
+
+def test_preflight_names_an_archive_url_without_its_credentials(s3: FaultyS3,
+                                                                tmp_path: Path) -> None:
+    bucket = f"resflow-sec-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(bucket)
+    config = RunConfig(archive=f"s3://resflow-test:{PLANTED}@{bucket}/a.zarr",
+                       out=tmp_path / "o.zarr", backend="local")
+    with pytest.raises(ResflowError) as refused:
+        check_run(config)
+    no_secret(str(refused.value))
+    assert str(refused.value).startswith(f"s3://{bucket}/a.zarr: the URL holds credentials")
+
+
+def test_the_stop_message_names_an_output_url_without_its_credentials(s3: FaultyS3) -> None:
+    bucket = f"resflow-sec-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(bucket)
+    url = f"s3://resflow-test:{PLANTED}@{bucket}/maps.zarr"
+    for line in (stop_message(url), progress_line(url, "resuming")):
+        no_secret(line)
+        assert f"s3://***@{bucket}/maps.zarr" in line
+
+
+def test_redaction_masks_secret_keys_and_url_credentials_anywhere() -> None:
+    settings = {"a": [{"password": PLANTED}, f"see ftp://me:{PLANTED}@h/f"],
+                "Spark.Hadoop.FS.S3A.SECRET.KEY": PLANTED, "credentials": {"k": PLANTED},
+                "nested": ({"api_key": PLANTED},), "token_enabled": True, "halo": 128}
+    masked = redact(settings)
+    no_secret(json.dumps(masked))
+    assert masked["token_enabled"] is True and masked["halo"] == 128
+    assert redact_text("local[2] and /data/a=b.tif") == "local[2] and /data/a=b.tif"
+    assert settings["Spark.Hadoop.FS.S3A.SECRET.KEY"] == PLANTED  # the original is untouched
+
+
+# --- a crafted output store -----------------------------------------------------------------
+
+@pytest.fixture
+def crafted(secret_run: dict, tmp_path: Path) -> Path:
+    """A copy of a real run's output whose scene groups were edited to escape."""
+    out = tmp_path / "work" / "maps.zarr"
+    shutil.copytree(secret_run["out"], out)
+    return out
+
+
+def craft(store: Path, group: str) -> None:
+    root = json.loads((store / "zarr.json").read_text())
+    scenes = root["attributes"]["scenes"]
+    scene = next(iter(scenes))
+    os.rename(store / scenes[scene], store / "renamed")
+    scenes[scene] = group
+    (store / "zarr.json").write_text(json.dumps(root))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("group", ["../../../evil", "/tmp/evil", "a/b", "zarr.json", ".hidden"])
+def test_a_store_with_crafted_group_names_is_refused_and_nothing_is_written(
+        crafted: Path, tmp_path: Path, group: str) -> None:
+    craft(crafted, group)
+    before = files_under(tmp_path)
+    with pytest.raises(ResflowError, match=r"maps\.zarr: scenes: scene '.*' has the group "
+                       r".* not a plain folder name.*Fix: recompute the output"):
+        OutputStore.open(crafted)
+    exports = tmp_path / "work" / "exports"
+    with pytest.raises(ResflowError, match="not a plain folder name"):
+        export_run(crafted, cog_dir=exports / "cogs", stac_dir=exports / "stac")
+    with pytest.raises(ResflowError, match="not a plain folder name"):
+        evaluate(crafted, [ATLANTA_LABELS], report_dir=exports / "eval")
+    done = CliRunner().invoke(app, ["export", str(crafted), "--cog", str(exports / "c")])
+    assert done.exit_code != 0 and "not a plain folder name" in done.output
+    assert "Traceback" not in done.output
+    assert files_under(tmp_path) == before
+
+
+@pytest.mark.slow
+def test_an_untouched_store_still_exports_inside_its_folders(secret_run: dict,
+                                                             tmp_path: Path) -> None:
+    written = export_run(secret_run["out"], cog_dir=tmp_path / "cogs",
+                         stac_dir=tmp_path / "stac")
+    assert written and all(tmp_path in p.absolute().parents for p in written)
+    no_secret(*(p.read_text() for p in written if p.suffix == ".json"))
