@@ -253,6 +253,31 @@ def _inspect(path: Path | str, name: str, config: IngestConfig,
     return storage.retrying(lambda: _inspect_once(path, name, config, rgb))
 
 
+#: Bytes of a VRT read to look for raw bands; a VRT larger than this is refused.
+VRT_MAX_BYTES = 16 << 20
+
+
+def _refuse_raw_bands(path: Path | str, where: str, files: Sequence[str]) -> None:
+    """Refuse a VRT (whatever its name: ``.tif`` too) that holds, or reaches through the VRTs
+    it names, a raw band (``VRTRawRasterBand``): such a band reads any file it names, a
+    private key as well as imagery, as pixels. GDAL 3.10 has no run-time switch for them
+    (``GDAL_VRT_ENABLE_RAWRASTERBAND`` is a build option), so the XML is read here."""
+    documents = [storage.read_prefix(path, VRT_MAX_BYTES + 1)]
+    for file in files[1:]:
+        local = Path(file)
+        if local.suffix.lower() == ".vrt" and local.is_file():
+            with local.open("rb") as fh:
+                documents.append(fh.read(VRT_MAX_BYTES + 1))
+    if any(len(doc) > VRT_MAX_BYTES for doc in documents):
+        raise InputError(where, f"a VRT over {VRT_MAX_BYTES >> 20} MiB cannot be checked for "
+                         "raw bands", "convert it to a GeoTIFF with gdal_translate")
+    if any(b"vrtrawrasterband" in doc.lower() for doc in documents):
+        raise InputError(where, "the raster is a VRT with a raw band (VRTRawRasterBand), "
+                         "which reads whatever file it names as pixels",
+                         "convert it to a GeoTIFF you trust with gdal_translate, or ingest "
+                         "the files it points at")
+
+
 def _inspect_once(path: Path | str, name: str, config: IngestConfig,
                   rgb: Sequence[int] | None) -> _Plan:
     where = storage.display(path)
@@ -271,6 +296,8 @@ def _inspect_once(path: Path | str, name: str, config: IngestConfig,
             mask_flags = ds.mask_flag_enums
             has_gcps = bool(ds.gcps[0]) or bool(ds.rpcs)
             subdatasets = ds.subdatasets
+            if ds.driver == "VRT":
+                _refuse_raw_bands(path, where, ds.files)
     except RasterioError as exc:
         raise InputError(where, f"not a readable raster, or truncated or corrupt (GDAL: {exc})",
                          "check it is a GeoTIFF or other GDAL raster and re-download it if a "

@@ -384,3 +384,53 @@ def test_an_untouched_store_still_exports_inside_its_folders(secret_run: dict,
                          stac_dir=tmp_path / "stac")
     assert written and all(tmp_path in p.absolute().parents for p in written)
     no_secret(*(p.read_text() for p in written if p.suffix == ".json"))
+
+
+# --- ingest: raw VRT bands ------------------------------------------------------------------
+
+RAW_VRT = """<VRTDataset rasterXSize="64" rasterYSize="64">
+  <SRS>EPSG:32633</SRS>
+  <GeoTransform>500000, 0.3, 0, 4000000, 0, -0.3</GeoTransform>
+  <VRTRasterBand dataType="Byte" band="1" subClass="VRTRawRasterBand">
+    <SourceFilename relativeToVRT="0">{target}</SourceFilename>
+    <ImageOffset>0</ImageOffset><PixelOffset>1</PixelOffset><LineOffset>64</LineOffset>
+  </VRTRasterBand>
+</VRTDataset>
+"""
+
+
+NESTED_VRT = """<VRTDataset rasterXSize="64" rasterYSize="64">
+  <SRS>EPSG:32633</SRS>
+  <GeoTransform>500000, 0.3, 0, 4000000, 0, -0.3</GeoTransform>
+  <VRTRasterBand dataType="Byte" band="1">
+    <SimpleSource><SourceFilename relativeToVRT="0">{target}</SourceFilename>
+      <SourceBand>1</SourceBand></SimpleSource>
+  </VRTRasterBand>
+</VRTDataset>
+"""
+
+
+@pytest.mark.parametrize("form", [".tif", ".vrt", "nested"])
+def test_a_vrt_with_a_raw_band_is_refused_and_reads_nothing(tmp_path: Path,
+                                                            form: str) -> None:
+    """A VRT (even one named .tif, or one naming such a VRT) whose raw band points at a
+    local file would store that file's bytes as pixels: ingest refuses it, naming the file
+    and why."""
+    from resflow.ingest import ingest
+
+    private = tmp_path / "private.key"
+    private.write_bytes(PLANTED.encode() * 200)
+    vrt = tmp_path / f"innocent{'.tif' if form == 'nested' else form}"
+    if form == "nested":
+        (tmp_path / "inner.vrt").write_text(RAW_VRT.format(target=private))
+        vrt.write_text(NESTED_VRT.format(target=tmp_path / "inner.vrt"))
+    else:
+        vrt.write_text(RAW_VRT.format(target=private))
+    result = ingest([vrt], tmp_path / "a.zarr")
+    (refusal,) = result.refused
+    assert refusal["source"] == str(vrt) and not result.ingested
+    assert "VRTRawRasterBand" in refusal["problem"] and "gdal_translate" in refusal["fix"]
+    archive = tmp_path / "a.zarr"
+    if archive.exists():
+        for file in archive.rglob("*"):
+            assert not file.is_file() or PLANTED.encode() not in file.read_bytes()
