@@ -29,9 +29,9 @@ WINDOW_CHIPS = 4
 
 WINDOW_HALO = 128
 """Default context around a window, pixels: with 4 x 4 windows of 256-px chips, the
-encoder's cost per chip equals chip-by-chip prediction with a 32-pixel halo (1280^2 / 16 =
-320^2), while the seam ratios of the demo and study scenes drop to about 1
-(``benchmarks/README.md``)."""
+models see as many pixels per chip as chip by chip with a 32-pixel halo (1280^2 / 16 =
+320^2), and the seam ratios of the demo and study scenes drop to about 1; on a CPU the
+larger images cost about twice the time per chip (``benchmarks/README.md``)."""
 
 
 @dataclass(frozen=True, order=True)
