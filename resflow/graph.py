@@ -5,20 +5,22 @@ the task functions (:mod:`resflow.tasks`, run on the workers) into an engine's g
 adds up what the tasks report. The ``regrouped`` plan is RESFlow's shape::
 
     partitions of whole output shards
-      -> stage 1  read chips, Lite0 features                    (GPU stage)
+      -> stage 1  read prediction windows, Lite0 features       (GPU stage)
       -> stage 2  hash codes, nearest bucket                    -> (chip ref, bucket) records
       -> regroup by bucket, within blocks of FAN_IN partitions  (references move, not pixels)
-      -> stage 3  re-read chips with a halo, segment with that bucket's model, trim the halo,
-                  quantise to uint8                             (GPU stage)
+      -> stage 3  re-read the chips' windows with a halo, segment with that bucket's
+                  model, trim the halo, quantise to uint8       (GPU stage)
       -> regroup back to the planned partitions, within the same blocks
       -> write    each partition's shards, one object per shard and array
       -> one summary per partition
 
 The ``fused`` plan (the default) runs the same three stages of a partition, and its writes,
-in one task (:func:`resflow.tasks.fused_stages`): each chip is read once, with its halo, and
-no pixels cross processes. With every bucket's model already loaded in each worker, the
-regroup buys nothing but two shuffles, a second read of every chip and barriers between
-stages; ``benchmarks/README.md`` measures the difference.
+in one task (:func:`resflow.tasks.fused_stages`): each prediction window
+(:mod:`resflow.windows`) is read once, with its halo, and no pixels cross processes. With
+every bucket's model already loaded in each worker, the regroup buys nothing but two
+shuffles, a second read of every window and barriers between stages;
+``benchmarks/README.md`` measures the difference. Both plans keep a window's chips in one
+task per stage, so a stage encodes each window once.
 
 The driver never holds a record per chip: partitions are runs of shards, tasks return one
 :class:`~resflow.tasks.PartitionSummary` each, and a :class:`~resflow.tasks.Tally` adds them

@@ -549,11 +549,11 @@ def fused_stages(settings: GraphSettings, records: list[Partition],
                  env: TaskEnv) -> list[PartitionSummary]:
     """Stages 1, 2 and 3 of one partition in one task, then its shards written.
 
-    Each chip is read once, with its halo, and encoded once: stage 1 embeds the chip from
-    the encoder maps of its halo read, stage 2 routes it, and stage 3 decodes the same maps
-    with the model of its bucket. The maps, routes and failures are those of the regrouped
-    plan; only where the work runs differs: nothing crosses processes between stages and no
-    stage waits for another's slowest partition.
+    Each prediction window of the partition is read once, with its halo, and encoded once:
+    stage 1 embeds the window from its encoder maps, stage 2 routes it, and stage 3 decodes
+    the same maps with the model of its bucket. The maps, routes and failures are those of
+    the regrouped plan; only where the work runs differs: nothing crosses processes between
+    stages and no stage waits for another's slowest partition.
     """
     summaries = []
     for partition in records:
