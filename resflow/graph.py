@@ -77,7 +77,7 @@ def settings_from_config(config: RunConfig) -> GraphSettings:
     if config.archive is None or config.out is None:
         raise ValueError("a run needs both an archive and an output location")
     return GraphSettings(archive=storage.normalise(config.archive), gallery=config.gallery,
-                         out=storage.normalise(config.out), batch_size=config.batch_size,
+                         out=storage.normalise(config.out),
                          halo=config.halo, window=config.window,
                          threshold=config.threshold,
                          min_building_m2=config.min_building_m2,

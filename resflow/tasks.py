@@ -70,8 +70,6 @@ class GraphSettings:
     archive, gallery, out
         Imagery archive, model gallery (``None`` = bundled default) and output store
         locations (paths or URLs, :mod:`resflow.storage`).
-    batch_size
-        Chips per model call on CUDA.
     halo
         Context pixels read around each prediction window, encoded with it (stages 1 and 3)
         and trimmed before writing.
@@ -95,7 +93,6 @@ class GraphSettings:
     archive: Path | str
     gallery: Path | str | None
     out: Path | str
-    batch_size: int = 8
     halo: int = WINDOW_HALO
     window: int = WINDOW_CHIPS
     threshold: float = 0.5
