@@ -19,6 +19,9 @@ from resflow.ingest import ingest
 from resflow.samples import sample_path
 
 PARTITION_CHIPS = 4
+WINDOW = 2
+"""2 x 2-chip prediction windows, so the 64-chip scene runs as 16 tasks and a run can be
+stopped part-way."""
 
 
 @pytest.fixture(scope="session")
@@ -32,10 +35,12 @@ def small_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def run_config_file(engine_gallery: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A YAML run config: the engine gallery, CPU, 4-chip partitions, 2 embedded workers."""
+    """A YAML run config: the engine gallery, CPU, 4-chip partitions of 2 x 2-chip prediction
+    windows (16 tasks, so a run can be stopped part-way), 2 embedded workers."""
     path = tmp_path_factory.mktemp("reliability-config") / "run.yaml"
     path.write_text(yaml.safe_dump({
         "gallery": str(engine_gallery), "device": "cpu", "partition_chips": PARTITION_CHIPS,
+        "window": WINDOW,
         "dask": {"workers": 2, "dashboard_address": "127.0.0.1:0"},
         "spark": {"master": "local[2]"},
     }))
@@ -52,6 +57,6 @@ def reference_maps(small_archive: Path, engine_gallery: Path,
 
     out = tmp_path_factory.mktemp("reliability-reference") / "clean.zarr"
     config = RunConfig(archive=small_archive, gallery=engine_gallery, out=out, backend="local",
-                       device="cpu", partition_chips=PARTITION_CHIPS)
+                       device="cpu", partition_chips=PARTITION_CHIPS, window=WINDOW)
     run_graph(config, LocalExecutor(gpus=[], progress=False))
     return maps(out)
