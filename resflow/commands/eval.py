@@ -41,7 +41,7 @@ def eval_command(
     Every scene, scored or not, also gets seam ratios for its probability and its mask:
     the mean change between neighbouring pixels across a chip border over the mean change
     everywhere else. About 1 means the chip grid does not show; well above 1 means it does.
-    The imagery itself gives 0.8-1.4 on small scenes, so read a small scene's ratio as noise.
+    The imagery itself gives 0.8-1.9 on small scenes, so read a small scene's ratio as noise.
     """
     from resflow.errors import ResflowError
     from resflow.evaluation import evaluate, format_table
