@@ -28,10 +28,11 @@ import numpy as np
 from benchmarks.places import ATLANTA, load_places
 from resflow.archive import Archive
 from resflow.config import IngestConfig, RunConfig
+from resflow.evaluation import seam_ratios
 from resflow.graph import run_graph
 from resflow.ingest import ingest
 from resflow.local import LocalExecutor
-from resflow.outputs import NOT_MAPPED, OutputStore
+from resflow.outputs import OutputStore
 from resflow.samples import list_samples
 from resflow.seams import seam_ratio
 
@@ -57,11 +58,9 @@ def map_ratios(archive: Path, out: Path, overrides: dict[str, Any]) -> tuple[dic
     ratios = {}
     for scene in sorted(store.groups):
         array = store.read_array(scene, "probability")
-        probability = np.asarray(array[...])
-        mapped = probability != NOT_MAPPED
-        mask = np.asarray(store.read_array(scene, "mask")[...]) == 1
-        ratios[scene] = {"probability": seam_ratio(probability, array.chunks[0], mapped).summary(),
-                         "mask": seam_ratio(mask, array.chunks[0], mapped).summary()}
+        found = seam_ratios(np.asarray(array[...]),
+                            np.asarray(store.read_array(scene, "mask")[...]), array.chunks[0])
+        ratios[scene] = {kind: ratio.summary() for kind, ratio in found.items()}
     return ratios, wall
 
 
