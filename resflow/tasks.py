@@ -107,7 +107,7 @@ class GraphSettings:
 
 @dataclass(frozen=True)
 class Features:
-    """Stage 1 output: one chip's embedding (regrouped plan)."""
+    """Stage 1 output: one chip and its window's embedding (regrouped plan)."""
 
     ref: ChipRef
     features: np.ndarray
@@ -605,9 +605,10 @@ def failing_stage(stage: str, fn: Callable[..., list[Any]]) -> Callable[..., lis
 
 def stage1_features(settings: GraphSettings, records: list[Partition],
                     env: TaskEnv) -> list[Any]:
-    """Expand each partition, read its chips with their halo and compute their Lite0
-    embeddings as the fused plan does; a chip that cannot be read or embedded becomes a
-    :class:`ChipFailure`. The partition travels on as :class:`Planned`."""
+    """Expand each partition, read its prediction windows with their halo and compute their
+    Lite0 embeddings as the fused plan does, one record per chip carrying its window's
+    embedding; the chips of a window that cannot be read or embedded become
+    failure records (:class:`ChipFailure`). The partition travels on as :class:`Planned`."""
     out: list[Any] = []
     for partition in records:
         out.append(Planned(partition))
