@@ -77,6 +77,9 @@ class IngestResult:
     too_coarse
         One ``{"name", "reason"}`` per scene recorded but never mapped
         (:mod:`resflow.resolution`); these are also in ``ingested`` or ``skipped``.
+    removed
+        True when this run created the archive, could write no scene into it and removed
+        it again.
     """
 
     path: Path | str
@@ -84,6 +87,7 @@ class IngestResult:
     skipped: list[str] = field(default_factory=list)
     refused: list[dict] = field(default_factory=list)
     too_coarse: list[dict] = field(default_factory=list)
+    removed: bool = False
 
     @property
     def ok(self) -> bool:
@@ -120,7 +124,10 @@ def ingest(sources: Iterable[str | Path], out: str | Path, config: IngestConfig 
     Returns
     -------
     IngestResult
-        Scenes written, skipped and refused. Refusals never raise.
+        Scenes written, skipped and refused. Refusals never raise. An archive this call
+        created is removed again when no scene could be written into it (``removed``), also
+        when the call is stopped by an exception: a failed ingest leaves nothing behind. An
+        archive that existed before is never removed.
 
     Examples
     --------
@@ -132,7 +139,26 @@ def ingest(sources: Iterable[str | Path], out: str | Path, config: IngestConfig 
     config = config or IngestConfig()
     out = storage.normalise(out)
     result = IngestResult(path=out)
-    files, refusals = _discover(sources, config.stac_asset)
+    files, result.refused = _discover(sources, config.stac_asset)
+    new = not storage.exists(out)
+    try:
+        _ingest_into(out, files, config, rgb, result, progress=progress)
+    except BaseException:
+        if new and not result.ingested and storage.exists(out):
+            storage.remove_tree(out)
+        raise
+    if new and not result.ingested and not result.skipped:
+        storage.remove_tree(out)
+        result.removed = True
+    return result
+
+
+def _ingest_into(out: Path | str, files: Sequence[Path | str], config: IngestConfig,
+                 rgb: Sequence[int] | None, result: IngestResult, *, progress: bool) -> None:
+    """Inspect ``files`` and write the scenes that are not current into the archive at
+    ``out``, filling ``result`` as scenes finish (so a caller stopped by an exception knows
+    what was written)."""
+    refusals = result.refused
     root = _open_for_writing(out)
     plans: list[_Plan] = []
     for path, name in zip(files, _scene_names(files), strict=True):
@@ -161,9 +187,7 @@ def ingest(sources: Iterable[str | Path], out: str | Path, config: IngestConfig 
             bar.update(1)
     bar.close()
     result.ingested.sort()
-    result.refused = refusals
     _record(root, out, files, refusals)
-    return result
 
 
 def _progress(total: int, enabled: bool):

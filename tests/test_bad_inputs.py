@@ -80,8 +80,11 @@ def test_each_bad_input_is_refused_and_others_ingest(case: str, tmp_path: Path) 
 def test_truncated_pixels_leave_no_scene(tmp_path: Path) -> None:
     bad = _truncated(tmp_path / "cut.tif")
     out = tmp_path / "a.zarr"
-    ingest([bad], out)
-    assert Archive.open(out).scenes == {}
+    result = ingest([bad, sample_path(GOOD)], out)
+    assert [r["source"] for r in result.refused] == [str(bad.resolve())]
+    assert list(Archive.open(out).scenes) == ["ms1"]
+    alone = ingest([bad], tmp_path / "b.zarr")  # nothing written: nothing left behind
+    assert alone.removed and not (tmp_path / "b.zarr").exists()
 
 
 def test_cli_exit_codes_and_messages(tmp_path: Path) -> None:
@@ -93,7 +96,7 @@ def test_cli_exit_codes_and_messages(tmp_path: Path) -> None:
     assert "absent.tif: the file does not exist. Fix: check the path" in partial.stderr
     nothing = runner.invoke(app, ["ingest", str(tmp_path / "absent.tif"), "--out",
                                   str(tmp_path / "b.zarr")])
-    assert nothing.exit_code == 2
+    assert nothing.exit_code == 2 and not (tmp_path / "b.zarr").exists()
     info = runner.invoke(app, ["info", str(out)])
     assert info.exit_code == 0 and "refused inputs: 1" in info.stdout
     assert "absent.tif: the file does not exist" in info.stdout

@@ -150,3 +150,29 @@ def test_killed_ingest_is_detected_and_redone(tmp_path: Path) -> None:
     archive = Archive.open(out)
     with rasterio.open(src) as ds:
         np.testing.assert_array_equal(np.asarray(archive.image(src.stem)[...]), ds.read())
+
+
+def test_a_failed_ingest_leaves_no_archive_behind(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from resflow.cli import app
+
+    out = tmp_path / "a.zarr"
+    missing = tmp_path / "nothere.tif"
+    result = CliRunner().invoke(app, ["ingest", str(missing), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert str(missing) in result.stderr and "not kept" in result.stdout
+    assert not out.exists()
+    assert ingest([missing], out).removed and not out.exists()
+
+
+def test_a_failed_ingest_never_removes_an_archive_that_was_there(tmp_path: Path) -> None:
+    src = _copy("rotterdam-ms1", tmp_path / "in")
+    out = tmp_path / "a.zarr"
+    ingest([src], out)
+    result = ingest([tmp_path / "nothere.tif"], out)
+    assert not result.removed and result.refused
+    assert list(Archive.open(out).scenes) == ["ms1"]
+    empty = tmp_path / "empty.zarr"
+    empty.mkdir()
+    assert not ingest([tmp_path / "nothere.tif"], empty).removed and empty.is_dir()

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from resflow.commands.options import ConfigFile, PrintConfig, Sets, show_config
+
+if TYPE_CHECKING:
+    from resflow.config import IngestConfig
+    from resflow.ingest import IngestResult
 
 
 def register(app: typer.Typer) -> None:
@@ -43,21 +48,13 @@ def ingest_command(
     flags. Exit code 0 when every input was ingested (or with --print-config), 1 when some
     were refused (listed on stderr and in `resflow info`), 2 when nothing could be done.
     """
-    from resflow.config import IngestConfig, load_config
-    from resflow.errors import ConfigError, ResflowError
+    from resflow import storage
+    from resflow.errors import ResflowError
     from resflow.ingest import ingest
 
     try:
-        overrides = {"chip": chip, "workers": workers, "stac_asset": asset}
-        if gsd is not None and gsd != "native":
-            try:
-                overrides["gsd"] = float(gsd)
-            except ValueError:
-                raise ConfigError("--gsd", f"'{gsd}' is neither metres nor 'native'",
-                                  "write e.g. --gsd 0.5 or --gsd native") from None
-        settings = load_config(config, IngestConfig, sets=sets or (), **overrides)
-        if gsd == "native":  # an explicit null beats the file's value and --set's
-            settings = settings.model_copy(update={"gsd": None})
+        settings = ingest_settings(config, sets, chip=chip, workers=workers, gsd=gsd,
+                                   asset=asset)
         bands = band_indices(rgb)
         if print_config:
             show_config(settings)
@@ -66,16 +63,53 @@ def ingest_command(
     except ResflowError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        kept = (f"{storage.display(out)} keeps the scenes finished so far; the same command "
+                "finishes it" if storage.exists(storage.normalise(out)) else "nothing was kept")
+        typer.echo(f"interrupted: {kept}", err=True)
+        raise typer.Exit(130) from None
+    report_refusals(result)
+    removed = f"; nothing was ingested, so {out} was not kept" if result.removed else ""
+    typer.echo(f"{out}: {len(result.ingested)} ingested, {len(result.skipped)} unchanged, "
+               f"{len(result.refused)} refused{removed}", file=sys.stdout)
+    if result.refused:
+        raise typer.Exit(1 if result.ingested or result.skipped else 2)
+
+
+def ingest_settings(config: Path | None, sets: list[str] | None, *, chip: int | None,
+                    workers: int | None, gsd: str | None, asset: str | None) -> IngestConfig:
+    """The ingest settings from ``--config``, ``--set`` and the ingest flags, ``--gsd``
+    taking metres or ``native`` (:func:`resflow.config.load_config`).
+
+    Raises
+    ------
+    ConfigError
+        naming the flag or field at fault.
+    """
+    from resflow.config import IngestConfig, load_config
+    from resflow.errors import ConfigError
+
+    overrides: dict[str, Any] = {"chip": chip, "workers": workers, "stac_asset": asset}
+    if gsd is not None and gsd != "native":
+        try:
+            overrides["gsd"] = float(gsd)
+        except ValueError:
+            raise ConfigError("--gsd", f"'{gsd}' is neither metres nor 'native'",
+                              "write e.g. --gsd 0.5 or --gsd native") from None
+    settings = load_config(config, IngestConfig, sets=sets or (), **overrides)
+    if gsd == "native":  # an explicit null beats the file's value and --set's
+        settings = settings.model_copy(update={"gsd": None})
+    return settings
+
+
+def report_refusals(result: IngestResult) -> None:
+    """Say on stderr which inputs were refused and which scenes will never be mapped."""
     for record in result.refused:
         typer.echo(f"refused: {record['where']}: {record['problem']}. Fix: {record['fix']}.",
                    err=True)
     for record in result.too_coarse:
         typer.echo(f"skipped: {record['name']}: {record['reason']}; kept in the archive, "
                    "never mapped", err=True)
-    typer.echo(f"{out}: {len(result.ingested)} ingested, {len(result.skipped)} unchanged, "
-               f"{len(result.refused)} refused", file=sys.stdout)
-    if result.refused:
-        raise typer.Exit(1 if result.ingested or result.skipped else 2)
 
 
 def band_indices(rgb: str | None) -> list[int] | None:
