@@ -111,15 +111,17 @@ def split_touching(probability: np.ndarray, mask: np.ndarray, split: float) -> n
     if split <= 0 or not mask.any():
         return mask
     height = ndimage.gaussian_filter(probability.astype(np.float32), SMOOTH_SIGMA)
-    basins = _basins(height, mask)
-    keep = _regions(basins, height, split)
-    return _separated(keep[basins])
+    basins, peaks = _basins(height, mask)
+    owner = _regions(peaks, *_passes(basins, height), split)
+    return _separated(owner[basins])
 
 
-def _basins(height: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def _basins(height: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``mask`` cut into basins of ``height``'s peaks, by steepest ascent: every pixel
     belongs to the peak it reaches by stepping, again and again, to its highest
-    4-neighbour in the mask while that is higher. 0 outside ``mask``.
+    4-neighbour in the mask while that is higher (the first of up, down, left, right
+    on a tie). Basins are numbered from 1 in the order of their peaks' flat index, 0
+    outside ``mask``; also returns each basin's peak height (index 0 unused).
 
     Each pixel's step depends only on its neighbours, so a blob's basins depend only on
     the blob and the pixels it is smoothed with: chip by chip as scene-wide. Every pixel
@@ -128,88 +130,130 @@ def _basins(height: np.ndarray, mask: np.ndarray) -> np.ndarray:
     their pass, so too many basins cost nothing but time.
     """
     rows, cols = mask.shape
-    inside = np.pad(np.where(mask, height, -np.inf), 1, constant_values=-np.inf)
-    index = np.arange(rows * cols).reshape(rows, cols)
-    best, step = inside[1:-1, 1:-1].copy(), index.copy()
+    inside = np.full((rows + 2, cols + 2), -np.inf, np.float32)
+    np.copyto(inside[1:-1, 1:-1], height, where=mask)
+    best = inside[1:-1, 1:-1].copy()
+    offset = np.zeros((rows, cols), np.int32)
     for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
         neighbour = inside[1 + dy:1 + dy + rows, 1 + dx:1 + dx + cols]
         higher = neighbour > best
-        best = np.where(higher, neighbour, best)
-        step = np.where(higher, np.roll(index, (-dy, -dx), axis=(0, 1)), step)
-    step = step.ravel()
+        np.copyto(best, neighbour, where=higher)
+        np.copyto(offset, dy * cols + dx, where=higher)
+    pixels = np.flatnonzero(mask)
+    at = np.empty(rows * cols, np.int32)  # a mask pixel's place in ``pixels``
+    at[pixels] = np.arange(pixels.size, dtype=np.int32)
+    step = at[pixels + offset.ravel()[pixels]]
     while True:  # pointer jumping: every pixel reaches its peak in log2(steps) rounds
         further = step[step]
         if np.array_equal(further, step):
             break
         step = further
-    peaks = np.flatnonzero(mask.ravel() & (step == np.arange(step.size)))
-    label = np.zeros(step.size, np.int64)
-    label[peaks] = np.arange(1, peaks.size + 1)
-    basins = label[step].reshape(rows, cols)
-    basins[~mask] = 0
-    return basins
-
-
-def _regions(basins: np.ndarray, height: np.ndarray, split: float) -> np.ndarray:
-    """For each basin, the basin whose region it belongs to after merging shallow peaks.
-
-    Passes between neighbouring basins are visited from the highest down (union-find);
-    at each, the basin set with the lower peak joins the other, and its top basin stays a
-    region of its own only if its peak stands at least ``split`` above the pass.
-    """
-    count = int(basins.max())
-    top = np.full(count + 1, -np.inf, np.float32)
-    np.maximum.at(top, basins.ravel(), height.ravel())
-    lows, highs, passes = _passes(basins, height)
-    order = np.argsort(-passes, kind="stable")
-    peaks = top.tolist()  # plain lists: the loop touches single items only
-    parent = list(range(count + 1))
-    joined = list(range(count + 1))  # the set a shallow top basin joined
-    region = [True] * (count + 1)
-
-    def root(b: int) -> int:
-        while parent[b] != b:
-            parent[b] = parent[parent[b]]
-            b = parent[b]
-        return b
-
-    for low, high, level in zip(lows[order].tolist(), highs[order].tolist(),
-                                passes[order].tolist(), strict=True):
-        a, b = root(low), root(high)
-        if a == b:
-            continue
-        if peaks[a] < peaks[b] or (peaks[a] == peaks[b] and a > b):
-            a, b = b, a  # a: the set with the higher peak; roots are their top basins
-        if peaks[b] - level < split:
-            region[b] = False
-            joined[b] = a
-        parent[b] = a
-    owner = [0] * (count + 1)
-    for b in range(1, count + 1):
-        r = b
-        while not region[r]:
-            r = joined[r]
-        owner[b] = r
-    return np.asarray(owner)
+    peak = step == np.arange(step.size)
+    label = np.cumsum(peak, dtype=np.int32)
+    basins = np.zeros(rows * cols, np.int32)
+    basins[pixels] = label[step]
+    peaks = np.concatenate([[-np.inf], height.ravel()[pixels[peak]]]).astype(np.float32)
+    return basins.reshape(rows, cols), peaks
 
 
 def _passes(basins: np.ndarray, height: np.ndarray
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Neighbouring basin pairs ``(low id, high id)`` and the highest pass between each:
-    the best, over 4-neighbour pixel pairs straddling their border, of the lower pixel."""
-    pairs, levels = [], []
+    """Neighbouring basin pairs ``(low id, high id)`` and the highest pass between each,
+    the best, over 4-neighbour pixel pairs straddling their border, of the lower pixel;
+    highest pass first, pairs in id order on a tie (the order :func:`_regions` merges)."""
+    lows, highs, levels = [], [], []
     for a, b, ha, hb in ((basins[:-1], basins[1:], height[:-1], height[1:]),
                          (basins[:, :-1], basins[:, 1:], height[:, :-1], height[:, 1:])):
-        border = (a != b) & (a > 0) & (b > 0)
-        pairs.append(np.stack([np.minimum(a, b)[border], np.maximum(a, b)[border]]))
-        levels.append(np.minimum(ha, hb)[border])
-    pair, level = np.concatenate(pairs, axis=1), np.concatenate(levels)
+        border = np.flatnonzero((a != b) & (a > 0) & (b > 0))
+        a, b = a.ravel()[border], b.ravel()[border]
+        lows.append(np.minimum(a, b))
+        highs.append(np.maximum(a, b))
+        levels.append(np.minimum(ha.ravel()[border], hb.ravel()[border]))
+    low, high, level = np.concatenate(lows), np.concatenate(highs), np.concatenate(levels)
     if not level.size:
-        return np.zeros(0, int), np.zeros(0, int), np.zeros(0, np.float32)
-    key = pair[0].astype(np.int64) * (int(basins.max()) + 1) + pair[1]
-    order = np.lexsort((-level, key))
-    first = order[np.r_[True, key[order][1:] != key[order][:-1]]]
-    return pair[0][first], pair[1][first], level[first]
+        return low, high, level
+    key = low.astype(np.int64) * (int(high.max()) + 1) + high
+    order = np.argsort(key, kind="stable")
+    key, low, high, level = key[order], low[order], high[order], level[order]
+    first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    level = np.maximum.reduceat(level, first)
+    order = np.argsort(-level, kind="stable")
+    return low[first][order], high[first][order], level[order]
+
+
+def _regions(peaks: np.ndarray, low: np.ndarray, high: np.ndarray, level: np.ndarray,
+             split: float) -> np.ndarray:
+    """For each basin, the basin whose region it belongs to after merging shallow peaks.
+
+    The passes are visited in order (union-find, Kruskal's order): at each, the basin set
+    with the lower peak (the higher id on a tie) joins the other, and its top basin stays
+    a region of its own only if its peak stands at least ``split`` above the pass, or else
+    belongs to the region of the set it joined. The visit is replayed in a few rounds of
+    array operations (Boruvka's): each set takes its first pass; sets so linked form
+    trees in which later passes hang below earlier ones, so up to the first pass leading
+    out of its tree, a tree merges in the order of its passes, every set joining the
+    union of the sets before it, whose top is a running maximum.
+    """
+    count = peaks.size - 1
+    rank = np.empty(count + 1, np.int64)  # peak order: higher peak, lower id on a tie
+    ids = np.arange(count + 1)
+    rank[np.lexsort((-ids[1:], peaks[1:])) + 1] = ids[:-1]
+    basin_of = np.empty(count, np.int64)
+    basin_of[rank[1:]] = ids[1:]
+    top = rank.copy()  # per set, named by one of its basins: the rank of its top basin
+    joined = ids.copy()  # the basin whose region a basin belongs to (itself: a region)
+    low, high = low.astype(np.int64), high.astype(np.int64)
+    while level.size:
+        edges = np.arange(level.size)
+        first = np.full(count + 1, level.size)
+        np.minimum.at(first, low, edges)
+        np.minimum.at(first, high, edges)
+        sets = np.flatnonzero(first < level.size)
+        link = first[sets]
+        other = np.where(low[link] == sets, high[link], low[link])
+        parent = ids.copy()
+        parent[sets] = other
+        root = sets[(parent[other] == sets) & (sets < other)]
+        parent[root] = root
+        tree = parent
+        while True:
+            further = tree[tree]
+            if np.array_equal(further, tree):
+                break
+            tree = further
+        out_low, out_high = tree[low], tree[high]
+        leaving = out_low != out_high
+        exit_ = np.full(count + 1, level.size)
+        np.minimum.at(exit_, out_low[leaving], edges[leaving])
+        np.minimum.at(exit_, out_high[leaving], edges[leaving])
+        merging = sets[link < exit_[tree[sets]]]
+        order_key = first[merging]
+        order_key[parent[merging] == merging] = -1
+        merging = merging[np.lexsort((order_key, tree[merging]))]
+        group = tree[merging]
+        starts = np.r_[True, group[1:] != group[:-1]]
+        shift = (np.cumsum(starts) - 1) * (count + 1)
+        running = np.maximum.accumulate(top[merging] + shift) - shift
+        joining = ~starts
+        before = np.r_[0, running[:-1]][joining]
+        own = top[merging][joining]
+        winner = basin_of[np.maximum(own, before)]
+        loser = basin_of[np.minimum(own, before)]
+        at = level[first[merging][joining]]
+        shallow = peaks[loser].astype(np.float64) - at.astype(np.float64) < split
+        joined[loser[shallow]] = winner[shallow]
+        ends = np.r_[starts[1:], True]
+        top[group[ends]] = running[ends]
+        rename = ids.copy()
+        rename[merging] = group
+        low, high = rename[low], rename[high]
+        kept = low != high
+        low, high, level = low[kept], high[kept], level[kept]
+    while True:
+        further = joined[joined]
+        if np.array_equal(further, joined):
+            return joined
+        joined = further
 
 
 def _separated(regions: np.ndarray) -> np.ndarray:
@@ -218,9 +262,8 @@ def _separated(regions: np.ndarray) -> np.ndarray:
     cut = np.zeros(regions.shape, bool)
     for a, b, cut_a, cut_b in ((regions[:-1], regions[1:], cut[:-1], cut[1:]),
                                (regions[:, :-1], regions[:, 1:], cut[:, :-1], cut[:, 1:])):
-        border = (a != b) & (a > 0) & (b > 0)
-        cut_a |= border & (a > b)
-        cut_b |= border & (b > a)
+        cut_a |= (a > b) & (b > 0)
+        cut_b |= (b > a) & (a > 0)
     return (regions > 0) & ~cut
 
 
