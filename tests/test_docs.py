@@ -1,8 +1,18 @@
-"""The examples in ``docs/architecture.md`` run as written, so the page stays true to the code."""
+"""The documentation stays true: the examples in ``docs/architecture.md`` run as written, and
+every relative link and ``#anchor`` in the README, ``docs/`` and the benchmarks' README
+resolves."""
 
 from __future__ import annotations
 
 import doctest
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", ROOT / "benchmarks" / "README.md",
+         *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def test_architecture_examples_run() -> None:
@@ -11,3 +21,37 @@ def test_architecture_examples_run() -> None:
                               raise_on_error=False, verbose=False)
     assert result.attempted > 0, "docs/architecture.md holds no examples"
     assert result.failed == 0, f"{result.failed} of the page's examples failed (output above)"
+
+
+def anchors(page: Path) -> set[str]:
+    """The ``#anchors`` GitHub gives a page's headings: lower case, punctuation dropped,
+    spaces as hyphens, a repeated heading numbered ``-1``, ``-2``..."""
+    seen: dict[str, int] = {}
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.DOTALL)
+    for heading in re.findall(r"^#{1,6} +(.+?) *$", text, flags=re.MULTILINE):
+        slug = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        count = seen.get(slug, 0)
+        seen[slug] = count + 1
+        if count:
+            seen[f"{slug}-{count}"] = 1
+    return set(seen)
+
+
+def resolves(page: Path, target: str) -> bool:
+    """Whether a relative link of ``page`` names a file that exists, and a heading of it
+    where the link has an ``#anchor``."""
+    path, _, anchor = target.partition("#")
+    linked = (page.parent / path).resolve() if path else page
+    if not linked.exists():
+        return False
+    return not anchor or (linked.suffix == ".md" and anchor in anchors(linked))
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.relative_to(ROOT).as_posix())
+def test_links_resolve(page: Path) -> None:
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.DOTALL)
+    targets = re.findall(r"\]\(([^)\s]+)\)", text)
+    broken = [target for target in targets
+              if not re.match(r"[a-z]+:", target)  # http(s), mailto: not checked offline
+              and not resolves(page, target)]
+    assert not broken, f"{page.relative_to(ROOT)}: links that do not resolve: {broken}"
