@@ -3,8 +3,10 @@
 The core package is engine-agnostic: it never imports dask or pyspark. Engines are found
 through the ``resflow.backends`` entry-point group (see :mod:`resflow.plugins`).
 
-From Python, :func:`resflow.run` maps an archive and returns the run report, and
-:func:`resflow.open_maps` opens the maps as an ``xarray.DataTree`` (:mod:`resflow.api`).
+From Python, :func:`resflow.run` maps an archive and returns the run report,
+:func:`resflow.predict` maps rasters into a folder of maps, COGs, footprints and STAC in
+one call, and :func:`resflow.open_maps` opens the maps as an ``xarray.DataTree``
+(:mod:`resflow.api`).
 """
 
 from __future__ import annotations
@@ -14,17 +16,18 @@ from typing import TYPE_CHECKING, Any
 from resflow.errors import ResflowError
 
 if TYPE_CHECKING:
-    from resflow.api import open_maps, run
+    from resflow.api import open_maps, predict, run
 
 __version__ = "0.1.0"
-__all__ = ["ResflowError", "__version__", "open_maps", "run"]
+__all__ = ["ResflowError", "__version__", "open_maps", "predict", "run"]
 
-_API = frozenset({"open_maps", "run"})
+_API = frozenset({"open_maps", "predict", "run"})
 
 
 def __getattr__(name: str) -> Any:
-    """``run`` and ``open_maps``, imported on first use, so that ``import resflow`` (which
-    every worker task and CLI command does) loads neither torch nor xarray."""
+    """``run``, ``predict`` and ``open_maps``, imported on first use, so that ``import
+    resflow`` (which every worker task and CLI command does) loads neither torch nor
+    xarray."""
     if name in _API:
         from resflow import api
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from resflow import storage
@@ -32,11 +32,12 @@ from resflow.errors import BackendError, ConfigError, ResflowError
 if TYPE_CHECKING:
     import xarray as xr
 
-    from resflow.config import RunConfig
+    from resflow.config import IngestConfig, RunConfig
     from resflow.executor import Executor
+    from resflow.prediction import Prediction
     from resflow.report import RunReport
 
-__all__ = ["ResflowError", "open_maps", "run"]
+__all__ = ["ResflowError", "open_maps", "predict", "run"]
 
 logger = logging.getLogger("resflow")
 
@@ -98,18 +99,115 @@ def run(archive: storage.Location, out: storage.Location, backend: str = "dask",
     >>> report.summary_line()                                   # doctest: +SKIP
     'resflow: 52 chips, 0.29 km^2 in 9.1 s = 0.03 km^2/s on dask (2 workers x 1 thread) ...'
     """
-    from resflow.config import RunConfig, load_config
-    from resflow.graph import run_graph
-    from resflow.plugins import load_backend
     from resflow.preflight import check_run
+
+    config = _run_config("resflow.run", archive=archive, out=out, backend=backend, **settings)
+    session = _session(_backend(config), client)
+    check_run(config)
+    return _run_graph(config, session, progress=progress)
+
+
+def predict(sources: Sequence[storage.Location], out: storage.Location, backend: str = "dask",
+            client: Any = None, *, keep_archive: bool = False, ingest: IngestConfig | None = None,
+            rgb: Sequence[int] | None = None, progress: bool = False,
+            **settings: Any) -> Prediction:
+    """Map the buildings of ``sources`` into the folder ``out``: ingest, run and export.
+
+    What ``resflow predict SRC... --out OUT`` does, as one call (:mod:`resflow.prediction`):
+    the sources are ingested into ``OUT/archive.zarr`` as :func:`resflow.ingest.ingest`
+    does, mapped into ``OUT/maps.zarr`` as :func:`run` does, and exported as COGs
+    (``OUT/cogs``), footprints (``OUT/footprints.parquet``, WGS 84) and a STAC Collection
+    (``OUT/stac``). The archive is removed after a run that mapped every chip, unless
+    ``keep_archive``; a run that did not finish keeps it for ``resume=True``.
+
+    Parameters
+    ----------
+    sources
+        Raster files, folders of rasters, URLs (``s3://...``) or STAC files, as ingest takes.
+    out
+        A local folder: missing, empty, or an earlier predict folder (with ``resume=True``
+        or ``overwrite=True``).
+    backend, client, progress, **settings
+        As :func:`run` (``resume=True``, ``overwrite=True``, ``device="cpu"``...), but for
+        the settings that place files (``archive``, ``out``, ``cog_dir``, ``footprints``,
+        ``stac``, ``stac_dir``), which the folder fixes.
+    keep_archive
+        Keep ``OUT/archive.zarr`` after a run that mapped every chip.
+    ingest
+        Ingest settings (chip, working resolution...); default: ingest's.
+    rgb
+        0-based band indices feeding R, G, B for every source, as ingest's ``rgb``.
+
+    Returns
+    -------
+    Prediction
+        The run report and the paths written; ``refused`` lists inputs that could not be
+        ingested (each also logged as a warning).
+
+    Raises
+    ------
+    resflow.store.targets.OutputComplete
+        ``resume=True`` over a folder whose maps are complete (nothing to do).
+    ResflowError
+        Bad settings, a folder that may not be written, sources that differ from those a
+        resumed folder was started from, or no source that could be ingested. A refused
+        new job leaves nothing it made.
+
+    Examples
+    --------
+    >>> done = resflow.predict(["scene.tif"], "buildings", backend="local")  # doctest: +SKIP
+    >>> done.footprints                                          # doctest: +SKIP
+    PosixPath('buildings/footprints.parquet')
+    """
+    from resflow import prediction as jobs
+    from resflow.config import IngestConfig
+
+    folder = jobs.PredictFolder.at(out)
+    placed = sorted(set(settings) & set(jobs.run_settings(folder)))
+    if placed:
+        raise ConfigError(f"resflow.predict: field '{placed[0]}'", "predict places the "
+                          "archive, the maps and the exports in its folder itself",
+                          "leave it out; the files go under out")
+    config = _run_config("resflow.predict", backend=backend, **settings,
+                         **jobs.run_settings(folder))
+    session = _session(_backend(config), client)
+    job = jobs.start(folder, sources, resume=config.resume, overwrite=config.overwrite)
+    refused = jobs.prepare_archive(job, sources, ingest or IngestConfig(), rgb=rgb,
+                                   progress=progress)
+    for record in refused:
+        logger.warning("input refused: %s: %s. Fix: %s.", record["where"], record["problem"],
+                       record["fix"])
+    jobs.check_run(job, config)
+    report = _run_graph(config, session, progress=progress)
+    archive = jobs.finish(job, keep_archive=keep_archive) if not report.errors else \
+        folder.archive
+    return jobs.Prediction(report=report, folder=folder.path, maps=folder.maps,
+                           cogs=folder.cogs, footprints=folder.footprints, stac=folder.stac,
+                           archive=archive, refused=refused)
+
+
+def _run_config(caller: str, **settings: Any) -> RunConfig:
+    """The run config of a call's arguments, validated as the CLI validates its flags."""
+    from resflow.config import RunConfig, load_config
+
+    _refuse_loader_parameters(settings, load_config, caller)
+    return load_config(None, RunConfig, origin=f"{caller}() argument", **settings)
+
+
+def _backend(config: RunConfig) -> type[Executor]:
+    """The run's engine class (:func:`resflow.plugins.load_backend`)."""
+    from resflow.plugins import load_backend
+
+    return load_backend(config.backend)
+
+
+def _run_graph(config: RunConfig, session: dict[str, Any], *, progress: bool) -> RunReport:
+    """Run the graph of a checked run config on its engine, logging what a person may want
+    to see; the run report."""
+    from resflow.graph import run_graph
     from resflow.redaction import redact
 
-    _refuse_loader_parameters(settings, load_config)
-    config: RunConfig = load_config(None, RunConfig, origin="resflow.run() argument",
-                                    archive=archive, out=out, backend=backend, **settings)
-    executor_class = load_backend(config.backend)
-    session = _session(executor_class, client)
-    check_run(config)
+    executor_class = _backend(config)
     with _executor(executor_class, config, session, progress=progress) as executor:
         if executor.dashboard_link:
             logger.info("%s dashboard: %s", config.backend, redact(executor.dashboard_link))
@@ -120,7 +218,8 @@ def run(archive: storage.Location, out: storage.Location, backend: str = "dask",
     return report
 
 
-def _refuse_loader_parameters(settings: dict[str, Any], loader: Callable[..., Any]) -> None:
+def _refuse_loader_parameters(settings: dict[str, Any], loader: Callable[..., Any],
+                              caller: str) -> None:
     """Refuse a setting named like one of ``loader``'s own parameters (``sets``, ``model``),
     which ``loader`` would take as that parameter instead of refusing it as a setting.
 
@@ -132,7 +231,7 @@ def _refuse_loader_parameters(settings: dict[str, Any], loader: Callable[..., An
     own = [name for name, parameter in inspect.signature(loader).parameters.items()
            if parameter.kind is not inspect.Parameter.VAR_KEYWORD and name in settings]
     if own:
-        raise ConfigError(f"resflow.run: field '{own[0]}'", "not a run setting",
+        raise ConfigError(f"{caller}: field '{own[0]}'", "not a run setting",
                           "pass run settings (the fields under Configuration in the README) "
                           "and engine sections only")
 

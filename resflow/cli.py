@@ -7,6 +7,7 @@ pyspark) inside their functions, so ``resflow --help`` is instant.
 from __future__ import annotations
 
 import importlib
+from typing import Annotated
 
 import typer
 
@@ -18,10 +19,26 @@ app = typer.Typer(
 )
 
 COMMAND_MODULES: tuple[str, ...] = ("ingest", "info", "doctor", "train", "gallery", "run", "demo",
-                                     "bench", "eval", "export")
+                                     "bench", "eval", "export", "predict")
 
 for _module in COMMAND_MODULES:
     importlib.import_module(f"resflow.commands.{_module}").register(app)
+
+
+def _print_version(asked: bool) -> None:
+    """``--version``: print the package version and exit before any command runs."""
+    if asked:
+        from resflow import __version__
+
+        typer.echo(f"resflow {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="print the resflow version and exit")] = False) -> None:
+    """Partitioned three-stage deep-learning inference over satellite imagery archives."""
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -26,7 +26,7 @@ from resflow.samples import sample_path
 runner = CliRunner()
 
 #: Commands whose settings are a model, and so take --config, --set and --print-config.
-WITH_SETTINGS = {"run", "demo", "ingest", "train"}
+WITH_SETTINGS = {"run", "demo", "ingest", "train", "predict"}
 
 
 def flat(text: str) -> str:
@@ -206,3 +206,21 @@ def test_demo_takes_work_dir_and_still_its_old_spelling(tmp_path: Path) -> None:
     assert old.exit_code == 0 and "--workdir is deprecated; write --work-dir" in old.stderr
     assert yaml.safe_load(old.stdout)["out"] == str(tmp_path / "old" / "buildings.zarr")
     assert not (tmp_path / "w").exists() and not (tmp_path / "old").exists()
+
+
+def test_version_prints_the_package_version() -> None:
+    from resflow import __version__
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout == f"resflow {__version__}\n"
+    assert "--version" in runner.invoke(app, ["--help"]).stdout
+
+
+def test_predict_takes_every_run_flag_but_those_placing_files() -> None:
+    commands = typer.main.get_command(app).commands
+    run_flags = {f for p in commands["run"].params for f in p.opts}
+    predict_flags = {f for p in commands["predict"].params for f in p.opts}
+    placing = {"archive", "--out", "-o", "--cog", "--footprints", "--stac", "--stac-dir"}
+    assert run_flags - placing <= predict_flags
+    assert {"--cog", "--footprints", "--stac", "--stac-dir"}.isdisjoint(predict_flags)
+    assert {"--keep-archive", "--rgb", "--gsd", "--chip", "--asset"} <= predict_flags

@@ -164,14 +164,26 @@ def run_command(
     run report); 2 when the run was refused before any work, or failed; 130 when interrupted
     (Ctrl-C), after saying how to resume.
     """
-    settings = run_settings(
+    settings = flag_settings(
         config, sets, print_config, archive=archive, out=out, gallery=gallery,
-        backend=backend, batch_size=batch_size, device=device.value if device else None,
-        threshold=threshold, min_building_m2=min_building_m2, split_dip=split_dip,
-        plan=plan, cog_dir=cog, footprints=footprints, stac=stac, stac_dir=stac_dir,
-        resume=resume or None, overwrite=overwrite or None, **(engine_settings or {}))
+        backend=backend, batch_size=batch_size, device=device, threshold=threshold,
+        min_building_m2=min_building_m2, split_dip=split_dip, plan=plan, cog_dir=cog,
+        footprints=footprints, stac=stac, stac_dir=stac_dir, resume=resume,
+        overwrite=overwrite, engine_settings=engine_settings)
     if settings is not None:
         execute_run(settings)
+
+
+def flag_settings(config: Path | None, sets: list[str] | None, print_config: bool, *,
+                  device: DeviceChoice | None = None, resume: bool = False,
+                  overwrite: bool = False, engine_settings: dict[str, Any] | None = None,
+                  **fields: Any) -> RunConfig | None:
+    """The run config of ``run``'s flags (:func:`resflow.commands.options.run_settings`), the
+    other flags given as the run config's fields; ``None`` once ``--print-config`` printed
+    it. Flags left off (``None``, ``False``) leave the file's and ``--set``'s values."""
+    return run_settings(config, sets, print_config, device=device.value if device else None,
+                        resume=resume or None, overwrite=overwrite or None, **fields,
+                        **(engine_settings or {}))
 
 
 def execute_run(settings: RunConfig) -> None:
