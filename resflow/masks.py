@@ -110,18 +110,34 @@ def split_touching(probability: np.ndarray, mask: np.ndarray, split: float) -> n
     """
     if split <= 0 or not mask.any():
         return mask
-    height = ndimage.gaussian_filter(probability.astype(np.float32), SMOOTH_SIGMA)
+    height = _smoothed(probability)
     basins, peaks = _basins(height, mask)
-    owner = _regions(peaks, *_passes(basins, height), split)
-    return _separated(owner[basins])
+    near, far = _borders(basins, mask)
+    near_basin, far_basin = basins.ravel()[near], basins.ravel()[far]
+    passes = _passes(near_basin, far_basin, height.ravel()[near], height.ravel()[far])
+    owner = _regions(peaks, *passes, split)
+    return _separated(mask, near, far, owner[near_basin], owner[far_basin])
+
+
+def _smoothed(probability: np.ndarray) -> np.ndarray:
+    """``probability`` as float32, smoothed by :data:`SMOOTH_SIGMA`. uint8 and float32 are
+    filtered as they are (scipy reads them exactly), saving a float copy of the window."""
+    if probability.dtype in (np.uint8, np.float32):
+        return ndimage.gaussian_filter(probability, SMOOTH_SIGMA, output=np.float32)
+    return ndimage.gaussian_filter(probability.astype(np.float32), SMOOTH_SIGMA)
+
+
+STEPS = ((np.s_[1:], np.s_[:-1]), (np.s_[:-1], np.s_[1:]),
+         (np.s_[:, 1:], np.s_[:, :-1]), (np.s_[:, :-1], np.s_[:, 1:]))
+"""Up, down, left, right: the pixels that have such a neighbour, and that neighbour."""
 
 
 def _basins(height: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``mask`` cut into basins of ``height``'s peaks, by steepest ascent: every pixel
     belongs to the peak it reaches by stepping, again and again, to its highest
-    4-neighbour in the mask while that is higher (the first of up, down, left, right
-    on a tie). Basins are numbered from 1 in the order of their peaks' flat index, 0
-    outside ``mask``; also returns each basin's peak height (index 0 unused).
+    4-neighbour in the mask while that is higher (the first of up, down, left, right on a
+    tie). Basins are numbered from 1 in the order of their peaks' flat index, 0 outside
+    ``mask``; also returns each basin's peak height (index 0 unused).
 
     Each pixel's step depends only on its neighbours, so a blob's basins depend only on
     the blob and the pixels it is smoothed with: chip by chip as scene-wide. Every pixel
@@ -130,19 +146,18 @@ def _basins(height: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarra
     their pass, so too many basins cost nothing but time.
     """
     rows, cols = mask.shape
-    inside = np.full((rows + 2, cols + 2), -np.inf, np.float32)
-    np.copyto(inside[1:-1, 1:-1], height, where=mask)
-    best = inside[1:-1, 1:-1].copy()
-    offset = np.zeros((rows, cols), np.int32)
-    for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
-        neighbour = inside[1 + dy:1 + dy + rows, 1 + dx:1 + dx + cols]
-        higher = neighbour > best
-        np.copyto(best, neighbour, where=higher)
-        np.copyto(offset, dy * cols + dx, where=higher)
+    inside = np.where(mask, height, np.float32(-np.inf))
+    best = inside.copy()
+    way = np.zeros(mask.shape, np.int8)  # 0: a peak, else 1 + index in STEPS
+    for code, (here, there) in enumerate(STEPS, 1):
+        higher = inside[there] > best[here]
+        way[here][higher] = code
+        np.maximum(best[here], inside[there], out=best[here])
     pixels = np.flatnonzero(mask)
     at = np.empty(rows * cols, np.int32)  # a mask pixel's place in ``pixels``
     at[pixels] = np.arange(pixels.size, dtype=np.int32)
-    step = at[pixels + offset.ravel()[pixels]]
+    offsets = np.array([0, -cols, cols, -1, 1])
+    step = at[pixels + offsets[way.ravel()[pixels]]]
     while True:  # pointer jumping: every pixel reaches its peak in log2(steps) rounds
         further = step[step]
         if np.array_equal(further, step):
@@ -156,20 +171,27 @@ def _basins(height: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return basins.reshape(rows, cols), peaks
 
 
-def _passes(basins: np.ndarray, height: np.ndarray
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _borders(basins: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices of the 4-neighbour pixel pairs of ``mask`` in different basins: the
+    upper or left pixel of each pair, and the other."""
+    cols = basins.shape[1]
+    down = (basins[:-1] != basins[1:]) & mask[:-1] & mask[1:]
+    across = (basins[:, :-1] != basins[:, 1:]) & mask[:, :-1] & mask[:, 1:]
+    near_down = np.flatnonzero(down)
+    row, col = np.nonzero(across)
+    near_across = row * cols + col
+    return (np.concatenate([near_down, near_across]),
+            np.concatenate([near_down + cols, near_across + 1]))
+
+
+def _passes(near: np.ndarray, far: np.ndarray, near_height: np.ndarray,
+            far_height: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Neighbouring basin pairs ``(low id, high id)`` and the highest pass between each,
-    the best, over 4-neighbour pixel pairs straddling their border, of the lower pixel;
-    highest pass first, pairs in id order on a tie (the order :func:`_regions` merges)."""
-    lows, highs, levels = [], [], []
-    for a, b, ha, hb in ((basins[:-1], basins[1:], height[:-1], height[1:]),
-                         (basins[:, :-1], basins[:, 1:], height[:, :-1], height[:, 1:])):
-        border = np.flatnonzero((a != b) & (a > 0) & (b > 0))
-        a, b = a.ravel()[border], b.ravel()[border]
-        lows.append(np.minimum(a, b))
-        highs.append(np.maximum(a, b))
-        levels.append(np.minimum(ha.ravel()[border], hb.ravel()[border]))
-    low, high, level = np.concatenate(lows), np.concatenate(highs), np.concatenate(levels)
+    from the basins and heights of the pixel pairs straddling their borders: the best of
+    the lower pixel of each pair. Highest pass first, pairs in id order on a tie (the order
+    :func:`_regions` merges them in)."""
+    low, high = np.minimum(near, far), np.maximum(near, far)
+    level = np.minimum(near_height, far_height)
     if not level.size:
         return low, high, level
     key = low.astype(np.int64) * (int(high.max()) + 1) + high
@@ -189,63 +211,34 @@ def _regions(peaks: np.ndarray, low: np.ndarray, high: np.ndarray, level: np.nda
     with the lower peak (the higher id on a tie) joins the other, and its top basin stays
     a region of its own only if its peak stands at least ``split`` above the pass, or else
     belongs to the region of the set it joined. The visit is replayed in a few rounds of
-    array operations (Boruvka's): each set takes its first pass; sets so linked form
-    trees in which later passes hang below earlier ones, so up to the first pass leading
-    out of its tree, a tree merges in the order of its passes, every set joining the
-    union of the sets before it, whose top is a running maximum.
+    array operations (:func:`_merge_round`), each merging sets in the order the visit
+    would, every set joining the union of the sets before it, whose top is a running
+    maximum.
     """
     count = peaks.size - 1
-    rank = np.empty(count + 1, np.int64)  # peak order: higher peak, lower id on a tie
     ids = np.arange(count + 1)
-    rank[np.lexsort((-ids[1:], peaks[1:])) + 1] = ids[:-1]
-    basin_of = np.empty(count, np.int64)
-    basin_of[rank[1:]] = ids[1:]
+    basin_of = np.lexsort((-ids[1:], peaks[1:])) + 1  # lowest peak first, on a tie higher id
+    rank = np.zeros(count + 1, np.int64)
+    rank[basin_of] = ids[:-1]
     top = rank.copy()  # per set, named by one of its basins: the rank of its top basin
     joined = ids.copy()  # the basin whose region a basin belongs to (itself: a region)
     low, high = low.astype(np.int64), high.astype(np.int64)
     while level.size:
-        edges = np.arange(level.size)
-        first = np.full(count + 1, level.size)
-        np.minimum.at(first, low, edges)
-        np.minimum.at(first, high, edges)
-        sets = np.flatnonzero(first < level.size)
-        link = first[sets]
-        other = np.where(low[link] == sets, high[link], low[link])
-        parent = ids.copy()
-        parent[sets] = other
-        root = sets[(parent[other] == sets) & (sets < other)]
-        parent[root] = root
-        tree = parent
-        while True:
-            further = tree[tree]
-            if np.array_equal(further, tree):
-                break
-            tree = further
-        out_low, out_high = tree[low], tree[high]
-        leaving = out_low != out_high
-        exit_ = np.full(count + 1, level.size)
-        np.minimum.at(exit_, out_low[leaving], edges[leaving])
-        np.minimum.at(exit_, out_high[leaving], edges[leaving])
-        merging = sets[link < exit_[tree[sets]]]
-        order_key = first[merging]
-        order_key[parent[merging] == merging] = -1
-        merging = merging[np.lexsort((order_key, tree[merging]))]
-        group = tree[merging]
-        starts = np.r_[True, group[1:] != group[:-1]]
-        shift = (np.cumsum(starts) - 1) * (count + 1)
+        merging, tree, link = _merge_round(count, low, high)
+        starts = np.r_[True, tree[1:] != tree[:-1]]
+        shift = (np.cumsum(starts) - 1) * (count + 1)  # keeps each tree's maximum its own
         running = np.maximum.accumulate(top[merging] + shift) - shift
         joining = ~starts
-        before = np.r_[0, running[:-1]][joining]
-        own = top[merging][joining]
+        own, before = top[merging][joining], running[np.flatnonzero(joining) - 1]
         winner = basin_of[np.maximum(own, before)]
         loser = basin_of[np.minimum(own, before)]
-        at = level[first[merging][joining]]
-        shallow = peaks[loser].astype(np.float64) - at.astype(np.float64) < split
+        shallow = (peaks[loser].astype(np.float64)
+                   - level[link[joining]].astype(np.float64) < split)
         joined[loser[shallow]] = winner[shallow]
         ends = np.r_[starts[1:], True]
-        top[group[ends]] = running[ends]
+        top[tree[ends]] = running[ends]
         rename = ids.copy()
-        rename[merging] = group
+        rename[merging] = tree
         low, high = rename[low], rename[high]
         kept = low != high
         low, high, level = low[kept], high[kept], level[kept]
@@ -256,15 +249,62 @@ def _regions(peaks: np.ndarray, low: np.ndarray, high: np.ndarray, level: np.nda
         joined = further
 
 
-def _separated(regions: np.ndarray) -> np.ndarray:
-    """Pixels of ``regions`` (0: background), less those of the higher-numbered region
-    wherever two regions are 4-neighbours."""
-    cut = np.zeros(regions.shape, bool)
-    for a, b, cut_a, cut_b in ((regions[:-1], regions[1:], cut[:-1], cut[1:]),
-                               (regions[:, :-1], regions[:, 1:], cut[:, :-1], cut[:, 1:])):
-        cut_a |= (a > b) & (b > 0)
-        cut_b |= (b > a) & (a > 0)
-    return (regions > 0) & ~cut
+def _merge_round(count: int, low: np.ndarray, high: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The sets (ids up to ``count``) that the ordered passes ``low``-``high`` between them
+    merge first, as Boruvka's algorithm finds them: the sets, grouped by the tree they
+    merge into (named by its root) and within it in the order they join it, the tree, and
+    the pass each joins by (-1 for the root).
+
+    Each set links to the set across its first pass. Two sets linked to each other share
+    that pass and are a tree's root; further down a tree, passes come later. Up to the
+    first pass leading out of a tree, every pass of the visit touching a set of the tree
+    joins the set to the union of those of the tree before it, so these sets merge in
+    the order of their links, all trees at once.
+    """
+    index = np.arange(low.size)
+    first = _first_passes(count, low, high, index)
+    sets = np.flatnonzero(first < low.size)
+    link = first[sets]
+    parent = np.arange(count + 1)
+    parent[sets] = np.where(low[link] == sets, high[link], low[link])
+    root = sets[(parent[parent[sets]] == sets) & (sets < parent[sets])]
+    parent[root] = root
+    tree = parent
+    while True:
+        further = tree[tree]
+        if np.array_equal(further, tree):
+            break
+        tree = further
+    ends = tree[low], tree[high]
+    leaving = ends[0] != ends[1]
+    out = _first_passes(count, ends[0][leaving], ends[1][leaving], index[leaving])
+    merging = sets[link < out[tree[sets]]]
+    link = first[merging]
+    link[parent[merging] == merging] = -1
+    order = np.lexsort((link, tree[merging]))
+    return merging[order], tree[merging][order], link[order]
+
+
+def _first_passes(count: int, low: np.ndarray, high: np.ndarray, index: np.ndarray
+                  ) -> np.ndarray:
+    """For each set up to ``count``, the least ``index`` of the passes touching it, or
+    more than any pass where none does."""
+    first = np.full(count + 1, np.iinfo(np.int64).max)
+    np.minimum.at(first, low, index)
+    np.minimum.at(first, high, index)
+    return first
+
+
+def _separated(mask: np.ndarray, near: np.ndarray, far: np.ndarray, near_region: np.ndarray,
+               far_region: np.ndarray) -> np.ndarray:
+    """``mask`` less, wherever two regions are 4-neighbours (pixel pairs ``near``, ``far``
+    with their regions), the pixel of the higher-numbered region."""
+    separated = np.array(mask, dtype=bool, order="C")
+    flat = separated.ravel()
+    flat[near[near_region > far_region]] = False
+    flat[far[far_region > near_region]] = False
+    return separated
 
 
 def keep_components(mask: np.ndarray, min_pixels: int) -> np.ndarray:
@@ -280,7 +320,7 @@ def keep_components(mask: np.ndarray, min_pixels: int) -> np.ndarray:
     """
     if min_pixels <= 1 or not mask.any():
         return mask
-    labels, _ = ndimage.label(mask)
+    labels, _ = ndimage.label(mask, output=np.intp)  # as bincount counts: no copy
     keep = np.bincount(labels.ravel()) >= min_pixels
     edge = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
     keep[edge] = True
