@@ -230,7 +230,7 @@ def prepare_archive(job: Job, sources: Sequence[storage.Location], config: Inges
             return []
         result = ingest(sources, job.folder.archive, config, rgb=rgb, progress=progress)
         if not result.ingested and not result.skipped:
-            raise nothing_ingested(result.refused)
+            raise _nothing_ingested(result.refused)
     except ResflowError:
         abandon(job)
         raise
@@ -268,7 +268,7 @@ def abandon(job: Job) -> None:
         _remove(job.folder.record)
 
 
-def nothing_ingested(refused: Sequence[dict[str, str]]) -> InputError:
+def _nothing_ingested(refused: Sequence[dict[str, str]]) -> InputError:
     """The error of a job none of whose sources could be ingested: the first refusal,
     naming its file."""
     if not refused:
