@@ -654,8 +654,8 @@ def input_route(data: Preloaded, device: torch.device,
 
     from resflow.masks import building_mask
     from resflow.model_input import HARMONISED_BYTES, SourceImages, sent_bytes
-    from resflow.outputs import NOT_MAPPED, quantise, quantised_threshold
     from resflow.stages import quantise_tensor
+    from resflow.store.format import NOT_MAPPED, quantise, quantised_threshold
 
     windows = data.stored
     routes = {"host": SourceImages(windows, on_device=False),

@@ -93,8 +93,8 @@ def measure_planning(n: int) -> dict[str, Any]:
 def measure_store(n: int, workdir: Path) -> dict[str, Any]:
     """Create the output store for ``n`` synthetic scenes: seconds, objects and bytes."""
     from resflow.archive import Archive
-    from resflow.outputs import OutputStore
     from resflow.planning import shard_edge
+    from resflow.store.writer import OutputStore
 
     archive = Archive(workdir / "archive.zarr", synthetic_scenes(n), [])
     out = workdir / f"store-{n}.zarr"

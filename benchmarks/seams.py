@@ -32,9 +32,9 @@ from resflow.evaluation import seam_ratios
 from resflow.graph import run_graph
 from resflow.ingest import ingest
 from resflow.local import LocalExecutor
-from resflow.outputs import OutputStore
 from resflow.samples import list_samples
 from resflow.seams import seam_ratio
+from resflow.store.writer import OutputStore
 
 SETTINGS = {"chip by chip": {"window": 1, "halo": 32}, "windows": {}}
 """The two ways of mapping compared: keyword overrides of :class:`RunConfig`."""

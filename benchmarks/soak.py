@@ -96,7 +96,7 @@ def started(args: list[str], log: Path) -> Iterator[subprocess.Popen]:
 
 def maps(out: Path) -> dict[tuple[str, str], np.ndarray]:
     """Every probability and mask array of an output store."""
-    from resflow.outputs import OutputStore
+    from resflow.store.writer import OutputStore
 
     store = OutputStore.open(out)
     return {(s, n): store.read_array(s, n)[...] for s in store.groups
@@ -125,7 +125,7 @@ def prepare(workdir: Path, factor: int, chip: int) -> tuple[Path, Path, int]:
 def soak(backend: str, archive: Path, clean: Path, total: int, kills: int, workdir: Path,
          rng: random.Random) -> SoakResult:
     """One run of ``backend`` with ``kills`` worker SIGKILLs; compared with ``clean``."""
-    from resflow.outputs import OutputStore
+    from resflow.store.writer import OutputStore
 
     flags, marker, recovered = ENGINES[backend]
     out, log = workdir / f"{backend}.zarr", workdir / f"{backend}.log"

@@ -86,7 +86,7 @@ def run(archive: storage.Location, out: storage.Location, backend: str = "dask",
         A setting that is unknown or out of range, naming the field (``'dask.workers'``).
     BackendError
         An engine that is not installed, or a ``client`` that is not the engine's session.
-    resflow.outputs.OutputComplete
+    resflow.store.targets.OutputComplete
         ``resume=True`` over an output that is already complete (nothing to do).
     ResflowError
         An unusable archive, gallery or output location, before any work.
@@ -312,7 +312,7 @@ def open_maps(out: storage.Location, **open_kwargs: Any) -> xr.DataTree:
     """
     import xarray as xr
 
-    from resflow.outputs import OutputStore
+    from resflow.store.writer import OutputStore
 
     location = storage.normalise(out)
     if not storage.exists(location):

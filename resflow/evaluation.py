@@ -32,8 +32,8 @@ What is scored, and why:
   do not show, well above 1 when they do. The overall ratio sums the scenes' pixel pairs.
 
 The mask scored is the run's own (as written: ``probability > threshold`` without
-specks smaller than the run's ``min_building_m2``, :mod:`resflow.masks`), or the
-probability re-thresholded the same way at ``threshold`` when one is given.
+specks smaller than the run's ``min_building_m2``), or the probability re-thresholded
+at ``threshold`` by the same rule (:class:`~resflow.store.mask_rule.MaskRule`).
 """
 
 from __future__ import annotations
@@ -50,16 +50,12 @@ import zarr
 from resflow.archive import Archive
 from resflow.errors import ConfigError, InputError, ResflowError
 from resflow.harmonise import harmonise
-from resflow.masks import building_mask, min_pixels
-from resflow.outputs import (
-    NOT_MAPPED,
-    PROBABILITY_SCALE,
-    OutputStore,
-    quantised_threshold,
-    scene_file,
-)
-from resflow.outputs import describe as describe_output
+from resflow.masks import min_pixels
 from resflow.seams import NO_PAIRS, SeamRatio, seam_ratio
+from resflow.store.format import NOT_MAPPED, scene_file
+from resflow.store.mask_rule import MaskRule
+from resflow.store.reader import describe as describe_output
+from resflow.store.writer import OutputStore
 from resflow.training.labels import load_labels, rasterise
 from resflow.training.metrics import (
     FALSE_NEGATIVE,
@@ -182,9 +178,9 @@ def evaluate(out_store_path: Path | str, label_paths: list[Path | str], *,
             continue
         attrs = dict(root[group].attrs)
         crs_wkt, transform, height, width = grids[scene]
-        predicted = _predicted(probability, mask, threshold, min_pixels(
+        predicted = _predicted(probability, mask, MaskRule(threshold, min_pixels(
             float(run_config.get("min_building_m2", 0.0)), float(attrs["gsd_m"])),
-            int(run_config.get("halo", 0)), float(run_config.get("split_dip", 0.0)))
+            int(run_config.get("halo", 0)), float(run_config.get("split_dip", 0.0))))
         # A covered scene that no label reaches is all background: rasterise([]) is zeros.
         truth = rasterise(covering[scene], crs_wkt, transform, (0, 0, height, width))
         step = max(1, math.ceil(max(height, width) / OVERLAY_MAX_PX))
@@ -385,17 +381,13 @@ def seam_ratios(probability: np.ndarray, mask: np.ndarray, chip: int
             "mask": seam_ratio(np.asarray(mask) == 1, chip, mapped)}
 
 
-def _predicted(probability: np.ndarray, mask: np.ndarray, threshold: float | None,
-               smallest: int, halo: int, split: float) -> np.ndarray:
-    """The building mask: the run's own, or the probability cut as the run cuts it (touching
-    roofs split by the run's ``split_dip``, ``split``; specks under the run's
-    ``min_building_m2``, ``smallest`` pixels, dropped; edges reflected by the run's
-    ``halo``). Pixels not mapped are never buildings."""
-    if threshold is None:
+def _predicted(probability: np.ndarray, mask: np.ndarray, rule: MaskRule) -> np.ndarray:
+    """The building mask: the run's own (``rule`` without a threshold), or the stored
+    probability cut by ``rule`` as the run cuts it, the whole scene at once with its edges
+    mirrored by the run's halo. Pixels not mapped are never buildings."""
+    if rule.threshold is None:
         return mask == 1
-    probability = np.where(probability == NOT_MAPPED, 0, probability).astype(np.uint8)
-    return building_mask(probability, quantised_threshold(threshold), smallest, reflect=halo,
-                         split=split * PROBABILITY_SCALE)
+    return rule.apply(probability, reflect=rule.halo)
 
 
 def _open_archive(recorded: str | None, out: Path) -> Archive | None:

@@ -41,7 +41,6 @@ from resflow.archive import Archive
 from resflow.config import RunConfig
 from resflow.executor import CPU, Executor, StageResources, block_of
 from resflow.failures import ChipFailure, empty_scene_errors
-from resflow.outputs import STAC_FOLDER, OutputStore
 from resflow.planning import (
     Partition,
     bucket_splits,
@@ -51,6 +50,8 @@ from resflow.planning import (
     task_slots,
 )
 from resflow.preflight import check_resolution
+from resflow.store.format import STAC_FOLDER
+from resflow.store.writer import OutputStore
 from resflow.tasks import (
     FUSED,
     STAGE1,
@@ -169,7 +170,7 @@ def run_graph(config: RunConfig, executor: Executor) -> RunResult:
 
     Raises
     ------
-    resflow.outputs.OutputComplete
+    resflow.store.targets.OutputComplete
         ``resume`` over a complete output (nothing to do).
     ResflowError
         for an unusable archive, gallery or output location, before any task runs.

@@ -202,7 +202,7 @@ def _refusal(source: Path | str, err: InputError) -> dict:
 
 def _discover(sources: Iterable[str | Path],
               stac_asset: str | None = None) -> tuple[list[Path | str], list[dict]]:
-    """Expand folders, prefixes and STAC files (``*.json``: :func:`resflow.stac.stac_sources`,
+    """Expand folders, prefixes and STAC files (``*.json``: :func:`resflow.catalogues.stac_sources`,
     ``stac_asset`` naming the asset key) into their rasters; refuse missing paths and
     objects, and folders without rasters."""
     files: list[Path | str] = []
@@ -210,7 +210,7 @@ def _discover(sources: Iterable[str | Path],
     for source in sources:
         path = storage.normalise(source)
         if storage.basename(path).lower().endswith(".json"):
-            from resflow.stac import stac_sources
+            from resflow.catalogues import stac_sources
 
             try:
                 files.extend(storage.normalise(href)

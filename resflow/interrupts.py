@@ -25,8 +25,8 @@ def progress_line(out: Path | str, verb: str) -> str:
     'stopped before /nonexistent.zarr was created'
     """
     from resflow.errors import ResflowError
-    from resflow.outputs import describe
     from resflow.redaction import redact_text
+    from resflow.store.reader import describe
 
     shown = redact_text(str(out))  # a URL given with user:secret@ is printed without them
     try:

@@ -37,11 +37,11 @@ def check_run(config: RunConfig) -> str:
     ------
     ResflowError
         naming the file or field at fault (archive, gallery manifest or weight file, output).
-    resflow.outputs.OutputComplete
+    resflow.store.targets.OutputComplete
         ``--resume`` over a complete output.
     """
     from resflow.archive import Archive
-    from resflow.outputs import OutputStore
+    from resflow.store.writer import OutputStore
     from resflow.tasks import gallery_key, load_gallery
 
     for field in ("archive", "out"):

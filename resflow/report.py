@@ -2,7 +2,7 @@
 
 One JSON document per run, kept next to the maps it describes (``OUT/run_report.json`` and
 the output store's root attribute ``run_report``, both written by
-:meth:`resflow.outputs.OutputStore.finalize`). It embeds the exact run config, so any map can
+:meth:`resflow.store.writer.OutputStore.finalize`). It embeds the exact run config, so any map can
 be reproduced, and the library versions, so any speed can be explained.
 """
 
@@ -211,14 +211,14 @@ class RunReport(BaseModel):
         return line
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON-ready report, as passed to :meth:`resflow.outputs.OutputStore.finalize`."""
+        """The JSON-ready report, as passed to :meth:`resflow.store.writer.OutputStore.finalize`."""
         return self.model_dump(mode="json")
 
     def write(self, path: Path | str) -> Path:
         """Write the report as JSON to ``path`` (a file, or a directory to hold
         ``run_report.json``); returns the file written.
 
-        For a finished run :meth:`resflow.outputs.OutputStore.finalize` writes it into the
+        For a finished run :meth:`resflow.store.writer.OutputStore.finalize` writes it into the
         store; this is for reports kept elsewhere (a failed run, a benchmark series).
         """
         target = Path(path)

@@ -58,11 +58,11 @@ from torch import nn
 
 from resflow.allocator import steady_malloc
 from resflow.devices import inference_context, memory_format, torch_threads, use_device
-from resflow.masks import keep_components, split_touching
 from resflow.model_input import ChipImages, array_blocks, as_chip_images, staging
 from resflow.models.efficientnet import EMBEDDING_DIM
 from resflow.models.hashing import hamming_nearest
-from resflow.outputs import NOT_MAPPED, PROBABILITY_SCALE, quantised_threshold
+from resflow.store.format import NOT_MAPPED, PROBABILITY_SCALE, quantised_threshold
+from resflow.store.mask_rule import MaskRule
 
 #: Intra-op threads inside every stage call; part of the result, so it is fixed.
 STAGE_THREADS = 1
@@ -330,13 +330,13 @@ def _decoded(maps: Sequence[FeatureMaps], segmenter: nn.Module, *, size: tuple[i
 
 @dataclass(frozen=True)
 class QuantisedChip:
-    """One chip's stage-3 result as the output store keeps it (:mod:`resflow.outputs`).
+    """One chip's stage-3 result as the output store keeps it (:mod:`resflow.store`).
 
     Attributes
     ----------
     probability
-        uint8 ``(S, S)``: probability x :data:`~resflow.outputs.PROBABILITY_SCALE`, and
-        :data:`~resflow.outputs.NOT_MAPPED` where the chip holds no data.
+        uint8 ``(S, S)``: probability x :data:`~resflow.store.format.PROBABILITY_SCALE`, and
+        :data:`~resflow.store.format.NOT_MAPPED` where the chip holds no data.
     above
         bool ``(S, S)``: pixels above the threshold, before touching roofs are split and
         small components dropped (:meth:`building_mask`).
@@ -349,22 +349,21 @@ class QuantisedChip:
     above: np.ndarray
     finite: bool
 
-    def building_mask(self, split_dip: float, min_pixels: int) -> np.ndarray:
-        """``above`` with touching roofs split where the probability dips by ``split_dip``
-        and components under ``min_pixels`` dropped (:mod:`resflow.masks`), on the host.
+    def building_mask(self, rule: MaskRule) -> np.ndarray:
+        """``above`` with touching roofs split and small components dropped by ``rule``
+        (:meth:`~resflow.store.mask_rule.MaskRule.apply`, whose threshold made ``above``),
+        on the host.
 
         Called on the chip with its halo, so blobs and specks crossing the chip's border
         are judged by what lies beyond it; pixels not mapped count as probability 0.
         """
-        mapped = np.where(self.probability == NOT_MAPPED, 0, self.probability)
-        above = split_touching(mapped, self.above, split_dip * PROBABILITY_SCALE)
-        return keep_components(above, min_pixels)
+        return rule.apply(self.probability, above=self.above)
 
 
 def quantise_tensor(probability: torch.Tensor, valid: torch.Tensor, threshold: float
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`resflow.outputs.quantise` and the threshold of
-    :func:`resflow.masks.building_mask`, on the tensors' device, with the host's bits.
+    """:func:`resflow.store.format.quantise` and the threshold of
+    :meth:`resflow.store.mask_rule.MaskRule.apply`, on the tensors' device, with the host's bits.
 
     Parameters
     ----------
@@ -378,7 +377,7 @@ def quantise_tensor(probability: torch.Tensor, valid: torch.Tensor, threshold: f
     Returns
     -------
     tuple of torch.Tensor
-        The stored probability, uint8 with :data:`~resflow.outputs.NOT_MAPPED` where not
+        The stored probability, uint8 with :data:`~resflow.store.format.NOT_MAPPED` where not
         ``valid``, and the pixels above ``threshold`` (never where not ``valid``).
     """
     scaled = torch.clamp(torch.where(valid, probability, 0.0), 0.0, 1.0) * PROBABILITY_SCALE

@@ -39,14 +39,11 @@ from resflow.executor import TaskEnv
 from resflow.failures import ChipFailure, describe_error
 from resflow.gallery import DEFAULT_PATH, MANIFEST, Gallery
 from resflow.masks import min_pixels
-from resflow.outputs import (
-    NO_DATA_CHIP,
-    NOT_MAPPED,
-    UNWRITTEN,
-    OutputStore,
-    ShardWrite,
-)
 from resflow.planning import Partition, Segment
+from resflow.store.format import NO_DATA_CHIP, NOT_MAPPED, UNWRITTEN
+from resflow.store.mask_rule import MaskRule
+from resflow.store.shards import ShardWrite
+from resflow.store.writer import OutputStore
 from resflow.windows import WINDOW_CHIPS, WINDOW_HALO, Window, group_by_window
 
 if TYPE_CHECKING:
@@ -436,7 +433,7 @@ def segment_window(settings: GraphSettings, gallery: Gallery, device: Any, windo
     halo, and cut out ``refs``.
 
     Returns ``chip -> (probability, mask, bucket)``, uint8 on the chip's in-scene window
-    with :data:`~resflow.outputs.NOT_MAPPED` where the source holds no data.
+    with :data:`~resflow.store.format.NOT_MAPPED` where the source holds no data.
 
     Raises
     ------
@@ -455,8 +452,9 @@ def segment_window(settings: GraphSettings, gallery: Gallery, device: Any, windo
             raise WindowFailed(STAGE3, f"the model raised {describe_error(exc)}") from exc
         if not chip.finite:
             raise WindowFailed(STAGE3, "the model returned NaN or Inf")
-        building = chip.building_mask(settings.split_dip,
-                                      min_pixels(settings.min_building_m2, scene.gsd_m))
+        building = chip.building_mask(MaskRule(
+            settings.threshold, min_pixels(settings.min_building_m2, scene.gsd_m),
+            settings.halo, settings.split_dip))
     with clock("write"):
         mask = building.astype(np.uint8)
         mask[~source.valid] = NOT_MAPPED

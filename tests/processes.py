@@ -22,7 +22,7 @@ import numpy as np
 import psutil
 
 from resflow.errors import ResflowError
-from resflow.outputs import OutputStore
+from resflow.store.writer import OutputStore
 
 BIN = Path(sys.executable).parent
 # no SPARK_LOCAL_IP: resflow must bind Spark to loopback by itself

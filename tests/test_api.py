@@ -31,9 +31,10 @@ from resflow.archive import Archive
 from resflow.errors import BackendError, ConfigError, ResflowError
 from resflow.harmonise import valid_mask
 from resflow.ingest import ingest
-from resflow.outputs import PROBABILITY_SCALE, OutputStore
 from resflow.report import RunReport
 from resflow.samples import sample_path
+from resflow.store.format import PROBABILITY_SCALE
+from resflow.store.writer import OutputStore
 from tests.objectstore import FaultyS3
 
 ARRAYS = ("probability", "mask", "chip_bucket")

@@ -32,8 +32,9 @@ from resflow.evaluation import (
     seam_ratios,
 )
 from resflow.ingest import ingest
-from resflow.outputs import NOT_MAPPED, OutputStore
 from resflow.samples import sample_path
+from resflow.store.format import NOT_MAPPED
+from resflow.store.writer import OutputStore
 from resflow.training.labels import load_labels, rasterise
 from resflow.training.metrics import (
     FALSE_NEGATIVE,

@@ -28,22 +28,16 @@ from resflow.archive import Archive
 from resflow.cli import app
 from resflow.config import SPLIT_DIP
 from resflow.errors import ResflowError
-from resflow.export import (
-    FOOTPRINT_COLUMNS,
-    MASK_COLOURS,
-    TILE_PX,
-    MaskRule,
-    SceneMaps,
-    export_cogs,
-    export_footprints,
-    export_run,
-    quicklook,
-    scene_buildings,
-    scene_gsd_m,
-)
+from resflow.export import export_cogs, export_footprints, export_run, quicklook
+from resflow.export.cog import MASK_COLOURS
+from resflow.export.footprints import FOOTPRINT_COLUMNS, scene_buildings
+from resflow.export.settings import TILE_PX
 from resflow.masks import building_mask, min_pixels
-from resflow.outputs import NO_DATA_CHIP, NOT_MAPPED, OutputStore, quantise
 from resflow.planning import shards_of
+from resflow.store.format import NO_DATA_CHIP, NOT_MAPPED, quantise
+from resflow.store.mask_rule import MaskRule
+from resflow.store.reader import SceneMaps, scene_gsd_m
+from resflow.store.writer import OutputStore
 
 RUN = {"threshold": 0.5, "halo": 32, "gallery": None, "backend": "local",
        "min_building_m2": 8.0, "split_dip": 0.0}
@@ -269,10 +263,10 @@ def test_geojson_is_rfc7946_longitude_first_with_the_same_buildings(synthetic, t
     assert "FeatureCollection" in forced[0].read_text()[:100]
 
 
-def test_min_area_and_simplification(synthetic, tmp_path):
+def test_min_building_m2_and_simplification(synthetic, tmp_path):
     exact = gpd.read_parquet(export_footprints(synthetic, tmp_path / "a.parquet")[0])
     large = gpd.read_parquet(export_footprints(synthetic, tmp_path / "b.parquet",
-                                               min_area_m2=100)[0])
+                                               min_building_m2=100)[0])
     assert (large.area_m2 >= 100).all() and len(large) == (exact.area_m2 >= 100).sum()
     simple = gpd.read_parquet(export_footprints(synthetic, tmp_path / "c.parquet",
                                                 simplify_m=0.6)[0])
@@ -305,7 +299,7 @@ def test_export_run_writes_every_output_and_leaves_no_partial_file(synthetic, tm
     ({}, "no output was asked for"),
     ({"footprints": "b.gpkg"}, "cannot be written as '.gpkg'"),
     ({"stac_dir": "s", "threshold": 1.5}, "not between 0 and 1"),
-    ({"footprints": "b.parquet", "min_area_m2": -1}, "negative"),
+    ({"footprints": "b.parquet", "min_building_m2": -1}, "negative"),
 ])
 def test_bad_requests_are_refused_before_anything_is_written(synthetic, tmp_path, kwargs,
                                                               message):
@@ -332,7 +326,7 @@ def test_export_command_writes_and_refuses(synthetic, tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["export", str(synthetic.path), "--footprints",
                                  str(tmp_path / "b.parquet"), "--stac", str(tmp_path / "stac"),
-                                 "--threshold", "0.6", "--min-area-m2", "20",
+                                 "--threshold", "0.6", "--min-building-m2", "20",
                                  "--simplify-m", "0.3"])
     assert result.exit_code == 0, result.output
     assert f"wrote {tmp_path / 'b.parquet'}" in result.output

@@ -14,8 +14,8 @@ from resflow.config import RunConfig
 from resflow.executor import Executor, TaskEnv
 from resflow.graph import RunResult, run_graph, settings_from_config
 from resflow.local import LocalExecutor
-from resflow.outputs import OutputStore
 from resflow.planning import plan
+from resflow.store.writer import OutputStore
 from resflow.tasks import (
     GraphSettings,
     fused_stages,

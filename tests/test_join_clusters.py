@@ -20,7 +20,7 @@ import pytest
 
 from resflow.archive import Archive
 from resflow.config import RunConfig
-from resflow.outputs import OutputStore
+from resflow.store.writer import OutputStore
 from tests import processes
 from tests.processes import BIN, free_port, port_open, wait_until
 

@@ -27,8 +27,8 @@ from resflow.models import (
     SegmentationDecoder,
     load_imagenet_lite0,
 )
-from resflow.outputs import NOT_MAPPED, quantise, quantised_threshold
 from resflow.stages import decode, decode_quantised, encode, quantise_tensor
+from resflow.store.format import NOT_MAPPED, quantise, quantised_threshold
 
 CPU = torch.device("cpu")
 EDGE = 48

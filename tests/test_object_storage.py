@@ -25,8 +25,8 @@ from resflow.errors import InputError
 from resflow.graph import run_graph
 from resflow.ingest import ingest
 from resflow.local import LocalExecutor
-from resflow.outputs import OutputStore
 from resflow.samples import sample_path
+from resflow.store.writer import OutputStore
 from tests.fixtures_engines import build_engine
 from tests.fixtures_storage import SECRET
 from tests.objectstore import FaultyS3

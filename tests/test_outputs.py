@@ -18,19 +18,13 @@ from pyproj import CRS
 from resflow.archive import Archive
 from resflow.chips import ChipRef, chip_grid
 from resflow.errors import ResflowError
-from resflow.outputs import (
-    NO_DATA_CHIP,
-    NOT_MAPPED,
-    UNWRITTEN,
-    OutputComplete,
-    OutputStore,
-    ShardWrite,
-    describe,
-    format_description,
-    read_root_attrs,
-    safe_group_name,
-)
 from resflow.planning import shards_of
+from resflow.store.format import NO_DATA_CHIP, NOT_MAPPED, UNWRITTEN, safe_group_name
+from resflow.store.reader import describe, format_description
+from resflow.store.root import read_root_attrs
+from resflow.store.shards import ShardWrite
+from resflow.store.targets import OutputComplete
+from resflow.store.writer import OutputStore
 
 CONFIG = {"threshold": 0.5, "halo": 32, "gallery": None, "backend": "local"}
 SHARD = 2
@@ -277,15 +271,15 @@ def test_hostile_scene_names_cannot_escape_the_output(archive, tmp_path):
 def test_root_attributes_are_read_from_the_head_of_the_root_document(store, monkeypatch):
     """Workers read the root attributes without parsing every group's consolidated
     metadata; a root document laid out otherwise (consolidated metadata first) still reads."""
-    import resflow.outputs as outputs
+    import resflow.store.root as root_document
 
     root = json.loads((store.path / "zarr.json").read_text())
-    monkeypatch.setattr(outputs, "ATTRIBUTES_PREFIX", 64)  # grown until the attributes fit
-    assert outputs.read_root_attrs(store.path) == root["attributes"]
+    monkeypatch.setattr(root_document, "ATTRIBUTES_PREFIX", 64)  # grown until they fit
+    assert root_document.read_root_attrs(store.path) == root["attributes"]
     reordered = {"consolidated_metadata": root["consolidated_metadata"],
                  "zarr_format": 3, "node_type": "group", "attributes": root["attributes"]}
     (store.path / "zarr.json").write_text(json.dumps(reordered))
-    assert outputs.read_root_attrs(store.path) == root["attributes"]
+    assert root_document.read_root_attrs(store.path) == root["attributes"]
     assert OutputStore.open(store.path).groups == store.groups
 
 

@@ -19,10 +19,11 @@ from resflow.gallery import Gallery
 from resflow.graph import run_graph
 from resflow.ingest import ingest
 from resflow.local import LocalExecutor
-from resflow.outputs import NOT_MAPPED, OutputStore, quantise
 from resflow.samples import sample_path
 from resflow.seams import seam_ratio
 from resflow.stages import segment
+from resflow.store.format import NOT_MAPPED, quantise
+from resflow.store.writer import OutputStore
 from resflow.windows import window_of
 
 SEAM_TARGET = 1.2

@@ -29,11 +29,11 @@ from resflow.evaluation import evaluate
 from resflow.export import export_run
 from resflow.gallery import Gallery
 from resflow.interrupts import progress_line, stop_message
-from resflow.outputs import OutputStore
 from resflow.paths import confined
 from resflow.preflight import check_run
 from resflow.redaction import MASK, redact, redact_text
 from resflow.report import ClusterShape, RunReport
+from resflow.store.writer import OutputStore
 from tests.fixtures_data import ATLANTA_LABELS
 from tests.objectstore import FaultyS3
 
@@ -262,7 +262,7 @@ def test_a_resumed_run_with_the_same_secrets_is_accepted(secret_run: dict,
     config = RunConfig(archive=sample_archive, out=secret_run["out"], gallery=engine_gallery,
                        backend="local", resume=True,
                        **yaml.safe_load(secret_run["config"].read_text()))
-    from resflow.outputs import OutputComplete
+    from resflow.store.targets import OutputComplete
 
     with pytest.raises(OutputComplete):
         check_run(config)

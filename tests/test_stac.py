@@ -26,12 +26,13 @@ from pystac.extensions.raster import RasterExtension
 from pystac.extensions.xarray_assets import XarrayAssetsExtension
 from shapely.geometry import shape
 
+from resflow.catalogues import stac_sources
 from resflow.errors import InputError
 from resflow.export import export_run
 from resflow.gallery import DEFAULT_PATH
-from resflow.outputs import NOT_MAPPED, OutputStore
 from resflow.samples import sample_path
-from resflow.stac import stac_sources
+from resflow.store.format import NOT_MAPPED
+from resflow.store.writer import OutputStore
 
 EXTENSIONS = ("projection", "raster", "xarray-assets", "classification")
 

@@ -20,9 +20,9 @@ from resflow.models import (
     hamming_nearest,
     load_imagenet_lite0,
 )
-from resflow.outputs import NOT_MAPPED, quantise
 from resflow.stages import decode, encode, extract_features, map_codes, segment
 from resflow.storage import RetryCount
+from resflow.store.format import NOT_MAPPED, quantise
 from resflow.tasks import (
     STAGE1,
     GraphSettings,

@@ -43,6 +43,7 @@ from resflow.gallery import Gallery
 from resflow.masks import min_pixels
 from resflow.model_input import SourceImages
 from resflow.stages import decode_quantised, encode, map_codes
+from resflow.store.mask_rule import MaskRule
 from resflow.windows import Window, group_by_window
 
 CPU = torch.device("cpu")
@@ -165,7 +166,8 @@ def _predict(batch: list[int], data: Preloaded, gallery: Gallery, device: torch.
                                    threshold=THRESHOLD, size=sources[group[0]].valid.shape,
                                    batch_size=batch_size, device=device)
         for g, window in zip(group, decoded, strict=True):
-            window.building_mask(SPLIT_DIP, data.smallest[batch[g]])
+            window.building_mask(MaskRule(THRESHOLD, data.smallest[batch[g]], data.halo,
+                                          SPLIT_DIP))
     seconds["stage3"] += time.perf_counter() - start
 
 

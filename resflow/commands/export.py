@@ -38,8 +38,8 @@ def export_command(
         help="cut the stored probability again at this value in (0, 1) for the COG mask and "
         "the footprints, without inference (default: the run's own mask; the store is "
         "never changed)")] = None,
-    min_area_m2: Annotated[float | None, typer.Option(
-        "--min-area-m2", help="drop buildings smaller than this, m^2 on the ground: from the "
+    min_building_m2: Annotated[float | None, typer.Option(
+        "--min-building-m2", help="drop buildings smaller than this, m^2 on the ground: from the "
         "footprints, and from the COG mask with --threshold (default: the run's "
         "min_building_m2, else 8)")] = None,
     simplify_m: Annotated[float | None, typer.Option(
@@ -58,7 +58,7 @@ def export_command(
     try:
         written = export_run(
             out, cog_dir=cog, footprints=footprints, stac_dir=stac, threshold=threshold,
-            min_area_m2=min_area_m2, simplify_m=simplify_m,
+            min_building_m2=min_building_m2, simplify_m=simplify_m,
             footprints_format=footprints_format.value if footprints_format else None)
     except ResflowError as err:
         typer.echo(f"error: {err}", err=True)

@@ -31,7 +31,7 @@ def info_command(
     if as_json:
         typer.echo(json.dumps(strict_json(summary), indent=2, default=str, allow_nan=False))
     elif summary.get("kind") == "output":
-        from resflow.outputs import format_description
+        from resflow.store.reader import format_description
 
         typer.echo(format_description(summary))
     else:
@@ -55,14 +55,15 @@ def strict_json(value: Any) -> Any:
 
 
 def describe(path: Path | str) -> dict:
-    """The summary dict of an imagery archive, or of an output store via resflow.outputs."""
+    """The summary dict of an imagery archive, or of an output store (resflow.store.reader)."""
     from resflow import storage
     from resflow.archive import Archive
-    from resflow.outputs import KIND, read_root_attrs
+    from resflow.store.format import KIND
+    from resflow.store.root import read_root_attrs
 
     location = storage.normalise(path)
     if (read_root_attrs(location) or {}).get("resflow_kind") == KIND:
-        from resflow.outputs import describe as describe_output
+        from resflow.store.reader import describe as describe_output
 
         return describe_output(location)
     return Archive.open(location).summary()

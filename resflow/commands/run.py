@@ -192,10 +192,10 @@ def execute_run(settings: RunConfig) -> None:
     from resflow.errors import ResflowError
     from resflow.graph import run_graph
     from resflow.interrupts import progress_line, sigterm_as_interrupt, stop_message
-    from resflow.outputs import OutputComplete
     from resflow.plugins import load_backend
     from resflow.preflight import check_run
     from resflow.redaction import redact_text
+    from resflow.store.targets import OutputComplete
 
     out = settings.out
     try:

@@ -46,10 +46,10 @@ from resflow.masks import building_mask, min_pixels
 from resflow.model_input import SourceImages
 from resflow.models.efficientnet import FeatureExtractor, load_imagenet_lite0
 from resflow.models.segmentation import BuildingSegmenter, SegmentationDecoder
-from resflow.outputs import quantise
 from resflow.resolution import matches
 from resflow.seams import seam_ratio
 from resflow.stages import decode, encode, extract_features, map_codes
+from resflow.store.format import quantise
 from resflow.training.buckets import init_buckets
 from resflow.training.config import TrainConfig
 from resflow.training.labels import Labels, load_labels, rasterise

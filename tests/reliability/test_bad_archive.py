@@ -21,9 +21,11 @@ import rasterio
 from rasterio.transform import from_origin
 
 from resflow.archive import Archive
-from resflow.outputs import NO_DATA_CHIP, NOT_MAPPED, OutputStore, describe
 from resflow.resolution import DEFAULT_GSD_M
 from resflow.samples import sample_path
+from resflow.store.format import NO_DATA_CHIP, NOT_MAPPED
+from resflow.store.reader import describe
+from resflow.store.writer import OutputStore
 from tests.processes import LOCAL_ENV, resflow
 
 pytestmark = pytest.mark.slow  # whole runs on every engine

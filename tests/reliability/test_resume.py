@@ -15,7 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from resflow.cli import app
-from resflow.outputs import OutputStore, describe
+from resflow.store.reader import describe
+from resflow.store.writer import OutputStore
 from tests.processes import (
     assert_identical,
     chips_done,

@@ -18,8 +18,8 @@ from resflow_spark.settings import SparkConfig
 from resflow.archive import Archive
 from resflow.config import RunConfig
 from resflow.ingest import ingest
-from resflow.outputs import OutputStore
 from resflow.samples import sample_path
+from resflow.store.writer import OutputStore
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = sorted([*(ROOT / "resflow").rglob("*.py"), *(ROOT / "backends").rglob("*.py"),

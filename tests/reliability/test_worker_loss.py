@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from resflow.outputs import OutputStore
+from resflow.store.writer import OutputStore
 from tests.processes import (
     assert_identical,
     chips_done,

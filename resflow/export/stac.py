@@ -1,21 +1,17 @@
-"""STAC out and in: a Collection describing a finished run, and the imagery a STAC file names.
+"""A STAC Collection describing a finished run, for catalogue tools (pystac, stac-browser,
+QGIS's STAC source).
 
-:func:`write_collection` describes an output store the way catalogue tools (pystac,
-stac-browser, QGIS's STAC source) expect: one Item per scene, with its footprint in WGS 84,
-the projection of its grid (``proj:``), the store's Zarr group (opened with xarray through
-``xarray:open_kwargs``), its COGs (``raster:bands`` says how to read the values) and the
-footprints file as assets, and links to the model gallery and its model card. Links and
-local asset paths are relative, so the folder can move together with the files it names.
-
-:func:`stac_sources` goes the other way, for ``resflow ingest``: the image files of a STAC
-Catalog, Collection, ItemCollection or Item.
+One Item per scene, with its footprint in WGS 84, the projection of its grid (``proj:``),
+the store's Zarr group (opened with xarray through ``xarray:open_kwargs``), its COGs
+(``raster:bands`` says how to read the values) and the footprints file as assets, and links
+to the model gallery and its model card. Links and local asset paths are relative, so the
+folder can move together with the files it names.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,21 +29,14 @@ from shapely.geometry import box, mapping
 from shapely.geometry.polygon import orient
 
 from resflow import storage
-from resflow.errors import InputError
-from resflow.export import (
-    WGS84,
-    Encoding,
-    SceneMaps,
-    cog_names,
-    default_min_area_m2,
-    footprint_format,
-    replacing,
-    root_attributes,
-    run_settings,
-    scene_gsd_m,
-)
+from resflow.export.cog import cog_names
+from resflow.export.files import replacing
+from resflow.export.footprints import WGS84, footprint_format
+from resflow.export.settings import default_min_building_m2
 from resflow.gallery import DEFAULT_PATH
-from resflow.outputs import OutputStore, scene_file
+from resflow.store.format import Encoding, scene_file
+from resflow.store.reader import SceneMaps, root_attributes, run_settings, scene_gsd_m
+from resflow.store.writer import OutputStore
 
 COLLECTION_FILE = "collection.json"
 ZARR_MEDIA_TYPE = "application/vnd+zarr"
@@ -63,7 +52,7 @@ FOOTPRINT_TOLERANCE_DEG = 1e-6
 def write_collection(store: OutputStore, stac_dir: Path | str, *,
                      cog_dir: Path | str | None = None, footprints: Path | str | None = None,
                      threshold: float | None = None,
-                     min_area_m2: float | None = None) -> list[Path]:
+                     min_building_m2: float | None = None) -> list[Path]:
     """Write ``<stac_dir>/collection.json`` and one ``<group>/<group>.json`` Item per scene.
 
     Parameters
@@ -71,10 +60,10 @@ def write_collection(store: OutputStore, stac_dir: Path | str, *,
     store
         A complete output store.
     cog_dir
-        Where :func:`resflow.export.export_cogs` wrote the scene COGs; None: no COG assets.
+        Where :func:`resflow.export.cog.export_cogs` wrote the scene COGs; None: no COG assets.
     footprints
-        The footprints file :func:`resflow.export.export_footprints` wrote; None: none.
-    threshold, min_area_m2
+        The footprints file :func:`resflow.export.footprints.export_footprints` wrote; None: none.
+    threshold, min_building_m2
         The settings the COG mask was made with (for its description).
 
     Items are written first and ``collection.json`` last, each under a temporary name, and
@@ -90,13 +79,13 @@ def write_collection(store: OutputStore, stac_dir: Path | str, *,
     (root_dir / COLLECTION_FILE).unlink(missing_ok=True)
     settings = run_settings(store)
     when = _made_at(store)
-    run_min_area = default_min_area_m2(store)
+    run_min_building = default_min_building_m2(store)
     if threshold is None:
         rule = (f"probability above {settings.get('threshold', 0.5):g}, groups under "
-                f"{run_min_area:g} m^2 dropped (the run's own mask)")
+                f"{run_min_building:g} m^2 dropped (the run's own mask)")
     else:
         rule = (f"probability above {threshold:g}, groups under "
-                f"{run_min_area if min_area_m2 is None else min_area_m2:g} m^2 dropped "
+                f"{run_min_building if min_building_m2 is None else min_building_m2:g} m^2 dropped "
                 "(re-cut by `resflow export`)")
     items = [_scene_item(store, maps, when, cog_dir, footprints, rule)
              for maps in (SceneMaps.open(store, scene, gsd)
@@ -244,98 +233,3 @@ def _collection(store: OutputStore, items: list[pystac.Item], when: datetime,
 def _href(location: Path | str) -> str:
     """A link target: an absolute path, or a URL without credentials."""
     return str(location.absolute()) if isinstance(location, Path) else storage.display(location)
-
-
-# --- STAC in: the images to ingest ----------------------------------------------------------
-
-def _is_tiff(asset: pystac.Asset) -> bool:
-    if asset.media_type:
-        return asset.media_type.split(";")[0].strip().lower() == "image/tiff"
-    return asset.href.lower().split("?")[0].endswith((".tif", ".tiff"))
-
-
-def _read(path: str) -> tuple[str, list[pystac.Item]]:
-    """The STAC document's type and its Items (a Catalog or Collection is walked down)."""
-    try:
-        document = json.loads(pystac.StacIO.default().read_text(path))
-    except FileNotFoundError:
-        raise InputError(path, "the STAC file does not exist", "check the path") from None
-    except OSError as exc:
-        raise InputError(path, f"the STAC file cannot be read ({exc})",
-                         "check the path or URL and that it can be reached") from None
-    except ValueError as exc:
-        raise InputError(path, f"the STAC file cannot be read as JSON ({exc})",
-                         "give a STAC Catalog, Collection, ItemCollection or Item JSON "
-                         "file") from None
-    kind = document.get("type") if isinstance(document, dict) else None
-    try:
-        if kind == "FeatureCollection":
-            return kind, list(pystac.ItemCollection.from_dict(document, preserve_dict=False))
-        if kind == "Feature":
-            return kind, [pystac.Item.from_dict(document, href=path)]
-        if kind in ("Catalog", "Collection"):
-            catalog = pystac.read_dict(document, href=path)
-            if isinstance(catalog, pystac.Catalog):
-                return kind, list(catalog.get_items(recursive=True))
-    except (pystac.STACError, KeyError, TypeError, ValueError) as exc:
-        raise InputError(path, f"the {kind} is not valid STAC ({exc})",
-                         "check the file against the STAC specification") from None
-    raise InputError(path, f"the JSON is not STAC (type {kind!r})", "give a STAC Catalog, "
-                     "Collection, ItemCollection (FeatureCollection) or Item (Feature)")
-
-
-def _hrefs(items: list[pystac.Item], path: str, asset_key: str | None) -> Iterator[str]:
-    for item in items:
-        for key, asset in item.assets.items():
-            chosen = key == asset_key if asset_key else "data" in (asset.roles or [])
-            if chosen and _is_tiff(asset):
-                # an ItemCollection's Items have no location of their own: use the file's
-                yield asset.get_absolute_href() or pystac.utils.make_absolute_href(
-                    asset.href, path)
-
-
-def stac_sources(path: Path | str, *, asset_key: str | None = None) -> list[str]:
-    """The GeoTIFF hrefs (absolute paths or URLs) a STAC file offers for ingest.
-
-    Parameters
-    ----------
-    path
-        A STAC Catalog or Collection (walked down to every Item), an ItemCollection (for
-        example a STAC API search result saved to a file) or a single Item; a local path or
-        a URL.
-    asset_key
-        Take each Item's asset of this key (``"visual"``, ``"B04"``); default: every asset
-        whose roles include ``"data"``. Either way only TIFF assets (media type
-        ``image/tiff``, COGs included, or a ``.tif``/``.tiff`` href without a media type).
-
-    Returns
-    -------
-    list of str
-        Each href once, in Item order; relative hrefs resolved against the Item (or the
-        file, for an ItemCollection).
-
-    Raises
-    ------
-    InputError
-        The file is missing, not JSON or not STAC, holds no Item, or no asset matches,
-        naming the asset keys, roles and media types it does hold.
-
-    Examples
-    --------
-    >>> stac_sources("search.json", asset_key="visual")  # doctest: +SKIP
-    ['https://example.com/S2A_..._TCI.tif', ...]
-    """
-    where = os.fspath(path)
-    kind, items = _read(where)
-    if not items:
-        raise InputError(where, f"the {kind} holds no Items", "give a STAC file with Items")
-    hrefs = list(dict.fromkeys(_hrefs(items, where, asset_key)))
-    if not hrefs:
-        offered = sorted({f"{key} (roles {asset.roles or []}, {asset.media_type or 'no type'})"
-                          for item in items for key, asset in item.assets.items()})
-        wanted = f"asset {asset_key!r}" if asset_key else "asset with role 'data'"
-        raise InputError(where, f"none of its {len(items)} Items has a GeoTIFF {wanted}; "
-                         f"assets found: {', '.join(offered) or 'none'}",
-                         "choose the image's asset key (for example `visual`), or give a "
-                         "STAC file whose Items hold GeoTIFF assets")
-    return hrefs

@@ -1,0 +1,112 @@
+"""Catalogues in: the image files a STAC Catalog, Collection, ItemCollection or Item offers
+to ``resflow ingest``.
+
+Reading a catalogue is part of ingest, not of exports: it only finds GeoTIFF hrefs, which
+ingest then reads like any other image. A missing, unreadable or non-STAC file, or one
+whose Items hold no matching asset, is refused with the asset keys, roles and media types
+it does hold, so the right ``asset_key`` can be chosen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pystac
+
+from resflow.errors import InputError
+
+
+def _is_tiff(asset: pystac.Asset) -> bool:
+    if asset.media_type:
+        return asset.media_type.split(";")[0].strip().lower() == "image/tiff"
+    return asset.href.lower().split("?")[0].endswith((".tif", ".tiff"))
+
+
+def _read(path: str) -> tuple[str, list[pystac.Item]]:
+    """The STAC document's type and its Items (a Catalog or Collection is walked down)."""
+    try:
+        document = json.loads(pystac.StacIO.default().read_text(path))
+    except FileNotFoundError:
+        raise InputError(path, "the STAC file does not exist", "check the path") from None
+    except OSError as exc:
+        raise InputError(path, f"the STAC file cannot be read ({exc})",
+                         "check the path or URL and that it can be reached") from None
+    except ValueError as exc:
+        raise InputError(path, f"the STAC file cannot be read as JSON ({exc})",
+                         "give a STAC Catalog, Collection, ItemCollection or Item JSON "
+                         "file") from None
+    kind = document.get("type") if isinstance(document, dict) else None
+    try:
+        if kind == "FeatureCollection":
+            return kind, list(pystac.ItemCollection.from_dict(document, preserve_dict=False))
+        if kind == "Feature":
+            return kind, [pystac.Item.from_dict(document, href=path)]
+        if kind in ("Catalog", "Collection"):
+            catalog = pystac.read_dict(document, href=path)
+            if isinstance(catalog, pystac.Catalog):
+                return kind, list(catalog.get_items(recursive=True))
+    except (pystac.STACError, KeyError, TypeError, ValueError) as exc:
+        raise InputError(path, f"the {kind} is not valid STAC ({exc})",
+                         "check the file against the STAC specification") from None
+    raise InputError(path, f"the JSON is not STAC (type {kind!r})", "give a STAC Catalog, "
+                     "Collection, ItemCollection (FeatureCollection) or Item (Feature)")
+
+
+def _hrefs(items: list[pystac.Item], path: str, asset_key: str | None) -> Iterator[str]:
+    for item in items:
+        for key, asset in item.assets.items():
+            chosen = key == asset_key if asset_key else "data" in (asset.roles or [])
+            if chosen and _is_tiff(asset):
+                # an ItemCollection's Items have no location of their own: use the file's
+                yield asset.get_absolute_href() or pystac.utils.make_absolute_href(
+                    asset.href, path)
+
+
+def stac_sources(path: Path | str, *, asset_key: str | None = None) -> list[str]:
+    """The GeoTIFF hrefs (absolute paths or URLs) a STAC file offers for ingest.
+
+    Parameters
+    ----------
+    path
+        A STAC Catalog or Collection (walked down to every Item), an ItemCollection (for
+        example a STAC API search result saved to a file) or a single Item; a local path or
+        a URL.
+    asset_key
+        Take each Item's asset of this key (``"visual"``, ``"B04"``); default: every asset
+        whose roles include ``"data"``. Either way only TIFF assets (media type
+        ``image/tiff``, COGs included, or a ``.tif``/``.tiff`` href without a media type).
+
+    Returns
+    -------
+    list of str
+        Each href once, in Item order; relative hrefs resolved against the Item (or the
+        file, for an ItemCollection).
+
+    Raises
+    ------
+    InputError
+        The file is missing, not JSON or not STAC, holds no Item, or no asset matches,
+        naming the asset keys, roles and media types it does hold.
+
+    Examples
+    --------
+    >>> stac_sources("search.json", asset_key="visual")  # doctest: +SKIP
+    ['https://example.com/S2A_..._TCI.tif', ...]
+    """
+    where = os.fspath(path)
+    kind, items = _read(where)
+    if not items:
+        raise InputError(where, f"the {kind} holds no Items", "give a STAC file with Items")
+    hrefs = list(dict.fromkeys(_hrefs(items, where, asset_key)))
+    if not hrefs:
+        offered = sorted({f"{key} (roles {asset.roles or []}, {asset.media_type or 'no type'})"
+                          for item in items for key, asset in item.assets.items()})
+        wanted = f"asset {asset_key!r}" if asset_key else "asset with role 'data'"
+        raise InputError(where, f"none of its {len(items)} Items has a GeoTIFF {wanted}; "
+                         f"assets found: {', '.join(offered) or 'none'}",
+                         "choose the image's asset key (for example `visual`), or give a "
+                         "STAC file whose Items hold GeoTIFF assets")
+    return hrefs

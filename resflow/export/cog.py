@@ -1,0 +1,148 @@
+"""Cloud-Optimized GeoTIFFs of a complete output store: each scene's probability and mask.
+
+COGs keep each scene's own CRS and grid, so a COG pixel is exactly an output pixel, and
+hold the stored values; GDAL metadata (scale, nodata, a colour table for the mask) says how
+to read them. Blocks are streamed into a tiled GeoTIFF, then laid out as a COG by GDAL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+import zarr
+from rasterio.windows import Window
+
+from resflow import storage
+from resflow.export.files import replacing
+from resflow.export.settings import TILE_PX, check_settings, default_min_building_m2, mask_rule
+from resflow.store.format import Encoding, scene_file
+from resflow.store.mask_rule import MaskRule
+from resflow.store.reader import SceneMaps, open_complete, scene_maps
+from resflow.store.writer import OutputStore
+
+COG_BLOCK = 256
+"""COG tile edge, pixels: small enough that every sample scene gets at least one overview."""
+
+
+MASK_COLOURS = {0: (0, 0, 0, 255), 1: (230, 40, 30, 255)}
+"""Colour table of mask COGs, RGBA: background black, buildings red (as quicklooks). A TIFF
+colour table has no alpha, so transparency comes from nodata: not-mapped pixels."""
+
+
+def cog_names(group: str) -> dict[str, str]:
+    """File names of a scene's COGs: ``<group>_probability.tif`` and ``<group>_mask.tif``."""
+    return {name: f"{group}_{name}.tif" for name in ("probability", "mask")}
+
+
+
+def export_cogs(out_store: OutputStore | storage.Location, cog_dir: Path | str, *,
+                threshold: float | None = None,
+                min_building_m2: float | None = None) -> list[Path]:
+    """Write each scene's probability and mask as Cloud-Optimized GeoTIFFs.
+
+    Files are ``<cog_dir>/<group>_probability.tif`` (overviews averaged) and
+    ``<group>_mask.tif`` (overviews nearest, so they stay classes): uint8, deflate, 256-pixel
+    tiles, in the scene's CRS and transform, holding the stored values. GDAL metadata says
+    how to read them: the probability band's scale (``src.scales``: probability = value x
+    scale) and, on both, the not-mapped value as nodata (``src.nodata``) where the store has
+    one. The mask carries a colour table (buildings red, background black, not mapped
+    transparent as nodata).
+
+    Parameters
+    ----------
+    threshold
+        None: the store's mask. A probability in (0, 1): the mask cut again from the stored
+        probability (the store is never modified), groups under ``min_building_m2`` dropped.
+    min_building_m2
+        With ``threshold``: smallest building kept, m^2; default the run's
+        ``min_building_m2`` (:func:`default_min_building_m2`).
+
+    Returns
+    -------
+    list of Path
+        The files written, two per scene.
+
+    Raises
+    ------
+    ResflowError
+        The output is not complete, or a setting is out of range.
+    """
+    check_settings(threshold, min_building_m2, None)
+    store = open_complete(out_store)
+    min_building = default_min_building_m2(store) if min_building_m2 is None else min_building_m2
+    cog_dir = Path(cog_dir)
+    written: list[Path] = []
+    for maps in scene_maps(store):
+        names = cog_names(store.groups[maps.scene])
+        tags = {"scene": maps.scene, "source": store.display}
+        target = scene_file(cog_dir, names["probability"], store)
+        _write_cog(maps, _stored_blocks(maps.probability), target, "average",
+                   "building probability (value x scale)", maps.probability_encoding,
+                   {**tags, "array": "probability"})
+        written.append(target)
+        rule = mask_rule(store, maps, threshold, min_building)
+        blocks = (_stored_blocks(maps.mask) if threshold is None
+                  else _mask_blocks(maps, rule, TILE_PX))
+        recut = {} if threshold is None else {"threshold": str(threshold),
+                                              "min_building_m2": str(min_building)}
+        target = scene_file(cog_dir, names["mask"], store)
+        _write_cog(maps, blocks, target, "nearest", "building mask (1 building, 0 background)",
+                   maps.mask_encoding, {**tags, "array": "mask", **recut}, MASK_COLOURS)
+        written.append(target)
+    return written
+
+
+def _stored_blocks(array: zarr.Array) -> Iterator[tuple[Window, np.ndarray]]:
+    """Each chunk of a 2-D array with its window: memory stays one chunk."""
+    height, width = array.shape
+    step_y, step_x = array.chunks
+    for y0 in range(0, height, step_y):
+        for x0 in range(0, width, step_x):
+            h, w = min(step_y, height - y0), min(step_x, width - x0)
+            yield Window(x0, y0, w, h), np.asarray(array[y0:y0 + h, x0:x0 + w])
+
+
+def _tiles(maps: SceneMaps, tile_px: int) -> Iterator[tuple[int, int, int, int]]:
+    """``(y0, y1, x0, x1)`` of every window, row by row, left to right."""
+    height, width = maps.shape
+    step = maps.tile(tile_px)
+    for y0 in range(0, height, step):
+        for x0 in range(0, width, step):
+            yield y0, min(height, y0 + step), x0, min(width, x0 + step)
+
+
+def _mask_blocks(maps: SceneMaps, rule: MaskRule,
+                 tile_px: int) -> Iterator[tuple[Window, np.ndarray]]:
+    for y0, y1, x0, x1 in _tiles(maps, tile_px):
+        yield Window(x0, y0, x1 - x0, y1 - y0), maps.window(y0, y1, x0, x1, rule)[1]
+
+
+def _write_cog(maps: SceneMaps, blocks: Iterator[tuple[Window, np.ndarray]], target: Path,
+               resampling: str, description: str, encoding: Encoding, tags: dict[str, str],
+               colours: dict[int, tuple[int, int, int, int]] | None = None) -> None:
+    """Stream blocks into a tiled GeoTIFF, then lay it out as a COG with GDAL's ``COG``
+    driver (which keeps nodata, scale and colour table)."""
+    height, width = maps.shape
+    profile = {"driver": "GTiff", "height": height, "width": width, "count": 1,
+               "dtype": "uint8", "crs": maps.crs_wkt, "transform": maps.transform,
+               "tiled": True, "blockxsize": COG_BLOCK, "blockysize": COG_BLOCK,
+               "nodata": encoding.nodata}
+    with replacing(target) as partial:
+        staging = partial.with_suffix(".staging.tif")
+        with rasterio.open(staging, "w", **profile) as dst:
+            for window, block in blocks:
+                dst.write(block, 1, window=window)
+            dst.set_band_description(1, description)
+            dst.update_tags(**tags)
+            if encoding.scale != 1:
+                dst.scales, dst.offsets = (encoding.scale,), (0.0,)
+            if colours is not None:
+                dst.write_colormap(1, colours)
+        rasterio.shutil.copy(staging, partial, driver="COG", COMPRESS="DEFLATE",
+                             PREDICTOR="2", BLOCKSIZE=str(COG_BLOCK), OVERVIEWS="AUTO",
+                             OVERVIEW_RESAMPLING=resampling.upper())
+
