@@ -125,7 +125,8 @@ def test_a_finished_folder_is_refused_without_resume_and_other_sources_on_resume
 
 
 @pytest.mark.slow
-def test_resume_reuses_the_archive_and_the_finished_chips(tmp_path: Path) -> None:
+def test_resume_reuses_the_archive_and_the_finished_chips_and_overwrite_starts_again(
+        tmp_path: Path) -> None:
     sources = [crop(tmp_path / f"{name}.tif", left, 0, 150)
                for name, left in (("west", 0), ("east", 450))]
     out = tmp_path / "buildings"
@@ -148,6 +149,14 @@ def test_resume_reuses_the_archive_and_the_finished_chips(tmp_path: Path) -> Non
         np.testing.assert_array_equal(values, finished[key], err_msg=str(key))
     assert {p: p.stat().st_mtime_ns for p in (out / "maps.zarr" / "west").rglob("*")} == west
     assert {p: p.stat().st_mtime_ns for p in done.archive.rglob("*")} == archive
+    # --overwrite starts again: only the new sources' files are left
+    west_only = runner.invoke(app, ["predict", str(sources[0]), "--out", str(out), *RUN,
+                                    "--overwrite"])
+    assert west_only.exit_code == 0, west_only.output
+    assert {scene for scene, _ in stored(out / "maps.zarr")} == {"west"}
+    assert sorted(p.name for p in (out / "cogs").iterdir()) == ["west_mask.tif",
+                                                                "west_probability.tif"]
+    assert not (out / "archive.zarr").exists()
 
 
 def test_a_missing_file_is_named_and_leaves_nothing(tmp_path: Path) -> None:
