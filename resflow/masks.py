@@ -146,7 +146,8 @@ def _basins(height: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarra
     their pass, so too many basins cost nothing but time.
     """
     rows, cols = mask.shape
-    inside = np.where(mask, height, np.float32(-np.inf))
+    inside = np.full(mask.shape, -np.inf, np.float32)
+    np.copyto(inside, height, where=mask)
     best = inside.copy()
     way = np.zeros(mask.shape, np.int8)  # 0: a peak, else 1 + index in STEPS
     for code, (here, there) in enumerate(STEPS, 1):
@@ -165,10 +166,10 @@ def _basins(height: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarra
         step = further
     peak = step == np.arange(step.size)
     label = np.cumsum(peak, dtype=np.int32)
-    basins = np.zeros(rows * cols, np.int32)
-    basins[pixels] = label[step]
+    basins = np.zeros(mask.shape, np.int32)
+    basins[mask] = label[step]
     peaks = np.concatenate([[-np.inf], height.ravel()[pixels[peak]]]).astype(np.float32)
-    return basins.reshape(rows, cols), peaks
+    return basins, peaks
 
 
 def _borders(basins: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
