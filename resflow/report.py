@@ -8,6 +8,7 @@ be reproduced, and the library versions, so any speed can be explained.
 
 from __future__ import annotations
 
+import html
 import json
 import platform
 from datetime import UTC, datetime
@@ -209,6 +210,31 @@ class RunReport(BaseModel):
         if self.store_retries:
             line += f" ({self.store_retries} storage retries)"
         return line
+
+    def __str__(self) -> str:
+        """The one-line summary (:meth:`summary_line`): a report printed in a script or a
+        notebook reads as the CLI's last line, not as every field."""
+        return self.summary_line()
+
+    def _repr_html_(self) -> str:
+        """A notebook cell's view: the summary line, then seconds per stage and the buckets
+        as HTML tables; every text from the run (paths, names, errors) escaped."""
+        stages = "".join(f"<tr><td>{html.escape(stage)}</td><td>{seconds:.1f}</td></tr>"
+                         for stage, seconds in self.stage_seconds.items())
+        parts = [f"<p><b>{html.escape(self.summary_line())}</b></p>",
+                 "<table><thead><tr><th>stage</th><th>task seconds</th></tr></thead>"
+                 f"<tbody>{stages}</tbody></table>"]
+        if self.buckets:
+            rows = "".join(f"<tr><td>{use.bucket}</td><td>{html.escape(use.model)}</td>"
+                           f"<td>{use.chips}</td></tr>" for use in self.buckets)
+            parts.append("<table><thead><tr><th>bucket</th><th>model</th><th>chips</th></tr>"
+                         f"</thead><tbody>{rows}</tbody></table>")
+        if self.errors:
+            items = "".join(f"<li>{html.escape(e.get('where', ''))}: "
+                            f"{html.escape(e.get('problem', ''))}. Fix: "
+                            f"{html.escape(e.get('fix', ''))}.</li>" for e in self.errors)
+            parts.append(f"<p>errors:</p><ul>{items}</ul>")
+        return "<div>" + "".join(parts) + "</div>"
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready report, as passed to :meth:`resflow.store.writer.OutputStore.finalize`."""

@@ -70,3 +70,21 @@ def test_zero_wall_time_and_unknown_fields():
     assert make_report(wall_s=0.0).km2_per_s == 0.0
     with pytest.raises(ValidationError):
         RunReport.model_validate({**make_report().to_dict(), "typo_field": 1})
+
+
+def test_str_is_the_summary_line():
+    report = make_report()
+    assert str(report) == report.summary_line()
+    assert f"{report}" == report.summary_line()
+
+
+def test_html_view_shows_summary_and_stage_table_escaped():
+    errors = [{"where": "<b>a.tif</b>", "problem": "empty & short", "fix": "re-download it"}]
+    report = make_report(out="maps<1>.zarr", errors=errors)
+    view = report._repr_html_()
+    assert view.startswith("<div><p><b>resflow: 24 chips") and view.endswith("</div>")
+    for stage in STAGES:
+        assert f"<tr><td>{stage}</td><td>1.0</td></tr>" in view
+    assert "<tr><td>3</td><td>bucket-3</td><td>4</td></tr>" in view
+    assert "maps&lt;1&gt;.zarr" in view and "maps<1>" not in view
+    assert "&lt;b&gt;a.tif&lt;/b&gt;: empty &amp; short" in view
