@@ -20,14 +20,15 @@ called, so ``import resflow`` stays light.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from resflow import storage
-from resflow.errors import BackendError, ConfigError, ResflowError
+from resflow.errors import BackendError, ConfigError, ResflowError, python_wording
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -41,6 +42,26 @@ __all__ = ["ResflowError", "open_maps", "predict", "run"]
 
 logger = logging.getLogger("resflow")
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _worded_for_python(call: Callable[P, R]) -> Callable[P, R]:
+    """``call`` whose refusals name keyword arguments (``resume=True``) where the CLI's name
+    flags (``--resume``): the errors are raised deep in code both share
+    (:meth:`ResflowError.for_python`)."""
+    @functools.wraps(call)
+    def worded(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return call(*args, **kwargs)
+        except ResflowError as err:
+            err.for_python()
+            raise
+
+    return worded
+
+
+@_worded_for_python
 def run(archive: storage.Location, out: storage.Location, backend: str = "dask",
         client: Any = None, *, progress: bool = False, **settings: Any) -> RunReport:
     """Map the buildings of every scene of ``archive`` into the output store ``out``.
@@ -107,6 +128,7 @@ def run(archive: storage.Location, out: storage.Location, backend: str = "dask",
     return _run_graph(config, session, progress=progress)
 
 
+@_worded_for_python
 def predict(sources: Sequence[storage.Location], out: storage.Location, backend: str = "dask",
             client: Any = None, *, keep_archive: bool = False, ingest: IngestConfig | None = None,
             rgb: Sequence[int] | None = None, progress: bool = False,
@@ -214,7 +236,7 @@ def _run_graph(config: RunConfig, session: dict[str, Any], *, progress: bool) ->
         report = run_graph(config, executor).report
     for error in report.errors:
         logger.warning("input error: %s: %s. Fix: %s.", error["where"], error["problem"],
-                       error["fix"])
+                       python_wording(error["fix"]))
     return report
 
 
