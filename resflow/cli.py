@@ -35,10 +35,28 @@ def _print_version(asked: bool) -> None:
 
 
 @app.callback()
-def _options(version: Annotated[bool, typer.Option(
+def _options(
+    version: Annotated[bool, typer.Option(
         "--version", callback=_print_version, is_eager=True,
-        help="print the resflow version and exit")] = False) -> None:
-    """Partitioned three-stage deep-learning inference over satellite imagery archives."""
+        help="print the resflow version and exit")] = False,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="log debug lines too")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="log warnings and errors only")] = False,
+    log_json: Annotated[bool, typer.Option(
+        "--log-json", help="log one JSON object per line on stderr (time, level, logger, "
+        "message and the record's fields)")] = False,
+) -> None:
+    """Partitioned three-stage deep-learning inference over satellite imagery archives.
+
+    Log lines (progress, status, warnings, errors) go to stderr; what a command produces
+    (the run's summary line, tables, JSON) to stdout.
+    """
+    from resflow.logs import configure
+
+    if verbose and quiet:
+        raise typer.BadParameter("give -v or -q, not both", param_hint="-v/-q")
+    configure(1 if verbose else -1 if quiet else 0, json_lines=log_json)
 
 
 def main() -> None:  # pragma: no cover - console entry point

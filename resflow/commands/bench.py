@@ -7,6 +7,7 @@ command runs, so a core install without it still has every other command.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from types import ModuleType
 from typing import Annotated
@@ -14,6 +15,8 @@ from typing import Annotated
 import typer
 
 from resflow.commands.run import DeviceChoice
+
+logger = logging.getLogger(__name__)
 
 #: Top-level modules the study imports that only the ``bench`` extra installs.
 BENCH_EXTRA: tuple[str, ...] = ("psutil",)
@@ -62,13 +65,13 @@ def bench_command(
             batch_size=batch_size, device=device.value, work_dir=work_dir)
         for plan in options.plans:  # refused before any work, naming the field
             load_config(None, RunConfig, plan=plan)
-        results = study.run_benchmark(options, log=lambda line: typer.echo(line, err=True))
+        results = study.run_benchmark(options, log=logger.info)
     except ResflowError as err:
-        typer.echo(f"error: {err}", err=True)
+        logger.error("%s", err)
         raise typer.Exit(2) from None
     typer.echo(tables.markdown_tables(results))
-    typer.echo(f"wrote {out}/bench-{options.mode}.json, plots and table-{options.mode}.md",
-               err=True)
+    logger.info("wrote %s/bench-%s.json, plots and table-%s.md", out, options.mode,
+                options.mode, extra={"path": str(out)})
 
 
 def _study() -> tuple[ModuleType, ModuleType]:

@@ -9,6 +9,7 @@ flags are those of ``resflow run``.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,6 +17,8 @@ import typer
 
 from resflow.commands.options import Backend, ConfigFile, PrintConfig, Sets, run_settings
 from resflow.commands.run import with_engine_flags
+
+logger = logging.getLogger(__name__)
 
 #: The scene shown in the quicklook: the SpaceNet Atlanta tile, the one with buildings labelled.
 QUICKLOOK_SCENE = "sample_geotiff"
@@ -49,7 +52,7 @@ def demo_command(
     from resflow.samples import list_samples
 
     if old_work_dir is not None:
-        typer.echo("warning: --workdir is deprecated; write --work-dir", err=True)
+        logger.warning("--workdir is deprecated; write --work-dir")
         work_dir = old_work_dir
     archive, out = work_dir / "samples.zarr", work_dir / "buildings.zarr"
     settings = run_settings(
@@ -63,14 +66,14 @@ def demo_command(
     try:
         result = ingest(rasters, archive, progress=True)
     except ResflowError as err:
-        typer.echo(f"error: {err}", err=True)
+        logger.error("%s", err)
         raise typer.Exit(2) from None
     if not result.ok:
         for record in result.refused:
-            typer.echo(f"refused: {record['where']}: {record['problem']}", err=True)
+            logger.warning("refused: %s: %s", record["where"], record["problem"])
         raise typer.Exit(1)
     for record in result.too_coarse:
-        typer.echo(f"skipped: {record['name']}: {record['reason']}", err=True)
+        logger.warning("skipped: %s: %s", record["name"], record["reason"])
     info_command(str(archive), as_json=False)
 
     typer.echo(f"[2/3] mapping buildings on the {settings.backend} backend -> {out}")

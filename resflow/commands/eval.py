@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+logger = logging.getLogger(__name__)
 
 
 def register(app: typer.Typer) -> None:
@@ -50,6 +53,6 @@ def eval_command(
         result = evaluate(out, labels, threshold=threshold, report_dir=report_dir,
                           covered=covered or [])
     except ResflowError as err:
-        typer.echo(f"error: {err}", err=True)
+        logger.error("%s", err)
         raise typer.Exit(2) from None
     typer.echo(json.dumps(result, indent=2) if as_json else format_table(result))

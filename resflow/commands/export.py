@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+logger = logging.getLogger(__name__)
 
 
 class FootprintsFormat(StrEnum):
@@ -61,7 +64,7 @@ def export_command(
             min_building_m2=min_building_m2, simplify_m=simplify_m,
             footprints_format=footprints_format.value if footprints_format else None)
     except ResflowError as err:
-        typer.echo(f"error: {err}", err=True)
+        logger.error("%s", err)
         raise typer.Exit(2) from None
     for path in written:
         typer.echo(f"wrote {path}")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+logger = logging.getLogger(__name__)
 
 #: Columns of the evaluation table, in order.
 METRIC_COLUMNS = ("pixel_iou", "pixel_f1", "pixel_precision", "pixel_recall", "object_f1")
@@ -37,12 +40,11 @@ def show_command(
         typer.echo(format_manifest(loaded.manifest, loaded.path))
         source = archive or Path(loaded.manifest.get("data", {}).get("archive", ""))
         if archive is None and not source.is_dir():
-            typer.echo(f"no mosaic: the training archive {source} is gone; pass --archive",
-                       err=True)
+            logger.warning("no mosaic: the training archive %s is gone; pass --archive", source)
             return
         write_mosaic(loaded, source, out, per_bucket=per_bucket)
     except ResflowError as err:
-        typer.echo(f"error: {err}", err=True)
+        logger.error("%s", err)
         raise typer.Exit(2) from None
     typer.echo(f"mosaic: {out}")
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+logger = logging.getLogger(__name__)
 
 
 def register(app: typer.Typer) -> None:
@@ -26,7 +29,7 @@ def info_command(
     try:
         summary = describe(archive)
     except ResflowError as err:
-        typer.echo(f"error: {err}", err=True)
+        logger.error("%s", err)
         raise typer.Exit(2) from None
     if as_json:
         typer.echo(json.dumps(strict_json(summary), indent=2, default=str, allow_nan=False))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -9,6 +10,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from resflow.commands.options import ConfigFile, PrintConfig, Sets, show_config
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from resflow.config import IngestConfig
@@ -61,12 +64,12 @@ def ingest_command(
             return
         result = ingest(sources, out, settings, rgb=bands, progress=True)
     except ResflowError as err:
-        typer.echo(f"error: {err}", err=True)
+        logger.error("%s", err)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         kept = (f"{storage.display(out)} keeps the scenes finished so far; the same command "
                 "finishes it" if storage.exists(storage.normalise(out)) else "nothing was kept")
-        typer.echo(f"interrupted: {kept}", err=True)
+        logger.error("interrupted: %s", kept)
         raise typer.Exit(130) from None
     report_refusals(result)
     removed = f"; nothing was ingested, so {out} was not kept" if result.removed else ""
@@ -105,11 +108,11 @@ def ingest_settings(config: Path | None, sets: list[str] | None, *, chip: int | 
 def report_refusals(result: IngestResult) -> None:
     """Say on stderr which inputs were refused and which scenes will never be mapped."""
     for record in result.refused:
-        typer.echo(f"refused: {record['where']}: {record['problem']}. Fix: {record['fix']}.",
-                   err=True)
+        logger.warning("refused: %s: %s. Fix: %s.", record["where"], record["problem"],
+                       record["fix"], extra={"source": record.get("source")})
     for record in result.too_coarse:
-        typer.echo(f"skipped: {record['name']}: {record['reason']}; kept in the archive, "
-                   "never mapped", err=True)
+        logger.warning("skipped: %s: %s; kept in the archive, never mapped", record["name"],
+                       record["reason"], extra={"scene": record["name"]})
 
 
 def band_indices(rgb: str | None) -> list[int] | None:

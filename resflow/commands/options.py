@@ -12,12 +12,15 @@ Nothing heavy is imported here: ``resflow --help`` builds every command's flags.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
 from resflow.plugins import INSTALL_HINT, declared_backends
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -76,7 +79,7 @@ def run_settings(config: Path | None, sets: list[str] | None, print_config: bool
     try:
         settings = load_config(config, RunConfig, sets=sets or (), **overrides)
     except ResflowError as err:
-        typer.echo(f"error: {err}", err=True)
+        logger.error("%s", err)
         raise typer.Exit(2) from None
     if print_config:
         show_config(settings)

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
+
+logger = logging.getLogger(__name__)
 
 PLACED = frozenset({"archive", "out", "cog", "footprints", "stac", "stac_dir"})
 """``run``'s parameters that predict sets itself: the archive and what the folder holds."""
@@ -91,7 +94,7 @@ def predict_command(
                                         asset=asset)
         bands = band_indices(rgb)
     except ResflowError as err:
-        typer.echo(f"error: {err}", err=True)
+        logger.error("%s", err)
         raise typer.Exit(2) from None
     settings = flag_settings(**run_flags, engine_settings=engine_settings,
                              **prediction.run_settings(folder))
@@ -104,22 +107,22 @@ def predict_command(
         refused = prediction.prepare_archive(job, sources, ingest_config, rgb=bands,
                                           progress=True)
         for record in refused:
-            typer.echo(f"refused: {record['where']}: {record['problem']}. "
-                       f"Fix: {record['fix']}.", err=True)
+            logger.warning("refused: %s: %s. Fix: %s.", record["where"], record["problem"],
+                           record["fix"])
         prediction.check_run(job, settings)
     except OutputComplete as done:
         typer.echo(f"nothing to do: {done}")
         return
     except ResflowError as err:
-        typer.echo(f"error: {err}", err=True)
+        logger.error("%s", err)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
-        typer.echo(f"interrupted while ingesting into {folder.archive}; the same command "
-                   "plus --resume goes on", err=True)
+        logger.error("interrupted while ingesting into %s; the same command plus --resume "
+                     "goes on", folder.archive)
         raise typer.Exit(130) from None
     execute_run(settings)  # exits but for a run that mapped every chip
     archive = prediction.finish(job, keep_archive=keep_archive)
     if archive is not None:
-        typer.echo(f"kept {archive}", err=True)
+        logger.info("kept %s", archive, extra={"path": str(archive)})
     if refused:
         raise typer.Exit(1)

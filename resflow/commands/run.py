@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
+import logging
 import warnings
 from collections.abc import Callable, Collection
 from enum import StrEnum
@@ -26,6 +28,8 @@ from resflow.commands.options import (
     run_settings,
 )
 from resflow.executor import CliOption
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from resflow.config import RunConfig
@@ -194,38 +198,40 @@ def execute_run(settings: RunConfig) -> None:
     from resflow.interrupts import progress_line, sigterm_as_interrupt, stop_message
     from resflow.plugins import load_backend
     from resflow.preflight import check_run
-    from resflow.redaction import redact_text
+    from resflow.redaction import redact, redact_text
     from resflow.store.targets import OutputComplete
 
     out = settings.out
+    logger.debug("run settings: %s", json.dumps(redact(settings.model_dump(mode="json"))))
     try:
         executor_class = load_backend(settings.backend)
         if check_run(settings) == "resume":
-            typer.echo(progress_line(out, "resuming"), err=True)
+            logger.info("%s", progress_line(out, "resuming"))
         with sigterm_as_interrupt(), executor_class.from_config(settings) as executor:
             if executor.dashboard_link:
-                typer.echo(f"{settings.backend} dashboard: "
-                           f"{redact_text(executor.dashboard_link)}", err=True)
+                logger.info("%s dashboard: %s", settings.backend,
+                            redact_text(executor.dashboard_link),
+                            extra={"dashboard": redact_text(executor.dashboard_link)})
+            logger.debug("%s engine: %s", settings.backend, redact(executor.describe()))
             result = run_graph(settings, executor)
     except OutputComplete as done:
         typer.echo(f"nothing to do: {done}")
         return
     except ResflowError as err:
-        typer.echo(f"error: {err}", err=True)
+        logger.error("%s", err)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
-        typer.echo(f"interrupted: {stop_message(out)}", err=True)
+        logger.error("interrupted: %s", stop_message(out))
         raise typer.Exit(130) from None
     except Exception as exc:  # an engine gave up (e.g. too many lost workers)
-        typer.echo(f"error: the run failed ({exc.__class__.__name__}: "
-                   f"{redact_text(str(exc))}); "
-                   f"{stop_message(out)}", err=True)
+        logger.error("the run failed (%s: %s); %s", exc.__class__.__name__,
+                     redact_text(str(exc)), stop_message(out))
         raise typer.Exit(2) from None
     for path in result.exports:
-        typer.echo(f"wrote {path}", err=True)
+        logger.info("wrote %s", path, extra={"path": str(path)})
     for error in result.report.errors:
-        typer.echo(f"input error: {error['where']}: {error['problem']}. Fix: {error['fix']}.",
-                   err=True)
+        logger.warning("input error: %s: %s. Fix: %s.", error["where"], error["problem"],
+                       error["fix"], extra={"where": error["where"]})
     typer.echo(result.report.summary_line())
     if result.report.errors:
         raise typer.Exit(1)

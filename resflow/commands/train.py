@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -11,6 +12,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from resflow.commands.options import ConfigFile, PrintConfig, Sets, show_config
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -73,7 +76,7 @@ def train_command(
         gallery = train(archive, labels, out, scenes=scene, holdout=holdout or (),
                         **settings.model_dump())
     except ResflowError as err:
-        typer.echo(f"error: {err}", err=True)
+        logger.error("%s", err)
         raise typer.Exit(2) from None
     from resflow.commands.gallery import format_metrics
 
