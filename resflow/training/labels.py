@@ -40,8 +40,9 @@ import rasterio
 import shapely
 from affine import Affine
 from pyogrio.errors import DataLayerError, DataSourceError
-from pyproj import CRS
+from pyproj import CRS, Transformer
 from pyproj.exceptions import CRSError as ProjCRSError
+from pyproj.exceptions import ProjError
 from rasterio.errors import CRSError
 from rasterio.features import rasterize
 from rasterio.warp import Resampling, reproject, transform_bounds, transform_geom
@@ -94,10 +95,39 @@ class Labels:
 
     def covers(self, crs_wkt: str, transform: Sequence[float], height: int, width: int) -> bool:
         """Whether the label extent intersects a scene footprint (scene CRS, affine, size)."""
-        scene = CRS.from_wkt(crs_wkt)
-        left, bottom, right, top = transform_bounds(self.crs, scene, *self.bounds)
+        left, bottom, right, top = self.extent_in(crs_wkt)
         s_left, s_bottom, s_right, s_top = _footprint(Affine(*transform[:6]), height, width)
         return left < s_right and right > s_left and bottom < s_top and top > s_bottom
+
+    def extent_in(self, crs_wkt: str) -> tuple[float, float, float, float]:
+        """The label extent ``(left, bottom, right, top)`` in a scene CRS.
+
+        Labels in a CRS no transformation joins to the scene's (a local engineering grid,
+        another celestial body, a vertical CRS) are refused here, naming both CRSs, rather
+        than failing inside GDAL when the first footprint is burnt.
+
+        Raises
+        ------
+        InputError
+            if the labels cannot be reprojected to ``crs_wkt``.
+        """
+        scene = CRS.from_wkt(crs_wkt)
+        try:
+            Transformer.from_crs(self.crs, scene)
+        except ProjError as exc:
+            reason = f"PROJ finds no transformation between them ({exc})"
+        else:
+            bounds = transform_bounds(self.crs, scene, *self.bounds)
+            if all(np.isfinite(bounds)):
+                return bounds
+            reason = "the extent falls outside the scene CRS's domain"
+        epsg = scene.to_epsg()
+        raise InputError(str(self.path), f"the labels' CRS ({self.crs.name}) cannot be "
+                         f"reprojected to a scene's CRS ({scene.name}): {reason}",
+                         "assign the CRS the coordinates are really in, or reproject the "
+                         f"labels to the scene's, e.g. `ogr2ogr -t_srs "
+                         f"{f'EPSG:{epsg}' if epsg else 'SCENE.wkt'} fixed.gpkg "
+                         f"{self.path.name}`")
 
     def burn(self, crs_wkt: str, transform: Sequence[float], window: Window) -> np.ndarray:
         """Building ids (int32, 0 = background) of ``window`` on a scene grid."""

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from resflow.archive import Archive
 from resflow.chips import ChipRef
+from resflow.datasets import ChipDataset
 from resflow.errors import InputError
 from resflow.gallery import MONO, Gallery, write_gallery
 from resflow.masks import building_mask, min_pixels
@@ -157,10 +158,11 @@ def _train(archive: Archive, labels: list[Labels], out: Path, config: TrainConfi
 
     encoder = load_imagenet_lite0()
     extractor = FeatureExtractor(encoder).eval()
+    context = ChipDataset(archive, chips=all_refs, halo=config.halo)
     features = np.concatenate([
-        extract_features(archive.read_chip(ref, config.halo).image[None], extractor,
-                         halo=config.halo, batch_size=1, device=CPU)
-        for ref in tqdm(all_refs, desc="features")])
+        extract_features(context[i]["image"].numpy()[None], extractor, halo=config.halo,
+                         batch_size=1, device=CPU)
+        for i in tqdm(range(len(context)), desc="features")])
     row_of = {ref: i for i, ref in enumerate(all_refs)}
     fit_rows = [row_of[r] for r in regions["train"]]
     found = init_buckets(features[fit_rows], k=config.buckets, bits=config.bits,
@@ -288,20 +290,19 @@ def _phase_seconds(clock: dict[str, float]) -> dict[str, float]:
 def _read(archive: Archive, refs: list[ChipRef], labels: list[Labels],
           bucket_of: dict[ChipRef, int], config: TrainConfig) -> _Chips:
     """Chip pixels (no halo), their label masks and loss weights (0 where not scored, more
-    than 1 in the gaps between buildings: :func:`gap_weight`), for training."""
+    than 1 in the gaps between buildings: :func:`gap_weight`), for training, from the chips
+    as :class:`~resflow.datasets.ChipDataset` yields them."""
     images, targets, weights = [], [], []
-    for ref in refs:
-        pixels = archive.read_chip(ref)
-        scene = archive.scenes[ref.scene]
-        ids = rasterise(labels, scene.crs_wkt, scene.transform,
-                        (ref.y0, ref.x0, ref.chip, ref.chip))
-        inside = np.zeros((ref.chip, ref.chip), bool)
-        inside[: ref.height, : ref.width] = True
+    chips = ChipDataset(archive, labels, chips=refs)
+    for i, ref in enumerate(refs):
+        chip = chips[i]
+        ids = chip["mask"].numpy()
         target = separated(ids)
-        images.append(pixels.image)
+        sigma_px = config.gap_sigma_m / archive.scenes[ref.scene].gsd_m
+        images.append(chip["image"].numpy())
         targets.append(target.astype(np.float32))
-        weights.append((pixels.valid & inside) * gap_weight(
-            ids, target, config.gap_weight, config.gap_sigma_m / scene.gsd_m))
+        weights.append((chip["valid"] & chip["inside"]).numpy()
+                       * gap_weight(ids, target, config.gap_weight, sigma_px))
     size = (0, 3, 1, 1)
     return _Chips(refs, np.stack(images) if images else np.zeros(size, np.float32),
                   np.stack(targets) if targets else np.zeros((0, 1, 1), np.float32),
