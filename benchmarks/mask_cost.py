@@ -2,19 +2,20 @@
 
 Every prediction window goes through :func:`resflow.masks.building_mask` on the host, so
 its cost bounds how fast one host can feed a GPU. The Dhaka and Banepa places of
-``places.json`` (dense roofs, the worst case for splitting) are mapped with the bundled
+``places.json`` (dense settlements) are mapped with the bundled
 gallery on the in-process engine, with the defaults (4 x 4-chip windows, 128-pixel halo).
 Each prediction window is then cut from the stored probability with its halo, reflected
-beyond the scene's edge as the run reads it, and masked as the run masks it (threshold,
+beyond the scene's edge as the run reads it, and masked as a worker masks it (threshold,
 ``min_building_m2`` at the scene's resolution, touching roofs split by ``split_dip`` or not
 at all), by the current module and by ``resflow/masks.py`` as of :data:`BEFORE` (read
 from git), which must give the same masks. Each pass over all windows is timed with
 ``time.process_time`` (CPU time of this one process; numpy and scipy run these operations
-on one thread), alternating the two versions; the median and the fastest of the passes
-are reported per chip mapped (a window's cost over the chips it maps, so the halo is paid
-for) and per 256 x 256 pixels processed.
+on one thread), alternating the two versions, with a worker's malloc thresholds
+(:func:`resflow.allocator.steady_malloc`); the median and the fastest of the passes are
+reported per chip mapped (a window's cost over the chips it maps, so the halo is paid for)
+and per 256 x 256 pixels processed, with the machine's load average while timing.
 
-``python -m benchmarks.mask_cost --out benchmarks/results/mask_cost.json`` (about 5
+``python -m benchmarks.mask_cost --out benchmarks/results/mask_cost.json`` (about 2
 minutes on 2 cores); needs ``../shared/data/fair`` and the git history.
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import tempfile
@@ -35,6 +37,7 @@ import numpy as np
 import resflow
 from benchmarks.places import load_places
 from resflow import masks
+from resflow.allocator import steady_malloc
 from resflow.archive import Archive
 from resflow.chips import grid_shape, halo_indices
 from resflow.config import IngestConfig, RunConfig
@@ -111,6 +114,7 @@ def measure(found: dict[str, list[dict[str, Any]]], config: RunConfig, repeat: i
             ) -> dict[str, Any]:
     """Median and fastest pass per chip and per 256^2 pixels, for each place, version and
     split setting; refuses versions that disagree on any mask."""
+    steady_malloc()
     versions = {"before": module_at(BEFORE), "after": masks}
     threshold = config.threshold * 254
     splits = {"split": config.split_dip * 254, "no split": 0.0}
@@ -157,7 +161,9 @@ def table(results: dict[str, Any]) -> str:
                 f"{after['per_chip_median']} ({after['per_chip_fastest']}) | "
                 f"{after['per_256px_median']} | "
                 f"{before['per_chip_median'] / after['per_chip_median']:.1f}x |")
-    return "\n".join(rows) + "\n\nMedian of the passes (fastest in brackets)."
+    load = " to ".join(str(n) for n in results["load_average"])
+    return "\n".join(rows) + (f"\n\nMedian of {results['repeat']} passes (fastest in brackets); "
+                              f"load average {load} on {results['cpus']} cores.")
 
 
 def main() -> None:
@@ -168,9 +174,12 @@ def main() -> None:
     config = RunConfig()
     with tempfile.TemporaryDirectory(prefix="resflow-mask-cost-") as work:
         found = mapped_windows(Path(work), config)
-    results = {"before": BEFORE, "repeat": args.repeat,
+    load = os.getloadavg()[0]
+    places = measure(found, config, args.repeat)
+    results = {"before": BEFORE, "repeat": args.repeat, "cpus": os.cpu_count(),
+               "load_average": [round(load, 1), round(os.getloadavg()[0], 1)],
                "settings": {name: getattr(config, name) for name in SETTINGS},
-               "places": measure(found, config, args.repeat)}
+               "places": places}
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
         args.out.with_suffix(".md").write_text(table(results) + "\n")
