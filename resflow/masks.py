@@ -24,6 +24,10 @@ up to :data:`SMOOTH_REACH` pixels away, so it too is the same window by window a
 scene-wide for every blob that lies that far inside the window and its halo (any blob up to
 ``halo - 2 * SMOOTH_REACH`` pixels across); a bigger blob crossing a window border may be
 cut differently on its two sides.
+
+Every step is a whole-array numpy or scipy operation, or a few rounds of them, never a
+loop over pixels or basins: a host masks every prediction window while feeding the models
+(``benchmarks/README.md``, "Host cost").
 """
 
 from __future__ import annotations
