@@ -76,8 +76,7 @@ class ChipDataset(Dataset):
     """
 
     def __init__(self, archive: Archive | Path | str,
-                 labels: Labels | Path | str | Sequence[Labels | Path | str] | None = None,
-                 *,
+                 labels: Labels | Path | str | Sequence[Labels | Path | str] | None = None, *,
                  chips: Iterable[ChipRef | ChipKey] | None = None, halo: int = 0) -> None:
         if halo < 0:
             raise ValueError(f"halo {halo} must be 0 or more pixels")
@@ -89,7 +88,7 @@ class ChipDataset(Dataset):
         self.labels = (None if labels is None else
                        [lab if isinstance(lab, Labels) else load_labels(lab) for lab in labels])
         self.halo = halo
-        for scene in {ref.scene for ref in self.chips}:
+        for scene in sorted({ref.scene for ref in self.chips}):
             for lab in self.labels or []:
                 lab.extent_in(self.archive.scenes[scene].crs_wkt)
         self._pid = os.getpid()
