@@ -36,6 +36,7 @@ def _print_version(asked: bool) -> None:
 
 @app.callback()
 def _options(
+    ctx: typer.Context,
     version: Annotated[bool, typer.Option(
         "--version", callback=_print_version, is_eager=True,
         help="print the resflow version and exit")] = False,
@@ -56,7 +57,7 @@ def _options(
 
     if verbose and quiet:
         raise typer.BadParameter("give -v or -q, not both", param_hint="-v/-q")
-    configure(1 if verbose else -1 if quiet else 0, json_lines=log_json)
+    ctx.call_on_close(configure(1 if verbose else -1 if quiet else 0, json_lines=log_json))
 
 
 def main() -> None:  # pragma: no cover - console entry point

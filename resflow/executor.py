@@ -7,7 +7,7 @@ nothing else:
     A collection whose partitions are the given lists of records (chip references).
 ``map_partitions(coll, fn, *, name, resources)``
     Run ``fn(records, env)`` once per partition; ``fn`` returns the records of the output
-    partition. ``name`` is the stage's name in dashboards, UIs and progress bars (each
+    partition. ``name`` is the stage's name in dashboards and UIs (each
     backend shows it as :func:`stage_key`); ``resources`` is a :class:`StageResources`
     stating what one task of the stage needs; ``env`` is the :class:`TaskEnv` the task runs
     in, which names the GPU the task was given, if any.
@@ -25,7 +25,9 @@ nothing else:
     so per-process state such as loaded models is ready and never shipped with a task.
 
 Plus ``from_config(run_config, *, progress=True)`` (how ``resflow run`` builds an engine,
-from its own section ``run_config.engine_settings(name)``, with or without progress bars),
+from its own section ``run_config.engine_settings(name)``, with or without progress, kept as
+``progress``), ``on_task_done(name, done)`` (call ``done(partition)`` on the driver as each
+task of a stage finishes: the run's progress in chips is counted from it),
 ``gpu_share`` (the GPU share a GPU task claims on this
 engine, from its config), ``close()`` (also via ``with``), ``describe()`` (the cluster shape
 for run reports) and ``dashboard_link`` (where to watch the run, or ``None``).
@@ -268,6 +270,8 @@ class Executor(ABC):
     #: ``(constructor keyword, module, class)``, e.g. ``("client", "distributed", "Client")``;
     #: ``None``: the engine always starts its own
     session: ClassVar[tuple[str, str, str] | None] = None
+    #: whether a run on this engine shows its progress (``from_config(progress=...)``)
+    progress: bool = False
 
     @classmethod
     def environment(cls) -> dict[str, str]:
@@ -282,9 +286,9 @@ class Executor(ABC):
     def from_config(cls, config: RunConfig, *, progress: bool = True) -> Executor:
         """The executor a run asks for: what ``resflow run --backend <name>`` constructs.
 
-        ``progress``: draw a progress bar per stage while collecting, as ``resflow run``
-        does; ``resflow.run`` (unless asked) and the benchmarks turn them off. An engine
-        that draws none ignores it."""
+        ``progress``: the run shows its progress (kept as ``self.progress``), as
+        ``resflow run`` does; ``resflow.run`` (unless asked) and the benchmarks turn it
+        off."""
 
     @abstractmethod
     def from_partitions(self, partitions: Sequence[Sequence[T]]) -> Any:
@@ -310,6 +314,12 @@ class Executor(ABC):
     @abstractmethod
     def collect(self, coll: Any) -> list[Any]:
         """Compute ``coll`` and return its records, partitions in order."""
+
+    def on_task_done(self, name: str, done: Callable[[int], None]) -> None:  # noqa: B027
+        """Have ``done(partition)`` called on the driver, from any thread, as each task of
+        stage ``name`` finishes while a later :meth:`collect` computes; a run counts its
+        progress in chips by it. An engine that cannot tell shows no progress: the default
+        does nothing."""
 
     def preload(self, setup: Callable[[], None], *, name: str) -> None:  # noqa: B027
         """Run ``setup()`` once per worker process before its tasks; a no-op by default.

@@ -38,6 +38,7 @@ from typing import Any
 
 from resflow import storage
 from resflow.archive import Archive
+from resflow.bars import RunProgress
 from resflow.config import RunConfig
 from resflow.executor import CPU, Executor, StageResources, block_of
 from resflow.failures import ChipFailure, empty_scene_errors
@@ -196,12 +197,19 @@ def run_graph(config: RunConfig, executor: Executor) -> RunResult:
     executor.preload(partial(preload_models, settings.gallery, settings.gallery_version),
                      name=f"models-{settings.gallery_version[:12]}")
     mean_partition = math.ceil(sum(p.chips for p in partitions) / max(1, len(partitions)))
+    progress = RunProgress(partitions, archive.scenes, store.shard_chips,
+                           enabled=executor.progress)
+    if executor.progress:
+        # the last stage of both plans has one task per planned partition
+        executor.on_task_done(FUSED if config.plan == "fused" else WRITE,
+                              progress.partition_done)
     graph = build_graph(executor, settings, partitions, len(gallery.bucket_codes),
                         mean_partition, config.plan)  # regrouped stage 3 splits to this size
     compute_start = time.perf_counter()
     totals = Tally()
-    for summary in executor.collect(graph):
-        totals.add(summary)
+    with progress:
+        for summary in executor.collect(graph):
+            totals.add(summary)
     compute_wall = time.perf_counter() - compute_start
     report = RunReport(
         out=store.display, chips=totals.chips, km2=totals.km2,

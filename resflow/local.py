@@ -2,18 +2,17 @@
 
 Every stage runs its partitions on a pool of threads in the calling process (one per core
 by default: each stage call uses one torch thread and releases the GIL inside the models),
-with one progress bar per stage. The Dask and Spark engines must give the same records as
-this one; the contract tests hold them to it.
+reporting each task as it finishes (:meth:`LocalExecutor.on_task_done`). The Dask and Spark
+engines must give the same records as this one; the contract tests hold them to it.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Hashable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import TYPE_CHECKING, Any
 
-from resflow.bars import progress_bar
 from resflow.executor import (
     CPU,
     Executor,
@@ -37,7 +36,7 @@ class LocalExecutor(Executor):
         GPU addresses GPU stages may use, ``None`` = the CUDA devices torch sees; task ``i``
         of a GPU stage gets device ``i mod len(gpus)``.
     progress
-        Show a progress bar per stage.
+        Show the run's progress.
     threads
         Tasks run at once; ``None`` = the cores this process may use.
 
@@ -56,6 +55,7 @@ class LocalExecutor(Executor):
         self.gpus = list(visible_gpus() if gpus is None else gpus)
         self.progress = progress
         self.threads = threads or len(os.sched_getaffinity(0))
+        self._watchers: dict[str, Callable[[int], None]] = {}
 
     @classmethod
     def from_config(cls, config: RunConfig, *, progress: bool = True) -> LocalExecutor:
@@ -77,10 +77,17 @@ class LocalExecutor(Executor):
                    if resources.uses_gpu and self.gpus else None)
             return list(fn(coll[index], TaskEnv(self.name, name, index, gpu)))
 
+        done = self._watchers.get(name)
         with ThreadPoolExecutor(self.threads, thread_name_prefix=stage_key(name)) as pool:
-            return list(progress_bar(pool.map(task, range(len(coll))), total=len(coll),
-                                     desc=stage_key(name), unit="part",
-                                     enabled=self.progress, leave=False))
+            futures = {pool.submit(task, index): index for index in range(len(coll))}
+            for future in as_completed(futures):
+                future.result()  # a failed task raises here, as with pool.map
+                if done is not None:
+                    done(futures[future])
+            return [future.result() for future in futures]
+
+    def on_task_done(self, name: str, done: Callable[[int], None]) -> None:
+        self._watchers[name] = done
 
     def group_by_key(
         self, coll: list[list[Any]], key: Callable[[Any], Hashable], npartitions: int, *,

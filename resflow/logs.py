@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -79,15 +80,23 @@ class _CurrentStderr(logging.StreamHandler):
         """The stream is always the current stderr; the one given is ignored."""
 
 
-def configure(verbosity: int = 0, *, json_lines: bool = False) -> None:
+def configure(verbosity: int = 0, *, json_lines: bool = False) -> Callable[[], None]:
     """Send ``resflow`` records to stderr: ``verbosity`` -1 warnings and errors only, 0 info
-    too, 1 debug too; as JSON objects with ``json_lines``. Calling it again replaces what an
-    earlier call set up."""
+    too, 1 debug too; as JSON objects with ``json_lines``.
+
+    Returns the undo: the CLI calls it when the command ends, so a command run in-process
+    (a test, a notebook's ``CliRunner``) leaves the logger as it found it.
+    """
     logger = logging.getLogger(LOGGER)
-    for handler in [h for h in logger.handlers if isinstance(h, _CurrentStderr)]:
-        logger.removeHandler(handler)
     handler = _CurrentStderr()
     handler.setFormatter(JsonLines() if json_lines else PlainLines())
+    level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING if verbosity < 0 else
                     logging.DEBUG if verbosity > 0 else logging.INFO)
+
+    def undo() -> None:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+    return undo

@@ -22,7 +22,6 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from resflow.bars import progress_bar
 from resflow.endpoints import check_endpoint
 from resflow.errors import BackendError
 from resflow.executor import (
@@ -109,7 +108,7 @@ class DaskExecutor(Executor):
         GPU numbers the workers of one host share through device tickets. ``None`` = the
         configured ones, else on an embedded cluster without dask-cuda the GPUs torch sees.
     progress
-        Show a progress bar per stage while collecting.
+        Show the run's progress.
 
     Examples
     --------
@@ -172,6 +171,7 @@ class DaskExecutor(Executor):
         self._gpu_plan = GpuPlan(devices=tuple(declared or ()), ticket_dir=ticket_dir,
                                  pinned=pinned)
         self._stages: list[tuple[str, list[Future]]] = []
+        self._watchers: dict[str, Callable[[int], None]] = {}
 
     @classmethod
     def from_config(cls, config: RunConfig, *, progress: bool = True) -> DaskExecutor:
@@ -270,14 +270,18 @@ class DaskExecutor(Executor):
 
         try:
             for label, futures in self._stages:
-                with progress_bar(total=len(futures), desc=stage_key(label), unit="part",
-                                  enabled=self.progress, leave=False) as bar:
-                    for _ in as_completed(futures):
-                        bar.update()
+                done = self._watchers.get(label)
+                index = {future.key: i for i, future in enumerate(futures)}
+                for future in as_completed(futures):
+                    if done is not None and future.status == "finished":
+                        done(index[future.key])
             parts = self.client.gather(coll)
         finally:
             self._stages.clear()  # drop the intermediate results held on the workers
         return [record for part in parts for record in part]
+
+    def on_task_done(self, name: str, done: Callable[[int], None]) -> None:
+        self._watchers[name] = done
 
     def preload(self, setup: Callable[[], None], *, name: str) -> None:
         from resflow_dask.preload import PreloadPlugin

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from resflow.endpoints import check_endpoint
 from resflow.executor import CPU, Executor, StageResources, stage_key, visible_gpus
 from resflow_spark.settings import CLI_OPTIONS, SparkConfig, is_local_master
-from resflow_spark.tasks import key_partition, keyed, run_partition, unpack
+from resflow_spark.tasks import key_partition, keyed, report_partition, run_partition, unpack
 
 if TYPE_CHECKING:
     from pyspark import RDD
@@ -43,7 +43,7 @@ class SparkCollection:
     """An RDD plus the resflow stage names of each Spark stage it will run as.
 
     Spark fuses narrow stages; ``segments`` holds the resflow stages between shuffles, so the
-    progress bars of a job's Spark stages can be labelled with what they compute.
+    job's description in the Spark UI says what its Spark stages compute.
     """
 
     rdd: RDD
@@ -129,7 +129,7 @@ class SparkExecutor(Executor):
         An existing ``SparkSession`` to use as is (never stopped here); overrides ``config``'s
         master and session settings.
     progress
-        Show a progress bar per Spark stage while collecting.
+        Show the run's progress.
     gpus
         Under ``local[N]`` only: the GPUs the tasks of a GPU stage are spread over by
         partition. ``None`` = ``config.gpus``, else every GPU torch sees in the driver.
@@ -155,6 +155,10 @@ class SparkExecutor(Executor):
         self.sc = self.spark.sparkContext
         self.gpu_share = config.gpu_per_task
         self.progress = progress
+        self._watchers: dict[str, Callable[[int], None]] = {}
+        #: ``(accumulator, done)`` of the watched stages of the collections built since the
+        #: last collect
+        self._reports: list[tuple[Any, Callable[[int], None]]] = []
         declared = gpus if gpus is not None else config.gpus
         #: GPUs the tasks of a GPU stage are spread over under local[N] (no Spark scheduling)
         self.local_gpus: tuple[str, ...] = (
@@ -219,6 +223,13 @@ class SparkExecutor(Executor):
     ) -> SparkCollection:
         devices = self.local_gpus if resources.uses_gpu else ()
         task = partial(run_partition, fn, name, devices=devices)
+        watcher = self._watchers.get(name)
+        if watcher is not None:
+            from resflow_spark.progress import PartitionsDone
+
+            accumulator = self.sc.accumulator(frozenset(), PartitionsDone())
+            self._reports.append((accumulator, watcher))
+            task = partial(report_partition, accumulator, task)
         rdd = coll.rdd.mapPartitionsWithIndex(task, preservesPartitioning=True)
         rdd.setName(stage_key(name))
         if resources.uses_gpu and self.executor_gpus() > 0 and self._stage_profiles_supported():
@@ -244,12 +255,16 @@ class SparkExecutor(Executor):
         return SparkCollection(rdd.setName(stage_key("regroup")), segments)
 
     def collect(self, coll: SparkCollection) -> list[Any]:
-        from resflow_spark.progress import StageProgress
+        from resflow_spark.progress import TaskReports
 
         labels = [stage_key("+".join(seg) or "partitions") for seg in coll.segments]
         self.sc.setJobDescription(" -> ".join(labels))
-        with StageProgress(self.sc, labels, enabled=self.progress):
+        reports, self._reports = self._reports, []
+        with TaskReports(reports):
             return coll.rdd.collect()
+
+    def on_task_done(self, name: str, done: Callable[[int], None]) -> None:
+        self._watchers[name] = done
 
     def close(self) -> None:
         if self._owns_session:

@@ -1,75 +1,66 @@
-"""One progress bar per Spark stage, fed by a thread polling ``SparkContext.statusTracker()``."""
+"""Which partitions of a Spark stage finished, told to the driver while the job runs.
+
+Spark's status tracker counts a stage's finished tasks but does not say which, and a run
+counts chips by partition. So a watched stage's tasks add their partition number to an
+accumulator (:func:`resflow_spark.tasks.report_partition`); Spark merges each finished
+task's update on the driver as it arrives, and a thread polling the accumulators calls
+``done(partition)`` once per partition.
+"""
 
 from __future__ import annotations
 
 import threading
-from typing import Any
+from collections.abc import Callable
 
-from pyspark import SparkContext
-
-from resflow.bars import progress_bar
+from pyspark import Accumulator, AccumulatorParam
 
 
-class StageProgress:
-    """Context manager showing a bar per Spark stage of the jobs running inside it.
+class PartitionsDone(AccumulatorParam):
+    """An accumulator of partition numbers: a set, so a retried task counts once."""
+
+    def zero(self, value: frozenset[int]) -> frozenset[int]:
+        return frozenset()
+
+    def addInPlace(self, value1: frozenset[int], value2: frozenset[int]) -> frozenset[int]:
+        return value1 | value2
+
+
+class TaskReports:
+    """Context manager calling each watched stage's ``done(partition)`` while a job runs.
 
     Parameters
     ----------
-    sc
-        The running context.
-    labels
-        Names for a job's stages in order of their ids (Spark numbers a job's shuffle-map
-        stages before its result stage); a job with another number of stages shows Spark's
-        own stage names.
-    enabled
-        Draw nothing when ``False``.
+    watched
+        ``(accumulator, done)`` per watched stage.
     interval
-        Seconds between polls of the status tracker.
+        Seconds between polls of the accumulators.
     """
 
-    def __init__(self, sc: SparkContext, labels: list[str], *, enabled: bool = True,
+    def __init__(self, watched: list[tuple[Accumulator, Callable[[int], None]]], *,
                  interval: float = 0.5) -> None:
-        self.sc = sc
-        self.labels = labels
-        self.enabled = enabled
+        self.watched = watched
         self.interval = interval
-        self._bars: dict[int, Any] = {}
+        self._told: list[set[int]] = [set() for _ in watched]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="resflow-progress", daemon=True)
-        self._jobs: set[int] = set()
 
     def _poll(self) -> None:
-        tracker = self.sc.statusTracker()
         while not self._stop.wait(self.interval):
-            self._update(tracker)
-        self._update(tracker)
+            self._tell()
 
-    def _update(self, tracker: Any) -> None:
-        self._jobs.update(tracker.getActiveJobsIds())
-        for job_id in sorted(self._jobs):
-            job = tracker.getJobInfo(job_id)
-            stage_ids = sorted(job.stageIds) if job is not None else []
-            for index, stage_id in enumerate(stage_ids):
-                info = tracker.getStageInfo(stage_id)
-                if info is None or info.numTasks == 0:
-                    continue  # not submitted yet, or skipped
-                bar = self._bars.get(stage_id)
-                if bar is None:
-                    label = self.labels[index] if len(stage_ids) == len(self.labels) else info.name
-                    bar = self._bars[stage_id] = progress_bar(total=info.numTasks, desc=label,
-                                                              unit="task", leave=False)
-                bar.n = info.numCompletedTasks
-                bar.refresh()
+    def _tell(self) -> None:
+        for (accumulator, done), told in zip(self.watched, self._told, strict=True):
+            for partition in sorted(accumulator.value - told):
+                told.add(partition)
+                done(partition)
 
-    def __enter__(self) -> StageProgress:
-        if self.enabled:
+    def __enter__(self) -> TaskReports:
+        if self.watched:
             self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.enabled:
+        if self.watched:
             self._stop.set()
             self._thread.join()
-            for bar in self._bars.values():
-                bar.n = bar.total
-                bar.close()
+            self._tell()  # the updates merged since the last poll

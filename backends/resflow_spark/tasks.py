@@ -44,6 +44,15 @@ def run_partition(
     yield from fn(list(records), TaskEnv("spark", stage, index, gpu))
 
 
+def report_partition(accumulator: Any, task: Callable[[int, Iterable[Any]], Iterator[Any]],
+                     index: int, records: Iterable[Any]) -> list[Any]:
+    """Run ``task`` on partition ``index``, then add ``index`` to ``accumulator``, which
+    tells the driver the partition is done (:mod:`resflow_spark.progress`)."""
+    out = list(task(index, records))
+    accumulator.add(frozenset((index,)))
+    return out
+
+
 def unpack(partition: list[Any]) -> list[Any]:
     """The records of one partition parallelized as a single element."""
     return partition
