@@ -65,8 +65,8 @@ class ChipProgress:
     total
         Chips planned.
     enabled
-        Show anything at all (nothing either where the ``resflow`` logger keeps only
-        warnings).
+        Show anything at all (nothing either where the ``resflow`` logger is set to keep
+        only warnings).
     stream
         Where a bar goes (default stderr); a stream that is not a terminal gets log lines.
 
@@ -91,8 +91,10 @@ class ChipProgress:
         self._logged_done = 0
         self._bar: Any = None
         self._lines = False
-        # progress is information: ``resflow -q`` (warnings only) silences it
-        enabled = enabled and logger.isEnabledFor(logging.INFO)
+        # progress is information: a ``resflow`` logger set above INFO (``resflow -q``)
+        # silences it, an unconfigured one (a notebook's) does not
+        level = logging.getLogger("resflow").level
+        enabled = enabled and not (level != logging.NOTSET and level > logging.INFO)
         if enabled and draws_bars(stream):
             from tqdm.auto import tqdm
 

@@ -102,3 +102,20 @@ def test_engines_report_each_task_of_a_watched_stage_once(executor: Executor) ->
     got = executor.collect(executor.map_partitions(watched, doubled, name="after"))
     assert sorted(got) == [4, 8, 12, 16, 20, 24, 28]
     assert sorted(seen) == [0, 1, 2, 3]
+
+
+def test_a_quiet_resflow_logger_silences_the_bar_an_unset_one_does_not():
+    logger = logging.getLogger("resflow")
+    level = logger.level
+    try:
+        logger.setLevel(logging.NOTSET)
+        shown = Terminal()
+        with ChipProgress(4, stream=shown) as bar:
+            bar.advance(4, 1.0)
+        logger.setLevel(logging.WARNING)
+        quiet = Terminal()
+        with ChipProgress(4, stream=quiet) as bar:
+            bar.advance(4, 1.0)
+    finally:
+        logger.setLevel(level)
+    assert "4/4" in shown.getvalue() and quiet.getvalue() == ""
