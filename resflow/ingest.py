@@ -191,9 +191,13 @@ def _ingest_into(out: Path | str, files: Sequence[Path | str], config: IngestCon
 
 
 def _progress(total: int, enabled: bool):
+    """A bar over scenes where one reaches a person (:func:`resflow.bars.draws_bars`); never
+    carriage returns in a log."""
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="scene", desc="ingest", disable=not enabled)
+    from resflow.bars import draws_bars
+
+    return tqdm(total=total, unit="scene", desc="ingest", disable=not (enabled and draws_bars()))
 
 
 def _refusal(source: Path | str, err: InputError) -> dict:
