@@ -12,6 +12,7 @@ import html
 import json
 import platform
 from datetime import UTC, datetime
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,13 @@ def collect_versions() -> dict[str, str]:
 
     Libraries that are not installed (an engine's, where only another engine is) are left out.
     """
+    return dict(_installed_versions())
+
+
+@cache
+def _installed_versions() -> tuple[tuple[str, str], ...]:
+    """:func:`collect_versions`, once per process: scanning every installed distribution
+    takes about a second, and what is installed does not change while a process runs."""
     from resflow.plugins import engine_classes
 
     engine_modules = sorted({module.split(".")[0] for cls in engine_classes().values()
@@ -51,7 +59,7 @@ def collect_versions() -> dict[str, str]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
-    return versions
+    return tuple(versions.items())
 
 
 class BucketUse(BaseModel):
