@@ -10,9 +10,10 @@ Two functions, exported as ``resflow.run`` and ``resflow.open_maps``:
 
 Both are quiet: nothing is printed. What a person may want to see goes to the ``resflow``
 logger: the engine's dashboard link (INFO) when the run starts, and each input or chip the
-run could not map (WARNING). Progress bars are off unless ``progress=True``: in a notebook
-the Dask dashboard shows the stages as they run, and a library call that draws bars into
-every cell that uses it is noise.
+run could not map (WARNING). Progress is off unless ``progress=True`` (one bar in chips
+and km^2, :mod:`resflow.bars`): in a notebook the Dask dashboard shows the stages as they
+run, and a library call that draws bars into every cell that uses it is noise. Refusals
+name keyword arguments where the CLI's name flags (:func:`resflow.errors.python_wording`).
 
 The core never imports an engine: this module imports only what a call needs, when it is
 called, so ``import resflow`` stays light.
@@ -86,7 +87,8 @@ def run(archive: storage.Location, out: storage.Location, backend: str = "dask",
         ``backend="spark"``. ``None`` starts the engine from its settings (an embedded
         cluster by default) and closes it again after the run.
     progress
-        Show a progress bar per stage while the run computes (off: watch the dashboard).
+        Show the run's progress in chips and km^2 while it computes (:mod:`resflow.bars`;
+        off: watch the dashboard).
     **settings
         Any :class:`~resflow.config.RunConfig` field (``batch_size=4``, ``plan="regrouped"``,
         ``device="cpu"``, ``overwrite=True``, ``gallery=...``), and engine sections as
