@@ -46,6 +46,50 @@ NATIVE = IngestConfig(chip=256, gsd=None, max_gsd=1e6)
 tests of the archive as a pixel-exact store (mapping needs the working resolution)."""
 
 
+CROPS = {"atlanta-pan": 460, "rotterdam-ms1": 230}
+"""Top-left crops (pixels a side) of two samples: each about 767 x 767 pixels at the working
+resolution, 3 x 3 chips of 256."""
+
+
+def crop_raster(source: Path, size: int, out: Path) -> Path:
+    """The top-left ``size`` x ``size`` pixels of ``source`` as a GeoTIFF at ``out``, with the
+    window's own georeferencing, nodata and band data types."""
+    import rasterio
+    from rasterio.windows import Window
+
+    with rasterio.open(source) as src:
+        window = Window(0, 0, size, size)
+        profile = {**src.profile, "width": size, "height": size,
+                   "transform": src.window_transform(window)}
+        profile.pop("blockxsize", None), profile.pop("blockysize", None)
+        with rasterio.open(out, "w", **{**profile, "tiled": False}) as dst:
+            dst.write(src.read(window=window))
+    return out
+
+
+@pytest.fixture(scope="session")
+def cropped_sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of the :data:`CROPS` GeoTIFFs (real imagery, a third of the samples' pixels):
+    what tests of engines, storage and recovery map when the pixels' content does not
+    matter. Read-only."""
+    folder = tmp_path_factory.mktemp("cropped")
+    for name, size in CROPS.items():
+        source = sample_path(name)
+        crop_raster(source, size, folder / source.name)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def cropped_archive(cropped_sources: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The :data:`CROPS` and ``rmnp-rgb`` (too coarse: recorded as skipped) at chip 256 and
+    0.3 m: scenes ``sample_geotiff`` and ``ms1`` of 3 x 3 chips each. Read-only."""
+    out = tmp_path_factory.mktemp("cropped-archive") / "cropped.zarr"
+    sources = [*sorted(cropped_sources.iterdir()), sample_path("rmnp-rgb")]
+    result = ingest(sources, out, IngestConfig(chip=256))
+    assert result.ok and len(result.ingested) == len(sources), result
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The Atlanta sample alone on its own 0.5 m grid (900 x 900, 16 chips of 256: 4 chip

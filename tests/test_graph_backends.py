@@ -1,4 +1,7 @@
-"""The real graph on the sample archive: the same maps, bit for bit, on every engine."""
+"""The real graph on the cropped samples: the same maps, bit for bit, on every engine.
+
+Runs use 2 x 2-chip prediction windows and partitions of 4 chips, so each 3 x 3-chip scene
+is four windows (whole, cut by the scene edge on one side and on two), spread over tasks."""
 
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ from resflow.tasks import (
 
 BACKENDS = ("local", "dask", "spark")
 PLANS = ("fused", "regrouped")
+WINDOW = 2
+PARTITION_CHIPS = 4
 
 
 def make_executor(name: str, request: pytest.FixtureRequest) -> Executor:
@@ -39,9 +44,9 @@ def make_executor(name: str, request: pytest.FixtureRequest) -> Executor:
 
 
 @pytest.fixture(scope="module")
-def runs(request: pytest.FixtureRequest, sample_archive: Path,
+def runs(request: pytest.FixtureRequest, cropped_archive: Path,
          tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[RunConfig, RunResult]]:
-    """The sample archive through each engine (fused plan, keyed by engine name) and through
+    """The cropped archive through each engine (fused plan, keyed by engine name) and through
     each engine's regrouped plan (keyed ``<engine>-regrouped``), one output store each, with
     the real bundled gallery."""
     out_dir = tmp_path_factory.mktemp("maps")
@@ -49,8 +54,9 @@ def runs(request: pytest.FixtureRequest, sample_archive: Path,
     for name in BACKENDS:
         for plan_name in PLANS:
             label = name if plan_name == "fused" else f"{name}-{plan_name}"
-            config = RunConfig(archive=sample_archive, out=out_dir / f"{label}.zarr",
-                               backend=name, partition_chips=8, plan=plan_name)
+            config = RunConfig(archive=cropped_archive, out=out_dir / f"{label}.zarr",
+                               backend=name, partition_chips=PARTITION_CHIPS, window=WINDOW,
+                               plan=plan_name)
             with make_executor(name, request) as executor:
                 done[label] = (config, run_graph(config, executor))
     return done
@@ -63,10 +69,10 @@ def scene_arrays(out: Path) -> dict[tuple[str, str], np.ndarray]:
             for scene in store.groups for name in ("probability", "mask", "chip_bucket")}
 
 
-def test_every_engine_and_plan_writes_bitwise_identical_maps(runs, sample_archive: Path
+def test_every_engine_and_plan_writes_bitwise_identical_maps(runs, cropped_archive: Path
                                                             ) -> None:
     reference = scene_arrays(runs["local"][0].out)
-    n_chips = len(Archive.open(sample_archive).chips())
+    n_chips = len(Archive.open(cropped_archive).chips())
     assert len(runs) == len(BACKENDS) * len(PLANS)
     for name, (config, result) in runs.items():
         assert result.report.chips == n_chips
@@ -106,8 +112,8 @@ def test_reports_name_engine_stages_and_buckets(runs) -> None:
         assert sum(b.chips for b in report.buckets) == report.chips
 
 
-def test_outputs_carry_the_input_crs_and_transform(runs, sample_archive: Path) -> None:
-    archive = Archive.open(sample_archive)
+def test_outputs_carry_the_input_crs_and_transform(runs, cropped_archive: Path) -> None:
+    archive = Archive.open(cropped_archive)
     store = OutputStore.open(runs["local"][0].out)
     for scene, info in archive.scenes.items():
         crs_wkt, transform = store.georeference(scene)
@@ -120,15 +126,15 @@ def settings_for(config: RunConfig, out: Path) -> GraphSettings:
     return replace(settings_from_config(config), out=out)
 
 
-def test_a_task_run_twice_leaves_the_same_output(runs, sample_archive: Path,
+def test_a_task_run_twice_leaves_the_same_output(runs, cropped_archive: Path,
                                                  tmp_path: Path) -> None:
     """A re-executed task (a retried or speculative one) rewrites identical bytes."""
     config, _ = runs["local"]
     out = tmp_path / "copy.zarr"
     shutil.copytree(config.out, out)
     store = OutputStore.open(out)
-    partition = plan(Archive.open(sample_archive).scenes, shard_chips=store.shard_chips,
-                     partition_chips=8)[1]
+    partition = plan(Archive.open(cropped_archive).scenes, shard_chips=store.shard_chips,
+                     partition_chips=PARTITION_CHIPS)[1]
     before = scene_arrays(out)
     env = TaskEnv("local", "stages-fused", 0)
     (first,) = fused_stages(settings_for(config, out), [partition], env)
@@ -140,13 +146,13 @@ def test_a_task_run_twice_leaves_the_same_output(runs, sample_archive: Path,
     assert first.buckets == second.buckets
 
 
-def test_run_lists_the_exports_it_wrote(sample_archive: Path, engine_gallery: Path,
+def test_run_lists_the_exports_it_wrote(cropped_archive: Path, engine_gallery: Path,
                                         tmp_path: Path) -> None:
     """COGs and one footprints file when asked, and always the STAC Collection naming them."""
     import pystac
 
-    config = RunConfig(archive=sample_archive, gallery=engine_gallery, out=tmp_path / "o.zarr",
-                       backend="local", cog_dir=tmp_path / "cog",
+    config = RunConfig(archive=cropped_archive, gallery=engine_gallery, out=tmp_path / "o.zarr",
+                       backend="local", window=WINDOW, cog_dir=tmp_path / "cog",
                        footprints=tmp_path / "buildings.geojson")
     with LocalExecutor(gpus=[], progress=False) as executor:
         result = run_graph(config, executor)
