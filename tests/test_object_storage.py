@@ -25,48 +25,50 @@ from resflow.errors import InputError
 from resflow.graph import run_graph
 from resflow.ingest import ingest
 from resflow.local import LocalExecutor
-from resflow.samples import sample_path
 from resflow.store.writer import OutputStore
 from tests.fixtures_engines import build_engine
 from tests.fixtures_storage import SECRET
 from tests.objectstore import FaultyS3
 
-SOURCES = ("rotterdam-ms1", "atlanta-pan")
 ARRAYS = ("probability", "mask", "chip_bucket")
+RUN = {"partition_chips": 4, "window": 2}
+"""Partitions of one 2 x 2-chip window: each 3 x 3-chip scene is four tasks, so a run can be
+stopped part-way."""
 
 
 @pytest.fixture(scope="module")
-def bucket(s3: FaultyS3) -> str:
-    """A fresh bucket holding the sample GeoTIFFs under ``src/``."""
+def bucket(s3: FaultyS3, cropped_sources: Path) -> str:
+    """A fresh bucket holding the cropped sample GeoTIFFs under ``src/``."""
     import fsspec
 
     name = f"resflow-{uuid.uuid4().hex[:12]}"
     s3.create_bucket(name)
     fs = fsspec.filesystem("s3", skip_instance_cache=True)
-    for sample in SOURCES:
-        fs.put(str(sample_path(sample)), f"{name}/src/{sample_path(sample).name}")
+    for source in cropped_sources.iterdir():
+        fs.put(str(source), f"{name}/src/{source.name}")
     return name
 
 
 @pytest.fixture(scope="module")
-def s3_archive(bucket: str) -> str:
+def s3_archive(bucket: str, cropped_sources: Path) -> str:
     url = f"s3://{bucket}/archive.zarr"
     result = ingest([f"s3://{bucket}/src/"], url, IngestConfig(chip=256))
-    assert result.ok and len(result.ingested) == len(SOURCES), result
+    assert result.ok and len(result.ingested) == len(list(cropped_sources.iterdir())), result
     return url
 
 
 @pytest.fixture(scope="module")
-def reference(engine_gallery: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def reference(engine_gallery: Path, cropped_sources: Path,
+              tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same rasters ingested and mapped on local disk: what every object-storage run
     must equal."""
     folder = tmp_path_factory.mktemp("s3-reference")
     archive = folder / "archive.zarr"
-    result = ingest([sample_path(s) for s in SOURCES], archive, IngestConfig(chip=256))
+    result = ingest(sorted(cropped_sources.iterdir()), archive, IngestConfig(chip=256))
     assert result.ok, result
     out = folder / "maps.zarr"
     run_graph(RunConfig(archive=str(archive), out=str(out), gallery=engine_gallery,
-                        backend="local", partition_chips=8),
+                        backend="local", **RUN),
               LocalExecutor(gpus=[], progress=False))
     return out
 
@@ -107,7 +109,7 @@ def test_engines_map_from_and_to_object_storage(backend: str, request: pytest.Fi
                                                 engine_gallery: Path, reference: Path) -> None:
     out = f"s3://{bucket}/maps-{backend}.zarr"
     config = RunConfig(archive=s3_archive, out=out, gallery=engine_gallery, backend=backend,
-                       partition_chips=8)
+                       **RUN)
     with build_engine(backend, request) as executor:
         result = run_graph(config, executor)
     assert not result.failures and result.report.store_retries == 0
@@ -125,7 +127,7 @@ def test_transient_errors_are_retried_and_counted(faults: FaultyS3, s3_archive: 
     faults.fail("PUT", r"/probability/c/", 3)  # throttled writes (503 SlowDown)
     faults.fail("GET", r"/archive\.zarr/scenes/.*/image/c/", 2, status=500)  # reads
     config = RunConfig(archive=s3_archive, out=out, gallery=engine_gallery, backend="local",
-                       partition_chips=8)
+                       **RUN)
     result = run_graph(config, LocalExecutor(gpus=[], progress=False))
     assert faults.injected == 5
     # a retry is one read or write tried again; chunks fetched together fail together
@@ -145,7 +147,7 @@ def test_a_run_that_could_not_write_resumes_to_the_same_bytes(
     out = f"s3://{bucket}/maps-resumed.zarr"
     faults.fail("PUT", r"/ms1/mask/c/0/0$", 1000, status=403)
     config = RunConfig(archive=s3_archive, out=out, gallery=engine_gallery, backend="dask",
-                       partition_chips=8)
+                       **RUN)
     with build_engine("dask", request) as executor:
         first = run_graph(config, executor)
     assert first.failures and all("writing its shard failed" in f.problem
@@ -174,7 +176,7 @@ def test_credentials_never_reach_messages_or_reports(s3_archive: str, bucket: st
                                                      engine_gallery: Path) -> None:
     out = f"s3://{bucket}/maps-cli.zarr"
     done = CliRunner().invoke(app, ["run", s3_archive, "--out", out, "--backend", "local",
-                                    "--gallery", str(engine_gallery)])
+                                    "--gallery", str(engine_gallery), "--set", "window=2"])
     assert done.exit_code == 0, done.output
     assert out in done.output
     report = storage.read_bytes(storage.join(out, "run_report.json")).decode()
@@ -201,7 +203,7 @@ def test_a_gallery_in_the_bucket_is_read_through_a_verified_local_copy(
         (engine_gallery / "manifest.json").read_bytes()
     out = f"s3://{bucket}/maps-gallery-url.zarr"
     run_graph(RunConfig(archive=s3_archive, out=out, gallery=url, backend="local",
-                        partition_chips=8), LocalExecutor(gpus=[], progress=False))
+                        **RUN), LocalExecutor(gpus=[], progress=False))
     assert_same_maps(out, reference)
     assert gallery_folder(url) == copy  # the same manifest: the same copy, not fetched again
 
@@ -224,7 +226,7 @@ def test_a_run_killed_mid_write_resumes_to_the_same_bytes(
 
     out = f"s3://{bucket}/maps-killed.zarr"
     args = ["run", s3_archive, "--out", out, "--backend", "local", "--gallery",
-            str(engine_gallery), "--set", "partition_chips=8"]
+            str(engine_gallery), "--set", "partition_chips=4", "--set", "window=2"]
     faults.fail("PUT", r"maps-killed\.zarr/.*/c/", 10_000, delay_s=0.3)
     with started([str(BIN / "resflow"), *args], tmp_path / "killed.log") as proc:
         wait_until(lambda: chips_done(out) >= 1, "a first chip", proc)
