@@ -51,7 +51,7 @@ def probability(out: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def dask_output(sample_archive: Path, engine_gallery: Path,
+def dask_output(cropped_archive: Path, engine_gallery: Path,
                 tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     tmp = tmp_path_factory.mktemp("join-dask")
     port = free_port()
@@ -65,7 +65,7 @@ def dask_output(sample_archive: Path, engine_gallery: Path,
             [str(BIN / "dask"), "worker", address, "--host", "127.0.0.1", "--nworkers", "2",
              "--nthreads", "1", "--no-dashboard", "--local-directory", str(tmp)],
             tmp / "workers.log"))
-        summary = resflow_run(sample_archive, engine_gallery, tmp / "out.zarr",
+        summary = resflow_run(cropped_archive, engine_gallery, tmp / "out.zarr",
                               "--backend", "dask", "--scheduler-address", address)
     report = json.loads((tmp / "out.zarr" / "run_report.json").read_text())
     assert report["config"]["dask"]["scheduler_address"] == address  # the run's own settings
@@ -73,7 +73,7 @@ def dask_output(sample_archive: Path, engine_gallery: Path,
 
 
 @pytest.fixture(scope="module")
-def spark_output(sample_archive: Path, engine_gallery: Path,
+def spark_output(cropped_archive: Path, engine_gallery: Path,
                  tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     import pyspark
 
@@ -99,15 +99,15 @@ def spark_output(sample_archive: Path, engine_gallery: Path,
              "127.0.0.1", "--cores", "1", "--memory", "1g", "--webui-port", str(free_port()),
              "--work-dir", str(tmp / "work")], tmp / "worker.log"))
         wait_until(alive_workers, "the Spark worker", timeout=90)
-        summary = resflow_run(sample_archive, engine_gallery, tmp / "out.zarr",
+        summary = resflow_run(cropped_archive, engine_gallery, tmp / "out.zarr",
                               "--backend", "spark", "--spark-master", master,
                               "--plan", "regrouped")
     return tmp / "out.zarr", summary
 
 
-def test_run_joins_a_running_dask_cluster(dask_output, sample_archive: Path) -> None:
+def test_run_joins_a_running_dask_cluster(dask_output, cropped_archive: Path) -> None:
     out, summary = dask_output
-    n = len(Archive.open(sample_archive).chips())
+    n = len(Archive.open(cropped_archive).chips())
     assert summary.startswith(f"resflow: {n} chips") and "on dask (2 workers x 1 thread)" in summary
     assert probability(out)
 
