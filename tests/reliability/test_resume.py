@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from resflow.archive import Archive
 from resflow.cli import app
 from resflow.store.reader import describe
 from resflow.store.writer import OutputStore
@@ -49,7 +50,7 @@ def test_interrupt_kill_and_resume(backend: str, small_archive: Path, run_config
                                    reference_maps, tmp_path: Path) -> None:
     out = tmp_path / "maps.zarr"
     args = run_args(small_archive, out, run_config_file, "--backend", backend)
-    total = 64
+    total = len(Archive.open(small_archive).chips())
 
     # 1. Ctrl-C part-way: a clean stop that says how to resume
     with started(args, tmp_path / "sigint.log") as proc:

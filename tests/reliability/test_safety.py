@@ -55,7 +55,7 @@ HOSTILE = ("zarr.json.tif", "run_report.json.tif", "..hidden.tif", "$(touch pwne
            "-rf --no-preserve-root.tif", "new\nline.tif", "ünïcødé 東京.tif")
 
 
-def test_hostile_file_names_cannot_escape_the_output(engine_gallery: Path,
+def test_hostile_file_names_cannot_escape_the_output(engine_gallery: Path, cropped_sources: Path,
                                                      tmp_path: Path) -> None:
     from resflow.graph import run_graph
     from resflow.local import LocalExecutor
@@ -63,7 +63,7 @@ def test_hostile_file_names_cannot_escape_the_output(engine_gallery: Path,
     rasters = tmp_path / "rasters"
     rasters.mkdir()
     for name in HOSTILE:
-        shutil.copy(sample_path("rotterdam-ms1"), rasters / name)
+        shutil.copy(cropped_sources / sample_path("rotterdam-ms1").name, rasters / name)
     archive, out = tmp_path / "archive.zarr", tmp_path / "work" / "out.zarr"
     result = ingest([rasters], archive)
     assert result.ok and len(result.ingested) == len(HOSTILE), result
