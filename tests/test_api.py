@@ -41,12 +41,12 @@ ARRAYS = ("probability", "mask", "chip_bucket")
 
 
 @pytest.fixture(scope="module")
-def local_maps(sample_archive: Path, engine_gallery: Path,
+def local_maps(cropped_archive: Path, engine_gallery: Path,
                tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RunReport]:
-    """The sample archive mapped by ``resflow.run`` on the local engine: the store and report."""
+    """The cropped archive mapped by ``resflow.run`` on the local engine: the store and report."""
     out = tmp_path_factory.mktemp("api") / "maps.zarr"
-    report = resflow.run(sample_archive, out, backend="local", gallery=engine_gallery,
-                         device="cpu", partition_chips=8)
+    report = resflow.run(cropped_archive, out, backend="local", gallery=engine_gallery,
+                         device="cpu", partition_chips=4, window=2)
     return out, report
 
 
@@ -59,13 +59,13 @@ def stored_arrays(location: Path | str) -> dict[tuple[str, str], np.ndarray]:
 
 @pytest.mark.slow
 def test_local_engine_and_a_dask_client_write_the_same_maps(
-        local_maps: tuple[Path, RunReport], dask_client: Any, sample_archive: Path,
+        local_maps: tuple[Path, RunReport], dask_client: Any, cropped_archive: Path,
         engine_gallery: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     local_out, local_report = local_maps
     out = tmp_path / "maps.zarr"
     with caplog.at_level(logging.INFO, logger="resflow"):
-        report = resflow.run(sample_archive, out, client=dask_client, gallery=engine_gallery,
-                             device="cpu", partition_chips=8, plan="regrouped")
+        report = resflow.run(cropped_archive, out, client=dask_client, gallery=engine_gallery,
+                             device="cpu", partition_chips=4, window=2, plan="regrouped")
     assert isinstance(report, RunReport)
     assert (report.backend, local_report.backend) == ("dask", "local")
     assert report.config["plan"] == "regrouped"
@@ -92,34 +92,34 @@ def test_local_engine_and_a_dask_client_write_the_same_maps(
     ({"origin": "x"}, "origin"),
 ])
 def test_bad_settings_are_refused_naming_the_field(settings: dict[str, Any], field: str,
-                                                   sample_archive: Path,
+                                                   cropped_archive: Path,
                                                    tmp_path: Path) -> None:
     out = tmp_path / "maps.zarr"
     with pytest.raises(ConfigError, match=f"field '{field}'") as refused:
-        resflow.run(sample_archive, out, **settings)
+        resflow.run(cropped_archive, out, **settings)
     assert "command line" not in str(refused.value)  # the settings are arguments here
     assert not out.exists()
 
 
-def test_a_client_must_be_the_engines_session(dask_client: Any, sample_archive: Path,
+def test_a_client_must_be_the_engines_session(dask_client: Any, cropped_archive: Path,
                                               tmp_path: Path) -> None:
     out = tmp_path / "maps.zarr"
     with pytest.raises(BackendError, match="client: the 'local' engine cannot run on an "
                        "existing cluster"):
-        resflow.run(sample_archive, out, backend="local", client=dask_client)
+        resflow.run(cropped_archive, out, backend="local", client=dask_client)
     with pytest.raises(BackendError, match=r"runs on a pyspark.sql.SparkSession, not a "
                        r"distributed.client.Client. Fix: pass backend='dask'"):
-        resflow.run(sample_archive, out, backend="spark", client=dask_client)
+        resflow.run(cropped_archive, out, backend="spark", client=dask_client)
     with pytest.raises(BackendError, match="unknown backend 'dusk'"):
-        resflow.run(sample_archive, out, backend="dusk")
+        resflow.run(cropped_archive, out, backend="dusk")
     assert not out.exists()
 
 
 def test_open_maps_gives_each_scene_on_its_archive_grid(local_maps: tuple[Path, RunReport],
-                                                        sample_archive: Path) -> None:
+                                                        cropped_archive: Path) -> None:
     out, report = local_maps
     maps = resflow.open_maps(out)
-    archive = Archive.open(sample_archive)
+    archive = Archive.open(cropped_archive)
     groups = OutputStore.open(out).groups
     assert isinstance(maps, xr.DataTree)
     assert sorted(maps.children) == sorted(groups.values())
@@ -175,12 +175,12 @@ def test_open_maps_reads_object_storage_as_a_folder(local_maps: tuple[Path, RunR
     xr.testing.assert_identical(from_s3, resflow.open_maps(out))
 
 
-def test_open_maps_refuses_what_is_not_an_output(sample_archive: Path, tmp_path: Path) -> None:
+def test_open_maps_refuses_what_is_not_an_output(cropped_archive: Path, tmp_path: Path) -> None:
     missing = tmp_path / "nothing.zarr"
     with pytest.raises(ResflowError, match=f"{missing}: no output store is there"):
         resflow.open_maps(missing)
-    with pytest.raises(ResflowError, match=f"{sample_archive}: not a resflow output store"):
-        resflow.open_maps(sample_archive)
+    with pytest.raises(ResflowError, match=f"{cropped_archive}: not a resflow output store"):
+        resflow.open_maps(cropped_archive)
 
 
 def test_import_resflow_loads_no_engine_torch_or_xarray() -> None:
