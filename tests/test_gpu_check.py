@@ -14,10 +14,10 @@ from resflow.archive import Archive
 
 
 @pytest.mark.slow
-def test_the_check_runs_on_the_cpu_and_writes_its_summary(sample_archive: Path,
+def test_the_check_runs_on_the_cpu_and_writes_its_summary(cropped_archive: Path,
                                                           tmp_path: Path) -> None:
     out = tmp_path / "results"
-    code = gpu_check.main(["run", "--archive", str(sample_archive), "--out", str(out),
+    code = gpu_check.main(["run", "--archive", str(cropped_archive), "--out", str(out),
                            "--logs", str(tmp_path / "logs"), "--device", "cpu", "--quick",
                            "--engines", "local,nothing", "--batch-sizes", "1,2",
                            "--compare-chips", "2", "--sweep-chips", "3"])
@@ -26,7 +26,7 @@ def test_the_check_runs_on_the_cpu_and_writes_its_summary(sample_archive: Path,
     assert all(step["status"] == "ok" for step in summary["steps"].values())
     assert summary["environment"]["rehearsal"] and summary["environment"]["device"] == "cpu"
 
-    chips = len(Archive.open(sample_archive).chips())
+    chips = len(Archive.open(cropped_archive).chips())
     archive = summary["archive"]
     assert archive["chips"] == chips
     assert archive["km2_at_0_5m"] == pytest.approx(archive["km2"] * (0.5 / 0.3) ** 2, rel=1e-3)
