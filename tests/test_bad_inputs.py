@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +15,12 @@ from typer.testing import CliRunner
 
 from resflow.archive import Archive
 from resflow.cli import app
+from resflow.config import IngestConfig
+from resflow.errors import ResflowError
 from resflow.ingest import ingest
 from resflow.samples import sample_path
+from resflow.store.lock import StoreLocked
+from resflow.store.writer import OutputStore
 
 GOOD = "rotterdam-ms1"
 UTM_GRID = from_origin(500000, 5700000, 1, 1)
@@ -113,3 +119,76 @@ def test_malformed_config_names_the_field(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["ingest", str(sample_path(GOOD)), "--out",
                                       str(tmp_path / "a.zarr"), "--config", str(cfg)])
     assert result.exit_code == 2 and "not valid YAML" in result.stderr
+
+
+# --- outputs: nothing lost to a mixed or a concurrent run -----------------------------------
+
+def _scene(folder: Path, seed: int) -> Path:
+    """A 300 x 300 RGB GeoTIFF at 0.3 m named ``scene.tif`` (2 x 2 chips of 256), pixels
+    drawn from ``seed``: two seeds give two images on one grid under one scene name."""
+    folder.mkdir()
+    path = folder / "scene.tif"
+    pixels = np.random.default_rng(seed).integers(1, 255, (3, 300, 300), dtype="uint8")
+    with rasterio.open(path, "w", driver="GTiff", width=300, height=300, count=3,
+                       dtype="uint8", crs="EPSG:32631",
+                       transform=from_origin(500000, 5700000, 0.3, 0.3)) as ds:
+        ds.write(pixels)
+    return path
+
+
+@pytest.fixture
+def two_archives(tmp_path: Path) -> tuple[Archive, Archive]:
+    """Two archives with the same scene name and grid but different source images."""
+    archives = []
+    for seed in (1, 2):
+        out = tmp_path / f"archive{seed}.zarr"
+        assert ingest([_scene(tmp_path / f"src{seed}", seed)], out,
+                      IngestConfig(chip=256)).ok
+        archives.append(Archive.open(out))
+    return archives[0], archives[1]
+
+
+def test_resume_from_another_archive_with_the_same_scenes_is_refused(
+        two_archives: tuple[Archive, Archive], tmp_path: Path) -> None:
+    first, other = two_archives
+    assert first.scenes.keys() == other.scenes.keys()
+    out = tmp_path / "maps.zarr"
+    store = OutputStore.create(out, first, run_config={})
+    store.record_unfinished({})
+    assert OutputStore.check_target(out, first, resume=True, run_config={}) == "resume"
+    with pytest.raises(ResflowError, match="started from another source for scene 'scene'"
+                       ) as refused:
+        OutputStore.create(out, other, resume=True, run_config={})
+    assert "--overwrite" in refused.value.fix
+
+
+HOLD = """
+import sys
+from resflow.archive import Archive
+from resflow.store.writer import OutputStore
+OutputStore.create(sys.argv[1], Archive.open(sys.argv[2]), run_config={})
+print("holding", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_concurrent_overwrite_is_refused_while_a_run_writes(
+        two_archives: tuple[Archive, Archive], tmp_path: Path) -> None:
+    archive = two_archives[0]
+    out = tmp_path / "maps.zarr"
+    writer = subprocess.Popen([sys.executable, "-c", HOLD, str(out), str(archive.path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "holding"
+        for resume, overwrite in ((False, True), (True, False)):
+            with pytest.raises(StoreLocked, match=f"process {writer.pid} on "):
+                OutputStore.create(out, archive, overwrite=overwrite, resume=resume,
+                                   run_config={})
+        assert (out / "zarr.json").is_file()  # the first run's output is untouched
+    finally:
+        writer.kill()  # as kill -9 would: its lock file stays, naming a dead process
+        writer.wait()
+    assert (tmp_path / "maps.zarr.lock").is_file()
+    store = OutputStore.create(out, archive, resume=True, run_config={})  # taken over
+    store.record_unfinished({})
+    assert not (tmp_path / "maps.zarr.lock").exists()

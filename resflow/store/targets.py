@@ -41,7 +41,8 @@ def refuse_archive_path(out: Path | str, archive_path: Path | str) -> None:
 def check_resumable(store: OutputStore, attrs: dict[str, Any], archive: Archive,
                     run_config: dict[str, Any], gallery_version: str) -> None:
     """Refuse to resume ``store`` (root attributes ``attrs``) unless it is unfinished and
-    was started from the same scenes, grids, pixel settings and gallery version."""
+    was started from the same scenes, source images (each scene's sha256 at ingest, kept
+    as ``archive_sha256``), grids, pixel settings and gallery version."""
     if attrs.get("complete"):
         raise OutputComplete(store.display, "the output is already complete, so there is "
                              "nothing to resume", "use --overwrite to recompute it, or "
@@ -50,7 +51,15 @@ def check_resumable(store: OutputStore, attrs: dict[str, Any], archive: Archive,
         raise ResflowError(store.display, "the output was made from other scenes than "
                            "this archive holds", "resume with the original archive or "
                            "pass --overwrite")
+    sources = attrs.get("archive_sha256", {})
     for name, info in archive.scenes.items():
+        if name in sources and sources[name] != info.sha256:
+            raise ResflowError(f"{store.display}/{store.groups[name]}", "the output was "
+                               f"started from another source for scene {name!r} (sha256 "
+                               f"{str(sources[name])[:12]}, this archive's is "
+                               f"{info.sha256[:12]}), and one map must not mix two images",
+                               "resume with the archive it was started from, or pass "
+                               "--overwrite")
         probability = store.read_array(name, "probability")
         if probability.shape != (info.height, info.width) or \
                 probability.chunks != (info.chip, info.chip):

@@ -28,6 +28,7 @@ from resflow import storage
 from resflow.errors import ResflowError
 from resflow.redaction import redact
 from resflow.report import REPORT_NAME
+from resflow.store import lock
 from resflow.store.format import (
     FORMAT_VERSION,
     KIND,
@@ -116,16 +117,25 @@ class OutputStore:
         ResflowError
             ``out_path`` exists and neither flag is given, it is not a resflow output (never
             deleted), it is the archive itself, or a resumed output does not match.
+        resflow.store.lock.StoreLocked
+            Another run writes the output (a local store's writer lock,
+            :mod:`resflow.store.lock`, is held from here to :meth:`finalize` or
+            :meth:`record_unfinished`).
         """
         out = storage.normalise(out_path)
-        action = cls.check_target(out, archive, overwrite=overwrite, resume=resume,
-                                  run_config=run_config, gallery_version=gallery_version)
-        if action == "resume":
-            return cls.open(out)
-        if action == "overwrite":
-            storage.remove_tree(out)
-        return cls._new(out, archive, run_config, shard_chips, bucket_models or {},
-                        gallery_version)
+        lock.acquire(out)  # held until finalize or record_unfinished (or exit)
+        try:
+            action = cls.check_target(out, archive, overwrite=overwrite, resume=resume,
+                                      run_config=run_config, gallery_version=gallery_version)
+            if action == "resume":
+                return cls.open(out)
+            if action == "overwrite":
+                storage.remove_tree(out)
+            return cls._new(out, archive, run_config, shard_chips, bucket_models or {},
+                            gallery_version)
+        except BaseException:
+            lock.release(out)
+            raise
 
     @classmethod
     def check_target(cls, out_path: storage.Location, archive: Archive, *,
@@ -149,6 +159,7 @@ class OutputStore:
         """
         out = storage.normalise(out_path)
         refuse_archive_path(out, archive.path)
+        lock.check_free(out)
         if not storage.occupied(out):
             return "new"
         attrs = read_root_attrs(out)
@@ -188,6 +199,7 @@ class OutputStore:
             "shard_chips": shard_chips,
             "bucket_models": {str(b): m for b, m in sorted(bucket_models.items())},
             "run_config": redact(run_config), "gallery_version": gallery_version,
+            "archive_sha256": {name: info.sha256 for name, info in archive.scenes.items()},
         }
         write_hierarchy(out, attrs, ((groups[name], info) for name, info in
                                      archive.scenes.items()),
@@ -416,6 +428,7 @@ class OutputStore:
                                "are not written, so the output cannot be marked complete",
                                "run again with --resume to finish them")
         self._keep_report(report, complete=True)
+        lock.release(self.path)
 
     def record_unfinished(self, report: dict[str, Any]) -> None:
         """Keep the report of a run whose failed chips left the ledger short.
@@ -425,6 +438,7 @@ class OutputStore:
         ``--resume`` retries exactly the shards the ledger lacks.
         """
         self._keep_report(report, complete=False)
+        lock.release(self.path)
 
     def _keep_report(self, report: dict[str, Any], *, complete: bool) -> None:
         report = redact(report)
