@@ -179,6 +179,7 @@ class Archive:
         self._arrays: dict[str, zarr.Array] = {}
         self._valid: dict[str, np.ndarray] = {}
         self._scalings: dict[str, Scaling] = {}
+        self._present: set[str] = set()
         self._store: Any = None
 
     @property
@@ -324,8 +325,7 @@ class Archive:
             rows = halo_indices(first.y0, first.chip, halo, info.height)
             cols = halo_indices(first.x0, span, halo, info.width)
             r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-            slab = np.asarray(self.image(first.scene)[:, r0:r1, c0:c1])[:, rows - r0][
-                :, :, cols - c0]
+            slab = self._slab(first.scene, r0, r1, c0, c1)[:, rows - r0][:, :, cols - c0]
             valid = valid_mask(slab, info.nodata)
             used = slab[list(scaling.bands)]
             edge = first.chip + 2 * halo
@@ -344,11 +344,48 @@ class Archive:
         rows = halo_indices(window.y0, height, halo, info.height)
         cols = halo_indices(window.x0, width, halo, info.width)
         r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-        slab = np.asarray(self.image(window.scene)[:, r0:r1, c0:c1])[:, rows - r0][
-            :, :, cols - c0]
+        slab = self._slab(window.scene, r0, r1, c0, c1)[:, rows - r0][:, :, cols - c0]
         scaling = self.scaling(window.scene)
         return SourceChip(pixels=slab[list(scaling.bands)], valid=valid_mask(slab, info.nodata),
                           scaling=scaling)
+
+    def _slab(self, scene: str, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """Stored pixels ``[:, r0:r1, c0:c1]`` of a scene, refusing to read a missing chunk.
+
+        Zarr reads a chunk that is not stored as its fill value, which for a scene without
+        nodata is a valid pixel value: a deleted chunk would map as "no buildings". Ingest
+        stores every chunk, so a chunk whose chip holds valid pixels must be there; each one
+        found is remembered for the process.
+
+        Raises
+        ------
+        InputError
+            naming the scene and the missing chunks.
+        """
+        image = self.image(scene)
+        chip = self._scene(scene).chip
+        valid = self._valid_fraction(scene)
+        keys = [f"{SCENES}/{scene}/image/{image.metadata.encode_chunk_key((0, row, col))}"
+                for row in range(r0 // chip, (r1 - 1) // chip + 1)
+                for col in range(c0 // chip, (c1 - 1) // chip + 1) if valid[row, col] > 0]
+        unknown = [key for key in keys if key not in self._present]
+        if unknown:
+            store = self._zarr_store()
+
+            async def exist() -> list[bool]:
+                return await asyncio.gather(*(store.exists(key) for key in unknown))
+
+            found = sync(exist())
+            self._present.update(key for key, ok in zip(unknown, found, strict=True) if ok)
+            missing = [key for key, ok in zip(unknown, found, strict=True) if not ok]
+            if missing:
+                raise InputError(f"{self.display}: scene '{scene}'", f"{len(missing)} chunk(s) "
+                                 f"holding its pixels are missing ({', '.join(missing[:3])}), "
+                                 "so those pixels would read as fill values",
+                                 "restore the archive from where it was copied, or ingest the "
+                                 "source into a new archive; then `resflow run ... --resume` "
+                                 "maps the chips that failed")
+        return np.asarray(image[:, r0:r1, c0:c1])
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready description: scenes, bands, CRS, resolution, chips, km^2, refusals.

@@ -461,6 +461,9 @@ def _stream(group: zarr.Group, plan: _Plan, config: IngestConfig) -> tuple[dict,
         "image", shape=(nbands, info.height, info.width), chunks=(nbands, chip, chip),
         dtype=info.dtype, fill_value=fill, dimension_names=("band", "y", "x"),
         attributes=image_attrs, overwrite=True,
+        # every chunk is stored, fill-valued ones too: a reader then tells a deleted chunk
+        # from pixels (Archive._slab)
+        config={"write_empty_chunks": True},
     )
     # Windows are whole multiples of the chip so every chunk is written exactly once.
     step = max(chip, config.window_rows // chip * chip)

@@ -13,6 +13,7 @@ import rasterio
 from rasterio.transform import from_origin
 from typer.testing import CliRunner
 
+import resflow
 from resflow.archive import Archive
 from resflow.cli import app
 from resflow.config import IngestConfig
@@ -164,6 +165,7 @@ def test_resume_from_another_archive_with_the_same_scenes_is_refused(
 
 HOLD = """
 import sys
+import resflow
 from resflow.archive import Archive
 from resflow.store.writer import OutputStore
 OutputStore.create(sys.argv[1], Archive.open(sys.argv[2]), run_config={})
@@ -192,3 +194,21 @@ def test_a_concurrent_overwrite_is_refused_while_a_run_writes(
     store = OutputStore.create(out, archive, resume=True, run_config={})  # taken over
     store.record_unfinished({})
     assert not (tmp_path / "maps.zarr.lock").exists()
+
+
+def test_a_deleted_archive_chunk_fails_its_chips_and_resume_maps_them(
+        two_archives: tuple[Archive, Archive], tmp_path: Path) -> None:
+    archive = two_archives[0]  # RGB without nodata: a chunk's fill value would look valid
+    chunk = archive.path / "scenes" / "scene" / "image" / "c" / "0" / "1" / "1"
+    kept = chunk.read_bytes()
+    chunk.unlink()
+    out = tmp_path / "maps.zarr"
+    report = resflow.run(archive.path, out, backend="local", device="cpu")
+    failed = [e for e in report.errors if "chunk(s) holding its pixels are missing" in
+              e["problem"]]
+    assert failed and all("scenes/scene/image/c/0/1/1" in e["problem"] for e in failed)
+    assert ("scene", 1, 1) not in OutputStore.open(out).done_chips()
+    assert not OutputStore.open(out).complete
+    chunk.write_bytes(kept)
+    report = resflow.run(archive.path, out, backend="local", device="cpu", resume=True)
+    assert not report.errors and OutputStore.open(out).complete
