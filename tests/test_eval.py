@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from resflow.archive import Archive
 from resflow.chips import shard_index
 from resflow.cli import app
-from resflow.config import IngestConfig, RunConfig
+from resflow.config import IngestConfig
 from resflow.errors import ConfigError, InputError
 from resflow.evaluation import (
     EVAL_JSON,
@@ -343,19 +343,7 @@ def test_bad_label_files_are_refused(hand_archive: Path, tmp_path: Path) -> None
         assert str(path.name) in str(caught.value) and "Fix: " in str(caught.value)
 
 
-# --- a real run, labels in three formats and two CRSs -------------------------------------
-
-@pytest.fixture(scope="module")
-def real_run(sample_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The sample archive mapped by the bundled gallery on the in-process engine."""
-    from resflow.graph import run_graph
-    from resflow.local import LocalExecutor
-
-    out = tmp_path_factory.mktemp("eval-run") / "maps.zarr"
-    config = RunConfig(archive=sample_archive, out=out, backend="local", device="cpu")
-    run_graph(config, LocalExecutor(gpus=[], progress=False))
-    return out
-
+# --- the session's real run (mapped_samples), labels in three formats and two CRSs -----------
 
 @pytest.fixture(scope="module")
 def atlanta_variants(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
@@ -373,12 +361,12 @@ def atlanta_variants(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
             "gpkg": gpkg}
 
 
-def test_real_run_scores_the_same_from_every_format(real_run: Path, atlanta_variants,
+def test_real_run_scores_the_same_from_every_format(mapped_samples: Path, atlanta_variants,
                                                     tmp_path: Path) -> None:
-    results = {name: evaluate(real_run, [path], report_dir=tmp_path / name)
+    results = {name: evaluate(mapped_samples, [path], report_dir=tmp_path / name)
                for name, path in atlanta_variants.items()}
     reference = results["geojson"]
-    groups = set(OutputStore.open(real_run).groups)
+    groups = set(OutputStore.open(mapped_samples).groups)
     assert set(reference["scenes"]) == {"sample_geotiff"}
     assert reference["not_labelled"] == sorted(groups - {"sample_geotiff"})
     scene = reference["scenes"]["sample_geotiff"]
@@ -406,9 +394,9 @@ def test_real_run_scores_the_same_from_every_format(real_run: Path, atlanta_vari
         assert image.width == 1500 and image.height > 1500   # the scene plus a title band
 
 
-def test_cli_prints_the_table_and_refuses_bad_input(real_run: Path, tmp_path: Path) -> None:
+def test_cli_prints_the_table_and_refuses_bad_input(mapped_samples: Path, tmp_path: Path) -> None:
     labels = str(sample_path("atlanta-labels"))
-    result = runner.invoke(app, ["eval", str(real_run), "--labels", labels,
+    result = runner.invoke(app, ["eval", str(mapped_samples), "--labels", labels,
                                  "--report-dir", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
@@ -419,24 +407,25 @@ def test_cli_prints_the_table_and_refuses_bad_input(real_run: Path, tmp_path: Pa
     assert result.stdout.strip() == format_table(json.loads((tmp_path / "r" / EVAL_JSON)
                                                             .read_text()))
 
-    as_json = runner.invoke(app, ["eval", str(real_run), "--labels", labels, "--json",
+    as_json = runner.invoke(app, ["eval", str(mapped_samples), "--labels", labels, "--json",
                                   "--threshold", "0.4", "--report-dir", str(tmp_path / "j")])
     assert as_json.exit_code == 0
     assert json.loads(as_json.stdout)["threshold"] == 0.4
 
     assert "seam ratio" in result.stdout and "about 1 = seamless" in result.stdout
 
-    missing = runner.invoke(app, ["eval", str(real_run), "--labels", str(tmp_path / "no.gpkg")])
+    missing = runner.invoke(app, ["eval", str(mapped_samples), "--labels",
+                                  str(tmp_path / "no.gpkg")])
     assert missing.exit_code == 2
     assert missing.stderr.strip() == (f"error: {tmp_path / 'no.gpkg'}: the label file does not "
                                       "exist. Fix: check the --labels path.")
 
 
-def test_cli_scores_a_covered_scene_and_refuses_an_unknown_one(real_run: Path,
+def test_cli_scores_a_covered_scene_and_refuses_an_unknown_one(mapped_samples: Path,
                                                                tmp_path: Path) -> None:
     labels = str(sample_path("atlanta-labels"))
-    result = runner.invoke(app, ["eval", str(real_run), "--labels", labels, "--covered", "ms1",
-                                 "--json", "--report-dir", str(tmp_path / "r")])
+    result = runner.invoke(app, ["eval", str(mapped_samples), "--labels", labels, "--covered",
+                                 "ms1", "--json", "--report-dir", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
     found = json.loads(result.stdout)
     assert set(found["scenes"]) == {"sample_geotiff", "ms1"} and found["covered"] == ["ms1"]
@@ -448,12 +437,12 @@ def test_cli_scores_a_covered_scene_and_refuses_an_unknown_one(real_run: Path,
     assert overall["fp"] == found["scenes"]["sample_geotiff"]["fp"] + ms1["fp"]
     assert (tmp_path / "r" / ms1["overlay"]).read_bytes()[:8] == PNG_MAGIC
 
-    unknown = runner.invoke(app, ["eval", str(real_run), "--labels", labels,
+    unknown = runner.invoke(app, ["eval", str(mapped_samples), "--labels", labels,
                                   "--covered", "nowhere"])
     assert unknown.exit_code == 2
     assert unknown.stderr.strip() == (
-        f"error: --covered: 'nowhere' is not a scene of {real_run}. Fix: name scenes of "
-        f"the store: {', '.join(sorted(OutputStore.open(real_run).groups))}.")
+        f"error: --covered: 'nowhere' is not a scene of {mapped_samples}. Fix: name scenes of "
+        f"the store: {', '.join(sorted(OutputStore.open(mapped_samples).groups))}.")
 
 
 def test_matching_a_whole_scene_of_buildings_stays_small() -> None:
