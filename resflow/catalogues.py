@@ -5,6 +5,12 @@ Reading a catalogue is part of ingest, not of exports: it only finds GeoTIFF hre
 ingest then reads like any other image. A missing, unreadable or non-STAC file, or one
 whose Items hold no matching asset, is refused with the asset keys, roles and media types
 it does hold, so the right ``asset_key`` can be chosen.
+
+A catalogue is someone else's document, so the hrefs it names are checked before anything
+is fetched (:func:`checked_href`): only the schemes in :data:`SCHEMES`, local files only
+when the catalogue itself is local, and never a GDAL virtual file system path (``/vsi...``,
+through which GDAL opens archives, URLs and other files by name). A refused
+href is refused by name; the catalogue's other hrefs still ingest.
 """
 
 from __future__ import annotations
@@ -13,10 +19,15 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pystac
 
 from resflow.errors import InputError
+
+SCHEMES = frozenset({"http", "https", "s3", "gs", "az"})
+"""URL schemes a catalogue's asset may name (local paths and ``file://`` too, when the
+catalogue is a local file)."""
 
 
 def _is_tiff(asset: pystac.Asset) -> bool:
@@ -55,17 +66,48 @@ def _read(path: str) -> tuple[str, list[pystac.Item]]:
                      "Collection, ItemCollection (FeatureCollection) or Item (Feature)")
 
 
-def _hrefs(items: list[pystac.Item], path: str, asset_key: str | None) -> Iterator[str]:
+def _hrefs(items: list[pystac.Item], path: str, asset_key: str | None
+           ) -> Iterator[tuple[str, str]]:
+    """``(item id, absolute href)`` of each chosen TIFF asset."""
     for item in items:
         for key, asset in item.assets.items():
             chosen = key == asset_key if asset_key else "data" in (asset.roles or [])
             if chosen and _is_tiff(asset):
                 # an ItemCollection's Items have no location of their own: use the file's
-                yield asset.get_absolute_href() or pystac.utils.make_absolute_href(
+                yield item.id, asset.get_absolute_href() or pystac.utils.make_absolute_href(
                     asset.href, path)
 
 
-def stac_sources(path: Path | str, *, asset_key: str | None = None) -> list[str]:
+def checked_href(href: str, catalogue: str, item_id: str) -> str:
+    """``href`` if a catalogue at ``catalogue`` may name it for ingest.
+
+    Raises
+    ------
+    InputError
+        A GDAL virtual file system path (``/vsicurl/``, ``/vsizip/``...), a scheme outside
+        :data:`SCHEMES`, or a local file named by a remote catalogue.
+    """
+    where = f"{catalogue}: Item {item_id!r}, asset {href}"
+    if "/vsi" in href.lower():
+        raise InputError(where, "the href is a GDAL virtual file system path (/vsi...), "
+                         "which could make GDAL read archives or URLs the catalogue hides",
+                         "ask the publisher for a plain http(s) or object-storage href")
+    scheme = urlsplit(href).scheme.lower()
+    local = scheme in ("", "file")
+    if local and urlsplit(catalogue).scheme.lower() in SCHEMES:
+        raise InputError(where, "a remote catalogue names a local file, which would make "
+                         "ingest read this machine's files",
+                         "ingest only catalogues whose assets are on the publisher's servers")
+    if not local and scheme not in SCHEMES:
+        raise InputError(where, f"the href's scheme {scheme!r} is not one resflow fetches "
+                         f"({', '.join(sorted(SCHEMES))}, or local files for a local "
+                         "catalogue)", "ask the publisher for an http(s) or object-storage "
+                         "href")
+    return href
+
+
+def stac_sources(path: Path | str, *, asset_key: str | None = None,
+                 refused: list[InputError] | None = None) -> list[str]:
     """The GeoTIFF hrefs (absolute paths or URLs) a STAC file offers for ingest.
 
     Parameters
@@ -78,6 +120,10 @@ def stac_sources(path: Path | str, *, asset_key: str | None = None) -> list[str]
         Take each Item's asset of this key (``"visual"``, ``"B04"``); default: every asset
         whose roles include ``"data"``. Either way only TIFF assets (media type
         ``image/tiff``, COGs included, or a ``.tif``/``.tiff`` href without a media type).
+    refused
+        Where hrefs the catalogue may not name (:func:`checked_href`) are put, one
+        :class:`InputError` each, while the others are returned; without it the first such
+        href is raised.
 
     Returns
     -------
@@ -89,7 +135,8 @@ def stac_sources(path: Path | str, *, asset_key: str | None = None) -> list[str]
     ------
     InputError
         The file is missing, not JSON or not STAC, holds no Item, or no asset matches,
-        naming the asset keys, roles and media types it does hold.
+        naming the asset keys, roles and media types it does hold; or it names an href it
+        may not (without ``refused``).
 
     Examples
     --------
@@ -100,13 +147,23 @@ def stac_sources(path: Path | str, *, asset_key: str | None = None) -> list[str]
     kind, items = _read(where)
     if not items:
         raise InputError(where, f"the {kind} holds no Items", "give a STAC file with Items")
-    hrefs = list(dict.fromkeys(_hrefs(items, where, asset_key)))
-    if not hrefs:
-        offered = sorted({f"{key} (roles {asset.roles or []}, {asset.media_type or 'no type'})"
-                          for item in items for key, asset in item.assets.items()})
+    chosen: dict[str, str] = {}  # href -> the first Item naming it
+    for item_id, href in _hrefs(items, where, asset_key):
+        chosen.setdefault(href, item_id)
+    if not chosen:
+        assets = sorted({f"{key} (roles {asset.roles or []}, {asset.media_type or 'no type'})"
+                         for item in items for key, asset in item.assets.items()})
         wanted = f"asset {asset_key!r}" if asset_key else "asset with role 'data'"
         raise InputError(where, f"none of its {len(items)} Items has a GeoTIFF {wanted}; "
-                         f"assets found: {', '.join(offered) or 'none'}",
+                         f"assets found: {', '.join(assets) or 'none'}",
                          "choose the image's asset key (for example `visual`), or give a "
                          "STAC file whose Items hold GeoTIFF assets")
+    hrefs = []
+    for href, item_id in chosen.items():
+        try:
+            hrefs.append(checked_href(href, where, item_id))
+        except InputError as err:
+            if refused is None:
+                raise
+            refused.append(err)
     return hrefs

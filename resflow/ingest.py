@@ -216,11 +216,13 @@ def _discover(sources: Iterable[str | Path],
         if storage.basename(path).lower().endswith(".json"):
             from resflow.catalogues import stac_sources
 
+            refused: list[InputError] = []
             try:
-                files.extend(storage.normalise(href)
-                             for href in stac_sources(path, asset_key=stac_asset))
+                files.extend(storage.normalise(href) for href in
+                             stac_sources(path, asset_key=stac_asset, refused=refused))
             except InputError as err:
-                refusals.append(_refusal(path, err))
+                refused.append(err)
+            refusals.extend(_refusal(path, err) for err in refused)
         elif isinstance(path, str):
             found = storage.retrying(lambda: storage.find(path, RASTER_SUFFIXES))  # noqa: B023
             if not found:
@@ -277,8 +279,33 @@ def _inspect(path: Path | str, name: str, config: IngestConfig,
     """Check that a raster can become a scene; raise one :class:`InputError` if not.
 
     A remote raster's reads are retried while they fail transiently
-    (:func:`resflow.storage.retrying`); a refusal is final."""
-    return storage.retrying(lambda: _inspect_once(path, name, config, rgb))
+    (:func:`resflow.storage.retrying`); a refusal is final, and so is a source that cannot
+    be reached (refused with its HTTP status where it has one)."""
+    try:
+        return storage.retrying(lambda: _inspect_once(path, name, config, rgb))
+    except OSError as exc:
+        if not storage.is_url(path):
+            raise
+        raise InputError(storage.display(path), f"the source cannot be fetched "
+                         f"({_fetch_error(path, exc)})", "check the URL, that it is public or "
+                         "that your credentials may read it, or leave it out") from exc
+
+
+def _fetch_error(url: Path | str, exc: OSError) -> str:
+    """Why a URL could not be fetched: its HTTP status (fsspec reports 403 and 404 alike as
+    a missing file, so one HEAD request asks the server), or the error itself."""
+    from urllib.error import HTTPError, URLError
+    from urllib.request import Request, urlopen
+
+    if str(url).lower().startswith(("http://", "https://")):
+        try:
+            with urlopen(Request(str(url), method="HEAD"), timeout=30) as answer:
+                return f"HTTP {answer.status} now, after {exc.__class__.__name__}"
+        except HTTPError as error:
+            return f"HTTP {error.code} {error.reason}"
+        except (URLError, OSError) as error:
+            return f"{error.__class__.__name__}: {error}"
+    return f"{exc.__class__.__name__}: {exc}"
 
 
 #: Bytes of a VRT read to look for raw bands; a VRT larger than this is refused.

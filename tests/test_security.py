@@ -9,30 +9,36 @@ every report, store attribute, log line and message it writes.
 
 from __future__ import annotations
 
+import http.server
 import json
 import logging
 import os
 import shutil
 import stat
 import tempfile
+import threading
 import uuid
+from functools import partial
 from pathlib import Path
 
 import pytest
 import yaml
 from typer.testing import CliRunner
 
+from resflow.catalogues import stac_sources
 from resflow.cli import app
 from resflow.config import RunConfig
 from resflow.errors import GalleryError, InputError, ResflowError
 from resflow.evaluation import evaluate
 from resflow.export import export_run
 from resflow.gallery import Gallery
+from resflow.ingest import ingest
 from resflow.interrupts import progress_line, stop_message
 from resflow.paths import confined
 from resflow.preflight import check_run
 from resflow.redaction import MASK, redact, redact_text
 from resflow.report import ClusterShape, RunReport
+from resflow.samples import sample_path
 from resflow.store.writer import OutputStore
 from tests.fixtures_data import ATLANTA_LABELS
 from tests.objectstore import FaultyS3
@@ -434,3 +440,70 @@ def test_a_vrt_with_a_raw_band_is_refused_and_reads_nothing(tmp_path: Path,
     if archive.exists():
         for file in archive.rglob("*"):
             assert not file.is_file() or PLANTED.encode() not in file.read_bytes()
+
+
+# --- catalogues: what a STAC file may make ingest fetch --------------------------------------
+
+class _Publisher(http.server.SimpleHTTPRequestHandler):
+    """Answers 403 for any path holding ``private``, 404 for what it lacks."""
+
+    def do_GET(self) -> None:
+        if "private" in self.path:
+            self.send_error(403)
+            return
+        super().do_GET()
+
+    do_HEAD = do_GET
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def publisher(tmp_path: Path):
+    """An HTTP server on 127.0.0.1 serving an empty folder."""
+    (tmp_path / "served").mkdir()
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), partial(_Publisher, directory=str(tmp_path / "served")))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def _catalogue(path: Path, hrefs: list[str]) -> Path:
+    features = [{"type": "Feature", "stac_version": "1.0.0", "id": f"item-{i}",
+                 "geometry": None, "properties": {"datetime": "2020-01-01T00:00:00Z"},
+                 "links": [], "assets": {"image": {"href": href, "type": "image/tiff",
+                                                   "roles": ["data"]}}}
+                for i, href in enumerate(hrefs)]
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    return path
+
+
+def test_a_catalogue_names_only_reachable_allowed_sources_and_the_rest_ingest(
+        tmp_path: Path, publisher: str) -> None:
+    good = shutil.copy(sample_path("rotterdam-ms1"), tmp_path / "good.tif")
+    bad = {f"{publisher}/private/scene.tif": "HTTP 403",
+           f"{publisher}/absent.tif": "HTTP 404",
+           "/vsizip//tmp/x.zip/a.tif": "GDAL virtual file system",
+           "ftp://example.com/a.tif": "scheme 'ftp'"}
+    search = _catalogue(tmp_path / "search.json", [str(good), *bad])
+    result = ingest([search], tmp_path / "a.zarr")
+    assert result.ingested == ["good"]
+    assert len(result.refused) == len(bad)
+    for href, problem in bad.items():
+        (record,) = [r for r in result.refused if href in r["where"]]
+        assert problem in record["problem"] and record["fix"], record
+
+
+def test_a_remote_catalogue_may_not_name_local_files(publisher: str, tmp_path: Path) -> None:
+    served = tmp_path / "served"
+    _catalogue(served / "search.json", [str(sample_path("rotterdam-ms1")),
+                                        "file:///etc/hostname"])
+    refused: list[InputError] = []
+    assert stac_sources(f"{publisher}/search.json", refused=refused) == []
+    assert [("remote catalogue names a local file" in e.problem) for e in refused] == \
+        [True, True]
+    with pytest.raises(InputError, match="remote catalogue names a local file"):
+        stac_sources(f"{publisher}/search.json")
