@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import rasterio.windows
+from pyproj import CRS
 from rasterio.transform import from_origin
 from typer.testing import CliRunner
 
@@ -17,11 +20,12 @@ import resflow
 from resflow.archive import Archive
 from resflow.cli import app
 from resflow.config import IngestConfig
-from resflow.errors import ResflowError
+from resflow.errors import InputError, ResflowError
 from resflow.ingest import ingest
 from resflow.samples import sample_path
 from resflow.store.lock import StoreLocked
 from resflow.store.writer import OutputStore
+from resflow.training.labels import load_labels, rasterise
 
 GOOD = "rotterdam-ms1"
 UTM_GRID = from_origin(500000, 5700000, 1, 1)
@@ -212,3 +216,38 @@ def test_a_deleted_archive_chunk_fails_its_chips_and_resume_maps_them(
     chunk.write_bytes(kept)
     report = resflow.run(archive.path, out, backend="local", device="cpu", resume=True)
     assert not report.errors and OutputStore.open(out).complete
+
+
+# --- labels ---------------------------------------------------------------------------------
+
+def test_a_label_ring_that_is_not_closed_names_the_file_and_feature(tmp_path: Path) -> None:
+    square = [[500000, 5700000], [500010, 5700000], [500010, 5699990], [500000, 5699990]]
+    features = [{"type": "Feature", "properties": {},
+                 "geometry": {"type": "Polygon", "coordinates": [ring]}}
+                for ring in ([*square, square[0]], square)]  # the second never closes
+    path = tmp_path / "labels.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features, "crs": {
+        "type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32631"}}}))
+    with pytest.warns(RuntimeWarning, match="Non closed ring"), \
+            pytest.raises(InputError, match=r"labels.geojson: layer 'labels', feature 1: the "
+                          "geometry cannot be built") as refused:
+        load_labels(path)
+    assert "close the feature's rings" in refused.value.fix
+
+
+def test_a_mask_larger_than_memory_is_burnt_window_by_window(tmp_path: Path) -> None:
+    """A 200 000 x 200 000 mask (40 GB as pixels, a few KB as a sparse GeoTIFF) labels a
+    window without being read whole."""
+    path = tmp_path / "mask.tif"
+    grid = from_origin(500000, 5700000, 0.5, 0.5)
+    with rasterio.open(path, "w", driver="GTiff", width=200_000, height=200_000, count=1,
+                       dtype="uint8", crs="EPSG:32631", transform=grid, tiled=True,
+                       blockxsize=256, blockysize=256, compress="deflate",
+                       sparse_ok=True) as dst:
+        block = np.zeros((256, 256), np.uint8)
+        block[10:20, 30:50] = 1
+        dst.write(block, 1, window=rasterio.windows.Window(512, 256, 256, 256))
+    assert path.stat().st_size < 10 << 20
+    ids = rasterise([load_labels(path)], CRS.from_epsg(32631).to_wkt(), tuple(grid)[:6],
+                    (256, 512, 256, 256))
+    assert ids.max() == 1 and np.count_nonzero(ids) == 10 * 20 and ids[10, 30] == 1

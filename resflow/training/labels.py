@@ -10,6 +10,9 @@ Labels may come in any CRS: polygons are reprojected to the scene CRS
 so a footprint lands on the same pixels whatever CRS it was drawn in. A mask raster must be
 georeferenced; it is resampled (nearest) onto the window.
 
+A mask raster is read window by window where it is burnt, never whole, so a mask larger
+than memory still trains.
+
 Every building gets its own id in the rasterised window (0 = background), so object scores
 count touching buildings separately; a mask raster has no ids, so its connected components
 are taken as the buildings.
@@ -81,8 +84,6 @@ class Labels:
     crs: CRS
     bounds: tuple[float, float, float, float]
     geometries: list[dict] = field(default_factory=list, repr=False)
-    mask: np.ndarray | None = field(default=None, repr=False)
-    mask_transform: Affine | None = None
     repaired: int = 0
     skipped: int = 0
     _by_crs: dict[str, list[dict]] = field(default_factory=dict, repr=False)
@@ -134,10 +135,11 @@ class Labels:
         y0, x0, height, width = window
         win_transform = Affine(*transform[:6]) @ Affine.translation(x0, y0)
         if self.kind == "raster":
-            out = np.zeros((height, width), np.uint8)
-            reproject(self.mask, out, src_transform=self.mask_transform, src_crs=self.crs,
-                      dst_transform=win_transform, dst_crs=CRS.from_wkt(crs_wkt),
-                      resampling=Resampling.nearest)
+            # only the blocks under the window are read: a mask may be larger than memory
+            with rasterio.open(self.path) as src:
+                out = np.zeros((height, width), src.dtypes[0])
+                reproject(rasterio.band(src, 1), out, dst_transform=win_transform,
+                          dst_crs=CRS.from_wkt(crs_wkt), resampling=Resampling.nearest)
             return ndimage.label(out > 0)[0].astype(np.int32)
         shapes = [(g, i + 1) for i, g in enumerate(self._in_crs(crs_wkt))]
         if not shapes:
@@ -245,7 +247,7 @@ def _load_vector(path: Path, sha: str, layer: str, data: bytes) -> Labels:
     except ProjCRSError as exc:
         raise InputError(str(path), f"unknown CRS {info['crs']!r}",
                          "assign a known CRS, e.g. `ogr2ogr -a_srs EPSG:32616`") from exc
-    geometries, repaired, skipped = _clean(shapely.from_wkb(wkb))
+    geometries, repaired, skipped = _clean(_decoded(path, layer, wkb))
     if not len(geometries):
         raise InputError(str(path), "no Polygon or MultiPolygon building footprints found "
                          f"({len(wkb)} features, none a usable polygon)",
@@ -260,6 +262,24 @@ def _load_vector(path: Path, sha: str, layer: str, data: bytes) -> Labels:
                          "urn:ogc:def:crs:EPSG::32616, or reproject to WGS 84")
     return Labels(path, sha, "vector", crs, bounds, [mapping(g) for g in geometries],
                   repaired=repaired, skipped=skipped)
+
+
+def _decoded(path: Path, layer: str, wkb: np.ndarray) -> np.ndarray:
+    """shapely geometries of a layer's features; a feature GEOS cannot build at all (a
+    ring that is not closed, too few points) is refused by its index, not repaired: no
+    footprint can be guessed from it."""
+    try:
+        return shapely.from_wkb(wkb)
+    except shapely.errors.GEOSException:
+        for index, feature in enumerate(wkb):
+            try:
+                shapely.from_wkb(feature)
+            except shapely.errors.GEOSException as exc:
+                raise InputError(f"{path}: layer {layer!r}, feature {index}",
+                                 f"the geometry cannot be built ({exc})",
+                                 "close the feature's rings (last point equal to the first, "
+                                 "at least 4 points) or remove the feature") from exc
+        raise
 
 
 def _check_geojson_crs(path: Path, data: bytes) -> None:
@@ -318,8 +338,7 @@ def _load_mask(path: Path, sha: str) -> Labels:
                                  "georeference it (gdal_translate -a_srs -a_ullr) or give the "
                                  "building polygons as a vector file")
             return Labels(path, sha, "raster", CRS.from_user_input(src.crs),
-                          tuple(src.bounds), mask=(src.read(1) > 0).astype(np.uint8),
-                          mask_transform=src.transform)
+                          tuple(src.bounds))
     except (rasterio.RasterioIOError, CRSError) as exc:
         raise InputError(str(path), f"neither a vector file OGR reads nor a raster GDAL "
                          f"reads ({exc})", "give building polygons (GeoJSON, GeoPackage, "
