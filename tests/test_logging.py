@@ -93,15 +93,15 @@ def test_both_verbose_and_quiet_are_refused() -> None:
 
 @pytest.mark.slow
 def test_a_run_logs_progress_and_exports_as_json_and_prints_its_summary(
-        sample_archive: Path, engine_gallery: Path, tmp_path: Path) -> None:
+        cropped_archive: Path, engine_gallery: Path, tmp_path: Path) -> None:
     out = tmp_path / "maps.zarr"
-    result = runner.invoke(app, ["--log-json", "run", str(sample_archive), "--out", str(out),
+    result = runner.invoke(app, ["--log-json", "run", str(cropped_archive), "--out", str(out),
                                  "--backend", "local", "--gallery", str(engine_gallery),
-                                 "--device", "cpu", "--no-stac"])
+                                 "--device", "cpu", "--no-stac", "--set", "window=2"])
     assert result.exit_code == 0, result.output
     assert "\r" not in result.stderr  # stderr is no terminal here: no bar
     records = [json.loads(line) for line in result.stderr.splitlines()]
     progress = [r for r in records if r["logger"] == "resflow.bars"]
-    assert progress[-1]["chips_done"] == progress[-1]["chips_total"] == 52
+    assert progress[-1]["chips_done"] == progress[-1]["chips_total"] == 18
     assert progress[-1]["km2"] > 0
-    assert result.stdout.startswith("resflow: 52 chips") and result.stdout.count("\n") == 1
+    assert result.stdout.startswith("resflow: 18 chips") and result.stdout.count("\n") == 1

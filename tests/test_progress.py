@@ -81,10 +81,10 @@ def test_disabled_progress_shows_nothing(caplog: pytest.LogCaptureFixture):
 
 @pytest.mark.slow
 def test_a_run_counts_up_to_its_planned_chips_and_area(
-        sample_archive: Path, engine_gallery: Path, tmp_path: Path,
+        cropped_archive: Path, engine_gallery: Path, tmp_path: Path,
         caplog: pytest.LogCaptureFixture) -> None:
-    config = RunConfig(archive=sample_archive, out=tmp_path / "maps.zarr", backend="local",
-                       gallery=engine_gallery, device="cpu", partition_chips=8)
+    config = RunConfig(archive=cropped_archive, out=tmp_path / "maps.zarr", backend="local",
+                       gallery=engine_gallery, device="cpu", partition_chips=4, window=2)
     with caplog.at_level(logging.INFO, logger="resflow"):
         result = run_graph(config, LocalExecutor(gpus=[], progress=True))
     records = progress_records(caplog)
