@@ -37,6 +37,7 @@ from resflow.chips import (
     SourceChip,
     chip_grid,
     chip_runs,
+    grid_shape,
     halo_indices,
     shard_chip_window,
     window_km2,
@@ -207,11 +208,56 @@ class Archive:
         scenes: dict[str, SceneInfo] = {}
         skipped: dict[str, SceneInfo] = {}
         if SCENES in root:
-            for name, group in sorted(root[SCENES].groups()):
-                if group.attrs.get("complete") is True:
-                    info = SceneInfo.from_attrs(dict(group.attrs))
+            for name, attrs in _scene_attrs(root, path):
+                if attrs.get("complete") is True:
+                    info = _scene_info(path, name, attrs)
                     (skipped if info.skip else scenes)[name] = info
         return cls(path, scenes, list(root.attrs.get("refused", [])), skipped)
+
+    def check(self) -> None:
+        """Refuse, before any work, a scene whose stored arrays do not match its attributes
+        (an edited ``zarr.json``, a deleted ``valid_fraction``): one error naming the file,
+        instead of a failure in every task that reads the scene. Reads every scene's array
+        metadata together, so it is for the driver, not for each worker.
+
+        Raises
+        ------
+        InputError
+            naming the scene's array and what does not match.
+        """
+        store = self._zarr_store()
+        names = sorted(self.scenes)
+
+        async def meta(scene: str, array: str) -> Any:
+            try:
+                return await zarr.api.asynchronous.open_array(
+                    store=store, path=f"{SCENES}/{scene}/{array}", mode="r")
+            except Exception as exc:  # missing or malformed metadata: named below
+                return exc
+
+        async def read_all() -> list[Any]:
+            return await asyncio.gather(*(meta(scene, array) for scene in names
+                                          for array in ("image", VALID)))
+
+        opened = iter(sync(read_all()))
+        for scene in names:
+            info = self.scenes[scene]
+            image, valid = next(opened), next(opened)
+            wanted = {"image": ((len(info.band_names), info.height, info.width),
+                                (len(info.band_names), info.chip, info.chip)),
+                      VALID: (grid_shape(info.height, info.width, info.chip), None)}
+            for array, found in (("image", image), (VALID, valid)):
+                where = storage.display(storage.join(self.path, SCENES, scene, array,
+                                                     "zarr.json"))
+                if isinstance(found, Exception):
+                    raise InputError(where, f"the scene's {array} array cannot be opened "
+                                     f"({found.__class__.__name__}: {found})", REINGEST)
+                shape, chunks = wanted[array]
+                if found.shape != shape or (chunks and found.chunks != chunks):
+                    raise InputError(where, f"the {array} array is {found.shape} in chunks "
+                                     f"{found.chunks}, but the scene's attributes say "
+                                     f"{shape}" + (f" in chunks {chunks}" if chunks else ""),
+                                     REINGEST)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "scenes": self.scenes, "refused": self.refused,
@@ -423,6 +469,52 @@ class Archive:
             raise InputError(f"{self.display}: scene '{name}'", "no complete scene of that name",
                              f"use one of {sorted(self.scenes)} or re-run `resflow ingest`"
                              ) from None
+
+
+REINGEST = "ingest the source again into a new archive (`resflow ingest SRC --out NEW.zarr`)"
+"""The fix for a scene whose stored metadata was damaged or edited."""
+
+
+def _scene_attrs(root: zarr.Group, path: Path | str) -> list[tuple[str, dict[str, Any]]]:
+    """``(name, attributes)`` of every scene group, sorted; a group whose ``zarr.json`` is
+    not valid metadata is refused by its file, not as a bare JSON error."""
+    try:
+        return [(name, dict(group.attrs)) for name, group in sorted(root[SCENES].groups())]
+    except (ValueError, TypeError, KeyError):  # find the group at fault
+        pass
+    store = root.store
+
+    async def names() -> list[str]:
+        return [name async for name in store.list_dir(SCENES) if name != "zarr.json"]
+
+    found = []
+    for name in sorted(sync(names())):
+        try:
+            group = zarr.open_group(store, path=f"{SCENES}/{name}", mode="r",
+                                    use_consolidated=False)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise InputError(storage.display(storage.join(path, SCENES, name, "zarr.json")),
+                             f"the scene's metadata is not valid ({exc.__class__.__name__}: "
+                             f"{exc})", REINGEST) from exc
+        found.append((name, dict(group.attrs)))
+    return found
+
+
+def _scene_info(path: Path | str, name: str, attrs: dict[str, Any]) -> SceneInfo:
+    """The scene's :class:`SceneInfo`, refusing attributes that are missing or malformed."""
+    where = storage.display(storage.join(path, SCENES, name, "zarr.json"))
+    try:
+        info = SceneInfo.from_attrs(attrs)
+    except KeyError as exc:
+        raise InputError(where, f"the scene's attribute {exc.args[0]!r} is missing",
+                         REINGEST) from exc
+    except (TypeError, ValueError) as exc:
+        raise InputError(where, f"the scene's attributes are malformed ({exc})",
+                         REINGEST) from exc
+    if info.height < 1 or info.width < 1 or info.chip < 1:
+        raise InputError(where, f"the scene's size {info.height} x {info.width} or chip "
+                         f"{info.chip} is not positive", REINGEST)
+    return info
 
 
 def open_root(path: Path | str, mode: str = "r") -> zarr.Group:

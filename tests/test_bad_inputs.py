@@ -251,3 +251,39 @@ def test_a_mask_larger_than_memory_is_burnt_window_by_window(tmp_path: Path) -> 
     ids = rasterise([load_labels(path)], CRS.from_epsg(32631).to_wkt(), tuple(grid)[:6],
                     (256, 512, 256, 256))
     assert ids.max() == 1 and np.count_nonzero(ids) == 10 * 20 and ids[10, 30] == 1
+
+
+# --- archives whose metadata was damaged or edited -------------------------------------------
+
+def _edit_attrs(scene: Path, edit) -> None:
+    document = json.loads((scene / "zarr.json").read_text())
+    edit(document["attributes"])
+    (scene / "zarr.json").write_text(json.dumps(document))
+
+
+DAMAGED = {
+    "malformed zarr.json": (lambda scene: (scene / "zarr.json").write_text(
+        (scene / "zarr.json").read_text()[:-20]), "scenes/scene/zarr.json",
+        "metadata is not valid"),
+    "height edited": (lambda scene: _edit_attrs(scene, lambda a: a.update(height=600)),
+                      "scenes/scene/image/zarr.json", "attributes say (3, 600, 300)"),
+    "valid_fraction deleted": (lambda scene: shutil.rmtree(scene / "valid_fraction"),
+                               "scenes/scene/valid_fraction/zarr.json", "cannot be opened"),
+    "attribute removed": (lambda scene: _edit_attrs(scene, lambda a: a.pop("chip")),
+                          "scenes/scene/zarr.json", "attribute 'chip' is missing"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGED))
+def test_a_damaged_archive_is_refused_by_file_before_any_work(
+        damage: str, two_archives: tuple[Archive, Archive], tmp_path: Path) -> None:
+    edit, where, problem = DAMAGED[damage]
+    archive = tmp_path / "damaged.zarr"
+    shutil.copytree(two_archives[0].path, archive)
+    edit(archive / "scenes" / "scene")
+    out = tmp_path / "maps.zarr"
+    with pytest.raises(InputError) as refused:
+        resflow.run(archive, out, backend="local", device="cpu")
+    assert refused.value.where == str(archive / where) and problem in refused.value.problem
+    assert "ingest the source again" in refused.value.fix
+    assert not out.exists()
