@@ -140,7 +140,7 @@ def predict(sources: Sequence[storage.Location], out: storage.Location, backend:
     What ``resflow predict SRC... --out OUT`` does, as one call (:mod:`resflow.prediction`):
     the sources are ingested into ``OUT/archive.zarr`` as :func:`resflow.ingest.ingest`
     does, mapped into ``OUT/maps.zarr`` as :func:`run` does, and exported as COGs
-    (``OUT/cogs``), footprints (``OUT/footprints.parquet``, WGS 84) and a STAC Collection
+    (``OUT/cogs``), footprints (``OUT/footprints.gpkg``, WGS 84) and a STAC Collection
     (``OUT/stac``). The archive is removed after a run that mapped every chip, unless
     ``keep_archive``; a run that did not finish keeps it for ``resume=True``.
 
@@ -181,7 +181,7 @@ def predict(sources: Sequence[storage.Location], out: storage.Location, backend:
     --------
     >>> done = resflow.predict(["scene.tif"], "buildings", backend="local")  # doctest: +SKIP
     >>> done.footprints                                          # doctest: +SKIP
-    PosixPath('buildings/footprints.parquet')
+    PosixPath('buildings/footprints.gpkg')
     """
     from resflow import prediction as jobs
     from resflow.config import IngestConfig

@@ -5,7 +5,7 @@ A predict folder holds the run's output store, its exports and a record of its s
 
     DIR/maps.zarr            the output store (``resflow.open_maps``)
     DIR/cogs/                two Cloud-Optimized GeoTIFFs per scene (probability, mask)
-    DIR/footprints.parquet   every scene's buildings, WGS 84 GeoParquet
+    DIR/footprints.gpkg      every scene's buildings, WGS 84 GeoPackage
     DIR/stac/                a STAC Collection of the above
     DIR/predict.json         the sources, as given, that ``--resume`` compares
     DIR/archive.zarr         the ingested imagery: there while the job runs, and after it
@@ -79,8 +79,8 @@ class PredictFolder:
 
     @property
     def footprints(self) -> Path:
-        """The footprints file (GeoParquet, WGS 84)."""
-        return self.path / "footprints.parquet"
+        """The footprints file (GeoPackage, WGS 84: GDAL and every GIS on it read it)."""
+        return self.path / "footprints.gpkg"
 
     @property
     def stac(self) -> Path:

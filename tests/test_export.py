@@ -1,5 +1,7 @@
-"""Exports read back with the libraries users open them with: rasterio for COGs, geopandas
-for footprints (GeoParquet and RFC 7946 GeoJSON), the ``resflow export`` command, quicklooks.
+"""Exports read back with the libraries users open them with: rasterio (and GDAL itself, the
+library rasterio ships, for what rasterio does not expose) for COGs, geopandas and pyogrio
+for footprints (GeoPackage, FlatGeobuf, GeoParquet and RFC 7946 GeoJSON), the ``resflow
+export`` command, quicklooks.
 
 Two stores: a real run of the sample archive on the local engine (``mapped``), and a
 synthetic store (``blobs``) whose large, ragged buildings cross many chip and window edges
@@ -8,12 +10,16 @@ and which holds a chip without data, so not-mapped pixels are exercised too.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
+import os
+import sys
 from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pyogrio
 import pytest
 import rasterio
 import shapely
@@ -29,8 +35,8 @@ from resflow.cli import app
 from resflow.config import SPLIT_DIP
 from resflow.errors import ResflowError
 from resflow.export import export_cogs, export_footprints, export_run, quicklook
-from resflow.export.cog import MASK_COLOURS
-from resflow.export.footprints import FOOTPRINT_COLUMNS, scene_buildings
+from resflow.export.cog import MASK_COLOURS, aux_file
+from resflow.export.footprints import FOOTPRINT_COLUMNS, FOOTPRINT_LAYER, scene_buildings
 from resflow.export.settings import TILE_PX
 from resflow.masks import building_mask, min_pixels
 from resflow.planning import shards_of
@@ -113,6 +119,35 @@ def buildings(maps: SceneMaps, rule: MaskRule, tile_px: int) -> list[tuple]:
                                                                        tile_px=tile_px))
 
 
+def gdal_categories(path: Path) -> tuple[list[str], int]:
+    """Band 1's category names and raster attribute table rows, as GDAL (and so QGIS) reads
+    them: through the GDAL library rasterio ships, since rasterio exposes neither."""
+    libs = Path(rasterio.__file__).parent.parent / "rasterio.libs"
+    gdal = ctypes.CDLL(str(next(libs.glob("libgdal*"))))
+    gdal.GDALAllRegister()
+    gdal.GDALOpen.restype = gdal.GDALGetRasterBand.restype = ctypes.c_void_p
+    gdal.GDALGetDefaultRAT.restype = ctypes.c_void_p
+    gdal.GDALOpen.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    gdal.GDALGetRasterBand.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    gdal.GDALGetRasterCategoryNames.restype = ctypes.POINTER(ctypes.c_char_p)
+    gdal.GDALGetRasterCategoryNames.argtypes = gdal.GDALGetDefaultRAT.argtypes = \
+        gdal.GDALRATGetRowCount.argtypes = gdal.GDALClose.argtypes = [ctypes.c_void_p]
+    dataset = gdal.GDALOpen(str(path).encode(), 0)
+    assert dataset, path
+    try:
+        band = gdal.GDALGetRasterBand(dataset, 1)
+        # the table first: GeoTIFF bands read their .aux.xml lazily, on the first request
+        # that needs it (gdalinfo's and QGIS's first requests do)
+        table = gdal.GDALGetDefaultRAT(band)
+        names = gdal.GDALGetRasterCategoryNames(band)
+        categories = []
+        while names and names[len(categories)]:
+            categories.append(names[len(categories)].decode())
+        return categories, gdal.GDALRATGetRowCount(table) if table else 0
+    finally:
+        gdal.GDALClose(dataset)
+
+
 # --- COGs -------------------------------------------------------------------------------------
 
 def test_cogs_are_georeferenced_tiled_and_hold_the_stored_values(synthetic, archive, tmp_path):
@@ -143,13 +178,26 @@ def test_cog_metadata_says_how_to_read_probability_and_mask(synthetic, tmp_path)
     with rasterio.open(tmp_path / f"{group}_probability.tif") as src:
         assert src.scales == (pytest.approx(1 / 254),) and src.offsets == (0.0,)
         assert src.read(1, masked=True).max() * src.scales[0] == pytest.approx(1.0)
+        ramp = src.colormap(1)
+        assert ramp[0] != ramp[127] != ramp[254] and ramp[NOT_MAPPED][3] == 0
+        assert ramp[254][0] > ramp[127][0] > ramp[0][0]                # a ramp, low to high
     with rasterio.open(tmp_path / f"{group}_mask.tif") as src:
         colours = src.colormap(1)
         assert colours[1] == MASK_COLOURS[1] and colours[1][0] > 200  # buildings red
         assert colours[0][:3] == (0, 0, 0)                            # background dark
-        assert colours[NOT_MAPPED][3] == 0 == src.read_masks(1)[src.read(1) == NOT_MAPPED].max()
+        values = src.read(1)
+        assert src.nodata == NOT_MAPPED and src.count == 2
+        assert src.colorinterp[1] == rasterio.enums.ColorInterp.alpha
+        # over imagery only buildings cover it: background and not mapped are transparent
+        np.testing.assert_array_equal(src.read(2), np.where(values == 1, 255, 0))
+        np.testing.assert_array_equal(src.read_masks(1) == 0, values == NOT_MAPPED)
+        assert (values == 0).any() and (values == NOT_MAPPED).any()
+        assert src.tags(1)["CLASS_1"] == "building"
         overview = src.read(1, out_shape=(src.height // 2, src.width // 2))
         assert set(np.unique(overview).tolist()) <= {0, 1, NOT_MAPPED}  # sampled, not averaged
+    categories, rows = gdal_categories(tmp_path / f"{group}_mask.tif")
+    assert categories == ["background", "building"] and rows == 2
+    assert aux_file(tmp_path / f"{group}_mask.tif").is_file()
 
 
 def test_rethresholded_mask_is_the_whole_scene_mask_and_leaves_the_store_alone(
@@ -263,6 +311,34 @@ def test_geojson_is_rfc7946_longitude_first_with_the_same_buildings(synthetic, t
     assert "FeatureCollection" in forced[0].read_text()[:100]
 
 
+def in_building_order(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """Rows sorted by building: a FlatGeobuf's spatial index stores them in its own order."""
+    centre = shapely.get_coordinates(shapely.centroid(frame.geometry.values)).round(6)
+    key = frame.assign(_x=centre[:, 0], _y=centre[:, 1])
+    return frame.loc[key.sort_values(["scene", "chip", "_x", "_y"]).index].reset_index(drop=True)
+
+
+@pytest.mark.parametrize("name", ["b.gpkg", "b.fgb", "b.geojson"])
+def test_gdal_formats_hold_the_geoparquets_buildings_layer_and_crs(synthetic, tmp_path, name):
+    parquet = in_building_order(gpd.read_parquet(
+        export_footprints(synthetic, tmp_path / "b.parquet")[0]))
+    (path,) = export_footprints(synthetic, tmp_path / name)
+    assert pyogrio.list_layers(path)[:, 0].tolist() == [FOOTPRINT_LAYER]
+    for frame in (pyogrio.read_dataframe(path), gpd.read_file(path, layer=FOOTPRINT_LAYER)):
+        frame = in_building_order(frame)
+        assert CRS.from_user_input(frame.crs) == CRS.from_user_input(parquet.crs)
+        assert list(frame.columns) == list(parquet.columns) and len(frame) == len(parquet)
+        for column in ("scene", "chip", "bucket", "model"):  # int16 comes back wider
+            assert frame[column].tolist() == parquet[column].tolist(), column
+        for column in ("area_m2", "prob_mean", "prob_max"):
+            np.testing.assert_allclose(frame[column], parquet[column], rtol=1e-12)
+        ours, theirs = frame.geometry.values, parquet.geometry.values
+        if name.endswith(".geojson"):  # RFC 7946: 7 decimals, rings re-wound
+            np.testing.assert_allclose(shapely.bounds(ours), shapely.bounds(theirs), atol=1e-7)
+        else:
+            assert shapely.equals_exact(ours, theirs, tolerance=0).all()
+
+
 def test_min_building_m2_and_simplification(synthetic, tmp_path):
     exact = gpd.read_parquet(export_footprints(synthetic, tmp_path / "a.parquet")[0])
     large = gpd.read_parquet(export_footprints(synthetic, tmp_path / "b.parquet",
@@ -297,7 +373,8 @@ def test_export_run_writes_every_output_and_leaves_no_partial_file(synthetic, tm
 
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({}, "no output was asked for"),
-    ({"footprints": "b.gpkg"}, "cannot be written as '.gpkg'"),
+    ({"footprints": "b.shp"}, "cannot be written as '.shp'"),
+    ({"footprints": "buildings"}, r"name the file \.gpkg"),
     ({"stac_dir": "s", "threshold": 1.5}, "not between 0 and 1"),
     ({"footprints": "b.parquet", "min_building_m2": -1}, "negative"),
 ])
@@ -333,6 +410,50 @@ def test_export_command_writes_and_refuses(synthetic, tmp_path):
     assert (gpd.read_parquet(tmp_path / "b.parquet").area_m2 >= 20).all()
     refused = runner.invoke(app, ["export", str(synthetic.path)])
     assert refused.exit_code == 2 and "--cog DIR" in refused.output
+
+
+def test_export_command_refuses_to_replace_files_unless_overwrite(synthetic, tmp_path):
+    runner = CliRunner()
+    (tmp_path / "b.gpkg").write_bytes(b"mine")
+    refused = runner.invoke(app, ["export", str(synthetic.path), "--footprints",
+                                  str(tmp_path / "b.gpkg"), "--cog", str(tmp_path / "cog"),
+                                  "--stac", str(tmp_path / "stac")])
+    assert refused.exit_code == 2
+    assert f"{tmp_path / 'b.gpkg'}: the file already exists" in refused.output
+    assert "--overwrite" in refused.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.gpkg"], "nothing written"
+    assert (tmp_path / "b.gpkg").read_bytes() == b"mine"
+    cog = ["export", str(synthetic.path), "--cog", str(tmp_path / "cog")]
+    assert runner.invoke(app, cog).exit_code == 0
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "cog").iterdir()}
+    refused = runner.invoke(app, cog)
+    assert refused.exit_code == 2 and "_probability.tif: the file already exists" in \
+        refused.output and "--overwrite" in refused.output
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cog").iterdir()} == stamps
+    replaced = runner.invoke(app, [*cog, "--footprints", str(tmp_path / "b.gpkg"),
+                                   "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output
+    assert len(gpd.read_file(tmp_path / "b.gpkg")) > 0
+
+
+@pytest.mark.parametrize("where", ["read-only folder", "sysfs"])
+def test_an_unwritable_folder_is_one_clear_line(synthetic, tmp_path, where):
+    if where == "read-only folder":
+        if os.geteuid() == 0:
+            pytest.skip("root writes into a folder whatever its permissions")
+        folder = tmp_path / "locked"
+        folder.mkdir()
+        folder.chmod(0o555)
+    else:
+        if not sys.platform.startswith("linux"):
+            pytest.skip("sysfs is Linux's")
+        folder = Path("/sys/resflow-export")  # no file can be made there, even by root
+    result = CliRunner().invoke(app, ["export", str(synthetic.path), "--footprints",
+                                      str(folder / "b.gpkg"), "--cog", str(folder / "cog")])
+    assert result.exit_code == 2, result.output
+    assert "the output folder cannot be written" in result.output
+    assert "Traceback" not in result.output and not isinstance(result.exception, OSError)
+    assert not list(folder.glob("*")) if folder.exists() else True
 
 
 # --- quicklook ---------------------------------------------------------------------------------

@@ -78,7 +78,7 @@ def test_maps_equal_ingest_then_run(predicted: Path, scene: Path, tmp_path: Path
         np.testing.assert_array_equal(ours[key], values, err_msg=str(key))
     assert not (predicted / "archive.zarr").exists()  # removed after success by default
     assert sorted(p.name for p in predicted.iterdir()) == [
-        "cogs", "footprints.parquet", "maps.zarr", "predict.json", "stac"]
+        "cogs", "footprints.gpkg", "maps.zarr", "predict.json", "stac"]
 
 
 @pytest.mark.slow
@@ -92,7 +92,7 @@ def test_cogs_footprints_and_stac_open_georeferenced(predicted: Path, scene: Pat
             assert ds.crs == rasterio.crs.CRS.from_wkt(info.crs_wkt)
             assert ds.transform == rasterio.Affine(*info.transform)
             assert (ds.height, ds.width) == (info.height, info.width)
-    buildings = gpd.read_parquet(predicted / "footprints.parquet")
+    buildings = gpd.read_file(predicted / "footprints.gpkg")
     assert len(buildings) > 0 and buildings.crs.to_epsg() == 4326
     with rasterio.open(scene) as src:
         bounds = gpd.GeoSeries([box(*src.bounds)], crs=src.crs).to_crs(4326).iloc[0]

@@ -15,6 +15,8 @@ logger = logging.getLogger(__name__)
 class FootprintsFormat(StrEnum):
     """The values ``--footprints-format`` accepts."""
 
+    gpkg = "gpkg"
+    fgb = "fgb"
     parquet = "parquet"
     geojson = "geojson"
 
@@ -30,8 +32,9 @@ def export_command(
     cog: Annotated[Path | None, typer.Option(
         help="write two Cloud-Optimized GeoTIFFs per scene (probability, mask) here")] = None,
     footprints: Annotated[Path | None, typer.Option(
-        help="write every scene's buildings to this file, in WGS 84: GeoParquet, or "
-        "GeoJSON (RFC 7946) for a .geojson/.json name")] = None,
+        help="write every scene's buildings to this file, in WGS 84, in the format of its "
+        "suffix: .gpkg GeoPackage, .fgb FlatGeobuf, .parquet GeoParquet, .geojson GeoJSON "
+        "(RFC 7946)")] = None,
     footprints_format: Annotated[FootprintsFormat | None, typer.Option(
         help="footprints format, whatever the file name (default: by suffix)",
         case_sensitive=False)] = None,
@@ -48,12 +51,16 @@ def export_command(
     simplify_m: Annotated[float | None, typer.Option(
         "--simplify-m", help="simplify footprint outlines with this tolerance, metres "
         "(default: exact pixel edges)")] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="replace footprints and COGs already there (default: refuse, "
+        "writing nothing)")] = False,
 ) -> None:
     """Export OUT (a finished `resflow run`) as COGs, footprints and a STAC Collection.
 
     Give at least one of --cog, --footprints and --stac. Exit codes: 0 written; 2 refused
-    (nothing asked for, a setting out of range, an incomplete or missing output), with one
-    line naming the file, the problem and the fix.
+    (nothing asked for, a setting out of range, an incomplete or missing output, a file
+    already there without --overwrite, a folder that cannot be written), with one line
+    naming the file, the problem and the fix; a refused export writes nothing.
     """
     from resflow.errors import ResflowError
     from resflow.export import export_run
@@ -62,7 +69,8 @@ def export_command(
         written = export_run(
             out, cog_dir=cog, footprints=footprints, stac_dir=stac, threshold=threshold,
             min_building_m2=min_building_m2, simplify_m=simplify_m,
-            footprints_format=footprints_format.value if footprints_format else None)
+            footprints_format=footprints_format.value if footprints_format else None,
+            overwrite=overwrite)
     except ResflowError as err:
         logger.error("%s", err)
         raise typer.Exit(2) from None

@@ -54,7 +54,7 @@ def predict_command(
         metavar="SRC", help="raster files or folders of rasters, URLs of objects or "
         "prefixes (s3://...), or STAC files (.json) naming them, as `resflow ingest` takes")],
     out: Annotated[str, typer.Option(
-        "--out", "-o", help="the folder: maps.zarr, cogs/, footprints.parquet and stac/ go "
+        "--out", "-o", help="the folder: maps.zarr, cogs/, footprints.gpkg and stac/ go "
         "here")],
     keep_archive: Annotated[bool, typer.Option(
         "--keep-archive", help="keep the ingested imagery as OUT/archive.zarr (default: "
@@ -74,7 +74,7 @@ def predict_command(
     """Map the buildings of SRC into the folder OUT: ingest, run and export in one command.
 
     OUT gets the output store (maps.zarr), two COGs per scene (cogs/), the footprints
-    (footprints.parquet, WGS 84) and a STAC Collection (stac/). The imagery is ingested into
+    (footprints.gpkg, WGS 84) and a STAC Collection (stac/). The imagery is ingested into
     OUT/archive.zarr, removed after a run that mapped every chip unless --keep-archive.
     --config, --set and the run flags are `resflow run`'s. Exit codes: 0 on success (or
     when a resumed job is already complete, or with --print-config); 1 when some inputs or

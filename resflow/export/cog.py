@@ -1,14 +1,19 @@
 """Cloud-Optimized GeoTIFFs of a complete output store: each scene's probability and mask.
 
 COGs keep each scene's own CRS and grid, so a COG pixel is exactly an output pixel, and
-hold the stored values; GDAL metadata (scale, nodata, a colour table for the mask) says how
-to read them. Blocks are streamed into a tiled GeoTIFF, then laid out as a COG by GDAL.
+hold the stored values; GDAL metadata (scale, nodata, colour tables) says how to read and
+draw them, so QGIS shows them styled as soon as they are dropped in. The mask also carries
+an alpha band, so only buildings cover the imagery under it, and its class names (band
+metadata, and GDAL category names and a raster attribute table in the ``.aux.xml`` beside
+it, as GDAL keeps them for GeoTIFFs). Blocks are streamed into a tiled GeoTIFF, then laid
+out as a COG by GDAL.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 import numpy as np
 import rasterio
@@ -21,7 +26,7 @@ from resflow.export.files import replacing
 from resflow.export.settings import TILE_PX, check_settings, default_min_building_m2, mask_rule
 from resflow.store.format import Encoding, scene_file
 from resflow.store.mask_rule import MaskRule
-from resflow.store.reader import SceneMaps, open_complete, scene_maps
+from resflow.store.reader import SceneMaps, open_complete, scene_gsd_m, scene_maps
 from resflow.store.writer import OutputStore
 
 COG_BLOCK = 256
@@ -30,12 +35,48 @@ COG_BLOCK = 256
 
 MASK_COLOURS = {0: (0, 0, 0, 255), 1: (230, 40, 30, 255)}
 """Colour table of mask COGs, RGBA: background black, buildings red (as quicklooks). A TIFF
-colour table has no alpha, so transparency comes from nodata: not-mapped pixels."""
+colour table has no alpha, so transparency comes from the alpha band (background and not
+mapped) and nodata (not mapped)."""
+
+MASK_CLASSES = {0: "background", 1: "building"}
+"""Class names of the mask values, as GDAL category names and the band's ``CLASS_<n>`` tags."""
+
+RAMP_ENDS = ((68, 1, 84), (253, 231, 37))
+"""Probability colour ramp, RGB at 0 and at 1 (viridis' ends). It is linear in every
+channel, so GDAL's averaging of a paletted band for overviews (by colour, then the nearest
+entry) gives the average value to within one step."""
+
+
+def probability_colours(nodata: int | None) -> dict[int, tuple[int, int, int, int]]:
+    """Colour table of probability COGs on the stored scale 0..254, RGBA; nodata black."""
+    (r0, g0, b0), (r1, g1, b1) = RAMP_ENDS
+    ramp = {v: (round(r0 + (r1 - r0) * v / 254), round(g0 + (g1 - g0) * v / 254),
+                round(b0 + (b1 - b0) * v / 254), 255) for v in range(255)}
+    if nodata is not None:
+        ramp[int(nodata)] = (0, 0, 0, 0)
+    return ramp
 
 
 def cog_names(group: str) -> dict[str, str]:
     """File names of a scene's COGs: ``<group>_probability.tif`` and ``<group>_mask.tif``."""
     return {name: f"{group}_{name}.tif" for name in ("probability", "mask")}
+
+
+def aux_file(cog: Path) -> Path:
+    """GDAL's side file of a GeoTIFF (``<name>.tif.aux.xml``), where GDAL and QGIS read the
+    mask's category names and raster attribute table from."""
+    return cog.with_name(f"{cog.name}.aux.xml")
+
+
+def cog_files(store: OutputStore, cog_dir: Path | str) -> list[Path]:
+    """Every file :func:`export_cogs` writes into ``cog_dir``: per scene the probability
+    COG, the mask COG and the mask's ``.aux.xml``."""
+    files = []
+    for scene in scene_gsd_m(store):
+        names = cog_names(store.groups[scene])
+        mask = scene_file(cog_dir, names["mask"], store)
+        files += [scene_file(cog_dir, names["probability"], store), mask, aux_file(mask)]
+    return files
 
 
 
@@ -49,8 +90,11 @@ def export_cogs(out_store: OutputStore | storage.Location, cog_dir: Path | str, 
     tiles, in the scene's CRS and transform, holding the stored values. GDAL metadata says
     how to read them: the probability band's scale (``src.scales``: probability = value x
     scale) and, on both, the not-mapped value as nodata (``src.nodata``) where the store has
-    one. The mask carries a colour table (buildings red, background black, not mapped
-    transparent as nodata).
+    one. The probability carries a colour ramp on its stored scale; the mask a colour table
+    (buildings red, background black), an alpha band (opaque on buildings only, so the
+    imagery shows through elsewhere), ``CLASS_0``/``CLASS_1`` band tags and, in
+    ``<name>.tif.aux.xml``, GDAL category names and a raster attribute table naming class 1
+    ``building``.
 
     Parameters
     ----------
@@ -64,7 +108,7 @@ def export_cogs(out_store: OutputStore | storage.Location, cog_dir: Path | str, 
     Returns
     -------
     list of Path
-        The files written, two per scene.
+        The COGs written, two per scene (the mask's ``.aux.xml`` beside it).
 
     Raises
     ------
@@ -82,7 +126,8 @@ def export_cogs(out_store: OutputStore | storage.Location, cog_dir: Path | str, 
         target = scene_file(cog_dir, names["probability"], store)
         _write_cog(maps, _stored_blocks(maps.probability), target, "average",
                    "building probability (value x scale)", maps.probability_encoding,
-                   {**tags, "array": "probability"})
+                   {**tags, "array": "probability"},
+                   probability_colours(maps.probability_encoding.nodata))
         written.append(target)
         rule = mask_rule(store, maps, threshold, min_building)
         blocks = (_stored_blocks(maps.mask) if threshold is None
@@ -91,7 +136,10 @@ def export_cogs(out_store: OutputStore | storage.Location, cog_dir: Path | str, 
                                               "min_building_m2": str(min_building)}
         target = scene_file(cog_dir, names["mask"], store)
         _write_cog(maps, blocks, target, "nearest", "building mask (1 building, 0 background)",
-                   maps.mask_encoding, {**tags, "array": "mask", **recut}, MASK_COLOURS)
+                   maps.mask_encoding, {**tags, "array": "mask", **recut}, MASK_COLOURS,
+                   classes=MASK_CLASSES)
+        with replacing(aux_file(target)) as partial:
+            partial.write_text(_categories_xml(MASK_CLASSES, MASK_COLOURS))
         written.append(target)
     return written
 
@@ -123,26 +171,55 @@ def _mask_blocks(maps: SceneMaps, rule: MaskRule,
 
 def _write_cog(maps: SceneMaps, blocks: Iterator[tuple[Window, np.ndarray]], target: Path,
                resampling: str, description: str, encoding: Encoding, tags: dict[str, str],
-               colours: dict[int, tuple[int, int, int, int]] | None = None) -> None:
+               colours: dict[int, tuple[int, int, int, int]],
+               classes: dict[int, str] | None = None) -> None:
     """Stream blocks into a tiled GeoTIFF, then lay it out as a COG with GDAL's ``COG``
-    driver (which keeps nodata, scale and colour table)."""
+    driver (which keeps nodata, scale, colour table, alpha band and tags).
+
+    With ``classes`` a second band is written: alpha, 255 where the value is 1 (a
+    building), 0 elsewhere."""
     height, width = maps.shape
-    profile = {"driver": "GTiff", "height": height, "width": width, "count": 1,
-               "dtype": "uint8", "crs": maps.crs_wkt, "transform": maps.transform,
-               "tiled": True, "blockxsize": COG_BLOCK, "blockysize": COG_BLOCK,
-               "nodata": encoding.nodata}
+    profile = {"driver": "GTiff", "height": height, "width": width,
+               "count": 1 if classes is None else 2, "dtype": "uint8", "crs": maps.crs_wkt,
+               "transform": maps.transform, "tiled": True, "blockxsize": COG_BLOCK,
+               "blockysize": COG_BLOCK, "nodata": encoding.nodata}
+    if classes is not None:
+        profile["alpha"] = "YES"
     with replacing(target) as partial:
         staging = partial.with_suffix(".staging.tif")
         with rasterio.open(staging, "w", **profile) as dst:
             for window, block in blocks:
                 dst.write(block, 1, window=window)
+                if classes is not None:
+                    dst.write(np.where(block == 1, 255, 0).astype(np.uint8), 2, window=window)
             dst.set_band_description(1, description)
             dst.update_tags(**tags)
+            if classes is not None:
+                dst.set_band_description(2, "alpha: opaque on buildings")
+                dst.update_tags(1, **{f"CLASS_{v}": name for v, name in classes.items()})
             if encoding.scale != 1:
                 dst.scales, dst.offsets = (encoding.scale,), (0.0,)
-            if colours is not None:
-                dst.write_colormap(1, colours)
+            dst.write_colormap(1, colours)
         rasterio.shutil.copy(staging, partial, driver="COG", COMPRESS="DEFLATE",
                              PREDICTOR="2", BLOCKSIZE=str(COG_BLOCK), OVERVIEWS="AUTO",
                              OVERVIEW_RESAMPLING=resampling.upper())
 
+
+
+def _categories_xml(classes: dict[int, str], colours: dict[int, tuple[int, int, int, int]]) -> str:
+    """A GDAL PAM document for band 1: category names (value n is the n-th) and a thematic
+    raster attribute table (value, class name, colour), which GeoTIFF itself cannot hold."""
+    names = [classes.get(v, "") for v in range(max(classes) + 1)]
+    rows = "".join(
+        f'      <Row index="{i}"><F>{v}</F><F>{escape(name)}</F>'
+        + "".join(f"<F>{c}</F>" for c in colours[v]) + "</Row>\n"
+        for i, (v, name) in enumerate(sorted(classes.items())))
+    fields = [("value", 0, 5), ("class", 2, 2), ("red", 0, 6), ("green", 0, 7),
+              ("blue", 0, 8), ("alpha", 0, 9)]
+    defs = "".join(f"      <FieldDefn index=\"{i}\"><Name>{n}</Name><Type>{t}</Type>"
+                   f"<Usage>{u}</Usage></FieldDefn>\n" for i, (n, t, u) in enumerate(fields))
+    categories = "".join(f"      <Category>{escape(n)}</Category>\n" for n in names)
+    return ('<PAMDataset>\n  <PAMRasterBand band="1">\n    <CategoryNames>\n'
+            f"{categories}    </CategoryNames>\n"
+            '    <GDALRasterAttributeTable tableType="thematic">\n'
+            f"{defs}{rows}    </GDALRasterAttributeTable>\n  </PAMRasterBand>\n</PAMDataset>\n")

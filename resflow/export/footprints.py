@@ -1,7 +1,9 @@
 """Building footprints of a complete output store: one file, every scene, WGS 84.
 
 A footprints file holds one CRS, so footprints are reprojected to WGS 84 (EPSG:4326); their
-areas are measured on each scene's own grid first. Scenes are vectorised window by window
+areas are measured on each scene's own grid first. The format follows the file's suffix:
+GeoPackage (the default, which every GDAL-based GIS opens), FlatGeobuf, GeoParquet or
+RFC 7946 GeoJSON. Scenes are vectorised window by window
 and a building cut by a window edge is carried until it is whole, so the result equals
 vectorising each scene at once while memory stays one window.
 """
@@ -37,11 +39,26 @@ WGS84 = "EPSG:4326"
 """The one CRS of a footprints file, as RFC 7946 GeoJSON requires (longitude, latitude)."""
 
 
-FootprintFormat = Literal["parquet", "geojson"]
+FootprintFormat = Literal["gpkg", "fgb", "parquet", "geojson"]
+FOOTPRINT_FORMATS: tuple[FootprintFormat, ...] = ("gpkg", "fgb", "parquet", "geojson")
 FOOTPRINT_SUFFIXES: dict[str, FootprintFormat] = {
-    "": "parquet", ".parquet": "parquet", ".geoparquet": "parquet",
-    ".geojson": "geojson", ".json": "geojson"}
-"""File suffix -> footprints format; a name without a suffix gets GeoParquet, the default."""
+    ".gpkg": "gpkg", ".fgb": "fgb", ".parquet": "parquet",
+    ".geoparquet": "parquet", ".geojson": "geojson", ".json": "geojson"}
+"""File suffix -> footprints format. GeoPackage is the default name's (``resflow predict``):
+GDAL reads it everywhere, while GeoParquet needs GDAL 3.5 or later built with Arrow (the
+GDAL 3.6 of Debian 12, under its QGIS, has no Parquet driver)."""
+
+OGR_DRIVERS: dict[FootprintFormat, str] = {"gpkg": "GPKG", "fgb": "FlatGeobuf",
+                                           "geojson": "GeoJSON"}
+"""The GDAL/OGR driver writing each format but GeoParquet (written by geopandas)."""
+
+FOOTPRINT_LAYER = "buildings"
+"""Layer name in GeoPackage and FlatGeobuf files: what QGIS lists and ``layer=`` selects."""
+
+MEDIA_TYPES: dict[FootprintFormat, str] = {
+    "gpkg": "application/geopackage+sqlite3", "fgb": "application/vnd.flatgeobuf",
+    "parquet": "application/vnd.apache.parquet", "geojson": "application/geo+json"}
+"""IANA (or customary) media type of each format, as STAC assets name them."""
 
 FOOTPRINT_COLUMNS = ("scene", "chip", "bucket", "model", "area_m2", "prob_mean", "prob_max")
 
@@ -222,8 +239,9 @@ def _frame(rows: list[dict[str, Any]], geometry: gpd.GeoSeries) -> gpd.GeoDataFr
 
 
 def footprint_format(path: Path, format: FootprintFormat | None = None) -> FootprintFormat:
-    """The format to write ``path`` in: ``format`` if given, else by suffix (``.geojson``,
-    ``.json``: GeoJSON; ``.parquet``, ``.geoparquet`` or none: GeoParquet).
+    """The format to write ``path`` in: ``format`` if given, else by suffix (``.gpkg``:
+    GeoPackage; ``.fgb``: FlatGeobuf; ``.parquet``, ``.geoparquet``: GeoParquet;
+    ``.geojson``, ``.json``: GeoJSON).
 
     Raises
     ------
@@ -231,15 +249,17 @@ def footprint_format(path: Path, format: FootprintFormat | None = None) -> Footp
         An unknown format, or a suffix that names neither.
     """
     if format is not None:
-        if format not in ("parquet", "geojson"):
+        if format not in FOOTPRINT_FORMATS:
             raise ConfigError("--footprints-format", f"{format!r} is not a footprints format",
-                              "use parquet or geojson")
+                              f"use one of {', '.join(FOOTPRINT_FORMATS)}")
         return format
     suffix = path.suffix.lower()
     if suffix not in FOOTPRINT_SUFFIXES:
-        raise ResflowError(str(path), f"footprints cannot be written as {suffix!r}",
-                           "name the file .parquet (GeoParquet) or .geojson, or pass "
-                           "--footprints-format parquet|geojson")
+        what = repr(suffix) if suffix else "a file without a suffix"
+        raise ResflowError(str(path), f"footprints cannot be written as {what}",
+                           "name the file .gpkg (GeoPackage), .fgb (FlatGeobuf), .parquet "
+                           "(GeoParquet) or .geojson, or pass --footprints-format "
+                           f"{'|'.join(FOOTPRINT_FORMATS)}")
     return FOOTPRINT_SUFFIXES[suffix]
 
 
@@ -249,9 +269,10 @@ def export_footprints(out_store: OutputStore | storage.Location, path: Path | st
                       tile_px: int = TILE_PX) -> list[Path]:
     """Vectorise the buildings of every scene into one footprints file, in WGS 84.
 
-    GeoParquet (geopandas, with a bbox covering column for spatial filters) unless the name
-    ends in ``.geojson``/``.json`` or ``format="geojson"``: RFC 7946 GeoJSON (longitude,
-    latitude; no ``crs`` member). One row per building: ``scene``, ``chip`` (``row_col``
+    The format is ``format``, else the suffix's (:func:`footprint_format`): GeoPackage and
+    FlatGeobuf (written by GDAL, layer :data:`FOOTPRINT_LAYER`), GeoParquet (geopandas, with
+    a bbox covering column for spatial filters) or RFC 7946 GeoJSON (longitude, latitude; no
+    ``crs`` member). One row per building: ``scene``, ``chip`` (``row_col``
     of the chip holding its first pixel), ``bucket`` and ``model`` (what mapped that chip),
     ``area_m2``, ``prob_mean``, ``prob_max`` (probability over its pixels, in [0, 1]).
 
@@ -286,10 +307,11 @@ def export_footprints(out_store: OutputStore | storage.Location, path: Path | st
     frame = (gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=WGS84) if frames
              else _frame([], gpd.GeoSeries([], crs=WGS84)))
     with replacing(target) as partial:
-        if kind == "geojson":
-            frame.to_file(partial, driver="GeoJSON", engine="pyogrio",
-                          layer_options={"RFC7946": "YES"})
-        else:
+        if kind == "parquet":
             frame.to_parquet(partial, write_covering_bbox=True)
+        else:
+            options = {"RFC7946": "YES"} if kind == "geojson" else {}
+            frame.to_file(partial, driver=OGR_DRIVERS[kind], engine="pyogrio",
+                          layer=FOOTPRINT_LAYER, layer_options=options)
     return [target]
 

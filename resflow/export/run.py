@@ -8,10 +8,11 @@ from pathlib import Path
 
 from resflow import storage
 from resflow.errors import ConfigError
-from resflow.export.cog import export_cogs
+from resflow.export.cog import cog_files, export_cogs
+from resflow.export.files import check_writable, refuse_existing
 from resflow.export.footprints import FootprintFormat, export_footprints, footprint_format
 from resflow.export.settings import check_settings
-from resflow.export.stac import write_collection
+from resflow.export.stac import COLLECTION_FILE, write_collection
 from resflow.store.reader import open_complete
 from resflow.store.writer import OutputStore
 
@@ -20,13 +21,16 @@ def export_run(out_store: OutputStore | storage.Location, *, cog_dir: Path | str
                footprints: Path | str | None = None, stac_dir: Path | str | None = None,
                threshold: float | None = None, min_building_m2: float | None = None,
                simplify_m: float | None = None,
-               footprints_format: FootprintFormat | None = None) -> list[Path]:
+               footprints_format: FootprintFormat | None = None,
+               overwrite: bool = True) -> list[Path]:
     """Every export of a finished run, as ``resflow export`` and ``resflow run`` make them.
 
     COGs (:func:`export_cogs`), then footprints (:func:`export_footprints`), then a STAC
     Collection describing the store and whatever was written
     (:func:`resflow.export.stac.write_collection`), last, so it only names files that exist.
-    Settings are checked before anything is written.
+    Settings, and that every target folder can be written, are checked before anything is
+    written; with ``overwrite=False`` (``resflow export`` without ``--overwrite``) an
+    existing footprints file or COG is refused then too, so a refused export writes nothing.
 
     Returns
     -------
@@ -36,8 +40,9 @@ def export_run(out_store: OutputStore | storage.Location, *, cog_dir: Path | str
     Raises
     ------
     ResflowError
-        Nothing to write, a setting out of range, an unknown footprints format, or an
-        output that is not complete.
+        Nothing to write, a setting out of range, an unknown footprints format, an output
+        that is not complete, a folder that cannot be written, or (``overwrite=False``) a
+        file that would be replaced.
     """
     if cog_dir is None and footprints is None and stac_dir is None:
         raise ConfigError("resflow export", "no output was asked for",
@@ -46,6 +51,11 @@ def export_run(out_store: OutputStore | storage.Location, *, cog_dir: Path | str
     if footprints is not None:
         footprint_format(Path(footprints), footprints_format)
     store = open_complete(out_store)
+    targets = [*(cog_files(store, cog_dir) if cog_dir is not None else []),
+               *([Path(footprints)] if footprints is not None else [])]
+    check_writable([*targets, *([Path(stac_dir) / COLLECTION_FILE] if stac_dir else [])])
+    if not overwrite:
+        refuse_existing(targets)
     written: list[Path] = []
     cogs: list[Path] = []
     if cog_dir is not None:
