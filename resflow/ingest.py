@@ -138,6 +138,7 @@ def ingest(sources: Iterable[str | Path], out: str | Path, config: IngestConfig 
     """
     config = config or IngestConfig()
     out = storage.normalise(out)
+    _refuse_file(out)
     result = IngestResult(path=out)
     files, result.refused = _discover(sources, config.stac_asset)
     new = not storage.exists(out)
@@ -151,6 +152,19 @@ def ingest(sources: Iterable[str | Path], out: str | Path, config: IngestConfig 
         storage.remove_tree(out)
         result.removed = True
     return result
+
+
+def _refuse_file(out: Path | str) -> None:
+    """Refuse an archive location that is a file (or one object): an archive is a folder."""
+    if isinstance(out, Path):
+        is_file = out.exists() and not out.is_dir()
+    else:
+        fs, path = storage.filesystem(out)
+        is_file = bool(fs.isfile(path))
+    if is_file:
+        raise InputError(storage.display(out), "the archive location is a file, and an "
+                         "archive is a folder of scenes", "give --out a new .zarr path or "
+                         "an existing archive's folder")
 
 
 def _ingest_into(out: Path | str, files: Sequence[Path | str], config: IngestConfig,

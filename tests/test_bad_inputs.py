@@ -287,3 +287,12 @@ def test_a_damaged_archive_is_refused_by_file_before_any_work(
     assert refused.value.where == str(archive / where) and problem in refused.value.problem
     assert "ingest the source again" in refused.value.fix
     assert not out.exists()
+
+
+def test_ingest_onto_a_file_is_refused_and_the_file_kept(tmp_path: Path) -> None:
+    out = tmp_path / "notes.txt"
+    out.write_text("mine")
+    result = CliRunner().invoke(app, ["ingest", str(sample_path(GOOD)), "--out", str(out)])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert f"{out}: the archive location is a file" in result.stderr
+    assert out.read_text() == "mine"
