@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,9 @@ class _Plan:
 
     source: Path | str
     info: SceneInfo
+    acquired: str | None = None
+    """The source's acquisition time (:func:`acquisition_time`), kept in the scene's
+    ``acquired_utc`` attribute for the STAC Items of its maps."""
 
 
 def ingest(sources: Iterable[str | Path], out: str | Path, config: IngestConfig | None = None,
@@ -365,6 +369,7 @@ def _inspect_once(path: Path | str, name: str, config: IngestConfig,
             mask_flags = ds.mask_flag_enums
             has_gcps = bool(ds.gcps[0]) or bool(ds.rpcs)
             subdatasets = ds.subdatasets
+            acquired = acquisition_time(ds.tags())
             if ds.driver == "VRT":
                 _refuse_raw_bands(path, where, ds.files)
     except RasterioError as exc:
@@ -395,6 +400,13 @@ def _inspect_once(path: Path | str, name: str, config: IngestConfig,
     names = tuple(names[b - 1] for b in imagery)
     grid = working_grid(crs.to_wkt(), tuple(transform)[:6], height, width, config.gsd,
                         config.max_gsd)
+    for what, (rows, cols) in (("the raster", (height, width)),
+                               ("its working grid", (grid.height, grid.width))):
+        if rows * cols > config.max_pixels:
+            raise InputError(where, f"{what} is {rows} x {cols} pixels, more than the "
+                             f"{config.max_pixels:,} ingest takes (max_pixels)",
+                             "cut the scene into tiles (gdal_translate -srcwin), or raise "
+                             "max_pixels in the ingest config if it is really that large")
     info = SceneInfo(
         name=name, height=grid.height, width=grid.width, band_names=names, dtype=dtypes[0],
         crs_wkt=crs.to_wkt(), transform=grid.transform, chip=config.chip,
@@ -404,7 +416,19 @@ def _inspect_once(path: Path | str, name: str, config: IngestConfig,
         gsd_m=grid.gsd_m, source_gsd_m=grid.source_gsd_m, resampling=grid.resampling,
         skip=grid.skip, mask=mask, alpha_band=alpha_band,
     )
-    return _Plan(source=path, info=info)
+    return _Plan(source=path, info=info, acquired=acquired)
+
+
+def acquisition_time(tags: dict[str, str]) -> str | None:
+    """The GeoTIFF ``TIFFTAG_DATETIME`` (``YYYY:MM:DD HH:MM:SS``) as ISO 8601 UTC, or None
+    where it is missing or malformed. The tag has no time zone; it is taken as UTC, as
+    imagery providers write it."""
+    stamp = tags.get("TIFFTAG_DATETIME", "").strip()
+    try:
+        when = datetime.strptime(stamp, "%Y:%m:%d %H:%M:%S")
+    except ValueError:
+        return None
+    return when.replace(tzinfo=UTC).isoformat()
 
 
 def _source_mask(where: str, colorinterp: Sequence[str], mask_flags: Sequence[Sequence[Any]],
@@ -468,7 +492,9 @@ def _write_scene(root: zarr.Group, plan: _Plan, config: IngestConfig) -> None:
     scenes = root[SCENES]
     if info.name in scenes:
         del scenes[info.name]
-    group = scenes.create_group(info.name, attributes={**info.to_attrs(), "complete": False})
+    acquired = {} if plan.acquired is None else {"acquired_utc": plan.acquired}
+    group = scenes.create_group(info.name, attributes={**info.to_attrs(), **acquired,
+                                                       "complete": False})
     if info.skip:  # too coarse to map: the record says so, no pixels are copied
         group.attrs["complete"] = True
         return
