@@ -74,6 +74,10 @@ class IngestConfig(_Strict):
     stac_asset: str | None = Field(
         None, description="from a STAC catalogue or ItemCollection given as a source, ingest "
         "each Item's asset of this key (e.g. visual); None = every GeoTIFF data asset")
+    max_pixels: int = Field(
+        10_000_000_000, ge=1, description="largest scene ingested, in pixels (height x width, "
+        "of the source and of its working grid); a larger one is refused before its pixels "
+        "are read, since a small file can declare any size")
 
 
 class RunConfig(_Strict):

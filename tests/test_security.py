@@ -507,3 +507,23 @@ def test_a_remote_catalogue_may_not_name_local_files(publisher: str, tmp_path: P
         [True, True]
     with pytest.raises(InputError, match="remote catalogue names a local file"):
         stac_sources(f"{publisher}/search.json")
+
+
+# --- size caps ------------------------------------------------------------------------------
+
+def test_a_scene_declaring_a_huge_size_is_refused_before_its_pixels_are_read(
+        tmp_path: Path) -> None:
+    """A VRT of a few hundred bytes declaring 10^6 x 10^6 pixels (what a crafted TIFF can
+    declare too) is refused at once; the good file beside it ingests."""
+    srs = "EPSG:32631"
+    huge = tmp_path / "huge.vrt"
+    huge.write_text(f"""<VRTDataset rasterXSize="1000000" rasterYSize="1000000">
+  <SRS>{srs}</SRS><GeoTransform>500000, 0.3, 0, 5700000, 0, -0.3</GeoTransform>
+  <VRTRasterBand dataType="Byte" band="1"/>
+</VRTDataset>""")
+    result = ingest([huge, sample_path("rotterdam-ms1")], tmp_path / "a.zarr")
+    assert result.ingested == ["ms1"]
+    (record,) = result.refused
+    assert record["where"] == str(huge)
+    assert "1000000 x 1000000 pixels, more than the 10,000,000,000" in record["problem"]
+    assert "max_pixels" in record["fix"]
