@@ -29,6 +29,7 @@ from safetensors.torch import save as save_safetensors
 
 from resflow.errors import GalleryError
 from resflow.models.efficientnet import (
+    EMBEDDING_DIM,
     EfficientNetLite0,
     FeatureExtractor,
     file_sha256,
@@ -272,7 +273,56 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     for model in models.values():
         if model["file"] not in files:
             raise GalleryError(str(file), f"{model['file']} has no sha256 in 'files'", restore)
+    _check_models(file, manifest)
     return manifest
+
+
+#: Bounds of the hashing head's configuration: a manifest is outside data, and a model is
+#: allocated from it before its weights are loaded (``hidden=1e9`` would ask for terabytes).
+HEAD_BOUNDS = {"hidden": (1, 4096), "bits": (1, 64)}
+#: Most buckets a gallery may route to (each may load a decoder of about 10 MB).
+MAX_BUCKETS = 4096
+
+
+def _check_models(file: Path, manifest: dict[str, Any]) -> None:
+    """Refuse a model configuration outside what resflow builds: the hashing head's keys,
+    types and :data:`HEAD_BOUNDS`, its input equal to the encoder's embedding, its bits and
+    every bucket code matching the manifest's ``bits``, decoders without configuration, and
+    every bucket served by a model the manifest has."""
+    restore = "restore the gallery from its source or retrain it"
+
+    def refuse(problem: str) -> GalleryError:
+        return GalleryError(str(file), problem, restore)
+
+    models, bits = manifest["models"], manifest["bits"]
+    if HEAD not in models or MONO not in models:
+        raise refuse(f"'models' lacks {HEAD!r} or {MONO!r}")
+    config = models[HEAD].get("config")
+    if not isinstance(config, dict) or set(config) != {"in_features", "hidden", "bits"} or \
+            not all(type(v) is int for v in config.values()):
+        raise refuse(f"the {HEAD} config {config!r} is not integer in_features, hidden and bits")
+    if config["in_features"] != EMBEDDING_DIM:
+        raise refuse(f"the {HEAD} takes {config['in_features']} features, not the encoder's "
+                     f"{EMBEDDING_DIM}")
+    for key, (low, high) in HEAD_BOUNDS.items():
+        if not low <= config[key] <= high:
+            raise refuse(f"the {HEAD}'s {key}={config[key]} is outside {low}..{high}")
+    if type(bits) is not int or bits != config["bits"]:
+        raise refuse(f"'bits' {bits!r} differs from the {HEAD}'s {config['bits']}")
+    for name, model in models.items():
+        if name != HEAD and model.get("config", {}) != {}:
+            raise refuse(f"the decoder {name!r} has a config ({model['config']!r}), and "
+                         "decoders take none")
+    buckets = manifest["buckets"]
+    if not isinstance(buckets, list) or not 1 <= len(buckets) <= MAX_BUCKETS:
+        raise refuse(f"'buckets' is not a list of 1..{MAX_BUCKETS} buckets")
+    for k, bucket in enumerate(buckets):
+        code = bucket.get("code") if isinstance(bucket, dict) else None
+        if not isinstance(code, str) or len(code) != bits or set(code) - {"0", "1"}:
+            raise refuse(f"bucket {k}'s code {code!r} is not {bits} characters of 0 and 1")
+        if bucket.get("model") not in models or bucket["model"] == HEAD:
+            raise refuse(f"bucket {k} is served by {bucket.get('model')!r}, which is not a "
+                         "decoder in 'models'")
 
 
 def _confined(path: Path, name: str) -> Path:

@@ -25,6 +25,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+import resflow
 from resflow.catalogues import stac_sources
 from resflow.cli import app
 from resflow.config import RunConfig
@@ -527,3 +528,25 @@ def test_a_scene_declaring_a_huge_size_is_refused_before_its_pixels_are_read(
     assert record["where"] == str(huge)
     assert "1000000 x 1000000 pixels, more than the 10,000,000,000" in record["problem"]
     assert "max_pixels" in record["fix"]
+
+
+@pytest.mark.parametrize(("edit", "problem"), [
+    (lambda m: m["models"]["hashing_head"]["config"].update(hidden=10**9),
+     "hidden=1000000000 is outside 1..4096"),
+    (lambda m: m["models"]["hashing_head"]["config"].update(hidden=1e9),
+     "is not integer in_features, hidden and bits"),
+    (lambda m: m["models"]["mono"].update(config={"channels": 10**6}), "decoders take none"),
+    (lambda m: m["buckets"][0].update(code="1" * 10**5), "is not 16 characters of 0 and 1"),
+])
+def test_a_gallery_asking_for_huge_models_is_refused_before_the_output_exists(
+        edit, problem: str, tmp_path: Path) -> None:
+    gallery = Path(shutil.copytree(Gallery.load().path, tmp_path / "gallery"))
+    edit_manifest(gallery, edit)
+    source = tmp_path / "scene.tif"
+    shutil.copy(sample_path("rotterdam-ms1"), source)
+    assert ingest([source], tmp_path / "a.zarr").ok
+    out = tmp_path / "maps.zarr"
+    with pytest.raises(GalleryError, match=problem) as refused:
+        resflow.run(tmp_path / "a.zarr", out, backend="local", device="cpu", gallery=gallery)
+    assert refused.value.where == str(gallery / "manifest.json")
+    assert not out.exists()
