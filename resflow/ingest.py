@@ -326,6 +326,11 @@ def _fetch_error(url: Path | str, exc: OSError) -> str:
     return f"{exc.__class__.__name__}: {exc}"
 
 
+NO_RAW_BANDS = {"GDAL_VRT_ENABLE_RAWRASTERBAND": "NO"}
+"""GDAL's switch against VRT raw bands, set wherever ingest opens a raster, for GDAL builds
+that read it at run time; GDAL 3.10 reads it only when built, so :func:`_refuse_raw_bands`
+checks the XML as well."""
+
 #: Bytes of a VRT read to look for raw bands; a VRT larger than this is refused.
 VRT_MAX_BYTES = 16 << 20
 
@@ -360,7 +365,7 @@ def _inspect_once(path: Path | str, name: str, config: IngestConfig,
         with warnings.catch_warnings():
             # A missing geotransform is reported below as a refusal, not as a warning.
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with storage.raster_env(path):
+            with storage.raster_env(path, **NO_RAW_BANDS):
                 ds = storage.open_raster(path)
         with ds:
             count, dtypes, crs, transform = ds.count, ds.dtypes, ds.crs, ds.transform
@@ -536,7 +541,7 @@ def _stream(group: zarr.Group, plan: _Plan, config: IngestConfig) -> tuple[dict,
     step = max(chip, config.window_rows // chip * chip)
     sampler = StatsSampler(info.height, info.width, info.nodata)
     valid_count = np.zeros(grid_shape(info.height, info.width, chip), dtype=np.int64)
-    with storage.raster_env(plan.source, GDAL_CACHEMAX=STREAM_CACHE_MB), \
+    with storage.raster_env(plan.source, GDAL_CACHEMAX=STREAM_CACHE_MB, **NO_RAW_BANDS), \
             storage.open_raster(plan.source) as src, \
             _on_working_grid(src, info) as ds:
         for y0 in range(0, info.height, step):
