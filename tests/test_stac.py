@@ -2,14 +2,17 @@
 its assets opened with xarray, rasterio and geopandas), and the GeoTIFFs a STAC file offers
 for ingest.
 
-Schema validation (``pystac.validation``) fetches every extension's JSON schema over the
-network, which the tests never use, so the fields are checked one by one instead.
+pystac validates against the core STAC schemas it ships, offline; each extension's schema is
+fetched over the network, which the tests never use, so extension fields are checked one by
+one instead.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,34 +24,42 @@ import rasterio
 import xarray as xr
 from pyproj import CRS
 from pystac.extensions.classification import ClassificationExtension
+from pystac.extensions.file import FileExtension
 from pystac.extensions.projection import ProjectionExtension
 from pystac.extensions.raster import RasterExtension
 from pystac.extensions.xarray_assets import XarrayAssetsExtension
+from pystac.validation import validate_dict
 from shapely.geometry import shape
 
+from resflow.archive import Archive
 from resflow.catalogues import stac_sources
 from resflow.errors import InputError
-from resflow.export import export_run
+from resflow.export import export_run, write_collection
 from resflow.gallery import DEFAULT_PATH
+from resflow.ingest import ingest
 from resflow.samples import sample_path
 from resflow.store.format import NOT_MAPPED
 from resflow.store.writer import OutputStore
+from tests.fixtures_data import crop_raster
+from tests.test_export import write_blobs
 
 EXTENSIONS = ("projection", "raster", "xarray-assets", "classification")
 
 
 @pytest.fixture(scope="module")
-def mapped(mapped_samples: Path) -> OutputStore:
-    return OutputStore.open(mapped_samples)
+def exported(mapped_samples: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One output folder, as ``resflow predict`` makes: a copy of the run's store
+    (``maps.zarr``), and its export, ``cog/``, ``buildings.parquet`` and ``stac/``."""
+    out = tmp_path_factory.mktemp("exported")
+    shutil.copytree(mapped_samples, out / "maps.zarr")
+    export_run(OutputStore.open(out / "maps.zarr"), cog_dir=out / "cog",
+               footprints=out / "buildings.parquet", stac_dir=out / "stac")
+    return out
 
 
 @pytest.fixture(scope="module")
-def exported(mapped: OutputStore, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The run exported: ``cog/``, ``buildings.parquet`` and ``stac/`` side by side."""
-    out = tmp_path_factory.mktemp("exported")
-    export_run(mapped, cog_dir=out / "cog", footprints=out / "buildings.parquet",
-               stac_dir=out / "stac")
-    return out
+def mapped(exported: Path) -> OutputStore:
+    return OutputStore.open(exported / "maps.zarr")
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +81,11 @@ def test_one_item_per_scene_with_its_wgs84_footprint(collection, mapped, exporte
         assert -90 <= item.bbox[1] < item.bbox[3] <= 90
         assert footprint.buffer(1e-7).contains(
             buildings[buildings.scene == scene].union_all())
-        assert item.datetime is not None and item.datetime <= datetime.now(UTC)
+        # the samples record no acquisition time: null, and the run's time as STAC asks
+        created = item.common_metadata.created
+        assert item.datetime is None and created is not None and created <= datetime.now(UTC)
+        assert item.common_metadata.start_datetime == item.common_metadata.end_datetime == \
+            created
     extent = collection.extent.spatial.bboxes[0]
     assert all(extent[0] <= i.bbox[0] and i.bbox[2] <= extent[2] for i in items.values())
 
@@ -128,15 +143,76 @@ def test_footprints_and_gallery_are_linked_and_paths_are_relative(collection, ex
         assert Path(item.assets["footprints"].get_absolute_href()) == \
             exported / "buildings.parquet"
     links = {link.rel: link for link in collection.links}
-    assert Path(links["via"].href) == DEFAULT_PATH
-    assert links["describedby"].href.endswith("MODEL_CARD.md")
-    assert Path(links["describedby"].href).is_file()
+    assert Path(links["via"].href) == DEFAULT_PATH  # outside the folder: absolute
+    card = Path(links["describedby"].get_absolute_href())
+    assert card == exported / "stac" / "MODEL_CARD.md"
+    assert card.read_bytes() == (DEFAULT_PATH / "MODEL_CARD.md").read_bytes()
     stac_dir = exported / "stac"
     for document in [stac_dir / "collection.json", *stac_dir.glob("*/*.json")]:
         raw = json.loads(document.read_text())
         hrefs = [a["href"] for a in raw.get("assets", {}).values()] + \
-            [link["href"] for link in raw["links"] if link["rel"] not in ("via", "describedby")]
+            [link["href"] for link in raw["links"] if link["rel"] != "via"]
         assert hrefs and not any(os.path.isabs(h) for h in hrefs), document
+
+
+def test_file_assets_carry_their_size_and_sha256_multihash(collection):
+    checked = 0
+    for item in collection.get_items():
+        assert "zarr" in item.assets  # a folder: no file fields
+        for key in ("probability", "mask", "footprints"):
+            asset = item.assets[key]
+            data = Path(asset.get_absolute_href()).read_bytes()
+            fields = FileExtension.ext(asset)
+            assert fields.size == len(data)
+            assert fields.checksum == "1220" + hashlib.sha256(data).hexdigest()
+            checked += 1
+    assert checked and any("/file/" in e for e in collection.get_item(
+        next(iter(i.id for i in collection.get_items()))).stac_extensions)
+
+
+def test_the_copied_folder_resolves_every_asset_and_validates(exported, tmp_path):
+    """The whole output folder copied elsewhere, the original gone: every link and asset
+    resolves inside the copy, and the Collection and Items pass the core STAC schemas
+    (which pystac ships; extension schemas would be fetched over the network)."""
+    copy = tmp_path / "elsewhere" / "moved"
+    shutil.copytree(exported, copy)
+    hidden = exported.with_name(exported.name + "-hidden")
+    exported.rename(hidden)
+    try:
+        collection = pystac.Collection.from_file(str(copy / "stac" / "collection.json"))
+        items = list(collection.get_items())
+        assert items
+        for owner in [collection, *items]:
+            for key, asset in owner.assets.items():
+                target = Path(asset.get_absolute_href())
+                assert target.is_relative_to(copy) and target.exists(), (owner.id, key)
+            document = owner.to_dict(include_self_link=False)
+            document["stac_extensions"] = []
+            assert validate_dict(document), owner.id
+        card = next(link for link in collection.links if link.rel == "describedby")
+        assert Path(card.get_absolute_href()).is_relative_to(copy)
+        with xr.open_dataset(items[0].assets["zarr"].get_absolute_href(),
+                             **XarrayAssetsExtension.ext(items[0].assets["zarr"]).open_kwargs,
+                             mask_and_scale=False) as ds:
+            assert ds["mask"].size > 0
+    finally:
+        hidden.rename(exported)
+
+
+def test_items_are_dated_by_the_acquisition_time_the_archive_recorded(tmp_path):
+    source = crop_raster(sample_path("atlanta-pan"), 460, tmp_path / "atlanta.tif")
+    with rasterio.open(source, "r+") as dst:
+        dst.update_tags(TIFFTAG_DATETIME="2021:06:05 10:11:12")
+    result = ingest([source], tmp_path / "archive.zarr")
+    assert result.ok, result
+    store = write_blobs(Archive.open(tmp_path / "archive.zarr"), tmp_path / "maps.zarr")
+    write_collection(store, tmp_path / "stac")
+    collection = pystac.Collection.from_file(str(tmp_path / "stac" / "collection.json"))
+    (item,) = collection.get_items()
+    assert item.datetime == datetime(2021, 6, 5, 10, 11, 12, tzinfo=UTC)
+    assert item.common_metadata.created == datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert "start_datetime" not in item.properties
+    assert collection.extent.temporal.intervals == [[item.datetime, item.datetime]]
 
 
 # --- STAC in -----------------------------------------------------------------------------------

@@ -1,15 +1,20 @@
 """A STAC Collection describing a finished run, for catalogue tools (pystac, stac-browser,
 QGIS's STAC source).
 
-One Item per scene, with its footprint in WGS 84, the projection of its grid (``proj:``),
-the store's Zarr group (opened with xarray through ``xarray:open_kwargs``), its COGs
-(``raster:bands`` says how to read the values) and the footprints file as assets, and links
-to the model gallery and its model card. Links and local asset paths are relative, so the
-folder can move together with the files it names.
+One Item per scene, with its footprint in WGS 84, its acquisition time where the archive
+recorded one, the projection of its grid (``proj:``), the store's Zarr group (opened with
+xarray through ``xarray:open_kwargs``), its COGs (``raster:bands`` says how to read the
+values) and the footprints file as assets, each file with its size and checksum
+(``file:``), and links to the model gallery and a copy of its model card.
+
+The *output folder* is the one holding the STAC folder (``predict``'s folder, a run's
+``OUT.zarr``): links, and hrefs of what lies inside it, are relative, so the folder can be
+copied anywhere whole; files outside it keep absolute paths, which a copy does not carry.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from datetime import UTC, datetime
@@ -19,8 +24,11 @@ from typing import Any
 import numpy as np
 import pystac
 import shapely
+import zarr
+import zarr.errors
 from pyproj import CRS, Transformer
 from pystac.extensions.classification import Classification, ClassificationExtension
+from pystac.extensions.file import FileExtension
 from pystac.extensions.projection import ProjectionExtension
 from pystac.extensions.raster import DataType, RasterBand, RasterExtension
 from pystac.extensions.xarray_assets import XarrayAssetsExtension
@@ -29,9 +37,10 @@ from shapely.geometry import box, mapping
 from shapely.geometry.polygon import orient
 
 from resflow import storage
+from resflow.archive import SCENES
 from resflow.export.cog import cog_names
 from resflow.export.files import replacing
-from resflow.export.footprints import WGS84, footprint_format
+from resflow.export.footprints import MEDIA_TYPES, WGS84, footprint_format
 from resflow.export.settings import default_min_building_m2
 from resflow.gallery import DEFAULT_PATH
 from resflow.store.format import Encoding, scene_file
@@ -40,8 +49,9 @@ from resflow.store.writer import OutputStore
 
 COLLECTION_FILE = "collection.json"
 ZARR_MEDIA_TYPE = "application/vnd+zarr"
-PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
 MODEL_CARD = "MODEL_CARD.md"
+SHA2_256 = "1220"
+"""Multihash prefix of a SHA2-256 digest (code 0x12, 32 bytes), as ``file:checksum`` wants."""
 #: Points added along each edge of a scene before reprojecting it, so the WGS 84 footprint
 #: follows the curved edges of a projected grid...
 EDGE_POINTS = 21
@@ -79,6 +89,7 @@ def write_collection(store: OutputStore, stac_dir: Path | str, *,
     (root_dir / COLLECTION_FILE).unlink(missing_ok=True)
     settings = run_settings(store)
     when = _made_at(store)
+    acquired = _acquired(store)
     run_min_building = default_min_building_m2(store)
     if threshold is None:
         rule = (f"probability above {settings.get('threshold', 0.5):g}, groups under "
@@ -87,16 +98,18 @@ def write_collection(store: OutputStore, stac_dir: Path | str, *,
         rule = (f"probability above {threshold:g}, groups under "
                 f"{run_min_building if min_building_m2 is None else min_building_m2:g} m^2 dropped "
                 "(re-cut by `resflow export`)")
-    items = [_scene_item(store, maps, when, cog_dir, footprints, rule)
+    items = [_scene_item(store, maps, when, acquired.get(maps.scene), cog_dir, footprints, rule)
              for maps in (SceneMaps.open(store, scene, gsd)
                           for scene, gsd in scene_gsd_m(store).items())]
-    collection = _collection(store, items, when, settings, footprints)
+    card = _copy_model_card(settings, root_dir)
+    collection = _collection(store, items, when, settings, footprints, card)
     collection.catalog_type = pystac.CatalogType.SELF_CONTAINED
-    collection.normalize_hrefs(str(root_dir.absolute()))
-    collection.make_asset_hrefs_relative()
-    collection.make_all_asset_hrefs_relative()
-    written = []
     root_abs = root_dir.absolute()
+    collection.normalize_hrefs(str(root_abs))
+    folder = root_abs.parent
+    for owner in [collection, *items]:
+        _portable_hrefs(owner, folder)
+    written = []
     for item in items:
         # An Item's file is <group>/<group>.json: kept inside stac_dir whatever the store says
         target = scene_file(root_abs, os.path.relpath(item.get_self_href(), root_abs), store)
@@ -107,6 +120,29 @@ def write_collection(store: OutputStore, stac_dir: Path | str, *,
     return written
 
 
+def _portable_hrefs(owner: pystac.Item | pystac.Collection, folder: Path) -> None:
+    """Make the hrefs of ``owner``'s local assets inside ``folder`` relative to ``owner``'s
+    own file; those outside stay absolute, as a copy of the folder does not carry them."""
+    base = Path(owner.get_self_href()).parent
+    for asset in owner.assets.values():
+        if os.path.isabs(asset.href) and Path(asset.href).is_relative_to(folder):
+            asset.href = os.path.relpath(asset.href, base)
+
+
+def _copy_model_card(settings: dict[str, Any], root_dir: Path) -> Path | None:
+    """Copy the gallery's model card into the STAC folder, so the Collection's
+    ``describedby`` link travels with it; None where the gallery has none."""
+    gallery = (storage.normalise(settings["gallery"]) if settings.get("gallery")
+               else DEFAULT_PATH)
+    card = storage.join(gallery, MODEL_CARD)
+    if not storage.exists(card):
+        return None
+    target = root_dir / MODEL_CARD
+    with replacing(target) as partial:
+        partial.write_bytes(storage.read_bytes(card))
+    return target
+
+
 def _write_json(path: Path, document: dict[str, Any]) -> Path:
     with replacing(path) as partial:
         partial.write_text(json.dumps(document, indent=2) + "\n")
@@ -114,11 +150,29 @@ def _write_json(path: Path, document: dict[str, Any]) -> Path:
 
 
 def _made_at(store: OutputStore) -> datetime:
-    """When the run finished (its report), else when the store was made: resflow archives
-    do not record acquisition times, so an Item's ``datetime`` is the map's."""
+    """When the run finished (its report), else when the store was made: the Items'
+    ``created``."""
     attrs = root_attributes(store)
     stamp = (attrs.get("run_report") or {}).get("finished_utc") or attrs.get("created_utc")
     return datetime.fromisoformat(stamp) if stamp else datetime.now(UTC)
+
+
+def _acquired(store: OutputStore) -> dict[str, datetime]:
+    """Scene -> acquisition time, as ingest recorded it in the archive (``acquired_utc``,
+    from the source's ``TIFFTAG_DATETIME``); empty where the archive is gone or unreadable,
+    or its scenes record none."""
+    location = root_attributes(store).get("archive")
+    if not location:
+        return {}
+    try:
+        root = zarr.open_group(storage.zarr_store(storage.normalise(location), read_only=True),
+                               mode="r")
+        scenes = root[SCENES]
+        stamps = {scene: scenes[scene].attrs.get("acquired_utc") for scene in store.groups
+                  if scene in scenes}
+    except (OSError, KeyError, ValueError, zarr.errors.ZarrError):
+        return {}
+    return {scene: datetime.fromisoformat(stamp) for scene, stamp in stamps.items() if stamp}
 
 
 def _local_href(location: Path | str) -> str:
@@ -128,8 +182,11 @@ def _local_href(location: Path | str) -> str:
 
 
 def _scene_item(store: OutputStore, maps: SceneMaps, when: datetime,
-                cog_dir: Path | str | None, footprints: Path | str | None,
-                mask_rule: str) -> pystac.Item:
+                acquired: datetime | None, cog_dir: Path | str | None,
+                footprints: Path | str | None, mask_rule: str) -> pystac.Item:
+    """The scene's Item. ``datetime`` is the acquisition time; without one it is null and
+    ``start_datetime``/``end_datetime`` (which STAC then requires) are both the run's time,
+    as is ``created``."""
     group = store.groups[maps.scene]
     height, width = maps.shape
     crs = CRS.from_wkt(maps.crs_wkt)
@@ -142,7 +199,10 @@ def _scene_item(store: OutputStore, maps: SceneMaps, when: datetime,
         shapely.segmentize(corners, edge), lambda xy: _transformed(to_wgs84, xy)),
         FOOTPRINT_TOLERANCE_DEG))
     item = pystac.Item(id=group, geometry=mapping(footprint), bbox=list(footprint.bounds),
-                       datetime=when, properties={"title": maps.scene})
+                       datetime=acquired, properties={"title": maps.scene},
+                       start_datetime=None if acquired else when,
+                       end_datetime=None if acquired else when)
+    item.common_metadata.created = when
     item.common_metadata.gsd = maps.gsd_m
     epsg = crs.to_epsg()
     ProjectionExtension.ext(item, add_if_missing=True).apply(
@@ -169,10 +229,20 @@ def _scene_item(store: OutputStore, maps: SceneMaps, when: datetime,
             Classification.create(value=1, description="building", name="building",
                                   color_hint="E6281E")])
     if footprints is not None:
-        item.add_asset("footprints", _footprints_asset(
-            Path(footprints), f"this scene's buildings are the rows with scene == "
-            f"{maps.scene!r}"))
+        _add_footprints(item, Path(footprints), f"this scene's buildings are the rows with "
+                        f"scene == {maps.scene!r}")
     return item
+
+
+def _file_fields(asset: pystac.Asset, path: Path) -> pystac.Asset:
+    """Add ``file:size`` (bytes) and ``file:checksum`` (SHA2-256 multihash) of ``path``."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    fields = FileExtension.ext(asset, add_if_missing=True)
+    fields.size, fields.checksum = path.stat().st_size, SHA2_256 + digest.hexdigest()
+    return asset
 
 
 def _transformed(transformer: Transformer, xy: np.ndarray) -> np.ndarray:
@@ -186,21 +256,25 @@ def _add_cog(item: pystac.Item, key: str, path: Path, title: str, description: s
     asset = pystac.Asset(str(path.absolute()), title=title, description=description,
                          media_type=pystac.MediaType.COG, roles=["data"])
     item.add_asset(key, asset)
+    _file_fields(asset, path)
     scale = {} if encoding.scale == 1 else {"scale": encoding.scale, "offset": 0.0}
     RasterExtension.ext(asset, add_if_missing=True).apply(bands=[RasterBand.create(
         nodata=encoding.nodata, data_type=DataType.UINT8, **scale)])
     return asset
 
 
-def _footprints_asset(path: Path, description: str) -> pystac.Asset:
-    media = ("application/geo+json" if footprint_format(path) == "geojson"
-             else PARQUET_MEDIA_TYPE)
-    return pystac.Asset(str(path.absolute()), title="building footprints (WGS 84)",
-                        description=description, media_type=media, roles=["data"])
+def _add_footprints(owner: pystac.Item | pystac.Collection, path: Path,
+                    description: str) -> None:
+    asset = pystac.Asset(str(path.absolute()), title="building footprints (WGS 84)",
+                         description=description, media_type=MEDIA_TYPES[footprint_format(path)],
+                         roles=["data"])
+    owner.add_asset("footprints", asset)
+    _file_fields(asset, path)
 
 
 def _collection(store: OutputStore, items: list[pystac.Item], when: datetime,
-                settings: dict[str, Any], footprints: Path | str | None) -> pystac.Collection:
+                settings: dict[str, Any], footprints: Path | str | None,
+                card: Path | None) -> pystac.Collection:
     name = Path(storage.display(store.path).rstrip("/")).name
     boxes = [item.bbox for item in items if item.bbox] or [[-180.0, -90.0, 180.0, 90.0]]
     union = [min(b[0] for b in boxes), min(b[1] for b in boxes),
@@ -213,21 +287,26 @@ def _collection(store: OutputStore, items: list[pystac.Item], when: datetime,
                      f"{settings.get('archive', 'an imagery archive')} with the model "
                      f"gallery {gallery}, one Item per scene."),
         extent=pystac.Extent(pystac.SpatialExtent([union, *boxes]),
-                             pystac.TemporalExtent([[when, when]])),
+                             pystac.TemporalExtent([_interval(items, when)])),
         license="other")
     collection.add_link(pystac.Link("via", _href(gallery), title="model gallery "
                                     "(manifest.json, weights, model card)"))
-    card = storage.join(gallery, MODEL_CARD)
-    if storage.exists(card):
-        collection.add_link(pystac.Link("describedby", _href(card),
-                                        media_type="text/markdown", title="model card"))
+    if card is not None:  # beside collection.json, so the link is its bare name
+        collection.add_link(pystac.Link("describedby", card.name, media_type="text/markdown",
+                                        title="model card (a copy)"))
     collection.add_asset("zarr", pystac.Asset(_local_href(store.path), title="output store",
                                               media_type=ZARR_MEDIA_TYPE, roles=["data"]))
     if footprints is not None:
-        collection.add_asset("footprints", _footprints_asset(
-            Path(footprints), "every scene's buildings, one row per building"))
+        _add_footprints(collection, Path(footprints),
+                        "every scene's buildings, one row per building")
     collection.add_items(items)
     return collection
+
+
+def _interval(items: list[pystac.Item], when: datetime) -> list[datetime]:
+    """First and last acquisition of the Items, or the run's time where none has one."""
+    times = sorted(item.datetime for item in items if item.datetime is not None)
+    return [times[0], times[-1]] if times else [when, when]
 
 
 def _href(location: Path | str) -> str:
