@@ -181,6 +181,13 @@ def test_cog_metadata_says_how_to_read_probability_and_mask(synthetic, tmp_path)
         ramp = src.colormap(1)
         assert ramp[0] != ramp[127] != ramp[254] and ramp[NOT_MAPPED][3] == 0
         assert ramp[254][0] > ramp[127][0] > ramp[0][0]                # a ramp, low to high
+        # the colour table does not bend averaged overviews: within rounding of the mean
+        step = src.overviews(1)[0]
+        h, w = src.height // step, src.width // step
+        blocks = src.read(1)[:h * step, :w * step].astype(float).reshape(h, step, w, step)
+        whole = (blocks != NOT_MAPPED).all(axis=(1, 3))
+        overview = src.read(1, out_shape=(h, w)).astype(float)
+        assert np.abs(overview - blocks.mean(axis=(1, 3)))[whole].max() <= 0.5
     with rasterio.open(tmp_path / f"{group}_mask.tif") as src:
         colours = src.colormap(1)
         assert colours[1] == MASK_COLOURS[1] and colours[1][0] > 200  # buildings red

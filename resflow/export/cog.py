@@ -41,10 +41,10 @@ mapped) and nodata (not mapped)."""
 MASK_CLASSES = {0: "background", 1: "building"}
 """Class names of the mask values, as GDAL category names and the band's ``CLASS_<n>`` tags."""
 
-RAMP_ENDS = ((68, 1, 84), (253, 231, 37))
-"""Probability colour ramp, RGB at 0 and at 1 (viridis' ends). It is linear in every
-channel, so GDAL's averaging of a paletted band for overviews (by colour, then the nearest
-entry) gives the average value to within one step."""
+RAMP_ENDS = ((0, 0, 254), (254, 254, 0))
+"""Probability colour ramp, RGB at 0 (blue) and at 1 (yellow): every channel moves one unit
+per stored step, so GDAL's averaging of a paletted band for overviews (it averages colours,
+then takes the nearest entry) gives the same overviews as averaging the values."""
 
 
 def probability_colours(nodata: int | None) -> dict[int, tuple[int, int, int, int]]:
