@@ -25,7 +25,6 @@ import numpy as np
 import pystac
 import shapely
 import zarr
-import zarr.errors
 from pyproj import CRS, Transformer
 from pystac.extensions.classification import Classification, ClassificationExtension
 from pystac.extensions.file import FileExtension
@@ -159,18 +158,19 @@ def _made_at(store: OutputStore) -> datetime:
 
 def _acquired(store: OutputStore) -> dict[str, datetime]:
     """Scene -> acquisition time, as ingest recorded it in the archive (``acquired_utc``,
-    from the source's ``TIFFTAG_DATETIME``); empty where the archive is gone or unreadable,
-    or its scenes record none."""
-    location = root_attributes(store).get("archive")
-    if not location:
+    from the source's ``TIFFTAG_DATETIME``); empty where the archive is not a local folder
+    (a URL is shown without its credentials, so it is not read), is gone or unreadable, or
+    its scenes record none."""
+    recorded = root_attributes(store).get("archive")
+    location = storage.normalise(recorded) if recorded else None
+    if not isinstance(location, Path) or not location.is_dir():
         return {}
     try:
-        root = zarr.open_group(storage.zarr_store(storage.normalise(location), read_only=True),
-                               mode="r")
+        root = zarr.open_group(storage.zarr_store(location, read_only=True), mode="r")
         scenes = root[SCENES]
         stamps = {scene: scenes[scene].attrs.get("acquired_utc") for scene in store.groups
                   if scene in scenes}
-    except (OSError, KeyError, ValueError, zarr.errors.ZarrError):
+    except (OSError, KeyError, ValueError):  # zarr's errors are ValueErrors
         return {}
     return {scene: datetime.fromisoformat(stamp) for scene, stamp in stamps.items() if stamp}
 
