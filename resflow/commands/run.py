@@ -149,8 +149,8 @@ def run_command(
         "bucket before stage 3 (RESFlow's shape). Same maps")] = None,
     cog: Annotated[Path | None, typer.Option(help="also write one COG per scene here")] = None,
     footprints: Annotated[Path | None, typer.Option(
-        help="also write building footprints to this file (GeoParquet, or RFC 7946 GeoJSON "
-        "for .geojson), in WGS 84")] = None,
+        help="also write building footprints to this file, in WGS 84, in the format of its "
+        "suffix: .gpkg, .fgb, .parquet or .geojson (RFC 7946)")] = None,
     stac: Annotated[bool | None, typer.Option(
         "--stac/--no-stac", help="write a STAC Collection of the maps (default: on)")] = None,
     stac_dir: Annotated[Path | None, typer.Option(
