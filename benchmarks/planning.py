@@ -94,6 +94,7 @@ def measure_store(n: int, workdir: Path) -> dict[str, Any]:
     """Create the output store for ``n`` synthetic scenes: seconds, objects and bytes."""
     from resflow.archive import Archive
     from resflow.planning import shard_edge
+    from resflow.store import lock
     from resflow.store.writer import OutputStore
 
     archive = Archive(workdir / "archive.zarr", synthetic_scenes(n), [])
@@ -106,6 +107,7 @@ def measure_store(n: int, workdir: Path) -> dict[str, Any]:
     result = {"scenes": n, "create_s": seconds, "objects": len(files),
               "mib": sum(p.stat().st_size for p in files) / 2**20}
     shutil.rmtree(out)
+    lock.release(out)  # the store's writer lock, which a run gives back when it ends
     return result
 
 

@@ -181,6 +181,7 @@ def run_graph(config: RunConfig, executor: Executor) -> RunResult:
     start = time.perf_counter()
     settings = settings_from_config(config)
     archive = Archive.open(settings.archive)
+    archive.check()
     # verified here, before any task is shipped
     gallery = load_gallery(settings.gallery, settings.gallery_version)
     check_resolution(archive, gallery)

@@ -49,6 +49,7 @@ def check_run(config: RunConfig) -> str:
             raise ConfigError(f"field '{field}'", f"a run needs an {field} path",
                               f"give the {field} on the command line or in the YAML file")
     archive = Archive.open(config.archive)  # type: ignore[arg-type]
+    archive.check()  # a damaged scene is one refusal here, not a failure in every task
     check_resolution(archive, load_gallery(config.gallery))  # load verifies every sha256
     return OutputStore.check_target(config.out, archive, overwrite=config.overwrite,  # type: ignore[arg-type]
                                     resume=config.resume,

@@ -246,9 +246,6 @@ class _HostileArchive:
         self.scenes = {name: replace(info, name=name)
                        for name in ("../../evil", "/etc/passwd", "..", "run_report.json")}
 
-    def check(self) -> None:
-        """Its arrays are the real archive's, under other names: nothing to check."""
-
     def chips(self) -> list[ChipRef]:
         return [ChipRef(name, r, c, y0, x0, h, w, info.chip, 0.0, 1.0)
                 for name, info in self.scenes.items()

@@ -156,13 +156,9 @@ class OutputStore:
         ------
         OutputComplete, ResflowError
             As :meth:`create`.
-        InputError
-            A scene of the archive whose arrays do not match its metadata
-            (:meth:`resflow.archive.Archive.check`).
         """
         out = storage.normalise(out_path)
         refuse_archive_path(out, archive.path)
-        archive.check()  # a damaged scene is one refusal here, not a failure per task
         lock.check_free(out)
         if not storage.occupied(out):
             return "new"
