@@ -154,8 +154,8 @@ def test_resume_reuses_the_archive_and_the_finished_chips_and_overwrite_starts_a
                                     "--overwrite"])
     assert west_only.exit_code == 0, west_only.output
     assert {scene for scene, _ in stored(out / "maps.zarr")} == {"west"}
-    assert sorted(p.name for p in (out / "cogs").iterdir()) == ["west_mask.tif",
-                                                                "west_probability.tif"]
+    assert sorted(p.name for p in (out / "cogs").iterdir()) == [
+        "west_mask.tif", "west_mask.tif.aux.xml", "west_probability.tif"]
     assert not (out / "archive.zarr").exists()
 
 
