@@ -124,8 +124,9 @@ def _portable_hrefs(owner: pystac.Item | pystac.Collection, folder: Path) -> Non
     own file; those outside stay absolute, as a copy of the folder does not carry them."""
     base = Path(owner.get_self_href()).parent
     for asset in owner.assets.values():
-        if os.path.isabs(asset.href) and Path(asset.href).is_relative_to(folder):
-            asset.href = os.path.relpath(asset.href, base)
+        target = Path(os.path.normpath(asset.href))  # without "..", which is_relative_to keeps
+        if target.is_absolute() and target.is_relative_to(os.path.normpath(folder)):
+            asset.href = os.path.relpath(target, base)
 
 
 def _copy_model_card(settings: dict[str, Any], root_dir: Path) -> Path | None:
