@@ -213,6 +213,12 @@ def test_items_are_dated_by_the_acquisition_time_the_archive_recorded(tmp_path):
     assert item.common_metadata.created == datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
     assert "start_datetime" not in item.properties
     assert collection.extent.temporal.intervals == [[item.datetime, item.datetime]]
+    shutil.rmtree(tmp_path / "archive.zarr")  # as predict removes it: no time to read
+    write_collection(store, tmp_path / "undated")
+    (undated,) = pystac.Collection.from_file(
+        str(tmp_path / "undated" / "collection.json")).get_items()
+    assert undated.datetime is None
+    assert undated.common_metadata.start_datetime == item.common_metadata.created
 
 
 # --- STAC in -----------------------------------------------------------------------------------
