@@ -188,6 +188,9 @@ def test_a_concurrent_overwrite_is_refused_while_a_run_writes(
         assert writer.stdout.readline().strip() == "holding"
         for resume, overwrite in ((False, True), (True, False)):
             with pytest.raises(StoreLocked, match=f"process {writer.pid} on "):
+                OutputStore.check_target(out, archive, overwrite=overwrite, resume=resume,
+                                         run_config={})  # what `resflow run` checks first
+            with pytest.raises(StoreLocked, match=f"process {writer.pid} on "):
                 OutputStore.create(out, archive, overwrite=overwrite, resume=resume,
                                    run_config={})
         assert (out / "zarr.json").is_file()  # the first run's output is untouched
@@ -216,6 +219,19 @@ def test_a_deleted_archive_chunk_fails_its_chips_and_resume_maps_them(
     chunk.write_bytes(kept)
     report = resflow.run(archive.path, out, backend="local", device="cpu", resume=True)
     assert not report.errors and OutputStore.open(out).complete
+
+
+def test_a_lock_left_by_a_run_on_another_host_is_refused_until_removed(
+        two_archives: tuple[Archive, Archive], tmp_path: Path) -> None:
+    archive, out = two_archives[0], tmp_path / "maps.zarr"
+    left = tmp_path / "maps.zarr.lock"
+    left.write_text(json.dumps({"pid": 1, "host": "elsewhere.example",
+                                "started_utc": "2026-01-01T00:00:00+00:00"}))
+    with pytest.raises(StoreLocked, match=r"process 1 on elsewhere\.example") as refused:
+        OutputStore.create(out, archive, run_config={})
+    assert str(left) in refused.value.fix and not out.exists()
+    left.unlink()
+    OutputStore.create(out, archive, run_config={}).record_unfinished({})
 
 
 # --- labels ---------------------------------------------------------------------------------

@@ -531,12 +531,14 @@ def test_a_scene_declaring_a_huge_size_is_refused_before_its_pixels_are_read(
 
 
 @pytest.mark.parametrize(("edit", "problem"), [
-    (lambda m: m["models"]["hashing_head"]["config"].update(hidden=10**9),
-     "hidden=1000000000 is outside 1..4096"),
-    (lambda m: m["models"]["hashing_head"]["config"].update(hidden=1e9),
-     "is not integer in_features, hidden and bits"),
-    (lambda m: m["models"]["mono"].update(config={"channels": 10**6}), "decoders take none"),
-    (lambda m: m["buckets"][0].update(code="1" * 10**5), "is not 16 characters of 0 and 1"),
+    pytest.param(lambda m: m["models"]["hashing_head"]["config"].update(hidden=10**9),
+                 "hidden=1000000000 is outside 1..4096", id="hidden-1e9"),
+    pytest.param(lambda m: m["models"]["hashing_head"]["config"].update(hidden=1e9),
+                 "is not integer in_features, hidden and bits", id="hidden-float"),
+    pytest.param(lambda m: m["models"]["mono"].update(config={"channels": 10**6}),
+                 "decoders take none", id="decoder-config"),
+    pytest.param(lambda m: m["buckets"][0].update(code="1" * 10**5),
+                 "is not 16 characters of 0 and 1", id="long-code"),
 ])
 def test_a_gallery_asking_for_huge_models_is_refused_before_the_output_exists(
         edit, problem: str, tmp_path: Path) -> None:
