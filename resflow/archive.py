@@ -14,6 +14,10 @@ The archive may be a local folder or an object-storage URL (:mod:`resflow.storag
 scene group opens with plain ``xarray.open_zarr(path, group="scenes/<name>")`` and
 rioxarray's ``.rio.crs`` / ``.rio.transform()``. Only scenes whose ``complete`` attribute
 is true are listed: an interrupted ingest never yields a scene that looks finished.
+
+Every chunk of ``image`` is stored, fill-valued ones too, so a chunk missing where a chip
+holds valid pixels is a loss, refused when read (a chip failure, not fill read as
+pixels); :meth:`Archive.check` refuses scene metadata that no longer matches its arrays.
 """
 
 from __future__ import annotations
