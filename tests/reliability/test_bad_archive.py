@@ -49,10 +49,11 @@ def _noise(shape: tuple[int, ...], dtype: str, seed: int = 0) -> np.ndarray:
     return (np.random.default_rng(seed).random(shape) * 1000).astype(dtype)
 
 
-def bad_folder(folder: Path) -> dict[str, str]:
-    """Write every case into ``folder``; returns file name -> the text its error must hold."""
+def bad_folder(folder: Path, good: Path) -> dict[str, str]:
+    """Write every case into ``folder``, beside a copy of the raster ``good``; returns file
+    name -> the text its error must hold."""
     folder.mkdir()
-    shutil.copy(sample_path("rotterdam-ms1"), folder / "good.tif")
+    shutil.copy(good, folder / "good.tif")
     nan_inf = _noise((3, 200, 200), "float32")
     nan_inf[0, 10:20, 10:20] = np.nan
     nan_inf[1, 50:60, 50:60] = np.inf
@@ -77,9 +78,10 @@ def bad_folder(folder: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def bad_archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+def bad_archive(cropped_sources: Path, tmp_path_factory: pytest.TempPathFactory
+                ) -> tuple[Path, dict[str, str]]:
     tmp = tmp_path_factory.mktemp("bad-inputs")
-    expected = bad_folder(tmp / "rasters")
+    expected = bad_folder(tmp / "rasters", cropped_sources / sample_path("rotterdam-ms1").name)
     archive = tmp / "mixed.zarr"
     done = resflow("ingest", str(tmp / "rasters"), "--out", str(archive), "--chip", "128")
     assert done.returncode != 0  # some inputs were refused, and ingest says so
