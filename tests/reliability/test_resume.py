@@ -86,4 +86,6 @@ def test_interrupt_kill_and_resume(backend: str, small_archive: Path, run_config
     store = OutputStore.open(out)
     assert store.complete and len(store.done_chips()) == total
     assert_identical(out, reference_maps)
-    assert resflow(*args[1:], "--resume").stdout.startswith("nothing to do")
+    # 5. once more: refused as complete before any engine starts (so in-process here)
+    finished = CliRunner().invoke(app, [*args[1:], "--resume"])
+    assert finished.exit_code == 0 and finished.stdout.startswith("nothing to do")
