@@ -31,7 +31,7 @@ class ChipFailure:
     ref
         The chip.
     stage
-        The stage it failed in (``resflow.graph.STAGE1`` ...).
+        The stage it failed in (``resflow.inference.settings.STAGE1`` ...).
     problem
         What went wrong, one sentence.
     """

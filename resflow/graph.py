@@ -1,8 +1,8 @@
 """The inference graph, defined once for every engine, in two plans with the same maps.
 
 This module is the orchestration: it plans on the driver (:mod:`resflow.planning`), wires
-the task functions (:mod:`resflow.tasks`, run on the workers) into an engine's graph, and
-adds up what the tasks report. The ``regrouped`` plan is RESFlow's shape::
+the task functions (:mod:`resflow.inference`, run on the workers) into an engine's graph,
+and adds up what the tasks report. The ``regrouped`` plan is RESFlow's shape::
 
     partitions of whole output shards
       -> stage 1  read prediction windows, Lite0 features       (GPU stage)
@@ -15,7 +15,7 @@ adds up what the tasks report. The ``regrouped`` plan is RESFlow's shape::
       -> one summary per partition
 
 The ``fused`` plan (the default) runs the same three stages of a partition, and its writes,
-in one task (:func:`resflow.tasks.fused_stages`): each prediction window
+in one task (:func:`resflow.inference.fused.fused_stages`): each prediction window
 (:mod:`resflow.windows`) is read once, with its halo, and no pixels cross processes. With
 every bucket's model already loaded in each worker, the regroup buys nothing but two
 shuffles, a second read of every window and barriers between stages;
@@ -23,8 +23,8 @@ shuffles, a second read of every window and barriers between stages;
 task per stage, so a stage encodes each window once.
 
 The driver never holds a record per chip: partitions are runs of shards, tasks return one
-:class:`~resflow.tasks.PartitionSummary` each, and a :class:`~resflow.tasks.Tally` adds them
-up as they arrive.
+:class:`~resflow.inference.summary.PartitionSummary` each, and a
+:class:`~resflow.inference.summary.Tally` adds them up as they arrive.
 """
 
 from __future__ import annotations
@@ -36,12 +36,32 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from resflow import storage
 from resflow.archive import Archive
 from resflow.bars import RunProgress
 from resflow.config import RunConfig
-from resflow.executor import CPU, Executor, StageResources, block_of
+from resflow.executor import CPU, Executor, StageResources
 from resflow.failures import ChipFailure, empty_scene_errors
+from resflow.inference.caches import load_gallery, preload_models
+from resflow.inference.fused import fused_stages
+from resflow.inference.regrouped import (
+    failing_stage,
+    origin_key,
+    regroup_key,
+    stage1_features,
+    stage2_hashing,
+    stage3_segment,
+    write_stage,
+)
+from resflow.inference.settings import (
+    FUSED,
+    STAGE1,
+    STAGE2,
+    STAGE3,
+    WRITE,
+    GraphSettings,
+    settings_from_config,
+)
+from resflow.inference.summary import Tally
 from resflow.planning import (
     Partition,
     bucket_splits,
@@ -53,39 +73,6 @@ from resflow.planning import (
 from resflow.preflight import check_resolution
 from resflow.store.format import STAC_FOLDER
 from resflow.store.writer import OutputStore
-from resflow.tasks import (
-    FUSED,
-    STAGE1,
-    STAGE2,
-    STAGE3,
-    WRITE,
-    GraphSettings,
-    Tally,
-    failing_stage,
-    fused_stages,
-    gallery_key,
-    load_gallery,
-    preload_models,
-    stage1_features,
-    stage2_hashing,
-    stage3_segment,
-    write_stage,
-)
-
-
-def settings_from_config(config: RunConfig) -> GraphSettings:
-    """The task settings of a run, the gallery's version (its manifest's sha256) pinned
-    here so that every task maps with the gallery the run started with."""
-    if config.archive is None or config.out is None:
-        raise ValueError("a run needs both an archive and an output location")
-    return GraphSettings(archive=storage.normalise(config.archive), gallery=config.gallery,
-                         out=storage.normalise(config.out),
-                         halo=config.halo, window=config.window,
-                         threshold=config.threshold,
-                         min_building_m2=config.min_building_m2,
-                         split_dip=config.split_dip, device=config.device,
-                         torch_threads=config.torch_threads,
-                         gallery_version=gallery_key(config.gallery)[1])
 
 
 @dataclass
@@ -112,28 +99,14 @@ class RunResult:
         return sorted(self.totals.failures, key=lambda f: f.ref)
 
 
-def regroup_key(splits: int, per_block: int, partitions: int, blocks: int, record: Any) -> int:
-    """Stage-3 partition of a regrouped-plan record: one per (block, bucket, split), in the
-    block of the partition the chip was planned in; everything that is not a routed chip
-    goes to its block's first stage-3 partition."""
-    base = block_of(record.origin, partitions, blocks) * per_block
-    bucket = getattr(record, "bucket", None)
-    return base if bucket is None else base + bucket * splits + record.split
-
-
-def origin_key(record: Any) -> int:
-    """The partition a record was planned in: where the regrouped plan writes it."""
-    return record.origin
-
-
 def build_graph(executor: Executor, settings: GraphSettings, partitions: list[Partition],
                 n_buckets: int, partition_chips: int, plan_name: str = "fused") -> Any:
     """The graph on ``executor``; returns the collection of partition summaries.
 
     ``fused``: one task per partition runs stages 1 to 3 and writes its shards
-    (:func:`~resflow.tasks.fused_stages`). ``regrouped``: stage 1 and stage 2 per partition,
-    a regroup by bucket, stage 3 per (block, bucket, split), a regroup back by partition,
-    and the writes; both regroups stay within blocks of ``FAN_IN`` partitions. Both write
+    (:func:`~resflow.inference.fused.fused_stages`). ``regrouped``: stage 1 and stage 2 per
+    partition, a regroup by bucket, stage 3 per (block, bucket, split), a regroup back by
+    partition, and the writes; both regroups stay within blocks of ``FAN_IN`` partitions. Both write
     the same maps; see ``RunConfig.plan``.
     """
     gpu = StageResources(cpus=settings.torch_threads, gpu=executor.gpu_share)

@@ -41,8 +41,8 @@ def check_run(config: RunConfig) -> str:
         ``--resume`` over a complete output.
     """
     from resflow.archive import Archive
+    from resflow.inference.caches import gallery_key, load_gallery
     from resflow.store.writer import OutputStore
-    from resflow.tasks import gallery_key, load_gallery
 
     for field in ("archive", "out"):
         if getattr(config, field) is None:

@@ -13,16 +13,11 @@ from pyproj import CRS
 from resflow.archive import Archive
 from resflow.chips import chip_grid, symmetric_index, window_km2
 from resflow.harmonise import harmonise
+from resflow.inference.caches import load_gallery
+from resflow.inference.clock import Clock
+from resflow.inference.settings import STAGE1, GraphSettings
+from resflow.inference.window_work import WindowFailed, encode_window, windows_of
 from resflow.storage import RetryCount
-from resflow.tasks import (
-    STAGE1,
-    GraphSettings,
-    WindowFailed,
-    _Clock,
-    encode_window,
-    load_gallery,
-    windows_of,
-)
 from resflow.windows import window_of
 
 CPU = torch.device("cpu")
@@ -115,10 +110,10 @@ def test_an_unreadable_window_fails_its_chips_alone(sample_archive: Path,
     assert bad_chips == refs[:2]
     gallery = load_gallery(None)
     with pytest.raises(WindowFailed, match="reading its window of chips failed") as failed:
-        encode_window(settings, gallery, CPU, archive, bad, STAGE1, RetryCount(), _Clock())
+        encode_window(settings, gallery, CPU, archive, bad, STAGE1, RetryCount(), Clock())
     assert failed.value.stage == STAGE1
     source, _, _ = encode_window(settings, gallery, CPU, archive, good, STAGE1, RetryCount(),
-                                 _Clock())
+                                 Clock())
     assert source.valid.shape == (512 + 2 * settings.halo,) * 2
 
 

@@ -13,7 +13,7 @@ import pytest
 from resflow_dask.settings import DaskConfig
 
 from resflow.executor import StageResources, TaskEnv
-from resflow.graph import preload_models
+from resflow.inference.caches import preload_models
 from tests.allocations import FRESH_MMAP_FAULTS, faults_per_alloc
 from tests.overlap import meet, meetings, peak_together
 

@@ -104,7 +104,7 @@ def test_default_gallery_loads_and_verifies():
 def test_a_run_pins_its_gallery_version(written, tmp_path):
     """A task process holding the run's gallery version reads nothing; one that must load
     the gallery refuses it once it was replaced mid-run, naming both versions."""
-    from resflow.tasks import gallery_key, load_gallery
+    from resflow.inference.caches import gallery_key, load_gallery
 
     folder = _copy(written[0], tmp_path / "g")
     version = gallery_key(folder)[1]

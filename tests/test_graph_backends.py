@@ -15,14 +15,12 @@ import pytest
 from resflow.archive import Archive
 from resflow.config import RunConfig
 from resflow.executor import Executor, TaskEnv
-from resflow.graph import RunResult, run_graph, settings_from_config
+from resflow.graph import RunResult, run_graph
+from resflow.inference.fused import fused_stages
+from resflow.inference.settings import GraphSettings, settings_from_config
 from resflow.local import LocalExecutor
 from resflow.planning import plan
 from resflow.store.writer import OutputStore
-from resflow.tasks import (
-    GraphSettings,
-    fused_stages,
-)
 
 BACKENDS = ("local", "dask", "spark")
 PLANS = ("fused", "regrouped")

@@ -14,8 +14,8 @@ from typer.testing import CliRunner, Result
 from resflow.archive import Archive
 from resflow.cli import app
 from resflow.config import RunConfig
+from resflow.inference.caches import gallery_key
 from resflow.store.writer import OutputStore
-from resflow.tasks import gallery_key
 
 runner = CliRunner()
 

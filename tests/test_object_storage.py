@@ -193,7 +193,7 @@ def test_a_gallery_in_the_bucket_is_read_through_a_verified_local_copy(
     those of the same gallery on disk, and a changed manifest is fetched again."""
     import fsspec
 
-    from resflow.tasks import gallery_folder
+    from resflow.inference.caches import gallery_folder
 
     fs = fsspec.filesystem("s3", skip_instance_cache=True)
     fs.put(str(engine_gallery), f"{bucket}/gallery", recursive=True)

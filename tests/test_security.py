@@ -166,7 +166,7 @@ def test_a_bucket_gallery_with_escaping_keys_writes_nothing_outside_and_fails_th
     boto3.client("s3", endpoint_url=s3.url).put_object(Bucket=gallery_bucket, Key=key,
                                                        Body=b"echo pwned\n")
     before = files_under(tmp_path)
-    from resflow.tasks import gallery_folder
+    from resflow.inference.caches import gallery_folder
 
     with pytest.raises(InputError, match=r"PWNED\.txt: the object key .* would lead "
                        r"outside .*'\.\.' component.*Fix: remove or rename the object"):
@@ -186,7 +186,7 @@ def test_a_bucket_gallery_with_escaping_keys_writes_nothing_outside_and_fails_th
 
 def test_a_clean_bucket_gallery_is_copied_into_a_private_cache(
         gallery_bucket: str, private_tmp: Path, engine_gallery: Path) -> None:
-    from resflow.tasks import gallery_folder
+    from resflow.inference.caches import gallery_folder
 
     copy = gallery_folder(f"s3://{gallery_bucket}/gal")
     cache = private_tmp / f"resflow-cache-{os.getuid()}"
@@ -198,7 +198,7 @@ def test_a_clean_bucket_gallery_is_copied_into_a_private_cache(
 @pytest.mark.parametrize("planted", ["link", "shared"])
 def test_a_planted_or_shared_cache_folder_is_refused(gallery_bucket: str, private_tmp: Path,
                                                      tmp_path: Path, planted: str) -> None:
-    from resflow.tasks import gallery_folder
+    from resflow.inference.caches import gallery_folder
 
     cache = private_tmp / f"resflow-cache-{os.getuid()}"
     if planted == "link":

@@ -12,6 +12,9 @@ from resflow.archive import Archive
 from resflow.devices import resolve_device
 from resflow.errors import ConfigError
 from resflow.gallery import write_gallery
+from resflow.inference.clock import Clock
+from resflow.inference.settings import STAGE1, GraphSettings
+from resflow.inference.window_work import encode_window, segment_window, windows_of
 from resflow.models import (
     BuildingSegmenter,
     FeatureExtractor,
@@ -23,14 +26,6 @@ from resflow.models import (
 from resflow.stages import decode, encode, extract_features, map_codes, segment
 from resflow.storage import RetryCount
 from resflow.store.format import NOT_MAPPED, quantise
-from resflow.tasks import (
-    STAGE1,
-    GraphSettings,
-    _Clock,
-    encode_window,
-    segment_window,
-    windows_of,
-)
 
 CPU = torch.device("cpu")
 
@@ -228,7 +223,7 @@ def test_a_window_is_segmented_as_its_model_maps_the_window(two_model_gallery,
     refs = archive.chips(["sample_geotiff"])[:3]  # two windows: chips 0-1 and chip 2
     (first, pair), (second, single) = windows_of(settings, archive, refs).items()
     assert pair == refs[:2] and single == refs[2:] and first.shape == second.shape == (512, 512)
-    clock, retries = _Clock(), RetryCount()
+    clock, retries = Clock(), RetryCount()
     source, embedding, maps = encode_window(settings, gallery, CPU, archive, first, STAGE1,
                                             retries, clock)
     assert embedding.shape == (1, 1280) and source.valid.shape == (576, 576)
