@@ -1,4 +1,4 @@
-"""The GPU check (benchmarks/gpu_check.py), rehearsed on the CPU: the summary it writes, how
+"""The GPU check (benchmarks/gpu_check/), rehearsed on the CPU: the summary it writes, how
 it packs what travels to the GPU host, and how it checks the carried wheels' requirements."""
 
 from __future__ import annotations
@@ -9,7 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import gpu_check
+from benchmarks.gpu_check.card import summarise_samples
+from benchmarks.gpu_check.cli import main
+from benchmarks.gpu_check.compare import TOLERANCES
+from benchmarks.gpu_check.options import CheckOptions
+from benchmarks.gpu_check.pack import pack
+from benchmarks.gpu_check.rates import RESFLOW_KM2_PER_S
+from benchmarks.gpu_check.wheels import (
+    CARRIED,
+    PREINSTALLED,
+    uncovered_dependencies,
+    unmet_requirements,
+)
 from resflow.archive import Archive
 
 
@@ -17,10 +28,10 @@ from resflow.archive import Archive
 def test_the_check_runs_on_the_cpu_and_writes_its_summary(cropped_archive: Path,
                                                           tmp_path: Path) -> None:
     out = tmp_path / "results"
-    code = gpu_check.main(["run", "--archive", str(cropped_archive), "--out", str(out),
-                           "--logs", str(tmp_path / "logs"), "--device", "cpu", "--quick",
-                           "--engines", "local,nothing", "--batch-sizes", "1,2",
-                           "--compare-chips", "2", "--sweep-chips", "3"])
+    code = main(["run", "--archive", str(cropped_archive), "--out", str(out),
+                 "--logs", str(tmp_path / "logs"), "--device", "cpu", "--quick",
+                 "--engines", "local,nothing", "--batch-sizes", "1,2",
+                 "--compare-chips", "2", "--sweep-chips", "3"])
     summary = json.loads((out / "gpu-check.json").read_text())
     assert code == 1  # the unknown engine fails its runs; every step still ran
     assert all(step["status"] == "ok" for step in summary["steps"].values())
@@ -36,7 +47,7 @@ def test_the_check_runs_on_the_cpu_and_writes_its_summary(cropped_archive: Path,
     assert comparison["windows"] == 1 and comparison["chips"] > 2
     assert comparison["bitwise_equal"]
     assert comparison["within_tolerance"] and set(comparison["within"]) == set(
-        gpu_check.TOLERANCES)
+        TOLERANCES)
     route = summary["input_route"]  # the GPU's way in, rehearsed on the CPU
     assert route["blocks_bitwise_equal"] and route["quantise_bitwise_equal"]
     assert route["windows"] == 1 and route["chips"] == comparison["chips"]
@@ -51,7 +62,7 @@ def test_the_check_runs_on_the_cpu_and_writes_its_summary(cropped_archive: Path,
         assert point["windows"] == 1 and point["chips"] == comparison["chips"]
         assert point["chips_per_s"] > 0
         assert point["of_resflow"] == pytest.approx(
-            point["km2_per_s_at_0_5m"] / gpu_check.RESFLOW_KM2_PER_S)
+            point["km2_per_s_at_0_5m"] / RESFLOW_KM2_PER_S)
         assert point["nvidia_smi"] == {"skipped": "nvidia-smi not found"}
 
     local = summary["engines"]["local"]
@@ -76,7 +87,7 @@ def test_the_check_runs_on_the_cpu_and_writes_its_summary(cropped_archive: Path,
 def test_the_check_predicts_the_graphs_windows() -> None:
     from resflow.config import RunConfig
 
-    options = gpu_check.CheckOptions(archive=Path("a"), out=Path("b"))
+    options = CheckOptions(archive=Path("a"), out=Path("b"))
     assert (options.window, options.halo) == (RunConfig().window, RunConfig().halo)
 
 
@@ -85,8 +96,8 @@ def test_a_cuda_check_without_a_gpu_stops_at_once(tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     out = tmp_path / "results"
-    code = gpu_check.main(["run", "--archive", str(tmp_path / "absent"), "--out", str(out),
-                           "--logs", str(tmp_path / "logs")])
+    code = main(["run", "--archive", str(tmp_path / "absent"), "--out", str(out),
+                 "--logs", str(tmp_path / "logs")])
     summary = json.loads((out / "gpu-check.json").read_text())
     assert code == 2 and list(summary["steps"]) == ["device"]
     assert "torch sees no GPU" in summary["steps"]["device"]["error"]
@@ -108,29 +119,29 @@ def test_unmet_requirements_follow_markers_versions_and_the_host(tmp_path: Path)
                                           "torch>=2", "delta; extra == 'docs'"]),
         _wheel(tmp_path, "beta", "1.5", []),
     ]
-    assert gpu_check.unmet_requirements(wheels, ["torch"], "3.12") == [
+    assert unmet_requirements(wheels, ["torch"], "3.12") == [
         "alpha-1.0-py3-none-any.whl: beta>=2 (carried 1.5)"]
     assert "alpha-1.0-py3-none-any.whl: gamma; python_version < \"3.12\"" in \
-        gpu_check.unmet_requirements(wheels, ["torch"], "3.11")
+        unmet_requirements(wheels, ["torch"], "3.11")
 
 
 def test_every_dependency_of_resflow_has_a_place_on_the_host() -> None:
-    assert gpu_check.uncovered_dependencies() == []
-    assert not set(gpu_check.CARRIED) & set(gpu_check.PREINSTALLED)
-    assert "torch" not in gpu_check.CARRIED
+    assert uncovered_dependencies() == []
+    assert not set(CARRIED) & set(PREINSTALLED)
+    assert "torch" not in CARRIED
 
 
 def test_packing_fills_each_part_before_the_next() -> None:
     sizes = {"weights.whl": 16.6, "proj.whl": 9.1, "codecs.whl": 8.9, "core.whl": 2.2,
              "archive": 3.0}
-    parts = gpu_check.pack(sizes, capacity=24.9)
+    parts = pack(sizes, capacity=24.9)
     assert parts == [["weights.whl", "archive", "core.whl"], ["proj.whl", "codecs.whl"]]
     with pytest.raises(ValueError, match="alone exceeds"):
-        gpu_check.pack({"big.whl": 30.0}, capacity=24.9)
+        pack({"big.whl": 30.0}, capacity=24.9)
 
 
 def test_nvidia_smi_samples_are_summarised() -> None:
-    summary = gpu_check.summarise_samples(["30, 1000, 100.5", "90, 3000, [N/A]", "garbage"])
+    summary = summarise_samples(["30, 1000, 100.5", "90, 3000, [N/A]", "garbage"])
     assert summary["samples"] == 2
     assert summary["utilization_pct"] == {"mean": 60.0, "max": 90.0}
     assert summary["memory_used_mib"]["max"] == 3000.0
