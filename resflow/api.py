@@ -219,10 +219,14 @@ def _run_config(caller: str, **settings: Any) -> RunConfig:
 
 
 def _backend(config: RunConfig) -> type[Executor]:
-    """The run's engine class (:func:`resflow.plugins.load_backend`)."""
+    """The run's engine class (:func:`resflow.plugins.load_backend`), refused here, before
+    any work, when it cannot run the run's plan (:func:`resflow.preflight.check_plan`)."""
     from resflow.plugins import load_backend
+    from resflow.preflight import check_plan
 
-    return load_backend(config.backend)
+    engine = load_backend(config.backend)
+    check_plan(engine, config.plan)
+    return engine
 
 
 def _run_graph(config: RunConfig, session: dict[str, Any], *, progress: bool) -> RunReport:

@@ -1,7 +1,7 @@
 """The small interface every resflow engine implements, so the graph is written once.
 
-The graph in :mod:`resflow.graph` needs five operations on partitioned collections, and
-nothing else:
+The graph in :mod:`resflow.graph` needs four operations on partitioned collections, a fifth
+(``group_by_key``) for its ``regrouped`` plan only, and nothing else:
 
 ``from_partitions(parts)``
     A collection whose partitions are the given lists of records (chip references).
@@ -11,9 +11,12 @@ nothing else:
     backend shows it as :func:`stage_key`); ``resources`` is a :class:`StageResources`
     stating what one task of the stage needs; ``env`` is the :class:`TaskEnv` the task runs
     in, which names the GPU the task was given, if any.
-``group_by_key(coll, key, npartitions, blocks=1)``
+``group_by_key(coll, key, npartitions, blocks=1)``, optional
     Regroup records so that all records with the same ``key(record)`` share one output
-    partition (the shuffle between stage 2 and stage 3). Which partition a key lands in is a
+    partition (the shuffle between stage 2 and stage 3 of the ``regrouped`` plan; the
+    default ``fused`` plan never regroups). An engine without it runs the ``fused`` plan,
+    and a run asking it for ``plan: regrouped`` is refused before any work
+    (:meth:`Executor.regroups`). Which partition a key lands in is a
     stable function of the key, not of Python's per-process ``hash``. With ``blocks=B`` the
     caller promises that records of input block ``b`` (consecutive partitions, see
     :func:`block_of`) only go to output block ``b``, so an engine may wire each output to
@@ -305,11 +308,23 @@ class Executor(ABC):
     ) -> Any:
         """Apply ``fn(records, env)`` to each partition as one task of stage ``name``."""
 
-    @abstractmethod
     def group_by_key(self, coll: Any, key: Callable[[Any], Hashable], npartitions: int, *,
                      blocks: int = 1) -> Any:
         """Regroup records so equal keys share a partition (see :func:`stable_partition`);
-        ``blocks`` bounds the fan-in (module docstring)."""
+        ``blocks`` bounds the fan-in (module docstring).
+
+        Optional: only the ``regrouped`` plan calls it, and runs refuse that plan on an
+        engine that does not override it (:meth:`regroups`), so this default is never
+        reached from a run.
+        """
+        raise NotImplementedError(f"the '{self.name}' engine does not implement group_by_key, "
+                                  "so it runs the fused plan only")
+
+    @classmethod
+    def regroups(cls) -> bool:
+        """Whether the engine implements :meth:`group_by_key`, which the ``regrouped`` plan
+        needs; read from the class, so a run is refused before the engine is built."""
+        return cls.group_by_key is not Executor.group_by_key
 
     @abstractmethod
     def collect(self, coll: Any) -> list[Any]:

@@ -70,7 +70,7 @@ from resflow.planning import (
     shard_edge,
     task_slots,
 )
-from resflow.preflight import check_resolution
+from resflow.preflight import check_plan, check_resolution
 from resflow.store.format import STAC_FOLDER
 from resflow.store.writer import OutputStore
 
@@ -147,11 +147,13 @@ def run_graph(config: RunConfig, executor: Executor) -> RunResult:
     resflow.store.targets.OutputComplete
         ``resume`` over a complete output (nothing to do).
     ResflowError
-        for an unusable archive, gallery or output location, before any task runs.
+        for an unusable archive, gallery or output location, or a plan the engine cannot
+        run, before any task runs.
     """
     from resflow.report import BucketUse, ClusterShape, RunReport
 
     start = time.perf_counter()
+    check_plan(type(executor), config.plan)
     settings = settings_from_config(config)
     archive = Archive.open(settings.archive)
     archive.check()

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from resflow.errors import ConfigError, InputError
+from resflow.errors import BackendError, ConfigError, InputError
 from resflow.resolution import matches
 
 if TYPE_CHECKING:
     from resflow.archive import Archive
     from resflow.config import RunConfig
+    from resflow.executor import Executor
     from resflow.gallery import Gallery
 
 
@@ -36,14 +37,17 @@ def check_run(config: RunConfig) -> str:
     Raises
     ------
     ResflowError
-        naming the file or field at fault (archive, gallery manifest or weight file, output).
+        naming the file or field at fault (archive, gallery manifest or weight file, output),
+        or the engine that cannot run the plan asked for (:func:`check_plan`).
     resflow.store.targets.OutputComplete
         ``--resume`` over a complete output.
     """
     from resflow.archive import Archive
     from resflow.inference.caches import gallery_key, load_gallery
+    from resflow.plugins import load_backend
     from resflow.store.writer import OutputStore
 
+    check_plan(load_backend(config.backend), config.plan)
     for field in ("archive", "out"):
         if getattr(config, field) is None:
             raise ConfigError(f"field '{field}'", f"a run needs an {field} path",
@@ -55,6 +59,24 @@ def check_run(config: RunConfig) -> str:
                                     resume=config.resume,
                                     run_config=config.model_dump(mode="json"),
                                     gallery_version=gallery_key(config.gallery)[1])
+
+
+def check_plan(engine: type[Executor], plan: str) -> None:
+    """Refuse the ``regrouped`` plan on an engine that does not implement ``group_by_key``.
+
+    The regroup is optional in the engine contract (:mod:`resflow.executor`): the default
+    ``fused`` plan never calls it, so such an engine runs every other run as it is.
+
+    Raises
+    ------
+    BackendError
+        naming the engine and the plan that it can run.
+    """
+    if plan == "regrouped" and not engine.regroups():
+        raise BackendError(f"backend '{engine.name}'", f"the '{engine.name}' engine does not "
+                           "implement group_by_key, which the regrouped plan needs",
+                           "set plan: fused in the run config (the default), which writes "
+                           "the same maps without a regroup")
 
 
 def check_resolution(archive: Archive, gallery: Gallery) -> None:

@@ -12,10 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from resflow.archive import Archive
 from resflow.config import RunConfig
-from resflow.executor import Executor, StageResources, TaskEnv, stable_partition
+from resflow.errors import BackendError
+from resflow.executor import CPU, Executor, StageResources, TaskEnv, stable_partition
+from resflow.graph import run_graph
 from resflow.local import LocalExecutor
 from resflow.plugins import list_backends
+from resflow.preflight import check_plan
 from resflow.report import ClusterShape
 from tests.fixtures_engines import ON_SHARED_SESSION, build_engine
 
@@ -55,6 +59,19 @@ def run_small_graph(executor: Executor) -> list[tuple[int, int, int]]:
     return executor.collect(executor.map_partitions(regrouped, tag_with_group, name="segment"))
 
 
+def run_fused_graph(executor: Executor) -> list[tuple[int, int, int]]:
+    """The fused plan's shape: stages one after the other on the same partitions."""
+    parts = executor.from_partitions(PARTITIONS)
+    features = executor.map_partitions(parts, square, name="features")
+    return executor.collect(executor.map_partitions(features, tag_with_group, name="segment"))
+
+
+def needs_regroup(executor: Executor) -> None:
+    """Skip a check of ``group_by_key`` on an engine that leaves it out (it is optional)."""
+    if not executor.regroups():
+        pytest.skip(f"{executor.name} does not implement group_by_key: it runs the fused plan")
+
+
 @pytest.fixture(params=BACKENDS)
 def executor(request: pytest.FixtureRequest) -> Iterator[Executor]:
     with build_engine(request.param, request) as ex:
@@ -62,14 +79,21 @@ def executor(request: pytest.FixtureRequest) -> Iterator[Executor]:
 
 
 def test_same_records_on_every_engine(executor: Executor) -> None:
+    needs_regroup(executor)
     expected = run_small_graph(LocalExecutor(gpus=[], progress=False))
     assert sorted(run_small_graph(executor)) == sorted(expected)
     assert len(expected) == sum(map(len, PARTITIONS))
 
 
 def test_regroup_puts_each_key_in_its_stable_partition(executor: Executor) -> None:
+    needs_regroup(executor)
     for key, _, partition in run_small_graph(executor):
         assert partition == stable_partition(key, 2)
+
+
+def test_stages_without_a_regroup_keep_each_record_in_its_partition(executor: Executor) -> None:
+    expected = [(r % 3, r * r, i) for i, part in enumerate(PARTITIONS) for r in part]
+    assert sorted(run_fused_graph(executor)) == sorted(expected)
 
 
 def test_task_env_names_stage_and_partition(executor: Executor) -> None:
@@ -138,3 +162,48 @@ def test_engine_owns_its_settings_and_flags(name: str) -> None:
         assert RunConfig().model_dump(mode="json")[name] == settings.model_dump(mode="json")
         assert {o.field for o in cls.cli_options} <= set(cls.config_model.model_fields)
     assert all(isinstance(v, str) for v in cls.environment().values())
+
+
+class FusedOnly(Executor):
+    """An engine that leaves ``group_by_key`` out: the local engine's other operations."""
+
+    name = "fusedonly"
+
+    def __init__(self) -> None:
+        self.local = LocalExecutor(gpus=[], progress=False)
+
+    @classmethod
+    def from_config(cls, config: RunConfig, *, progress: bool = True) -> FusedOnly:
+        return cls()
+
+    def from_partitions(self, partitions):
+        return self.local.from_partitions(partitions)
+
+    def map_partitions(self, coll, fn, *, name, resources=CPU):
+        return self.local.map_partitions(coll, fn, name=name, resources=resources)
+
+    def collect(self, coll):
+        return self.local.collect(coll)
+
+    def describe(self):
+        return {**self.local.describe(), "backend": self.name}
+
+
+@pytest.mark.slow
+def test_an_engine_without_group_by_key_runs_fused_and_is_refused_regrouped(
+        cropped_archive: Path, engine_gallery: Path, tmp_path: Path) -> None:
+    engine = FusedOnly()
+    assert not FusedOnly.regroups() and LocalExecutor.regroups()
+    settings = dict(archive=cropped_archive, gallery=engine_gallery, backend="local",
+                    device="cpu", window=2, partition_chips=4)
+    done = run_graph(RunConfig(out=tmp_path / "fused.zarr", **settings), engine)
+    assert done.totals.complete and done.totals.chips > 0
+    assert done.totals.chips + done.totals.empty_chips == len(Archive.open(cropped_archive).chips())
+    assert done.report.backend == "fusedonly"
+    refused = tmp_path / "regrouped.zarr"
+    with pytest.raises(BackendError, match=r"^backend 'fusedonly': the 'fusedonly' engine does "
+                       r"not implement group_by_key, .* Fix: set plan: fused"):
+        run_graph(RunConfig(out=refused, plan="regrouped", **settings), engine)
+    assert not refused.exists()  # refused before any work: no output store
+    check_plan(FusedOnly, "fused")
+    check_plan(LocalExecutor, "regrouped")

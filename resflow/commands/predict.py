@@ -86,6 +86,7 @@ def predict_command(
     from resflow.commands.run import execute_run, flag_settings
     from resflow.errors import ResflowError
     from resflow.plugins import load_backend
+    from resflow.preflight import check_plan
     from resflow.store.targets import OutputComplete
 
     try:
@@ -101,7 +102,8 @@ def predict_command(
     if settings is None:  # --print-config
         return
     try:
-        load_backend(settings.backend)  # an engine that will not load: before any work
+        # an engine that will not load, or cannot run the plan: refused before any work
+        check_plan(load_backend(settings.backend), settings.plan)
         job = prediction.start(folder, sources, resume=settings.resume,
                             overwrite=settings.overwrite)
         refused = prediction.prepare_archive(job, sources, ingest_config, rgb=bands,
