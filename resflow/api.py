@@ -187,13 +187,13 @@ def predict(sources: Sequence[storage.Location], out: storage.Location, backend:
     from resflow.config import IngestConfig
 
     folder = jobs.PredictFolder.at(out)
-    placed = sorted(set(settings) & set(jobs.run_settings(folder)))
+    placed = sorted(set(settings) & set(jobs.folder_settings(folder)))
     if placed:
         raise ConfigError(f"resflow.predict: field '{placed[0]}'", "predict places the "
                           "archive, the maps and the exports in its folder itself",
                           "leave it out; the files go under out")
     config = _run_config("resflow.predict", backend=backend, **settings,
-                         **jobs.run_settings(folder))
+                         **jobs.folder_settings(folder))
     session = _session(_backend(config), client)
     job = jobs.start(folder, sources, resume=config.resume, overwrite=config.overwrite)
     refused = jobs.prepare_archive(job, sources, ingest or IngestConfig(), rgb=rgb,

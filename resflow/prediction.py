@@ -293,7 +293,7 @@ def finish(job: Job, *, keep_archive: bool) -> Path | None:
     return None
 
 
-def run_settings(folder: PredictFolder) -> dict[str, Any]:
+def folder_settings(folder: PredictFolder) -> dict[str, Any]:
     """The run settings that place a run's store and exports in ``folder``."""
     return {"archive": folder.archive, "out": folder.maps, "cog_dir": folder.cogs,
             "footprints": folder.footprints, "stac": True, "stac_dir": folder.stac}

@@ -15,7 +15,13 @@ from typing import Annotated, Any
 
 import typer
 
-from resflow.commands.options import Backend, ConfigFile, PrintConfig, Sets, run_settings
+from resflow.commands.options import (
+    Backend,
+    ConfigFile,
+    PrintConfig,
+    Sets,
+    resolve_run_config,
+)
 from resflow.commands.run import with_engine_flags
 
 logger = logging.getLogger(__name__)
@@ -55,7 +61,7 @@ def demo_command(
         logger.warning("--workdir is deprecated; write --work-dir")
         work_dir = old_work_dir
     archive, out = work_dir / "samples.zarr", work_dir / "buildings.zarr"
-    settings = run_settings(
+    settings = resolve_run_config(
         config, sets, print_config, archive=archive, out=out, backend=backend, overwrite=True,
         cog_dir=work_dir / "cog", footprints=work_dir / "buildings.geojson",
         **(engine_settings or {}))

@@ -68,8 +68,8 @@ def show_config(settings: BaseModel) -> None:
     typer.echo(dump_config(settings), nl=False)
 
 
-def run_settings(config: Path | None, sets: list[str] | None, print_config: bool,
-                 **overrides: Any) -> Any:
+def resolve_run_config(config: Path | None, sets: list[str] | None, print_config: bool,
+                       **overrides: Any) -> Any:
     """The run config of ``run`` and ``demo``, resolved from ``--config``, ``--set`` and the
     command's flags (:func:`resflow.config.load_config`); ``None`` once ``--print-config``
     has printed it. Bad settings end the command: the error on stderr, exit code 2."""

@@ -98,7 +98,7 @@ def predict_command(
         logger.error("%s", err)
         raise typer.Exit(2) from None
     settings = flag_settings(**run_flags, engine_settings=engine_settings,
-                             **prediction.run_settings(folder))
+                             **prediction.folder_settings(folder))
     if settings is None:  # --print-config
         return
     try:

@@ -25,7 +25,7 @@ from resflow.commands.options import (
     PlanChoice,
     PrintConfig,
     Sets,
-    run_settings,
+    resolve_run_config,
 )
 from resflow.executor import CliOption
 
@@ -182,12 +182,14 @@ def flag_settings(config: Path | None, sets: list[str] | None, print_config: boo
                   device: DeviceChoice | None = None, resume: bool = False,
                   overwrite: bool = False, engine_settings: dict[str, Any] | None = None,
                   **fields: Any) -> RunConfig | None:
-    """The run config of ``run``'s flags (:func:`resflow.commands.options.run_settings`), the
-    other flags given as the run config's fields; ``None`` once ``--print-config`` printed
-    it. Flags left off (``None``, ``False``) leave the file's and ``--set``'s values."""
-    return run_settings(config, sets, print_config, device=device.value if device else None,
-                        resume=resume or None, overwrite=overwrite or None, **fields,
-                        **(engine_settings or {}))
+    """The run config of ``run``'s flags
+    (:func:`resflow.commands.options.resolve_run_config`), the other flags given as the run
+    config's fields; ``None`` once ``--print-config`` printed it. Flags left off (``None``,
+    ``False``) leave the file's and ``--set``'s values."""
+    return resolve_run_config(config, sets, print_config,
+                              device=device.value if device else None,
+                              resume=resume or None, overwrite=overwrite or None, **fields,
+                              **(engine_settings or {}))
 
 
 def execute_run(settings: RunConfig) -> None:

@@ -82,8 +82,8 @@ def radiometric_jitter(images: torch.Tensor, valid: torch.Tensor,
     return out * valid
 
 
-def encode(encoder: EfficientNetLite0, images: np.ndarray, target: np.ndarray,
-           weight: np.ndarray, augment: bool = True, seed: int = 0) -> Encoded:
+def encode_training(encoder: EfficientNetLite0, images: np.ndarray, target: np.ndarray,
+                    weight: np.ndarray, augment: bool = True, seed: int = 0) -> Encoded:
     """Run the frozen encoder once per chip and augmentation.
 
     Parameters
@@ -159,7 +159,7 @@ def train_decoder(train: Encoded, validation: Encoded | None, *,
     Parameters
     ----------
     train, validation
-        From :func:`encode`; without validation the last step is kept.
+        From :func:`encode_training`; without validation the last step is kept.
     init
         Decoder to fine-tune (copied, never modified); a fresh one when ``None``.
     steps, batch, lr

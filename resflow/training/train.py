@@ -56,8 +56,12 @@ from resflow.training.config import TrainConfig
 from resflow.training.labels import Labels, load_labels, rasterise
 from resflow.training.metrics import Scores, score_scene
 from resflow.training.regions import region_rows, split_regions
-from resflow.training.segmentation import Encoded, evaluate_loss, train_decoder
-from resflow.training.segmentation import encode as encode_training
+from resflow.training.segmentation import (
+    Encoded,
+    encode_training,
+    evaluate_loss,
+    train_decoder,
+)
 from resflow.windows import group_by_window
 
 CPU = torch.device("cpu")
