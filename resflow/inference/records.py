@@ -3,7 +3,8 @@
 Stage 1 turns a partition into :class:`Features` (and a :class:`Planned` for the partition
 itself), stage 2 into :class:`Routed`, stage 3 into :class:`Segmented`; failures travel as
 :class:`~resflow.failures.ChipFailure` and storage retries as :class:`StorageRetries`, all
-back to the task that writes the partition (``origin``). Each is small and picklable.
+back to the task that writes the partition (``origin``). All are picklable; only
+:class:`Segmented` carries pixels (a chip's quantised maps).
 """
 
 from __future__ import annotations

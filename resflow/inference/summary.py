@@ -80,6 +80,7 @@ class PartitionSummary(Tally):
     #: the partition's index in the plan
     partition: int = -1
 
+
 def failed_partition(partition: Partition, stage: str, exc: Exception) -> PartitionSummary:
     """A partition whose task failed outside any one chip: its shards are reported lost
     (the archive itself may be what failed, so chips are not expanded)."""
