@@ -1,12 +1,15 @@
-"""resflow's studies, kept out of the core ``resflow`` package.
+"""resflow's studies, kept out of the ``resflow`` package and out of its wheel and sdist:
+they run from a checkout of the repository (``python -m benchmarks.<study>`` from its root).
 
 * :mod:`benchmarks.engine_study`: the comparative performance study behind
   ``resflow bench`` (every engine against the compute limit and a hand-written loop,
-  scaling, sweeps); installed with the distribution so the command finds it, and needs the
-  ``bench`` extra (``pip install -e ".[bench]"``);
+  scaling, sweeps), which finds it in the checkout it runs from; needs the ``bench`` extra
+  (``pip install -e ".[bench]"``);
 * :mod:`benchmarks.accuracy` and :mod:`benchmarks.default_gallery`: the accuracy study and
   the bundled gallery's retraining (``python -m benchmarks.accuracy``, ``make gallery``);
-* ``soak.py`` and ``malloc_trim.py``: the soak test and the malloc profile, run as scripts.
+* :mod:`benchmarks.gpu_check`: resflow on one CUDA GPU of a host without a package index;
+* ``soak.py`` and ``malloc_trim.py``: the soak test (``python -m benchmarks.soak``) and
+  the malloc profile (``python benchmarks/malloc_trim.py``).
 
 Results and their analysis are in ``benchmarks/README.md``.
 """

@@ -12,7 +12,7 @@ time, and whether the output is complete and equal, bit for bit, to the clean ru
 
 Usage::
 
-    python benchmarks/soak.py --work-dir /tmp/soak --kills 3 --json benchmarks/results/soak.json
+    python -m benchmarks.soak --work-dir /tmp/soak --kills 3 --json benchmarks/results/soak.json
 
 Everything binds to 127.0.0.1; every process started is killed by pid before exit.
 """

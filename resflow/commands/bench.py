@@ -1,13 +1,16 @@
 """``resflow bench``: every engine against the compute limit and a hand-written loop.
 
-The study itself is not part of the core: it lives in :mod:`benchmarks.engine_study`
-(installed with the distribution, with its own ``bench`` extra) and is imported only when the
-command runs, so a core install without it still has every other command.
+The study lives in the repository's ``benchmarks/`` folder (:mod:`benchmarks.engine_study`,
+with its own ``bench`` extra), which never ships in the wheel: benchmarks are not part of
+the product. The command imports it only when it runs, from a checkout: one already on
+``sys.path``, the source tree of an editable install, or the working directory. An
+installed wheel has no studies, and the command says how to get them.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Annotated
@@ -20,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 #: Top-level modules the study imports that only the ``bench`` extra installs.
 BENCH_EXTRA: tuple[str, ...] = ("psutil",)
+#: The study's package, relative to the root of a resflow checkout.
+STUDY_PACKAGE = Path("benchmarks", "engine_study", "__init__.py")
 
 
 def register(app: typer.Typer) -> None:
@@ -75,26 +80,49 @@ def bench_command(
 
 
 def _study() -> tuple[ModuleType, ModuleType]:
-    """The study's ``study`` and ``tables`` modules, or a :class:`ResflowError` saying what
-    to install when the ``benchmarks`` package or the ``bench`` extra is missing."""
+    """The study's ``study`` and ``tables`` modules, or a :class:`ResflowError` saying how
+    to get them when no checkout holds ``benchmarks`` or the ``bench`` extra is missing."""
     from resflow.errors import ResflowError
 
     try:
-        from benchmarks.engine_study import study, tables
+        return _import_study()
     except ModuleNotFoundError as err:
         missing = (err.name or "").split(".")[0]
+        if missing == "benchmarks" and (root := checkout_root()) is not None:
+            sys.path.insert(0, str(root))
+            return _study()
         if missing == "benchmarks":
             raise ResflowError(
                 "resflow bench",
-                f"the benchmark package benchmarks.engine_study is not importable ({err})",
-                'reinstall resflow from its repository root with the bench extra: '
-                'pip install -e ".[bench]" (or make install)') from None
+                "the benchmark studies (benchmarks.engine_study) ship only with the "
+                "repository, not with the installed package",
+                "clone the resflow repository and run `make bench` from its root") from None
         if missing in BENCH_EXTRA:
             raise ResflowError(
                 "resflow bench", f"the benchmarks need {missing}, which is not installed",
                 'install the bench extra: pip install -e ".[bench]"') from None
         raise
+
+
+def _import_study() -> tuple[ModuleType, ModuleType]:
+    """The import alone, so that :func:`_study` can try it again once a checkout is on
+    ``sys.path``."""
+    from benchmarks.engine_study import study, tables
+
     return study, tables
+
+
+def checkout_root() -> Path | None:
+    """The resflow checkout whose ``benchmarks/`` the command runs, not yet on ``sys.path``:
+    the source tree of an editable install (the studies of the code that runs), else the
+    working directory; ``None`` for an installed wheel run outside a checkout."""
+    import resflow
+
+    on_path = {Path(entry or ".").resolve() for entry in sys.path}
+    for root in (Path(resflow.__file__).parent.parent, Path.cwd()):
+        if (root / STUDY_PACKAGE).is_file() and root.resolve() not in on_path:
+            return root
+    return None
 
 
 def _names(listing: str) -> tuple[str, ...]:
