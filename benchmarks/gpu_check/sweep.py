@@ -1,8 +1,8 @@
 """chips/s of the stage functions per batch size on preloaded windows, one thread
 feeding the device, with peak device memory and ``nvidia-smi`` samples beside.
 
-Preloading takes the archive's reads out of the figure, so it is the ceiling the engines'
-end-to-end runs are set against.
+Preloading takes the archive's reads and the engines out of the figure: it is the models'
+own rate on the device, which the engines' end-to-end runs are read beside.
 """
 
 from __future__ import annotations
