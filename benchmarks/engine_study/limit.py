@@ -2,9 +2,10 @@
 every core.
 
 This is the speed no engine can beat on a machine: the same stage calls the graph makes
-(:mod:`resflow.tasks`, ``encode_window`` and ``segment_window``), over the same prediction
-windows (:mod:`resflow.windows`), with every window already in memory as stored (harmonised
-where the models run, as the graph does), nothing read, written, serialised or scheduled.
+(:mod:`resflow.inference.window_work`, ``encode_window`` and ``segment_window``), over the
+same prediction windows (:mod:`resflow.windows`), with every window already in memory as
+stored (harmonised where the models run, as the graph does), nothing read, written,
+serialised or scheduled.
 Per window: one encoder pass over the window and its halo, one route on its embedding, one
 decode with its bucket's model, quantised and thresholded, and its building mask over the
 whole window. Each stage call uses one torch thread (see the determinism notes in
