@@ -7,8 +7,9 @@ Markers (registered in pyproject.toml): ``slow`` (a test of many seconds: a trai
 runs, clusters of processes), ``spark`` (needs Java: a Spark session or cluster) and ``s3``
 (the session's S3 server). A test is marked ``spark`` or ``s3`` here when it asks for a
 fixture that starts Spark or the S3 server, or is parametrised with ``backend``/``executor``
-"spark"; ``slow`` tests carry their mark in their modules. Where Java is missing, ``spark``
-tests skip and say so.
+"spark"; ``slow`` when it asks for a fixture that trains or maps the whole samples
+(:data:`SLOW_FIXTURES`), other ``slow`` tests carry their mark in their modules. Where Java
+is missing, ``spark`` tests skip and say so.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ ENGINE_PARAMS = ("backend", "executor")
 
 SPARK_FIXTURES = {"spark_session", "spark_output", "test_graph_backends.py::runs"}
 """Fixtures that start Spark (a module's own as ``file::name``)."""
+
+
+SLOW_FIXTURES = {"trained_gallery", "mapped_samples"}
+"""Session fixtures of many seconds on 2 cores: a training, and a run over the whole samples."""
 
 
 def _on_spark(item: pytest.Item) -> bool:
@@ -41,5 +46,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.spark)
         if "s3" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.s3)
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
         if no_java and item.get_closest_marker("spark"):
             item.add_marker(pytest.mark.skip(reason=no_java))

@@ -135,6 +135,7 @@ def test_contract_suite_runs_against_the_new_backend(plugin_path: str) -> None:
     assert ran["skipped"] == ["test_closing_a_shared_engine_keeps_it_running"], ran
 
 
+@pytest.mark.slow  # the contract suite and a whole run
 def test_an_engine_without_group_by_key_passes_the_contract_and_runs_fused_only(
         plugin_path: str, tmp_path: Path) -> None:
     """``group_by_key`` is optional: the contract's regroup checks skip for such an engine,

@@ -248,6 +248,7 @@ def test_the_run_splits_touching_roofs_as_the_scene_wide_cut_does(mapped):
 
 # --- footprints -------------------------------------------------------------------------------
 
+@pytest.mark.slow  # vectorises whole scenes window by window and at once
 @pytest.mark.parametrize("rule", [MaskRule(), MaskRule(0.6, 89, 32)], ids=["mask", "recut"])
 def test_small_windows_give_the_polygons_of_whole_scene_vectorisation(synthetic, mapped, rule):
     for store in (synthetic, mapped):

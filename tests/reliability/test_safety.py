@@ -55,6 +55,7 @@ HOSTILE = ("zarr.json.tif", "run_report.json.tif", "..hidden.tif", "$(touch pwne
            "-rf --no-preserve-root.tif", "new\nline.tif", "ünïcødé 東京.tif")
 
 
+@pytest.mark.slow  # a whole run over seven copies of a scene
 def test_hostile_file_names_cannot_escape_the_output(engine_gallery: Path, cropped_sources: Path,
                                                      tmp_path: Path) -> None:
     from resflow.graph import run_graph
