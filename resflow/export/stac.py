@@ -111,7 +111,7 @@ def write_collection(store: OutputStore, stac_dir: Path | str, *,
     written = []
     for item in items:
         # An Item's file is <group>/<group>.json: kept inside stac_dir whatever the store says
-        target = scene_file(root_abs, os.path.relpath(item.get_self_href(), root_abs), store)
+        target = scene_file(root_dir, os.path.relpath(item.get_self_href(), root_abs), store)
         written.append(_write_json(target, item.to_dict(
             include_self_link=False, transform_hrefs=True)))
     written.append(_write_json(root_dir / COLLECTION_FILE, collection.to_dict(
