@@ -1,21 +1,17 @@
 """Where resflow's stores live: a local folder or an object-storage URL, behind one API.
 
 An archive, a gallery or an output store is a *location*: a local path (``maps.zarr``,
-``file:///data/maps.zarr``) or a URL fsspec understands (``s3://bucket/maps.zarr``,
-``gs://...`` with gcsfs installed). Local paths stay :class:`~pathlib.Path` objects, so the
-local case is exactly what it always was; URLs stay strings.
+``file:///data/maps.zarr``), kept as a :class:`~pathlib.Path`, or a URL fsspec understands
+(``s3://bucket/maps.zarr``, ``gs://...`` with gcsfs installed), kept as a string.
 
-Credentials are never part of resflow's settings: they come from the standard environment
-variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``,
-``AWS_ENDPOINT_URL`` for S3-compatible servers) or a profile (``AWS_PROFILE``), read by the
-storage library itself on every worker, so they never travel with a task, and never reach a
-log, a message or a run report. :func:`display` strips any ``user:secret@`` a URL was given.
+Credentials are never part of resflow's settings: the storage library reads them on every
+worker from the standard environment variables (``AWS_ACCESS_KEY_ID``, ``AWS_PROFILE``,
+``AWS_ENDPOINT_URL``, ...), so they never travel with a task nor reach a log, a message or a
+run report; :func:`display` strips any ``user:secret@`` a URL was given.
 
-Object stores fail transiently (throttling, timeouts, dropped connections). The storage
-library's own silent retries are turned off (:data:`STORAGE_OPTIONS`) and resflow retries a
-whole read or write itself (:func:`retrying`), with exponential backoff, counting each retry
-so the run report can say how flaky the store was. Every chip read and write is idempotent
-(the same bytes), so retrying one is always safe.
+Object stores fail transiently (throttling, timeouts, dropped connections): the storage
+library's silent retries are off (:data:`STORAGE_OPTIONS`) and resflow retries a whole read
+or write itself (:func:`retrying`), counting each retry for the run report.
 """
 
 from __future__ import annotations
@@ -409,6 +405,7 @@ def retrying(operation: Callable[[], T], counter: RetryCount | None = None, *,
     """``operation()``, tried again with exponential backoff while it fails transiently.
 
     Each retry adds one to ``counter``; the last failure, or any permanent one, is raised.
+    Every chip read and write is idempotent (the same bytes), so retrying one is always safe.
 
     >>> calls = []
     >>> def flaky():

@@ -6,9 +6,6 @@ Holding slot ``j`` of device ``i`` means "I am one of at most ``per_device`` use
 ``i``". The operating system drops a lock when its holder exits, so a worker killed with
 ``kill -9`` never leaks its ticket: nothing has to clean up.
 
-Slots are tried level by level (slot 0 of every device, then slot 1 of every device, ...), so
-devices fill evenly before any one of them gets a second user.
-
 Examples
 --------
 >>> import tempfile
@@ -80,6 +77,9 @@ def checkout(
     poll: float = 0.05,
 ) -> Iterator[str]:
     """Hold one ticket for the duration of the ``with`` block and yield its device address.
+
+    Slots are tried level by level (slot 0 of every device, then slot 1 of every device, ...),
+    so devices fill evenly before any one of them gets a second user.
 
     Parameters
     ----------
