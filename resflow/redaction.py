@@ -4,14 +4,7 @@ A run config can hold secrets: an engine setting such as Spark's
 ``spark.hadoop.fs.s3a.secret.key`` under ``spark.conf``, a location or master URL given as
 ``s3://KEY:SECRET@bucket/...``. resflow uses them as given, but everything it writes or
 prints (run reports, store attributes, logs, error messages, the stop message) goes through
-:func:`redact` first, which replaces:
-
-- the value of any setting whose key names a secret (:data:`SECRET_KEY`: ``secret``,
-  ``password``, ``token``, ``credential``, ``access.key``..., any case) by ``"***"``;
-- the user and password of a URL (``scheme://user:secret@host``) by ``***``, wherever the
-  URL appears in a text;
-- the value of a URL query parameter whose name names a secret
-  (``?X-Amz-Signature=...``, ``&token=...``) by ``***``.
+:func:`redact` first.
 
 Credentials belong in the environment or a profile (:mod:`resflow.storage`); this is the
 safety net for those given in settings anyway.
@@ -67,6 +60,14 @@ def redact(value: Any, key: object = None) -> Any:
     a flag or empty), lists and tuples
     too, strings lose URL credentials and secret query values (:func:`redact_text`), other
     values are returned as they are. ``key`` is the name ``value`` is held under, if any.
+    It replaces:
+
+    - the value of any setting whose key names a secret (:data:`SECRET_KEY`: ``secret``,
+      ``password``, ``token``, ``credential``, ``access.key``..., any case) by ``"***"``;
+    - the user and password of a URL (``scheme://user:secret@host``) by ``***``, wherever
+      the URL appears in a text;
+    - the value of a URL query parameter whose name names a secret
+      (``?X-Amz-Signature=...``, ``&token=...``) by ``***``.
 
     >>> redact({"spark": {"conf": {"spark.hadoop.fs.s3a.secret.key": "s3cr3t",
     ...                            "spark.executor.memory": "2g"}},
