@@ -5,16 +5,12 @@ The stage functions (:mod:`resflow.stages`) take chips in one of two forms:
 * :class:`HarmonisedImages`, float32 ``(N, 3, S, S)`` in ``[0, 1]`` already harmonised on
   the host (training, mosaics, comparisons);
 * :class:`SourceImages`, chips as stored (:class:`resflow.chips.SourceChip`), which the
-  inference graph reads. On the CPU they are harmonised on the host, chip by chip, as they
-  are batched. On a GPU they travel in their stored dtype and are harmonised there
-  (:func:`harmonise_tensor`): a chip of 8-bit RGB is 3 bytes a pixel on the wire, 16-bit
-  panchromatic 2 bytes, where harmonised float32 would be 12. The bits are the host's
-  (``tests/test_model_input.py``).
+  inference graph reads. On the CPU they are harmonised on the host as they are batched;
+  on a GPU they travel in their stored dtype and are harmonised there
+  (:func:`harmonise_tensor`), with the host's bits (``tests/test_model_input.py``).
 
-Copies to a GPU go through page-locked (pinned) host memory, the only memory a GPU copies
-from asynchronously, in two buffers used in turn (:class:`Staging`): while one block's copy
-and model call are in flight, the next block is packed into the other buffer. Nothing here
-waits for the GPU except a buffer's reuse, so the host keeps one block ahead of the device.
+Copies to a GPU go through two page-locked host buffers used in turn (:class:`Staging`),
+so the host packs the next block while the device copies and runs the current one.
 """
 
 from __future__ import annotations
@@ -221,6 +217,9 @@ def harmonise_tensor(scaling: Scaling, pixels: torch.Tensor, valid: torch.Tensor
                      ) -> torch.Tensor:
     """:meth:`resflow.harmonise.Scaling.apply` for a batch, on the tensors' device.
 
+    Chips reach the GPU in their stored dtype: 8-bit RGB is 3 bytes a pixel on the wire,
+    16-bit panchromatic 2 bytes, where harmonised float32 would be 12.
+
     Parameters
     ----------
     scaling
@@ -297,7 +296,8 @@ class Staging:
     device's current stream without waiting for them; the buffer is reused only once the
     copies queued from it have finished (an event per buffer). The host therefore packs
     block ``k + 1`` while the device copies and computes block ``k``, and no copy waits for
-    a pageable buffer to be pinned first.
+    a pageable buffer to be pinned first. Page-locked (pinned) memory is the only host memory
+    a GPU copies from asynchronously; nothing here waits for the GPU except a buffer's reuse.
 
     One :class:`Staging` per thread and device (:func:`staging`): a task thread's buffers
     are never written by another. ``pin=False`` (the CPU) stages through ordinary memory
