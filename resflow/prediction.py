@@ -1,20 +1,12 @@
 """Rasters to buildings in one folder: what ``resflow predict`` and :func:`resflow.predict`
 own besides the ingest and the run they call.
 
-A predict folder holds the run's output store, its exports and a record of its sources::
-
-    DIR/maps.zarr            the output store (``resflow.open_maps``)
-    DIR/cogs/                two Cloud-Optimized GeoTIFFs per scene (probability, mask)
-    DIR/footprints.gpkg      every scene's buildings, WGS 84 GeoPackage
-    DIR/stac/                a STAC Collection of the above
-    DIR/predict.json         the sources, as given, that ``--resume`` compares
-    DIR/archive.zarr         the ingested imagery: there while the job runs, and after it
-                             only when asked to keep it (or when the run did not finish)
-
-The ingest is :func:`resflow.ingest.ingest` and the run (exports included) is ``resflow
-run``'s, so the maps are those of ``ingest`` then ``run`` on the same inputs, byte for byte.
-This module decides only what may be written into the folder, what a resumed job reuses,
-and what is removed after: a job refused or with nothing to map leaves nothing it made.
+A predict folder (:class:`PredictFolder`) holds the run's output store, its exports and a
+record of its sources. The ingest is :func:`resflow.ingest.ingest` and the run (exports
+included) is ``resflow run``'s, so the maps are those of ``ingest`` then ``run`` on the same
+inputs, byte for byte. This module decides only what may be written into the folder, what a
+resumed job reuses, and what is removed after: a job refused or with nothing to map leaves
+nothing it made.
 """
 
 from __future__ import annotations
@@ -42,7 +34,16 @@ State = Literal["new", "resume"]
 
 @dataclass(frozen=True)
 class PredictFolder:
-    """The files of one predict folder (a local folder: its COGs and footprints are files)."""
+    """The files of one predict folder (a local folder: its COGs and footprints are files)::
+
+        DIR/maps.zarr            the output store (``resflow.open_maps``)
+        DIR/cogs/                two Cloud-Optimized GeoTIFFs per scene (probability, mask)
+        DIR/footprints.gpkg      every scene's buildings, WGS 84 GeoPackage
+        DIR/stac/                a STAC Collection of the above
+        DIR/predict.json         the sources, as given, that ``--resume`` compares
+        DIR/archive.zarr         the ingested imagery: there while the job runs, and after it
+                                 only when asked to keep it (or when the run did not finish)
+    """
 
     path: Path
 
