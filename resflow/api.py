@@ -1,22 +1,15 @@
 """resflow from Python: map an archive and open the maps, for notebooks and scripts.
 
-Two functions, exported as ``resflow.run`` and ``resflow.open_maps``:
-
-- :func:`run` is ``resflow run`` as a call: the same validated settings, the same checks
-  before any engine starts, the same graph; it returns the run report instead of printing
-  it, and it can run on a cluster the caller already has (a ``distributed.Client`` or a
-  ``SparkSession``), which it uses as is and never closes.
-- :func:`open_maps` opens an output store as one ``xarray.DataTree``, a node per scene.
+Two functions, exported as ``resflow.run`` and ``resflow.open_maps``: :func:`run` is
+``resflow run`` as a call (the same settings, checks and graph; it returns the run report
+and can run on a cluster the caller already has), and :func:`open_maps` opens an output
+store as one ``xarray.DataTree``, a node per scene.
 
 Both are quiet: nothing is printed. What a person may want to see goes to the ``resflow``
 logger: the engine's dashboard link (INFO) when the run starts, and each input or chip the
-run could not map (WARNING). Progress is off unless ``progress=True`` (one bar in chips
-and km^2, :mod:`resflow.bars`): in a notebook the Dask dashboard shows the stages as they
-run, and a library call that draws bars into every cell that uses it is noise. Refusals
-name keyword arguments where the CLI's name flags (:func:`resflow.errors.python_wording`).
-
-The core never imports an engine: this module imports only what a call needs, when it is
-called, so ``import resflow`` stays light.
+run could not map (WARNING). Refusals name keyword arguments where the CLI's name flags
+(:func:`resflow.errors.python_wording`). The core never imports an engine: this module
+imports only what a call needs, when it is called, so ``import resflow`` stays light.
 """
 
 from __future__ import annotations
@@ -87,8 +80,9 @@ def run(archive: storage.Location, out: storage.Location, backend: str = "dask",
         ``backend="spark"``. ``None`` starts the engine from its settings (an embedded
         cluster by default) and closes it again after the run.
     progress
-        Show the run's progress in chips and km^2 while it computes (:mod:`resflow.bars`;
-        off: watch the dashboard).
+        Show the run's progress in chips and km^2 while it computes (:mod:`resflow.bars`).
+        Off by default: in a notebook the Dask dashboard shows the stages as they run, and
+        a library call that draws bars into every cell that uses it is noise.
     **settings
         Any :class:`~resflow.config.RunConfig` field (``batch_size=4``, ``plan="regrouped"``,
         ``device="cpu"``, ``overwrite=True``, ``gallery=...``), and engine sections as
