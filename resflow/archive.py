@@ -10,14 +10,8 @@ Layout written by :func:`resflow.ingest.ingest`::
         spatial_ref  ()            CF grid mapping: crs_wkt, spatial_ref, GeoTransform
         valid_fraction (chip_row, chip_col) float32, share of valid pixels per chip
 
-The archive may be a local folder or an object-storage URL (:mod:`resflow.storage`). Each
-scene group opens with plain ``xarray.open_zarr(path, group="scenes/<name>")`` and
-rioxarray's ``.rio.crs`` / ``.rio.transform()``. Only scenes whose ``complete`` attribute
-is true are listed: an interrupted ingest never yields a scene that looks finished.
-
-Every chunk of ``image`` is stored, fill-valued ones too, so a chunk missing where a chip
-holds valid pixels is a loss, refused when read (a chip failure, not fill read as
-pixels); :meth:`Archive.check` refuses scene metadata that no longer matches its arrays.
+The archive is a local folder or an object-storage URL (:mod:`resflow.storage`); each scene
+group opens with plain ``xarray.open_zarr(path, group="scenes/<name>")`` and rioxarray.
 """
 
 from __future__ import annotations
@@ -201,6 +195,8 @@ class Archive:
     def open(cls, path: storage.Location) -> Archive:
         """Open an archive; only complete scenes are listed, in ``scenes`` when they are
         mapped and in ``skipped`` when they are too coarse (:mod:`resflow.resolution`).
+        A scene is complete once its ``complete`` attribute is true, written last, so an
+        interrupted ingest never yields a scene that looks finished.
 
         Raises
         ------
@@ -365,6 +361,10 @@ class Archive:
         with a halo spans 3 x 3 chunks, and neighbours share 6 of them, so a run of ``n``
         chips decodes ``3 (n + 2)`` chunks instead of ``9 n``. Beyond the scene edge pixels
         are reflected (see :mod:`resflow.chips`); validity is judged on every stored band.
+
+        Every chunk of ``image`` is stored, fill-valued ones too, so a chunk missing where a
+        chip holds valid pixels is a loss, refused when read (a chip failure, not fill read
+        as pixels).
         """
         chips: dict[int, SourceChip] = {}
         for run in chip_runs(refs):
