@@ -10,9 +10,8 @@ borders are chip borders predicted apart, and a wide halo makes those agree too.
 
 The lattice depends on the scene and the ``window`` setting only, never on how chips are
 partitioned, so each chip's map is the same on every engine and on resume: a task whose
-chips cover part of a window still predicts the whole window (a little work done twice)
-and keeps its own chips. A window is routed as a whole (its embedding is pooled over its
-chips), so one model serves it.
+chips cover part of a window still predicts the whole window and keeps its own chips. A
+window is routed as a whole (its embedding is pooled over its chips), so one model serves it.
 """
 
 from __future__ import annotations
