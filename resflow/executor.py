@@ -1,59 +1,10 @@
 """The small interface every resflow engine implements, so the graph is written once.
 
-The graph in :mod:`resflow.graph` needs four operations on partitioned collections, a fifth
-(``group_by_key``) for its ``regrouped`` plan only, and nothing else:
-
-``from_partitions(parts)``
-    A collection whose partitions are the given lists of records (chip references).
-``map_partitions(coll, fn, *, name, resources)``
-    Run ``fn(records, env)`` once per partition; ``fn`` returns the records of the output
-    partition. ``name`` is the stage's name in dashboards and UIs (each
-    backend shows it as :func:`stage_key`); ``resources`` is a :class:`StageResources`
-    stating what one task of the stage needs; ``env`` is the :class:`TaskEnv` the task runs
-    in, which names the GPU the task was given, if any.
-``group_by_key(coll, key, npartitions, blocks=1)``, optional
-    Regroup records so that all records with the same ``key(record)`` share one output
-    partition (the shuffle between stage 2 and stage 3 of the ``regrouped`` plan; the
-    default ``fused`` plan never regroups). An engine without it runs the ``fused`` plan,
-    and a run asking it for ``plan: regrouped`` is refused before any work
-    (:meth:`Executor.regroups`). Which partition a key lands in is a
-    stable function of the key, not of Python's per-process ``hash``. With ``blocks=B`` the
-    caller promises that records of input block ``b`` (consecutive partitions, see
-    :func:`block_of`) only go to output block ``b``, so an engine may wire each output to
-    its own block's inputs only: bounded fan-in, work linear in partitions, not quadratic.
-``collect(coll)``
-    Compute and return all records, output partitions in order.
-``preload(setup, *, name)``
-    Run ``setup()`` once in every worker process before its tasks (Dask: a ``WorkerPlugin``),
-    so per-process state such as loaded models is ready and never shipped with a task.
-
-Plus ``from_config(run_config, *, progress=True)`` (how ``resflow run`` builds an engine,
-from its own section ``run_config.engine_settings(name)``, with or without progress, kept as
-``progress``), ``on_task_done(name, done)`` (call ``done(partition)`` on the driver as each
-task of a stage finishes: the run's progress in chips is counted from it),
-``gpu_share`` (the GPU share a GPU task claims on this
-engine, from its config), ``close()`` (also via ``with``), ``describe()`` (the cluster shape
-for run reports) and ``dashboard_link`` (where to watch the run, or ``None``).
-
-An engine owns its settings: ``config_model`` is the pydantic model of its section of a run
-config (the YAML section named after the engine, ``dask:``), ``cli_options`` the flags it adds
-to ``resflow run`` (:class:`CliOption`), ``requires`` the modules it imports to run and
-``environment()`` what ``resflow doctor`` shows for it. resflow reads these without building
-the engine, so an engine's module imports its heavy libraries inside its methods, and
-``resflow --help`` or validating a config never imports them. ``docs/backends.md`` walks
-through writing one.
-
-Records and functions must be picklable: the local engine runs them in-process, the Dask and
-Spark engines ship them to worker processes. Collections are opaque: only the executor that
-made one may use it. Within a partition, record order is not part of the contract; callers
-that need an order sort what ``collect`` returns.
-
-Resource translation, one type for all engines: ``StageResources(gpu=0.25)`` becomes
-``resources={"GPU": 0.25}`` on a Dask task (when the workers declare a ``GPU`` resource) and a
-stage-level Spark ``ResourceProfile`` asking 0.25 of a ``gpu`` per task (when the executors
-have GPUs), so four tasks share one device. Where a scheduler assigns no GPUs (the local
-engine, Spark's ``local[N]``), task ``i`` of a GPU stage runs on GPU ``i mod n`` of the ``n``
-the engine was given.
+:class:`Executor` is the contract: the four operations on partitioned collections the graph
+in :mod:`resflow.graph` needs, a fifth (``group_by_key``) for its ``regrouped`` plan only,
+the settings an engine owns and how one type of stage resources becomes each engine's. The
+helpers beside it (:class:`StageResources`, :class:`TaskEnv`, :func:`stable_partition`,
+:func:`block_of`) are the vocabulary every engine shares.
 """
 
 from __future__ import annotations
@@ -255,7 +206,63 @@ class CliOption:
 
 
 class Executor(ABC):
-    """A partitioned-collection engine; see the module docstring for the contract."""
+    """A partitioned-collection engine: the contract every engine implements.
+
+    The graph in :mod:`resflow.graph` needs four operations on partitioned collections, a fifth
+    (``group_by_key``) for its ``regrouped`` plan only, and nothing else:
+
+    ``from_partitions(parts)``
+        A collection whose partitions are the given lists of records (chip references).
+    ``map_partitions(coll, fn, *, name, resources)``
+        Run ``fn(records, env)`` once per partition; ``fn`` returns the records of the output
+        partition. ``name`` is the stage's name in dashboards and UIs (each
+        backend shows it as :func:`stage_key`); ``resources`` is a :class:`StageResources`
+        stating what one task of the stage needs; ``env`` is the :class:`TaskEnv` the task runs
+        in, which names the GPU the task was given, if any.
+    ``group_by_key(coll, key, npartitions, blocks=1)``, optional
+        Regroup records so that all records with the same ``key(record)`` share one output
+        partition (the shuffle between stage 2 and stage 3 of the ``regrouped`` plan; the
+        default ``fused`` plan never regroups). An engine without it runs the ``fused`` plan,
+        and a run asking it for ``plan: regrouped`` is refused before any work
+        (:meth:`Executor.regroups`). Which partition a key lands in is a
+        stable function of the key, not of Python's per-process ``hash``. With ``blocks=B`` the
+        caller promises that records of input block ``b`` (consecutive partitions, see
+        :func:`block_of`) only go to output block ``b``, so an engine may wire each output to
+        its own block's inputs only: bounded fan-in, work linear in partitions, not quadratic.
+    ``collect(coll)``
+        Compute and return all records, output partitions in order.
+    ``preload(setup, *, name)``
+        Run ``setup()`` once in every worker process before its tasks (Dask: a ``WorkerPlugin``),
+        so per-process state such as loaded models is ready and never shipped with a task.
+
+    Plus ``from_config(run_config, *, progress=True)`` (how ``resflow run`` builds an engine,
+    from its own section ``run_config.engine_settings(name)``, with or without progress, kept as
+    ``progress``), ``on_task_done(name, done)`` (call ``done(partition)`` on the driver as each
+    task of a stage finishes: the run's progress in chips is counted from it),
+    ``gpu_share`` (the GPU share a GPU task claims on this
+    engine, from its config), ``close()`` (also via ``with``), ``describe()`` (the cluster shape
+    for run reports) and ``dashboard_link`` (where to watch the run, or ``None``).
+
+    An engine owns its settings: ``config_model`` is the pydantic model of its section of a run
+    config (the YAML section named after the engine, ``dask:``), ``cli_options`` the flags it adds
+    to ``resflow run`` (:class:`CliOption`), ``requires`` the modules it imports to run and
+    ``environment()`` what ``resflow doctor`` shows for it. resflow reads these without building
+    the engine, so an engine's module imports its heavy libraries inside its methods, and
+    ``resflow --help`` or validating a config never imports them. ``docs/backends.md`` walks
+    through writing one.
+
+    Records and functions must be picklable: the local engine runs them in-process, the Dask and
+    Spark engines ship them to worker processes. Collections are opaque: only the executor that
+    made one may use it. Within a partition, record order is not part of the contract; callers
+    that need an order sort what ``collect`` returns.
+
+    Resource translation, one type for all engines: ``StageResources(gpu=0.25)`` becomes
+    ``resources={"GPU": 0.25}`` on a Dask task (when the workers declare a ``GPU`` resource) and a
+    stage-level Spark ``ResourceProfile`` asking 0.25 of a ``gpu`` per task (when the executors
+    have GPUs), so four tasks share one device. Where a scheduler assigns no GPUs (the local
+    engine, Spark's ``local[N]``), task ``i`` of a GPU stage runs on GPU ``i mod n`` of the ``n``
+    the engine was given.
+    """
 
     #: engine name, as registered in the ``resflow.backends`` entry-point group
     name: str = "abstract"
@@ -311,7 +318,7 @@ class Executor(ABC):
     def group_by_key(self, coll: Any, key: Callable[[Any], Hashable], npartitions: int, *,
                      blocks: int = 1) -> Any:
         """Regroup records so equal keys share a partition (see :func:`stable_partition`);
-        ``blocks`` bounds the fan-in (module docstring).
+        ``blocks`` bounds the fan-in (:class:`Executor`).
 
         Optional: only the ``regrouped`` plan calls it, and runs refuse that plan on an
         engine that does not override it (:meth:`regroups`), so this default is never
