@@ -1,46 +1,14 @@
 """The pure batch functions of the inference graph: encoding, codes, segmentation.
 
 Each takes arrays and a model and returns arrays; none knows about engines, stores or chip
-references, so the local, Dask and Spark engines all call the same code.
+references, so the local, Dask and Spark engines all call the same code. The frozen encoder
+is shared by stage 1 and every stage-3 segmenter, so the graph runs it once per image it
+predicts (:func:`encode`) and decodes its maps with the routed model (:func:`decode`).
 
-One encoder pass per chip
--------------------------
-The frozen Lite0 encoder is shared by stage 1 and every stage-3 segmenter, so the graph
-runs it once per image it predicts, read with its halo (a prediction window of chips,
-:mod:`resflow.windows`; here simply "a chip"): :func:`encode` returns the embedding (pooled
-without the halo, for stage 2) together with the encoder maps, which :func:`decode` turns
-into probabilities with the routed model (stage 3). The maps are exactly those
-:func:`segment` computes inside a segmenter, so the probabilities are the same bits either
-way (``tests/test_stages.py``).
-
-In and out of the device
-------------------------
-The graph hands :func:`encode` its chips as stored (:class:`resflow.model_input.SourceImages`),
-harmonised where the model runs, and takes stage 3 back through :func:`decode_quantised`,
-which quantises and thresholds on the device: one copy back per model group, 2 bytes a
-pixel, instead of float32 probabilities copied after every micro-batch.
-
-Determinism
------------
 A chip's outputs must be bitwise identical whether it runs in-process, on a Dask worker or
-on a Spark executor, alone or in any batch. On the CPU both the intra-op thread count and
-the batch shape change results (oneDNN splits reductions across threads and picks its
-kernels by batch size, and linear layers use other kernels for one row than for many; the
-differences measured are in ``benchmarks/README.md``, "Determinism"), so:
-
-* stage functions run with :data:`STAGE_THREADS` intra-op threads in the calling thread (the
-  setting is per thread, so concurrent tasks do not disturb each other) and engines get
-  parallelism from concurrent tasks instead;
-* on the CPU every convolution call holds exactly one chip (also the fastest measured), so
-  ``batch_size`` does not affect CPU results at all, and the hashing head's linear layers
-  run in fixed blocks of :data:`HEAD_ROWS` rows, zero-padded;
-* on CUDA, micro-batches have exactly ``batch_size`` chips (the last one zero-padded and
-  the padding dropped) and cuDNN runs in deterministic mode, so that a chip's result does
-  not depend on the batch it lands in (not yet measured on a GPU). GPU results differ
-  from CPU results, and may change with ``batch_size`` or the GPU model.
-
-Bitwise reproducibility across machines also needs the same torch build and CPU
-instruction set (oneDNN dispatches on AVX2/AVX-512).
+on a Spark executor, alone or in any batch: hence the fixed thread count
+(:data:`STAGE_THREADS`) and fixed call shapes (:func:`_rows_per_call`, :data:`HEAD_ROWS`).
+``docs/architecture.md`` ("Models: the stage functions") says why each is needed.
 """
 
 from __future__ import annotations
@@ -96,7 +64,15 @@ def _host(tensor: torch.Tensor) -> np.ndarray:
 
 
 def _rows_per_call(device: torch.device, batch_size: int) -> int:
-    """One chip per call on the CPU (see Determinism), ``batch_size`` chips on CUDA."""
+    """One chip per call on the CPU, ``batch_size`` chips on CUDA.
+
+    On the CPU oneDNN picks its kernels by batch size, so one chip per convolution call keeps
+    ``batch_size`` out of CPU results (and is the fastest measured). On CUDA every
+    micro-batch has exactly ``batch_size`` chips (the last one zero-padded, the padding
+    dropped) and cuDNN runs in deterministic mode, so a chip's result does not depend on
+    the batch it lands in (not yet measured on a GPU); GPU results differ from CPU results
+    and may change with ``batch_size`` or the GPU model.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     return batch_size if device.type == "cuda" else 1
@@ -181,6 +157,11 @@ def encode(
     device: torch.device
 ) -> tuple[np.ndarray, list[FeatureMaps]]:
     """Stage 1 of the one-pass graph: one encoder pass per chip read with its halo.
+
+    A "chip" here is any image the graph predicts, such as a prediction window of chips
+    (:mod:`resflow.windows`). The embedding is pooled without the halo, for stage 2; the
+    encoder maps are exactly those :func:`segment` computes inside a segmenter, so
+    :func:`decode` gives the same probabilities bit for bit (``tests/test_stages.py``).
 
     Parameters
     ----------
@@ -392,7 +373,8 @@ def decode_quantised(
     threshold: float, size: tuple[int, int], batch_size: int, device: torch.device
 ) -> list[QuantisedChip]:
     """Stage 3 as the graph runs it: :func:`decode`, then quantised and thresholded on
-    ``device`` (:func:`quantise_tensor`), so that 2 bytes a pixel come back instead of 4.
+    ``device`` (:func:`quantise_tensor`), so that 2 bytes a pixel come back instead of 4:
+    one copy back per model group instead of float32 probabilities after every micro-batch.
 
     Parameters
     ----------
