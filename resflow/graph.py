@@ -1,26 +1,9 @@
 """The inference graph, defined once for every engine, in two plans with the same maps.
 
 This module is the orchestration: it plans on the driver (:mod:`resflow.planning`), wires
-the task functions (:mod:`resflow.inference`, run on the workers) into an engine's graph,
-and adds up what the tasks report. The ``regrouped`` plan is RESFlow's shape::
-
-    partitions of whole output shards
-      -> stage 1  read prediction windows, Lite0 features       (GPU stage)
-      -> stage 2  hash codes, nearest bucket                    -> (chip ref, bucket) records
-      -> regroup by bucket, within blocks of FAN_IN partitions  (references move, not pixels)
-      -> stage 3  re-read the chips' windows with a halo, segment with that bucket's
-                  model, trim the halo, quantise to uint8       (GPU stage)
-      -> regroup back to the planned partitions, within the same blocks
-      -> write    each partition's shards, one object per shard and array
-      -> one summary per partition
-
-The ``fused`` plan (the default) runs the same three stages of a partition, and its writes,
-in one task (:func:`resflow.inference.fused.fused_stages`): each prediction window
-(:mod:`resflow.windows`) is read once, with its halo, and no pixels cross processes. With
-every bucket's model already loaded in each worker, the regroup buys nothing but two
-shuffles, a second read of every window and barriers between stages;
-``benchmarks/README.md`` measures the difference. Both plans keep a window's chips in one
-task per stage, so a stage encodes each window once.
+the task functions (:mod:`resflow.inference`, run on the workers) into an engine's graph
+(:func:`build_graph`, which draws both plans), and adds up what the tasks report
+(:func:`run_graph`).
 
 The driver never holds a record per chip: partitions are runs of shards, tasks return one
 :class:`~resflow.inference.summary.PartitionSummary` each, and a
@@ -103,11 +86,26 @@ def build_graph(executor: Executor, settings: GraphSettings, partitions: list[Pa
                 n_buckets: int, partition_chips: int, plan_name: str = "fused") -> Any:
     """The graph on ``executor``; returns the collection of partition summaries.
 
-    ``fused``: one task per partition runs stages 1 to 3 and writes its shards
-    (:func:`~resflow.inference.fused.fused_stages`). ``regrouped``: stage 1 and stage 2 per
-    partition, a regroup by bucket, stage 3 per (block, bucket, split), a regroup back by
-    partition, and the writes; both regroups stay within blocks of ``FAN_IN`` partitions. Both write
-    the same maps; see ``RunConfig.plan``.
+    ``regrouped`` is RESFlow's shape::
+
+        partitions of whole output shards
+          -> stage 1  read prediction windows, Lite0 features       (GPU stage)
+          -> stage 2  hash codes, nearest bucket                    -> (chip ref, bucket) records
+          -> regroup by bucket, within blocks of FAN_IN partitions  (references move, not pixels)
+          -> stage 3  re-read the chips' windows with a halo, segment with that bucket's
+                      model, trim the halo, quantise to uint8       (GPU stage)
+          -> regroup back to the planned partitions, within the same blocks
+          -> write    each partition's shards, one object per shard and array
+          -> one summary per partition
+
+    ``fused`` (the default) runs the same three stages of a partition, and its writes, in
+    one task (:func:`~resflow.inference.fused.fused_stages`): each prediction window
+    (:mod:`resflow.windows`) is read once, with its halo, and no pixels cross processes.
+    With every bucket's model already loaded in each worker, the regroup buys nothing but
+    two shuffles, a second read of every window and barriers between stages;
+    ``benchmarks/README.md`` measures the difference. Both plans keep a window's chips in
+    one task per stage, so a stage encodes each window once, and both write the same maps;
+    see ``RunConfig.plan``.
     """
     gpu = StageResources(cpus=settings.torch_threads, gpu=executor.gpu_share)
     coll = executor.from_partitions([[p] for p in partitions])
