@@ -1,43 +1,13 @@
 """Band harmonisation: any source raster to the models' 3-channel float32 input in [0, 1].
 
 Sources differ (1-band uint16 panchromatic, 3-band uint16 blue/green/red, 4-band float64
-multispectral, uint8 RGB and RGBN), so one mapping is defined here and applied everywhere.
-
-Band names (kept in the archive), first rule that applies:
-
-1. the band descriptions stored in the raster, lower-cased;
-2. GDAL colour interpretation ``red``/``green``/``blue`` (a 1-band ``gray`` raster is ``pan``);
-3. a per-source rule matched on the file name (:data:`SOURCE_RULES`), e.g. Landsat
-   ``LC08_*`` 3-band composites, whose bands are blue, green, red;
-4. ``b1``, ``b2``, ... (4-band rasters: the 4th band of an RGB-interpreted file is ``nir``).
-
-A band whose colour interpretation is ``alpha`` is named ``alpha`` and is no imagery: the
-rules above name the other bands as if it were absent (so RGBA is red, green, blue and a
-gray + alpha raster is ``pan``). Ingest stores only the imagery bands and keeps the alpha
-band as the scene's mask (see Validity).
-
-Band selection (0-based indices into the source bands, kept as ``rgb``):
-
-* an explicit override (``ingest(..., rgb=(2, 1, 0))`` or ``resflow ingest --rgb 3,2,1``)
-  wins;
-* bands named ``red``, ``green`` and ``blue`` are used by name (so blue,green,red files are
-  reordered);
-* 1 band (panchromatic): the band is replicated to all three channels;
-* 3 or more bands: the first three, read as R, G, B (RGB, or R, G, B of RGBN);
-* 2 bands: refused, pass an override.
-
-Messages count bands from 1, as GDAL and ``--rgb`` do.
-
-Scaling: per scene and per band, robust ``low``/``high`` values are the 2nd and 98th
-percentiles of the valid pixels, computed once at ingest on a regular subsample of at most
-about a million pixels (bounded memory, independent of scene size) and stored in the
-scene's attributes. A pixel value ``v`` becomes ``clip((v - low) / (high - low), 0, 1)``.
-
-Validity: a pixel is invalid when any band is NaN or Inf, or when every band equals the
-nodata value (rasterio's dataset-mask rule). Invalid pixels read as 0 with ``valid=False``.
-A source's own mask (an alpha band, or a GDAL mask band: internal or ``.msk``) is made part
-of the pixels at ingest by :func:`apply_mask`: masked pixels are stored as nodata (the
-source's, or one :func:`masked_nodata` chooses), so every reader finds them by this one rule.
+multispectral, uint8 RGB and RGBN), so one mapping is defined here and applied everywhere,
+in four steps each with one owner: naming the bands (:func:`band_names`), choosing the
+three that feed R, G, B (:func:`select_rgb`), judging which pixels hold data
+(:func:`valid_mask`, with a source's own mask made part of the pixels by
+:func:`apply_mask`), and scaling each band by robust per-scene statistics
+(:class:`StatsSampler`, :class:`Scaling`). Messages count bands from 1, as GDAL and
+``--rgb`` do.
 """
 
 from __future__ import annotations
@@ -67,7 +37,20 @@ SOURCE_RULES: tuple[tuple[str, int, tuple[str, ...]], ...] = (
 
 def band_names(path: Path, count: int, descriptions: Sequence[str | None],
                colorinterp: Sequence[str]) -> tuple[str, ...]:
-    """Name the bands of a raster by the rules in the module docstring.
+    """Name the bands of a raster (names kept in the archive), by the first rule that applies:
+
+    1. the band descriptions stored in the raster, lower-cased;
+    2. GDAL colour interpretation ``red``/``green``/``blue`` (a 1-band ``gray`` raster is
+       ``pan``);
+    3. a per-source rule matched on the file name (:data:`SOURCE_RULES`), e.g. Landsat
+       ``LC08_*`` 3-band composites, whose bands are blue, green, red;
+    4. ``b1``, ``b2``, ... (4-band rasters: the 4th band of an RGB-interpreted file is
+       ``nir``).
+
+    A band whose colour interpretation is ``alpha`` is named ``alpha`` and is no imagery:
+    the rules name the other bands as if it were absent (so RGBA is red, green, blue and a
+    gray + alpha raster is ``pan``). Ingest stores only the imagery bands and keeps the
+    alpha band as the scene's mask (:func:`apply_mask`).
 
     Examples
     --------
@@ -88,7 +71,7 @@ def band_names(path: Path, count: int, descriptions: Sequence[str | None],
 
 def _imagery_names(path: Path, colorinterp: Sequence[str],
                    numbers: Sequence[int]) -> tuple[str, ...]:
-    """Rules 2 to 4 of the module docstring for the bands that are not alpha, whose 1-based
+    """Rules 2 to 4 of :func:`band_names` for the bands that are not alpha, whose 1-based
     band numbers are ``numbers`` (``b<number>`` names keep them)."""
     count = len(colorinterp)
     if count == 1 and colorinterp[0] in ("gray", "grey", "undefined"):
@@ -109,7 +92,16 @@ def select_rgb(where: str, names: Sequence[str], override: Sequence[int] | None 
 
     ``numbers`` are the source's 1-based band numbers of ``names`` (default 1, 2, ...; ingest
     passes them without the alpha band, which is not imagery). ``override`` holds 0-based
-    source band indices; errors name bands by their 1-based numbers.
+    source band indices; errors name bands by their 1-based numbers. The rule (kept in the
+    archive as ``rgb``):
+
+    * an explicit override (``ingest(..., rgb=(2, 1, 0))`` or ``resflow ingest --rgb 3,2,1``)
+      wins;
+    * bands named ``red``, ``green`` and ``blue`` are used by name (so blue,green,red files
+      are reordered);
+    * 1 band (panchromatic): the band is replicated to all three channels;
+    * 3 or more bands: the first three, read as R, G, B (RGB, or R, G, B of RGBN);
+    * 2 bands: refused, pass an override.
 
     Raises
     ------
@@ -154,7 +146,14 @@ def _numbering(numbers: Sequence[int]) -> str:
 
 
 def valid_mask(pixels: np.ndarray, nodata: float | None) -> np.ndarray:
-    """Pixels holding data: ``(band, y, x)`` in, bool ``(y, x)`` out (rule in module doc)."""
+    """Pixels holding data: ``(band, y, x)`` in, bool ``(y, x)`` out.
+
+    A pixel is invalid when any band is NaN or Inf, or when every band equals the nodata
+    value (rasterio's dataset-mask rule). Invalid pixels read as 0 with ``valid=False``. A
+    source's own mask (an alpha band, or a GDAL mask band: internal or ``.msk``) is made part
+    of the pixels at ingest by :func:`apply_mask`: masked pixels are stored as nodata (the
+    source's, or one :func:`masked_nodata` chooses), so every reader finds them by this rule.
+    """
     valid = np.ones(pixels.shape[1:], dtype=bool)
     if np.issubdtype(pixels.dtype, np.floating):
         valid &= np.isfinite(pixels).all(axis=0)
@@ -226,7 +225,9 @@ class StatsSampler:
     """Collects a bounded, regular subsample of valid pixels while a scene streams by.
 
     The stride is chosen from the scene size so at most about :data:`STATS_SAMPLE_PIXELS`
-    pixels per band are kept, whatever the scene size.
+    pixels per band are kept, whatever the scene size: memory stays bounded. Its
+    :meth:`stats` are each band's robust ``low``/``high``, the 2nd and 98th percentiles of
+    the valid pixels, computed once at ingest and stored in the scene's attributes.
     """
 
     height: int
@@ -277,12 +278,14 @@ def harmonise(pixels: np.ndarray, nodata: float | None, rgb: Sequence[int],
 
 @dataclass(frozen=True)
 class Scaling:
-    """How one scene's stored bands become the models' three channels (module doc).
+    """How one scene's stored bands become the models' three channels: a pixel value ``v``
+    of a band becomes ``clip((v - low) / (high - low), 0, 1)``, ``low``/``high`` from the
+    scene's :class:`StatsSampler` statistics.
 
     Chips travel to the models as the source's own pixels (1 or 2 bytes each for 8- and
     16-bit imagery, against 12 for three float32 channels) and are scaled where the models
     run, on the host (:meth:`apply`) or on a GPU
-    (:func:`resflow.device_input.harmonise_tensor`), with the same values bit for bit.
+    (:func:`resflow.model_input.harmonise_tensor`), with the same values bit for bit.
 
     Attributes
     ----------
