@@ -3,37 +3,10 @@
 A complete output store is scored scene by scene against building labels in any vector
 format or CRS (:mod:`resflow.training.labels`), with the same scoring function training
 uses on its held-out band (:func:`resflow.training.metrics.score_scene`), so a number in
-``eval.json`` means what the same number means in a gallery's ``metrics.json``.
-
-What is scored, and why:
-
-* **Labelled or covered scenes only.** A scene is labelled when some label file's extent
-  intersects its footprint (:meth:`~resflow.training.labels.Labels.covers`); then every
-  unlabelled pixel of it is background (the SpaceNet convention). A scene no label file
-  reaches is scored only when the user says the labels cover it (``covered``, ``--covered
-  SCENE``): it then has no building, and every building predicted there is a false alarm.
-  Other scenes are listed as ``not_labelled`` and not scored, since nobody said whether
-  their buildings were drawn.
-* **Mapped pixels only.** Only pixels of chips in the store's ledger are scored. A complete
-  store has every planned chip there; the ledger is still used so a score can never count
-  an unmapped chip as missed buildings.
-* **Data pixels only, when the archive is still there.** If the archive named in the run
-  config still holds the scene (same checksum and size), its nodata pixels (nodata value,
-  NaN, Inf: :func:`resflow.harmonise.valid_mask`) are not scored either, as in training.
-  Otherwise nodata pixels are scored like any other, and ``nodata_excluded`` says so.
-* **Whole scenes at once.** Each scene is scored in one piece, so a building cut by a chip
-  border is one footprint. This holds the scene's maps in memory, about 30 bytes per pixel
-  at peak (a 20,000 x 20,000 scene needs about 12 GB); the overlay is drawn from every
-  n-th pixel, so it stays bounded.
-* **Overall = summed counts.** The overall line adds the scenes' pixel and footprint
-  counts and computes ratios from the sums, so a small scene cannot weigh like a big one.
-* **Seams of every scene.** Whether labelled or not, each scene's probability and mask get
-  a seam ratio (:mod:`resflow.seams`) on the store's chip grid: about 1 when chip borders
-  do not show, well above 1 when they do. The overall ratio sums the scenes' pixel pairs.
-
-The mask scored is the run's own (as written: ``probability > threshold`` without
-specks smaller than the run's ``min_building_m2``), or the probability re-thresholded
-at ``threshold`` by the same rule (:class:`~resflow.store.mask_rule.MaskRule`).
+``eval.json`` means what the same number means in a gallery's ``metrics.json``. What is
+scored, and why, is set out on :func:`evaluate`: labelled or covered scenes, mapped and
+data pixels only, whole scenes at once, overall ratios from summed counts, and a seam
+ratio (:mod:`resflow.seams`) for every scene.
 """
 
 from __future__ import annotations
@@ -96,6 +69,38 @@ def evaluate(out_store_path: Path | str, label_paths: list[Path | str], *,
              threshold: float | None = None, report_dir: Path | str | None = None,
              covered: Sequence[str] = ()) -> dict[str, Any]:
     """Score every labelled scene of a complete output store; write ``eval.json`` and overlays.
+
+    What is scored, and why:
+
+    * **Labelled or covered scenes only.** A scene is labelled when some label file's extent
+      intersects its footprint (:meth:`~resflow.training.labels.Labels.covers`); then every
+      unlabelled pixel of it is background (the SpaceNet convention). A scene no label file
+      reaches is scored only when the user says the labels cover it (``covered``,
+      ``--covered SCENE``): it then has no building, and every building predicted there is a
+      false alarm. Other scenes are listed as ``not_labelled`` and not scored, since nobody
+      said whether their buildings were drawn.
+    * **Mapped pixels only.** Only pixels of chips in the store's ledger are scored. A
+      complete store has every planned chip there; the ledger is still used so a score can
+      never count an unmapped chip as missed buildings.
+    * **Data pixels only, when the archive is still there.** If the archive named in the run
+      config still holds the scene (same checksum and size), its nodata pixels (nodata
+      value, NaN, Inf: :func:`resflow.harmonise.valid_mask`) are not scored either, as in
+      training. Otherwise nodata pixels are scored like any other, and ``nodata_excluded``
+      says so.
+    * **Whole scenes at once.** Each scene is scored in one piece, so a building cut by a
+      chip border is one footprint. This holds the scene's maps in memory, about 30 bytes
+      per pixel at peak (a 20,000 x 20,000 scene needs about 12 GB); the overlay is drawn
+      from every n-th pixel, so it stays bounded.
+    * **Overall = summed counts.** The overall line adds the scenes' pixel and footprint
+      counts and computes ratios from the sums, so a small scene cannot weigh like a big one.
+    * **Seams of every scene.** Whether labelled or not, each scene's probability and mask
+      get a seam ratio (:mod:`resflow.seams`) on the store's chip grid: about 1 when chip
+      borders do not show, well above 1 when they do. The overall ratio sums the scenes'
+      pixel pairs.
+
+    The mask scored is the run's own (as written: ``probability > threshold`` without
+    specks smaller than the run's ``min_building_m2``), or the probability re-thresholded
+    at ``threshold`` by the same rule (:class:`~resflow.store.mask_rule.MaskRule`).
 
     Parameters
     ----------
