@@ -1,29 +1,13 @@
 """From building probability to a building mask: threshold, split touching roofs, drop specks.
 
 A pixel above the threshold is not yet a building. Roofs that touch (dense settlements,
-terraces) come out of the threshold as one blob; counted as footprints, a blob over five
-houses matches none of them. Where the probability rises to two peaks with a dip between
-them, :func:`split_touching` cuts the blob along the dip (keeping apart the peaks that
-stand at least ``split`` above the pass between them, as morphological h-maxima do),
-leaving a one-pixel gap between the roofs. Isolated clusters of a few pixels (a car roof, a
-shadow edge) would each become a footprint and ruin object counts: resflow then keeps only
-connected components (4-connected, as footprints are counted by
-:mod:`resflow.training.metrics`) of at least ``min_pixels`` pixels; ``min_pixels`` comes
-from ``min_building_m2`` and the scene's ground resolution (:func:`min_pixels`).
-
-Inference calls :func:`building_mask` on each prediction window *with its halo*
-(:mod:`resflow.windows`; reflected beyond the scene edge, as every read is), then trims, so
-a speck is judged by its whole extent even where it crosses a window border. A component
-touching the edge of the array may continue beyond it, so it is always kept. The windowed
-result therefore equals masking the whole scene at once, reflected the same way
-(``reflect``), whenever ``min_pixels`` is at most the halo plus one: a component that
-reaches from the window to the halo's edge has at least that many pixels. Larger minimums
-may keep a few long thin components the whole-scene mask would drop; they never remove a
-building the whole-scene mask keeps. Splitting looks at a whole blob and its surroundings
-up to :data:`SMOOTH_REACH` pixels away, so it too is the same window by window as
-scene-wide for every blob that lies that far inside the window and its halo (any blob up to
-``halo - 2 * SMOOTH_REACH`` pixels across); a bigger blob crossing a window border may be
-cut differently on its two sides.
+terraces) come out of the threshold as one blob, and a blob over five houses matches none
+of them: :func:`split_touching` cuts a blob along the dip between two probability peaks.
+Isolated clusters of a few pixels (a car roof, a shadow edge) would each become a footprint
+and ruin object counts: only 4-connected components of at least ``min_pixels`` pixels
+(:func:`min_pixels`, from ``min_building_m2`` and the ground resolution) are kept.
+:func:`building_mask` does all three and states how its windowed result matches a
+whole-scene mask.
 
 Every step is a whole-array numpy or scipy operation, or a few rounds of them, never a
 loop over pixels or basins: a host masks every prediction window while feeding the models
@@ -60,6 +44,26 @@ def building_mask(probability: np.ndarray, threshold: float, min_pixels: int,
                   reflect: int = 0, split: float = 0.0) -> np.ndarray:
     """Pixels above ``threshold``, touching roofs split (``split``), in components of at
     least ``min_pixels`` pixels.
+
+    Where the probability rises to two peaks with a dip between them, :func:`split_touching`
+    cuts the blob along the dip (keeping apart the peaks that stand at least ``split`` above
+    the pass between them, as morphological h-maxima do), leaving a one-pixel gap between
+    the roofs. Components are 4-connected, as footprints are counted by
+    :mod:`resflow.training.metrics`.
+
+    Inference calls :func:`building_mask` on each prediction window *with its halo*
+    (:mod:`resflow.windows`; reflected beyond the scene edge, as every read is), then trims,
+    so a speck is judged by its whole extent even where it crosses a window border. A
+    component touching the edge of the array may continue beyond it, so it is always kept.
+    The windowed result therefore equals masking the whole scene at once, reflected the same
+    way (``reflect``), whenever ``min_pixels`` is at most the halo plus one: a component
+    that reaches from the window to the halo's edge has at least that many pixels. Larger
+    minimums may keep a few long thin components the whole-scene mask would drop; they never
+    remove a building the whole-scene mask keeps. Splitting looks at a whole blob and its
+    surroundings up to :data:`SMOOTH_REACH` pixels away, so it too is the same window by
+    window as scene-wide for every blob that lies that far inside the window and its halo
+    (any blob up to ``halo - 2 * SMOOTH_REACH`` pixels across); a bigger blob crossing a
+    window border may be cut differently on its two sides.
 
     Parameters
     ----------
