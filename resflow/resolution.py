@@ -8,18 +8,8 @@ scene on its **working grid**, the same footprint and CRS as the source raster w
 pixel size scaled so a pixel covers ``gsd_m`` metres on the ground. Training, all three
 inference stages and the maps then share that grid, the same code path everywhere.
 
-* Finer sources are downsampled with GDAL's ``average`` (area-weighted mean of every source
-  pixel under a working pixel): an antialiasing box filter, so roof edges do not alias.
-* Coarser sources, up to :data:`MAX_GSD_M`, are upsampled bilinearly.
-* Sources within :data:`TOLERANCE` of the working resolution keep their own grid untouched.
-* Sources coarser than :data:`MAX_GSD_M` cannot show buildings and are skipped: the
-  archive records them with the reason, ``resflow info`` and the run report name them, and
-  no map is made of them.
-
-Ground resolution is measured, not read from the CRS units, so it is right for UTM
-(metres), EPSG:3857 (web-mercator metres, ``1/cos(latitude)`` too large on the ground) and
-EPSG:4326 (degrees): the geodesic length of one pixel's edges at the scene centre on the
-WGS 84 ellipsoid.
+:func:`working_grid` says how each source is resampled or skipped, and
+:func:`ground_resolution` how metres are measured whatever the CRS units.
 """
 
 from __future__ import annotations
@@ -83,6 +73,10 @@ def ground_resolution(crs_wkt: str, transform: tuple[float, ...], height: int,
     """Ground sample distance at the scene centre, metres: the geometric mean of one pixel's
     two edge lengths measured on the WGS 84 ellipsoid.
 
+    Measured, not read from the CRS units, so it is right for UTM (metres), EPSG:3857
+    (web-mercator metres, ``1/cos(latitude)`` too large on the ground) and EPSG:4326
+    (degrees).
+
     Examples
     --------
     >>> utm = CRS.from_epsg(32616).to_wkt()
@@ -105,6 +99,15 @@ def working_grid(crs_wkt: str, transform: tuple[float, ...], height: int, width:
     The footprint is kept exactly: the working size is the source size scaled and rounded,
     and the pixel size is then stretched a little so the working pixels tile the source
     footprint edge to edge.
+
+    * Finer sources are downsampled with GDAL's ``average`` (area-weighted mean of every
+      source pixel under a working pixel): an antialiasing box filter, so roof edges do
+      not alias.
+    * Coarser sources, up to :data:`MAX_GSD_M`, are upsampled bilinearly.
+    * Sources within :data:`TOLERANCE` of the working resolution keep their own grid.
+    * Sources coarser than ``max_gsd_m`` cannot show buildings and are skipped: the grid
+      carries the reason, the archive records it, ``resflow info`` and the run report name
+      them, and no map is made of them.
 
     Examples
     --------
