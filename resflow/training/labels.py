@@ -1,31 +1,10 @@
 """Building labels, as vector polygons or mask rasters, rasterised onto chip windows.
 
-Vector labels may be in any format OGR reads (through pyogrio): GeoJSON, GeoPackage,
-Shapefile, FlatGeobuf, GeoParquet where the GDAL bundled with pyogrio has the Parquet
-driver, and more. Whatever the format, the footprints become the same GeoJSON-like
-geometry dicts, so every later step (reprojection, burning) has one path.
-
-Labels may come in any CRS: polygons are reprojected to the scene CRS
-(:func:`rasterio.warp.transform_geom`) and burnt with the window's own affine transform,
-so a footprint lands on the same pixels whatever CRS it was drawn in. A mask raster must be
-georeferenced; it is resampled (nearest) onto the window.
-
-A mask raster is read window by window where it is burnt, never whole, so a mask larger
-than memory still trains.
-
-Every building gets its own id in the rasterised window (0 = background), so object scores
-count touching buildings separately; a mask raster has no ids, so its connected components
-are taken as the buildings.
-
-Which pixels are labelled: a scene is labelled by a label file when the file's extent
-intersects the scene footprint, and then the whole scene is taken as labelled (the
-SpaceNet convention: every building of a tile is drawn), so unlabelled pixels of that
-scene are true negatives.
-
-Footprints are cleaned once at load: null, empty and non-polygon features are skipped,
-invalid polygons (self-intersections, bow-ties) are repaired with
-:func:`shapely.make_valid` (keeping their polygonal part), so a single bad feature never
-makes a whole label file unusable, and a file left with no footprint is refused.
+Vector labels may be in any format OGR reads (through pyogrio) and in any CRS; mask
+rasters must be georeferenced. Whatever the format, the footprints become the same
+GeoJSON-like geometry dicts, so every later step (reprojection, burning) has one path:
+:func:`load_labels` reads and cleans a file once, :func:`rasterise` burns building ids onto
+one scene window, and :meth:`Labels.covers` says which scenes a file labels.
 """
 
 from __future__ import annotations
@@ -95,7 +74,11 @@ class Labels:
                 if self.kind == "vector" else "mask"}
 
     def covers(self, crs_wkt: str, transform: Sequence[float], height: int, width: int) -> bool:
-        """Whether the label extent intersects a scene footprint (scene CRS, affine, size)."""
+        """Whether the label extent intersects a scene footprint (scene CRS, affine, size).
+
+        A scene a file covers is taken as labelled whole (the SpaceNet convention: every
+        building of a tile is drawn), so its unlabelled pixels are true negatives.
+        """
         left, bottom, right, top = self.extent_in(crs_wkt)
         s_left, s_bottom, s_right, s_top = _footprint(Affine(*transform[:6]), height, width)
         return left < s_right and right > s_left and bottom < s_top and top > s_bottom
@@ -159,8 +142,14 @@ class Labels:
 def load_labels(path: Path | str) -> Labels:
     """Read building polygons in any OGR vector format, or a georeferenced mask raster.
 
-    A file OGR opens as vector data is read as polygons; anything else is tried as a mask
-    raster, so a GeoTIFF mask keeps working.
+    A file OGR opens as vector data is read as polygons (GeoJSON, GeoPackage, Shapefile,
+    FlatGeobuf, GeoParquet where the GDAL bundled with pyogrio has the Parquet driver, and
+    more); anything else is tried as a mask raster, so a GeoTIFF mask keeps working.
+
+    Footprints are cleaned once here: null, empty and non-polygon features are skipped,
+    invalid polygons (self-intersections, bow-ties) are repaired with
+    :func:`shapely.make_valid` (keeping their polygonal part), so a single bad feature never
+    makes a whole label file unusable, and a file left with no footprint is refused.
 
     Raises
     ------
@@ -185,7 +174,14 @@ def rasterise(labels: Sequence[Labels], crs_wkt: str, transform: Sequence[float]
     """Building ids (int32, 0 = background) of all ``labels`` on one scene window.
 
     Ids of later files are offset so no two buildings share an id; where files overlap the
-    later file wins.
+    later file wins. Every building gets its own id, so object scores count touching
+    buildings separately; a mask raster has no ids, so its connected components are taken
+    as the buildings.
+
+    Polygons are reprojected to the scene CRS (:func:`rasterio.warp.transform_geom`) and
+    burnt with the window's own affine transform, so a footprint lands on the same pixels
+    whatever CRS it was drawn in. A mask raster is resampled (nearest) onto the window,
+    read window by window, never whole, so a mask larger than memory still trains.
 
     Examples
     --------
