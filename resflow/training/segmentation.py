@@ -2,23 +2,10 @@
 
 The encoder is the frozen ImageNet Lite0 shared by every model, so only decoders train and
 the encoder's feature maps can be computed once per chip and augmentation instead of once
-per step: training then costs decoder passes only and runs in minutes on two CPU cores.
-Because the encoder is not rotation-equivariant, each of the eight flips/rotations (the
-dihedral group, ``AUGMENTATIONS``) is encoded separately, about 1.8 MB of maps per variant
-for a 256 px chip. Each dihedral variant is encoded twice: as read, and with a seeded
-radiometric jitter (:func:`radiometric_jitter`: gain, offset, gamma and a per-band colour
-cast), because imagery of a new place differs from the training places in sensor, sun and
-haze far more than in orientation.
-
-The loss is class-balanced: binary cross-entropy with the positive class weighted by the
-train set's negative/positive pixel ratio (capped), plus soft Dice, both over scored pixels
-only (valid data inside the scene; reflected padding is not a label). Cross-entropy also
-weighs the narrow gaps between buildings up (:func:`resflow.training.train.gap_weight`),
-so touching roofs stay apart. The checkpoint kept
-is the one with the lowest validation loss, evaluated every ``eval_every`` steps (and, for
-a fine-tune, before its first step), so the validation region, never the test region,
-decides when to stop; a bucket decoder that never beats mono on validation keeps mono's
-weights.
+per step (:func:`encode_training`): training then costs decoder passes only and runs in
+minutes on two CPU cores. The loss (:func:`loss_fn`) is class-balanced and scores only
+valid data inside the scene, and :func:`train_decoder` keeps the checkpoint the validation
+region, never the test region, picks.
 """
 
 from __future__ import annotations
@@ -86,6 +73,13 @@ def encode_training(encoder: EfficientNetLite0, images: np.ndarray, target: np.n
                     weight: np.ndarray, augment: bool = True, seed: int = 0) -> Encoded:
     """Run the frozen encoder once per chip and augmentation.
 
+    The encoder is not rotation-equivariant, so each of the eight flips/rotations (the
+    dihedral group, ``AUGMENTATIONS``) is encoded separately, about 1.8 MB of maps per
+    variant for a 256 px chip. Each dihedral variant is encoded twice: as read, and with a
+    seeded radiometric jitter (:func:`radiometric_jitter`: gain, offset, gamma and a
+    per-band colour cast), because imagery of a new place differs from the training places
+    in sensor, sun and haze far more than in orientation.
+
     Parameters
     ----------
     images
@@ -140,7 +134,13 @@ def positive_weight(data: Encoded) -> float:
 def loss_fn(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
             pos_weight: float) -> torch.Tensor:
     """Class-balanced BCE weighted by ``weight``, plus soft Dice, over pixels with
-    ``weight > 0`` only."""
+    ``weight > 0`` only.
+
+    Scored pixels are valid data inside the scene (reflected padding is not a label); the
+    positive class is weighted by :func:`positive_weight`, and ``weight`` also weighs the
+    narrow gaps between buildings up (:func:`resflow.training.train.gap_weight`), so
+    touching roofs stay apart.
+    """
     bce = F.binary_cross_entropy_with_logits(
         logits, target, weight=weight, pos_weight=torch.tensor(pos_weight), reduction="sum")
     bce = bce / weight.sum().clamp_min(1.0)
@@ -155,6 +155,11 @@ def train_decoder(train: Encoded, validation: Encoded | None, *,
                   batch: int = 4, lr: float = 1e-3, eval_every: int = 25, patience: int = 0,
                   seed: int = 0, desc: str = "decoder") -> tuple[SegmentationDecoder, dict]:
     """Train one decoder on pre-encoded chips; keep the best checkpoint on validation.
+
+    The checkpoint kept is the one with the lowest validation loss, evaluated every
+    ``eval_every`` steps (and, for a fine-tune, before its first step), so the validation
+    region, never the test region, decides when to stop, and a fine-tune that never beats
+    its ``init`` on validation keeps ``init``'s weights.
 
     Parameters
     ----------
