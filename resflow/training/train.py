@@ -8,19 +8,9 @@ chips for the bucket ensemble and mono side by side -> the gallery and its
 ``metrics.json``.
 
 Test chips are either a spatial band of every labelled scene (:mod:`resflow.training.regions`)
-or, with ``holdout``, whole scenes the models never see (a held-out place); the other
-scenes then split into train and validation bands only.
-
-Routing and scoring use the same stage functions and halo as inference
-(:mod:`resflow.stages`): chip features come from the chip read with ``halo`` context pixels
-and pooled over the chip alone (the embedding the graph's one encoder pass gives), and
-segmentation from the same read, trimmed back. The test region is scored
-as one mosaic per scene (:func:`resflow.training.regions.region_rows`), so a building cut
-by a chip edge counts once.
-
-Determinism: training runs single-threaded with ``torch.use_deterministic_algorithms``, and
-every random choice is seeded from ``seed``; the same archive, labels and seed give the same
-gallery files.
+or, with ``holdout``, whole scenes the models never see (a held-out place). Routing and
+scoring use the same stage functions and halo as inference (:mod:`resflow.stages`), so a
+test score measures the maps a run makes.
 """
 
 from __future__ import annotations
@@ -89,6 +79,15 @@ def train(archive_path: Path | str, labels: Sequence[Path | str], out: Path | st
           seed: int = 0, scenes: Sequence[str] | None = None, holdout: Sequence[str] = (),
           **settings: Any) -> Gallery:
     """Train a gallery and write it, with ``metrics.json``, to ``out``.
+
+    With ``holdout``, the other scenes split into train and validation bands only. Chip
+    features come from the chip read with ``halo`` context pixels and pooled over the chip
+    alone (the embedding the graph's one encoder pass gives), and segmentation from the same
+    read, trimmed back. The test region is scored as one mosaic per scene
+    (:func:`resflow.training.regions.region_rows`), so a building cut by a chip edge counts
+    once. Training runs single-threaded with ``torch.use_deterministic_algorithms``, and
+    every random choice is seeded from ``seed``: the same archive, labels and seed give the
+    same gallery files.
 
     Parameters
     ----------
