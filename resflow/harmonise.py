@@ -381,7 +381,7 @@ def scaled_table(dtype: str, low: float, high: float) -> np.ndarray:
 
 def _scaled(pixels: np.ndarray, valid: np.ndarray, rgb: Sequence[int],
             stats: dict) -> np.ndarray:
-    """The scaling rule in float64, channel by channel (module doc); invalid pixels 0."""
+    """The scaling rule in float64, channel by channel (:class:`Scaling`); invalid pixels 0."""
     idx = list(rgb)
     low = np.asarray(stats["low"], dtype=np.float64)[idx][:, None, None]
     high = np.asarray(stats["high"], dtype=np.float64)[idx][:, None, None]
