@@ -338,6 +338,7 @@ def dump_config(settings: BaseModel) -> str:
     gsd: 0.3
     max_gsd: 2.0
     stac_asset: null
+    max_pixels: 10000000000
     """
     return yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False,
                           default_flow_style=False, allow_unicode=True)
