@@ -17,6 +17,7 @@ from typing import Annotated
 
 import typer
 
+from resflow.commands.refusals import exit_2_on_refusal
 from resflow.commands.run import DeviceChoice
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ def register(app: typer.Typer) -> None:
     app.command("bench")(bench_command)
 
 
+@exit_2_on_refusal
 def bench_command(
     quick: Annotated[bool, typer.Option(
         "--quick", help="x4 archive, no sweeps: under 10 minutes on 2 cores")] = False,
@@ -60,20 +62,15 @@ def bench_command(
     and table-<mode>.md to OUT and prints the tables.
     """
     from resflow.config import RunConfig, load_config
-    from resflow.errors import ResflowError
 
-    try:
-        study, tables = _study()
-        options = study.BenchOptions(
-            quick=quick, backends=_names(backends), plans=_names(plans),
-            repeats=repeats, out=out, gallery=gallery, partition_chips=partition_chips,
-            batch_size=batch_size, device=device.value, work_dir=work_dir)
-        for plan in options.plans:  # refused before any work, naming the field
-            load_config(None, RunConfig, plan=plan)
-        results = study.run_benchmark(options, log=logger.info)
-    except ResflowError as err:
-        logger.error("%s", err)
-        raise typer.Exit(2) from None
+    study, tables = _study()
+    options = study.BenchOptions(
+        quick=quick, backends=_names(backends), plans=_names(plans),
+        repeats=repeats, out=out, gallery=gallery, partition_chips=partition_chips,
+        batch_size=batch_size, device=device.value, work_dir=work_dir)
+    for plan in options.plans:  # refused before any work, naming the field
+        load_config(None, RunConfig, plan=plan)
+    results = study.run_benchmark(options, log=logger.info)
     typer.echo(tables.markdown_tables(results))
     logger.info("wrote %s/bench-%s.json, plots and table-%s.md", out, options.mode,
                 options.mode, extra={"path": str(out)})

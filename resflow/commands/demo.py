@@ -22,6 +22,7 @@ from resflow.commands.options import (
     Sets,
     resolve_run_config,
 )
+from resflow.commands.refusals import exit_2_on_refusal
 from resflow.commands.run import with_engine_flags
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ def register(app: typer.Typer) -> None:
     app.command("demo")(with_engine_flags(demo_command))
 
 
+@exit_2_on_refusal
 def demo_command(
     work_dir: Annotated[Path, typer.Option(
         "--work-dir", help="folder for the archive and the maps")] = Path("demo-output"),
@@ -53,7 +55,6 @@ def demo_command(
     """
     from resflow.commands.info import info_command
     from resflow.commands.run import execute_run
-    from resflow.errors import ResflowError
     from resflow.ingest import ingest
     from resflow.samples import list_samples
 
@@ -69,11 +70,7 @@ def demo_command(
         return
     rasters = [s.path for s in list_samples("raster")]
     typer.echo(f"[1/3] ingesting {len(rasters)} bundled sample rasters -> {archive}")
-    try:
-        result = ingest(rasters, archive, progress=True)
-    except ResflowError as err:
-        logger.error("%s", err)
-        raise typer.Exit(2) from None
+    result = ingest(rasters, archive, progress=True)
     if not result.ok:
         for record in result.refused:
             logger.warning("refused: %s: %s", record["where"], record["problem"])

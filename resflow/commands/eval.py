@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from resflow.commands.refusals import exit_2_on_refusal
+
 logger = logging.getLogger(__name__)
 
 
@@ -17,6 +19,7 @@ def register(app: typer.Typer) -> None:
     app.command("eval")(eval_command)
 
 
+@exit_2_on_refusal
 def eval_command(
     out: Annotated[Path, typer.Argument(help="a complete output store from `resflow run`")],
     labels: Annotated[list[Path], typer.Option(
@@ -46,13 +49,8 @@ def eval_command(
     everywhere else. About 1 means the chip grid does not show; well above 1 means it does.
     The imagery itself gives 0.8-1.9 on small scenes, so read a small scene's ratio as noise.
     """
-    from resflow.errors import ResflowError
     from resflow.evaluation import evaluate, format_table
 
-    try:
-        result = evaluate(out, labels, threshold=threshold, report_dir=report_dir,
-                          covered=covered or [])
-    except ResflowError as err:
-        logger.error("%s", err)
-        raise typer.Exit(2) from None
+    result = evaluate(out, labels, threshold=threshold, report_dir=report_dir,
+                      covered=covered or [])
     typer.echo(json.dumps(result, indent=2) if as_json else format_table(result))

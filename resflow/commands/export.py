@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from resflow.commands.refusals import exit_2_on_refusal
+
 logger = logging.getLogger(__name__)
 
 
@@ -26,6 +28,7 @@ def register(app: typer.Typer) -> None:
     app.command("export")(export_command)
 
 
+@exit_2_on_refusal
 def export_command(
     out: Annotated[str, typer.Argument(  # str, not Path: an s3:// URL keeps its slashes
         metavar="OUT", help="a complete output store: a folder such as maps.zarr, or a URL")],
@@ -62,17 +65,12 @@ def export_command(
     already there without --overwrite, a folder that cannot be written), with one line
     naming the file, the problem and the fix; a refused export writes nothing.
     """
-    from resflow.errors import ResflowError
     from resflow.export import export_run
 
-    try:
-        written = export_run(
-            out, cog_dir=cog, footprints=footprints, stac_dir=stac, threshold=threshold,
-            min_building_m2=min_building_m2, simplify_m=simplify_m,
-            footprints_format=footprints_format.value if footprints_format else None,
-            overwrite=overwrite)
-    except ResflowError as err:
-        logger.error("%s", err)
-        raise typer.Exit(2) from None
+    written = export_run(
+        out, cog_dir=cog, footprints=footprints, stac_dir=stac, threshold=threshold,
+        min_building_m2=min_building_m2, simplify_m=simplify_m,
+        footprints_format=footprints_format.value if footprints_format else None,
+        overwrite=overwrite)
     for path in written:
         typer.echo(f"wrote {path}")

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from resflow.commands.refusals import exit_2_on_refusal
+
 logger = logging.getLogger(__name__)
 
 #: Columns of the evaluation table, in order.
@@ -22,6 +24,7 @@ def register(app: typer.Typer) -> None:
 
 
 @gallery_app.command("show")
+@exit_2_on_refusal
 def show_command(
     gallery: Annotated[Path | None, typer.Argument(
         help="gallery directory (default: the bundled one)")] = None,
@@ -31,21 +34,16 @@ def show_command(
     per_bucket: Annotated[int, typer.Option(help="sample chips per bucket row")] = 8,
 ) -> None:
     """Verify GALLERY, print its manifest summary and metrics, and write a bucket mosaic."""
-    from resflow.errors import ResflowError
     from resflow.gallery import Gallery
     from resflow.mosaic import write_mosaic
 
-    try:
-        loaded = Gallery.load(gallery)
-        typer.echo(format_manifest(loaded.manifest, loaded.path))
-        source = archive or Path(loaded.manifest.get("data", {}).get("archive", ""))
-        if archive is None and not source.is_dir():
-            logger.warning("no mosaic: the training archive %s is gone; pass --archive", source)
-            return
-        write_mosaic(loaded, source, out, per_bucket=per_bucket)
-    except ResflowError as err:
-        logger.error("%s", err)
-        raise typer.Exit(2) from None
+    loaded = Gallery.load(gallery)
+    typer.echo(format_manifest(loaded.manifest, loaded.path))
+    source = archive or Path(loaded.manifest.get("data", {}).get("archive", ""))
+    if archive is None and not source.is_dir():
+        logger.warning("no mosaic: the training archive %s is gone; pass --archive", source)
+        return
+    write_mosaic(loaded, source, out, per_bucket=per_bucket)
     typer.echo(f"mosaic: {out}")
 
 

@@ -10,6 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
+from resflow.commands.refusals import exit_2_on_refusal
+
 logger = logging.getLogger(__name__)
 
 
@@ -18,19 +20,15 @@ def register(app: typer.Typer) -> None:
     app.command("info")(info_command)
 
 
+@exit_2_on_refusal
 def info_command(
     archive: Annotated[str, typer.Argument(
         help="archive (or run output) store: a folder or a URL (s3://...)")],
     as_json: Annotated[bool, typer.Option("--json", help="print machine-readable JSON")] = False,
 ) -> None:
     """Describe scenes, bands, CRS, resolution, chips, km^2 and refused inputs."""
-    from resflow.errors import ResflowError
 
-    try:
-        summary = describe(archive)
-    except ResflowError as err:
-        logger.error("%s", err)
-        raise typer.Exit(2) from None
+    summary = describe(archive)
     if as_json:
         typer.echo(json.dumps(strict_json(summary), indent=2, default=str, allow_nan=False))
     elif summary.get("kind") == "output":

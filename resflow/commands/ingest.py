@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from resflow.commands.options import ConfigFile, PrintConfig, Sets, show_config
+from resflow.commands.refusals import exit_2_on_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +24,7 @@ def register(app: typer.Typer) -> None:
     app.command("ingest")(ingest_command)
 
 
+@exit_2_on_refusal
 def ingest_command(
     sources: Annotated[list[str], typer.Argument(
         help="raster files or folders of rasters, URLs of objects or prefixes (s3://...), or "
@@ -52,7 +54,6 @@ def ingest_command(
     were refused (listed on stderr and in `resflow info`), 2 when nothing could be done.
     """
     from resflow import storage
-    from resflow.errors import ResflowError
     from resflow.ingest import ingest
 
     try:
@@ -63,9 +64,6 @@ def ingest_command(
             show_config(settings)
             return
         result = ingest(sources, out, settings, rgb=bands, progress=True)
-    except ResflowError as err:
-        logger.error("%s", err)
-        raise typer.Exit(2) from None
     except KeyboardInterrupt:
         kept = (f"{storage.display(out)} keeps the scenes finished so far; the same command "
                 "finishes it" if storage.exists(storage.normalise(out)) else "nothing was kept")

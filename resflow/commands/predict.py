@@ -16,6 +16,8 @@ from typing import Annotated, Any
 
 import typer
 
+from resflow.commands.refusals import exit_2_on_refusal
+
 logger = logging.getLogger(__name__)
 
 PLACED = frozenset({"archive", "out", "cog", "footprints", "stac", "stac_dir"})
@@ -49,6 +51,7 @@ def with_run_flags(command: Callable[..., None]) -> Callable[..., None]:
     return with_flags
 
 
+@exit_2_on_refusal
 def predict_command(
     sources: Annotated[list[str], typer.Argument(
         metavar="SRC", help="raster files or folders of rasters, URLs of objects or "
@@ -89,14 +92,10 @@ def predict_command(
     from resflow.preflight import check_plan
     from resflow.store.targets import OutputComplete
 
-    try:
-        folder = prediction.PredictFolder.at(out)
-        ingest_config = ingest_settings(None, None, chip=chip, workers=None, gsd=gsd,
-                                        asset=asset)
-        bands = band_indices(rgb)
-    except ResflowError as err:
-        logger.error("%s", err)
-        raise typer.Exit(2) from None
+    folder = prediction.PredictFolder.at(out)
+    ingest_config = ingest_settings(None, None, chip=chip, workers=None, gsd=gsd,
+                                    asset=asset)
+    bands = band_indices(rgb)
     settings = flag_settings(**run_flags, engine_settings=engine_settings,
                              **prediction.folder_settings(folder))
     if settings is None:  # --print-config

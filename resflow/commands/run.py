@@ -27,6 +27,7 @@ from resflow.commands.options import (
     Sets,
     resolve_run_config,
 )
+from resflow.commands.refusals import exit_2_on_refusal
 from resflow.executor import CliOption
 
 logger = logging.getLogger(__name__)
@@ -119,6 +120,7 @@ def with_engine_flags(command: Callable[..., None]) -> Callable[..., None]:
     return with_flags
 
 
+@exit_2_on_refusal
 def run_command(
     archive: Annotated[str, typer.Argument(
         help="the imagery archive (from `resflow ingest`): a folder or a URL (s3://...)")],

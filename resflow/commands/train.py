@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from resflow.commands.options import ConfigFile, PrintConfig, Sets, show_config
+from resflow.commands.refusals import exit_2_on_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +25,7 @@ def register(app: typer.Typer) -> None:
     app.command("train")(train_command)
 
 
+@exit_2_on_refusal
 def train_command(
     archive: Annotated[Path, typer.Argument(help="imagery archive from `resflow ingest`")],
     labels: Annotated[list[Path], typer.Option(
@@ -56,28 +58,24 @@ def train_command(
     manifest records them.
     """
     from resflow.config import load_config
-    from resflow.errors import ConfigError, ResflowError
+    from resflow.errors import ConfigError
 
-    try:
-        if buckets not in (None, "auto") and not (buckets.isdigit() and int(buckets) >= 1):
-            raise ConfigError("--buckets", f"'{buckets}' is neither 'auto' nor a count >= 1",
-                              "write e.g. --buckets 4 or --buckets auto")
-        settings = load_config(
-            config, training_settings(), sets=sets or (), seed=seed, mono_steps=mono_steps,
-            bucket_steps=bucket_steps,
-            buckets=int(buckets) if buckets not in (None, "auto") else None)
-        if buckets == "auto":  # an explicit 'auto' beats the file's count and --set's
-            settings = settings.model_copy(update={"buckets": None})
-        if print_config:
-            show_config(settings)
-            return
-        from resflow.training.train import train
+    if buckets not in (None, "auto") and not (buckets.isdigit() and int(buckets) >= 1):
+        raise ConfigError("--buckets", f"'{buckets}' is neither 'auto' nor a count >= 1",
+                          "write e.g. --buckets 4 or --buckets auto")
+    settings = load_config(
+        config, training_settings(), sets=sets or (), seed=seed, mono_steps=mono_steps,
+        bucket_steps=bucket_steps,
+        buckets=int(buckets) if buckets not in (None, "auto") else None)
+    if buckets == "auto":  # an explicit 'auto' beats the file's count and --set's
+        settings = settings.model_copy(update={"buckets": None})
+    if print_config:
+        show_config(settings)
+        return
+    from resflow.training.train import train
 
-        gallery = train(archive, labels, out, scenes=scene, holdout=holdout or (),
-                        **settings.model_dump())
-    except ResflowError as err:
-        logger.error("%s", err)
-        raise typer.Exit(2) from None
+    gallery = train(archive, labels, out, scenes=scene, holdout=holdout or (),
+                    **settings.model_dump())
     from resflow.commands.gallery import format_metrics
 
     seconds = gallery.manifest["training"]["seconds"]
