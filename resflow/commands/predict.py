@@ -87,7 +87,6 @@ def predict_command(
     from resflow import prediction
     from resflow.commands.ingest import band_indices, ingest_settings
     from resflow.commands.run import execute_run, flag_settings
-    from resflow.errors import ResflowError
     from resflow.plugins import load_backend
     from resflow.preflight import check_plan
     from resflow.store.targets import OutputComplete
@@ -114,9 +113,6 @@ def predict_command(
     except OutputComplete as done:
         typer.echo(f"nothing to do: {done}")
         return
-    except ResflowError as err:
-        logger.error("%s", err)
-        raise typer.Exit(2) from None
     except KeyboardInterrupt:
         logger.error("interrupted while ingesting into %s; the same command plus --resume "
                      "goes on", folder.archive)
