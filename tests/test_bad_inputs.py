@@ -305,6 +305,21 @@ def test_a_damaged_archive_is_refused_by_file_before_any_work(
     assert not out.exists()
 
 
+@pytest.mark.parametrize("damage", sorted(DAMAGED))
+def test_training_on_a_damaged_archive_is_refused_by_file_before_any_work(
+        damage: str, two_archives: tuple[Archive, Archive], tmp_path: Path) -> None:
+    from resflow.training.train import train
+
+    edit, where, problem = DAMAGED[damage]
+    archive = tmp_path / "damaged.zarr"
+    shutil.copytree(two_archives[0].path, archive)
+    edit(archive / "scenes" / "scene")
+    with pytest.raises(InputError) as refused:
+        train(archive, [sample_path("atlanta-labels")], tmp_path / "gallery")
+    assert refused.value.where == str(archive / where) and problem in refused.value.problem
+    assert not (tmp_path / "gallery").exists()
+
+
 def test_ingest_onto_a_file_is_refused_and_the_file_kept(tmp_path: Path) -> None:
     out = tmp_path / "notes.txt"
     out.write_text("mine")

@@ -131,6 +131,7 @@ def train(archive_path: Path | str, labels: Sequence[Path | str], out: Path | st
 def _train(archive: Archive, labels: list[Labels], out: Path, config: TrainConfig,
            scenes: Sequence[str] | None, holdout: list[str]) -> Gallery:
     clock = {"started": time.perf_counter()}
+    archive.check()  # a damaged scene: one refusal naming its file, before any work
     covers = {lab.path: [name for name, s in archive.scenes.items()
                          if lab.covers(s.crs_wkt, s.transform, s.height, s.width)]
               for lab in labels}
@@ -389,6 +390,7 @@ def evaluate_gallery(archive_path: Path | str, labels: Sequence[Path | str],
     """
     config = TrainConfig(**settings)
     archive = Archive.open(archive_path)
+    archive.check()
     gallery = Gallery.load(gallery_path)
     loaded = [load_labels(p) for p in labels]
     if holdout:
