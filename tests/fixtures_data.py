@@ -59,10 +59,11 @@ def crop_raster(source: Path, size: int, out: Path) -> Path:
 
     with rasterio.open(source) as src:
         window = Window(0, 0, size, size)
-        profile = {**src.profile, "width": size, "height": size,
-                   "transform": src.window_transform(window)}
-        profile.pop("blockxsize", None), profile.pop("blockysize", None)
-        with rasterio.open(out, "w", **{**profile, "tiled": False}) as dst:
+        profile = {key: value for key, value in src.profile.items()
+                   if key not in ("blockxsize", "blockysize")}
+        profile.update(width=size, height=size, transform=src.window_transform(window),
+                       tiled=False)
+        with rasterio.open(out, "w", **profile) as dst:
             dst.write(src.read(window=window))
     return out
 

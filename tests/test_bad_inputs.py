@@ -290,33 +290,37 @@ DAMAGED = {
 }
 
 
-@pytest.mark.parametrize("damage", sorted(DAMAGED))
-def test_a_damaged_archive_is_refused_by_file_before_any_work(
-        damage: str, two_archives: tuple[Archive, Archive], tmp_path: Path) -> None:
-    edit, where, problem = DAMAGED[damage]
+@pytest.fixture(params=sorted(DAMAGED))
+def damaged(request: pytest.FixtureRequest, two_archives: tuple[Archive, Archive],
+            tmp_path: Path) -> tuple[Path, str, str]:
+    """A copy of an archive damaged one way: the copy, the file a refusal must name, and
+    what the refusal must say."""
+    edit, where, problem = DAMAGED[request.param]
     archive = tmp_path / "damaged.zarr"
     shutil.copytree(two_archives[0].path, archive)
     edit(archive / "scenes" / "scene")
+    return archive, str(archive / where), problem
+
+
+def test_a_damaged_archive_is_refused_by_file_before_any_work(
+        damaged: tuple[Path, str, str], tmp_path: Path) -> None:
+    archive, where, problem = damaged
     out = tmp_path / "maps.zarr"
     with pytest.raises(InputError) as refused:
         resflow.run(archive, out, backend="local", device="cpu")
-    assert refused.value.where == str(archive / where) and problem in refused.value.problem
+    assert refused.value.where == where and problem in refused.value.problem
     assert "ingest the source again" in refused.value.fix
     assert not out.exists()
 
 
-@pytest.mark.parametrize("damage", sorted(DAMAGED))
 def test_training_on_a_damaged_archive_is_refused_by_file_before_any_work(
-        damage: str, two_archives: tuple[Archive, Archive], tmp_path: Path) -> None:
+        damaged: tuple[Path, str, str], tmp_path: Path) -> None:
     from resflow.training.train import train
 
-    edit, where, problem = DAMAGED[damage]
-    archive = tmp_path / "damaged.zarr"
-    shutil.copytree(two_archives[0].path, archive)
-    edit(archive / "scenes" / "scene")
+    archive, where, problem = damaged
     with pytest.raises(InputError) as refused:
         train(archive, [sample_path("atlanta-labels")], tmp_path / "gallery")
-    assert refused.value.where == str(archive / where) and problem in refused.value.problem
+    assert refused.value.where == where and problem in refused.value.problem
     assert not (tmp_path / "gallery").exists()
 
 
