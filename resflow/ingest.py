@@ -46,6 +46,7 @@ from resflow.harmonise import (
     valid_mask,
 )
 from resflow.resolution import working_grid
+from resflow.retries import retrying
 
 RASTER_SUFFIXES = frozenset({
     ".tif", ".tiff", ".gtiff", ".jp2", ".img", ".vrt", ".nc", ".hdf", ".h5", ".png",
@@ -242,7 +243,7 @@ def _discover(sources: Iterable[str | Path],
                 refused.append(err)
             refusals.extend(_refusal(path, err) for err in refused)
         elif isinstance(path, str):
-            found = storage.retrying(lambda: storage.find(path, RASTER_SUFFIXES))  # noqa: B023
+            found = retrying(lambda: storage.find(path, RASTER_SUFFIXES))  # noqa: B023
             if not found:
                 what = "no object or prefix" if found is None else "no raster objects"
                 refusals.append(_refusal(path, InputError(
@@ -297,10 +298,10 @@ def _inspect(path: Path | str, name: str, config: IngestConfig,
     """Check that a raster can become a scene; raise one :class:`InputError` if not.
 
     A remote raster's reads are retried while they fail transiently
-    (:func:`resflow.storage.retrying`); a refusal is final, and so is a source that cannot
+    (:func:`resflow.retries.retrying`); a refusal is final, and so is a source that cannot
     be reached (refused with its HTTP status where it has one)."""
     try:
-        return storage.retrying(lambda: _inspect_once(path, name, config, rgb))
+        return retrying(lambda: _inspect_once(path, name, config, rgb))
     except OSError as exc:
         if not storage.is_url(path):
             raise
@@ -504,7 +505,7 @@ def _write_scene(root: zarr.Group, plan: _Plan, config: IngestConfig) -> None:
         group.attrs["complete"] = True
         return
     try:  # a remote source's transient failures are retried; each try rewrites every array
-        stats, fractions = storage.retrying(lambda: _stream(group, plan, config)) \
+        stats, fractions = retrying(lambda: _stream(group, plan, config)) \
             if storage.is_url(plan.source) else _stream(group, plan, config)
     except (RasterioError, OSError) as exc:
         del scenes[info.name]

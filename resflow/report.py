@@ -146,7 +146,7 @@ class RunReport(BaseModel):
         Chips skipped because they hold no valid pixel (stored as not mapped).
     store_retries
         Reads and writes of the archive or the output store that failed transiently and
-        were tried again (:func:`resflow.storage.retrying`).
+        were tried again (:func:`resflow.retries.retrying`).
     peak_rss_mb
         Peak resident memory of the driver process, MiB, if measured.
 

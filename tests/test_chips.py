@@ -17,7 +17,7 @@ from resflow.inference.caches import load_gallery
 from resflow.inference.clock import Clock
 from resflow.inference.settings import STAGE1, GraphSettings
 from resflow.inference.window_work import WindowFailed, encode_window, windows_of
-from resflow.storage import RetryCount
+from resflow.retries import RetryCount
 from resflow.windows import window_of
 
 CPU = torch.device("cpu")

@@ -23,8 +23,8 @@ from resflow.models import (
     hamming_nearest,
     load_imagenet_lite0,
 )
+from resflow.retries import RetryCount
 from resflow.stages import decode, encode, extract_features, map_codes, segment
-from resflow.storage import RetryCount
 from resflow.store.format import NOT_MAPPED, quantise
 
 CPU = torch.device("cpu")

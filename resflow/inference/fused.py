@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from resflow import storage
 from resflow.chips import ChipRef
 from resflow.executor import TaskEnv
 from resflow.failures import ChipFailure
@@ -28,6 +27,7 @@ from resflow.inference.window_work import (
     write_partition_shards,
 )
 from resflow.planning import Partition
+from resflow.retries import RetryCount
 
 
 def fused_stages(settings: GraphSettings, records: list[Partition],
@@ -51,7 +51,7 @@ def fused_stages(settings: GraphSettings, records: list[Partition],
 
 def _fused_partition(settings: GraphSettings, partition: Partition,
                      env: TaskEnv) -> PartitionSummary:
-    clock, counter = Clock(), storage.RetryCount()
+    clock, counter = Clock(), RetryCount()
     summary = PartitionSummary(partition=partition.index)
     device = task_device(settings, env)
     gallery = load_gallery(settings.gallery, settings.gallery_version)

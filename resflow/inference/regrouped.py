@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from resflow import storage
 from resflow.chips import ChipRef
 from resflow.executor import TaskEnv, block_of
 from resflow.failures import ChipFailure, describe_error
@@ -34,6 +33,7 @@ from resflow.inference.window_work import (
     write_partition_shards,
 )
 from resflow.planning import Partition
+from resflow.retries import RetryCount
 
 
 def failing_stage(stage: str, fn: Callable[..., list[Any]]) -> Callable[..., list[Any]]:
@@ -66,7 +66,7 @@ def stage1_features(settings: GraphSettings, records: list[Partition],
 
 
 def _features(settings: GraphSettings, partition: Partition, env: TaskEnv) -> list[Any]:
-    clock, counter = Clock(), storage.RetryCount()
+    clock, counter = Clock(), RetryCount()
     device = task_device(settings, env)
     gallery = load_gallery(settings.gallery, settings.gallery_version)
     archive = cached_archive(settings.archive)
@@ -124,7 +124,7 @@ def stage3_segment(settings: GraphSettings, records: list[Any], env: TaskEnv) ->
     routed = {r.ref: r for r in records if isinstance(r, Routed)}
     if not routed:
         return passing
-    clock, counter = Clock(), storage.RetryCount()
+    clock, counter = Clock(), RetryCount()
     device = task_device(settings, env)
     gallery = load_gallery(settings.gallery, settings.gallery_version)
     archive = cached_archive(settings.archive)
@@ -172,7 +172,7 @@ def write_stage(settings: GraphSettings, records: list[Any], env: TaskEnv
 
 def _write_partition(settings: GraphSettings, partition: Partition,
                      records: list[Any]) -> PartitionSummary:
-    clock, counter = Clock(), storage.RetryCount()
+    clock, counter = Clock(), RetryCount()
     summary = PartitionSummary(partition=partition.index)
     failures = [r for r in records if isinstance(r, ChipFailure)]
     chips = [r for r in records if isinstance(r, Segmented)]

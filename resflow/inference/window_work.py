@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from resflow import storage
 from resflow.archive import Archive
 from resflow.chips import ChipRef, SourceChip
 from resflow.executor import TaskEnv
@@ -29,6 +28,7 @@ from resflow.inference.settings import STAGE3, GraphSettings
 from resflow.inference.summary import PartitionSummary
 from resflow.masks import min_pixels
 from resflow.planning import Partition
+from resflow.retries import RetryCount, retrying, retrying_each
 from resflow.store.format import NO_DATA_CHIP, NOT_MAPPED, UNWRITTEN
 from resflow.store.mask_rule import MaskRule
 from resflow.store.shards import ShardWrite
@@ -83,7 +83,7 @@ def windows_of(settings: GraphSettings, archive: Archive,
 
 
 def encode_window(settings: GraphSettings, gallery: Gallery, device: Any, archive: Archive,
-                  window: Window, stage: str, counter: storage.RetryCount, clock: Clock
+                  window: Window, stage: str, counter: RetryCount, clock: Clock
                   ) -> tuple[SourceChip, np.ndarray, FeatureMaps]:
     """Read a window with its halo and run the encoder once over it: its pixels as stored,
     its ``(1, 1280)`` embedding (pooled over the window without its halo, what stage 2
@@ -100,8 +100,7 @@ def encode_window(settings: GraphSettings, gallery: Gallery, device: Any, archiv
 
     with clock("read"):
         try:
-            source = storage.retrying(lambda: archive.read_window(window, settings.halo),
-                                      counter)
+            source = retrying(lambda: archive.read_window(window, settings.halo), counter)
         except Exception as exc:
             raise WindowFailed(stage, "reading its window of chips failed "
                                f"({describe_error(exc)})") from exc
@@ -170,7 +169,7 @@ def segment_window(settings: GraphSettings, gallery: Gallery, device: Any, windo
 def write_partition_shards(settings: GraphSettings, shards: list[ShardChips],
                  mapped: dict[ChipRef, tuple[np.ndarray, np.ndarray, int]],
                  failures: list[ChipFailure], summary: PartitionSummary,
-                 counter: storage.RetryCount, clock: Clock, stage: str) -> None:
+                 counter: RetryCount, clock: Clock, stage: str) -> None:
     """Write every shard of the partition, together (:meth:`OutputStore.write_shards`), and
     count what was written into ``summary``.
 
@@ -200,7 +199,7 @@ def write_partition_shards(settings: GraphSettings, shards: list[ShardChips],
         writes.append(ShardWrite(scene, shard, chips, probabilities, masks, buckets,
                                  archive.scenes[scene].transform))
     with clock("write"):
-        lost = storage.retrying_each(
+        lost = retrying_each(
             lambda indices: _renumbered(store.write_shards([writes[i] for i in indices]),
                                         indices), len(writes), counter)
     for index, write in enumerate(writes):
