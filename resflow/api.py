@@ -207,9 +207,11 @@ def predict(sources: Sequence[storage.Location], out: storage.Location, backend:
 def _run_config(caller: str, **settings: Any) -> RunConfig:
     """The run config of a call's arguments, validated as the CLI validates its flags."""
     from resflow.config import RunConfig, load_config
+    from resflow.plugins import engine_models
 
     _refuse_loader_parameters(settings, load_config, caller)
-    return load_config(None, RunConfig, origin=f"{caller}() argument", **settings)
+    return load_config(None, RunConfig, origin=f"{caller}() argument",
+                       engines=engine_models(), **settings)
 
 
 def _backend(config: RunConfig) -> type[Executor]:
@@ -290,15 +292,10 @@ def _session(executor_class: type[Executor], client: Any) -> dict[str, Any]:
 
 def _executor(executor_class: type[Executor], config: RunConfig, session: dict[str, Any], *,
               progress: bool) -> Executor:
-    """The run's engine: from its settings, as ``resflow run`` builds it, or on the caller's
-    ``session`` (:func:`_session`)."""
-    if not session:
-        return executor_class.from_config(config, progress=progress)
-    # what from_config passes (the engine's settings; no GPUs for device="cpu"), plus the
-    # session
-    return executor_class(config.engine_settings(config.backend),  # type: ignore[call-arg]
-                          **session, gpus=[] if config.device == "cpu" else None,
-                          progress=progress)
+    """The run's engine: from its settings, as ``resflow run`` builds it, on the caller's
+    ``session`` where there is one (:func:`_session`)."""
+    return executor_class.from_settings(config.engine_settings(config.backend),
+                                        device=config.device, progress=progress, **session)
 
 
 def open_maps(out: storage.Location, **open_kwargs: Any) -> xr.DataTree:

@@ -10,7 +10,8 @@ its value came from.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +25,7 @@ from pydantic import (
     SerializationInfo,
     SerializerFunctionWrapHandler,
     ValidationError,
+    ValidationInfo,
     model_serializer,
     model_validator,
 )
@@ -48,6 +50,32 @@ ENGINE_SECTION = "engine_section"
 """Error type of a run-config section that names no installed engine with settings."""
 ENGINE_SECTION_FIX = ("rename or remove the section, or install the engine it is for "
                       "(`resflow doctor` lists the installed engines, and why any failed to load)")
+
+
+@dataclass(frozen=True)
+class EngineModels:
+    """The installed engines, as a run config's validation context: what its engine
+    sections are checked against.
+
+    :func:`resflow.plugins.engine_models` builds it from the registry and
+    ``load_config(..., engines=...)`` passes it on
+    (``RunConfig.model_validate(data, context={"engines": ...})``). The config module never
+    reads the registry itself: without this context a run config validates its own fields
+    alone and keeps engine sections as given, for the engine to check when it is built
+    (:meth:`resflow.executor.Executor.from_settings`).
+    """
+
+    #: the settings model of each installed engine that has settings, by engine name
+    models: Mapping[str, type[BaseModel]] = field(default_factory=dict)
+    #: installed engines without settings (a section for one is refused)
+    without_settings: frozenset[str] = frozenset()
+    #: engines declared but not importable (their sections cannot be checked)
+    unloadable: frozenset[str] = frozenset()
+
+    @property
+    def installed(self) -> list[str]:
+        """Names of the installed engines, sorted."""
+        return sorted({*self.models, *self.without_settings})
 
 
 class _Strict(BaseModel):
@@ -83,13 +111,15 @@ class IngestConfig(_Strict):
 class RunConfig(_Strict):
     """One inference run: archive in, georeferenced building maps out.
 
-    Besides the fields below, a run config holds one section per installed engine that has
-    settings, under the engine's name as users write it in YAML (``<engine>: {<field>: ..}``).
-    Each section is validated by the engine's own ``config_model`` (errors name the field,
-    ``<engine>.<field>``), holds the engine's defaults when not given, and is read with
-    :meth:`engine_settings`. A mapping under a name that is neither a field nor an installed
-    engine is refused. Dumps (``model_dump``) write the sections back at the top level, so
-    the run report's copy validates again into the same config.
+    Besides the fields below, a run config holds one section per engine, under the engine's
+    name as users write it in YAML (``<engine>: {<field>: ..}``), read with
+    :meth:`engine_settings`. Validated with the installed engines as context
+    (:class:`EngineModels`, as :func:`load_config` does for the CLI and the Python API), each
+    section is checked by the engine's own ``config_model`` (errors name the field,
+    ``<engine>.<field>``) and holds the engine's defaults when not given, and a mapping under
+    a name that is neither a field nor an installed engine is refused. Without that context
+    sections are kept as given. Dumps (``model_dump``) write the sections back at the top
+    level, so the run report's copy validates again into the same config.
 
     Examples
     --------
@@ -143,20 +173,22 @@ class RunConfig(_Strict):
     resume: bool = False
     overwrite: bool = False
 
-    _engines: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
+    _engines: dict[str, BaseModel | dict[str, Any]] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="wrap")
     @classmethod
-    def _with_engine_sections(cls, data: Any,
-                              handler: ModelWrapValidatorHandler[RunConfig]) -> RunConfig:
-        """Validate the sections named after engines by each engine's model, the rest here.
+    def _with_engine_sections(cls, data: Any, handler: ModelWrapValidatorHandler[RunConfig],
+                              info: ValidationInfo) -> RunConfig:
+        """Validate the sections named after engines by each engine's model (given the
+        installed engines as context), the rest here.
 
         Errors of both kinds are raised together, each located at its YAML path.
         """
         if not isinstance(data, dict):
             return handler(data)
         sections, errors, unknown = _engine_sections(
-            {key: value for key, value in data.items() if key not in cls.model_fields})
+            {key: value for key, value in data.items() if key not in cls.model_fields},
+            _context_engines(info.context))
         try:
             config = handler({**{key: value for key, value in data.items()
                                  if key in cls.model_fields}, **unknown})
@@ -176,44 +208,44 @@ class RunConfig(_Strict):
         data = handler(self)
         mode = "json" if info.mode_is_json() else "python"
         for name, section in self._engines.items():
-            data[name] = section.model_dump(mode=mode)
+            data[name] = (section.model_dump(mode=mode) if isinstance(section, BaseModel)
+                          else section)
         return data
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         yield from super().__repr_args__()
         yield from self._engines.items()
 
-    def engine_settings(self, name: str) -> Any:
-        """The validated settings section of engine ``name`` (an instance of its
-        ``config_model``): what ``Executor.from_config`` builds the engine from.
+    def engine_settings(self, name: str) -> BaseModel | dict[str, Any] | None:
+        """The settings section of engine ``name``: an instance of its ``config_model`` when
+        validated with the installed engines, else the mapping as given, or ``None`` when
+        there is none. :meth:`resflow.executor.Executor.from_settings` builds the engine
+        from it."""
+        return self._engines.get(name)
 
-        Raises
-        ------
-        ConfigError
-            for an engine that is not installed or has no settings.
-        """
-        if name not in self._engines:
-            with_settings = ", ".join(sorted(self._engines)) or "none"
-            raise ConfigError(f"engine '{name}'", "this run config holds no settings for it "
-                              f"(engines with settings: {with_settings})",
-                              "install the engine's package, or check the engine name")
-        return self._engines[name]
+
+def _context_engines(context: Any) -> EngineModels | None:
+    """The installed engines a validation context names (``{"engines": EngineModels}``)."""
+    engines = context.get("engines") if isinstance(context, dict) else None
+    return engines if isinstance(engines, EngineModels) else None
 
 
 def _engine_sections(
-    given: dict[str, Any],
-) -> tuple[dict[str, BaseModel], list[InitErrorDetails], dict[str, Any]]:
-    """Each installed engine's section (from ``given``, else its defaults), the errors of the
-    sections in ``given``, and what in ``given`` is no section: unknown settings, which the
-    run config's own validation refuses.
+    given: dict[str, Any], engines: EngineModels | None,
+) -> tuple[dict[str, BaseModel | dict[str, Any]], list[InitErrorDetails], dict[str, Any]]:
+    """Each engine's section, the errors of the sections in ``given``, and what in ``given``
+    is no section: unknown settings, which the run config's own validation refuses.
 
-    ``given`` holds the keys of a run config's input that are not its fields.
+    ``given`` holds the keys of a run config's input that are not its fields. With
+    ``engines``, every installed engine with settings gets its section (from ``given``,
+    else its defaults), checked by its model; without, every mapping is kept as given.
     """
-    from resflow.plugins import declared_backends, engine_classes
-
-    classes = engine_classes()
-    models = {name: cls.config_model for name, cls in classes.items() if cls.config_model}
-    sections: dict[str, BaseModel] = {}
+    if engines is None:
+        kept = {name: value for name, value in given.items()
+                if isinstance(value, dict | BaseModel)}
+        return kept, [], {name: v for name, v in given.items() if name not in kept}
+    models = engines.models
+    sections: dict[str, BaseModel | dict[str, Any]] = {}
     errors: list[InitErrorDetails] = []
     unknown: dict[str, Any] = {}
     for name, value in given.items():
@@ -222,14 +254,14 @@ def _engine_sections(
         if not isinstance(value, dict | BaseModel):
             unknown[name] = value
             continue
-        if name in classes:
+        if name in engines.without_settings:
             problem = f"the '{name}' engine has no settings"
-        elif name in declared_backends():
+        elif name in engines.unloadable:
             problem = (f"the '{name}' engine is declared but could not be loaded, so its "
                        "settings cannot be checked")
         else:
             problem = (f"'{name}' is neither a run setting nor an installed engine (installed "
-                       f"engines: {', '.join(sorted(classes)) or 'none'})")
+                       f"engines: {', '.join(engines.installed) or 'none'})")
         errors.append(InitErrorDetails(type=PydanticCustomError(ENGINE_SECTION, problem),
                                        loc=(name,), input=value))
     for name, model in sorted(models.items()):
@@ -291,7 +323,7 @@ def parse_sets(items: Iterable[str]) -> dict[str, Any]:
 
 def load_config(path: Path | str | None, model: type[BaseModel] = RunConfig, *,
                 sets: Iterable[str] = (), origin: str = "command line",
-                **overrides: Any) -> Any:
+                engines: EngineModels | None = None, **overrides: Any) -> Any:
     """Resolve ``model`` from, lowest precedence first, its defaults, the YAML file at
     ``path``, the ``sets`` (``--set KEY=VALUE`` items, :func:`parse_sets`) in order, and the
     non-None ``overrides`` (the command's own flags, or a function's arguments: ``origin``
@@ -300,7 +332,8 @@ def load_config(path: Path | str | None, model: type[BaseModel] = RunConfig, *,
     So a flag beats a ``--set`` of the same setting, which beats the file. Keys of ``sets``
     and ``overrides`` are dotted for a field of a section: ``"<engine>.<field>"`` sets a field
     of an engine's section. A ``--set`` may set a value to null; a flag left out (None) sets
-    nothing.
+    nothing. ``engines`` (:func:`resflow.plugins.engine_models`) checks a run config's
+    engine sections against the installed engines.
 
     Raises
     ------
@@ -320,9 +353,9 @@ def load_config(path: Path | str | None, model: type[BaseModel] = RunConfig, *,
             _assign(data, key, value, f"{origin}: {key}")
             given.append((tuple(key.split(".")), origin))
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context={"engines": engines} if engines else None)
     except ValidationError as exc:
-        raise _config_error(exc, model, where, given) from exc
+        raise _config_error(exc, model, where, given, engines) from exc
 
 
 def dump_config(settings: BaseModel) -> str:
@@ -377,7 +410,8 @@ def _assign(data: dict[str, Any], key: str, value: Any, source: str) -> None:
 
 
 def _config_error(exc: ValidationError, model: type[BaseModel], where: str,
-                  given: list[tuple[tuple[str, ...], str]]) -> ConfigError:
+                  given: list[tuple[tuple[str, ...], str]],
+                  engines: EngineModels | None) -> ConfigError:
     """The first validation error, located at its field and at the source of its value:
     the last ``--set`` or flag whose key is the field, or holds it, or lies inside it; else
     the file."""
@@ -392,7 +426,8 @@ def _config_error(exc: ValidationError, model: type[BaseModel], where: str,
         location = source
     else:
         location = f"{source}: field '{field}'"
-    known = _settings_at(model, loc[:-1]) if first["type"] == "extra_forbidden" else []
+    known = (_settings_at(model, loc[:-1], engines) if first["type"] == "extra_forbidden"
+             else [])
     if first["type"] == ENGINE_SECTION:
         fix = ENGINE_SECTION_FIX
     elif known:
@@ -403,14 +438,12 @@ def _config_error(exc: ValidationError, model: type[BaseModel], where: str,
     return ConfigError(location, first["msg"], fix)
 
 
-def _settings_at(model: type[BaseModel], section: tuple[str, ...]) -> list[str]:
+def _settings_at(model: type[BaseModel], section: tuple[str, ...],
+                 installed: EngineModels | None) -> list[str]:
     """The keys a mapping at ``section`` of ``model``'s YAML may hold: the fields of the
-    (nested) model there, and for a run config's top level its engine sections; [] where
-    ``section`` names no model."""
-    from resflow.plugins import engine_classes
-
-    engines = {name: cls.config_model for name, cls in engine_classes().items()
-               if cls.config_model} if issubclass(model, RunConfig) else {}
+    (nested) model there, and for a run config's top level the sections of the
+    ``installed`` engines; [] where ``section`` names no model."""
+    engines = dict(installed.models) if installed and issubclass(model, RunConfig) else {}
     current: type[BaseModel] | None = model
     for part in section:
         field = current.model_fields.get(part) if current else None

@@ -12,14 +12,13 @@ from __future__ import annotations
 import re
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
-if TYPE_CHECKING:
-    from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-    from resflow.config import RunConfig
+from resflow.errors import ConfigError
 
 T = TypeVar("T")
 
@@ -235,9 +234,7 @@ class Executor(ABC):
         Run ``setup()`` once in every worker process before its tasks (Dask: a ``WorkerPlugin``),
         so per-process state such as loaded models is ready and never shipped with a task.
 
-    Plus ``from_config(run_config, *, progress=True)`` (how ``resflow run`` builds an engine,
-    from its own section ``run_config.engine_settings(name)``, with or without progress, kept as
-    ``progress``), ``on_task_done(name, done)`` (call ``done(partition)`` on the driver as each
+    Plus ``on_task_done(name, done)`` (call ``done(partition)`` on the driver as each
     task of a stage finishes: the run's progress in chips is counted from it),
     ``gpu_share`` (the GPU share a GPU task claims on this
     engine, from its config), ``close()`` (also via ``with``), ``describe()`` (the cluster shape
@@ -280,7 +277,7 @@ class Executor(ABC):
     #: ``(constructor keyword, module, class)``, e.g. ``("client", "distributed", "Client")``;
     #: ``None``: the engine always starts its own
     session: ClassVar[tuple[str, str, str] | None] = None
-    #: whether a run on this engine shows its progress (``from_config(progress=...)``)
+    #: whether a run on this engine shows its progress (``from_settings(progress=...)``)
     progress: bool = False
 
     @classmethod
@@ -292,13 +289,29 @@ class Executor(ABC):
         return {}
 
     @classmethod
-    @abstractmethod
-    def from_config(cls, config: RunConfig, *, progress: bool = True) -> Executor:
-        """The executor a run asks for: what ``resflow run --backend <name>`` constructs.
+    def from_settings(cls, section: BaseModel | Mapping[str, Any] | None = None, *,
+                      device: str = "auto", progress: bool = True, **session: Any) -> Executor:
+        """The engine a run asks for, built from its own section of the run config
+        (``run_config.engine_settings(name)``): what ``resflow run --backend <name>`` and
+        ``resflow.run`` construct, one way for every engine.
 
-        ``progress``: the run shows its progress (kept as ``self.progress``), as
-        ``resflow run`` does; ``resflow.run`` (unless asked) and the benchmarks turn it
-        off."""
+        The constructor receives the section checked by ``config_model`` (its defaults where
+        ``None``) as its first argument, unless the engine has no settings; ``gpus=[]`` for
+        ``device="cpu"`` (else ``None``: the engine finds its GPUs); ``progress``, kept as
+        ``self.progress`` (``resflow run`` shows it, ``resflow.run`` unless asked and the
+        benchmarks do not); and ``session``, an existing cluster under the keyword of
+        :attr:`session` (``client=...``).
+
+        Raises
+        ------
+        ConfigError
+            naming ``<engine>.<field>`` for a section the engine's model refuses.
+        """
+        gpus = [] if device == "cpu" else None
+        if cls.config_model is None:
+            return cls(gpus=gpus, progress=progress, **session)  # type: ignore[call-arg]
+        return cls(_checked_section(cls.name, cls.config_model, section),  # type: ignore[call-arg]
+                   gpus=gpus, progress=progress, **session)
 
     @abstractmethod
     def from_partitions(self, partitions: Sequence[Sequence[T]]) -> Any:
@@ -391,3 +404,21 @@ def visible_gpus() -> list[str]:
     except ImportError:  # pragma: no cover - torch is a core dependency
         return []
     return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def _checked_section(name: str, model: type[BaseModel],
+                     section: BaseModel | Mapping[str, Any] | None) -> BaseModel:
+    """Engine ``name``'s settings section as an instance of its ``model``.
+
+    A run config validated with the installed engines already holds one; a config validated
+    without them holds the mapping as written, checked here.
+    """
+    if isinstance(section, model):
+        return section
+    try:
+        return model.model_validate(dict(section or {}))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in (name, *first["loc"]))
+        raise ConfigError(f"field '{field}'", first["msg"],
+                          f"see `resflow run --help` for the {name} settings") from exc

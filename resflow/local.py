@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from resflow.executor import (
     CPU,
@@ -22,9 +22,6 @@ from resflow.executor import (
     stage_key,
     visible_gpus,
 )
-
-if TYPE_CHECKING:
-    from resflow.config import RunConfig
 
 
 class LocalExecutor(Executor):
@@ -56,10 +53,6 @@ class LocalExecutor(Executor):
         self.progress = progress
         self.threads = threads or len(os.sched_getaffinity(0))
         self._watchers: dict[str, Callable[[int], None]] = {}
-
-    @classmethod
-    def from_config(cls, config: RunConfig, *, progress: bool = True) -> LocalExecutor:
-        return cls(gpus=[] if config.device == "cpu" else None, progress=progress)
 
     def from_partitions(self, partitions: Sequence[Sequence[Any]]) -> list[list[Any]]:
         return [list(p) for p in partitions]

@@ -19,6 +19,7 @@ import importlib
 import warnings
 from importlib.metadata import EntryPoint, entry_points
 
+from resflow.config import EngineModels
 from resflow.errors import BackendError
 from resflow.executor import Executor
 
@@ -65,6 +66,17 @@ def engine_classes() -> dict[str, type[Executor]]:
     """
     loaded = {name: _load(ep) for name, ep in _entry_points().items()}
     return {name: cls for name, cls in loaded.items() if cls is not None}
+
+
+def engine_models() -> EngineModels:
+    """The installed engines' settings models: the context a run config's engine sections
+    are validated in (``load_config(..., engines=engine_models())``)."""
+    classes = engine_classes()
+    return EngineModels(
+        models={name: cls.config_model for name, cls in classes.items() if cls.config_model},
+        without_settings=frozenset(name for name, cls in classes.items()
+                                   if cls.config_model is None),
+        unloadable=frozenset(declared_backends()) - set(classes))
 
 
 @functools.cache

@@ -149,7 +149,6 @@ def build_engine(name: str, request: pytest.FixtureRequest) -> Executor:
     """
     if name in ON_SHARED_SESSION:
         return ON_SHARED_SESSION[name](request)
-    from resflow.config import RunConfig
     from resflow.plugins import load_backend
 
-    return load_backend(name).from_config(RunConfig(backend=name, device="cpu"), progress=False)
+    return load_backend(name).from_settings(device="cpu", progress=False)

@@ -67,10 +67,11 @@ def test_new_backend_gets_its_section_flag_and_doctor_line(plugin_path: str,
         from typer.testing import CliRunner
         from resflow.cli import app
         from resflow.config import RunConfig, load_config
-        from resflow.plugins import load_backend
+        from resflow.plugins import engine_models, load_backend
 
         assert load_backend("pool").__name__ == "PoolExecutor"
-        settings = load_config(None, RunConfig, backend="pool", **{{"pool.processes": 3}})
+        settings = load_config(None, RunConfig, backend="pool", engines=engine_models(),
+                               **{{"pool.processes": 3}})
         assert settings.engine_settings("pool").processes == 3
         assert settings.model_dump(mode="json")["pool"]["processes"] == 3
         run = typer.main.get_command(app).commands["run"]

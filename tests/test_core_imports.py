@@ -60,6 +60,7 @@ def test_engine_settings_and_flags_without_engines_or_torch(tmp_path) -> None:
         from resflow.cli import app
         from resflow.config import RunConfig, load_config
         from resflow.errors import ConfigError
+        from resflow.plugins import engine_models
 
         assert CliRunner().invoke(app, ["run", "--help"]).exit_code == 0
         shown = CliRunner().invoke(app, ["train", "a.zarr", "--labels", "l.geojson", "--out",
@@ -68,12 +69,15 @@ def test_engine_settings_and_flags_without_engines_or_torch(tmp_path) -> None:
         run = typer.main.get_command(app).commands["run"]
         flags = {{flag for param in run.params for flag in param.opts}}
         assert {{"--scheduler-address", "--spark-master", "--workers"}} <= flags, flags
-        settings = load_config({str(config)!r}, RunConfig, **{{"dask.workers": 5}})
+        engines = engine_models()
+        settings = load_config({str(config)!r}, RunConfig, engines=engines,
+                               **{{"dask.workers": 5}})
         assert settings.engine_settings("dask").workers == 5
         assert settings.engine_settings("spark").master == "local[4]"
-        assert RunConfig.model_validate(settings.model_dump(mode="json")) == settings
+        assert RunConfig.model_validate(settings.model_dump(mode="json"),
+                                        context={{"engines": engines}}) == settings
         try:
-            load_config(None, RunConfig, **{{"spark.master": "sprak://x:7077"}})
+            load_config(None, RunConfig, engines=engines, **{{"spark.master": "sprak://x:7077"}})
         except ConfigError as err:
             assert "field 'spark.master'" in str(err), err
         else:

@@ -4,6 +4,7 @@ carry, checked on the CPU with declared devices."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 import typer
+from resflow_dask import DaskExecutor
 from resflow_dask.settings import DaskConfig
 from resflow_spark.settings import SparkConfig, is_local_master
 from typer.testing import CliRunner
@@ -20,14 +22,18 @@ from resflow.commands.run import engine_options, engine_overrides
 from resflow.config import RunConfig, load_config
 from resflow.errors import ConfigError
 from resflow.executor import TaskEnv
+from resflow.local import LocalExecutor
+from resflow.plugins import engine_models
 
 # -- sections -----------------------------------------------------------------------------
+
+INSTALLED = {"engines": engine_models()}
 
 
 def test_sections_are_validated_by_the_engines_models(tmp_path: Path) -> None:
     path = tmp_path / "run.yaml"
     path.write_text("backend: spark\ndask:\n  workers: 4\nspark:\n  master: local[3]\n")
-    settings = load_config(path, RunConfig)
+    settings = load_config(path, RunConfig, engines=engine_models())
     assert settings.engine_settings("dask") == DaskConfig(workers=4)
     assert settings.engine_settings("spark") == SparkConfig(master="local[3]")
 
@@ -45,34 +51,60 @@ def test_bad_sections_name_the_file_and_field(tmp_path: Path, text: str, field: 
     path = tmp_path / "run.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError) as err:
-        load_config(path, RunConfig)
+        load_config(path, RunConfig, engines=engine_models())
     assert f"run.yaml: field '{field}'" in str(err.value) and problem in str(err.value)
 
 
 def test_an_empty_section_holds_the_defaults(tmp_path: Path) -> None:
     path = tmp_path / "run.yaml"
     path.write_text("dask:\n  # workers: 4\n")
-    settings = load_config(path, RunConfig, **{"spark.master": "local[4]"})
+    settings = load_config(path, RunConfig, engines=engine_models(),
+                           **{"spark.master": "local[4]"})
     assert settings.engine_settings("dask") == DaskConfig()
     assert settings.engine_settings("spark").master == "local[4]"
 
 
 def test_dump_embeds_each_section_and_validates_back() -> None:
     """The report's copy of the config (``model_dump(mode="json")``) rebuilds the same run."""
-    settings = RunConfig(backend="dask", dask=DaskConfig(workers=3, gpus=["1"]),
-                         spark={"master": "local-cluster[2,1,1024]"})
+    settings = RunConfig.model_validate(
+        {"backend": "dask", "dask": DaskConfig(workers=3, gpus=["1"]),
+         "spark": {"master": "local-cluster[2,1,1024]"}}, context=INSTALLED)
     dumped = settings.model_dump(mode="json")
     assert dumped["dask"]["workers"] == 3 and dumped["dask"]["gpus"] == ["1"]
     assert dumped["spark"]["master"] == "local-cluster[2,1,1024]"
     assert "_engines" not in dumped and "engines" not in dumped
-    assert RunConfig.model_validate(dumped) == settings
-    assert RunConfig.model_validate(settings.model_dump()) == settings
+    assert RunConfig.model_validate(dumped, context=INSTALLED) == settings
+    assert RunConfig.model_validate(settings.model_dump(), context=INSTALLED) == settings
     assert "dask=DaskConfig(scheduler_address=None, workers=3," in repr(settings)
 
 
-def test_asking_for_an_engine_without_settings_names_the_ones_with() -> None:
-    with pytest.raises(ConfigError, match=r"engines with settings: dask, spark"):
-        RunConfig().engine_settings("local")
+def test_without_the_installed_engines_sections_are_kept_for_the_engine_to_check() -> None:
+    """A config validated without the registry holds its sections as written, whatever is
+    installed; the engine checks its own when it is built, naming the field."""
+    plain = RunConfig.model_validate({"backend": "local", "ray": {"address": "auto"},
+                                      "dask": {"workers": 0}})
+    assert plain.engine_settings("ray") == {"address": "auto"}
+    assert plain.engine_settings("local") is None
+    assert plain.model_dump()["dask"] == {"workers": 0}
+    with pytest.raises(ConfigError, match=r"field 'dask.workers'.*greater than or equal to 1"):
+        DaskExecutor.from_settings(plain.engine_settings("dask"), device="cpu")
+    with pytest.raises(ConfigError, match=r"field 'dask.wrokers'"):
+        DaskExecutor.from_settings({"wrokers": 2})
+    engine = LocalExecutor.from_settings(plain.engine_settings("local"), device="cpu",
+                                         progress=False)
+    assert engine.gpus == [] and engine.progress is False
+
+
+def test_validating_a_config_imports_no_engine_registry() -> None:
+    """The config module stands alone: importing and validating it loads neither the
+    plugin registry nor any engine."""
+    script = ("import sys; from resflow.config import RunConfig; "
+              "RunConfig.model_validate({'threshold': 0.6, 'dask': {'workers': 2}}); "
+              "print(sorted(m for m in sys.modules if m.startswith(('resflow.plugins', "
+              "'resflow.executor', 'resflow_'))))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "[]", done.stdout
 
 
 # -- flags --------------------------------------------------------------------------------

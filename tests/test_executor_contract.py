@@ -18,7 +18,7 @@ from resflow.errors import BackendError
 from resflow.executor import CPU, Executor, StageResources, TaskEnv, stable_partition
 from resflow.graph import run_graph
 from resflow.local import LocalExecutor
-from resflow.plugins import list_backends
+from resflow.plugins import engine_models, list_backends
 from resflow.preflight import check_plan
 from resflow.report import ClusterShape
 from tests.fixtures_engines import ON_SHARED_SESSION, build_engine
@@ -157,9 +157,10 @@ def test_engine_owns_its_settings_and_flags(name: str) -> None:
     if cls.config_model is None:
         assert not cls.cli_options
     else:
-        settings = RunConfig().engine_settings(name)
+        defaults = RunConfig.model_validate({}, context={"engines": engine_models()})
+        settings = defaults.engine_settings(name)
         assert settings == cls.config_model()
-        assert RunConfig().model_dump(mode="json")[name] == settings.model_dump(mode="json")
+        assert defaults.model_dump(mode="json")[name] == settings.model_dump(mode="json")
         assert {o.field for o in cls.cli_options} <= set(cls.config_model.model_fields)
     assert all(isinstance(v, str) for v in cls.environment().values())
 
@@ -171,10 +172,6 @@ class FusedOnly(Executor):
 
     def __init__(self) -> None:
         self.local = LocalExecutor(gpus=[], progress=False)
-
-    @classmethod
-    def from_config(cls, config: RunConfig, *, progress: bool = True) -> FusedOnly:
-        return cls()
 
     def from_partitions(self, partitions):
         return self.local.from_partitions(partitions)

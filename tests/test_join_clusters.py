@@ -20,6 +20,7 @@ import pytest
 
 from resflow.archive import Archive
 from resflow.config import RunConfig
+from resflow.plugins import engine_models
 from resflow.store.writer import OutputStore
 from tests import processes
 from tests.processes import BIN, free_port, port_open, wait_until
@@ -119,7 +120,8 @@ def test_run_joins_a_spark_standalone_cluster(spark_output, dask_output) -> None
     assert "on spark (1 worker x 1 thread)" in summary
     report = json.loads((out / "run_report.json").read_text())
     assert report["config"]["plan"] == "regrouped"
-    rebuilt = RunConfig.model_validate(report["config"])  # the report reproduces the run
+    rebuilt = RunConfig.model_validate(report["config"],  # the report reproduces the run
+                                       context={"engines": engine_models()})
     assert rebuilt.engine_settings("spark").master.startswith("spark://127.0.0.1:")
     reference = probability(dask_output[0])
     for scene, array in probability(out).items():

@@ -39,8 +39,6 @@ from resflow_dask.tasks import GpuPlan, concat_pieces, run_partition
 if TYPE_CHECKING:
     from distributed import Client, Future
 
-    from resflow.config import RunConfig
-
 __all__ = ["DaskExecutor"]
 
 PRELOAD_ATTEMPTS = 5
@@ -173,10 +171,6 @@ class DaskExecutor(Executor):
         self._stages: list[tuple[str, list[Future]]] = []
         self._watchers: dict[str, Callable[[int], None]] = {}
 
-    @classmethod
-    def from_config(cls, config: RunConfig, *, progress: bool = True) -> DaskExecutor:
-        return cls(config.engine_settings(cls.name), gpus=[] if config.device == "cpu" else None,
-                   progress=progress)
 
     # -- cluster facts -------------------------------------------------------------------
 

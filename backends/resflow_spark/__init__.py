@@ -33,8 +33,6 @@ if TYPE_CHECKING:
     from pyspark import RDD
     from pyspark.sql import SparkSession
 
-    from resflow.config import RunConfig
-
 __all__ = ["SparkExecutor"]
 
 
@@ -165,10 +163,6 @@ class SparkExecutor(Executor):
             tuple(visible_gpus() if declared is None else declared)
             if is_local_master(self.sc.master) else ())
 
-    @classmethod
-    def from_config(cls, config: RunConfig, *, progress: bool = True) -> SparkExecutor:
-        return cls(config.engine_settings(cls.name), gpus=[] if config.device == "cpu" else None,
-                   progress=progress)
 
     @classmethod
     def environment(cls) -> dict[str, str]:

@@ -41,7 +41,8 @@ def start_executor(config: RunConfig) -> tuple[Executor, float]:
     cls = load_backend(config.backend)
     start = time.perf_counter()
     # no bars: they would interleave with the benchmark's own output
-    executor = cls.from_config(config, progress=False)
+    executor = cls.from_settings(config.engine_settings(config.backend), device=config.device,
+                                 progress=False)
     return executor, time.perf_counter() - start
 
 

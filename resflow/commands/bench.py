@@ -62,6 +62,7 @@ def bench_command(
     and table-<mode>.md to OUT and prints the tables.
     """
     from resflow.config import RunConfig, load_config
+    from resflow.plugins import engine_models
 
     study, tables = _study()
     options = study.BenchOptions(
@@ -69,7 +70,7 @@ def bench_command(
         repeats=repeats, out=out, gallery=gallery, partition_chips=partition_chips,
         batch_size=batch_size, device=device.value, work_dir=work_dir)
     for plan in options.plans:  # refused before any work, naming the field
-        load_config(None, RunConfig, plan=plan)
+        load_config(None, RunConfig, engines=engine_models(), plan=plan)
     results = study.run_benchmark(options, log=logger.info)
     typer.echo(tables.markdown_tables(results))
     logger.info("wrote %s/bench-%s.json, plots and table-%s.md", out, options.mode,

@@ -75,9 +75,11 @@ def resolve_run_config(config: Path | None, sets: list[str] | None, print_config
     has printed it. Bad settings end the command: the error on stderr, exit code 2."""
     from resflow.config import RunConfig, load_config
     from resflow.errors import ResflowError
+    from resflow.plugins import engine_models
 
     try:
-        settings = load_config(config, RunConfig, sets=sets or (), **overrides)
+        settings = load_config(config, RunConfig, sets=sets or (), engines=engine_models(),
+                               **overrides)
     except ResflowError as err:
         logger.error("%s", err)
         raise typer.Exit(2) from None

@@ -211,7 +211,9 @@ def execute_run(settings: RunConfig) -> None:
         executor_class = load_backend(settings.backend)
         if check_run(settings) == "resume":
             logger.info("%s", progress_line(out, "resuming"))
-        with sigterm_as_interrupt(), executor_class.from_config(settings) as executor:
+        engine = settings.engine_settings(settings.backend)
+        with sigterm_as_interrupt(), executor_class.from_settings(
+                engine, device=settings.device) as executor:
             if executor.dashboard_link:
                 logger.info("%s dashboard: %s", settings.backend,
                             redact_text(executor.dashboard_link),
