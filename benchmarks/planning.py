@@ -47,7 +47,7 @@ def synthetic_scenes(n: int) -> dict[str, Any]:
     """``n`` scenes of metadata only, tiling UTM zone 31N on a grid, at 0.3 m."""
     from pyproj import CRS
 
-    from resflow.archive import SceneInfo
+    from resflow.archive_layout import SceneInfo
 
     wkt = CRS.from_epsg(32631).to_wkt()
     side = SCENE_CHIPS * CHIP

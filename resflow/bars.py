@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from resflow.planning import shard_size
 
 if TYPE_CHECKING:
-    from resflow.archive import SceneInfo
+    from resflow.archive_layout import SceneInfo
     from resflow.planning import Partition
 
 logger = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ written last, so an interrupted ingest never leaves a scene that looks finished.
 skips complete scenes whose source checksum, chip and band selection are unchanged, and
 redoes the rest. Inputs that cannot be used are refused one by one with an
 :class:`~resflow.errors.InputError` and recorded in the root attribute ``refused``; the
-other inputs still ingest. The layout is described in :mod:`resflow.archive`.
+other inputs still ingest. The layout is described in :mod:`resflow.archive_layout`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from rasterio.windows import Window
 from zarr.errors import ZarrUserWarning
 
 from resflow import __version__, storage
-from resflow.archive import ARCHIVE_KIND, FORMAT_VERSION, SCENES, SceneInfo
+from resflow.archive_layout import ARCHIVE_KIND, FORMAT_VERSION, SCENES, SceneInfo
 from resflow.chips import grid_shape
 from resflow.config import IngestConfig
 from resflow.errors import InputError

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from resflow.chips import grid_shape, shard_chip_window, shard_grid
 
 if TYPE_CHECKING:
-    from resflow.archive import SceneInfo
+    from resflow.archive_layout import SceneInfo
 
 #: A partition holds at most ``1 / (PARTITIONS_PER_SLOT x slots)`` of the chips still to
 #: plan, so partitions shrink towards the end of a run and every slot finishes at about the

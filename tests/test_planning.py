@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from resflow.archive import Archive, SceneInfo
+from resflow.archive import Archive
+from resflow.archive_layout import SceneInfo
 from resflow.planning import (
     MIN_PARTITION_CHIPS,
     PARTITIONS_PER_SLOT,

@@ -36,7 +36,7 @@ from shapely.geometry import box, mapping
 from shapely.geometry.polygon import orient
 
 from resflow import storage
-from resflow.archive import SCENES
+from resflow.archive_layout import SCENES
 from resflow.export.cog import cog_names
 from resflow.export.files import replacing
 from resflow.export.footprints import MEDIA_TYPES, WGS84, footprint_format

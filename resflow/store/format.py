@@ -34,7 +34,7 @@ from resflow.paths import confined
 from resflow.report import REPORT_NAME
 
 if TYPE_CHECKING:
-    from resflow.archive import SceneInfo
+    from resflow.archive_layout import SceneInfo
     from resflow.store.writer import OutputStore
 
 KIND = "output"

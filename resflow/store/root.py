@@ -20,7 +20,7 @@ from resflow.errors import ResflowError
 from resflow.store.format import scene_documents
 
 if TYPE_CHECKING:
-    from resflow.archive import SceneInfo
+    from resflow.archive_layout import SceneInfo
 
 #: Scenes whose groups are built in memory and stored together while creating a store.
 METADATA_BATCH = 256
