@@ -21,7 +21,8 @@ import numpy as np
 import zarr
 
 from resflow.archive import Archive
-from resflow.errors import ConfigError, InputError, ResflowError
+from resflow.errors import InputError, ResflowError
+from resflow.evaluation_settings import eval_settings
 from resflow.harmonise import harmonise
 from resflow.masks import min_pixels
 from resflow.seams import NO_PAIRS, SeamRatio, seam_ratio
@@ -139,13 +140,11 @@ def evaluate(out_store_path: Path | str, label_paths: list[Path | str], *,
         label file; a ``covered`` name that is not a scene of the store; labels that cover
         no scene of the store and no scene ``covered``.
     ConfigError
-        ``threshold`` outside (0, 1).
+        ``threshold`` outside (0, 1) (:class:`~resflow.evaluation_settings.EvalConfig`).
     """
     out = Path(out_store_path)
     store = open_complete(out)
-    if threshold is not None and not 0 < threshold < 1:
-        raise ConfigError("--threshold", f"{threshold} is not between 0 and 1",
-                          "give a probability such as 0.5")
+    eval_settings(threshold=threshold, covered=list(covered))
     if not label_paths:
         raise InputError("--labels", "no label file given", "pass --labels FILE")
     unknown = [name for name in covered if name not in store.groups]

@@ -317,7 +317,7 @@ def test_bad_stores_are_refused(hand_archive: Path, hand_labels: Path, tmp_path:
     with pytest.raises(InputError, match=r"not complete \(3/4 chips mapped\).*--resume"):
         evaluate(unfinished, [hand_labels])
     out = hand_store(hand_archive, tmp_path / "maps.zarr")
-    with pytest.raises(ConfigError, match="between 0 and 1"):
+    with pytest.raises(ConfigError, match="field 'threshold': Input should be less than 1"):
         evaluate(out, [hand_labels], threshold=1.5)
 
 
@@ -397,7 +397,7 @@ def test_real_run_scores_the_same_from_every_format(mapped_samples: Path, atlant
 def test_cli_prints_the_table_and_refuses_bad_input(mapped_samples: Path, tmp_path: Path) -> None:
     labels = str(sample_path("atlanta-labels"))
     result = runner.invoke(app, ["eval", str(mapped_samples), "--labels", labels,
-                                 "--report-dir", str(tmp_path / "r")])
+                                 "--out", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0].split()[:3] == ["scene", "true", "pred"]
@@ -408,7 +408,7 @@ def test_cli_prints_the_table_and_refuses_bad_input(mapped_samples: Path, tmp_pa
                                                             .read_text()))
 
     as_json = runner.invoke(app, ["eval", str(mapped_samples), "--labels", labels, "--json",
-                                  "--threshold", "0.4", "--report-dir", str(tmp_path / "j")])
+                                  "--threshold", "0.4", "--out", str(tmp_path / "j")])
     assert as_json.exit_code == 0
     assert json.loads(as_json.stdout)["threshold"] == 0.4
 
@@ -425,7 +425,7 @@ def test_cli_scores_a_covered_scene_and_refuses_an_unknown_one(mapped_samples: P
                                                                tmp_path: Path) -> None:
     labels = str(sample_path("atlanta-labels"))
     result = runner.invoke(app, ["eval", str(mapped_samples), "--labels", labels, "--covered",
-                                 "ms1", "--json", "--report-dir", str(tmp_path / "r")])
+                                 "ms1", "--json", "--out", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
     found = json.loads(result.stdout)
     assert set(found["scenes"]) == {"sample_geotiff", "ms1"} and found["covered"] == ["ms1"]

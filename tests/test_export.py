@@ -383,8 +383,9 @@ def test_export_run_writes_every_output_and_leaves_no_partial_file(synthetic, tm
     ({}, "no output was asked for"),
     ({"footprints": "b.shp"}, "cannot be written as '.shp'"),
     ({"footprints": "buildings"}, r"name the file \.gpkg"),
-    ({"stac_dir": "s", "threshold": 1.5}, "not between 0 and 1"),
-    ({"footprints": "b.parquet", "min_building_m2": -1}, "negative"),
+    ({"stac_dir": "s", "threshold": 1.5}, "field 'threshold': Input should be less than 1"),
+    ({"footprints": "b.parquet", "min_building_m2": -1},
+     "field 'min_building_m2': Input should be greater than or equal to 0"),
 ])
 def test_bad_requests_are_refused_before_anything_is_written(synthetic, tmp_path, kwargs,
                                                               message):
@@ -410,28 +411,28 @@ def test_incomplete_outputs_are_not_exported(archive, tmp_path):
 def test_export_command_writes_and_refuses(synthetic, tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["export", str(synthetic.path), "--footprints",
-                                 str(tmp_path / "b.parquet"), "--stac", str(tmp_path / "stac"),
+                                 str(tmp_path / "b.parquet"), "--stac-dir", str(tmp_path / "stac"),
                                  "--threshold", "0.6", "--min-building-m2", "20",
                                  "--simplify-m", "0.3"])
     assert result.exit_code == 0, result.output
     assert f"wrote {tmp_path / 'b.parquet'}" in result.output
     assert (gpd.read_parquet(tmp_path / "b.parquet").area_m2 >= 20).all()
     refused = runner.invoke(app, ["export", str(synthetic.path)])
-    assert refused.exit_code == 2 and "--cog DIR" in refused.output
+    assert refused.exit_code == 2 and "--cog-dir DIR" in refused.output
 
 
 def test_export_command_refuses_to_replace_files_unless_overwrite(synthetic, tmp_path):
     runner = CliRunner()
     (tmp_path / "b.gpkg").write_bytes(b"mine")
     refused = runner.invoke(app, ["export", str(synthetic.path), "--footprints",
-                                  str(tmp_path / "b.gpkg"), "--cog", str(tmp_path / "cog"),
-                                  "--stac", str(tmp_path / "stac")])
+                                  str(tmp_path / "b.gpkg"), "--cog-dir", str(tmp_path / "cog"),
+                                  "--stac-dir", str(tmp_path / "stac")])
     assert refused.exit_code == 2
     assert f"{tmp_path / 'b.gpkg'}: the file already exists" in refused.output
     assert "--overwrite" in refused.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.gpkg"], "nothing written"
     assert (tmp_path / "b.gpkg").read_bytes() == b"mine"
-    cog = ["export", str(synthetic.path), "--cog", str(tmp_path / "cog")]
+    cog = ["export", str(synthetic.path), "--cog-dir", str(tmp_path / "cog")]
     assert runner.invoke(app, cog).exit_code == 0
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "cog").iterdir()}
     refused = runner.invoke(app, cog)
@@ -457,7 +458,7 @@ def test_an_unwritable_folder_is_one_clear_line(synthetic, tmp_path, where):
             pytest.skip("sysfs is Linux's")
         folder = Path("/sys/resflow-export")  # no file can be made there, even by root
     result = CliRunner().invoke(app, ["export", str(synthetic.path), "--footprints",
-                                      str(folder / "b.gpkg"), "--cog", str(folder / "cog")])
+                                      str(folder / "b.gpkg"), "--cog-dir", str(folder / "cog")])
     assert result.exit_code == 2, result.output
     assert "the output folder cannot be written" in result.output
     assert "Traceback" not in result.output and not isinstance(result.exception, OSError)

@@ -378,7 +378,7 @@ def test_a_store_with_crafted_group_names_is_refused_and_nothing_is_written(
         export_run(crafted, cog_dir=exports / "cogs", stac_dir=exports / "stac")
     with pytest.raises(ResflowError, match="not a plain folder name"):
         evaluate(crafted, [ATLANTA_LABELS], report_dir=exports / "eval")
-    done = CliRunner().invoke(app, ["export", str(crafted), "--cog", str(exports / "c")])
+    done = CliRunner().invoke(app, ["export", str(crafted), "--cog-dir", str(exports / "c")])
     assert done.exit_code != 0 and "not a plain folder name" in done.output
     assert "Traceback" not in done.output
     assert files_under(tmp_path) == before

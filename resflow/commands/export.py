@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 from enum import StrEnum
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from resflow.commands.options import ConfigFile, PrintConfig, Sets, local_path, show_config
 from resflow.commands.refusals import exit_2_on_refusal
 
 logger = logging.getLogger(__name__)
@@ -32,17 +32,19 @@ def register(app: typer.Typer) -> None:
 def export_command(
     out: Annotated[str, typer.Argument(  # str, not Path: an s3:// URL keeps its slashes
         metavar="OUT", help="a complete output store: a folder such as maps.zarr, or a URL")],
-    cog: Annotated[Path | None, typer.Option(
-        help="write two Cloud-Optimized GeoTIFFs per scene (probability, mask) here")] = None,
-    footprints: Annotated[Path | None, typer.Option(
-        help="write every scene's buildings to this file, in WGS 84, in the format of its "
-        "suffix: .gpkg GeoPackage, .fgb FlatGeobuf, .parquet GeoParquet, .geojson GeoJSON "
-        "(RFC 7946)")] = None,
+    cog_dir: Annotated[str | None, typer.Option(
+        "--cog-dir", metavar="DIR", help="write two Cloud-Optimized GeoTIFFs per scene "
+        "(probability, mask) in this local folder")] = None,
+    footprints: Annotated[str | None, typer.Option(
+        metavar="FILE", help="write every scene's buildings to this local file, in WGS 84, in "
+        "the format of its suffix: .gpkg GeoPackage, .fgb FlatGeobuf, .parquet GeoParquet, "
+        ".geojson GeoJSON (RFC 7946)")] = None,
     footprints_format: Annotated[FootprintsFormat | None, typer.Option(
         help="footprints format, whatever the file name (default: by suffix)",
         case_sensitive=False)] = None,
-    stac: Annotated[Path | None, typer.Option(
-        help="write a STAC Collection (collection.json, one Item per scene) here")] = None,
+    stac_dir: Annotated[str | None, typer.Option(
+        "--stac-dir", metavar="DIR", help="write a STAC Collection (collection.json, one Item "
+        "per scene) in this local folder")] = None,
     threshold: Annotated[float | None, typer.Option(
         help="cut the stored probability again at this value in (0, 1) for the COG mask and "
         "the footprints, without inference (default: the run's own mask; the store is "
@@ -57,20 +59,35 @@ def export_command(
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="replace footprints and COGs already there (default: refuse, "
         "writing nothing)")] = False,
+    config: ConfigFile = None,
+    sets: Sets = None,
+    print_config: PrintConfig = False,
 ) -> None:
     """Export OUT (a finished `resflow run`) as COGs, footprints and a STAC Collection.
 
-    Give at least one of --cog, --footprints and --stac. Exit codes: 0 written; 2 refused
+    Give at least one of --cog-dir, --footprints and --stac-dir. Settings (threshold,
+    min_building_m2, simplify_m, footprints_format, overwrite) come from their defaults,
+    then --config, then each --set, then the other flags. Exit codes: 0 written; 2 refused
     (nothing asked for, a setting out of range, an incomplete or missing output, a file
     already there without --overwrite, a folder that cannot be written), with one line
     naming the file, the problem and the fix; a refused export writes nothing.
     """
+    from resflow.config import load_config
     from resflow.export import export_run
+    from resflow.export.settings import ExportConfig
 
-    written = export_run(
-        out, cog_dir=cog, footprints=footprints, stac_dir=stac, threshold=threshold,
+    settings = load_config(
+        config, ExportConfig, sets=sets or (), threshold=threshold,
         min_building_m2=min_building_m2, simplify_m=simplify_m,
         footprints_format=footprints_format.value if footprints_format else None,
-        overwrite=overwrite)
+        overwrite=overwrite or None)
+    if print_config:
+        show_config(settings)
+        return
+    fix = "export to a local folder, then copy the files (e.g. aws s3 cp --recursive)"
+    written = export_run(
+        out, cog_dir=local_path("--cog-dir", cog_dir, fix),
+        footprints=local_path("--footprints", footprints, fix),
+        stac_dir=local_path("--stac-dir", stac_dir, fix), **settings.model_dump())
     for path in written:
         typer.echo(f"wrote {path}")

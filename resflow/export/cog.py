@@ -23,7 +23,12 @@ from rasterio.windows import Window
 
 from resflow import storage
 from resflow.export.files import replacing
-from resflow.export.settings import TILE_PX, check_settings, default_min_building_m2, mask_rule
+from resflow.export.settings import (
+    TILE_PX,
+    default_min_building_m2,
+    export_settings,
+    mask_rule,
+)
 from resflow.store.format import Encoding, scene_file
 from resflow.store.mask_rule import MaskRule
 from resflow.store.reader import SceneMaps, open_complete, scene_gsd_m, scene_maps
@@ -115,7 +120,7 @@ def export_cogs(out_store: OutputStore | storage.Location, cog_dir: Path | str, 
     ResflowError
         The output is not complete, or a setting is out of range.
     """
-    check_settings(threshold, min_building_m2, None)
+    export_settings(threshold=threshold, min_building_m2=min_building_m2)
     store = open_complete(out_store)
     min_building = default_min_building_m2(store) if min_building_m2 is None else min_building_m2
     cog_dir = Path(cog_dir)

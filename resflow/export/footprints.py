@@ -10,10 +10,11 @@ vectorising each scene at once while memory stays one window.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -26,9 +27,15 @@ from scipy import ndimage
 from shapely.geometry import Polygon, shape
 
 from resflow import storage
-from resflow.errors import ConfigError, ResflowError
+from resflow.errors import ResflowError
 from resflow.export.files import replacing
-from resflow.export.settings import TILE_PX, check_settings, default_min_building_m2, mask_rule
+from resflow.export.settings import (
+    TILE_PX,
+    FootprintFormat,
+    default_min_building_m2,
+    export_settings,
+    mask_rule,
+)
 from resflow.masks import min_pixels
 from resflow.store.format import Encoding
 from resflow.store.mask_rule import STORE_MASK, MaskRule
@@ -39,8 +46,7 @@ WGS84 = "EPSG:4326"
 """The one CRS of a footprints file, as RFC 7946 GeoJSON requires (longitude, latitude)."""
 
 
-FootprintFormat = Literal["gpkg", "fgb", "parquet", "geojson"]
-FOOTPRINT_FORMATS: tuple[FootprintFormat, ...] = ("gpkg", "fgb", "parquet", "geojson")
+FOOTPRINT_FORMATS: tuple[FootprintFormat, ...] = typing.get_args(FootprintFormat)
 FOOTPRINT_SUFFIXES: dict[str, FootprintFormat] = {
     ".gpkg": "gpkg", ".fgb": "fgb", ".parquet": "parquet",
     ".geoparquet": "parquet", ".geojson": "geojson", ".json": "geojson"}
@@ -239,19 +245,17 @@ def _frame(rows: list[dict[str, Any]], geometry: gpd.GeoSeries) -> gpd.GeoDataFr
 
 
 def footprint_format(path: Path, format: FootprintFormat | None = None) -> FootprintFormat:
-    """The format to write ``path`` in: ``format`` if given, else by suffix (``.gpkg``:
-    GeoPackage; ``.fgb``: FlatGeobuf; ``.parquet``, ``.geoparquet``: GeoParquet;
-    ``.geojson``, ``.json``: GeoJSON).
+    """The format to write ``path`` in: ``format`` if given (checked by
+    :class:`~resflow.export.settings.ExportConfig`), else by suffix (``.gpkg``: GeoPackage;
+    ``.fgb``: FlatGeobuf; ``.parquet``, ``.geoparquet``: GeoParquet; ``.geojson``, ``.json``:
+    GeoJSON).
 
     Raises
     ------
     ResflowError
-        An unknown format, or a suffix that names neither.
+        A suffix that names no format.
     """
     if format is not None:
-        if format not in FOOTPRINT_FORMATS:
-            raise ConfigError("--footprints-format", f"{format!r} is not a footprints format",
-                              f"use one of {', '.join(FOOTPRINT_FORMATS)}")
         return format
     suffix = path.suffix.lower()
     if suffix not in FOOTPRINT_SUFFIXES:
@@ -295,7 +299,8 @@ def export_footprints(out_store: OutputStore | storage.Location, path: Path | st
     list of Path
         ``[path]``.
     """
-    check_settings(threshold, min_building_m2, simplify_m)
+    export_settings(threshold=threshold, min_building_m2=min_building_m2, simplify_m=simplify_m,
+                    footprints_format=format)
     target = Path(path)
     kind = footprint_format(target, format)
     store = open_complete(out_store)

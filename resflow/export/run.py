@@ -10,8 +10,8 @@ from resflow import storage
 from resflow.errors import ConfigError
 from resflow.export.cog import cog_files, export_cogs
 from resflow.export.files import check_writable, refuse_existing
-from resflow.export.footprints import FootprintFormat, export_footprints, footprint_format
-from resflow.export.settings import check_settings
+from resflow.export.footprints import export_footprints, footprint_format
+from resflow.export.settings import FootprintFormat, export_settings
 from resflow.export.stac import COLLECTION_FILE, write_collection
 from resflow.store.reader import open_complete
 from resflow.store.writer import OutputStore
@@ -46,8 +46,10 @@ def export_run(out_store: OutputStore | storage.Location, *, cog_dir: Path | str
     """
     if cog_dir is None and footprints is None and stac_dir is None:
         raise ConfigError("resflow export", "no output was asked for",
-                          "pass --cog DIR, --footprints FILE and/or --stac DIR")
-    check_settings(threshold, min_building_m2, simplify_m)
+                          "pass --cog-dir DIR, --footprints FILE and/or --stac-dir DIR")
+    export_settings(threshold=threshold, min_building_m2=min_building_m2,
+                    simplify_m=simplify_m, footprints_format=footprints_format,
+                    overwrite=overwrite)
     if footprints is not None:
         footprint_format(Path(footprints), footprints_format)
     store = open_complete(out_store)

@@ -1,5 +1,5 @@
-"""What every export of a run shares: its settings, checked before anything is written,
-and the mask rule they imply.
+"""What every export of a run shares: its settings (:class:`ExportConfig`), checked before
+anything is written, and the mask rule they imply.
 
 An export reads the run's own mask, or cuts the stored probability again with the run's
 halo and ``split_dip`` at a new threshold (:class:`~resflow.store.mask_rule.MaskRule`), so
@@ -9,36 +9,57 @@ a mask cut again at the run's settings is the run's mask. Scenes are read in win
 
 from __future__ import annotations
 
-from resflow.config import MIN_BUILDING_M2
-from resflow.errors import ConfigError
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from resflow.config import MIN_BUILDING_M2, load_config
 from resflow.masks import min_pixels
 from resflow.store.mask_rule import STORE_MASK, MaskRule
 from resflow.store.reader import SceneMaps, run_settings
 from resflow.store.writer import OutputStore
+
+FootprintFormat = Literal["gpkg", "fgb", "parquet", "geojson"]
+"""The formats footprints are written in: GeoPackage, FlatGeobuf, GeoParquet, GeoJSON."""
 
 TILE_PX = 2048
 """Edge of the windows scenes are masked and vectorised in, pixels (rounded to whole chips):
 a few tens of MB per window, whatever the scene size."""
 
 
-def check_settings(threshold: float | None, min_building_m2: float | None,
-                   simplify_m: float | None) -> None:
-    """Refuse a setting out of range before anything is written.
+class ExportConfig(BaseModel):
+    """What an export makes of a finished run (``resflow export``'s settings): unknown keys
+    and values out of range are refused, naming the setting, before anything is written."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    threshold: float | None = Field(
+        None, gt=0, lt=1, description="cut the stored probability again at this value for the "
+        "COG mask and the footprints, without inference; null = the run's own mask")
+    min_building_m2: float | None = Field(
+        None, ge=0, description="drop buildings smaller than this, m^2 on the ground, from "
+        "the footprints and (with threshold) the COG mask; null = the run's, else 8; 0 keeps "
+        "every building")
+    simplify_m: float | None = Field(
+        None, ge=0, description="simplify footprint outlines with this tolerance, metres; "
+        "null = exact pixel edges")
+    footprints_format: FootprintFormat | None = Field(
+        None, description="footprints format whatever the file name; null = by suffix")
+    overwrite: bool = Field(
+        False, description="replace footprints and COGs already there; false = refuse, "
+        "writing nothing")
+
+
+def export_settings(**given: Any) -> ExportConfig:
+    """``given`` (an export function's keywords; ``None`` leaves a default) as a checked
+    :class:`ExportConfig`.
 
     Raises
     ------
     ConfigError
-        Naming the option, its value and what to give instead.
+        Naming the setting, its problem and where to read the valid values.
     """
-    if threshold is not None and not 0 < threshold < 1:
-        raise ConfigError("--threshold", f"{threshold} is not between 0 and 1",
-                          "give a probability such as 0.5")
-    if min_building_m2 is not None and min_building_m2 < 0:
-        raise ConfigError("--min-building-m2", f"{min_building_m2} is negative",
-                          "give an area in m^2 (0 keeps every building)")
-    if simplify_m is not None and simplify_m < 0:
-        raise ConfigError("--simplify-m", f"{simplify_m} is negative",
-                          "give a tolerance in metres, or leave it out to keep pixel edges")
+    return load_config(None, ExportConfig, origin="export settings", **given)
 
 
 def default_min_building_m2(store: OutputStore) -> float:
