@@ -43,20 +43,22 @@ def _data_and_caches(folder: str, names: list[str]) -> list[str]:
 
 
 def _bench(installed: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """``resflow bench`` with a plan no config accepts, refused once the studies import and
+    """``resflow bench`` with a URL scratch folder, refused once the studies import and
     before any work, run from ``cwd`` with only ``installed`` and site-packages importable."""
     paths = os.pathsep.join([str(installed), sysconfig.get_paths()["purelib"]])
     env = {**os.environ, "PYTHONPATH": paths}
     return subprocess.run(
         [sys.executable, "-S", str(installed / "bin" / "resflow_cli.py"), "bench", "--quick",
-         "--plans", "nonsense", "--out", str(installed / "results")],
+         "--work-dir", "s3://bucket/scratch", "--out", str(installed / "results")],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_bench_finds_the_studies_in_the_checkout_it_runs_from(installed: Path) -> None:
     done = _bench(installed, cwd=ROOT)
     assert done.returncode == 2, done.stderr
-    assert "field 'plan'" in done.stdout + done.stderr  # the study imported, the plan refused
+    # the study imported, the URL refused
+    assert "--work-dir: 's3://bucket/scratch' is a URL" in done.stdout + done.stderr
+    assert not (installed / "results").exists()
 
 
 def test_bench_without_a_checkout_says_how_to_get_the_studies(installed: Path,

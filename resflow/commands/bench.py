@@ -17,6 +17,7 @@ from typing import Annotated
 
 import typer
 
+from resflow.commands.options import BACKEND_METAVAR, PlanName, local_path, parse_backend
 from resflow.commands.refusals import exit_2_on_refusal
 from resflow.commands.run import DeviceChoice
 
@@ -26,6 +27,9 @@ logger = logging.getLogger(__name__)
 BENCH_EXTRA: tuple[str, ...] = ("psutil",)
 #: The study's package, relative to the root of a resflow checkout.
 STUDY_PACKAGE = Path("benchmarks", "engine_study", "__init__.py")
+#: What runs without ``--backend`` and ``--plan``: every bundled engine, both plans.
+DEFAULT_BACKENDS: tuple[str, ...] = ("local", "dask", "spark")
+DEFAULT_PLANS: tuple[str, ...] = ("fused", "regrouped")
 
 
 def register(app: typer.Typer) -> None:
@@ -37,15 +41,19 @@ def register(app: typer.Typer) -> None:
 def bench_command(
     quick: Annotated[bool, typer.Option(
         "--quick", help="x4 archive, no sweeps: under 10 minutes on 2 cores")] = False,
-    backends: Annotated[str, typer.Option(
-        help="comma-separated engines to compare side by side")] = "local,dask,spark",
-    plans: Annotated[str, typer.Option(
-        help="comma-separated graph plans each engine runs; the first is held to the "
-        "targets")] = "fused,regrouped",
+    backend: Annotated[list[str] | None, typer.Option(
+        parser=parse_backend, metavar=BACKEND_METAVAR,
+        help="an engine to compare side by side (repeatable; default: local, dask and "
+        "spark)")] = None,
+    plan: Annotated[list[PlanName] | None, typer.Option(
+        help="a graph plan each engine runs (repeatable; default: fused and regrouped); the "
+        "first is held to the targets")] = None,
     repeats: Annotated[int, typer.Option(min=1, help="timed repetitions of everything")] = 3,
-    out: Annotated[Path, typer.Option(help="folder for JSON, PNG plots and table")] = Path(
-        "benchmarks/results"),
-    gallery: Annotated[Path | None, typer.Option(help="model gallery (default: bundled)")] = None,
+    out: Annotated[str, typer.Option(
+        "--out", "-o", help="local folder for JSON, PNG plots and table")
+    ] = "benchmarks/results",
+    gallery: Annotated[str | None, typer.Option(
+        help="model gallery: a folder or a URL (default: bundled)")] = None,
     partition_chips: Annotated[int, typer.Option(min=1, help="chips per partition")] = 16,
     batch_size: Annotated[int, typer.Option(
         min=1, help="chips per model call on CUDA, in the limit, the hand-written loop and "
@@ -53,28 +61,38 @@ def bench_command(
     device: Annotated[DeviceChoice, typer.Option(
         help="where every model runs, the limit's and the hand-written loop's included: auto "
         "(a GPU when torch sees one), cpu or cuda", case_sensitive=False)] = DeviceChoice.auto,
-    work_dir: Annotated[Path | None, typer.Option(
-        help="keep scratch archives here (default: a temporary folder)")] = None,
+    work_dir: Annotated[str | None, typer.Option(
+        help="keep scratch archives in this local folder (default: a temporary folder)")
+    ] = None,
 ) -> None:
     """Measure area rate (km^2/s) and chips/s of each engine on one archive, as fractions
     of the pure-compute limit and against a hand-written rasterio loop; scaling x1 to x8;
     sweeps of cluster shape and settings (full mode). Writes bench-<mode>.json, PNG plots
     and table-<mode>.md to OUT and prints the tables.
     """
-    from resflow.config import RunConfig, load_config
-    from resflow.plugins import engine_models
-
     study, tables = _study()
+    fix = "give a local folder"
+    results_dir = local_path("--out", out, fix)
     options = study.BenchOptions(
-        quick=quick, backends=_names(backends), plans=_names(plans),
-        repeats=repeats, out=out, gallery=gallery, partition_chips=partition_chips,
-        batch_size=batch_size, device=device.value, work_dir=work_dir)
-    for plan in options.plans:  # refused before any work, naming the field
-        load_config(None, RunConfig, engines=engine_models(), plan=plan)
+        quick=quick, backends=tuple(backend or DEFAULT_BACKENDS),
+        plans=tuple(p.value for p in plan) if plan else DEFAULT_PLANS,
+        repeats=repeats, out=results_dir, gallery=_gallery_folder(gallery),
+        partition_chips=partition_chips, batch_size=batch_size, device=device.value,
+        work_dir=local_path("--work-dir", work_dir, fix))
     results = study.run_benchmark(options, log=logger.info)
     typer.echo(tables.markdown_tables(results))
-    logger.info("wrote %s/bench-%s.json, plots and table-%s.md", out, options.mode,
-                options.mode, extra={"path": str(out)})
+    logger.info("wrote %s/bench-%s.json, plots and table-%s.md", results_dir, options.mode,
+                options.mode, extra={"path": str(results_dir)})
+
+
+def _gallery_folder(location: str | None) -> Path | None:
+    """The gallery's local folder (a URL's verified local copy), or ``None`` for the bundled
+    one: the studies load galleries from local disk."""
+    if location is None:
+        return None
+    from resflow.inference.caches import gallery_folder
+
+    return gallery_folder(location)
 
 
 def _study() -> tuple[ModuleType, ModuleType]:
@@ -121,8 +139,3 @@ def checkout_root() -> Path | None:
         if (root / STUDY_PACKAGE).is_file() and root.resolve() not in on_path:
             return root
     return None
-
-
-def _names(listing: str) -> tuple[str, ...]:
-    """``"a, b,"`` -> ``("a", "b")``."""
-    return tuple(name.strip() for name in listing.split(",") if name.strip())

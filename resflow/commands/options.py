@@ -64,8 +64,11 @@ def parse_backend(value: str) -> str:
     return value
 
 
+BACKEND_METAVAR = f"<{'|'.join(declared_backends())}>"
+"""``--backend``'s choices as ``--help`` shows them."""
+
 Backend = Annotated[str | None, typer.Option(
-    parser=parse_backend, metavar=f"<{'|'.join(declared_backends())}>",
+    parser=parse_backend, metavar=BACKEND_METAVAR,
     help="the engine: an installed backend (`resflow doctor` lists them; default dask)")]
 
 
