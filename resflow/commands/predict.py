@@ -20,7 +20,7 @@ from resflow.commands.refusals import exit_2_on_refusal
 
 logger = logging.getLogger(__name__)
 
-PLACED = frozenset({"archive", "out", "cog", "footprints", "stac", "stac_dir"})
+PLACED = frozenset({"archive", "out", "cog_dir", "footprints", "stac", "stac_dir"})
 """``run``'s parameters that predict sets itself: the archive and what the folder holds."""
 
 

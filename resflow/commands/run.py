@@ -149,14 +149,16 @@ def run_command(
     plan: Annotated[PlanChoice | None, typer.Option(
         help="fused (default): stages 1-3 per partition in one task; regrouped: regroup by "
         "bucket before stage 3 (RESFlow's shape). Same maps")] = None,
-    cog: Annotated[Path | None, typer.Option(help="also write one COG per scene here")] = None,
-    footprints: Annotated[Path | None, typer.Option(
-        help="also write building footprints to this file, in WGS 84, in the format of its "
-        "suffix: .gpkg, .fgb, .parquet or .geojson (RFC 7946)")] = None,
+    cog_dir: Annotated[str | None, typer.Option(
+        "--cog-dir", metavar="DIR", help="also write one COG per scene here")] = None,
+    footprints: Annotated[str | None, typer.Option(
+        metavar="FILE", help="also write building footprints to this file, in WGS 84, in the "
+        "format of its suffix: .gpkg, .fgb, .parquet or .geojson (RFC 7946)")] = None,
     stac: Annotated[bool | None, typer.Option(
         "--stac/--no-stac", help="write a STAC Collection of the maps (default: on)")] = None,
-    stac_dir: Annotated[Path | None, typer.Option(
-        help="where the STAC Collection goes (default: OUT/stac for a local store)")] = None,
+    stac_dir: Annotated[str | None, typer.Option(
+        "--stac-dir", metavar="DIR", help="where the STAC Collection goes (default: OUT/stac "
+        "for a local store)")] = None,
     resume: Annotated[bool, typer.Option(help="finish an interrupted output")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace an existing output")] = False,
     engine_settings: dict[str, Any] | None = None,  # what the engines' flags set, dotted
@@ -173,7 +175,7 @@ def run_command(
     settings = flag_settings(
         config, sets, print_config, archive=archive, out=out, gallery=gallery,
         backend=backend, batch_size=batch_size, device=device, threshold=threshold,
-        min_building_m2=min_building_m2, split_dip=split_dip, plan=plan, cog_dir=cog,
+        min_building_m2=min_building_m2, split_dip=split_dip, plan=plan, cog_dir=cog_dir,
         footprints=footprints, stac=stac, stac_dir=stac_dir, resume=resume,
         overwrite=overwrite, engine_settings=engine_settings)
     if settings is not None:
