@@ -78,10 +78,11 @@ def _fold(archive: Path, labels: list[Path], out: Path, scenes: list[str],
           holdout: list[str], settings: dict[str, Any]) -> dict[str, Any]:
     """Train one fold's gallery (unless ``out`` already holds it) and score it.
 
-    The scores come from :func:`resflow.training.train.evaluate_gallery`, so a fold trained
+    The scores come from :func:`resflow.training.scoring.evaluate_gallery`, so a fold trained
     earlier is scored again with the current masking, at every ``MIN_AREAS`` value.
     """
-    from resflow.training.train import evaluate_gallery, train
+    from resflow.training.scoring import evaluate_gallery
+    from resflow.training.train import train
 
     start = time.perf_counter()
     if not (out / "metrics.json").is_file():

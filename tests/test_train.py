@@ -18,8 +18,10 @@ from resflow.errors import InputError
 from resflow.gallery import MONO, Gallery, write_gallery
 from resflow.models.hashing import HashingHead
 from resflow.models.segmentation import SegmentationDecoder
+from resflow.training.gaps import gap_weight, separated
+from resflow.training.scoring import evaluate_gallery
 from resflow.training.segmentation import loss_fn
-from resflow.training.train import evaluate_gallery, gap_weight, separated, train
+from resflow.training.train import train
 from tests.fixtures_data import ATLANTA_LABELS as LABELS
 from tests.fixtures_data import TINY_TRAINING as TINY
 

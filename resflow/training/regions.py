@@ -8,12 +8,16 @@ fraction of the scene height against the cumulative ``fractions`` (default 60/20
 the bands follow pixel area even when the last chip row is a short edge row.
 
 The bands share an edge only along a chip-row boundary; with a halo read, the few context
-pixels across that edge are image only, never labels, so no label crosses the split.
+pixels across that edge are image only, never labels, so no label crosses the split. A
+region's chips travel with their pixels, labels and loss weights as :class:`Chips`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from resflow.chips import ChipRef
 
@@ -71,3 +75,14 @@ def region_rows(chips: Iterable[ChipRef]) -> dict[str, tuple[int, int]]:
         y0, y1 = rows.get(ref.scene, (ref.y0, ref.y0 + ref.height))
         rows[ref.scene] = (min(y0, ref.y0), max(y1, ref.y0 + ref.height))
     return rows
+
+
+@dataclass
+class Chips:
+    """Pixels, labels and scoring weights of one region's chips."""
+
+    refs: list[ChipRef]
+    images: np.ndarray
+    target: np.ndarray
+    weight: np.ndarray
+    buckets: np.ndarray = field(default_factory=lambda: np.zeros(0, int))

@@ -138,7 +138,7 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
 
     Scored pixels are valid data inside the scene (reflected padding is not a label); the
     positive class is weighted by :func:`positive_weight`, and ``weight`` also weighs the
-    narrow gaps between buildings up (:func:`resflow.training.train.gap_weight`), so
+    narrow gaps between buildings up (:func:`resflow.training.gaps.gap_weight`), so
     touching roofs stay apart.
     """
     bce = F.binary_cross_entropy_with_logits(

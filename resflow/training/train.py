@@ -9,23 +9,21 @@ chips for the bucket ensemble and mono side by side -> the gallery and its
 
 Test chips are either a spatial band of every labelled scene (:mod:`resflow.training.regions`)
 or, with ``holdout``, whole scenes the models never see (a held-out place). Routing and
-scoring use the same stage functions and halo as inference (:mod:`resflow.stages`), so a
-test score measures the maps a run makes.
+scoring (:mod:`resflow.training.scoring`) use the same stage functions and halo as inference
+(:mod:`resflow.stages`), so a test score measures the maps a run makes.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from scipy import ndimage
 from tqdm.auto import tqdm
 
 from resflow.archive import Archive
@@ -33,28 +31,24 @@ from resflow.chips import ChipRef
 from resflow.datasets import ChipDataset
 from resflow.errors import InputError
 from resflow.gallery import MONO, Gallery, write_gallery
-from resflow.masks import building_mask, min_pixels
-from resflow.model_input import SourceImages
 from resflow.models.efficientnet import FeatureExtractor, load_imagenet_lite0
-from resflow.models.segmentation import BuildingSegmenter, SegmentationDecoder
+from resflow.models.segmentation import SegmentationDecoder
 from resflow.resolution import matches
-from resflow.seams import seam_ratio
-from resflow.stages import decode, encode, extract_features, map_codes
-from resflow.store.format import quantise
+from resflow.stages import extract_features, map_codes
 from resflow.training.buckets import init_buckets
 from resflow.training.config import TrainConfig
-from resflow.training.labels import Labels, load_labels, rasterise
-from resflow.training.metrics import Scores, score_scene
-from resflow.training.regions import region_rows, split_regions
+from resflow.training.determinism import CPU, deterministic
+from resflow.training.gaps import gap_weight, separated
+from resflow.training.labels import Labels, load_labels
+from resflow.training.regions import Chips, region_rows, split_regions
+from resflow.training.scoring import evaluate
 from resflow.training.segmentation import (
     Encoded,
     encode_training,
     evaluate_loss,
     train_decoder,
 )
-from resflow.windows import group_by_window
 
-CPU = torch.device("cpu")
 NORMALISATION = (
     "Each scene is harmonised at ingest: its three model bands (SceneInfo.rgb; one band "
     "repeated for panchromatic) are scaled per band by robust low/high percentiles "
@@ -62,17 +56,6 @@ NORMALISATION = (
     "Lite0 input normalisation (p - 127/255) / (128/255) is applied. Reflected padding "
     "beyond scene edges is never scored."
 )
-
-
-@dataclass
-class _Chips:
-    """Pixels, labels and scoring weights of one region's chips."""
-
-    refs: list[ChipRef]
-    images: np.ndarray
-    target: np.ndarray
-    weight: np.ndarray
-    buckets: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
 
 
 def train(archive_path: Path | str, labels: Sequence[Path | str], out: Path | str, *,
@@ -123,7 +106,7 @@ def train(archive_path: Path | str, labels: Sequence[Path | str], out: Path | st
     >>> gallery = train("all.zarr", ["labels.geojson"], "gallery", seed=0)  # doctest: +SKIP
     """
     config = TrainConfig(seed=seed, **settings)
-    with _deterministic():
+    with deterministic():
         return _train(Archive.open(archive_path), [load_labels(p) for p in labels], Path(out),
                       config, scenes, list(holdout))
 
@@ -201,7 +184,7 @@ def _train(archive: Archive, labels: list[Labels], out: Path, config: TrainConfi
     def route(embedding: np.ndarray) -> int:
         return int(map_codes(embedding, found.head, found.codes)[1][0])
 
-    metrics = (_evaluate(archive, data["test"], labels, encoder, decoders, route, config)
+    metrics = (evaluate(archive, data["test"], labels, encoder, decoders, route, config)
                if data["test"].refs else {"test": {}, "test_scenes": {}})
     clock["evaluate"] = time.perf_counter()
     metrics["regions"] = {name: {"chips": len(d.refs),
@@ -250,7 +233,7 @@ def _working_gsd(archive: Archive, scenes: Sequence[str]) -> float:
     return round(float(np.median(list(gsds.values()))), 3)
 
 
-def _bucket_decoder(k: int, data: dict[str, _Chips], train_set: Encoded,
+def _bucket_decoder(k: int, data: dict[str, Chips], train_set: Encoded,
                     val_set: Encoded | None, decoders: dict[str, SegmentationDecoder],
                     history: dict[str, dict], config: TrainConfig) -> dict[str, Any]:
     """Fine-tune bucket ``k``'s decoder from mono; keep it only if it beats mono on the
@@ -292,10 +275,10 @@ def _phase_seconds(clock: dict[str, float]) -> dict[str, float]:
 
 
 def _read(archive: Archive, refs: list[ChipRef], labels: list[Labels],
-          bucket_of: dict[ChipRef, int], config: TrainConfig) -> _Chips:
+          bucket_of: dict[ChipRef, int], config: TrainConfig) -> Chips:
     """Chip pixels (no halo), their label masks and loss weights (0 where not scored, more
-    than 1 in the gaps between buildings: :func:`gap_weight`), for training, from the chips
-    as :class:`~resflow.datasets.ChipDataset` yields them."""
+    than 1 in the gaps between buildings: :func:`~resflow.training.gaps.gap_weight`), for
+    training, from the chips as :class:`~resflow.datasets.ChipDataset` yields them."""
     images, targets, weights = [], [], []
     chips = ChipDataset(archive, labels, chips=refs)
     for i, ref in enumerate(refs):
@@ -308,61 +291,10 @@ def _read(archive: Archive, refs: list[ChipRef], labels: list[Labels],
         weights.append((chip["valid"] & chip["inside"]).numpy()
                        * gap_weight(ids, target, config.gap_weight, sigma_px))
     size = (0, 3, 1, 1)
-    return _Chips(refs, np.stack(images) if images else np.zeros(size, np.float32),
+    return Chips(refs, np.stack(images) if images else np.zeros(size, np.float32),
                   np.stack(targets) if targets else np.zeros((0, 1, 1), np.float32),
                   np.stack(weights) if weights else np.zeros((0, 1, 1), np.float32),
                   np.array([bucket_of[r] for r in refs], int))
-
-
-def separated(ids: np.ndarray) -> np.ndarray:
-    """Building mask with the pixels where two buildings touch set to background.
-
-    Footprints are counted as connected components of the map, so two touching roofs
-    mapped as one blob lose both buildings. Training on a one-pixel gap between touching
-    footprints (as the U-Net authors did for touching cells) teaches the decoder to keep
-    neighbours apart.
-
-    Examples
-    --------
-    >>> separated(np.array([[1, 1, 2, 2]])).astype(int).tolist()
-    [[1, 0, 0, 1]]
-    """
-    inside = ids > 0
-    highest = ndimage.grey_dilation(ids, size=3)
-    lowest = ndimage.grey_erosion(np.where(inside, ids, np.iinfo(ids.dtype).max), size=3)
-    return inside & (highest <= ids) & (lowest >= ids)
-
-
-def gap_weight(ids: np.ndarray, target: np.ndarray, peak: float, sigma_px: float
-               ) -> np.ndarray:
-    """Loss weight of each pixel: ``1 + peak * exp(-(d1 + d2)^2 / (2 sigma_px^2))`` on
-    background, where ``d1`` and ``d2`` are the distances to the nearest and the second
-    nearest building; 1 on buildings.
-
-    The U-Net authors' weight map for touching cells. The narrow gap between two roofs is
-    a handful of pixels among thousands, so an unweighted loss barely notices when the
-    decoder fills it, and two roofs become one footprint. Weighting the gap makes the
-    decoder's probability dip there, which is where :func:`resflow.masks.split_touching`
-    cuts. The gap pixels :func:`separated` makes between touching footprints weigh most.
-
-    Examples
-    --------
-    >>> ids = np.array([[1, 1, 0, 2, 2, 0, 0, 0, 0]])
-    >>> [round(float(w), 1) for w in gap_weight(ids, ids > 0, 10.0, 1.0)[0]]
-    [1.0, 1.0, 2.4, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
-    """
-    weight = np.ones(ids.shape, np.float32)
-    buildings = np.unique(ids[ids > 0])
-    if buildings.size < 2 or peak <= 0:
-        return weight
-    nearest = np.full(ids.shape, np.inf, np.float32)
-    second = nearest.copy()
-    for building in buildings:
-        distance = ndimage.distance_transform_edt(ids != building).astype(np.float32)
-        second = np.minimum(second, np.maximum(nearest, distance))
-        nearest = np.minimum(nearest, distance)
-    gap = 1 + peak * np.exp(-((nearest + second) ** 2) / (2 * sigma_px**2))
-    return np.where(target, weight, gap).astype(np.float32)
 
 
 def _subset(data: Encoded | None, idx: np.ndarray) -> Encoded | None:
@@ -371,122 +303,6 @@ def _subset(data: Encoded | None, idx: np.ndarray) -> Encoded | None:
     index = torch.as_tensor(idx, dtype=torch.long)
     return Encoded([[m[index] for m in maps] for maps in data.maps],
                    data.target[:, index], data.weight[:, index], data.size)
-
-
-def evaluate_gallery(archive_path: Path | str, labels: Sequence[Path | str],
-                     gallery_path: Path | str, *, scenes: Sequence[str] | None = None,
-                     holdout: Sequence[str] = (), sweep: Sequence[float] = (),
-                     split_sweep: Sequence[float] = (), **settings: Any) -> dict[str, Any]:
-    """Score a trained gallery's bucket ensemble and mono on test chips, as training does.
-
-    The test chips are the whole ``holdout`` scenes, or else the test band of ``scenes``
-    (default: every labelled scene) cut by ``fractions``; chips are routed by the gallery's
-    own stages 1 and 2. ``sweep`` adds scores at other ``min_building_m2`` values,
-    ``split_sweep`` at other ``split_dip`` values.
-
-    Examples
-    --------
-    >>> found = evaluate_gallery("p.zarr", labels, "g", holdout=["kampala-1"])  # doctest: +SKIP
-    """
-    config = TrainConfig(**settings)
-    archive = Archive.open(archive_path)
-    archive.check()
-    gallery = Gallery.load(gallery_path)
-    loaded = [load_labels(p) for p in labels]
-    if holdout:
-        refs = archive.chips(holdout)
-    else:
-        names = scenes or [n for n, s in archive.scenes.items() if any(
-            lab.covers(s.crs_wkt, s.transform, s.height, s.width) for lab in loaded)]
-        refs = split_regions(archive.chips(names), config.fractions)["test"]
-    def route(embedding: np.ndarray) -> int:
-        return int(map_codes(embedding, gallery.hashing_head(), gallery.bucket_codes)[1][0])
-
-    with _deterministic():
-        decoders = {gallery.model_name(k): gallery.segmenter(k).decoder
-                    for k in range(len(gallery.bucket_codes))} | {MONO: gallery.mono().decoder}
-        empty = np.zeros(0, np.float32)
-        test = _Chips(list(refs), empty, empty, empty)
-        return _evaluate(archive, test, loaded, gallery.mono().encoder, decoders, route, config,
-                         sweep, split_sweep)
-
-
-def _evaluate(archive: Archive, test: _Chips, labels: list[Labels],
-              encoder: torch.nn.Module, decoders: dict[str, SegmentationDecoder],
-              route: Callable[[np.ndarray], int], config: TrainConfig,
-              sweep: Sequence[float] = (), split_sweep: Sequence[float] = ()
-              ) -> dict[str, Any]:
-    """Score the ensemble (each window by its bucket's model) and mono on the test chips.
-
-    The test chips are predicted as a run predicts them: a window of ``config.window``
-    chips at a time with ``config.window_halo`` pixels of context (:mod:`resflow.windows`), routed
-    as a whole by ``route`` (embedding -> bucket), the window's chips outside the test set
-    used as context only. Each scene's test band is then masked as runs mask
-    (:func:`resflow.masks.building_mask`) and scored per scene and overall by
-    :func:`resflow.training.metrics.score_scene`, the code ``resflow eval`` runs on finished
-    maps, with its seam ratio (:mod:`resflow.seams`). ``sweep`` scores the same maps again
-    at other ``min_building_m2`` values and ``split_sweep`` at other ``split_dip`` values.
-    """
-    extractor = FeatureExtractor(encoder).eval()
-    models = {name: BuildingSegmenter(encoder, d).eval() for name, d in decoders.items()}
-    bands = region_rows(test.refs)
-    canvases = {m: {s: np.zeros((y1 - y0, archive.scenes[s].width), np.float32)
-                    for s, (y0, y1) in bands.items()} for m in ("ensemble", MONO)}
-    valid = {s: np.zeros((y1 - y0, archive.scenes[s].width), bool)
-             for s, (y0, y1) in bands.items()}
-    served: dict[str, int] = {}
-    h = config.window_halo
-    shapes = {s: (archive.scenes[s].height, archive.scenes[s].width) for s in bands}
-    windows = group_by_window(test.refs, config.window, shapes)
-    for window, refs in tqdm(list(windows.items()), desc="evaluate"):
-        source = archive.read_window(window, h)
-        embedding, maps = encode(SourceImages([source]), extractor, halo=h, batch_size=1,
-                                 device=CPU)
-        bucket = route(embedding)
-        name = f"bucket-{bucket}" if f"bucket-{bucket}" in models else MONO
-        served[name] = served.get(name, 0) + len(refs)
-        probs = {MONO: decode(maps, models[MONO], size=source.valid.shape, batch_size=1,
-                              device=CPU)[0]}
-        probs["ensemble"] = (probs[MONO] if name == MONO else
-                             decode(maps, models[name], size=source.valid.shape,
-                                    batch_size=1, device=CPU)[0])
-        for ref in refs:
-            y = ref.y0 - bands[ref.scene][0]
-            at = np.s_[y: y + ref.height, ref.x0: ref.x0 + ref.width]
-            valid[ref.scene][at] = window.crop(source.valid, ref, h)
-            for canvas, prob in probs.items():
-                canvases[canvas][ref.scene][at] = window.crop(prob, ref, h)
-    truths = {scene: rasterise(labels, archive.scenes[scene].crs_wkt,
-                               archive.scenes[scene].transform,
-                               (y0, 0, y1 - y0, archive.scenes[scene].width))
-              for scene, (y0, y1) in bands.items()}
-
-    def scored(min_m2: float, split: float) -> dict[str, Any]:
-        result: dict[str, Any] = {}
-        per_scene: dict[str, dict[str, Any]] = {}
-        for kind, by_scene in canvases.items():
-            overall = Scores()
-            for scene, prob in by_scene.items():
-                smallest = min_pixels(min_m2, archive.scenes[scene].gsd_m)
-                predicted = building_mask(prob, config.threshold, smallest, reflect=h,
-                                          split=split)
-                scores = score_scene(predicted, truths[scene], valid[scene])
-                overall += scores
-                chip, origin = archive.scenes[scene].chip, (bands[scene][0], 0)
-                per_scene.setdefault(scene, {})[kind] = {**scores.summary(), "seams": {
-                    "probability": seam_ratio(quantise(prob), chip, valid[scene],
-                                              origin).summary(),
-                    "mask": seam_ratio(predicted, chip, valid[scene], origin).summary()}}
-            result[kind] = overall.summary()
-        return {"test": result, "test_scenes": per_scene}
-
-    metrics = {**scored(config.min_building_m2, config.split_dip), "test_chips_served_by": served}
-    if sweep:
-        metrics["min_building_sweep"] = {f"{m:g}": scored(m, config.split_dip) for m in sweep}
-    if split_sweep:
-        metrics["split_sweep"] = {f"{d:g}": scored(config.min_building_m2, d)
-                                  for d in split_sweep}
-    return metrics
 
 
 def _provenance(archive: Archive, labels: list[Labels], training: list[str],
@@ -501,17 +317,3 @@ def _provenance(archive: Archive, labels: list[Labels], training: list[str],
                    for s in archive.scenes.values()],
         "labels": [{**lab.record(), "path": Path(lab.path).name} for lab in labels],
     }
-
-
-@contextmanager
-def _deterministic() -> Iterator[None]:
-    """One intra-op thread and deterministic kernels for the run, restored afterwards."""
-    threads = torch.get_num_threads()
-    was = torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(was)
