@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/resflow demo --work-dir demo-output
+	$(BIN)/resflow demo --out demo-output
 
 test: install
 	$(BIN)/python -m pytest

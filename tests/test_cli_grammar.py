@@ -1,6 +1,7 @@
-"""One grammar for every command: ``--config``, ``--set KEY=VALUE`` and ``--print-config``
-where a command has settings, choices listed and checked by the command line, one spelling
-per concept, band numbers from 1 and errors that name the flag or key.
+"""One grammar for every command: the input positional and the output ``--out``/``-o``;
+``--config``, ``--set KEY=VALUE`` and ``--print-config`` where a command has settings;
+locations typed ``str``; choices listed and checked by the command line; one spelling per
+concept, band numbers from 1 and errors that name the flag or key.
 
 ``--print-config`` returns before any work, so no engine starts and nothing is written.
 """
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import re
 import typing
+from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,7 +29,32 @@ from resflow.samples import sample_path
 runner = CliRunner()
 
 #: Commands whose settings are a model, and so take --config, --set and --print-config.
-WITH_SETTINGS = {"run", "demo", "ingest", "train", "predict"}
+WITH_SETTINGS = {"run", "demo", "ingest", "train", "predict", "eval", "export"}
+
+#: Commands that write no one output: ``export`` writes each kind of file where its own flag
+#: says (--cog-dir, --footprints, --stac-dir); ``info`` and ``doctor`` only print.
+WITHOUT_OUT = {"info", "doctor", "export"}
+
+#: A word of a concept's flags -> the one flag every command spells it with.
+CONCEPT_FLAGS = {"backend": "--backend", "plan": "--plan", "cog": "--cog-dir",
+                 "stac": "--stac-dir", "footprints": "--footprints", "gallery": "--gallery",
+                 "threshold": "--threshold", "min-building": "--min-building-m2"}
+
+#: Flags holding a concept's word that name another concept: whether a run writes a STAC
+#: Collection at all, and the footprints' file format.
+OTHER_CONCEPTS = {"--stac", "--no-stac", "--footprints-format"}
+
+
+def commands() -> Iterator[tuple[str, typer.core.TyperCommand]]:
+    """Every command of the CLI as ``("gallery show", command)``, groups walked."""
+    def walk(group: typing.Any, prefix: str) -> Iterator[tuple[str, typing.Any]]:
+        for name, command in group.commands.items():
+            if hasattr(command, "commands"):
+                yield from walk(command, f"{prefix}{name} ")
+            else:
+                yield f"{prefix}{name}", command
+
+    yield from walk(typer.main.get_command(app), "")
 
 
 def flat(text: str) -> str:
@@ -161,14 +189,43 @@ def test_rgb_errors_count_bands_from_1(tmp_path: Path) -> None:
 
 
 def test_every_command_with_settings_takes_the_same_grammar() -> None:
-    commands = typer.main.get_command(app).commands
     flags = {name: {flag for param in command.params for flag in param.opts}
-             for name, command in commands.items() if name != "gallery"}
+             for name, command in commands()}
     assert {name for name, given in flags.items() if "--config" in given} == WITH_SETTINGS
     for name in WITH_SETTINGS:
         assert {"--config", "--set", "--print-config"} <= flags[name], name
-    assert "--work-dir" in flags["demo"] and "--work-dir" in flags["bench"]
-    assert "--workdir" not in runner.invoke(app, ["demo", "--help"]).output
+
+
+def test_every_command_writes_to_out_and_reads_a_positional_input() -> None:
+    walked = dict(commands())
+    assert {"ingest", "run", "train", "gallery show", "eval", "export"} <= set(walked)
+    for name, command in walked.items():
+        outs = [param for param in command.params if param.name == "out"]
+        if name in WITHOUT_OUT:
+            assert not outs, name
+            continue
+        assert len(outs) == 1 and outs[0].param_type_name == "option", name
+        assert set(outs[0].opts) == {"--out", "-o"}, (name, outs[0].opts)
+
+
+def test_no_location_is_typed_path() -> None:
+    for name, command in commands():
+        for param in command.params:
+            assert "Path" not in param.bare_type(), (name, param.opts, param.bare_type())
+
+
+def test_each_concept_has_one_flag_across_commands() -> None:
+    spelled: dict[str, set[str]] = defaultdict(set)
+    used_by: dict[str, set[str]] = defaultdict(set)
+    for name, command in commands():
+        for param in command.params:
+            for flag in [*param.opts, *param.secondary_opts]:
+                for word in CONCEPT_FLAGS:
+                    if flag.startswith("--") and word in flag and flag not in OTHER_CONCEPTS:
+                        spelled[word].add(flag)
+                        used_by[word].add(name)
+    assert spelled == {word: {flag} for word, flag in CONCEPT_FLAGS.items()}
+    assert all(len(names) >= 2 for names in used_by.values()), used_by
 
 
 @pytest.mark.parametrize(("args", "text", "key", "value"), [
@@ -177,6 +234,8 @@ def test_every_command_with_settings_takes_the_same_grammar() -> None:
     (["demo"], "partition_chips: 4\n", "partition_chips", 4),
     (["train", "a.zarr", "--labels", "b.geojson", "--out", "g"], "mono_steps: 20\n",
      "mono_steps", 20),
+    (["eval", "maps.zarr", "--labels", "b.geojson"], "threshold: 0.4\n", "threshold", 0.4),
+    (["export", "maps.zarr", "--cog-dir", "cog"], "simplify_m: 0.5\n", "simplify_m", 0.5),
 ])
 def test_every_command_with_settings_accepts_a_config_file(args: list[str], text: str,
                                                            key: str, value: object,
@@ -198,14 +257,56 @@ def test_train_flags_beat_set_and_the_file(tmp_path: Path) -> None:
     assert settings["buckets"] is None and settings["seed"] == 9
 
 
-def test_demo_takes_work_dir_and_still_its_old_spelling(tmp_path: Path) -> None:
-    settings = printed(["demo", "--work-dir", str(tmp_path / "w"), "--backend", "local"])
+def test_demo_writes_into_out(tmp_path: Path) -> None:
+    settings = printed(["demo", "--out", str(tmp_path / "w"), "--backend", "local"])
     assert settings["archive"] == str(tmp_path / "w" / "samples.zarr")
+    assert settings["out"] == str(tmp_path / "w" / "buildings.zarr")
     assert settings["backend"] == "local" and settings["overwrite"] is True
-    old = runner.invoke(app, ["demo", "--workdir", str(tmp_path / "old"), "--print-config"])
-    assert old.exit_code == 0 and "--workdir is deprecated; write --work-dir" in old.stderr
-    assert yaml.safe_load(old.stdout)["out"] == str(tmp_path / "old" / "buildings.zarr")
-    assert not (tmp_path / "w").exists() and not (tmp_path / "old").exists()
+    assert printed(["demo", "-o", str(tmp_path / "v")])["cog_dir"] == str(tmp_path / "v" / "cog")
+    for old in ("--work-dir", "--workdir"):
+        refused = runner.invoke(app, ["demo", old, str(tmp_path / "old"), "--print-config"])
+        assert refused.exit_code == 2 and "No such option" in flat(refused.output)
+    assert not any(tmp_path.iterdir())
+
+
+def test_export_settings_resolve_and_print(tmp_path: Path) -> None:
+    config = write(tmp_path / "export.yaml", "threshold: 0.7\nsimplify_m: 0.2\n")
+    args = ["export", "maps.zarr", "--cog-dir", str(tmp_path / "cog"), "--config", str(config)]
+    settings = printed([*args, "--set", "threshold=0.6", "--min-building-m2", "20",
+                        "--footprints-format", "fgb", "--overwrite"])
+    assert settings == {"threshold": 0.6, "min_building_m2": 20.0, "simplify_m": 0.2,
+                        "footprints_format": "fgb", "overwrite": True}
+    refused = runner.invoke(app, [*args, "--set", "simplify_m=-1"])
+    assert refused.exit_code == 2 and refused.stderr.startswith("error: --set simplify_m:")
+    assert not (tmp_path / "cog").exists()
+
+
+def test_eval_settings_resolve_and_print(tmp_path: Path) -> None:
+    args = ["eval", "maps.zarr", "--labels", "b.geojson", "--out", str(tmp_path / "report")]
+    settings = printed([*args, "--set", "covered=[ms1]", "--threshold", "0.3"])
+    assert settings == {"threshold": 0.3, "covered": ["ms1"]}
+    assert printed([*args, "--covered", "a", "--covered", "b"])["covered"] == ["a", "b"]
+    refused = runner.invoke(app, [*args, "--threshold", "1.5"])
+    assert refused.exit_code == 2
+    assert refused.stderr.startswith("error: command line: field 'threshold'"), refused.stderr
+    assert not (tmp_path / "report").exists()
+
+
+@pytest.mark.parametrize(("args", "flag"), [
+    (["export", "maps.zarr", "--cog-dir", "s3://bucket/cog"], "--cog-dir"),
+    (["export", "maps.zarr", "--footprints", "s3://bucket/b.gpkg"], "--footprints"),
+    (["eval", "s3://bucket/maps.zarr", "--labels", "b.geojson"], "STORE"),
+    (["eval", "maps.zarr", "--labels", "b.geojson", "--out", "s3://bucket/r"], "--out"),
+    (["train", "a.zarr", "--labels", "b.geojson", "--out", "s3://bucket/g"], "--out"),
+    (["demo", "--out", "s3://bucket/demo"], "--out"),
+    (["gallery", "show", "--out", "s3://bucket/m.png"], "--out"),
+])
+def test_a_url_where_only_local_disk_works_is_refused_naming_the_flag(args: list[str],
+                                                                      flag: str) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    url = next(arg for arg in args if arg.startswith("s3://"))
+    assert result.stderr.startswith(f"error: {flag}: '{url}' is a URL"), result.stderr
 
 
 def test_version_prints_the_package_version() -> None:
@@ -220,7 +321,7 @@ def test_predict_takes_every_run_flag_but_those_placing_files() -> None:
     commands = typer.main.get_command(app).commands
     run_flags = {f for p in commands["run"].params for f in p.opts}
     predict_flags = {f for p in commands["predict"].params for f in p.opts}
-    placing = {"archive", "--out", "-o", "--cog", "--footprints", "--stac", "--stac-dir"}
+    placing = {"archive", "--out", "-o", "--cog-dir", "--footprints", "--stac", "--stac-dir"}
     assert run_flags - placing <= predict_flags
-    assert {"--cog", "--footprints", "--stac", "--stac-dir"}.isdisjoint(predict_flags)
+    assert {"--cog-dir", "--footprints", "--stac", "--stac-dir"}.isdisjoint(predict_flags)
     assert {"--keep-archive", "--rgb", "--gsd", "--chip", "--asset"} <= predict_flags

@@ -421,6 +421,20 @@ def test_cli_prints_the_table_and_refuses_bad_input(mapped_samples: Path, tmp_pa
                                       "exist. Fix: check the --labels path.")
 
 
+def test_cli_writes_its_report_to_out_with_the_config_files_settings(
+        hand_archive: Path, hand_labels: Path, tmp_path: Path) -> None:
+    out = hand_store(hand_archive, tmp_path / "maps.zarr")
+    config = tmp_path / "eval.yaml"
+    config.write_text("threshold: 0.3\n")
+    result = runner.invoke(app, ["eval", str(out), "--labels", str(hand_labels), "--config",
+                                 str(config), "-o", str(tmp_path / "report"), "--json"])
+    assert result.exit_code == 0, result.output
+    written = json.loads((tmp_path / "report" / EVAL_JSON).read_text())
+    assert written == json.loads(result.stdout)
+    assert written["threshold"] == 0.3 and written["scenes"]["hand"]["tp"] == 128
+    assert not default_report_dir(out).exists()
+
+
 def test_cli_scores_a_covered_scene_and_refuses_an_unknown_one(mapped_samples: Path,
                                                                tmp_path: Path) -> None:
     labels = str(sample_path("atlanta-labels"))

@@ -20,6 +20,7 @@ from resflow.commands.options import (
     ConfigFile,
     PrintConfig,
     Sets,
+    local_path,
     resolve_run_config,
 )
 from resflow.commands.refusals import exit_2_on_refusal
@@ -38,33 +39,31 @@ def register(app: typer.Typer) -> None:
 
 @exit_2_on_refusal
 def demo_command(
-    work_dir: Annotated[Path, typer.Option(
-        "--work-dir", help="folder for the archive and the maps")] = Path("demo-output"),
+    out: Annotated[str, typer.Option(
+        "--out", "-o", help="local folder for the archive, the maps and their exports")
+    ] = "demo-output",
     backend: Backend = None,
     config: ConfigFile = None,
     sets: Sets = None,
     print_config: PrintConfig = False,
-    old_work_dir: Annotated[Path | None, typer.Option(
-        "--workdir", hidden=True, help="deprecated spelling of --work-dir")] = None,
     engine_settings: dict[str, Any] | None = None,  # what the engines' flags set, dotted
 ) -> None:
     """Ingest the bundled samples, map their buildings, export COGs, footprints, a quicklook.
 
     The mapping step's settings are a run config, resolved as for `resflow run` (--config,
-    then --set, then the flags); the demo sets the archive, the output and its exports.
+    then --set, then the flags); the demo sets the archive, the output and its exports, all
+    in OUT.
     """
     from resflow.commands.info import info_command
     from resflow.commands.run import execute_run
     from resflow.ingest import ingest
     from resflow.samples import list_samples
 
-    if old_work_dir is not None:
-        logger.warning("--workdir is deprecated; write --work-dir")
-        work_dir = old_work_dir
-    archive, out = work_dir / "samples.zarr", work_dir / "buildings.zarr"
+    folder = local_path("--out", out, "give a local folder")
+    archive, maps = folder / "samples.zarr", folder / "buildings.zarr"
     settings = resolve_run_config(
-        config, sets, print_config, archive=archive, out=out, backend=backend, overwrite=True,
-        cog_dir=work_dir / "cog", footprints=work_dir / "buildings.geojson",
+        config, sets, print_config, archive=archive, out=maps, backend=backend,
+        overwrite=True, cog_dir=folder / "cog", footprints=folder / "buildings.geojson",
         **(engine_settings or {}))
     if settings is None:
         return
@@ -79,11 +78,11 @@ def demo_command(
         logger.warning("skipped: %s: %s", record["name"], record["reason"])
     info_command(str(archive), as_json=False)
 
-    typer.echo(f"[2/3] mapping buildings on the {settings.backend} backend -> {out}")
+    typer.echo(f"[2/3] mapping buildings on the {settings.backend} backend -> {maps}")
     execute_run(settings)
 
     typer.echo("[3/3] quicklook of the labelled SpaceNet Atlanta scene")
-    png = _quicklook(archive, out, work_dir / f"quicklook_{QUICKLOOK_SCENE}.png")
+    png = _quicklook(archive, maps, folder / f"quicklook_{QUICKLOOK_SCENE}.png")
     typer.echo(f"wrote {png}")
 
 

@@ -30,8 +30,8 @@ def register(app: typer.Typer) -> None:
 
 @exit_2_on_refusal
 def export_command(
-    out: Annotated[str, typer.Argument(  # str, not Path: an s3:// URL keeps its slashes
-        metavar="OUT", help="a complete output store: a folder such as maps.zarr, or a URL")],
+    store: Annotated[str, typer.Argument(  # str, not Path: an s3:// URL keeps its slashes
+        metavar="STORE", help="a complete output store: a folder such as maps.zarr, or a URL")],
     cog_dir: Annotated[str | None, typer.Option(
         "--cog-dir", metavar="DIR", help="write two Cloud-Optimized GeoTIFFs per scene "
         "(probability, mask) in this local folder")] = None,
@@ -63,7 +63,7 @@ def export_command(
     sets: Sets = None,
     print_config: PrintConfig = False,
 ) -> None:
-    """Export OUT (a finished `resflow run`) as COGs, footprints and a STAC Collection.
+    """Export STORE (a finished `resflow run`) as COGs, footprints and a STAC Collection.
 
     Give at least one of --cog-dir, --footprints and --stac-dir. Settings (threshold,
     min_building_m2, simplify_m, footprints_format, overwrite) come from their defaults,
@@ -86,7 +86,7 @@ def export_command(
         return
     fix = "export to a local folder, then copy the files (e.g. aws s3 cp --recursive)"
     written = export_run(
-        out, cog_dir=local_path("--cog-dir", cog_dir, fix),
+        store, cog_dir=local_path("--cog-dir", cog_dir, fix),
         footprints=local_path("--footprints", footprints, fix),
         stac_dir=local_path("--stac-dir", stac_dir, fix), **settings.model_dump())
     for path in written:

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from resflow.commands.options import local_path
 from resflow.commands.refusals import exit_2_on_refusal
 
 logger = logging.getLogger(__name__)
@@ -26,25 +27,29 @@ def register(app: typer.Typer) -> None:
 @gallery_app.command("show")
 @exit_2_on_refusal
 def show_command(
-    gallery: Annotated[Path | None, typer.Argument(
-        help="gallery directory (default: the bundled one)")] = None,
-    archive: Annotated[Path | None, typer.Option(
-        help="archive to draw sample chips from (default: the one it was trained on)")] = None,
-    out: Annotated[Path, typer.Option(help="mosaic PNG to write")] = Path("bucket_mosaic.png"),
+    gallery: Annotated[str | None, typer.Argument(
+        help="gallery: a folder or a URL (default: the bundled one)")] = None,
+    archive: Annotated[str | None, typer.Option(
+        help="archive to draw sample chips from: a folder or a URL (default: the one it was "
+        "trained on)")] = None,
+    out: Annotated[str, typer.Option(
+        "--out", "-o", help="mosaic PNG to write, on local disk")] = "bucket_mosaic.png",
     per_bucket: Annotated[int, typer.Option(help="sample chips per bucket row")] = 8,
 ) -> None:
     """Verify GALLERY, print its manifest summary and metrics, and write a bucket mosaic."""
     from resflow.gallery import Gallery
+    from resflow.inference.caches import gallery_folder
     from resflow.mosaic import write_mosaic
 
-    loaded = Gallery.load(gallery)
+    png = local_path("--out", out, "write the mosaic to a local file, then copy it")
+    loaded = Gallery.load(gallery_folder(gallery))
     typer.echo(format_manifest(loaded.manifest, loaded.path))
-    source = archive or Path(loaded.manifest.get("data", {}).get("archive", ""))
-    if archive is None and not source.is_dir():
-        logger.warning("no mosaic: the training archive %s is gone; pass --archive", source)
+    trained_on = Path(loaded.manifest.get("data", {}).get("archive", ""))
+    if archive is None and not trained_on.is_dir():
+        logger.warning("no mosaic: the training archive %s is gone; pass --archive", trained_on)
         return
-    write_mosaic(loaded, source, out, per_bucket=per_bucket)
-    typer.echo(f"mosaic: {out}")
+    write_mosaic(loaded, archive or trained_on, png, per_bucket=per_bucket)
+    typer.echo(f"mosaic: {png}")
 
 
 def format_manifest(manifest: dict, path: Path) -> str:

@@ -6,12 +6,11 @@ import dataclasses
 import functools
 import logging
 import typing
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from resflow.commands.options import ConfigFile, PrintConfig, Sets, show_config
+from resflow.commands.options import ConfigFile, PrintConfig, Sets, local_path, show_config
 from resflow.commands.refusals import exit_2_on_refusal
 
 logger = logging.getLogger(__name__)
@@ -27,12 +26,14 @@ def register(app: typer.Typer) -> None:
 
 @exit_2_on_refusal
 def train_command(
-    archive: Annotated[Path, typer.Argument(help="imagery archive from `resflow ingest`")],
-    labels: Annotated[list[Path], typer.Option(
+    archive: Annotated[str, typer.Argument(
+        help="imagery archive from `resflow ingest`: a folder or a URL (s3://...)")],
+    labels: Annotated[list[str], typer.Option(
         "--labels", help="building footprints in any vector format OGR reads (GeoJSON, "
-        "GeoPackage, Shapefile, ...) or a georeferenced mask, any CRS; each file labels the "
-        "scenes its extent covers (repeatable)")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="gallery directory to write")],
+        "GeoPackage, Shapefile, ...) or a georeferenced mask, any CRS, on local disk; each "
+        "file labels the scenes its extent covers (repeatable)")],
+    out: Annotated[str, typer.Option(
+        "--out", "-o", help="gallery folder to write, on local disk")],
     seed: Annotated[int | None, typer.Option(
         help="seed of every random choice (default 0)")] = None,
     buckets: Annotated[str | None, typer.Option(
@@ -72,9 +73,13 @@ def train_command(
     if print_config:
         show_config(settings)
         return
+    folder = local_path("--out", out, "train into a local folder, then copy the gallery "
+                        "(`resflow run --gallery` reads it from a URL)")
+    label_files = [local_path("--labels", path, "download the label file and give its "
+                              "local path") for path in labels]
     from resflow.training.train import train
 
-    gallery = train(archive, labels, out, scenes=scene, holdout=holdout or (),
+    gallery = train(archive, label_files, folder, scenes=scene, holdout=holdout or (),
                     **settings.model_dump())
     from resflow.commands.gallery import format_metrics
 
