@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -77,7 +76,7 @@ def ingest_command(
         raise typer.Exit(1 if result.ingested or result.skipped else 2)
 
 
-def ingest_settings(config: Path | None, sets: list[str] | None, *, chip: int | None,
+def ingest_settings(config: str | None, sets: list[str] | None, *, chip: int | None,
                     workers: int | None, gsd: str | None, asset: str | None) -> IngestConfig:
     """The ingest settings from ``--config``, ``--set`` and the ingest flags, ``--gsd``
     taking metres or ``native`` (:func:`resflow.config.load_config`).
