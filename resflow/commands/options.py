@@ -72,6 +72,14 @@ Backend = Annotated[str | None, typer.Option(
     help="the engine: an installed backend (`resflow doctor` lists them; default dask)")]
 
 
+@typing.overload
+def local_path(flag: str, location: str, fix: str) -> Path: ...
+
+
+@typing.overload
+def local_path(flag: str, location: str | None, fix: str) -> Path | None: ...
+
+
 def local_path(flag: str, location: str | None, fix: str) -> Path | None:
     """``location`` as a local path, or ``None`` for ``None``.
 
