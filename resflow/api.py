@@ -15,20 +15,18 @@ imports only what a call needs, when it is called, so ``import resflow`` stays l
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from resflow import storage
-from resflow.errors import BackendError, ConfigError, ResflowError, python_wording
+from resflow.errors import ConfigError, ResflowError, python_wording
 
 if TYPE_CHECKING:
     import xarray as xr
 
     from resflow.config import IngestConfig, RunConfig
-    from resflow.executor import Executor
     from resflow.prediction import Prediction
     from resflow.report import RunReport
 
@@ -116,12 +114,8 @@ def run(archive: storage.Location, out: storage.Location, backend: str = "dask",
     >>> report.summary_line()                                   # doctest: +SKIP
     'resflow: 52 chips, 0.29 km^2 in 9.1 s = 0.03 km^2/s on dask (2 workers x 1 thread) ...'
     """
-    from resflow.preflight import check_run
-
     config = _run_config("resflow.run", archive=archive, out=out, backend=backend, **settings)
-    session = _session(_backend(config), client)
-    check_run(config)
-    return _run_graph(config, session, progress=progress)
+    return _run(config, client, progress=progress)
 
 
 @_worded_for_python
@@ -188,7 +182,7 @@ def predict(sources: Sequence[storage.Location], out: storage.Location, backend:
                           "leave it out; the files go under out")
     config = _run_config("resflow.predict", backend=backend, **settings,
                          **jobs.folder_settings(folder))
-    session = _session(_backend(config), client)
+    _check_engine(config, client)
     job = jobs.start(folder, sources, resume=config.resume, overwrite=config.overwrite)
     refused = jobs.prepare_archive(job, sources, ingest or IngestConfig(), rgb=rgb,
                                    progress=progress)
@@ -196,7 +190,7 @@ def predict(sources: Sequence[storage.Location], out: storage.Location, backend:
         logger.warning("input refused: %s: %s. Fix: %s.", record["where"], record["problem"],
                        record["fix"])
     jobs.check_run(job, config)
-    report = _run_graph(config, session, progress=progress)
+    report = _run(config, client, progress=progress)
     archive = jobs.finish(job, keep_archive=keep_archive) if not report.errors else \
         folder.archive
     return jobs.Prediction(report=report, folder=folder.path, maps=folder.maps,
@@ -214,32 +208,28 @@ def _run_config(caller: str, **settings: Any) -> RunConfig:
                        engines=engine_models(), **settings)
 
 
-def _backend(config: RunConfig) -> type[Executor]:
-    """The run's engine class (:func:`resflow.plugins.load_backend`), refused here, before
-    any work, when it cannot run the run's plan (:func:`resflow.preflight.check_plan`)."""
-    from resflow.plugins import load_backend
-    from resflow.preflight import check_plan
+def _run(config: RunConfig, client: Any, *, progress: bool) -> RunReport:
+    """Run the graph of a checked run config (:func:`resflow.service.run_config`); each
+    input or chip it could not map is logged as a warning, worded for Python."""
+    from resflow.service import run_config
 
-    engine = load_backend(config.backend)
-    check_plan(engine, config.plan)
-    return engine
-
-
-def _run_graph(config: RunConfig, session: dict[str, Any], *, progress: bool) -> RunReport:
-    """Run the graph of a checked run config on its engine, logging what a person may want
-    to see; the run report."""
-    from resflow.graph import run_graph
-    from resflow.redaction import redact
-
-    executor_class = _backend(config)
-    with _executor(executor_class, config, session, progress=progress) as executor:
-        if executor.dashboard_link:
-            logger.info("%s dashboard: %s", config.backend, redact(executor.dashboard_link))
-        report = run_graph(config, executor).report
+    report = run_config(config, client=client, progress=progress).report
     for error in report.errors:
         logger.warning("input error: %s: %s. Fix: %s.", error["where"], error["problem"],
                        python_wording(error["fix"]))
     return report
+
+
+def _check_engine(config: RunConfig, client: Any) -> None:
+    """Refuse, before any work, an engine that will not load or cannot run the plan, and a
+    client that is not its session."""
+    from resflow.plugins import load_backend
+    from resflow.preflight import check_plan
+    from resflow.service import session
+
+    engine = load_backend(config.backend)
+    check_plan(engine, config.plan)
+    session(engine, client)
 
 
 def _refuse_loader_parameters(settings: dict[str, Any], loader: Callable[..., Any],
@@ -258,44 +248,6 @@ def _refuse_loader_parameters(settings: dict[str, Any], loader: Callable[..., An
         raise ConfigError(f"{caller}: field '{own[0]}'", "not a run setting",
                           "pass run settings (the fields under Configuration in the README) "
                           "and engine sections only")
-
-
-def _session(executor_class: type[Executor], client: Any) -> dict[str, Any]:
-    """``client`` as the keyword argument the engine's constructor takes it under (the
-    engine declares it: :attr:`resflow.executor.Executor.session`); empty without a client.
-
-    Raises
-    ------
-    BackendError
-        The engine cannot run on an existing session, or ``client`` is not its kind.
-    """
-    if client is None:
-        return {}
-    from resflow.plugins import engine_classes
-
-    backend = executor_class.name
-    takers = {name: cls.session for name, cls in engine_classes().items() if cls.session}
-    if executor_class.session is None:
-        takes = " or ".join(f"backend='{name}'" for name in sorted(takers))
-        raise BackendError("client", f"the '{backend}' engine cannot run on an existing "
-                           "cluster", f"leave client out, or pass it with {takes}")
-    keyword, module, cls_name = executor_class.session
-    if not isinstance(client, getattr(importlib.import_module(module), cls_name)):
-        given = type(client).__module__.split(".")[0]
-        owner = [name for name, (_, m, _) in takers.items() if m.split(".")[0] == given]
-        fix = (f"pass backend='{owner[0]}'" if owner else
-               f"pass a {module}.{cls_name}, or leave client out to start one")
-        raise BackendError("client", f"the '{backend}' engine runs on a {module}.{cls_name}, "
-                           f"not a {type(client).__module__}.{type(client).__qualname__}", fix)
-    return {keyword: client}
-
-
-def _executor(executor_class: type[Executor], config: RunConfig, session: dict[str, Any], *,
-              progress: bool) -> Executor:
-    """The run's engine: from its settings, as ``resflow run`` builds it, on the caller's
-    ``session`` where there is one (:func:`_session`)."""
-    return executor_class.from_settings(config.engine_settings(config.backend),
-                                        device=config.device, progress=progress, **session)
 
 
 def open_maps(out: storage.Location, **open_kwargs: Any) -> xr.DataTree:

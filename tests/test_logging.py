@@ -74,7 +74,7 @@ def test_log_json_lines_parse(sample_archive: Path, unfinished_output: Path,
     records = [json.loads(line) for line in result.stderr.splitlines()]
     assert [r["level"] for r in records] == ["INFO", "ERROR"]
     assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
-    assert records[0]["logger"] == "resflow.commands.run"
+    assert records[0]["logger"] == "resflow.service"
     assert records[0]["message"].startswith("resuming")
     assert records[1]["message"].startswith("dask.scheduler_address")  # no "error: " prefix
 

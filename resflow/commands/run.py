@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import logging
 import warnings
 from collections.abc import Callable, Collection
@@ -198,30 +197,17 @@ def flag_settings(config: Path | None, sets: list[str] | None, print_config: boo
 
 def execute_run(settings: RunConfig) -> None:
     """Run the graph as ``settings`` (a :class:`~resflow.config.RunConfig` with ``archive``
-    and ``out``) say, and report it as ``resflow run`` does, exit codes included."""
+    and ``out``) say (:func:`resflow.service.run_config`, with progress), and report it as
+    ``resflow run`` does, exit codes included."""
     from resflow.errors import ResflowError
-    from resflow.graph import run_graph
-    from resflow.interrupts import progress_line, sigterm_as_interrupt, stop_message
-    from resflow.plugins import load_backend
-    from resflow.preflight import check_run
-    from resflow.redaction import redact, redact_text
+    from resflow.interrupts import sigterm_as_interrupt, stop_message
+    from resflow.redaction import redact_text
+    from resflow.service import run_config
     from resflow.store.targets import OutputComplete
 
-    out = settings.out
-    logger.debug("run settings: %s", json.dumps(redact(settings.model_dump(mode="json"))))
     try:
-        executor_class = load_backend(settings.backend)
-        if check_run(settings) == "resume":
-            logger.info("%s", progress_line(out, "resuming"))
-        engine = settings.engine_settings(settings.backend)
-        with sigterm_as_interrupt(), executor_class.from_settings(
-                engine, device=settings.device) as executor:
-            if executor.dashboard_link:
-                logger.info("%s dashboard: %s", settings.backend,
-                            redact_text(executor.dashboard_link),
-                            extra={"dashboard": redact_text(executor.dashboard_link)})
-            logger.debug("%s engine: %s", settings.backend, redact(executor.describe()))
-            result = run_graph(settings, executor)
+        with sigterm_as_interrupt():
+            report = run_config(settings, progress=True).report
     except OutputComplete as done:
         typer.echo(f"nothing to do: {done}")
         return
@@ -229,17 +215,15 @@ def execute_run(settings: RunConfig) -> None:
         logger.error("%s", err)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
-        logger.error("interrupted: %s", stop_message(out))
+        logger.error("interrupted: %s", stop_message(settings.out))
         raise typer.Exit(130) from None
     except Exception as exc:  # an engine gave up (e.g. too many lost workers)
         logger.error("the run failed (%s: %s); %s", exc.__class__.__name__,
-                     redact_text(str(exc)), stop_message(out))
+                     redact_text(str(exc)), stop_message(settings.out))
         raise typer.Exit(2) from None
-    for path in result.exports:
-        logger.info("wrote %s", path, extra={"path": str(path)})
-    for error in result.report.errors:
+    for error in report.errors:
         logger.warning("input error: %s: %s. Fix: %s.", error["where"], error["problem"],
                        error["fix"], extra={"where": error["where"]})
-    typer.echo(result.report.summary_line())
-    if result.report.errors:
+    typer.echo(report.summary_line())
+    if report.errors:
         raise typer.Exit(1)
