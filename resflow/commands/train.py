@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import logging
-import typing
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -14,9 +11,6 @@ from resflow.commands.options import ConfigFile, PrintConfig, Sets, local_path, 
 from resflow.commands.refusals import exit_2_on_refusal
 
 logger = logging.getLogger(__name__)
-
-if TYPE_CHECKING:
-    from pydantic import BaseModel
 
 
 def register(app: typer.Typer) -> None:
@@ -60,6 +54,7 @@ def train_command(
     """
     from resflow.config import load_config
     from resflow.errors import ConfigError
+    from resflow.training.config import training_settings
 
     if buckets not in (None, "auto") and not (buckets.isdigit() and int(buckets) >= 1):
         raise ConfigError("--buckets", f"'{buckets}' is neither 'auto' nor a count >= 1",
@@ -88,21 +83,3 @@ def train_command(
                + ", ".join(gallery.model_name(k) for k in range(len(gallery.bucket_codes)))
                + f"; trained at {gallery.gsd_m:g} m in {seconds['total']:.0f} s")
     typer.echo(format_metrics(gallery.manifest["metrics"]["test"]))
-
-
-@functools.cache
-def training_settings() -> type[BaseModel]:
-    """The settings model of ``resflow train``: the fields of
-    :class:`resflow.training.config.TrainConfig` (a dataclass, the one definition), validated
-    by pydantic like every other config, unknown keys refused."""
-    from pydantic import ConfigDict, Field, create_model
-
-    from resflow.training.config import TrainConfig
-
-    hints = typing.get_type_hints(TrainConfig)
-    fields: dict[str, Any] = {
-        f.name: (hints[f.name], f.default if f.default is not dataclasses.MISSING
-                 else Field(default_factory=f.default_factory))
-        for f in dataclasses.fields(TrainConfig)}
-    return create_model("TrainSettings", __config__=ConfigDict(extra="forbid", frozen=True),
-                        __doc__=TrainConfig.__doc__, **fields)

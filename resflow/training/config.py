@@ -3,7 +3,13 @@ that ``resflow train --print-config`` and config validation stay fast."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import typing
 from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from resflow.config import MIN_BUILDING_M2, SPLIT_DIP
 from resflow.training.regions import DEFAULT_FRACTIONS
@@ -45,3 +51,17 @@ class TrainConfig:
     gap_sigma_m: float = 1.0
     split_dip: float = SPLIT_DIP
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
+
+
+@functools.cache
+def training_settings() -> type[BaseModel]:
+    """The settings model of ``resflow train`` and ``resflow.train``: the fields of
+    :class:`TrainConfig` (a dataclass, the one definition), validated by pydantic like every
+    other config, unknown keys refused."""
+    hints = typing.get_type_hints(TrainConfig)
+    fields: dict[str, Any] = {
+        f.name: (hints[f.name], f.default if f.default is not dataclasses.MISSING
+                 else Field(default_factory=f.default_factory))
+        for f in dataclasses.fields(TrainConfig)}
+    return create_model("TrainSettings", __config__=ConfigDict(extra="forbid", frozen=True),
+                        __doc__=TrainConfig.__doc__, **fields)
