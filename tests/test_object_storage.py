@@ -26,6 +26,7 @@ from resflow.graph import run_graph
 from resflow.ingest import ingest
 from resflow.local import LocalExecutor
 from resflow.store.writer import OutputStore
+from tests.fixtures_data import ATLANTA_LABELS, TINY_TRAINING
 from tests.fixtures_engines import build_engine
 from tests.fixtures_storage import SECRET
 from tests.objectstore import FaultyS3
@@ -206,6 +207,30 @@ def test_a_gallery_in_the_bucket_is_read_through_a_verified_local_copy(
                         **RUN), LocalExecutor(gpus=[], progress=False))
     assert_same_maps(out, reference)
     assert gallery_folder(url) == copy  # the same manifest: the same copy, not fetched again
+
+
+def test_train_and_gallery_show_read_an_archive_and_a_gallery_by_url(
+        bucket: str, tiny_archive: Path, tmp_path: Path) -> None:
+    """``resflow train`` reads its archive from the bucket and writes the gallery to local
+    disk; ``resflow gallery show`` reads that gallery back from the bucket."""
+    import fsspec
+
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    fs.put(str(tiny_archive), f"{bucket}/tiny.zarr", recursive=True)
+    archive = f"s3://{bucket}/tiny.zarr"
+    sets = [item for key, value in TINY_TRAINING.items() for item in ("--set", f"{key}={value}")]
+    runner = CliRunner()
+    trained = runner.invoke(app, ["train", archive, "--labels", str(ATLANTA_LABELS), "--out",
+                                  str(tmp_path / "gallery"), *sets])
+    assert trained.exit_code == 0, trained.output
+    manifest = json.loads((tmp_path / "gallery" / "manifest.json").read_text())
+    assert manifest["data"]["archive"] == archive
+    fs.put(str(tmp_path / "gallery"), f"{bucket}/gallery-trained", recursive=True)
+    png = tmp_path / "mosaic.png"
+    shown = runner.invoke(app, ["gallery", "show", f"s3://{bucket}/gallery-trained",
+                                "--archive", archive, "--out", str(png)])
+    assert shown.exit_code == 0, shown.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_run_killed_mid_write_resumes_to_the_same_bytes(
