@@ -27,9 +27,6 @@ logger = logging.getLogger(__name__)
 BENCH_EXTRA: tuple[str, ...] = ("psutil",)
 #: The study's package, relative to the root of a resflow checkout.
 STUDY_PACKAGE = Path("benchmarks", "engine_study", "__init__.py")
-#: What runs without ``--backend`` and ``--plan``: every bundled engine, both plans.
-DEFAULT_BACKENDS: tuple[str, ...] = ("local", "dask", "spark")
-DEFAULT_PLANS: tuple[str, ...] = ("fused", "regrouped")
 
 
 def register(app: typer.Typer) -> None:
@@ -73,12 +70,13 @@ def bench_command(
     study, tables = _study()
     fix = "give a local folder"
     results_dir = local_path("--out", out, fix)
+    # engines and plans left out: the study's defaults
+    chosen = {"backends": tuple(backend or ()), "plans": tuple(p.value for p in plan or ())}
     options = study.BenchOptions(
-        quick=quick, backends=tuple(backend or DEFAULT_BACKENDS),
-        plans=tuple(p.value for p in plan) if plan else DEFAULT_PLANS,
-        repeats=repeats, out=results_dir, gallery=_gallery_folder(gallery),
+        quick=quick, repeats=repeats, out=results_dir, gallery=_gallery_folder(gallery),
         partition_chips=partition_chips, batch_size=batch_size, device=device.value,
-        work_dir=local_path("--work-dir", work_dir, fix))
+        work_dir=local_path("--work-dir", work_dir, fix),
+        **{field: names for field, names in chosen.items() if names})
     results = study.run_benchmark(options, log=logger.info)
     typer.echo(tables.markdown_tables(results))
     logger.info("wrote %s/bench-%s.json, plots and table-%s.md", results_dir, options.mode,
