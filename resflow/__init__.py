@@ -3,10 +3,11 @@
 The core package is engine-agnostic: it never imports dask or pyspark. Engines are found
 through the ``resflow.backends`` entry-point group (see :mod:`resflow.plugins`).
 
-From Python, :func:`resflow.run` maps an archive and returns the run report,
-:func:`resflow.predict` maps rasters into a folder of maps, COGs, footprints and STAC in
-one call, and :func:`resflow.open_maps` opens the maps as an ``xarray.DataTree``
-(:mod:`resflow.api`).
+From Python, each command is a function with one calling convention (:mod:`resflow.api`):
+:func:`resflow.ingest`, :func:`resflow.train`, :func:`resflow.run` (returns the run
+report), :func:`resflow.predict` (rasters to a folder of maps, COGs, footprints and STAC),
+:func:`resflow.export`, :func:`resflow.evaluate`, and :func:`resflow.open_maps` (the maps as
+an ``xarray.DataTree``).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import importlib
 import warnings
 from importlib.metadata import EntryPoint, entry_points
 
-from resflow.config import EngineModels
+from resflow.engine_sections import EngineModels
 from resflow.errors import BackendError
 from resflow.executor import Executor
 

@@ -200,7 +200,7 @@ def test_import_resflow_loads_no_engine_torch_or_xarray() -> None:
         from resflow import open_maps, run
 
         assert {"run", "open_maps"} <= set(dir(resflow))
-        assert run.__module__ == open_maps.__module__ == "resflow.api"
+        assert run.__module__ == open_maps.__module__ == "resflow.api.mapping"
         print("ok")
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
