@@ -139,7 +139,10 @@ def test_an_unknown_backend_is_refused_listing_the_installed_ones() -> None:
     text = flat(result.output)
     assert "Invalid value for '--backend': unknown backend 'bogus'" in text, text
     assert f"installed backends: {', '.join(names)}" in text, text
-    for command in ("run", "demo"):
+    repeated = runner.invoke(app, ["bench", "--backend", "local", "--backend", "bogus"])
+    assert repeated.exit_code == 2
+    assert "Invalid value for '--backend': unknown backend 'bogus'" in flat(repeated.output)
+    for command in ("run", "demo", "bench"):
         help_text = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"}).output
         assert f"<{'|'.join(names)}>" in help_text, help_text
 
