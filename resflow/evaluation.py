@@ -25,7 +25,7 @@ from resflow.errors import InputError, ResflowError
 from resflow.evaluation_settings import eval_settings
 from resflow.harmonise import harmonise
 from resflow.masks import min_pixels
-from resflow.seams import NO_PAIRS, SeamRatio, seam_ratio
+from resflow.seams import NO_CHECK, SeamCheck, scene_seams, seams_summary
 from resflow.store.format import NOT_MAPPED, scene_file
 from resflow.store.mask_rule import MaskRule
 from resflow.store.reader import describe as describe_output
@@ -131,7 +131,7 @@ def evaluate(out_store_path: Path | str, label_paths: list[Path | str], *,
         only as ``covered``) and ``overlay`` (its PNG's file name in ``report_dir``);
         ``overall`` has ``scenes``. ``seams`` has ``scenes`` (every scene of the store ->
         ``{"probability": ratio, "mask": ratio}``, None where undefined) and ``overall``
-        (the same, pixel pairs of all scenes summed), from :func:`seam_ratios`.
+        (the same, pixel pairs of all scenes summed), from :func:`resflow.seams.scene_seams`.
 
     Raises
     ------
@@ -171,12 +171,12 @@ def evaluate(out_store_path: Path | str, label_paths: list[Path | str], *,
     report = Path(report_dir) if report_dir is not None else default_report_dir(out)
     report.mkdir(parents=True, exist_ok=True)
     scenes: dict[str, dict[str, Any]] = {}
-    seams: dict[str, dict[str, SeamRatio]] = {}
+    seams: dict[str, dict[str, SeamCheck]] = {}
     overall = Scores()
     for scene, group in store.groups.items():
         probability = np.asarray(store.read_array(scene, "probability")[...])
         mask = np.asarray(store.read_array(scene, "mask")[...])
-        seams[scene] = seam_ratios(probability, mask,
+        seams[scene] = scene_seams(probability, mask,
                                    int(root[group]["probability"].chunks[0]))
         if not covering[scene] and scene not in covered:
             continue
@@ -221,11 +221,10 @@ def evaluate(out_store_path: Path | str, label_paths: list[Path | str], *,
                                if not found and s not in covered),
         "overall": {**_summary(overall, sum(s["scored_pixels"] for s in scenes.values())),
                     "scenes": len(scenes)},
-        "seams": {"scenes": {scene: {kind: ratio.summary() for kind, ratio in pair.items()}
-                             for scene, pair in seams.items()},
-                  "overall": {kind: sum((pair[kind] for pair in seams.values()),
-                                        NO_PAIRS).summary()
-                              for kind in ("probability", "mask")}},
+        "seams": {"scenes": {scene: seams_summary(pair) for scene, pair in seams.items()},
+                  "overall": seams_summary({kind: sum((pair[kind] for pair in seams.values()),
+                                                      NO_CHECK)
+                                            for kind in ("probability", "mask")})},
     }
     (report / EVAL_JSON).write_text(json.dumps(result, indent=2) + "\n")
     return result
@@ -344,13 +343,20 @@ def _seam_lines(seams: dict[str, Any]) -> list[str]:
     """The seam block of the table: one row per scene, then overall; "-" where undefined."""
     rows = {**seams["scenes"], "overall": seams["overall"]}
     width = max(len(name) for name in [*rows, "seam ratio"])
-    lines = [f"{'seam ratio':<{width}}{'prob':>8}{'mask':>8}   (chip borders / elsewhere; "
-             "about 1 = seamless)"]
+    lines = [f"{'seam ratio':<{width}}{'prob':>8}{'off grid':>14}{'mask':>8}{'off grid':>14}"
+             "   (chip borders / elsewhere; about 1 = seamless)"]
     for name, pair in rows.items():
-        lines.append(f"{name:<{width}}" + "".join(
-            f"{'-' if pair[k] is None else format(pair[k], '.3f'):>8}"
-            for k in ("probability", "mask")))
-    lines.insert(len(lines) - 1, "-" * (width + 16))
+        cells = []
+        for kind in ("probability", "mask"):
+            ratio, spread = pair[kind], pair[f"{kind}_off_grid"]
+            cells.append(f"{'-' if ratio is None else format(ratio, '.3f'):>8}"
+                         f"{'-' if spread is None else '{:.2f}-{:.2f}'.format(*spread):>14}")
+        shows = [k for k in ("probability", "mask") if pair[f"{k}_grid_shows"]]
+        lines.append(f"{name:<{width}}" + "".join(cells)
+                     + (f"   grid shows in the {' and '.join(shows)}" if shows else ""))
+    lines.insert(len(lines) - 1, "-" * (width + 44))
+    lines.append("off grid: the same ratio with the grid moved off the chip borders, the "
+                 "spread a map this size has with no seam")
     return lines
 
 
@@ -359,30 +365,6 @@ def _summary(scores: Scores, scored_pixels: int) -> dict[str, Any]:
     return {"true_buildings": scores.object_tp + scores.object_fn,
             "predicted_buildings": scores.object_tp + scores.object_fp,
             "scored_pixels": scored_pixels, **scores.summary()}
-
-
-def seam_ratios(probability: np.ndarray, mask: np.ndarray, chip: int
-                ) -> dict[str, SeamRatio]:
-    """Seam ratios of one scene's probability and building mask on its chip grid.
-
-    Parameters
-    ----------
-    probability
-        ``(H, W)`` uint8 probability as stored (x 254, 255 where not mapped).
-    mask
-        ``(H, W)`` stored mask (1 = building).
-    chip
-        Chip edge in pixels (the store's chunk edge).
-
-    Returns
-    -------
-    dict
-        ``probability`` and ``mask`` -> :class:`~resflow.seams.SeamRatio`, over pairs of
-        mapped pixels only: about 1 when chip borders do not show.
-    """
-    mapped = probability != NOT_MAPPED
-    return {"probability": seam_ratio(probability, chip, mapped),
-            "mask": seam_ratio(np.asarray(mask) == 1, chip, mapped)}
 
 
 def _predicted(probability: np.ndarray, mask: np.ndarray, rule: MaskRule) -> np.ndarray:

@@ -29,10 +29,10 @@ from resflow.evaluation import (
     default_report_dir,
     evaluate,
     format_table,
-    seam_ratios,
 )
 from resflow.ingest import ingest
 from resflow.samples import sample_path
+from resflow.seams import scene_seams
 from resflow.store.format import NOT_MAPPED
 from resflow.store.writer import OutputStore
 from resflow.training.labels import load_labels, rasterise
@@ -210,9 +210,12 @@ def test_evaluate_hand_made_store_exactly(hand_archive: Path, hand_labels: Path,
                                  "scenes": 1}
     assert (result["threshold"], result["threshold_source"]) == (0.5, "run")
     assert scene["labelled"] and result["not_labelled"] == result["covered"] == []
-    # No edge of the hand-drawn maps lies on a chip border (B crosses them whole).
-    assert result["seams"] == {"scenes": {"hand": {"probability": 0.0, "mask": 0.0}},
-                               "overall": {"probability": 0.0, "mask": 0.0}}
+    # No edge of the hand-drawn maps lies on a chip border (B crosses them whole); off the
+    # grid, lines cross the buildings' edges.
+    hand = {"probability": 0.0, "mask": 0.0, "probability_off_grid": [0.0, 15.574],
+            "mask_off_grid": [0.0, 13.556], "probability_grid_shows": False,
+            "mask_grid_shows": False}
+    assert result["seams"] == {"scenes": {"hand": hand}, "overall": hand}
     assert result["labels"][0]["buildings"] == 3
 
     # Re-thresholded at 0.3, the faint B (p = 100/255) is found whole although it spans
@@ -263,24 +266,29 @@ def test_a_covered_scene_without_buildings_counts_its_false_alarms(
                                  "Fix: name scenes of the store: hand.")
 
 
-def test_seam_ratios_show_a_chip_grid_and_skip_unmapped_pixels() -> None:
+def test_scene_seams_show_a_chip_grid_and_skip_unmapped_pixels() -> None:
     texture = np.random.default_rng(1).integers(0, 60, (SIZE, SIZE)).astype(np.uint8)
     mask = (texture > 30).astype(np.uint8)
-    seamless = seam_ratios(texture, mask, CHIP)
-    assert 0.8 < seamless["probability"].ratio < 1.25
-    assert 0.8 < seamless["mask"].ratio < 1.25
-    # Each chip offset by its own amount: the borders change far more than elsewhere.
+    seamless = scene_seams(texture, mask, CHIP)
+    assert 0.8 < seamless["probability"].on_grid.ratio < 1.25
+    assert 0.8 < seamless["mask"].on_grid.ratio < 1.25
+    assert seamless["probability"].shows() is False and seamless["mask"].shows() is False
+    # Each chip offset by its own amount: the borders change far more than elsewhere, and
+    # far more than on any line off the grid.
     offsets = np.kron(np.array([[0, 120], [60, 180]], np.uint8), np.ones((CHIP, CHIP),
                                                                           np.uint8))
-    seamy = seam_ratios(texture + offsets, np.kron(np.array([[1, 0], [0, 1]], np.uint8),
+    seamy = scene_seams(texture + offsets, np.kron(np.array([[1, 0], [0, 1]], np.uint8),
                                                     np.ones((CHIP, CHIP), np.uint8)), CHIP)
-    assert seamy["probability"].ratio > 3 and seamy["mask"].ratio is None  # no edge elsewhere
+    assert seamy["probability"].on_grid.ratio > 3 and seamy["probability"].shows()
+    assert max(seamy["probability"].spread()) < 1.25
+    assert seamy["mask"].on_grid.ratio is None and seamy["mask"].shows() is None  # no edge
     # An unmapped chip makes no seam with its neighbours, whatever its stored value.
     unmapped = texture.copy()
     unmapped[:CHIP, CHIP:] = NOT_MAPPED
-    ratios = seam_ratios(unmapped, mask, CHIP)
-    assert 0.8 < ratios["probability"].ratio < 1.25
-    assert ratios["probability"].border_pairs == seamless["probability"].border_pairs - CHIP * 2
+    ratios = scene_seams(unmapped, mask, CHIP)
+    assert 0.8 < ratios["probability"].on_grid.ratio < 1.25
+    assert (ratios["probability"].on_grid.border_pairs
+            == seamless["probability"].on_grid.border_pairs - CHIP * 2)
 
 
 def test_without_the_archive_nodata_pixels_are_scored(hand_archive: Path, hand_labels: Path,
@@ -383,6 +391,7 @@ def test_real_run_scores_the_same_from_every_format(mapped_samples: Path, atlant
     assert set(seams["scenes"]) == groups
     for pair in [*seams["scenes"].values(), seams["overall"]]:
         assert 0.5 < pair["probability"] < 1.5, seams
+        assert pair["probability_grid_shows"] is False, seams
     assert results["wgs84"]["labels"][0]["crs"] == "EPSG:4326"
 
     png = tmp_path / "geojson" / scene["overlay"]

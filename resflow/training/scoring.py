@@ -24,7 +24,7 @@ from resflow.masks import building_mask, min_pixels
 from resflow.model_input import SourceImages
 from resflow.models.efficientnet import FeatureExtractor
 from resflow.models.segmentation import BuildingSegmenter, SegmentationDecoder
-from resflow.seams import seam_ratio
+from resflow.seams import seam_check, seams_summary
 from resflow.stages import decode, encode, map_codes
 from resflow.store.format import quantise
 from resflow.training.config import TrainConfig
@@ -135,10 +135,11 @@ def evaluate(archive: Archive, test: Chips, labels: list[Labels],
                 scores = score_scene(predicted, truths[scene], valid[scene])
                 overall += scores
                 chip, origin = archive.scenes[scene].chip, (bands[scene][0], 0)
-                per_scene.setdefault(scene, {})[kind] = {**scores.summary(), "seams": {
-                    "probability": seam_ratio(quantise(prob), chip, valid[scene],
-                                              origin).summary(),
-                    "mask": seam_ratio(predicted, chip, valid[scene], origin).summary()}}
+                per_scene.setdefault(scene, {})[kind] = {**scores.summary(), "seams": (
+                    seams_summary({"probability": seam_check(quantise(prob), chip,
+                                                             valid[scene], origin),
+                                   "mask": seam_check(predicted, chip, valid[scene],
+                                                      origin)}))}
             result[kind] = overall.summary()
         return {"test": result, "test_scenes": per_scene}
 
