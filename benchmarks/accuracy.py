@@ -36,7 +36,7 @@ from typing import Any
 from benchmarks.places import ATLANTA, PLACES_JSON, Place, load_places
 from resflow.config import IngestConfig
 from resflow.errors import InputError
-from resflow.ingest import ingest
+from resflow.ingestion import ingest
 from resflow.training.metrics import Scores
 
 COUNTS = ("tp", "fp", "fn", "object_tp", "object_fp", "object_fn")

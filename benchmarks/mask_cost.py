@@ -41,7 +41,7 @@ from resflow.allocator import steady_malloc
 from resflow.archive import Archive
 from resflow.chips import grid_shape, halo_indices
 from resflow.config import IngestConfig, RunConfig
-from resflow.ingest import ingest
+from resflow.ingestion import ingest
 
 BEFORE = "b790ba4334b0ce34bf55ae19a62f0573e105f0e5"
 """The last commit of ``resflow/masks.py`` whose split walked union-find on Python lists."""

@@ -118,7 +118,7 @@ def _tiles(workdir: Path, side_chips: int) -> tuple[Path, Path]:
 
     from resflow.archive import Archive
     from resflow.config import IngestConfig
-    from resflow.ingest import ingest
+    from resflow.ingestion import ingest
     from resflow.samples import sample_path
 
     base = workdir / "atlanta.zarr"
@@ -154,7 +154,7 @@ def measure_overhead(workdir: Path, side_chips: int) -> dict[str, Any]:
     """Ingest and map the same pixels as one scene and as one-chip scenes (local engine)."""
     from resflow.config import IngestConfig, RunConfig
     from resflow.graph import run_graph
-    from resflow.ingest import ingest
+    from resflow.ingestion import ingest
     from resflow.local import LocalExecutor
 
     one, many = _tiles(workdir, side_chips)

@@ -30,7 +30,7 @@ from benchmarks.places import ATLANTA, load_places
 from resflow.archive import Archive
 from resflow.config import IngestConfig, RunConfig
 from resflow.graph import run_graph
-from resflow.ingest import ingest
+from resflow.ingestion import ingest
 from resflow.local import LocalExecutor
 from resflow.samples import list_samples
 from resflow.seams import scene_seams, seam_check, seams_summary

@@ -109,7 +109,7 @@ def prepare(workdir: Path, factor: int, chip: int) -> tuple[Path, Path, int]:
     from resflow.archive import Archive
     from resflow.config import IngestConfig, RunConfig
     from resflow.graph import run_graph
-    from resflow.ingest import ingest
+    from resflow.ingestion import ingest
     from resflow.local import LocalExecutor
 
     archive, clean = workdir / "archive.zarr", workdir / "clean.zarr"

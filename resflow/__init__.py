@@ -17,18 +17,19 @@ from typing import TYPE_CHECKING, Any
 from resflow.errors import ResflowError
 
 if TYPE_CHECKING:
-    from resflow.api import open_maps, predict, run
+    from resflow.api import evaluate, export, ingest, open_maps, predict, run, train
 
 __version__ = "0.1.0"
-__all__ = ["ResflowError", "__version__", "open_maps", "predict", "run"]
+__all__ = ["ResflowError", "__version__", "evaluate", "export", "ingest", "open_maps",
+           "predict", "run", "train"]
 
-_API = frozenset({"open_maps", "predict", "run"})
+_API = frozenset({"evaluate", "export", "ingest", "open_maps", "predict", "run", "train"})
 
 
 def __getattr__(name: str) -> Any:
-    """``run``, ``predict`` and ``open_maps``, imported on first use, so that ``import
-    resflow`` (which every worker task and CLI command does) loads neither torch nor
-    xarray."""
+    """The Python API's functions (:mod:`resflow.api`), imported on first use, so that
+    ``import resflow`` (which every worker task and CLI command does) loads neither torch
+    nor xarray."""
     if name in _API:
         from resflow import api
 

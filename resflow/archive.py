@@ -1,5 +1,5 @@
 """The imagery archive read chip by chip: :class:`Archive`, a read-only view of the Zarr v3
-store of many scenes that :func:`resflow.ingest.ingest` writes.
+store of many scenes that :func:`resflow.ingestion.ingest` writes.
 
 Its layout and each scene's metadata (:class:`~resflow.archive_layout.SceneInfo`) are
 described in :mod:`resflow.archive_layout`.
@@ -45,7 +45,7 @@ from resflow.windows import Window
 
 
 class Archive:
-    """A read-only view of an imagery archive written by :func:`resflow.ingest.ingest`.
+    """A read-only view of an imagery archive written by :func:`resflow.ingestion.ingest`.
 
     Picklable (only the path and metadata travel), so it can be shipped to workers; array
     handles are reopened lazily on each side.

@@ -1,6 +1,6 @@
 """The imagery archive's layout and the metadata each scene carries, read back with refusals.
 
-Layout written by :func:`resflow.ingest.ingest`::
+Layout written by :func:`resflow.ingestion.ingest`::
 
     ARCHIVE.zarr/                  root attrs: resflow_kind="archive", format, refused=[...]
       scenes/<name>/               attrs: SceneInfo fields + complete (written last)

@@ -238,7 +238,7 @@ def _peak_rss_mb() -> float:
 
 
 def _export(config: RunConfig, store: OutputStore) -> list[Path]:
-    """The run's exports (:func:`resflow.export.export_run`): the COGs and footprints asked
+    """The run's exports (:func:`resflow.exports.export_run`): the COGs and footprints asked
     for, and a STAC Collection describing them, in ``config.stac_dir`` or, for a store on
     local disk, in ``OUT/stac`` (a store in object storage gets one when asked)."""
     stac_dir = config.stac_dir if config.stac else None
@@ -246,7 +246,7 @@ def _export(config: RunConfig, store: OutputStore) -> list[Path]:
         stac_dir = store.path / STAC_FOLDER
     if config.cog_dir is None and config.footprints is None and stac_dir is None:
         return []  # and the export libraries (geopandas, pystac) are never imported
-    from resflow.export import export_run
+    from resflow.exports import export_run
 
     return export_run(store, cog_dir=config.cog_dir, footprints=config.footprints,
                       stac_dir=stac_dir)

@@ -2,7 +2,7 @@
 own besides the ingest and the run they call.
 
 A predict folder (:class:`PredictFolder`) holds the run's output store, its exports and a
-record of its sources. The ingest is :func:`resflow.ingest.ingest` and the run (exports
+record of its sources. The ingest is :func:`resflow.ingestion.ingest` and the run (exports
 included) is ``resflow run``'s, so the maps are those of ``ingest`` then ``run`` on the same
 inputs, byte for byte. This module decides only what may be written into the folder, what a
 resumed job reuses, and what is removed after: a job refused or with nothing to map leaves
@@ -206,7 +206,7 @@ def start(folder: PredictFolder, sources: Sequence[storage.Location], *, resume:
 def prepare_archive(job: Job, sources: Sequence[storage.Location], config: IngestConfig,
                     *, rgb: Sequence[int] | None = None,
                     progress: bool = False) -> list[dict[str, str]]:
-    """Ingest the job's sources into its archive (:func:`resflow.ingest.ingest`), unless a
+    """Ingest the job's sources into its archive (:func:`resflow.ingestion.ingest`), unless a
     resumed job's run has started: its archive is reused as it is, so the maps it finishes
     are of the imagery they began with.
 
@@ -221,7 +221,7 @@ def prepare_archive(job: Job, sources: Sequence[storage.Location], config: Inges
         No source could be ingested (naming the first refused file), or a started run's
         archive is gone; a new job's folder is then removed (:func:`abandon`).
     """
-    from resflow.ingest import ingest
+    from resflow.ingestion import ingest
 
     try:
         if job.state == "resume" and storage.occupied(job.folder.maps):

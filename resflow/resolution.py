@@ -3,7 +3,7 @@
 Models learn buildings at one scale. A building 10 m wide is 20 pixels at 0.5 m but 135
 pixels in 7 cm drone imagery and a third of a pixel at 30 m, so a gallery trained at one
 ground resolution fails at another. resflow therefore brings every scene to the gallery's
-*working ground resolution* once, at ingest (:mod:`resflow.ingest`): the archive holds each
+*working ground resolution* once, at ingest (:mod:`resflow.ingestion`): the archive holds each
 scene on its **working grid**, the same footprint and CRS as the source raster with the
 pixel size scaled so a pixel covers ``gsd_m`` metres on the ground. Training, all three
 inference stages and the maps then share that grid, the same code path everywhere.

@@ -61,7 +61,7 @@ class Plan:
 
 def refusal(source: Path | str, err: InputError) -> dict:
     """One refused input as the archive's ``refused`` attribute and
-    :class:`~resflow.ingest.IngestResult` keep it: the source as messages show it, and the
+    :class:`~resflow.ingestion.IngestResult` keep it: the source as messages show it, and the
     refusal's where, problem and fix."""
     return {"source": storage.display(source), **err.as_record()}
 

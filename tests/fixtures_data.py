@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from resflow.config import IngestConfig
-from resflow.ingest import ingest
+from resflow.ingestion import ingest
 from resflow.samples import DATA_DIR, sample_path
 
 ATLANTA_LABELS = sample_path("atlanta-labels")

@@ -30,7 +30,7 @@ import resflow
 from resflow.archive import Archive
 from resflow.errors import BackendError, ConfigError, ResflowError
 from resflow.harmonise import valid_mask
-from resflow.ingest import ingest
+from resflow.ingestion import ingest
 from resflow.report import RunReport
 from resflow.samples import sample_path
 from resflow.store.format import PROBABILITY_SCALE

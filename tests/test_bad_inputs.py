@@ -21,7 +21,7 @@ from resflow.archive import Archive
 from resflow.cli import app
 from resflow.config import IngestConfig
 from resflow.errors import InputError, ResflowError
-from resflow.ingest import ingest
+from resflow.ingestion import ingest
 from resflow.samples import sample_path
 from resflow.store.lock import StoreLocked
 from resflow.store.writer import OutputStore

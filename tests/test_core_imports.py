@@ -20,7 +20,7 @@ def test_core_imports_without_engines() -> None:
                 return None
 
         sys.meta_path.insert(0, Blocker())
-        import resflow, resflow.archive, resflow.ingest, resflow.chips, resflow.harmonise
+        import resflow, resflow.archive, resflow.ingestion, resflow.chips, resflow.harmonise
         import resflow.samples, resflow.cli
         from resflow.plugins import list_backends
         with warnings.catch_warnings(record=True) as caught:

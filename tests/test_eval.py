@@ -30,7 +30,7 @@ from resflow.evaluation import (
     evaluate,
     format_table,
 )
-from resflow.ingest import ingest
+from resflow.ingestion import ingest
 from resflow.samples import sample_path
 from resflow.seams import scene_seams
 from resflow.store.format import NOT_MAPPED

@@ -34,10 +34,10 @@ from resflow.archive import Archive
 from resflow.cli import app
 from resflow.config import SPLIT_DIP
 from resflow.errors import ResflowError
-from resflow.export import export_cogs, export_footprints, export_run, quicklook
-from resflow.export.cog import MASK_COLOURS, aux_file
-from resflow.export.footprints import FOOTPRINT_COLUMNS, FOOTPRINT_LAYER, scene_buildings
-from resflow.export.settings import TILE_PX
+from resflow.exports import export_cogs, export_footprints, export_run, quicklook
+from resflow.exports.cog import MASK_COLOURS, aux_file
+from resflow.exports.footprints import FOOTPRINT_COLUMNS, FOOTPRINT_LAYER, scene_buildings
+from resflow.exports.settings import TILE_PX
 from resflow.masks import building_mask, min_pixels
 from resflow.planning import shards_of
 from resflow.store.format import NO_DATA_CHIP, NOT_MAPPED, quantise

@@ -10,7 +10,7 @@ import pytest
 from resflow.archive import Archive
 from resflow.errors import InputError
 from resflow.harmonise import StatsSampler, band_names, harmonise, select_rgb, valid_mask
-from resflow.ingest import ingest
+from resflow.ingestion import ingest
 from resflow.samples import sample_path
 from tests.fixtures_data import NATIVE
 

@@ -17,7 +17,7 @@ import zarr
 
 from resflow.archive import Archive
 from resflow.config import IngestConfig
-from resflow.ingest import ingest
+from resflow.ingestion import ingest
 from resflow.samples import DATA_DIR, list_samples, sample_path
 from tests.fixtures_data import NATIVE
 
@@ -134,7 +134,7 @@ def test_killed_ingest_is_detected_and_redone(tmp_path: Path) -> None:
         import os, threading, time
         from pathlib import Path
         from resflow.config import IngestConfig
-        from resflow.ingest import ingest
+        from resflow.ingestion import ingest
         cfg = IngestConfig(chip=64, window_rows=64, workers=1, gsd=None, max_gsd=1e6)
         threading.Thread(target=ingest, args=([{str(src)!r}], {str(out)!r}, cfg),
                          daemon=True).start()

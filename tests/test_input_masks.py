@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from resflow.archive import Archive
 from resflow.cli import app
 from resflow.config import IngestConfig
-from resflow.ingest import ingest
+from resflow.ingestion import ingest
 
 SIDE_M = 38.4
 ORIGIN = (500000.0, 5000000.0)

@@ -23,7 +23,7 @@ from resflow.cli import app
 from resflow.config import IngestConfig, RunConfig
 from resflow.errors import InputError
 from resflow.graph import run_graph
-from resflow.ingest import ingest
+from resflow.ingestion import ingest
 from resflow.local import LocalExecutor
 from resflow.store.writer import OutputStore
 from tests.fixtures_data import ATLANTA_LABELS, TINY_TRAINING

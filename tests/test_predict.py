@@ -27,7 +27,7 @@ import resflow
 from resflow.archive import Archive
 from resflow.cli import app
 from resflow.errors import ConfigError, InputError
-from resflow.ingest import ingest
+from resflow.ingestion import ingest
 from resflow.samples import sample_path
 
 runner = CliRunner()

@@ -15,7 +15,7 @@ from resflow.archive import Archive
 from resflow.config import IngestConfig, RunConfig
 from resflow.errors import InputError
 from resflow.gallery import DEFAULT_PATH, Gallery
-from resflow.ingest import ingest
+from resflow.ingestion import ingest
 from resflow.preflight import check_run
 from resflow.resolution import DEFAULT_GSD_M, ground_resolution, working_grid
 from resflow.samples import sample_path

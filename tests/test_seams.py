@@ -17,7 +17,7 @@ from resflow.archive import Archive
 from resflow.config import IngestConfig, RunConfig
 from resflow.gallery import Gallery
 from resflow.graph import run_graph
-from resflow.ingest import ingest
+from resflow.ingestion import ingest
 from resflow.local import LocalExecutor
 from resflow.samples import sample_path
 from resflow.seams import SEAM_TARGET, seam_check

@@ -31,9 +31,9 @@ from resflow.cli import app
 from resflow.config import RunConfig
 from resflow.errors import GalleryError, InputError, ResflowError
 from resflow.evaluation import evaluate
-from resflow.export import export_run
+from resflow.exports import export_run
 from resflow.gallery import Gallery
-from resflow.ingest import ingest
+from resflow.ingestion import ingest
 from resflow.interrupts import progress_line, stop_message
 from resflow.paths import confined
 from resflow.preflight import check_run
@@ -423,7 +423,7 @@ def test_a_vrt_with_a_raw_band_is_refused_and_reads_nothing(tmp_path: Path,
     """A VRT (even one named .tif, or one naming such a VRT) whose raw band points at a
     local file would store that file's bytes as pixels: ingest refuses it, naming the file
     and why."""
-    from resflow.ingest import ingest
+    from resflow.ingestion import ingest
 
     private = tmp_path / "private.key"
     private.write_bytes(PLANTED.encode() * 200)

@@ -34,9 +34,9 @@ from shapely.geometry import shape
 from resflow.archive import Archive
 from resflow.catalogues import stac_sources
 from resflow.errors import InputError
-from resflow.export import export_run, write_collection
+from resflow.exports import export_run, write_collection
 from resflow.gallery import DEFAULT_PATH
-from resflow.ingest import ingest
+from resflow.ingestion import ingest
 from resflow.samples import sample_path
 from resflow.store.format import NOT_MAPPED
 from resflow.store.writer import OutputStore

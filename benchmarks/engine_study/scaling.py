@@ -16,7 +16,7 @@ from typing import Any
 from benchmarks.engine_study.engines import EngineSeries, with_settings
 from benchmarks.engine_study.scaled_archive import write_scaled_scene
 from resflow.config import IngestConfig, RunConfig
-from resflow.ingest import ingest
+from resflow.ingestion import ingest
 
 FACTORS = (1, 2, 4, 8)
 #: Largest allowed change of time per km^2 and worker peak RSS between sizes (target).

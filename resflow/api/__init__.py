@@ -10,6 +10,6 @@ for Python (``pass resume=True`` where the CLI says ``pass --resume``).
 """
 
 from resflow.api.mapping import open_maps, predict, run
-from resflow.api.steps import ingest, train
+from resflow.api.steps import evaluate, export, ingest, train
 
-__all__ = ["ingest", "open_maps", "predict", "run", "train"]
+__all__ = ["evaluate", "export", "ingest", "open_maps", "predict", "run", "train"]

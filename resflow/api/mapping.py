@@ -107,7 +107,7 @@ def predict(sources: Sequence[storage.Location], out: storage.Location, backend:
     """Map the buildings of ``sources`` into the folder ``out``: ingest, run and export.
 
     What ``resflow predict SRC... --out OUT`` does, as one call (:mod:`resflow.prediction`):
-    the sources are ingested into ``OUT/archive.zarr`` as :func:`resflow.ingest.ingest`
+    the sources are ingested into ``OUT/archive.zarr`` as :func:`resflow.ingestion.ingest`
     does, mapped into ``OUT/maps.zarr`` as :func:`run` does, and exported as COGs
     (``OUT/cogs``), footprints (``OUT/footprints.gpkg``, WGS 84) and a STAC Collection
     (``OUT/stac``). The archive is removed after a run that mapped every chip, unless

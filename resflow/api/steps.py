@@ -16,10 +16,12 @@ from resflow import storage
 from resflow.api.calls import settings_of, worded_for_python
 
 if TYPE_CHECKING:
-    from resflow.gallery import Gallery
-    from resflow.ingest import IngestResult
+    from pathlib import Path
 
-__all__ = ["ingest", "train"]
+    from resflow.gallery import Gallery
+    from resflow.ingestion import IngestResult
+
+__all__ = ["evaluate", "export", "ingest", "train"]
 
 
 @worded_for_python
@@ -57,7 +59,7 @@ def ingest(sources: Sequence[storage.Location], out: storage.Location, *,
     ['scene']
     """
     from resflow.config import IngestConfig
-    from resflow.ingest import ingest as ingest_sources
+    from resflow.ingestion import ingest as ingest_sources
 
     config = settings_of(IngestConfig, "resflow.ingest", **settings)
     return ingest_sources(sources, out, config, rgb=rgb, progress=progress)
@@ -99,3 +101,89 @@ def train(archive: storage.Location, out: storage.Location, *,
     config = settings_of(training_settings(), "resflow.train", **settings)
     return train_gallery(archive, labels, out, scenes=scenes, holdout=holdout,
                          **config.model_dump())
+
+
+@worded_for_python
+def export(maps: storage.Location, *, cog_dir: storage.Location | None = None,
+           footprints: storage.Location | None = None,
+           stac_dir: storage.Location | None = None, **settings: Any) -> list[Path]:
+    """Export the maps of a finished run as ``resflow export STORE`` does: COGs, building
+    footprints and a STAC Collection, whichever are asked for.
+
+    The maps are the output; ``cog_dir``, ``footprints`` and ``stac_dir`` name what to
+    write, as on ``resflow run`` (at least one). Settings and every target are checked
+    before anything is written: a refused export writes nothing.
+
+    Parameters
+    ----------
+    maps
+        A complete output store (from :func:`run`): a folder or a URL.
+    cog_dir
+        Write two Cloud-Optimized GeoTIFFs per scene (probability, mask) here.
+    footprints
+        Write every scene's buildings to this file, in WGS 84, in the format of its suffix
+        (``.gpkg``, ``.fgb``, ``.parquet``, ``.geojson``).
+    stac_dir
+        Write a STAC Collection (one Item per scene) here.
+    **settings
+        Any :class:`~resflow.exports.settings.ExportConfig` field: ``threshold=0.4`` (cut
+        the stored probability again), ``min_building_m2=8``, ``simplify_m=0.5``,
+        ``footprints_format="fgb"``, ``overwrite=True`` (replace files already there; by
+        default they are refused).
+
+    Returns
+    -------
+    list of Path
+        Every file written.
+
+    Examples
+    --------
+    >>> resflow.export("maps.zarr", footprints="buildings.gpkg")     # doctest: +SKIP
+    [PosixPath('buildings.gpkg')]
+    """
+    from resflow.exports import export_run
+    from resflow.exports.settings import ExportConfig
+
+    config = settings_of(ExportConfig, "resflow.export", **settings)
+    return export_run(maps, cog_dir=cog_dir, footprints=footprints, stac_dir=stac_dir,
+                      **config.model_dump())
+
+
+@worded_for_python
+def evaluate(maps: storage.Location, out: storage.Location | None = None, *,
+             labels: Sequence[storage.Location], **settings: Any) -> dict[str, Any]:
+    """Score the building maps of a finished run against footprint ``labels``, as
+    ``resflow eval STORE --labels L`` does; ``eval.json`` and an overlay PNG per scored
+    scene go to ``out``.
+
+    Parameters
+    ----------
+    maps
+        A complete output store (from :func:`run`).
+    out
+        The report folder; default: ``<store>-eval`` beside the store.
+    labels
+        Building footprints in any vector format GDAL/OGR reads, or georeferenced masks,
+        any CRS.
+    **settings
+        Any :class:`~resflow.evaluation_settings.EvalConfig` field: ``threshold=0.4``
+        (re-threshold the stored probability), ``covered=["scene"]`` (scenes the labels
+        cover though no polygon reaches them: their false alarms count).
+
+    Returns
+    -------
+    dict
+        What ``eval.json`` holds: per scene and overall pixel and object scores, and every
+        scene's seam ratios.
+
+    Examples
+    --------
+    >>> scores = resflow.evaluate("maps.zarr", labels=["buildings.geojson"])  # doctest: +SKIP
+    >>> scores["overall"]["object_f1"]                                        # doctest: +SKIP
+    0.43
+    """
+    from resflow.evaluation import evaluate as score_maps
+    from resflow.evaluation_settings import EvalConfig
+
+    config = settings_of(EvalConfig, "resflow.evaluate", **settings)
+    return score_maps(maps, list(labels), report_dir=out, **config.model_dump())

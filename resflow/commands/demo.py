@@ -56,7 +56,7 @@ def demo_command(
     """
     from resflow.commands.info import info_command
     from resflow.commands.run import execute_run
-    from resflow.ingest import ingest
+    from resflow.ingestion import ingest
     from resflow.samples import list_samples
 
     folder = local_path("--out", out, "give a local folder")
@@ -88,6 +88,6 @@ def demo_command(
 
 def _quicklook(archive_path: Path, out: Path, png: Path) -> Path:
     from resflow.archive import Archive
-    from resflow.export import quicklook
+    from resflow.exports import quicklook
 
     return quicklook(out, Archive.open(archive_path), QUICKLOOK_SCENE, png)

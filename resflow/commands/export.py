@@ -73,8 +73,8 @@ def export_command(
     naming the file, the problem and the fix; a refused export writes nothing.
     """
     from resflow.config import load_config
-    from resflow.export import export_run
-    from resflow.export.settings import ExportConfig
+    from resflow.exports import export_run
+    from resflow.exports.settings import ExportConfig
 
     settings = load_config(
         config, ExportConfig, sets=sets or (), threshold=threshold,

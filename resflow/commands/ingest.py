@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from resflow.config import IngestConfig
-    from resflow.ingest import IngestResult
+    from resflow.ingestion import IngestResult
 
 
 def register(app: typer.Typer) -> None:
@@ -53,7 +53,7 @@ def ingest_command(
     were refused (listed on stderr and in `resflow info`), 2 when nothing could be done.
     """
     from resflow import storage
-    from resflow.ingest import ingest
+    from resflow.ingestion import ingest
 
     try:
         settings = ingest_settings(config, sets, chip=chip, workers=workers, gsd=gsd,
@@ -113,7 +113,7 @@ def report_refusals(result: IngestResult) -> None:
 
 
 def band_indices(rgb: str | None) -> list[int] | None:
-    """``--rgb 3,2,1`` as the 0-based band indices :func:`resflow.ingest.ingest` takes.
+    """``--rgb 3,2,1`` as the 0-based band indices :func:`resflow.ingestion.ingest` takes.
 
     Raises
     ------

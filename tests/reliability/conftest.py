@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from resflow.config import IngestConfig, RunConfig
-from resflow.ingest import ingest
+from resflow.ingestion import ingest
 from resflow.samples import sample_path
 
 PARTITION_CHIPS = 4

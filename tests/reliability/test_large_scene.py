@@ -29,7 +29,7 @@ PEAK_LIMIT_MB = 350
 INGEST = """
 import re, sys
 from resflow.config import IngestConfig
-from resflow.ingest import ingest
+from resflow.ingestion import ingest
 
 result = ingest([sys.argv[1]], sys.argv[2], IngestConfig(chip=256, gsd=None))
 assert result.ok, result.refused

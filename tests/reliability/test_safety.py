@@ -17,7 +17,7 @@ from resflow_spark.settings import SparkConfig
 
 from resflow.archive import Archive
 from resflow.config import RunConfig
-from resflow.ingest import ingest
+from resflow.ingestion import ingest
 from resflow.samples import sample_path
 from resflow.store.writer import OutputStore
 

@@ -28,8 +28,8 @@ from shapely.geometry import Polygon, shape
 
 from resflow import storage
 from resflow.errors import ResflowError
-from resflow.export.files import replacing
-from resflow.export.settings import (
+from resflow.exports.files import replacing
+from resflow.exports.settings import (
     TILE_PX,
     FootprintFormat,
     default_min_building_m2,
@@ -246,7 +246,7 @@ def _frame(rows: list[dict[str, Any]], geometry: gpd.GeoSeries) -> gpd.GeoDataFr
 
 def footprint_format(path: Path, format: FootprintFormat | None = None) -> FootprintFormat:
     """The format to write ``path`` in: ``format`` if given (checked by
-    :class:`~resflow.export.settings.ExportConfig`), else by suffix (``.gpkg``: GeoPackage;
+    :class:`~resflow.exports.settings.ExportConfig`), else by suffix (``.gpkg``: GeoPackage;
     ``.fgb``: FlatGeobuf; ``.parquet``, ``.geoparquet``: GeoParquet; ``.geojson``, ``.json``:
     GeoJSON).
 

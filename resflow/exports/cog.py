@@ -22,8 +22,8 @@ import zarr
 from rasterio.windows import Window
 
 from resflow import storage
-from resflow.export.files import replacing
-from resflow.export.settings import (
+from resflow.exports.files import replacing
+from resflow.exports.settings import (
     TILE_PX,
     default_min_building_m2,
     export_settings,

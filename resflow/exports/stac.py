@@ -37,10 +37,10 @@ from shapely.geometry.polygon import orient
 
 from resflow import storage
 from resflow.archive_layout import SCENES
-from resflow.export.cog import cog_names
-from resflow.export.files import replacing
-from resflow.export.footprints import MEDIA_TYPES, WGS84, footprint_format
-from resflow.export.settings import default_min_building_m2
+from resflow.exports.cog import cog_names
+from resflow.exports.files import replacing
+from resflow.exports.footprints import MEDIA_TYPES, WGS84, footprint_format
+from resflow.exports.settings import default_min_building_m2
 from resflow.gallery import DEFAULT_PATH
 from resflow.store.format import Encoding, scene_file
 from resflow.store.reader import SceneMaps, root_attributes, run_settings, scene_gsd_m
@@ -69,9 +69,9 @@ def write_collection(store: OutputStore, stac_dir: Path | str, *,
     store
         A complete output store.
     cog_dir
-        Where :func:`resflow.export.cog.export_cogs` wrote the scene COGs; None: no COG assets.
+        Where :func:`resflow.exports.cog.export_cogs` wrote the scene COGs; None: no COG assets.
     footprints
-        The footprints file :func:`resflow.export.footprints.export_footprints` wrote; None: none.
+        The footprints file :func:`resflow.exports.footprints.export_footprints` wrote; None: none.
     threshold, min_building_m2
         The settings the COG mask was made with (for its description).
 

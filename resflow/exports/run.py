@@ -8,11 +8,11 @@ from pathlib import Path
 
 from resflow import storage
 from resflow.errors import ConfigError
-from resflow.export.cog import cog_files, export_cogs
-from resflow.export.files import check_writable, refuse_existing
-from resflow.export.footprints import export_footprints, footprint_format
-from resflow.export.settings import FootprintFormat, export_settings
-from resflow.export.stac import COLLECTION_FILE, write_collection
+from resflow.exports.cog import cog_files, export_cogs
+from resflow.exports.files import check_writable, refuse_existing
+from resflow.exports.footprints import export_footprints, footprint_format
+from resflow.exports.settings import FootprintFormat, export_settings
+from resflow.exports.stac import COLLECTION_FILE, write_collection
 from resflow.store.reader import open_complete
 from resflow.store.writer import OutputStore
 
@@ -27,7 +27,7 @@ def export_run(out_store: OutputStore | storage.Location, *, cog_dir: Path | str
 
     COGs (:func:`export_cogs`), then footprints (:func:`export_footprints`), then a STAC
     Collection describing the store and whatever was written
-    (:func:`resflow.export.stac.write_collection`), last, so it only names files that exist.
+    (:func:`resflow.exports.stac.write_collection`), last, so it only names files that exist.
     Settings, and that every target folder can be written, are checked before anything is
     written; with ``overwrite=False`` (``resflow export`` without ``--overwrite``) an
     existing footprints file or COG is refused then too, so a refused export writes nothing.
