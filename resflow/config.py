@@ -39,7 +39,7 @@ from resflow.engine_sections import (
 )
 from resflow.errors import ConfigError
 from resflow.resolution import DEFAULT_GSD_M, MAX_GSD_M
-from resflow.storage import LocationField
+from resflow.storage import LocalPathField, LocationField
 from resflow.windows import WINDOW_CHIPS, WINDOW_HALO
 
 #: Default smallest building kept in a mask, m^2: about 2 x 4 m. Chosen by the accuracy
@@ -136,12 +136,13 @@ class RunConfig(_Strict):
         SPLIT_DIP, ge=0, lt=1, description="touching roofs found as one blob are split where "
         "the building probability dips by at least this between two peaks (dense "
         "settlements); 0 keeps every blob whole")
-    cog_dir: Path | None = Field(None, description="also write one COG per scene and map here")
-    footprints: Path | None = Field(
+    cog_dir: LocalPathField | None = Field(
+        None, description="also write one COG per scene and map here (local disk)")
+    footprints: LocalPathField | None = Field(
         None, description="also write building footprints to this file: GeoParquet, or RFC "
         "7946 GeoJSON for .geojson, in WGS 84")
     stac: bool = Field(True, description="write a STAC Collection of the run's maps")
-    stac_dir: Path | None = Field(
+    stac_dir: LocalPathField | None = Field(
         None, description="where the STAC Collection goes; None = OUT/stac for a store on "
         "local disk (a store in object storage needs a folder here)")
     resume: bool = False

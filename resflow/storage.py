@@ -30,6 +30,19 @@ LocationField = Annotated[str, BeforeValidator(os.fspath)]
 """A location in a config model: kept as text, so ``s3://b/x`` never becomes the path
 ``s3:/b/x`` (paths are accepted and written out as text)."""
 
+
+def _local_only(value: Any) -> Any:
+    """``value`` unchanged unless it is a URL, which a local-only setting refuses."""
+    if isinstance(value, str | os.PathLike) and is_url(os.fspath(value)):
+        raise ValueError(f"'{os.fspath(value)}' is a URL, and this setting takes a folder or "
+                         "file on local disk")
+    return value
+
+
+LocalPathField = Annotated[Path, BeforeValidator(_local_only)]
+"""A config setting only local disk takes (COG folders, footprint files): a URL is refused
+by name, where ``Path`` would fold ``s3://b/x`` into the relative path ``s3:/b/x``."""
+
 #: fsspec options for S3: one try per request inside the storage library (resflow retries
 #: and counts), and timeouts short enough that a stalled request becomes a retry.
 STORAGE_OPTIONS: dict[str, dict[str, Any]] = {

@@ -312,6 +312,20 @@ def test_a_url_where_only_local_disk_works_is_refused_naming_the_flag(args: list
     assert result.stderr.startswith(f"error: {flag}: '{url}' is a URL"), result.stderr
 
 
+@pytest.mark.parametrize(("flag", "field"), [("--cog-dir", "cog_dir"),
+                                             ("--footprints", "footprints"),
+                                             ("--stac-dir", "stac_dir")])
+def test_run_refuses_a_url_for_its_local_exports(flag: str, field: str,
+                                                 tmp_path: Path) -> None:
+    """The run config's local-only settings refuse a URL by name rather than writing to
+    ``s3:/bucket/...`` on local disk."""
+    out = tmp_path / "maps.zarr"
+    result = runner.invoke(app, ["run", "a.zarr", "--out", str(out), flag, "s3://bucket/x"])
+    assert result.exit_code == 2, result.output
+    assert f"field '{field}'" in result.stderr and "'s3://bucket/x' is a URL" in result.stderr
+    assert not out.exists()
+
+
 def test_version_prints_the_package_version() -> None:
     from resflow import __version__
 
