@@ -25,8 +25,8 @@ from resflow.training.train import train
 from tests.fixtures_data import ATLANTA_LABELS as LABELS
 from tests.fixtures_data import TINY_TRAINING as TINY
 
-LEARNING = {"buckets": 1, "hash_steps": 5, "mono_steps": 40, "eval_every": 10, "patience": 0,
-            "min_bucket_chips": 10_000}
+LEARNING = {"buckets": 1, "hash_steps": 5, "mono_steps": 20, "eval_every": 5, "patience": 0,
+            "min_bucket_chips": 10_000, "augment": False, "lr": 0.01}
 """Mono alone (no bucket is given a decoder of its own), long enough to learn something."""
 
 
@@ -42,6 +42,7 @@ def test_gallery_and_metrics_are_written(trained):
     manifest = gallery.manifest
     assert len(gallery.bucket_codes) == 2
     assert manifest["seed"] == 0 and manifest["training"]["mono_steps"] == 3
+    assert manifest["training"]["augment"] is False
     assert any(s["labelled"] for s in manifest["data"]["scenes"])
     assert manifest["data"]["labels"][0]["sha256"]
     metrics = json.loads((trained.path / "metrics.json").read_text())

@@ -29,3 +29,28 @@ def test_radiometric_jitter_is_seeded_bounded_and_keeps_nodata() -> None:
     assert first.min() >= 0 and first.max() <= 1
     assert (first[..., :4] == 0).all()
     assert not torch.allclose(first[..., 4:], images[..., 4:])
+
+
+def test_augmented_encoding_is_every_flip_and_rotation_twice_and_seeded() -> None:
+    """Training encodes each chip in the eight dihedral variants, as read and jittered
+    (16 in all), the same for a seed; without augmentation, once as read."""
+    from resflow.models.efficientnet import load_imagenet_lite0
+    from resflow.training.segmentation import AUGMENTATIONS, encode_training
+
+    encoder = load_imagenet_lite0()
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    target = (images[:, 0] > 0.5).float()
+    weight = torch.ones(2, 64, 64)
+    first = encode_training(encoder, images.numpy(), target.numpy(), weight.numpy(), seed=0)
+    again = encode_training(encoder, images.numpy(), target.numpy(), weight.numpy(), seed=0)
+    other = encode_training(encoder, images.numpy(), target.numpy(), weight.numpy(), seed=1)
+    plain = encode_training(encoder, images.numpy(), target.numpy(), weight.numpy(),
+                            augment=False)
+    assert len(first.maps) == 2 * len(AUGMENTATIONS) == 16 and len(plain.maps) == 1
+    assert all(torch.equal(a, b) for m, n in zip(first.maps, again.maps, strict=True)
+               for a, b in zip(m, n, strict=True))
+    jittered = len(AUGMENTATIONS)  # the first jittered variant: identity, jittered
+    assert not torch.equal(first.maps[jittered][-1], other.maps[jittered][-1])
+    assert all(torch.equal(a, b) for a, b in zip(first.maps[0], plain.maps[0], strict=True))
+    # a quarter turn of the chip turns its target with it
+    assert torch.equal(first.target[1, :, 0], torch.rot90(target, 1, (-2, -1)))

@@ -26,7 +26,10 @@ class TrainConfig:
     a decoder of its own to be tried. ``halo`` is the context around a chip when its
     features are computed for bucket fitting; test chips are scored as runs map them, a
     ``window`` of chips at a time with ``window_halo`` pixels of context
-    (:mod:`resflow.windows`).
+    (:mod:`resflow.windows`). ``augment`` encodes each train chip in its eight flips and
+    rotations, each also radiometrically jittered
+    (:func:`resflow.training.segmentation.encode_training`); off, each chip is encoded once
+    as read: 16 times less encoding, for quick trial runs, with models that transfer worse.
     """
 
     seed: int = 0
@@ -51,6 +54,7 @@ class TrainConfig:
     gap_sigma_m: float = 1.0
     split_dip: float = SPLIT_DIP
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
+    augment: bool = True
 
 
 @functools.cache

@@ -166,7 +166,8 @@ def _train(archive: Archive, labels: list[Labels], out: Path, config: TrainConfi
                          "check the labels lie on the scenes' buildings (draw them over the "
                          "imagery) or give labelled scenes with buildings")
     train_set = encode_training(encoder, data["train"].images, data["train"].target,
-                                data["train"].weight, seed=config.seed)
+                                data["train"].weight, augment=config.augment,
+                                seed=config.seed)
     val_set = (encode_training(encoder, data["validation"].images, data["validation"].target,
                                data["validation"].weight, augment=False)
                if data["validation"].refs else None)
