@@ -7,19 +7,24 @@ whose Items hold no matching asset, is refused with the asset keys, roles and me
 it does hold, so the right ``asset_key`` can be chosen.
 
 A catalogue is someone else's document, so the hrefs it names are checked before anything
-is fetched (:func:`checked_href`): only the schemes in :data:`SCHEMES`, local files only
-when the catalogue itself is local, and never a GDAL virtual file system path (``/vsi...``,
-through which GDAL opens archives, URLs and other files by name). A refused
-href is refused by name; the catalogue's other hrefs still ingest.
+is fetched (:func:`checked_href`, :class:`HrefPolicy`): only the schemes in :data:`SCHEMES`;
+local files only when the catalogue itself is local, and inside its folder unless the user
+opts in; web addresses only when the user opts in, never a link-local or cloud metadata
+address, and no address of this machine or its private network from a remote catalogue;
+never a GDAL virtual file system path (``/vsi...``). A refused href is refused by name; the
+catalogue's other hrefs still ingest.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import socket
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import pystac
 
@@ -27,7 +32,31 @@ from resflow.errors import InputError
 
 SCHEMES = frozenset({"http", "https", "s3", "gs", "az"})
 """URL schemes a catalogue's asset may name (local paths and ``file://`` too, when the
-catalogue is a local file)."""
+catalogue is a local file; ``http``/``https`` only with :attr:`HrefPolicy.web`)."""
+
+WEB = frozenset({"http", "https"})
+
+METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata", "instance-data",
+                            "metadata.azure.internal"})
+"""Host names of cloud instance metadata services, refused whatever they resolve to."""
+
+
+@dataclass(frozen=True)
+class HrefPolicy:
+    """What the user lets a catalogue's hrefs reach beyond the safe default.
+
+    ``web``: fetch the ``http``/``https`` addresses a catalogue names (``--stac-web``);
+    without it they are refused, since a catalogue could make ingest fetch any web address
+    this machine reaches. ``outside``: follow a local catalogue's hrefs that lead out of its
+    folder (``--stac-outside``; resflow's own exported catalogues name ``../cog/...``).
+    """
+
+    web: bool = False
+    outside: bool = False
+
+
+SAFE = HrefPolicy()
+"""The default: no web addresses, nothing outside a local catalogue's folder."""
 
 
 def _is_tiff(asset: pystac.Asset) -> bool:
@@ -78,14 +107,18 @@ def _hrefs(items: list[pystac.Item], path: str, asset_key: str | None
                     asset.href, path)
 
 
-def checked_href(href: str, catalogue: str, item_id: str) -> str:
-    """``href`` if a catalogue at ``catalogue`` may name it for ingest.
+def checked_href(href: str, catalogue: str, item_id: str,
+                 policy: HrefPolicy = SAFE) -> str:
+    """``href`` if a catalogue at ``catalogue`` may name it for ingest under ``policy``.
 
     Raises
     ------
     InputError
         A GDAL virtual file system path (``/vsicurl/``, ``/vsizip/``...), a scheme outside
-        :data:`SCHEMES`, or a local file named by a remote catalogue.
+        :data:`SCHEMES`, a local file named by a remote catalogue or (without
+        ``policy.outside``) outside a local catalogue's folder, a web address without
+        ``policy.web``, or a host that is a link-local or cloud metadata address (or, from a
+        remote catalogue, this machine or its private network).
     """
     where = f"{catalogue}: Item {item_id!r}, asset {href}"
     if "/vsi" in href.lower():
@@ -93,20 +126,67 @@ def checked_href(href: str, catalogue: str, item_id: str) -> str:
                          "which could make GDAL read archives or URLs the catalogue hides",
                          "ask the publisher for a plain http(s) or object-storage href")
     scheme = urlsplit(href).scheme.lower()
-    local = scheme in ("", "file")
-    if local and urlsplit(catalogue).scheme.lower() in SCHEMES:
-        raise InputError(where, "a remote catalogue names a local file, which would make "
-                         "ingest read this machine's files",
-                         "ingest only catalogues whose assets are on the publisher's servers")
-    if not local and scheme not in SCHEMES:
+    remote_catalogue = urlsplit(catalogue).scheme.lower() in SCHEMES
+    if scheme in ("", "file"):
+        if remote_catalogue:
+            raise InputError(where, "a remote catalogue names a local file, which would make "
+                             "ingest read this machine's files", "ingest only catalogues "
+                             "whose assets are on the publisher's servers")
+        if not policy.outside:
+            _refuse_outside(href, catalogue, where)
+        return href
+    if scheme not in SCHEMES:
         raise InputError(where, f"the href's scheme {scheme!r} is not one resflow fetches "
                          f"({', '.join(sorted(SCHEMES))}, or local files for a local "
                          "catalogue)", "ask the publisher for an http(s) or object-storage "
                          "href")
+    if scheme in WEB:
+        if not policy.web:
+            raise InputError(where, "the catalogue names a web address, and ingest fetches "
+                             "web addresses a catalogue names only when asked",
+                             "pass --stac-web (or --set stac_web=true) if you trust this "
+                             "catalogue's publisher")
+        _refuse_host(urlsplit(href).hostname or "", where, remote_catalogue)
     return href
 
 
+def _refuse_outside(href: str, catalogue: str, where: str) -> None:
+    """Refuse a local href that leads out of the local catalogue's folder (links
+    resolved)."""
+    path = Path(unquote(urlsplit(href).path) if href.lower().startswith("file:") else href)
+    folder = Path(catalogue).resolve().parent
+    if not path.resolve().is_relative_to(folder):
+        raise InputError(where, f"the href leads outside the catalogue's folder {folder}",
+                         "pass --stac-outside (or --set stac_outside=true) if you trust the "
+                         "catalogue, or move its files beside it")
+
+
+def _refuse_host(host: str, where: str, remote_catalogue: bool) -> None:
+    """Refuse a web host that is a cloud metadata service or link-local, or, named by a
+    remote catalogue, this machine or its private network (every address it resolves to
+    is checked)."""
+    if host.lower().rstrip(".") in METADATA_HOSTS:
+        raise InputError(where, f"the host {host} is a cloud metadata service",
+                         "remove the asset; ingest never fetches metadata addresses")
+    try:
+        addresses = {ipaddress.ip_address(info[4][0].split("%")[0])
+                     for info in socket.getaddrinfo(host, None)}
+    except (OSError, ValueError):
+        return  # not resolvable here: fetching it fails later with its own refusal
+    for address in addresses:
+        if address.is_link_local or address.is_multicast or address.is_unspecified:
+            raise InputError(where, f"the host {host} is a link-local or reserved address "
+                             f"({address}), where cloud metadata services answer",
+                             "remove the asset; ingest never fetches such addresses")
+        if remote_catalogue and (address.is_loopback or address.is_private):
+            raise InputError(where, f"a remote catalogue names the host {host} ({address}), "
+                             "an address of this machine or its private network",
+                             "ingest only catalogues whose assets are on the publisher's "
+                             "servers")
+
+
 def stac_sources(path: Path | str, *, asset_key: str | None = None,
+                 policy: HrefPolicy = SAFE,
                  refused: list[InputError] | None = None) -> list[str]:
     """The GeoTIFF hrefs (absolute paths or URLs) a STAC file offers for ingest.
 
@@ -120,6 +200,8 @@ def stac_sources(path: Path | str, *, asset_key: str | None = None,
         Take each Item's asset of this key (``"visual"``, ``"B04"``); default: every asset
         whose roles include ``"data"``. Either way only TIFF assets (media type
         ``image/tiff``, COGs included, or a ``.tif``/``.tiff`` href without a media type).
+    policy
+        What the user lets hrefs reach beyond the default (:class:`HrefPolicy`).
     refused
         Where hrefs the catalogue may not name (:func:`checked_href`) are put, one
         :class:`InputError` each, while the others are returned; without it the first such
@@ -161,7 +243,7 @@ def stac_sources(path: Path | str, *, asset_key: str | None = None,
     hrefs = []
     for href, item_id in chosen.items():
         try:
-            hrefs.append(checked_href(href, where, item_id))
+            hrefs.append(checked_href(href, where, item_id, policy))
         except InputError as err:
             if refused is None:
                 raise

@@ -76,6 +76,13 @@ class IngestConfig(_Strict):
     stac_asset: str | None = Field(
         None, description="from a STAC catalogue or ItemCollection given as a source, ingest "
         "each Item's asset of this key (e.g. visual); None = every GeoTIFF data asset")
+    stac_web: bool = Field(
+        False, description="fetch the http(s) addresses a STAC catalogue names; off, they are "
+        "refused, since a catalogue could make ingest fetch any web address this machine "
+        "reaches (link-local and cloud metadata addresses are refused either way)")
+    stac_outside: bool = Field(
+        False, description="follow a local STAC catalogue's hrefs that lead out of its folder "
+        "(resflow's own exported catalogues name ../cog/...); off, they are refused")
     max_pixels: int = Field(
         10_000_000_000, ge=1, description="largest scene ingested, in pixels (height x width, "
         "of the source and of its working grid); a larger one is refused before its pixels "
@@ -287,6 +294,8 @@ def dump_config(settings: BaseModel) -> str:
     gsd: 0.3
     max_gsd: 2.0
     stac_asset: null
+    stac_web: false
+    stac_outside: false
     max_pixels: 10000000000
     """
     return yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False,

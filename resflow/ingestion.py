@@ -24,6 +24,7 @@ from zarr.errors import ZarrUserWarning
 
 from resflow import __version__, storage
 from resflow.archive_layout import ARCHIVE_KIND, FORMAT_VERSION, SCENES, SceneInfo
+from resflow.catalogues import HrefPolicy
 from resflow.config import IngestConfig
 from resflow.errors import InputError
 from resflow.scene_writing import write_scene
@@ -102,7 +103,9 @@ def ingest(sources: Iterable[str | Path], out: str | Path, config: IngestConfig 
     out = storage.normalise(out)
     _refuse_file(out)
     result = IngestResult(path=out)
-    files, result.refused = discover(sources, config.stac_asset)
+    files, result.refused = discover(sources, config.stac_asset,
+                                     HrefPolicy(web=config.stac_web,
+                                                outside=config.stac_outside))
     new = not storage.exists(out)
     try:
         _ingest_into(out, files, config, rgb, result, progress=progress)

@@ -24,6 +24,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
 from resflow import storage
 from resflow.archive_layout import SceneInfo
+from resflow.catalogues import SAFE, HrefPolicy, stac_sources
 from resflow.config import IngestConfig
 from resflow.errors import InputError
 from resflow.harmonise import band_names, masked_nodata, select_rgb
@@ -66,22 +67,21 @@ def refusal(source: Path | str, err: InputError) -> dict:
     return {"source": storage.display(source), **err.as_record()}
 
 
-def discover(sources: Iterable[str | Path],
-              stac_asset: str | None = None) -> tuple[list[Path | str], list[dict]]:
+def discover(sources: Iterable[str | Path], stac_asset: str | None = None,
+             policy: HrefPolicy = SAFE) -> tuple[list[Path | str], list[dict]]:
     """Expand folders, prefixes and STAC files (``*.json``: :func:`resflow.catalogues.stac_sources`,
-    ``stac_asset`` naming the asset key) into their rasters; refuse missing paths and
-    objects, and folders without rasters."""
+    ``stac_asset`` naming the asset key, ``policy`` what their hrefs may reach) into their
+    rasters; refuse missing paths and objects, and folders without rasters."""
     files: list[Path | str] = []
     refusals: list[dict] = []
     for source in sources:
         path = storage.normalise(source)
         if storage.basename(path).lower().endswith(".json"):
-            from resflow.catalogues import stac_sources
-
             refused: list[InputError] = []
             try:
                 files.extend(storage.normalise(href) for href in
-                             stac_sources(path, asset_key=stac_asset, refused=refused))
+                             stac_sources(path, asset_key=stac_asset, policy=policy,
+                                          refused=refused))
             except InputError as err:
                 refused.append(err)
             refusals.extend(refusal(path, err) for err in refused)

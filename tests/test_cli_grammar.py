@@ -41,8 +41,10 @@ CONCEPT_FLAGS = {"backend": "--backend", "plan": "--plan", "cog": "--cog-dir",
                  "threshold": "--threshold", "min-building": "--min-building-m2"}
 
 #: Flags holding a concept's word that name another concept: whether a run writes a STAC
-#: Collection at all, and the footprints' file format.
-OTHER_CONCEPTS = {"--stac", "--no-stac", "--footprints-format"}
+#: Collection at all, the footprints' file format, and what a STAC catalogue given to
+#: ingest may reach.
+OTHER_CONCEPTS = {"--stac", "--no-stac", "--footprints-format", "--stac-web",
+                  "--stac-outside"}
 
 
 def commands() -> Iterator[tuple[str, typer.core.TyperCommand]]:

@@ -26,9 +26,9 @@ import yaml
 from typer.testing import CliRunner
 
 import resflow
-from resflow.catalogues import stac_sources
+from resflow.catalogues import HrefPolicy, checked_href, stac_sources
 from resflow.cli import app
-from resflow.config import RunConfig
+from resflow.config import IngestConfig, RunConfig
 from resflow.errors import GalleryError, InputError, ResflowError
 from resflow.evaluation import evaluate
 from resflow.exports import export_run
@@ -490,12 +490,57 @@ def test_a_catalogue_names_only_reachable_allowed_sources_and_the_rest_ingest(
            "/vsizip//tmp/x.zip/a.tif": "GDAL virtual file system",
            "ftp://example.com/a.tif": "scheme 'ftp'"}
     search = _catalogue(tmp_path / "search.json", [str(good), *bad])
-    result = ingest([search], tmp_path / "a.zarr")
+    result = ingest([search], tmp_path / "a.zarr", IngestConfig(stac_web=True))
     assert result.ingested == ["good"]
     assert len(result.refused) == len(bad)
     for href, problem in bad.items():
         (record,) = [r for r in result.refused if href in r["where"]]
         assert problem in record["problem"] and record["fix"], record
+
+
+def test_web_addresses_are_fetched_only_when_asked_and_never_metadata_ones(
+        tmp_path: Path, publisher: str) -> None:
+    """A catalogue's web hrefs need --stac-web; link-local and cloud metadata addresses are
+    refused even then, and nothing is fetched from them."""
+    web = f"{publisher}/scene.tif"
+    search = _catalogue(tmp_path / "search.json", [web])
+    refused: list[InputError] = []
+    assert stac_sources(search, refused=refused) == []
+    assert "names a web address" in refused[0].problem and "--stac-web" in refused[0].fix
+    allowed = HrefPolicy(web=True)
+    assert stac_sources(search, policy=allowed) == [web]  # this machine, a local catalogue
+    for href, problem in {"http://169.254.169.254/latest/meta-data/x.tif": "link-local",
+                          "http://metadata.google.internal/x.tif": "cloud metadata",
+                          "http://[fe80::1]/x.tif": "link-local"}.items():
+        with pytest.raises(InputError, match=problem):
+            checked_href(href, str(search), "item", allowed)
+
+
+def test_a_remote_catalogue_may_not_name_this_machine_or_its_network(
+        publisher: str, tmp_path: Path) -> None:
+    _catalogue(tmp_path / "served" / "search.json", [f"{publisher}/scene.tif",
+                                                     "http://10.0.0.8/scene.tif"])
+    refused: list[InputError] = []
+    assert stac_sources(f"{publisher}/search.json", policy=HrefPolicy(web=True),
+                        refused=refused) == []
+    assert ["this machine or its private network" in e.problem for e in refused] == \
+        [True, True]
+
+
+def test_a_local_catalogue_stays_inside_its_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "catalogue"
+    folder.mkdir()
+    inside = shutil.copy(sample_path("rotterdam-ms1"), folder / "inside.tif")
+    outside = shutil.copy(sample_path("rotterdam-ms1"), tmp_path / "outside.tif")
+    (folder / "link.tif").symlink_to(outside)
+    search = _catalogue(folder / "search.json", ["inside.tif", "../outside.tif", "link.tif",
+                                                 f"file://{outside}"])
+    refused: list[InputError] = []
+    assert stac_sources(search, refused=refused) == [str(inside)]
+    assert len(refused) == 3
+    assert all("leads outside the catalogue's folder" in e.problem and "--stac-outside"
+               in e.fix for e in refused)
+    assert len(stac_sources(search, policy=HrefPolicy(outside=True))) == 4
 
 
 def test_a_remote_catalogue_may_not_name_local_files(publisher: str, tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from pystac.validation import validate_dict
 from shapely.geometry import shape
 
 from resflow.archive import Archive
-from resflow.catalogues import stac_sources
+from resflow.catalogues import HrefPolicy, stac_sources
 from resflow.errors import InputError
 from resflow.exports import export_run, write_collection
 from resflow.gallery import DEFAULT_PATH
@@ -224,13 +224,19 @@ def test_items_are_dated_by_the_acquisition_time_the_archive_recorded(tmp_path):
 # --- STAC in -----------------------------------------------------------------------------------
 
 def test_sources_of_an_exported_collection_and_item(exported, mapped):
+    """resflow's own catalogue names its COGs as ../cog/...: out of its folder, so read
+    only when the user lets it (``--stac-outside``)."""
     stac_dir = exported / "stac"
     cogs = sorted(str(p) for p in (exported / "cog").glob("*.tif"))
-    assert sorted(stac_sources(stac_dir / "collection.json")) == cogs
-    probability = stac_sources(stac_dir / "collection.json", asset_key="probability")
+    with pytest.raises(InputError, match="leads outside the catalogue's folder"):
+        stac_sources(stac_dir / "collection.json")
+    outside = HrefPolicy(outside=True)
+    assert sorted(stac_sources(stac_dir / "collection.json", policy=outside)) == cogs
+    probability = stac_sources(stac_dir / "collection.json", asset_key="probability",
+                               policy=outside)
     assert sorted(probability) == [c for c in cogs if c.endswith("_probability.tif")]
     group = next(iter(mapped.groups.values()))
-    assert sorted(stac_sources(stac_dir / group / f"{group}.json")) == \
+    assert sorted(stac_sources(stac_dir / group / f"{group}.json", policy=outside)) == \
         [c for c in cogs if Path(c).name.startswith(f"{group}_")]
 
 
@@ -256,13 +262,16 @@ def test_sources_of_an_item_collection_of_the_bundled_samples(tmp_path):
     }) for n, path in enumerate(samples)]
     search = folder / "search.json"
     search.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
-    sources = stac_sources(search)
+    refused: list[InputError] = []
+    assert stac_sources(search, refused=refused) == []  # the samples lie outside its folder
+    assert len(refused) == len(samples)
+    sources = stac_sources(search, policy=HrefPolicy(outside=True))
     assert [Path(s).resolve() for s in sources] == [p.resolve() for p in samples]
     for source in sources:
         with rasterio.open(source) as src:
             assert src.crs is not None
     # any asset key, each href once, resolved against the file
-    assert stac_sources(search, asset_key="overview") == [str(folder / "small.tif")]
+    assert stac_sources(search, asset_key="overview") == [str(folder / "small.tif")]  # inside
 
 
 def test_stac_files_offering_nothing_to_ingest_are_refused_clearly(tmp_path, exported):
@@ -273,7 +282,8 @@ def test_stac_files_offering_nothing_to_ingest_are_refused_clearly(tmp_path, exp
     with pytest.raises(InputError, match=r"thumbnail \(roles \['thumbnail'\], image/png\)"):
         stac_sources(thumbs)
     with pytest.raises(InputError, match="asset 'visual'"):
-        stac_sources(exported / "stac" / "collection.json", asset_key="visual")
+        stac_sources(exported / "stac" / "collection.json", asset_key="visual",
+                     policy=HrefPolicy(outside=True))
     with pytest.raises(InputError, match="does not exist"):
         stac_sources(tmp_path / "missing.json")
     (tmp_path / "broken.json").write_text("{not json")

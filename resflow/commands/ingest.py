@@ -42,6 +42,12 @@ def ingest_command(
     asset: Annotated[str | None, typer.Option(
         help="for STAC sources (a catalogue, collection or ItemCollection .json): the asset "
         "key to ingest, e.g. visual (default: every GeoTIFF data asset)")] = None,
+    stac_web: Annotated[bool | None, typer.Option(
+        "--stac-web", help="fetch the http(s) addresses a STAC catalogue names (default: "
+        "refused; link-local and cloud metadata addresses always are)")] = None,
+    stac_outside: Annotated[bool | None, typer.Option(
+        "--stac-outside", help="follow a local STAC catalogue's hrefs that lead out of its "
+        "folder (default: refused)")] = None,
     config: ConfigFile = None,
     sets: Sets = None,
     print_config: PrintConfig = False,
@@ -57,7 +63,7 @@ def ingest_command(
 
     try:
         settings = ingest_settings(config, sets, chip=chip, workers=workers, gsd=gsd,
-                                   asset=asset)
+                                   asset=asset, stac_web=stac_web, stac_outside=stac_outside)
         bands = band_indices(rgb)
         if print_config:
             show_config(settings)
@@ -77,7 +83,9 @@ def ingest_command(
 
 
 def ingest_settings(config: str | None, sets: list[str] | None, *, chip: int | None,
-                    workers: int | None, gsd: str | None, asset: str | None) -> IngestConfig:
+                    workers: int | None, gsd: str | None, asset: str | None,
+                    stac_web: bool | None = None,
+                    stac_outside: bool | None = None) -> IngestConfig:
     """The ingest settings from ``--config``, ``--set`` and the ingest flags, ``--gsd``
     taking metres or ``native`` (:func:`resflow.config.load_config`).
 
@@ -89,7 +97,8 @@ def ingest_settings(config: str | None, sets: list[str] | None, *, chip: int | N
     from resflow.config import IngestConfig, load_config
     from resflow.errors import ConfigError
 
-    overrides: dict[str, Any] = {"chip": chip, "workers": workers, "stac_asset": asset}
+    overrides: dict[str, Any] = {"chip": chip, "workers": workers, "stac_asset": asset,
+                                 "stac_web": stac_web, "stac_outside": stac_outside}
     if gsd is not None and gsd != "native":
         try:
             overrides["gsd"] = float(gsd)

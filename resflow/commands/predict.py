@@ -71,6 +71,12 @@ def predict_command(
     asset: Annotated[str | None, typer.Option(
         help="for STAC sources: the asset key to ingest (default: every GeoTIFF data asset)")
     ] = None,
+    stac_web: Annotated[bool, typer.Option(
+        "--stac-web", help="fetch the http(s) addresses a STAC catalogue names, as `resflow "
+        "ingest --stac-web`")] = False,
+    stac_outside: Annotated[bool, typer.Option(
+        "--stac-outside", help="follow a local STAC catalogue's hrefs out of its folder, as "
+        "`resflow ingest --stac-outside`")] = False,
     engine_settings: dict[str, Any] | None = None,  # what the engines' flags set, dotted
     **run_flags: Any,
 ) -> None:
@@ -93,7 +99,8 @@ def predict_command(
 
     folder = prediction.PredictFolder.at(out)
     ingest_config = ingest_settings(None, None, chip=chip, workers=None, gsd=gsd,
-                                    asset=asset)
+                                    asset=asset, stac_web=stac_web or None,
+                                    stac_outside=stac_outside or None)
     bands = band_indices(rgb)
     settings = flag_settings(**run_flags, engine_settings=engine_settings,
                              **prediction.folder_settings(folder))
