@@ -14,6 +14,7 @@ from typing import Any
 
 from benchmarks.engine_study.engines import bench_engine
 from resflow.config import RunConfig
+from resflow.plugins import engine_models
 
 Point = tuple[str, dict[str, Any]]
 
@@ -25,9 +26,9 @@ def override(config: RunConfig, settings: dict[str, Any]) -> RunConfig:
         node = data
         *parents, leaf = key.split(".")
         for part in parents:
-            node = node[part]
+            node = node.setdefault(part, {})
         node[leaf] = value
-    return RunConfig.model_validate(data)
+    return RunConfig.model_validate(data, context={"engines": engine_models()})
 
 
 def plan_sweeps(cores: int, gpus: int) -> dict[str, list[Point]]:
