@@ -290,5 +290,9 @@ def test_a_worker_that_exits_does_not_count_as_other_work() -> None:
             time.sleep(0.2)
     finally:
         worker.kill()
-    # before the per-process accounting, the lost second showed as about 4 other cores
-    assert record["others_cores"] < psutil.cpu_count()
+    with contention() as control:  # the same wait with nothing reaped: the machine's own load
+        time.sleep(0.2)
+    # before the per-process accounting, the lost second showed as about 4 other cores more
+    # than the machine's load; other work running meanwhile shows in both measurements
+    assert record["others_cores"] < control["others_cores"] + 1.0
+    assert record["others_cores"] < psutil.cpu_count() + 1.0
