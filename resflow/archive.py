@@ -39,7 +39,7 @@ from resflow.chips import (
     shard_chip_window,
     window_km2,
 )
-from resflow.errors import InputError
+from resflow.errors import InputError, ResflowError
 from resflow.harmonise import Scaling, valid_mask
 from resflow.windows import Window
 
@@ -362,6 +362,24 @@ class Archive:
             raise InputError(f"{self.display}: scene '{name}'", "no complete scene of that name",
                              f"use one of {sorted(self.scenes)} or re-run `resflow ingest`"
                              ) from None
+
+
+def recorded_archive(recorded: str | None, out: Path) -> Archive | None:
+    """The archive a run recorded if it is still a readable archive there, else None.
+
+    A relative path is as the run was given it: tried from here, then from the store's
+    folder (``resflow run a.zarr --out maps.zarr`` run elsewhere). The scene checksums
+    guard against picking up another archive of the same name.
+    """
+    if not recorded:
+        return None
+    for path in (Path(recorded), out.parent / recorded):
+        if path.is_dir():
+            try:
+                return Archive.open(path)
+            except ResflowError:
+                return None
+    return None
 
 
 def _crs_name(crs_wkt: str) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from resflow.archive import Archive
+from resflow.archive import Archive, recorded_archive
 from resflow.errors import InputError, ResflowError
 from resflow.evaluation_settings import eval_settings
 from resflow.harmonise import harmonise
@@ -167,7 +167,7 @@ def evaluate(out_store_path: Path | str, label_paths: list[Path | str], *,
                          + ", ".join(sorted({lab.crs.to_string() for lab in labels})) + ")")
     run_config = root.attrs.get("run_config", {})
     cut = threshold if threshold is not None else run_config.get("threshold")
-    archive = _open_archive(run_config.get("archive"), out)
+    archive = recorded_archive(run_config.get("archive"), out)
     report = Path(report_dir) if report_dir is not None else default_report_dir(out)
     report.mkdir(parents=True, exist_ok=True)
     scenes: dict[str, dict[str, Any]] = {}
@@ -374,24 +374,6 @@ def _predicted(probability: np.ndarray, mask: np.ndarray, rule: MaskRule) -> np.
     if rule.threshold is None:
         return mask == 1
     return rule.apply(probability, reflect=rule.halo)
-
-
-def _open_archive(recorded: str | None, out: Path) -> Archive | None:
-    """The run's archive if it is still a readable archive, else None (nodata then scored).
-
-    A relative path is as the run was given it: tried from here, then from the store's
-    folder (``resflow run a.zarr --out maps.zarr`` run elsewhere). The scene checksums
-    guard against picking up another archive of the same name.
-    """
-    if not recorded:
-        return None
-    for path in (Path(recorded), out.parent / recorded):
-        if path.is_dir():
-            try:
-                return Archive.open(path)
-            except ResflowError:
-                return None
-    return None
 
 
 def _archive_pixels(archive: Archive, scene: str, sha256: str, shape: tuple[int, int],

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from resflow.archive import Archive
 
 
-def _scene_rgb(archive: Archive, scene: str, step: int) -> np.ndarray:
+def scene_rgb(archive: Archive, scene: str, step: int) -> np.ndarray:
     """The scene's harmonised RGB in [0, 1], every ``step``-th pixel, assembled chip by chip."""
     info = archive.scenes[scene]
     rgb = np.zeros((-(-info.height // step), -(-info.width // step), 3), np.float32)
@@ -72,7 +72,7 @@ def quicklook(out_store: OutputStore | storage.Location, archive: Archive, scene
     store = out_store if isinstance(out_store, OutputStore) else OutputStore.open(out_store)
     info = archive.scenes[scene]
     step = max(1, info.width // width_px)
-    rgb = _scene_rgb(archive, scene, step)
+    rgb = scene_rgb(archive, scene, step)
     mask = np.asarray(store.read_array(scene, "mask")[::step, ::step]) == 1
     overlay = np.zeros((*mask.shape, 4), np.float32)
     overlay[mask] = (1.0, 0.1, 0.05, 0.5)
