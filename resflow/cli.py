@@ -19,7 +19,7 @@ app = typer.Typer(
 )
 
 COMMAND_MODULES: tuple[str, ...] = ("ingest", "info", "doctor", "train", "gallery", "run", "demo",
-                                     "bench", "eval", "export", "predict")
+                                     "bench", "eval", "export", "predict", "view")
 
 for _module in COMMAND_MODULES:
     importlib.import_module(f"resflow.commands.{_module}").register(app)
