@@ -41,7 +41,14 @@ from resflow.exports.files import replacing
 from resflow.exports.footprints import WGS84, scene_footprints
 from resflow.exports.quicklook import scene_rgb
 from resflow.exports.settings import default_min_building_m2
-from resflow.store.reader import SceneMaps, open_complete, root_attributes, run_settings, scene_maps
+from resflow.store.reader import (
+    SceneMaps,
+    open_complete,
+    root_attributes,
+    run_settings,
+    scene_attributes,
+    scene_maps,
+)
 from resflow.store.writer import OutputStore
 
 logger = logging.getLogger(__name__)
@@ -165,14 +172,14 @@ def write_map_page(out_store: OutputStore | storage.Location, page: Path | str |
     steps = _steps(chosen, max_px)
     archive, imagery_note = _archive(store)
     min_building = default_min_building_m2(store)
-    recorded_sha = root_attributes(store).get("archive_sha256", {})
+    mapped = scene_attributes(store)
     layers: list[dict[str, Any]] = []
     shown: list[ScenePage] = []
     drawn = 0
     for maps in chosen:
         step = steps[maps.scene]
         logger.info("map page: scene %s, 1 pixel in %d along each side", maps.scene, step)
-        rgb = (_imagery(archive, maps, step, recorded_sha.get(maps.scene))
+        rgb = (_imagery(archive, maps, step, mapped[maps.scene].get("sha256"))
                if archive else None)
         frame = scene_footprints(store, maps, min_building_m2=min_building)
         left_out = drawn + len(frame) > MAX_BUILDINGS
@@ -455,7 +462,7 @@ html, body, #map { height: 100%; margin: 0; }
   overlays["footprints"] = groups.footprints.addTo(map);
   L.control.layers(null, overlays, {collapsed: false}).addTo(map);
   L.control.scale({imperial: false}).addTo(map);
-  if (all) { map.fitBounds(all); } else { map.setView([0, 0], 2); }
+  if (all) { map.fitBounds(all, {padding: [20, 20]}); } else { map.setView([0, 0], 2); }
 })();
 </script>
 </body>

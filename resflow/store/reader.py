@@ -130,10 +130,16 @@ def run_settings(store: OutputStore) -> dict[str, Any]:
     return dict(root_attributes(store).get("run_config") or {})
 
 
+def scene_attributes(store: OutputStore) -> dict[str, dict[str, Any]]:
+    """Every scene's group attributes (``gsd_m``, ``sha256`` of the archive scene mapped,
+    ``source``...), by scene name."""
+    root = _root(store)
+    return {scene: dict(root[group].attrs) for scene, group in store.groups.items()}
+
+
 def scene_gsd_m(store: OutputStore) -> dict[str, float]:
     """Ground metres per pixel of every scene (the ``gsd_m`` of its group)."""
-    root = _root(store)
-    return {scene: float(root[group].attrs["gsd_m"]) for scene, group in store.groups.items()}
+    return {scene: float(attrs["gsd_m"]) for scene, attrs in scene_attributes(store).items()}
 
 
 def scene_maps(store: OutputStore) -> Iterator[SceneMaps]:
