@@ -6,8 +6,8 @@ through the ``resflow.backends`` entry-point group (see :mod:`resflow.plugins`).
 From Python, each command is a function with one calling convention (:mod:`resflow.api`):
 :func:`resflow.ingest`, :func:`resflow.train`, :func:`resflow.run` (returns the run
 report), :func:`resflow.predict` (rasters to a folder of maps, COGs, footprints and STAC),
-:func:`resflow.export`, :func:`resflow.evaluate`, and :func:`resflow.open_maps` (the maps as
-an ``xarray.DataTree``).
+:func:`resflow.export`, :func:`resflow.evaluate`, :func:`resflow.view` (the maps as one HTML
+page), and :func:`resflow.open_maps` (the maps as an ``xarray.DataTree``).
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING, Any
 from resflow.errors import ResflowError
 
 if TYPE_CHECKING:
-    from resflow.api import evaluate, export, ingest, open_maps, predict, run, train
+    from resflow.api import evaluate, export, ingest, open_maps, predict, run, train, view
 
 __version__ = "0.1.0"
 __all__ = ["ResflowError", "__version__", "evaluate", "export", "ingest", "open_maps",
-           "predict", "run", "train"]
+           "predict", "run", "train", "view"]
 
-_API = frozenset({"evaluate", "export", "ingest", "open_maps", "predict", "run", "train"})
+_API = frozenset({"evaluate", "export", "ingest", "open_maps", "predict", "run", "train",
+                  "view"})
 
 
 def __getattr__(name: str) -> Any:

@@ -1,5 +1,5 @@
 """The steps around a run, from Python: ``resflow.ingest``, ``resflow.train``,
-``resflow.export`` and ``resflow.evaluate``.
+``resflow.export``, ``resflow.evaluate`` and ``resflow.view``.
 
 Each is its command as a call, in the API's one calling convention: the input first
 (positional), then ``out``, then the command's settings as keyword arguments named as in a
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from resflow.gallery import Gallery
     from resflow.ingestion import IngestResult
 
-__all__ = ["evaluate", "export", "ingest", "train"]
+__all__ = ["evaluate", "export", "ingest", "train", "view"]
 
 
 @worded_for_python
@@ -187,3 +187,37 @@ def evaluate(maps: storage.Location, out: storage.Location | None = None, *,
 
     config = settings_of(EvalConfig, "resflow.evaluate", **settings)
     return score_maps(maps, list(labels), report_dir=out, **config.model_dump())
+
+
+@worded_for_python
+def view(maps: storage.Location, out: storage.Location | None = None, *,
+         scenes: Sequence[str] | None = None, max_px: int = 2048) -> Path:
+    """Write the maps of a finished run as one HTML page that needs no network, as
+    ``resflow view STORE`` does: imagery (where the run's archive is still there), mask,
+    probability and footprints per scene, toggled in a layer control.
+
+    Parameters
+    ----------
+    maps
+        A complete output store (from :func:`run`): a folder or a URL.
+    out
+        The HTML file, replaced if there; default: ``<store>-view.html`` beside the store.
+    scenes
+        Only these scenes (default: all).
+    max_px
+        Longest side of a scene's images, pixels: a larger scene is downsampled, and the
+        page says so.
+
+    Returns
+    -------
+    Path
+        The page written.
+
+    Examples
+    --------
+    >>> resflow.view("maps.zarr")                                   # doctest: +SKIP
+    PosixPath('maps-view.html')
+    """
+    from resflow.exports.map_page import write_map_page
+
+    return write_map_page(maps, out, scenes=scenes, max_px=max_px).path
