@@ -37,6 +37,7 @@ from pyproj import CRS, Transformer
 from resflow import storage
 from resflow.archive import Archive, recorded_archive
 from resflow.errors import ResflowError
+from resflow.exports.cog import RAMP_ENDS, probability_colours
 from resflow.exports.files import replacing
 from resflow.exports.footprints import WGS84, scene_footprints
 from resflow.exports.quicklook import scene_rgb
@@ -62,14 +63,12 @@ country's store still makes a page a browser opens (each image is held three tim
 mask, probability)."""
 
 MAX_BUILDINGS = 100_000
-"""Footprints drawn on one page at most: a browser draws this many outlines smoothly; the
-scenes past it keep their images and leave their footprints out, said in the page."""
+"""Footprints drawn on one page at most, so that a country's buildings do not make a page
+too large to open; the scenes past it keep their images and leave their footprints out,
+said in the page."""
 
 BUILDING_RGB = (255, 26, 13)
-"""The mask's building colour, as in quicklooks and mask COGs."""
-
-PROBABILITY_RAMP = "viridis"
-"""Matplotlib colour map of the probability layer: dark violet 0, yellow 1."""
+"""The mask's building colour: the quicklooks' red."""
 
 LEAFLET = Path(__file__).with_name("leaflet")
 """Leaflet 1.9.4 from npm, unchanged (``PROVENANCE.md`` there)."""
@@ -164,8 +163,8 @@ def write_map_page(out_store: OutputStore | storage.Location, page: Path | str |
         the page cannot be written there.
     """
     if max_px < 1:
-        raise ResflowError("--max-px", f"{max_px} pixels is no image", "give 1 or more "
-                           f"(default {MAX_PX})")
+        raise ResflowError("max_px", f"{max_px} pixels is no image",
+                           f"give 1 or more (default {MAX_PX})")
     store = open_complete(out_store)
     target = Path(page) if page is not None else default_page(store.path)
     chosen = _chosen(store, scenes)
@@ -209,8 +208,8 @@ def _chosen(store: OutputStore, scenes: Sequence[str] | None) -> list[SceneMaps]
     names = {maps.scene for maps in every}
     unknown = [name for name in scenes if name not in names]
     if unknown:
-        raise ResflowError(f"--scene {unknown[0]}", f"not a scene of {store.display}",
-                           f"name one of {', '.join(sorted(names))}")
+        raise ResflowError(f"{store.display}: scene {unknown[0]!r}", "not a scene of this "
+                           "output", f"name one of {', '.join(sorted(names))}")
     return [maps for maps in every if maps.scene in scenes]
 
 
@@ -307,14 +306,12 @@ def _mask_rgba(mask: np.ndarray) -> np.ndarray:
 
 
 def _probability_rgba(stored: np.ndarray, maps: SceneMaps) -> np.ndarray:
-    """The probability through :data:`PROBABILITY_RAMP`; pixels not mapped clear."""
-    from matplotlib import colormaps
-
-    encoding = maps.probability_encoding
-    rgba = colormaps[PROBABILITY_RAMP](stored.astype(np.float32) * encoding.scale, bytes=True)
-    if encoding.nodata is not None:
-        rgba[stored == encoding.nodata] = 0
-    return rgba
+    """The stored probability in the colours of the probability COGs (blue 0 to yellow 1,
+    :data:`~resflow.exports.cog.RAMP_ENDS`); pixels not mapped clear."""
+    colours = np.zeros((256, 4), np.uint8)
+    for value, rgba in probability_colours(maps.probability_encoding.nodata).items():
+        colours[value] = rgba
+    return colours[stored]
 
 
 def _png(pixels: np.ndarray) -> str:
@@ -371,21 +368,14 @@ def _html(title: str, layers: list[dict[str, Any]], notes: list[str]) -> str:
     items = "".join(f"<li>{html.escape(note)}</li>" for note in notes)
     values = {
         "TITLE": html.escape(title), "LEAFLET_CSS": style, "LEAFLET_JS": script,
-        "NOTES": f"<ul>{items}</ul>" if items else "", "RAMP": _ramp_css(),
+        "NOTES": f"<ul>{items}</ul>" if items else "",
+        "RAMP": "linear-gradient(to right, {}, {})".format(
+            *("rgb({},{},{})".format(*end) for end in RAMP_ENDS)),
         "BUILDING": "rgb({},{},{})".format(*BUILDING_RGB),
         # no "<" at all inside the JSON script element, so no scene name can end it
         "SCENES": json.dumps(layers, separators=(",", ":")).replace("<", "\\u003c")}
     # one pass, so no inlined text is searched for markers again
     return re.sub(r"%([A-Z_]+)%", lambda marker: values[marker.group(1)], PAGE)
-
-
-def _ramp_css() -> str:
-    """:data:`PROBABILITY_RAMP` as a CSS gradient, for the legend."""
-    from matplotlib import colormaps
-
-    stops = colormaps[PROBABILITY_RAMP](np.linspace(0, 1, 6), bytes=True)
-    return "linear-gradient(to right, " + ", ".join(
-        f"rgb({r},{g},{b})" for r, g, b, _ in stops) + ")"
 
 
 PAGE = """<!DOCTYPE html>
