@@ -402,7 +402,9 @@ html, body, #map { height: 100%; margin: 0; }
 <div id="legend"><b>resflow: %TITLE%</b><br>
 <span class="swatch" style="background: %BUILDING%"></span> buildings (mask)
 &nbsp; probability 0 <span class="ramp"></span> 1
-&nbsp; footprints: click one for its area%NOTES%</div>
+&nbsp; footprints: click one for its area<br>
+<label>zoom to <select id="zoom"><option value="">every scene</option></select></label>
+%NOTES%</div>
 <script>%LEAFLET_JS%</script>
 <script type="application/json" id="scenes">%SCENES%</script>
 <script>
@@ -416,9 +418,15 @@ html, body, #map { height: 100%; margin: 0; }
   var groups = {imagery: L.layerGroup(), mask: L.layerGroup(),
                 probability: L.layerGroup(), footprints: L.layerGroup()};
   var all = null;
+  var extents = [];
+  var zoom = document.getElementById("zoom");
   scenes.forEach(function (s) {
     var b = L.latLngBounds([s.bounds[0], s.bounds[1]], [s.bounds[2], s.bounds[3]]);
     all = all ? all.extend(b) : L.latLngBounds(b.getSouthWest(), b.getNorthEast());
+    var option = document.createElement("option");
+    option.value = extents.push(b) - 1;
+    option.textContent = s.scene;
+    zoom.appendChild(option);
     if (s.imagery) {
       L.imageOverlay(s.imagery, b, {pane: "imagery", className: "resflow-imagery"})
         .addTo(groups.imagery);
@@ -452,6 +460,9 @@ html, body, #map { height: 100%; margin: 0; }
   overlays["footprints"] = groups.footprints.addTo(map);
   L.control.layers(null, overlays, {collapsed: false}).addTo(map);
   L.control.scale({imperial: false}).addTo(map);
+  zoom.addEventListener("change", function () {
+    map.fitBounds(zoom.value === "" ? all : extents[Number(zoom.value)], {padding: [20, 20]});
+  });
   if (all) { map.fitBounds(all, {padding: [20, 20]}); } else { map.setView([0, 0], 2); }
 })();
 </script>
