@@ -29,8 +29,8 @@ def view_command(
         "--scene", metavar="SCENE", help="show this scene only (repeatable; default: every "
         "scene)")] = None,
     max_px: Annotated[int, typer.Option(
-        "--max-px", help="longest side of a scene's images, pixels: a larger scene is "
-        "downsampled to it, and the page says so")] = 2048,
+        "--max-px", min=1, help="longest side of a scene's images, pixels: a larger scene "
+        "is downsampled to it, and the page says so")] = 2048,
 ) -> None:
     """Write the maps of STORE (a finished `resflow run`) as one self-contained HTML page.
 
