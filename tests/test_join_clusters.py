@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from distributed import Client
 
 from resflow.archive import Archive
 from resflow.config import RunConfig
@@ -66,6 +67,8 @@ def dask_output(cropped_archive: Path, engine_gallery: Path,
             [str(BIN / "dask"), "worker", address, "--host", "127.0.0.1", "--nworkers", "2",
              "--nthreads", "1", "--no-dashboard", "--local-directory", str(tmp)],
             tmp / "workers.log"))
+        with Client(address, timeout="20s") as client:  # both workers joined, then the run
+            client.wait_for_workers(2, timeout=90)
         summary = resflow_run(cropped_archive, engine_gallery, tmp / "out.zarr",
                               "--backend", "dask", "--scheduler-address", address)
     report = json.loads((tmp / "out.zarr" / "run_report.json").read_text())
@@ -126,3 +129,24 @@ def test_run_joins_a_spark_standalone_cluster(spark_output, dask_output) -> None
     reference = probability(dask_output[0])
     for scene, array in probability(out).items():
         assert np.array_equal(array, reference[scene])
+
+
+def test_a_scheduler_without_workers_is_refused(cropped_archive: Path, engine_gallery: Path,
+                                                tmp_path: Path) -> None:
+    """Joining a scheduler whose workers never come fails with the command that starts
+    them, instead of waiting for ever, and writes nothing."""
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    out = tmp_path / "out.zarr"
+    with started([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                  "--dashboard-address", f"127.0.0.1:{free_port()}"], tmp_path / "scheduler.log"):
+        wait_until(lambda: port_open(port), "the Dask scheduler", timeout=90)
+        done = subprocess.run(
+            [str(BIN / "resflow"), "run", str(cropped_archive), "--gallery", str(engine_gallery),
+             "--out", str(out), "--backend", "dask", "--scheduler-address", address,
+             "--set", "dask.worker_wait_s=2"], capture_output=True, text=True, env=LOCAL,
+            timeout=120)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "the scheduler has no workers after 2 s" in done.stderr
+    assert f"dask worker {address}" in done.stderr
+    assert not out.exists()

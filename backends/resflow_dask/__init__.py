@@ -151,6 +151,7 @@ class DaskExecutor(Executor):
                     config.scheduler_address, f"no Dask scheduler answered ({exc})",
                     "start one with `dask scheduler` or check the address and port",
                 ) from exc
+            self._await_workers(config)
         else:
             import dask
 
@@ -171,6 +172,20 @@ class DaskExecutor(Executor):
         self._stages: list[tuple[str, list[Future]]] = []
         self._watchers: dict[str, Callable[[int], None]] = {}
 
+
+    def _await_workers(self, config: DaskConfig) -> None:
+        """Wait for the joined cluster's first worker: a run planned on a scheduler with no
+        workers would size its partitions for none and could wait forever for them."""
+        try:
+            self.client.wait_for_workers(1, timeout=config.worker_wait_s)
+        except TimeoutError as exc:
+            self.client.close()
+            raise BackendError(
+                config.scheduler_address,
+                f"the scheduler has no workers after {config.worker_wait_s:g} s",
+                f"start some with `dask worker {config.scheduler_address}`, or raise "
+                "dask.worker_wait_s",
+            ) from exc
 
     # -- cluster facts -------------------------------------------------------------------
 

@@ -28,6 +28,8 @@ class DaskConfig(BaseModel):
 
     scheduler_address: str | None = Field(
         None, description="tcp://host:port of a running scheduler")
+    worker_wait_s: float = Field(
+        60, gt=0, description="joining a cluster: seconds to wait for its first worker")
     workers: int = Field(
         2, ge=1, description="embedded cluster: worker processes; with dask-cuda installed on a "
         "GPU host, one worker per GPU instead")
