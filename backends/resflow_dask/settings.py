@@ -28,8 +28,6 @@ class DaskConfig(BaseModel):
 
     scheduler_address: str | None = Field(
         None, description="tcp://host:port of a running scheduler")
-    worker_wait_s: float = Field(
-        60, gt=0, description="joining a cluster: seconds to wait for its first worker")
     workers: int = Field(
         2, ge=1, description="embedded cluster: worker processes; with dask-cuda installed on a "
         "GPU host, one worker per GPU instead")
@@ -47,6 +45,8 @@ class DaskConfig(BaseModel):
     ticket_dir: Path | None = Field(
         None, description="device-ticket lock directory shared by one host's workers; "
         "None = <tmp>/resflow-tickets-<uid>, private to the user running the workers")
+    worker_wait_s: float = Field(
+        60, gt=0, description="joining a cluster: seconds to wait for its first worker")
 
     def worker_threads(self, has_gpus: bool) -> int:
         """Threads per worker of an embedded cluster on a host with or without GPUs.
