@@ -23,6 +23,7 @@ import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -96,15 +97,24 @@ def _read(path: str) -> tuple[str, list[pystac.Item]]:
 
 
 def _hrefs(items: list[pystac.Item], path: str, asset_key: str | None
-           ) -> Iterator[tuple[str, str]]:
-    """``(item id, absolute href)`` of each chosen TIFF asset."""
+           ) -> Iterator[tuple[pystac.Item, str]]:
+    """``(item, absolute href)`` of each chosen TIFF asset."""
     for item in items:
         for key, asset in item.assets.items():
             chosen = key == asset_key if asset_key else "data" in (asset.roles or [])
             if chosen and _is_tiff(asset):
                 # an ItemCollection's Items have no location of their own: use the file's
-                yield item.id, asset.get_absolute_href() or pystac.utils.make_absolute_href(
+                yield item, asset.get_absolute_href() or pystac.utils.make_absolute_href(
                     asset.href, path)
+
+
+def acquired(item: pystac.Item) -> str | None:
+    """The Item's acquisition time as ISO 8601 UTC: its ``datetime``, or the start of its
+    ``start_datetime``/``end_datetime`` range where ``datetime`` is null."""
+    when = item.datetime or item.common_metadata.start_datetime
+    if when is None:
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
 
 
 def checked_href(href: str, catalogue: str, item_id: str,
@@ -187,7 +197,8 @@ def _refuse_host(host: str, where: str, remote_catalogue: bool) -> None:
 
 def stac_sources(path: Path | str, *, asset_key: str | None = None,
                  policy: HrefPolicy = SAFE,
-                 refused: list[InputError] | None = None) -> list[str]:
+                 refused: list[InputError] | None = None,
+                 times: dict[str, str] | None = None) -> list[str]:
     """The GeoTIFF hrefs (absolute paths or URLs) a STAC file offers for ingest.
 
     Parameters
@@ -206,6 +217,10 @@ def stac_sources(path: Path | str, *, asset_key: str | None = None,
         Where hrefs the catalogue may not name (:func:`checked_href`) are put, one
         :class:`InputError` each, while the others are returned; without it the first such
         href is raised.
+    times
+        Where each returned href's acquisition time is put (:func:`acquired`, from its
+        Item), for hrefs whose Item has one: a catalogue dates its imagery better than a
+        GeoTIFF's ``TIFFTAG_DATETIME``, which often holds the file's processing time.
 
     Returns
     -------
@@ -229,9 +244,9 @@ def stac_sources(path: Path | str, *, asset_key: str | None = None,
     kind, items = _read(where)
     if not items:
         raise InputError(where, f"the {kind} holds no Items", "give a STAC file with Items")
-    chosen: dict[str, str] = {}  # href -> the first Item naming it
-    for item_id, href in _hrefs(items, where, asset_key):
-        chosen.setdefault(href, item_id)
+    chosen: dict[str, pystac.Item] = {}  # href -> the first Item naming it
+    for item, href in _hrefs(items, where, asset_key):
+        chosen.setdefault(href, item)
     if not chosen:
         assets = sorted({f"{key} (roles {asset.roles or []}, {asset.media_type or 'no type'})"
                          for item in items for key, asset in item.assets.items()})
@@ -241,11 +256,14 @@ def stac_sources(path: Path | str, *, asset_key: str | None = None,
                          "choose the image's asset key (for example `visual`), or give a "
                          "STAC file whose Items hold GeoTIFF assets")
     hrefs = []
-    for href, item_id in chosen.items():
+    for href, item in chosen.items():
         try:
-            hrefs.append(checked_href(href, where, item_id, policy))
+            hrefs.append(checked_href(href, where, item.id, policy))
         except InputError as err:
             if refused is None:
                 raise
             refused.append(err)
+            continue
+        if times is not None and (when := acquired(item)):
+            times[hrefs[-1]] = when
     return hrefs

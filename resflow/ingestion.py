@@ -16,7 +16,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import zarr
@@ -103,12 +103,13 @@ def ingest(sources: Iterable[str | Path], out: str | Path, config: IngestConfig 
     out = storage.normalise(out)
     _refuse_file(out)
     result = IngestResult(path=out)
+    dated: dict[Path | str, str] = {}
     files, result.refused = discover(sources, config.stac_asset,
                                      HrefPolicy(web=config.stac_web,
-                                                outside=config.stac_outside))
+                                                outside=config.stac_outside), times=dated)
     new = not storage.exists(out)
     try:
-        _ingest_into(out, files, config, rgb, result, progress=progress)
+        _ingest_into(out, files, config, rgb, result, dated, progress=progress)
     except BaseException:
         if new and not result.ingested and storage.exists(out):
             storage.remove_tree(out)
@@ -133,18 +134,22 @@ def _refuse_file(out: Path | str) -> None:
 
 
 def _ingest_into(out: Path | str, files: Sequence[Path | str], config: IngestConfig,
-                 rgb: Sequence[int] | None, result: IngestResult, *, progress: bool) -> None:
+                 rgb: Sequence[int] | None, result: IngestResult,
+                 dated: dict[Path | str, str], *, progress: bool) -> None:
     """Inspect ``files`` and write the scenes that are not current into the archive at
     ``out``, filling ``result`` as scenes finish (so a caller stopped by an exception knows
-    what was written)."""
+    what was written). A file its STAC Item dates (``dated``) keeps that acquisition time
+    rather than its own tag's."""
     refusals = result.refused
     root = _open_for_writing(out)
     plans: list[Plan] = []
     for path, name in zip(files, scene_names(files), strict=True):
         try:
-            plans.append(inspect(path, name, config, rgb))
+            plan = inspect(path, name, config, rgb)
         except InputError as err:
             refusals.append(refusal(path, err))
+            continue
+        plans.append(replace(plan, acquired=dated[path]) if path in dated else plan)
     todo = []
     result.too_coarse = [{"name": p.info.name, "reason": p.info.skip} for p in plans
                          if p.info.skip]

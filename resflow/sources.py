@@ -68,23 +68,29 @@ def refusal(source: Path | str, err: InputError) -> dict:
 
 
 def discover(sources: Iterable[str | Path], stac_asset: str | None = None,
-             policy: HrefPolicy = SAFE) -> tuple[list[Path | str], list[dict]]:
+             policy: HrefPolicy = SAFE, times: dict[Path | str, str] | None = None
+             ) -> tuple[list[Path | str], list[dict]]:
     """Expand folders, prefixes and STAC files (``*.json``: :func:`resflow.catalogues.stac_sources`,
     ``stac_asset`` naming the asset key, ``policy`` what their hrefs may reach) into their
-    rasters; refuse missing paths and objects, and folders without rasters."""
+    rasters; refuse missing paths and objects, and folders without rasters. ``times`` gets
+    the acquisition time of each raster a STAC Item dates, keyed as the rasters returned."""
     files: list[Path | str] = []
     refusals: list[dict] = []
     for source in sources:
         path = storage.normalise(source)
         if storage.basename(path).lower().endswith(".json"):
             refused: list[InputError] = []
+            dated: dict[str, str] = {}
             try:
                 files.extend(storage.normalise(href) for href in
                              stac_sources(path, asset_key=stac_asset, policy=policy,
-                                          refused=refused))
+                                          refused=refused, times=dated))
             except InputError as err:
                 refused.append(err)
             refusals.extend(refusal(path, err) for err in refused)
+            if times is not None:
+                times.update((_key(storage.normalise(href)), when)
+                             for href, when in dated.items())
         elif isinstance(path, str):
             found = retrying(lambda: storage.find(path, RASTER_SUFFIXES))  # noqa: B023
             if not found:
@@ -108,8 +114,13 @@ def discover(sources: Iterable[str | Path], stac_asset: str | None = None,
                 str(path), "the file does not exist", "check the path and spelling")))
         else:
             files.append(path)
-    unique = list(dict.fromkeys(p.resolve() if isinstance(p, Path) else p for p in files))
+    unique = list(dict.fromkeys(_key(p) for p in files))
     return unique, refusals
+
+
+def _key(path: Path | str) -> Path | str:
+    """A raster as :func:`discover` returns it: local paths resolved, URLs as given."""
+    return path.resolve() if isinstance(path, Path) else path
 
 
 def scene_names(files: Sequence[Path | str]) -> list[str]:

@@ -221,6 +221,27 @@ def test_items_are_dated_by_the_acquisition_time_the_archive_recorded(tmp_path):
     assert undated.common_metadata.start_datetime == item.common_metadata.created
 
 
+def test_a_catalogue_dates_its_imagery_over_the_files_own_tag(tmp_path):
+    """Ingested from a STAC Item, a scene keeps the Item's acquisition time (here its
+    start_datetime, the Item's datetime being null), not the GeoTIFF's processing-time tag."""
+    source = crop_raster(sample_path("atlanta-pan"), 460, tmp_path / "atlanta.tif")
+    with rasterio.open(source, "r+") as dst:
+        dst.update_tags(TIFFTAG_DATETIME="2021:06:05 10:11:12")
+    taken = datetime(2019, 3, 4, 5, 6, 7, tzinfo=UTC)
+    stac_item = pystac.Item("atlanta", geometry=None, bbox=None, datetime=None, properties={},
+                            start_datetime=taken, end_datetime=taken)
+    stac_item.add_asset("image", pystac.Asset(source.name, media_type=pystac.MediaType.GEOTIFF,
+                                              roles=["data"]))
+    (tmp_path / "atlanta.json").write_text(json.dumps(
+        stac_item.to_dict(include_self_link=False, transform_hrefs=False)))
+    result = ingest([tmp_path / "atlanta.json"], tmp_path / "archive.zarr")
+    assert result.ok, result
+    store = write_blobs(Archive.open(tmp_path / "archive.zarr"), tmp_path / "maps.zarr")
+    write_collection(store, tmp_path / "stac")
+    (item,) = pystac.Collection.from_file(str(tmp_path / "stac" / "collection.json")).get_items()
+    assert item.datetime == taken
+
+
 # --- STAC in -----------------------------------------------------------------------------------
 
 def test_sources_of_an_exported_collection_and_item(exported, mapped):
