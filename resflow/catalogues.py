@@ -1,8 +1,8 @@
 """Catalogues in: the image files a STAC Catalog, Collection, ItemCollection or Item offers
 to ``resflow ingest``.
 
-Reading a catalogue is part of ingest, not of exports: it only finds GeoTIFF hrefs, which
-ingest then reads like any other image. A missing, unreadable or non-STAC file, or one
+Part of ingest, not of exports: it finds GeoTIFF hrefs (and their Items' acquisition
+times), which ingest then reads like any other image. A missing, unreadable or non-STAC file, or one
 whose Items hold no matching asset, is refused with the asset keys, roles and media types
 it does hold, so the right ``asset_key`` can be chosen.
 

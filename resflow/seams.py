@@ -4,10 +4,9 @@ A map stitched from chips predicted one by one shows its chip grid when a chip's
 pixels are predicted with less context than its centre, or by another model than its
 neighbour's. The seam ratio measures that from the map alone: the mean absolute change
 between adjacent pixel lines that straddle a chip border, divided by the mean change
-between every other pair of adjacent lines (rows and columns together). A seamless map
-scores about 1; a map whose chip grid shows scores well above it. The same ratio over a
-0/1 building mask compares how often a mask edge lies on a chip border with how often it
-lies anywhere else.
+between every other pair of adjacent lines (rows and columns together): about 1 for a
+seamless map, well above it where the grid shows. Over a 0/1 building mask it compares how
+often a mask edge lies on a chip border with how often it lies anywhere else.
 
 Only pairs of pixels that were both mapped count, so nodata and unmapped chips make no
 false seams. :class:`SeamCheck` sets the ratio beside the same ratio off the chip grid, the
