@@ -1,18 +1,17 @@
-"""Catalogues in: the image files a STAC Catalog, Collection, ItemCollection or Item offers
-to ``resflow ingest``.
+"""Catalogues in: the image files (and their acquisition times) a STAC Catalog, Collection,
+ItemCollection or Item offers to ``resflow ingest``, which reads them like any other image.
 
-Part of ingest, not of exports: it finds GeoTIFF hrefs (and their Items' acquisition
-times), which ingest then reads like any other image. A missing, unreadable or non-STAC file, or one
-whose Items hold no matching asset, is refused with the asset keys, roles and media types
-it does hold, so the right ``asset_key`` can be chosen.
+A missing, unreadable or non-STAC file, or one whose Items hold no matching asset, is
+refused with the asset keys, roles and media types it does hold, so the right
+``asset_key`` can be chosen.
 
 A catalogue is someone else's document, so the hrefs it names are checked before anything
 is fetched (:func:`checked_href`, :class:`HrefPolicy`): only the schemes in :data:`SCHEMES`;
 local files only when the catalogue itself is local, and inside its folder unless the user
 opts in; web addresses only when the user opts in, never a link-local or cloud metadata
 address, and no address of this machine or its private network from a remote catalogue;
-never a GDAL virtual file system path (``/vsi...``). A refused href is refused by name; the
-catalogue's other hrefs still ingest.
+never a GDAL virtual file system path (``/vsi...``). A refused href is refused by name,
+the others still ingest.
 """
 
 from __future__ import annotations
