@@ -258,26 +258,28 @@ class _MercatorGrid:
     @classmethod
     def of(cls, maps: SceneMaps, step: int) -> _MercatorGrid:
         """Every ``step``-th pixel of the scene (whole blocks of ``step`` pixels, so the last
-        row and column may reach past the scene by under a block), and GDAL's suggested Web
-        Mercator grid of about as many pixels covering it."""
+        row and column may reach past the scene by under a block), and a Web Mercator grid of
+        about as many pixels (square ones) that covers all of it, edges included."""
         from rasterio.transform import array_bounds
-        from rasterio.warp import calculate_default_transform
 
         crs = CRS.from_wkt(maps.crs_wkt)
         shape = (-(-maps.shape[0] // step), -(-maps.shape[1] // step))
-        transform = maps.transform * Affine.scale(step)
-        left, bottom, right, top = array_bounds(*shape, transform)
-        mercator, width, height = calculate_default_transform(
-            crs, WEB_MERCATOR, shape[1], shape[0], left, bottom, right, top)
-        return cls(crs, transform, shape, mercator, (int(height), int(width)))
+        transform = maps.transform @ Affine.scale(step)
+        to_mercator = Transformer.from_crs(crs, WEB_MERCATOR, always_xy=True)
+        left, bottom, right, top = to_mercator.transform_bounds(
+            *array_bounds(*shape, transform), densify_pts=21)
+        size = math.sqrt((right - left) * (top - bottom) / (shape[0] * shape[1]))
+        mercator = Affine.translation(left, top) @ Affine.scale(size, -size)
+        return cls(crs, transform, shape, mercator,
+                   (math.ceil((top - bottom) / size), math.ceil((right - left) / size)))
 
     def bounds(self) -> tuple[float, float, float, float]:
         """``(south, west, north, east)`` of the Web Mercator grid, degrees (EPSG:4326):
         its edges are meridians and parallels, so its corners are its bounds."""
         to_wgs84 = Transformer.from_crs(WEB_MERCATOR, WGS84, always_xy=True)
         height, width = self.mercator_shape
-        west, north = to_wgs84.transform(*(self.mercator * (0, 0)))
-        east, south = to_wgs84.transform(*(self.mercator * (width, height)))
+        west, north = to_wgs84.transform(*(self.mercator @ (0, 0)))
+        east, south = to_wgs84.transform(*(self.mercator @ (width, height)))
         return (south, west, north, east)
 
     def warp(self, rgba: np.ndarray) -> np.ndarray:
