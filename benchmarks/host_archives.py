@@ -5,8 +5,8 @@ resolution, ingested as :mod:`benchmarks.mask_cost` ingests them. The per-scene 
 the same pixels twice: a square cut from one of those scenes as one scene, and the same
 square cut into ``tiles x tiles`` scenes, each one chip, written as GeoTIFFs from the stored
 pixels (already on the working grid, so ingest keeps them as they are). Mapped one chip per
-prediction window, both archives have the same chips, windows and pixels, so what the tiles
-cost beyond the single scene is what a scene costs.
+prediction window without a halo, both archives read the same chunks into the same windows,
+so what the tiles cost beyond the single scene is what a scene costs.
 """
 
 from __future__ import annotations
