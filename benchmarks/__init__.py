@@ -8,6 +8,9 @@ they run from a checkout of the repository (``python -m benchmarks.<study>`` fro
 * :mod:`benchmarks.accuracy` and :mod:`benchmarks.default_gallery`: the accuracy study and
   the bundled gallery's retraining (``python -m benchmarks.accuracy``, ``make gallery``);
 * :mod:`benchmarks.gpu_check`: resflow on one CUDA GPU of a host without a package index;
+* ``host_cost.py``: the host's CPU cost per chip and per scene on every engine, the models'
+  outputs replayed (``host_replay.py``, ``host_engines.py``, ``host_archives.py``;
+  ``python -m benchmarks.host_cost``);
 * ``soak.py`` and ``malloc_trim.py``: the soak test (``python -m benchmarks.soak``) and
   the malloc profile (``python benchmarks/malloc_trim.py``).
 
