@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from resflow.models.efficientnet import data_weighted_mean
@@ -54,3 +55,33 @@ def test_augmented_encoding_is_every_flip_and_rotation_twice_and_seeded() -> Non
     assert all(torch.equal(a, b) for a, b in zip(first.maps[0], plain.maps[0], strict=True))
     # a quarter turn of the chip turns its target with it
     assert torch.equal(first.target[1, :, 0], torch.rot90(target, 1, (-2, -1)))
+
+
+def test_training_encodes_chips_with_their_context_and_keeps_the_chips_cells() -> None:
+    """With context, a chip's training maps are the encoder's maps of the chip and its
+    surroundings cut to the chip's cells, as a prediction window sees it, not the maps of
+    the bare chip; a chip off the encoder's multiple keeps the cells that cover it."""
+    from resflow.models.efficientnet import FEATURE_STRIDES, load_imagenet_lite0
+    from resflow.training.segmentation import chip_maps
+
+    encoder = load_imagenet_lite0().eval()
+    scene = torch.rand(1, 3, 192, 192, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        whole = encoder.feature_maps(scene)
+        kept = chip_maps(encoder, scene, 32, (128, 128))
+        bare = chip_maps(encoder, scene[..., 32:160, 32:160], 0, (128, 128))
+        odd = chip_maps(encoder, scene[..., :104, :104], 32, (40, 40))
+    for level, cut, stride in zip(whole, kept, FEATURE_STRIDES, strict=True):
+        cells = slice(32 // stride, 160 // stride)
+        assert torch.equal(cut, level[..., cells, cells])
+    assert [m.shape for m in kept] == [m.shape for m in bare]
+    assert not torch.allclose(kept[-1], bare[-1], atol=1e-3)
+    assert [m.shape[-1] * s for m, s in zip(odd, FEATURE_STRIDES, strict=True)] == [64] * 5
+
+
+def test_a_context_off_the_encoders_stride_is_refused() -> None:
+    from resflow.errors import InputError
+    from resflow.training.config import TrainConfig
+
+    with pytest.raises(InputError, match="context: 48 pixels is not a multiple of 32"):
+        TrainConfig(context=48)

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from resflow.config import MIN_BUILDING_M2, SPLIT_DIP
+from resflow.errors import InputError
 from resflow.training.regions import DEFAULT_FRACTIONS
 from resflow.windows import WINDOW_CHIPS, WINDOW_HALO
 
@@ -26,7 +27,11 @@ class TrainConfig:
     a decoder of its own to be tried. ``halo`` is the context around a chip when its
     features are computed for bucket fitting; test chips are scored as runs map them, a
     ``window`` of chips at a time with ``window_halo`` pixels of context
-    (:mod:`resflow.windows`). ``augment`` encodes each train chip in its eight flips and
+    (:mod:`resflow.windows`). ``context`` is the imagery around each chip the encoder
+    sees while decoders train (the loss scores the chip only): a prediction window has
+    real imagery around nearly every chip, so features of bare chips, padded with zeros a
+    few pixels away, would teach the decoders inputs that runs never give them; a multiple
+    of 32 (the encoder's deepest stride). ``augment`` encodes each train chip in its eight flips and
     rotations, each also radiometrically jittered
     (:func:`resflow.training.segmentation.encode_training`); off, each chip is encoded once
     as read: 16 times less encoding, for quick trial runs, with models that transfer worse.
@@ -46,6 +51,7 @@ class TrainConfig:
     patience: int = 6
     min_bucket_chips: int = 8
     halo: int = 32
+    context: int = 64
     window: int = WINDOW_CHIPS
     window_halo: int = WINDOW_HALO
     threshold: float = 0.5
@@ -55,6 +61,11 @@ class TrainConfig:
     split_dip: float = SPLIT_DIP
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
     augment: bool = True
+
+    def __post_init__(self) -> None:
+        if self.context < 0 or self.context % 32:
+            raise InputError("context", f"{self.context} pixels is not a multiple of 32, the "
+                             "encoder's deepest stride", "use 0, 32, 64 or another multiple")
 
 
 @functools.cache

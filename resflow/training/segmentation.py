@@ -23,6 +23,9 @@ from resflow.models.segmentation import SIZE_MULTIPLE, SegmentationDecoder
 
 #: Dihedral variants as (quarter turns, flip left-right): identity first.
 AUGMENTATIONS = tuple((k, flip) for flip in (False, True) for k in range(4))
+#: Chips per encoder call while training encodes: the activations of a call, not the maps
+#: kept, bound its memory (several GB for a few hundred chips of 256 px with context).
+ENCODE_CHIPS = 32
 #: Cap on the positive-class weight, so a chip set with almost no buildings stays stable.
 MAX_POS_WEIGHT = 10.0
 
@@ -70,8 +73,13 @@ def radiometric_jitter(images: torch.Tensor, valid: torch.Tensor,
 
 
 def encode_training(encoder: EfficientNetLite0, images: np.ndarray, target: np.ndarray,
-                    weight: np.ndarray, augment: bool = True, seed: int = 0) -> Encoded:
+                    weight: np.ndarray, context: int = 0, augment: bool = True,
+                    seed: int = 0) -> Encoded:
     """Run the frozen encoder once per chip and augmentation.
+
+    The encoder sees each chip with ``context`` pixels of imagery around it and its maps
+    are cut back to the chip (:func:`chip_maps`), so the maps kept, and the decoder's work,
+    do not grow with the context.
 
     The encoder is not rotation-equivariant, so each of the eight flips/rotations (the
     dihedral group, ``AUGMENTATIONS``) is encoded separately, about 1.8 MB of maps per
@@ -83,11 +91,15 @@ def encode_training(encoder: EfficientNetLite0, images: np.ndarray, target: np.n
     Parameters
     ----------
     images
-        ``(N, 3, S, S)`` float32 in ``[0, 1]``.
+        ``(N, 3, S + 2 context, S + 2 context)`` float32 in ``[0, 1]``: the chips with their
+        context.
     target
-        ``(N, S, S)`` building mask (0/1).
+        ``(N, S, S)`` building mask (0/1) of the chips.
     weight
         ``(N, S, S)`` 1 where a pixel is scored, 0 elsewhere.
+    context
+        Pixels of imagery on each side of the chips in ``images``, a multiple of
+        :data:`SIZE_MULTIPLE`.
     augment
         All eight dihedral variants, each as read and radiometrically jittered (training),
         or the identity only (validation).
@@ -103,18 +115,42 @@ def encode_training(encoder: EfficientNetLite0, images: np.ndarray, target: np.n
     if augment:
         variants = [(turns, flip, source) for source in
                     (x, radiometric_jitter(x, data, generator)) for turns, flip in AUGMENTATIONS]
-    size = tuple(x.shape[-2:])
-    pad = (0, -size[1] % SIZE_MULTIPLE, 0, -size[0] % SIZE_MULTIPLE)
+    size = tuple(y.shape[-2:])
     maps, targets, weights = [], [], []
     encoder.eval()
     with torch.no_grad():
         for turns, flip, source in variants:
-            image = F.pad(_dihedral(source, turns, flip), pad, mode="reflect") if any(pad) \
-                else _dihedral(source, turns, flip)
-            maps.append([m.contiguous() for m in encoder.feature_maps(image)])
+            image = _dihedral(source, turns, flip)
+            parts = [chip_maps(encoder, image[i: i + ENCODE_CHIPS], context, size)
+                     for i in range(0, max(len(image), 1), ENCODE_CHIPS)]
+            maps.append([torch.cat(level) for level in zip(*parts, strict=True)])
             targets.append(_dihedral(y, turns, flip))
             weights.append(_dihedral(w, turns, flip))
     return Encoded(maps, torch.stack(targets), torch.stack(weights), size)
+
+
+def chip_maps(encoder: EfficientNetLite0, images: torch.Tensor, context: int,
+              size: tuple[int, int]) -> list[torch.Tensor]:
+    """Encoder maps of the ``size`` chips at the centre of ``images``, which hold ``context``
+    pixels around them: the encoder runs on the whole (grown by reflection to a multiple of
+    :data:`SIZE_MULTIPLE`, as far as the chip's own multiple needs) and each level is cut
+    to the chip's cells. With no context these are the maps of the reflected chip.
+    """
+    if context % SIZE_MULTIPLE:
+        raise ValueError(f"context {context} is not a multiple of {SIZE_MULTIPLE}")
+    covered = [context + n + -n % SIZE_MULTIPLE for n in size]  # the chip's padded extent
+    height, width = images.shape[-2:]
+    grow_h = max(covered[0], height + -height % SIZE_MULTIPLE) - height
+    grow_w = max(covered[1], width + -width % SIZE_MULTIPLE) - width
+    if grow_h or grow_w:
+        images = F.pad(images, (0, grow_w, 0, grow_h), mode="reflect")
+    levels = encoder.feature_maps(images)
+    cut = []
+    for level in levels:
+        stride = images.shape[-1] // level.shape[-1]
+        y0 = x0 = context // stride
+        cut.append(level[..., y0: covered[0] // stride, x0: covered[1] // stride].contiguous())
+    return cut
 
 
 def positive_weight(data: Encoded) -> float:

@@ -166,10 +166,11 @@ def _train(archive: Archive, labels: list[Labels], out: Path, config: TrainConfi
                          "check the labels lie on the scenes' buildings (draw them over the "
                          "imagery) or give labelled scenes with buildings")
     train_set = encode_training(encoder, data["train"].images, data["train"].target,
-                                data["train"].weight, augment=config.augment,
-                                seed=config.seed)
+                                data["train"].weight, context=config.context,
+                                augment=config.augment, seed=config.seed)
     val_set = (encode_training(encoder, data["validation"].images, data["validation"].target,
-                               data["validation"].weight, augment=False)
+                               data["validation"].weight, context=config.context,
+                               augment=False)
                if data["validation"].refs else None)
     clock["encode"] = time.perf_counter()
 
@@ -277,20 +278,25 @@ def _phase_seconds(clock: dict[str, float]) -> dict[str, float]:
 
 def _read(archive: Archive, refs: list[ChipRef], labels: list[Labels],
           bucket_of: dict[ChipRef, int], config: TrainConfig) -> Chips:
-    """Chip pixels (no halo), their label masks and loss weights (0 where not scored, more
-    than 1 in the gaps between buildings: :func:`~resflow.training.gaps.gap_weight`), for
-    training, from the chips as :class:`~resflow.datasets.ChipDataset` yields them."""
+    """Chip pixels with ``config.context`` pixels of context, the chips' label masks and
+    loss weights (0 where not scored, more than 1 in the gaps between buildings:
+    :func:`~resflow.training.gaps.gap_weight`, computed with the context so a building just
+    outside a chip still weighs its gap), from the chips as
+    :class:`~resflow.datasets.ChipDataset` yields them."""
     images, targets, weights = [], [], []
-    chips = ChipDataset(archive, labels, chips=refs)
+    h = config.context
+    chips = ChipDataset(archive, labels, chips=refs, halo=h)
     for i, ref in enumerate(refs):
         chip = chips[i]
         ids = chip["mask"].numpy()
         target = separated(ids)
         sigma_px = config.gap_sigma_m / archive.scenes[ref.scene].gsd_m
+        weight = ((chip["valid"] & chip["inside"]).numpy()
+                  * gap_weight(ids, target, config.gap_weight, sigma_px))
+        core = np.s_[h: h + ref.chip, h: h + ref.chip]
         images.append(chip["image"].numpy())
-        targets.append(target.astype(np.float32))
-        weights.append((chip["valid"] & chip["inside"]).numpy()
-                       * gap_weight(ids, target, config.gap_weight, sigma_px))
+        targets.append(target[core].astype(np.float32))
+        weights.append(weight[core])
     size = (0, 3, 1, 1)
     return Chips(refs, np.stack(images) if images else np.zeros(size, np.float32),
                   np.stack(targets) if targets else np.zeros((0, 1, 1), np.float32),
