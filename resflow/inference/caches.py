@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,13 @@ from resflow.store.writer import OutputStore
 
 _LOCK = threading.Lock()
 _GALLERIES: dict[tuple[str, str], Gallery] = {}
-_ARCHIVES: dict[tuple[str, str], Archive] = {}
-_STORES: dict[tuple[str, str], OutputStore] = {}
+_ARCHIVES: OrderedDict[tuple[str, str], Archive] = OrderedDict()
+_STORES: OrderedDict[tuple[str, str], OutputStore] = OrderedDict()
+
+OPEN_STORES = 8
+"""Archives, and output stores, a process keeps open: a worker of a long-lived cluster maps
+one run after another, each into a new output, and would otherwise keep every one it ever
+opened. Only the latest version of a location is kept (the store made anew replaces it)."""
 
 
 def gallery_folder(location: Path | str | None) -> Path:
@@ -92,13 +98,22 @@ def preload_models(path: Path | str | None, version: str = "") -> None:
         gallery.segmenter(bucket)
 
 
-def _cached(cache: dict[tuple[str, str], Any], location: Path | str, open_store: Any) -> Any:
+def _cached(cache: OrderedDict[tuple[str, str], Any], location: Path | str,
+            open_store: Any) -> Any:
     """The store at ``location`` opened once per process, and again once it is made anew
-    (a later run in the same process may overwrite an output, or re-ingest an archive)."""
+    (a later run in the same process may overwrite an output, or re-ingest an archive);
+    the :data:`OPEN_STORES` used last are kept. A task holding a store dropped here keeps
+    using it."""
     key = (str(location), storage.version(storage.join(location, "zarr.json")))
     with _LOCK:
-        if key not in cache:
-            cache[key] = open_store(location)
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        for older in [k for k in cache if k[0] == key[0]]:
+            del cache[older]
+        cache[key] = open_store(location)
+        while len(cache) > OPEN_STORES:
+            cache.popitem(last=False)
         return cache[key]
 
 
