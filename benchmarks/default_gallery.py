@@ -27,6 +27,7 @@ from resflow.config import MIN_BUILDING_M2, SPLIT_DIP
 from resflow.gallery import DEFAULT_PATH, Gallery
 from resflow.mosaic import write_mosaic
 from resflow.training.train import train
+from resflow.windows import WINDOW_CHIPS, WINDOW_HALO
 
 CARD = "MODEL_CARD.md"
 MOSAIC = Path("docs/img/bucket_mosaic.png")
@@ -60,14 +61,18 @@ def card(gallery: Gallery, study: dict[str, Any] | None, places: list[Place]) ->
         "ground resolution (finer imagery is averaged down, imagery up to 2 m is "
         "upsampled, coarser imagery is skipped).", "",
         "## Models", "",
-        "- Stage 1: frozen ImageNet EfficientNet-Lite0, run once per chip on the chip read "
-        f"with its {m['training']['halo']} px halo; the 1280-d embedding is pooled over the "
-        "chip's own data pixels, and the same encoder maps feed stage 3. "
+        "- Stage 1: frozen ImageNet EfficientNet-Lite0, run once per prediction window "
+        f"({WINDOW_CHIPS} x {WINDOW_CHIPS} chips read with a {WINDOW_HALO} px halo); its "
+        "1280-d embedding, pooled over the window's own data pixels, routes the window as a "
+        "whole, and the same encoder maps feed stage 3. The buckets were fitted on chips "
+        f"read with a {m['training']['halo']} px halo. "
         f"Stage 2: a {m['bits']}-bit hashing head and {len(m['buckets'])} "
         f"buckets (k-means on training chips, {m['training']['bucket_criterion']['method']}); "
         f"Hamming routing agrees with k-means on {bucketing['routing_agrees_with_kmeans']:.0%} "
         "of the training chips.",
-        "- Stage 3: a U-Net decoder (about 110 K parameters) per model on the frozen encoder.",
+        "- Stage 3: a U-Net decoder (about 110 K parameters) per model on the frozen encoder, "
+        f"trained on chips encoded with {m['training'].get('context', 0)} px of the imagery "
+        "around them, as prediction windows give it.",
         "", "| bucket | model | chips | labelled train chips | why |", "|---|---|---|---|---|"]
     lines += [f"| {b['id']} | {b['model']} | {b['chips']} | {b['labelled_chips']} | "
               f"{b['decision']} |" for b in m["buckets"]]
