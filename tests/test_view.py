@@ -32,7 +32,7 @@ from resflow.cli import app
 from resflow.commands.view import view_command
 from resflow.errors import ResflowError
 from resflow.exports.footprints import scene_footprints
-from resflow.exports.map_page import BUILDING_RGB, MAX_PX, write_map_page
+from resflow.exports.map_page import BUILDING_RGB, COORDINATE_DIGITS, MAX_PX, write_map_page
 from resflow.exports.settings import default_min_building_m2
 from resflow.store.reader import scene_maps
 from resflow.store.writer import OutputStore
@@ -136,8 +136,9 @@ def test_footprints_are_the_exports_in_lon_lat_inside_the_scene(page: Path,
         assert sorted(f["properties"]["area_m2"] for f in features) == pytest.approx(
             sorted(expected["area_m2"]), abs=0.05)
         vertices = np.concatenate([coordinates(f["geometry"]) for f in features])
-        assert np.all((vertices[:, 0] >= west) & (vertices[:, 0] <= east))
-        assert np.all((vertices[:, 1] >= south) & (vertices[:, 1] <= north))
+        rounding = 10.0 ** -COORDINATE_DIGITS  # a vertex on the scene's edge, rounded out
+        assert np.all((vertices[:, 0] >= west - rounding) & (vertices[:, 0] <= east + rounding))
+        assert np.all((vertices[:, 1] >= south - rounding) & (vertices[:, 1] <= north + rounding))
 
 
 def test_a_large_scene_is_downsampled_and_says_so(mapped_samples: Path, tmp_path: Path) -> None:
