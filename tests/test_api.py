@@ -137,6 +137,7 @@ def test_open_maps_gives_each_scene_on_its_archive_grid(local_maps: tuple[Path, 
         np.testing.assert_allclose(scene.probability.values, stored / PROBABILITY_SCALE)
 
 
+@pytest.mark.slow
 def test_probability_is_nan_exactly_where_nothing_was_mapped(
         engine_gallery: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     """A SpaceNet tile whose empty third is declared nodata: those pixels are not mapped."""

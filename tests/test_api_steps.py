@@ -72,6 +72,7 @@ def test_export_and_evaluate_a_finished_run(mapped_samples: Path, tmp_path: Path
     assert json.loads((report / "eval.json").read_text()) == scores
 
 
+@pytest.mark.slow
 def test_every_step_is_at_the_package_root_whatever_was_imported_before() -> None:
     """The root's functions are the API's, even after the modules that implement ingest and
     export were imported (a submodule named like a function would hide it)."""

@@ -120,6 +120,7 @@ def contract_script(engine: str) -> str:
     return f"engine = {engine!r}\n{CONTRACT}"
 
 
+@pytest.mark.slow
 def test_contract_suite_runs_against_the_new_backend(plugin_path: str) -> None:
     """Every check of the contract suite that takes an engine (or a backend name) runs
     against the new backend, built as ``build_engine`` builds any backend: in a plain

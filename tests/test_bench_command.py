@@ -53,6 +53,7 @@ def _bench(installed: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
         cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_bench_finds_the_studies_in_the_checkout_it_runs_from(installed: Path) -> None:
     done = _bench(installed, cwd=ROOT)
     assert done.returncode == 2, done.stderr

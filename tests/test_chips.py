@@ -51,7 +51,7 @@ def test_symmetric_index_is_dask_reflect_for_wide_halos() -> None:
         assert (x[symmetric_index(np.arange(-pad, 5 + pad), 5)] == expected).all()
 
 
-@pytest.mark.parametrize("halo", [0, 32, 300])
+@pytest.mark.parametrize("halo", [0, 32, pytest.param(300, marks=pytest.mark.slow)])
 def test_halo_reads_match_padding_of_the_whole_scene(native_archive: Path, halo: int) -> None:
     archive = Archive.open(native_archive)
     for name in ("ms1", "rmnp-rgb"):
@@ -69,7 +69,7 @@ def test_halo_reads_match_padding_of_the_whole_scene(native_archive: Path, halo:
             np.testing.assert_array_equal(got.valid, valid)
 
 
-@pytest.mark.parametrize("halo", [0, 32, 300])
+@pytest.mark.parametrize("halo", [0, 32, pytest.param(300, marks=pytest.mark.slow)])
 def test_reading_many_chips_at_once_equals_reading_each(sample_archive: Path, halo: int) -> None:
     """Runs of side-by-side chips are read as one slab; any order, scenes mixed, gaps."""
     archive = Archive.open(sample_archive)

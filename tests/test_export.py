@@ -303,6 +303,7 @@ def test_the_runs_chips_name_their_bucket_and_model(mapped, tmp_path):
             assert row.model == models[row.bucket]
 
 
+@pytest.mark.slow
 def test_geojson_is_rfc7946_longitude_first_with_the_same_buildings(synthetic, tmp_path):
     export_footprints(synthetic, tmp_path / "b.parquet")
     (path,) = export_footprints(synthetic, tmp_path / "b.geojson")
@@ -421,6 +422,7 @@ def test_export_command_writes_and_refuses(synthetic, tmp_path):
     assert refused.exit_code == 2 and "--cog-dir DIR" in refused.output
 
 
+@pytest.mark.slow
 def test_export_command_refuses_to_replace_files_unless_overwrite(synthetic, tmp_path):
     runner = CliRunner()
     (tmp_path / "b.gpkg").write_bytes(b"mine")

@@ -144,6 +144,7 @@ def test_a_task_run_twice_leaves_the_same_output(runs, cropped_archive: Path,
     assert first.buckets == second.buckets
 
 
+@pytest.mark.slow
 def test_run_lists_the_exports_it_wrote(cropped_archive: Path, engine_gallery: Path,
                                         tmp_path: Path) -> None:
     """COGs and one footprints file when asked, and always the STAC Collection naming them."""

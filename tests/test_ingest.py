@@ -126,6 +126,7 @@ def test_scene_without_complete_marker_is_hidden_then_redone(tmp_path: Path) -> 
     assert list(Archive.open(out).scenes) == ["ms2"]
 
 
+@pytest.mark.slow
 def test_killed_ingest_is_detected_and_redone(tmp_path: Path) -> None:
     src = _copy("landsat8", tmp_path / "in")
     out = tmp_path / "a.zarr"

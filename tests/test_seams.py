@@ -77,6 +77,7 @@ def test_chip_borders_agree_with_one_whole_scene_prediction(mapped_samples: Path
     assert difference[beside].mean() <= 1.5 * difference[~beside].mean() + 0.1
 
 
+@pytest.mark.slow
 def test_chip_by_chip_maps_show_their_grid(tmp_path: Path) -> None:
     """The ratio tells seams apart: the same scene mapped chip by chip with a 32-pixel halo
     (resflow before prediction windows) shows its chip grid several times over."""
