@@ -43,7 +43,7 @@ COUNTS = ("tp", "fp", "fn", "object_tp", "object_fp", "object_fn")
 #: Smallest building kept in the masks scored, m^2: the run default and two others.
 MIN_AREAS = (0.0, 4.0, 8.0)
 #: Probability dips that split touching roofs: none, the run default (0.1) and five others.
-SPLIT_DIPS = (0.0, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2)
+SPLIT_DIPS = (0.0, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4)
 
 
 def study_places(path: Path = PLACES_JSON) -> list[Place]:
