@@ -47,14 +47,12 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.engine_study.contention import contention
+from benchmarks.engine_study.contention import contention, ours_during, ours_s
 from benchmarks.engine_study.machine import describe_machine
 from benchmarks.host_archives import place_archive, scene_and_tiles
 from benchmarks.host_engines import (
     MASK,
     ReplayingExecutor,
-    cpu_between,
-    cpu_seconds,
     put_gallery,
     start_engine,
 )
@@ -130,10 +128,10 @@ def replayed_run(config: RunConfig, executor: Executor) -> dict[str, Any]:
     from resflow.graph import run_graph
 
     load = os.getloadavg()[0]
-    before = cpu_seconds()
+    before = ours_s()
     with contention() as record_:
         result = run_graph(config, executor)
-    cpu = cpu_between(before, cpu_seconds())
+    cpu = ours_during(before, ours_s())
     if not result.totals.complete:
         raise SystemExit(f"a replayed run over {config.archive} failed: "
                          f"{result.report.errors[:3]}")

@@ -27,8 +27,6 @@ from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from benchmarks.host_replay import ReplayGallery, Tape, spent, take_spent
 from resflow.executor import CPU, Executor, StageResources, TaskEnv
 
@@ -196,26 +194,3 @@ def start_engine(name: str) -> Executor:
         "spark": {"master": "local[1]",
                   "conf": {"spark.executorEnv.PYTHONPATH": os.environ["PYTHONPATH"]}}}
     return load_backend(name).from_settings(sections.get(name), device="cpu", progress=False)
-
-
-def cpu_seconds() -> dict[int, float]:
-    """CPU seconds so far of this process and each descendant (engine workers, JVMs)."""
-    me = psutil.Process()
-    seconds: dict[int, float] = {}
-    for proc in [me, *me.children(recursive=True)]:
-        try:
-            times = proc.cpu_times()
-        except psutil.Error:
-            continue
-        seconds[proc.pid] = times.user + times.system
-    return seconds
-
-
-def cpu_between(before: dict[int, float], after: dict[int, float]) -> float:
-    """CPU seconds our processes used between two :func:`cpu_seconds` samples (over those
-    alive at the end, so a process that exited does not take its lifetime off the total).
-
-    >>> cpu_between({1: 5.0, 2: 40.0}, {1: 7.5, 3: 1.0})
-    3.5
-    """
-    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())

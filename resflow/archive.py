@@ -156,6 +156,12 @@ class Archive:
         self.__init__(state["path"], state["scenes"], state["refused"],  # type: ignore[misc]
                       state["skipped"])
 
+    def holds(self, scene: str, sha256: str | None, shape: tuple[int, int]) -> bool:
+        """Whether this archive still holds the very scene a run mapped (same checksum and
+        size), so its pixels may be drawn or masked under that run's maps."""
+        info = self.scenes.get(scene)
+        return info is not None and info.sha256 == sha256 and (info.height, info.width) == shape
+
     def image(self, scene: str) -> zarr.Array:
         """The raw ``(band, y, x)`` source-dtype array of a scene."""
         if scene not in self._arrays:

@@ -384,9 +384,9 @@ def _archive_pixels(archive: Archive, scene: str, sha256: str, shape: tuple[int,
     size), since another scene's nodata would mask the wrong pixels. Read one chip row at a
     time, so only the full-resolution mask grows with the scene.
     """
-    info = archive.scenes.get(scene)
-    if info is None or info.sha256 != sha256 or (info.height, info.width) != shape:
+    if not archive.holds(scene, sha256, shape):
         return None
+    info = archive.scenes[scene]
     image = archive.image(scene)
     valid = np.zeros((info.height, info.width), bool)
     rgb = np.zeros((-(-info.height // step), -(-info.width // step), 3), np.float32)

@@ -20,7 +20,7 @@ def _machine_busy_s() -> float:
     return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
 
-def _ours_s() -> dict[int, float]:
+def ours_s() -> dict[int, float]:
     """CPU seconds so far of this process and each descendant, by pid."""
     me = psutil.Process()
     seconds: dict[int, float] = {}
@@ -34,7 +34,7 @@ def _ours_s() -> dict[int, float]:
 
 
 def ours_during(before: dict[int, float], after: dict[int, float]) -> float:
-    """CPU seconds our processes used between two :func:`_ours_s` samples.
+    """CPU seconds our processes used between two :func:`ours_s` samples.
 
     Summed per process over those alive at the end: one that exited in between (an idle
     Spark Python worker reaped, a restarted Dask worker) must not take its whole lifetime's
@@ -54,10 +54,10 @@ def contention() -> Iterator[dict[str, float]]:
     overstate slightly; it is clipped at 0.
     """
     record: dict[str, float] = {}
-    busy, ours, start = _machine_busy_s(), _ours_s(), time.perf_counter()
+    busy, ours, start = _machine_busy_s(), ours_s(), time.perf_counter()
     try:
         yield record
     finally:
         wall = time.perf_counter() - start
-        others = (_machine_busy_s() - busy) - ours_during(ours, _ours_s())
+        others = (_machine_busy_s() - busy) - ours_during(ours, ours_s())
         record.update(wall_s=wall, others_cores=max(0.0, others / wall) if wall else 0.0)

@@ -232,8 +232,7 @@ def _imagery(archive: Archive, maps: SceneMaps, step: int,
              sha256: str | None) -> np.ndarray | None:
     """The scene's harmonised RGB as uint8, or None where the archive no longer holds the
     scene that was mapped (another checksum or size)."""
-    info = archive.scenes.get(maps.scene)
-    if info is None or info.sha256 != sha256 or (info.height, info.width) != maps.shape:
+    if not archive.holds(maps.scene, sha256, maps.shape):
         return None
     return (np.clip(scene_rgb(archive, maps.scene, step), 0.0, 1.0) * 255).round().astype(
         np.uint8)
