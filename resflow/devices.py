@@ -123,6 +123,28 @@ def autocast_dtype(capability: tuple[int, int]) -> torch.dtype:
     return torch.bfloat16 if tuple(capability) >= BF16_CAPABILITY else torch.float16
 
 
+#: Layers whose weights autocast casts to its lower precision on every call.
+AUTOCAST_LAYERS = (torch.nn.Conv2d, torch.nn.Linear)
+
+
+def cast_for_autocast(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast, once and in place, the weights and biases autocast would cast to ``dtype`` on
+    every forward: those of convolutions and linear layers. Norm layers keep float32, as
+    autocast leaves them.
+
+    Under ``torch.autocast(..., dtype=dtype)`` the model's outputs are then bit for bit
+    those of the float32 model (the same tensors rounded to the same dtype, once instead of
+    per call), which ``tests/test_devices.py`` checks with the CPU's autocast. Only for a
+    model that always runs under that autocast: the device copies of the stage functions.
+    """
+    for module in model.modules():
+        if isinstance(module, AUTOCAST_LAYERS):
+            for parameter in module.parameters(recurse=False):
+                if parameter.is_floating_point():
+                    parameter.data = parameter.data.to(dtype)  # the same Parameter object
+    return model
+
+
 def configure_cuda_once() -> bool:
     """Set cuDNN to deterministic, non-benchmarking mode for this process, once.
 

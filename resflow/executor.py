@@ -12,13 +12,15 @@ from __future__ import annotations
 import re
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from resflow.errors import ConfigError
+from resflow.tickets import SharedDevices
 
 T = TypeVar("T")
 
@@ -78,13 +80,33 @@ class TaskEnv:
         Index of the input partition this task processes.
     gpu
         Address of the GPU assigned to the task (``"0"``, ``"1"``, ... as CUDA numbers it in
-        this process), or ``None`` when the task was given no GPU.
+        this process), or ``None`` when the task was given no GPU (or shares ``tickets``).
+    tickets
+        GPUs the processes of this host share through device tickets, where the engine
+        schedules GPU work that way (Dask workers declaring shared GPUs): the task holds one
+        only around its device work (:meth:`gpu_held`).
     """
 
     backend: str
     stage: str
     partition: int
     gpu: str | None = None
+    tickets: SharedDevices | None = None
+
+    @contextmanager
+    def gpu_held(self) -> Iterator[str | None]:
+        """The GPU for one stretch of device work, such as a window's encoder, routing and
+        decoder: a ticket checked out for that stretch only where the host's processes share
+        GPUs through tickets, else the GPU the engine gave the whole task (or ``None``).
+
+        Reads, masks and writes then run without holding a device, so another task's
+        device work runs beside them instead of waiting for a whole partition.
+        """
+        if self.tickets is None:
+            yield self.gpu
+            return
+        with self.tickets.checkout() as address:
+            yield address
 
     def torch_device(self, cuda_available: bool) -> str:
         """The torch device string for this task: its GPU if it has one and CUDA works."""
@@ -217,7 +239,8 @@ class Executor(ABC):
         partition. ``name`` is the stage's name in dashboards and UIs (each
         backend shows it as :func:`stage_key`); ``resources`` is a :class:`StageResources`
         stating what one task of the stage needs; ``env`` is the :class:`TaskEnv` the task runs
-        in, which names the GPU the task was given, if any.
+        in: ``with env.gpu_held() as gpu`` around its device work gives the GPU it may use
+        (``None``: none), held for that work only where the host's GPUs are ticketed.
     ``group_by_key(coll, key, npartitions, blocks=1)``, optional
         Regroup records so that all records with the same ``key(record)`` share one output
         partition (the shuffle between stage 2 and stage 3 of the ``regrouped`` plan; the

@@ -25,7 +25,14 @@ import torch
 from torch import nn
 
 from resflow.allocator import steady_malloc
-from resflow.devices import inference_context, memory_format, torch_threads, use_device
+from resflow.devices import (
+    autocast_dtype,
+    cast_for_autocast,
+    inference_context,
+    memory_format,
+    torch_threads,
+    use_device,
+)
 from resflow.model_input import ChipImages, array_blocks, as_chip_images, staging
 from resflow.models.efficientnet import EMBEDDING_DIM
 from resflow.models.hashing import hamming_nearest
@@ -92,7 +99,9 @@ def _device_copy(model: nn.Module, device: torch.device) -> nn.Module:
     inside every segmenter and the feature extractor), so moving one in place with
     ``.to(device)`` would pull it from under a task running on another GPU. Each device
     gets its own deep copy instead and the original is never touched. One memo per device
-    makes parts the models share (the encoder) one copy per device, as on the CPU.
+    makes parts the models share (the encoder) one copy per device, as on the CPU. On CUDA
+    the copy's convolution and linear weights are cast once to the autocast dtype
+    (:func:`resflow.devices.cast_for_autocast`), not on every forward.
     """
     key = str(device)
     with _DEVICE_COPIES_LOCK:
@@ -100,6 +109,9 @@ def _device_copy(model: nn.Module, device: torch.device) -> nn.Module:
         if id(model) not in memo:
             moved = copy.deepcopy(model, memo)
             moved.to(device, memory_format=memory_format(device)).eval()
+            if device.type == "cuda":  # where inference_context always autocasts
+                cast_for_autocast(moved, autocast_dtype(
+                    torch.cuda.get_device_capability(device)))
         return memo[id(model)]
 
 

@@ -21,7 +21,8 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from resflow.errors import ResflowError
@@ -30,6 +31,25 @@ from resflow.paths import private_folder
 
 class TicketTimeout(ResflowError):
     """No device ticket became free in time."""
+
+
+@dataclass(frozen=True)
+class SharedDevices:
+    """GPUs the worker processes of one host share through tickets, at most ``per_device``
+    holders each (:func:`checkout`'s arguments, carried by a task to where it needs them).
+
+    A task checks a ticket out around each stretch of device work only
+    (:meth:`resflow.executor.TaskEnv.gpu_held`), so its reads, masks and writes never keep
+    a device from the host's other tasks.
+    """
+
+    devices: tuple[str, ...]
+    per_device: int
+    ticket_dir: str | None = None
+
+    def checkout(self) -> AbstractContextManager[str]:
+        """Hold one ticket for the ``with`` block and yield its device address."""
+        return checkout(self.devices, self.per_device, self.ticket_dir)
 
 
 def default_ticket_dir() -> Path:

@@ -13,10 +13,9 @@ from pyproj import CRS
 from resflow.archive import Archive
 from resflow.chips import chip_grid, symmetric_index, window_km2
 from resflow.harmonise import harmonise
-from resflow.inference.caches import load_gallery
 from resflow.inference.clock import Clock
 from resflow.inference.settings import STAGE1, GraphSettings
-from resflow.inference.window_work import WindowFailed, encode_window, windows_of
+from resflow.inference.window_work import WindowFailed, read_window, windows_of
 from resflow.retries import RetryCount
 from resflow.windows import window_of
 
@@ -108,12 +107,10 @@ def test_an_unreadable_window_fails_its_chips_alone(sample_archive: Path,
     refs = archive.chips(["sample_geotiff"])[:4]
     (bad, bad_chips), (good, _) = windows_of(settings, archive, refs).items()
     assert bad_chips == refs[:2]
-    gallery = load_gallery(None)
     with pytest.raises(WindowFailed, match="reading its window of chips failed") as failed:
-        encode_window(settings, gallery, CPU, archive, bad, STAGE1, RetryCount(), Clock())
+        read_window(settings, archive, bad, STAGE1, RetryCount(), Clock())
     assert failed.value.stage == STAGE1
-    source, _, _ = encode_window(settings, gallery, CPU, archive, good, STAGE1, RetryCount(),
-                                 Clock())
+    source = read_window(settings, archive, good, STAGE1, RetryCount(), Clock())
     assert source.valid.shape == (512 + 2 * settings.halo,) * 2
 
 

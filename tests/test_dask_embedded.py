@@ -27,8 +27,9 @@ def _trim_setting() -> str | None:
 def hold_device(room: str, want: int, records: list[int], env: TaskEnv
                 ) -> list[tuple[str | None, int]]:
     """Hold the device until ``want`` other tasks on it are met (or every task has come)."""
-    meet(room, f"task{records[0]}", want=want, patience=30, side=str(env.gpu), total=TASKS)
-    return [(env.gpu, records[0])]
+    with env.gpu_held() as gpu:
+        meet(room, f"task{records[0]}", want=want, patience=30, side=str(gpu), total=TASKS)
+        return [(gpu, records[0])]
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ selection and the ``--device`` flag."""
 
 from __future__ import annotations
 
+import copy
 import sys
 import threading
 import types
@@ -231,3 +232,20 @@ def test_run_refuses_unknown_device(monkeypatch: pytest.MonkeyPatch) -> None:
     result, seen = _run_cli(monkeypatch, "--device", "gpu")
     assert result.exit_code == 2 and seen == {}
     assert "gpu" in result.output
+
+
+def test_weights_cast_once_give_autocasts_bits() -> None:
+    """A GPU copy's convolution and linear weights are cast once to the autocast dtype; under
+    autocast the encoder and decoder then give the float32 model's results bit for bit
+    (checked with the CPU's bf16 autocast, the GPU's being absent here)."""
+    from resflow.inference.caches import load_gallery
+
+    segmenter = load_gallery(None).segmenter(0).eval()
+    cast = devices.cast_for_autocast(copy.deepcopy(segmenter), torch.bfloat16)
+    convolutions = [m for m in cast.modules() if isinstance(m, torch.nn.Conv2d)]
+    norms = [m for m in cast.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert convolutions and all(m.weight.dtype == torch.bfloat16 for m in convolutions)
+    assert norms and all(m.weight.dtype == torch.float32 for m in norms)
+    images = torch.rand((2, 3, 96, 96), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(cast(images), segmenter(images))

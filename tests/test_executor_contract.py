@@ -45,7 +45,9 @@ def by_key(record: tuple[int, int, int]) -> int:
 
 
 def report_env(records: list[int], env: TaskEnv) -> list[tuple[str, str, int, str | None, int]]:
-    return [(env.backend, env.stage, env.partition, env.gpu, PRELOADED.get("models", 0))]
+    """Where the task ran: the GPU is the one it holds for device work (TaskEnv.gpu_held)."""
+    with env.gpu_held() as gpu:
+        return [(env.backend, env.stage, env.partition, gpu, PRELOADED.get("models", 0))]
 
 
 def load_models() -> None:

@@ -5,7 +5,13 @@ is four windows (whole, cut by the scene edge on one side and on two), spread ov
 
 from __future__ import annotations
 
+import fcntl
+import os
+import re
 import shutil
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +27,7 @@ from resflow.inference.settings import GraphSettings, settings_from_config
 from resflow.local import LocalExecutor
 from resflow.planning import plan
 from resflow.store.writer import OutputStore
+from resflow.tickets import SharedDevices, ticket_path
 
 BACKENDS = ("local", "dask", "spark")
 PLANS = ("fused", "regrouped")
@@ -142,6 +149,50 @@ def test_a_task_run_twice_leaves_the_same_output(runs, cropped_archive: Path,
         assert np.array_equal(array, once[key]) and np.array_equal(array, before[key])
     assert first.chips == second.chips == partition.chips and not first.failures
     assert first.buckets == second.buckets
+
+
+def test_a_task_holds_its_gpu_ticket_for_device_work_only(runs, cropped_archive: Path,
+                                                          tmp_path: Path) -> None:
+    """On GPUs a host's workers share through tickets, a task checks its ticket out around
+    each window's encoder, route and decoder, and gives it back for reads, masks and writes:
+    a neighbour polling the only ticket finds it held, then free, then held again while the
+    task runs. The GPU is declared (there is none), so the models run on the CPU."""
+    config, _ = runs["local"]
+    out = tmp_path / "copy.zarr"
+    shutil.copytree(config.out, out)
+    store = OutputStore.open(out)
+    partition = plan(Archive.open(cropped_archive).scenes, shard_chips=store.shard_chips,
+                     partition_chips=PARTITION_CHIPS)[0]
+    settings = replace(settings_for(config, out), window=1)  # a window per chip: 4 here
+    shared = SharedDevices(("0",), per_device=1, ticket_dir=str(tmp_path / "tickets"))
+    env = TaskEnv("dask", "stages-fused", 0, tickets=shared)
+    with ThreadPoolExecutor(1) as pool:
+        task = pool.submit(fused_stages, settings, [partition], env)
+        seen = poll_ticket(ticket_path(tmp_path / "tickets", "0", 0), until=task.done)
+        (summary,) = task.result()
+    assert summary.chips == partition.chips and not summary.failures
+    held_then_free_then_held = re.search("H+F+H", seen)
+    assert held_then_free_then_held, f"the ticket was never given back between windows: {seen}"
+
+
+def poll_ticket(path: Path, until: Callable[[], bool]) -> str:
+    """Try the ticket at ``path`` until ``until()``: ``H`` each time it was held by someone
+    else, ``F`` each time it was free (taken and given back at once), runs collapsed."""
+    seen = ""
+    while not until():
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600) if path.parent.exists() else None
+        state = "F"
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                state = "H"
+            finally:
+                os.close(fd)
+        if not seen.endswith(state):
+            seen += state
+        time.sleep(0.0005)
+    return seen
 
 
 @pytest.mark.slow

@@ -14,7 +14,13 @@ from resflow.errors import ConfigError
 from resflow.gallery import write_gallery
 from resflow.inference.clock import Clock
 from resflow.inference.settings import STAGE1, GraphSettings
-from resflow.inference.window_work import encode_window, segment_window, windows_of
+from resflow.inference.window_work import (
+    cut_window,
+    embed_window,
+    map_window,
+    read_window,
+    windows_of,
+)
 from resflow.models import (
     BuildingSegmenter,
     FeatureExtractor,
@@ -224,10 +230,12 @@ def test_a_window_is_segmented_as_its_model_maps_the_window(two_model_gallery,
     (first, pair), (second, single) = windows_of(settings, archive, refs).items()
     assert pair == refs[:2] and single == refs[2:] and first.shape == second.shape == (512, 512)
     clock, retries = Clock(), RetryCount()
-    source, embedding, maps = encode_window(settings, gallery, CPU, archive, first, STAGE1,
-                                            retries, clock)
+    source = read_window(settings, archive, first, STAGE1, retries, clock)
+    embedding = embed_window(settings, gallery, CPU, source, STAGE1, clock)
     assert embedding.shape == (1, 1280) and source.valid.shape == (576, 576)
-    mapped = segment_window(settings, gallery, CPU, first, pair, source, maps, bucket, clock)
+    served, chip = map_window(settings, gallery, CPU, source, STAGE1, clock, bucket=bucket)
+    assert served == bucket
+    mapped = cut_window(settings, first, pair, source, chip, bucket, clock)
     image = source.harmonised().image[None]
     whole = segment(image, gallery.segmenter(bucket), batch_size=1, device=CPU)[0]
     expected = np.where(source.valid, quantise(whole), NOT_MAPPED)

@@ -4,7 +4,8 @@ Each stage is a set of futures whose keys start with ``resflow_<stage>``, so the
 task stream and progress panels show the stages by name. GPU stages carry a ``GPU`` resource
 restriction (only when the workers declare a ``GPU`` resource, otherwise nothing would ever
 run), models are loaded once per worker by a ``WorkerPlugin``, and when several workers of a
-host share GPUs each GPU task checks out a device ticket (:mod:`resflow.tickets`).
+host share GPUs each GPU task checks out a device ticket (:mod:`resflow.tickets`) around
+its device work only.
 
 dask-cuda is imported only when this host has GPUs and dask-cuda is installed; dask and
 distributed only when an executor is built, so resflow reads this engine's settings and flags

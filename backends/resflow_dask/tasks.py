@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from resflow.executor import TaskEnv
-from resflow.tickets import checkout
+from resflow.tickets import SharedDevices
 
 
 @dataclass(frozen=True)
@@ -39,10 +39,11 @@ def run_partition(
     partition: int,
     gpu: GpuPlan | None,
 ) -> list[Any]:
-    """Run one stage function on one partition, holding a device ticket if it needs one."""
+    """Run one stage function on one partition. On GPUs the host's workers share, the task
+    carries the tickets and holds one around its device work only (``TaskEnv.gpu_held``)."""
     if gpu is not None and gpu.devices:
-        with checkout(gpu.devices, gpu.per_device, gpu.ticket_dir) as device:
-            return list(fn(records, TaskEnv("dask", stage, partition, device)))
+        shared = SharedDevices(gpu.devices, gpu.per_device, gpu.ticket_dir)
+        return list(fn(records, TaskEnv("dask", stage, partition, tickets=shared)))
     address = "0" if gpu is not None and gpu.pinned else None
     return list(fn(records, TaskEnv("dask", stage, partition, address)))
 

@@ -2,7 +2,7 @@
 every core.
 
 This is the speed no engine can beat on a machine: the same stage calls the graph makes
-(:mod:`resflow.inference.window_work`, ``encode_window`` and ``segment_window``), over the
+(:mod:`resflow.inference.window_work`, ``map_window`` and ``cut_window``), over the
 same prediction windows (:mod:`resflow.windows`), with every window already in memory as
 stored (harmonised where the models run, as the graph does), nothing read, written,
 serialised or scheduled.

@@ -17,11 +17,11 @@ from resflow.inference.settings import FUSED, STAGE1, GraphSettings
 from resflow.inference.summary import PartitionSummary, failed_partition
 from resflow.inference.window_work import (
     WindowFailed,
-    encode_window,
+    cut_window,
+    device_held,
     expand,
-    route_window,
-    segment_window,
-    task_device,
+    map_window,
+    read_window,
     windows_of,
     with_data,
     write_partition_shards,
@@ -36,7 +36,8 @@ def fused_stages(settings: GraphSettings, records: list[Partition],
 
     Each prediction window of the partition is read once, with its halo, and encoded once:
     stage 1 embeds the window from its encoder maps, stage 2 routes it, and stage 3 decodes
-    the same maps with the model of its bucket. The maps, routes and failures are those of
+    the same maps with the model of its bucket, the task's GPU held for that device work
+    only. The maps, routes and failures are those of
     the regrouped plan; only where the work runs differs: nothing crosses processes between
     stages and no stage waits for another's slowest partition.
     """
@@ -53,7 +54,6 @@ def _fused_partition(settings: GraphSettings, partition: Partition,
                      env: TaskEnv) -> PartitionSummary:
     clock, counter = Clock(), RetryCount()
     summary = PartitionSummary(partition=partition.index)
-    device = task_device(settings, env)
     gallery = load_gallery(settings.gallery, settings.gallery_version)
     archive = cached_archive(settings.archive)
     failures: list[ChipFailure] = []
@@ -61,11 +61,10 @@ def _fused_partition(settings: GraphSettings, partition: Partition,
     mapped: dict[ChipRef, tuple[np.ndarray, np.ndarray, int]] = {}
     for window, refs in windows_of(settings, archive, with_data(shards)).items():
         try:
-            source, embedding, maps = encode_window(settings, gallery, device, archive,
-                                                    window, STAGE1, counter, clock)
-            bucket = route_window(gallery, embedding, clock)
-            mapped.update(segment_window(settings, gallery, device, window, refs, source,
-                                         maps, bucket, clock))
+            source = read_window(settings, archive, window, STAGE1, counter, clock)
+            with device_held(settings, env) as device:
+                bucket, chip = map_window(settings, gallery, device, source, STAGE1, clock)
+            mapped.update(cut_window(settings, window, refs, source, chip, bucket, clock))
         except WindowFailed as failed:
             failures.extend(ChipFailure(ref, failed.stage, failed.problem) for ref in refs)
     write_partition_shards(settings, shards, mapped, failures, summary, counter, clock, FUSED)

@@ -24,10 +24,12 @@ from resflow.inference.settings import STAGE1, STAGE3, WRITE, GraphSettings
 from resflow.inference.summary import PartitionSummary, failed_partition
 from resflow.inference.window_work import (
     WindowFailed,
-    encode_window,
+    cut_window,
+    device_held,
+    embed_window,
     expand,
-    segment_window,
-    task_device,
+    map_window,
+    read_window,
     windows_of,
     with_data,
     write_partition_shards,
@@ -67,7 +69,6 @@ def stage1_features(settings: GraphSettings, records: list[Partition],
 
 def _features(settings: GraphSettings, partition: Partition, env: TaskEnv) -> list[Any]:
     clock, counter = Clock(), RetryCount()
-    device = task_device(settings, env)
     gallery = load_gallery(settings.gallery, settings.gallery_version)
     archive = cached_archive(settings.archive)
     refs = with_data(expand(partition, archive, cached_store(settings.out)))
@@ -75,8 +76,9 @@ def _features(settings: GraphSettings, partition: Partition, env: TaskEnv) -> li
     embedded: list[tuple[ChipRef, np.ndarray]] = []
     for window, chips in windows_of(settings, archive, refs).items():
         try:
-            _, embedding, _ = encode_window(settings, gallery, device, archive, window,
-                                            STAGE1, counter, clock)
+            source = read_window(settings, archive, window, STAGE1, counter, clock)
+            with device_held(settings, env) as device:
+                embedding = embed_window(settings, gallery, device, source, STAGE1, clock)
         except WindowFailed as failed:
             failures.extend(ChipFailure(ref, failed.stage, failed.problem) for ref in chips)
             continue
@@ -125,17 +127,17 @@ def stage3_segment(settings: GraphSettings, records: list[Any], env: TaskEnv) ->
     if not routed:
         return passing
     clock, counter = Clock(), RetryCount()
-    device = task_device(settings, env)
     gallery = load_gallery(settings.gallery, settings.gallery_version)
     archive = cached_archive(settings.archive)
     failures: list[ChipFailure] = []
     mapped: dict[ChipRef, tuple[np.ndarray, np.ndarray, int]] = {}
     for window, refs in windows_of(settings, archive, sorted(routed)).items():
         try:
-            source, _, maps = encode_window(settings, gallery, device, archive, window,
-                                            STAGE3, counter, clock)
-            mapped.update(segment_window(settings, gallery, device, window, refs, source,
-                                         maps, routed[refs[0]].bucket, clock))
+            source = read_window(settings, archive, window, STAGE3, counter, clock)
+            with device_held(settings, env) as device:
+                bucket, chip = map_window(settings, gallery, device, source, STAGE3, clock,
+                                          bucket=routed[refs[0]].bucket)
+            mapped.update(cut_window(settings, window, refs, source, chip, bucket, clock))
         except WindowFailed as failed:
             failures.extend(ChipFailure(ref, failed.stage, failed.problem) for ref in refs)
     share = clock.share(len(routed))

@@ -5,14 +5,16 @@ inference, dask's ``map_overlap`` in three steps: *add a halo* (``Archive.read_w
 reflected beyond scene edges as ``boundary="reflect"``), *compute* on the padded window,
 *trim* the halo and cut the window back into its chips. The encoder runs once on that read
 and serves both stages (:mod:`resflow.stages`): stage 1 embeds the window from its maps,
-stage 3 decodes them. A window that cannot be read or mapped fails its chips. Both plans
+stage 3 decodes them. Only that device work holds the task's GPU (:func:`device_held`);
+reads, masks and writes do not. A window that cannot be read or mapped fails its chips. Both plans
 (:mod:`resflow.inference.fused`, :mod:`resflow.inference.regrouped`) are built from these
 steps, so they map every chip the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -36,16 +38,24 @@ from resflow.store.writer import OutputStore
 from resflow.windows import Window, group_by_window
 
 if TYPE_CHECKING:
-    from resflow.stages import FeatureMaps
+    from resflow.stages import FeatureMaps, QuantisedChip
 
 
-def task_device(settings: GraphSettings, env: TaskEnv) -> Any:
-    """The torch device a task computes on: the GPU its engine assigned, or the CPU, with
-    this process's intra-op threads set from the run's settings."""
+def task_device(settings: GraphSettings, gpu: str | None) -> Any:
+    """The torch device a task computes on: ``gpu`` (its engine's, or a ticket's) or the
+    CPU, with this process's intra-op threads set from the run's settings."""
     from resflow.devices import resolve_device, set_torch_threads
 
     set_torch_threads(settings.torch_threads)
-    return resolve_device(settings.device, env.gpu)  # type: ignore[arg-type]
+    return resolve_device(settings.device, gpu)  # type: ignore[arg-type]
+
+
+@contextmanager
+def device_held(settings: GraphSettings, env: TaskEnv) -> Iterator[Any]:
+    """The torch device for one window's device work, its GPU held for that work only
+    (:meth:`resflow.executor.TaskEnv.gpu_held`): reads, masks and writes hold none."""
+    with env.gpu_held() as gpu:
+        yield task_device(settings, gpu)
 
 
 ShardChips = tuple[str, int, list[ChipRef]]
@@ -82,22 +92,15 @@ def windows_of(settings: GraphSettings, archive: Archive,
     return group_by_window(refs, settings.window, shapes)
 
 
-def encode_window(settings: GraphSettings, gallery: Gallery, device: Any, archive: Archive,
-                  window: Window, stage: str, counter: RetryCount, clock: Clock
-                  ) -> tuple[SourceChip, np.ndarray, FeatureMaps]:
-    """Read a window with its halo and run the encoder once over it: its pixels as stored,
-    its ``(1, 1280)`` embedding (pooled over the window without its halo, what stage 2
-    routes on) and its encoder maps (what stage 3 decodes).
+def read_window(settings: GraphSettings, archive: Archive, window: Window, stage: str,
+                counter: RetryCount, clock: Clock) -> SourceChip:
+    """A window's pixels as stored, with its halo, retried on storage errors.
 
     Raises
     ------
     WindowFailed
-        The window cannot be read, holds pixels that harmonise to NaN or Inf, or embeds to
-        a value that is not finite.
+        The window cannot be read, or holds pixels that harmonise to NaN or Inf.
     """
-    from resflow.model_input import SourceImages
-    from resflow.stages import encode
-
     with clock("read"):
         try:
             source = retrying(lambda: archive.read_window(window, settings.halo), counter)
@@ -107,6 +110,58 @@ def encode_window(settings: GraphSettings, gallery: Gallery, device: Any, archiv
         if not source.finite():
             raise WindowFailed(stage, "its window's harmonised pixels hold NaN or Inf (source "
                                "values too extreme to scale), so no model can map it")
+    return source
+
+
+def embed_window(settings: GraphSettings, gallery: Gallery, device: Any, source: SourceChip,
+                 stage: str, clock: Clock) -> np.ndarray:
+    """Stage 1 alone: a window's ``(1, 1280)`` embedding, pooled without its halo (what
+    stage 2 routes on), its encoder maps dropped on the device.
+
+    Raises
+    ------
+    WindowFailed
+        The model raised, or embedded the window to a value that is not finite.
+    """
+    return _encoded(settings, gallery, device, source, stage, clock)[0]
+
+
+def map_window(settings: GraphSettings, gallery: Gallery, device: Any, source: SourceChip,
+               stage: str, clock: Clock, bucket: int | None = None
+               ) -> tuple[int, QuantisedChip]:
+    """A window's device work: one encoder pass, its route (stage 2, unless ``bucket`` was
+    routed before) and its bucket's decoder over the same maps, quantised and thresholded
+    on ``device``. The maps never leave this function, so they are freed before the device
+    is given back (:func:`device_held`).
+
+    Raises
+    ------
+    WindowFailed
+        The model raised or returned values that are not finite.
+    """
+    from resflow.stages import decode_quantised
+
+    embedding, maps = _encoded(settings, gallery, device, source, stage, clock)
+    if bucket is None:
+        bucket = route_window(gallery, embedding, clock)
+    with clock("stage3"):
+        try:
+            chip = decode_quantised([maps], [source.valid], gallery.segmenter(bucket),
+                                    threshold=settings.threshold, size=source.valid.shape,
+                                    batch_size=1, device=device)[0]
+        except Exception as exc:
+            raise WindowFailed(STAGE3, f"the model raised {describe_error(exc)}") from exc
+        if not chip.finite:
+            raise WindowFailed(STAGE3, "the model returned NaN or Inf")
+    return bucket, chip
+
+
+def _encoded(settings: GraphSettings, gallery: Gallery, device: Any, source: SourceChip,
+             stage: str, clock: Clock) -> tuple[np.ndarray, FeatureMaps]:
+    """The encoder's one pass over a window read with its halo: its embedding and maps."""
+    from resflow.model_input import SourceImages
+    from resflow.stages import encode
+
     with clock("stage1"):
         try:
             embedding, maps = encode(SourceImages([source]), gallery.feature_extractor(),
@@ -115,7 +170,7 @@ def encode_window(settings: GraphSettings, gallery: Gallery, device: Any, archiv
             raise WindowFailed(stage, f"the model raised {describe_error(exc)}") from exc
         if not np.isfinite(embedding).all():
             raise WindowFailed(stage, "the model returned NaN or Inf")
-    return source, embedding, maps[0]
+    return embedding, maps[0]
 
 
 def route_window(gallery: Gallery, embedding: np.ndarray, clock: Clock) -> int:
@@ -128,34 +183,17 @@ def route_window(gallery: Gallery, embedding: np.ndarray, clock: Clock) -> int:
     return int(buckets[0])
 
 
-def segment_window(settings: GraphSettings, gallery: Gallery, device: Any, window: Window,
-                   refs: Sequence[ChipRef], source: SourceChip, maps: FeatureMaps,
-                   bucket: int, clock: Clock
-                   ) -> dict[ChipRef, tuple[np.ndarray, np.ndarray, int]]:
-    """Decode a window's encoder maps with its bucket's model, quantise and threshold on the
-    device, split touching roofs and drop small components over the whole window with its
-    halo, and cut out ``refs``.
+def cut_window(settings: GraphSettings, window: Window, refs: Sequence[ChipRef],
+               source: SourceChip, chip: QuantisedChip, bucket: int, clock: Clock
+               ) -> dict[ChipRef, tuple[np.ndarray, np.ndarray, int]]:
+    """Split touching roofs and drop small components over the whole window with its halo,
+    on the host, and cut out ``refs``.
 
     Returns ``chip -> (probability, mask, bucket)``, uint8 on the chip's in-scene window
     with :data:`~resflow.store.format.NOT_MAPPED` where the source holds no data.
-
-    Raises
-    ------
-    WindowFailed
-        The model raised or returned probabilities that are not finite.
     """
-    from resflow.stages import decode_quantised
-
     scene = cached_archive(settings.archive).scenes[window.scene]
     with clock("stage3"):
-        try:
-            chip = decode_quantised([maps], [source.valid], gallery.segmenter(bucket),
-                                    threshold=settings.threshold, size=source.valid.shape,
-                                    batch_size=1, device=device)[0]
-        except Exception as exc:
-            raise WindowFailed(STAGE3, f"the model raised {describe_error(exc)}") from exc
-        if not chip.finite:
-            raise WindowFailed(STAGE3, "the model returned NaN or Inf")
         building = chip.building_mask(MaskRule(
             settings.threshold, min_pixels(settings.min_building_m2, scene.gsd_m),
             settings.halo, settings.split_dip))
