@@ -9,7 +9,12 @@ missing objects are named by URL, and credentials never reach a message or a rep
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +30,8 @@ from resflow.errors import InputError
 from resflow.graph import run_graph
 from resflow.ingestion import ingest
 from resflow.local import LocalExecutor
+from resflow.store import lock, object_lock
+from resflow.store.lock import StoreLocked
 from resflow.store.writer import OutputStore
 from tests.fixtures_data import ATLANTA_LABELS, TINY_TRAINING
 from tests.fixtures_engines import build_engine
@@ -267,3 +274,83 @@ def test_a_run_killed_mid_write_resumes_to_the_same_bytes(
     assert f"at {done_before}/" in resumed.stderr  # "resuming ... at N/M chips"
     assert OutputStore.open(out).complete
     assert objects(out) == objects(reference)
+
+
+HOLD_LEASE = """
+import sys
+from resflow.archive import Archive
+from resflow.store import object_lock
+from resflow.store.writer import OutputStore
+object_lock.acquire(sys.argv[1], lease_s=float(sys.argv[3]))
+OutputStore.create(sys.argv[1], Archive.open(sys.argv[2]), run_config={})
+print("holding", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_store_in_the_bucket_has_one_writer_and_a_killed_writer_lets_go(
+        s3_archive: str, bucket: str) -> None:
+    """A run writing to a bucket holds a lease on ``<out>.lock`` and renews it: a second
+    run, with or without ``--overwrite``, is refused naming the first and deletes nothing.
+    Killed with ``kill -9``, the first leaves its lease behind, which a run on the same host
+    takes over at once (the process is gone) and gives back when done."""
+    out, archive = f"s3://{bucket}/leased.zarr", Archive.open(s3_archive)
+    fs, lock_key = storage.filesystem(object_lock.lock_location(out))
+    writer = subprocess.Popen([sys.executable, "-c", HOLD_LEASE, out, s3_archive, "2"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "holding"
+        first = json.loads(fs.cat_file(lock_key))
+        renewed = wait_for(lambda: json.loads(fs.cat_file(lock_key))["expires"]
+                           > first["expires"], within_s=20)
+        assert renewed, "the writer never renewed its lease"
+        for resume, overwrite in ((False, True), (True, False)):
+            with pytest.raises(StoreLocked, match=f"process {writer.pid} on .*lease"):
+                OutputStore.create(out, archive, overwrite=overwrite, resume=resume,
+                                   run_config={})
+        assert fs.exists(f"{bucket}/leased.zarr/zarr.json")  # the first run's output stays
+    finally:
+        writer.kill()
+        writer.wait()
+    assert json.loads(fs.cat_file(lock_key))["pid"] == writer.pid  # left behind
+    store = OutputStore.create(out, archive, resume=True, run_config={})  # taken over
+    assert json.loads(fs.cat_file(lock_key))["pid"] == os.getpid()
+    store.record_unfinished({})
+    assert not fs.exists(lock_key)
+
+
+def test_a_lease_from_another_host_is_refused_until_it_ends(s3_archive: str,
+                                                           bucket: str) -> None:
+    """A lock object naming a run on another host is refused while its lease lasts (that
+    run may be alive) and taken over once it has ended without renewal."""
+    out = f"s3://{bucket}/elsewhere.zarr"
+    fs, lock_key = storage.filesystem(object_lock.lock_location(out))
+    ends = time.time() + 2
+    fs.pipe_file(lock_key, json.dumps({"pid": 1, "host": "elsewhere.example",
+                                       "started_utc": "2026-01-01T00:00:00+00:00",
+                                       "expires": ends, "expires_utc": "soon"}).encode())
+    with pytest.raises(StoreLocked, match=r"process 1 on elsewhere\.example") as refused:
+        OutputStore.create(out, Archive.open(s3_archive), run_config={})
+    assert object_lock.lock_location(out) in refused.value.fix
+    assert not fs.exists(f"{bucket}/elsewhere.zarr/zarr.json")
+    assert wait_for(lambda: free(out), within_s=30), "the ended lease still refuses"
+    OutputStore.create(out, Archive.open(s3_archive), run_config={}).record_unfinished({})
+    assert not fs.exists(lock_key)
+
+
+def wait_for(condition: Callable[[], bool], within_s: float) -> bool:
+    """Whether ``condition()`` came true within ``within_s`` seconds (polled)."""
+    deadline = time.monotonic() + within_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def free(out: str) -> bool:
+    try:
+        lock.check_free(out)
+    except StoreLocked:
+        return False
+    return True

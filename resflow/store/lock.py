@@ -1,4 +1,4 @@
-"""The writer lock: one run at a time writes an output store on local disk.
+"""The writer lock: one run at a time writes an output store.
 
 Two runs to one output (a second started with ``--overwrite`` while the first still writes)
 would delete or mix each other's maps. A run therefore holds an exclusive ``flock`` on
@@ -8,8 +8,9 @@ system drops the lock when its holder exits, so the lock of a run killed with ``
 this host is simply taken over. A lock file naming a live run on another host of a shared
 filesystem (where ``flock`` may not reach across hosts) is refused too.
 
-An object store has no atomic create-if-absent that every backend offers, so stores in
-object storage get no lock: one writer per output location is the caller's job there.
+A store in object storage gets a lease instead (:mod:`resflow.store.object_lock`): an
+object created only if absent and renewed while its run lives, so a crash frees it once
+its lease ends.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def acquire(out: Path | str) -> None:
     """Hold the writer lock of the store at ``out`` until :func:`release` or exit.
 
     A lock this process holds already (a run stopped by an exception, then run again in
-    the same interpreter) is kept. Nothing is done for an object-storage URL.
+    the same interpreter) is kept. A URL takes a lease (:mod:`resflow.store.object_lock`).
 
     Raises
     ------
@@ -49,6 +50,9 @@ def acquire(out: Path | str) -> None:
         Another live process holds the lock.
     """
     if not isinstance(out, Path):
+        from resflow.store import object_lock
+
+        object_lock.acquire(out)
         return
     path = lock_path(out)
     if path in _HELD:
@@ -80,7 +84,12 @@ def acquire(out: Path | str) -> None:
 def check_free(out: Path | str) -> None:
     """Refuse, without taking it, a lock another process holds (what ``resflow run`` checks
     before it starts an engine)."""
-    if not isinstance(out, Path) or lock_path(out) in _HELD:
+    if not isinstance(out, Path):
+        from resflow.store import object_lock
+
+        object_lock.check_free(out)
+        return
+    if lock_path(out) in _HELD:
         return
     path = lock_path(out)
     try:
@@ -101,6 +110,9 @@ def release(out: Path | str) -> None:
     """Give the lock of the store at ``out`` back (removing its file), if this process
     holds it."""
     if not isinstance(out, Path):
+        from resflow.store import object_lock
+
+        object_lock.release(out)
         return
     path = lock_path(out)
     fd = _HELD.pop(path, None)
@@ -128,9 +140,19 @@ def _refuse(out: Path, path: Path, holder: dict | None = None) -> None:
     if holder is None:
         with path.open("rb") as fh:
             holder = _holder(fh.fileno())
+    refuse(str(out), str(path), holder)
+
+
+def refuse(out: str, lock: str, holder: dict) -> None:
+    """Raise :class:`StoreLocked` naming the run in ``holder`` (the lock's record)."""
     who = f"process {holder.get('pid', '?')} on {holder.get('host', '?')}, started " \
           f"{holder.get('started_utc', '?')}"
-    raise StoreLocked(str(out), f"another resflow run ({who}) is writing this output, and "
+    if "expires_utc" in holder:
+        who += f", its lease renewed until {holder['expires_utc']}"
+        gone = ("a run that died gives the lock up when its lease ends; if you know it is "
+                f"dead, delete {lock}")
+    else:
+        gone = f"if no such run is alive (another host's run that was killed), delete {lock}"
+    raise StoreLocked(out, f"another resflow run ({who}) is writing this output, and "
                       "two runs would delete or mix each other's maps",
-                      f"wait for it to finish or stop it; if no such run is alive (another "
-                      f"host's run that was killed), delete {path}")
+                      f"wait for it to finish or stop it; {gone}")

@@ -118,9 +118,9 @@ class OutputStore:
             ``out_path`` exists and neither flag is given, it is not a resflow output (never
             deleted), it is the archive itself, or a resumed output does not match.
         resflow.store.lock.StoreLocked
-            Another run writes the output (a local store's writer lock,
-            :mod:`resflow.store.lock`, is held from here to :meth:`finalize` or
-            :meth:`record_unfinished`).
+            Another run writes the output (the store's writer lock,
+            :mod:`resflow.store.lock`: a ``flock`` on local disk, a lease in object
+            storage, held from here to :meth:`finalize` or :meth:`record_unfinished`).
         """
         out = storage.normalise(out_path)
         lock.acquire(out)  # held until finalize or record_unfinished (or exit)
