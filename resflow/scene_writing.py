@@ -28,7 +28,7 @@ from resflow.config import IngestConfig
 from resflow.errors import InputError
 from resflow.harmonise import StatsSampler, apply_mask, valid_mask
 from resflow.retries import retrying
-from resflow.sources import NO_RAW_BANDS, Plan
+from resflow.sources import NO_RAW_BANDS, Plan, raster_drivers
 
 STREAM_CACHE_MB = 64
 """GDAL block cache while streaming, MiB. GDAL's default (5% of RAM) fills with every block
@@ -86,7 +86,7 @@ def _stream(group: zarr.Group, plan: Plan, config: IngestConfig) -> tuple[dict, 
     sampler = StatsSampler(info.height, info.width, info.nodata)
     valid_count = np.zeros(grid_shape(info.height, info.width, chip), dtype=np.int64)
     with storage.raster_env(plan.source, GDAL_CACHEMAX=STREAM_CACHE_MB, **NO_RAW_BANDS), \
-            storage.open_raster(plan.source) as src, \
+            storage.open_raster(plan.source, raster_drivers(plan.source)) as src, \
             _on_working_grid(src, info) as ds:
         for y0 in range(0, info.height, step):
             for x0 in range(0, info.width, step):

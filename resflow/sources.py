@@ -37,6 +37,27 @@ RASTER_SUFFIXES = frozenset({
 })
 """File suffixes (lower-case) picked up when a folder is given; explicit files are always tried."""
 
+#: The GDAL drivers ingest opens rasters with, tried in this order after the one the file's
+#: suffix names (:func:`resflow.storage.open_raster`): no other driver ever parses an input.
+#: Drivers this GDAL build lacks never match.
+RASTER_DRIVERS = ("GTiff", "JP2OpenJPEG", "VRT", "HFA", "netCDF", "HDF5", "HDF4", "PNG",
+                  "JPEG", "AAIGrid", "EHdr", "USGSDEM", "NITF", "MrSID", "ECW", "ENVI")
+_SUFFIX_DRIVERS = {".tif": "GTiff", ".tiff": "GTiff", ".gtiff": "GTiff", ".jp2": "JP2OpenJPEG",
+                   ".img": "HFA", ".vrt": "VRT", ".nc": "netCDF", ".hdf": "HDF4", ".h5": "HDF5",
+                   ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".asc": "AAIGrid",
+                   ".bil": "EHdr", ".dem": "USGSDEM", ".ntf": "NITF", ".sid": "MrSID",
+                   ".ecw": "ECW"}
+
+
+def raster_drivers(path: Path | str) -> tuple[str, ...]:
+    """:data:`RASTER_DRIVERS`, the one the file's suffix names first.
+
+    >>> raster_drivers("scene.jp2")[:2]
+    ('JP2OpenJPEG', 'GTiff')
+    """
+    first = _SUFFIX_DRIVERS.get(Path(storage.basename(path)).suffix.lower())
+    return tuple(dict.fromkeys([first, *RASTER_DRIVERS] if first else RASTER_DRIVERS))
+
 ZARR_RESERVED = frozenset({"zarr.json", "zattrs", "zgroup", "zarray", "zmetadata"})
 """Names Zarr (v3, and v2 without the leading dot that cleaning strips) keeps for metadata."""
 
@@ -212,7 +233,7 @@ def _inspect_once(path: Path | str, name: str, config: IngestConfig,
             # A missing geotransform is reported below as a refusal, not as a warning.
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with storage.raster_env(path, **NO_RAW_BANDS):
-                ds = storage.open_raster(path)
+                ds = storage.open_raster(path, raster_drivers(path))
         with ds:
             count, dtypes, crs, transform = ds.count, ds.dtypes, ds.crs, ds.transform
             height, width, nodata = ds.height, ds.width, ds.nodata
@@ -224,8 +245,10 @@ def _inspect_once(path: Path | str, name: str, config: IngestConfig,
             if ds.driver == "VRT":
                 _refuse_raw_bands(path, where, ds.files)
     except RasterioError as exc:
-        raise InputError(where, f"not a readable raster, or truncated or corrupt (GDAL: {exc})",
-                         "check it is a GeoTIFF or other GDAL raster and re-download it if a "
+        raise InputError(where, "not a readable raster in a format ingest opens (GeoTIFF, "
+                         "JPEG 2000, VRT, Erdas IMG, netCDF, HDF, PNG, JPEG, ...), or "
+                         f"truncated or corrupt (GDAL: {exc})",
+                         "convert it to a GeoTIFF (gdal_translate), or re-download it if a "
                          "transfer was cut short") from exc
     if count == 0:
         inside = f" (it is a container of {len(subdatasets)} subdatasets)" if subdatasets else ""
@@ -245,6 +268,11 @@ def _inspect_once(path: Path | str, name: str, config: IngestConfig,
         raise InputError(where, f"the raster has no {' and no '.join(missing)}",
                          "georeference it first, e.g. `gdal_edit.py -a_srs EPSG:xxxx "
                          "-a_ullr ulx uly lrx lry`")
+    if "palette" in colorinterp:
+        band = colorinterp.index("palette") + 1
+        raise InputError(where, f"band {band} is paletted: its values index a colour table, "
+                         "so they are not colours or intensities a model can read",
+                         "expand it to RGB first: `gdal_translate -expand rgb IN OUT.tif`")
     alpha_band, mask = _source_mask(where, colorinterp, mask_flags, rgb)
     names = band_names(Path(storage.basename(path)), count, descriptions, colorinterp)
     imagery = tuple(b for b in range(1, count + 1) if b != alpha_band)

@@ -17,6 +17,7 @@ or write itself, counting each retry for the run report (:mod:`resflow.retries`)
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -299,13 +300,27 @@ def gdal_options(location: Path | str) -> dict[str, str]:
             else "NO", "AWS_VIRTUAL_HOSTING": "FALSE"}
 
 
-def open_raster(location: Path | str) -> Any:
+def open_raster(location: Path | str, drivers: Sequence[str] = ()) -> Any:
     """A rasterio dataset for a file or a URL. GDAL reads a URL in place, range request by
     range request (``s3://`` as ``/vsis3/``), so a scene is never downloaded whole; call it
-    inside :func:`raster_env` so GDAL sees the endpoint."""
-    import rasterio
+    inside :func:`raster_env` so GDAL sees the endpoint.
 
-    return rasterio.open(location)
+    ``drivers``: the only GDAL drivers allowed to open it, tried in turn (rasterio takes one
+    at a time), so a file dressed as a raster never reaches the parser of another format;
+    empty: any driver. The first driver's error is raised when none opens it.
+    """
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    if not drivers:
+        return rasterio.open(location)
+    first: RasterioIOError | None = None
+    for driver in drivers:
+        try:
+            return rasterio.open(location, driver=driver)
+        except RasterioIOError as exc:
+            first = first or exc
+    raise first  # type: ignore[misc]  # drivers is not empty, so some driver failed
 
 
 def raster_env(location: Path | str, **options: Any) -> Any:

@@ -58,6 +58,24 @@ def _container(path: Path) -> Path:
     return path
 
 
+def _paletted(path: Path) -> Path:
+    """Palette indices, not colours: a 1-band GeoTIFF with a colour table."""
+    _write(path, dtype="uint8")
+    with rasterio.open(path, "r+") as ds:
+        ds.write_colormap(1, {0: (0, 0, 0, 255), 1: (230, 40, 30, 255)})
+    return path
+
+
+def _other_format(path: Path) -> Path:
+    """A well-formed, georeferenced raster in a format ingest does not open (PCIDSK), named
+    like a GeoTIFF."""
+    profile = {"driver": "PCIDSK", "width": 8, "height": 8, "count": 3, "dtype": "uint8",
+               "crs": "EPSG:32631", "transform": UTM_GRID}
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(np.ones((3, 8, 8), dtype="uint8"))
+    return path
+
+
 BAD = {
     "missing": (lambda d: d / "absent.tif", "does not exist"),
     "zero-byte": (lambda d: (d / "empty.tif").touch() or d / "empty.tif", "empty (0 bytes)"),
@@ -71,6 +89,9 @@ BAD = {
     "complex-sar": (lambda d: _write(d / "sar.tif", dtype="complex64"), "complex pixels"),
     "zero-bands": (lambda d: _container(d / "two-vars.nc"), "zero bands"),
     "empty-folder": (lambda d: (d / "nothing").mkdir() or d / "nothing", "no raster files"),
+    "paletted": (lambda d: _paletted(d / "classes.tif"), "band 1 is paletted"),
+    "other-format": (lambda d: _other_format(d / "dressed.tif"),
+                     "not a readable raster in a format ingest opens"),
 }
 
 

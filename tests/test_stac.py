@@ -21,6 +21,7 @@ import numpy as np
 import pystac
 import pytest
 import rasterio
+import shapely
 import xarray as xr
 from pyproj import CRS
 from pystac.extensions.classification import ClassificationExtension
@@ -317,3 +318,30 @@ def test_stac_files_offering_nothing_to_ingest_are_refused_clearly(tmp_path, exp
     empty.write_text(json.dumps({"type": "FeatureCollection", "features": []}))
     with pytest.raises(InputError, match="holds no Items"):
         stac_sources(empty)
+
+
+def test_a_footprint_across_the_antimeridian_is_cut_there() -> None:
+    """A scene in the Pacific (PDC Mercator, EPSG:3832) spanning longitude 180 gets a
+    MultiPolygon cut at 180, every longitude within [-180, 180], and a bbox whose west is
+    greater than its east (RFC 7946 3.1.9 and 5.2); one beside it is left whole."""
+    from pyproj import Transformer
+    from shapely.geometry import box
+
+    from resflow.exports.antimeridian import split_at_antimeridian
+
+    to_wgs84 = Transformer.from_crs("EPSG:3832", "EPSG:4326", always_xy=True)
+
+    def footprint(x0: float, x1: float) -> shapely.Polygon:
+        corners = shapely.segmentize(box(x0, -2.0e6, x1, -1.9e6), 1000.0)
+        return shapely.transform(corners, lambda xy: np.column_stack(
+            to_wgs84.transform(xy[:, 0], xy[:, 1])))
+
+    crossing = footprint(3.30e6, 3.40e6)  # about 179.6 E to 179.5 W
+    assert np.ptp(shapely.get_coordinates(crossing)[:, 0]) > 180  # drawn across the globe
+    geometry, bbox = split_at_antimeridian(crossing)
+    assert geometry.geom_type == "MultiPolygon" and len(geometry.geoms) == 2
+    lon = shapely.get_coordinates(geometry)[:, 0]
+    assert lon.min() >= -180 and lon.max() <= 180 and {180.0, -180.0} <= set(lon)
+    assert bbox[0] > bbox[2] and 179 < bbox[0] < 180 and -180 < bbox[2] < -179
+    west = footprint(3.0e6, 3.1e6)
+    assert split_at_antimeridian(west) == (west, list(west.bounds))

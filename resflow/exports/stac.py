@@ -37,6 +37,7 @@ from shapely.geometry.polygon import orient
 
 from resflow import storage
 from resflow.archive_layout import SCENES
+from resflow.exports.antimeridian import split_at_antimeridian
 from resflow.exports.cog import cog_names
 from resflow.exports.files import replacing
 from resflow.exports.footprints import MEDIA_TYPES, WGS84, footprint_format
@@ -199,7 +200,8 @@ def _scene_item(store: OutputStore, maps: SceneMaps, when: datetime,
     footprint = orient(shapely.simplify(shapely.transform(  # counter-clockwise, as GeoJSON
         shapely.segmentize(corners, edge), lambda xy: _transformed(to_wgs84, xy)),
         FOOTPRINT_TOLERANCE_DEG))
-    item = pystac.Item(id=group, geometry=mapping(footprint), bbox=list(footprint.bounds),
+    footprint, bbox = split_at_antimeridian(footprint)
+    item = pystac.Item(id=group, geometry=mapping(footprint), bbox=bbox,
                        datetime=acquired, properties={"title": maps.scene},
                        start_datetime=None if acquired else when,
                        end_datetime=None if acquired else when)
@@ -280,6 +282,8 @@ def _collection(store: OutputStore, items: list[pystac.Item], when: datetime,
     boxes = [item.bbox for item in items if item.bbox] or [[-180.0, -90.0, 180.0, 90.0]]
     union = [min(b[0] for b in boxes), min(b[1] for b in boxes),
              max(b[2] for b in boxes), max(b[3] for b in boxes)]
+    if any(b[0] > b[2] for b in boxes):  # a scene crosses the antimeridian: all longitudes
+        union[0], union[2] = -180.0, 180.0
     gallery = (storage.normalise(settings["gallery"]) if settings.get("gallery")
                else DEFAULT_PATH)
     collection = pystac.Collection(
