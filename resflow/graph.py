@@ -240,7 +240,9 @@ def _peak_rss_mb() -> float:
 def _export(config: RunConfig, store: OutputStore) -> list[Path]:
     """The run's exports (:func:`resflow.exports.export_run`): the COGs and footprints asked
     for, and a STAC Collection describing them, in ``config.stac_dir`` or, for a store on
-    local disk, in ``OUT/stac`` (a store in object storage gets one when asked)."""
+    local disk, in ``OUT/stac`` (a store in object storage gets one when asked). Files
+    already there were refused before the run (:func:`resflow.preflight.check_run`) unless
+    it overwrites or resumes, so they are replaced here."""
     stac_dir = config.stac_dir if config.stac else None
     if config.stac and stac_dir is None and isinstance(store.path, Path):
         stac_dir = store.path / STAC_FOLDER
@@ -249,4 +251,4 @@ def _export(config: RunConfig, store: OutputStore) -> list[Path]:
     from resflow.exports import export_run
 
     return export_run(store, cog_dir=config.cog_dir, footprints=config.footprints,
-                      stac_dir=stac_dir)
+                      stac_dir=stac_dir, overwrite=config.overwrite or config.resume)

@@ -9,6 +9,7 @@ refused run never leaves an output directory, a cluster or a Spark application b
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from resflow.errors import BackendError, ConfigError, InputError
@@ -55,10 +56,29 @@ def check_run(config: RunConfig) -> str:
     archive = Archive.open(config.archive)  # type: ignore[arg-type]
     archive.check()  # a damaged scene is one refusal here, not a failure in every task
     check_resolution(archive, load_gallery(config.gallery))  # load verifies every sha256
+    if not (config.overwrite or config.resume):
+        check_exports_new(config, archive)
     return OutputStore.check_target(config.out, archive, overwrite=config.overwrite,  # type: ignore[arg-type]
                                     resume=config.resume,
                                     run_config=config.model_dump(mode="json"),
                                     gallery_version=gallery_key(config.gallery)[1])
+
+
+def check_exports_new(config: RunConfig, archive: Archive) -> None:
+    """Refuse, before any work, a run whose exports would replace files already there: the
+    footprints file, or a COG named after one of the archive's scenes in ``cog_dir``
+    (``--overwrite`` replaces them, as it replaces the store)."""
+    from resflow.exports.cog import aux_file, cog_names
+    from resflow.exports.files import refuse_existing
+    from resflow.store.format import group_names
+
+    targets = [Path(config.footprints)] if config.footprints is not None else []
+    if config.cog_dir is not None:
+        for group in group_names(archive.scenes).values():
+            names = cog_names(group)
+            mask = Path(config.cog_dir) / names["mask"]
+            targets += [Path(config.cog_dir) / names["probability"], mask, aux_file(mask)]
+    refuse_existing(targets)
 
 
 def check_plan(engine: type[Executor], plan: str) -> None:

@@ -19,9 +19,10 @@ from typer.testing import CliRunner
 import resflow
 from resflow.archive import Archive
 from resflow.cli import app
-from resflow.config import IngestConfig
+from resflow.config import IngestConfig, RunConfig
 from resflow.errors import InputError, ResflowError
 from resflow.ingestion import ingest
+from resflow.preflight import check_run
 from resflow.samples import sample_path
 from resflow.store.lock import StoreLocked
 from resflow.store.writer import OutputStore
@@ -222,6 +223,25 @@ def test_a_concurrent_overwrite_is_refused_while_a_run_writes(
     store = OutputStore.create(out, archive, resume=True, run_config={})  # taken over
     store.record_unfinished({})
     assert not (tmp_path / "maps.zarr.lock").exists()
+
+
+def test_a_run_whose_exports_would_replace_files_is_refused_before_any_work(
+        two_archives: tuple[Archive, Archive], tmp_path: Path) -> None:
+    """The footprints file, or a COG named after one of the archive's scenes, already there:
+    the run is refused before it starts, naming the file and --overwrite, and leaves it."""
+    archive = two_archives[0]
+    footprints, cogs = tmp_path / "buildings.gpkg", tmp_path / "cogs"
+    cogs.mkdir()
+    footprints.write_bytes(b"an earlier export")
+    (cogs / "scene_mask.tif").write_bytes(b"an earlier COG")
+    base = {"archive": str(archive.path), "out": str(tmp_path / "maps.zarr")}
+    for exports, existing in (({"footprints": str(footprints)}, footprints),
+                              ({"cog_dir": str(cogs)}, cogs / "scene_mask.tif")):
+        with pytest.raises(ResflowError, match="already exists and would be replaced") as err:
+            check_run(RunConfig(**base, **exports))
+        assert err.value.where == str(existing) and "--overwrite" in err.value.fix
+        check_run(RunConfig(**base, **exports, overwrite=True))
+    assert footprints.read_bytes() == b"an earlier export" and not (tmp_path / "maps.zarr").exists()
 
 
 def test_a_deleted_archive_chunk_fails_its_chips_and_resume_maps_them(

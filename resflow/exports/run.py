@@ -22,15 +22,15 @@ def export_run(out_store: OutputStore | storage.Location, *, cog_dir: Path | str
                threshold: float | None = None, min_building_m2: float | None = None,
                simplify_m: float | None = None,
                footprints_format: FootprintFormat | None = None,
-               overwrite: bool = True) -> list[Path]:
+               overwrite: bool = False) -> list[Path]:
     """Every export of a finished run, as ``resflow export`` and ``resflow run`` make them.
 
     COGs (:func:`export_cogs`), then footprints (:func:`export_footprints`), then a STAC
     Collection describing the store and whatever was written
     (:func:`resflow.exports.stac.write_collection`), last, so it only names files that exist.
     Settings, and that every target folder can be written, are checked before anything is
-    written; with ``overwrite=False`` (``resflow export`` without ``--overwrite``) an
-    existing footprints file or COG is refused then too, so a refused export writes nothing.
+    written; unless ``overwrite`` (``--overwrite``) an existing footprints file or COG is
+    refused then too, so a refused export writes nothing.
 
     Returns
     -------
