@@ -235,9 +235,29 @@ def memory_format(device: torch.device) -> torch.memory_format:
     return torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
 
+_STREAMS = threading.local()
+
+
+def thread_stream(device: torch.device) -> torch.cuda.Stream:
+    """The calling thread's own CUDA stream on ``device``, made on first use.
+
+    The task threads of a worker would otherwise queue every kernel and copy on the
+    device's one default stream, one task's copies waiting behind another's kernels. A task
+    uses what it makes on its own stream only (the staging buffers record their events on
+    it, results come back through a wait for it); what threads share, the model copies and
+    harmonisation tables, is complete before any thread reads it
+    (:func:`resflow.stages._device_copy` waits for its casts; plain copies wait anyway).
+    """
+    streams = _STREAMS.__dict__.setdefault("by_device", {})
+    if device not in streams:
+        streams[device] = torch.cuda.Stream(device)
+    return streams[device]
+
+
 @contextmanager
 def inference_context(device: torch.device) -> Iterator[None]:
-    """Inference mode, plus bf16 (or fp16) autocast and deterministic cuDNN on CUDA only.
+    """Inference mode, plus, on CUDA only, the thread's own stream (:func:`thread_stream`),
+    bf16 (or fp16) autocast and deterministic cuDNN.
 
     CPU inference stays in float32: autocast there would change results between machines
     and buys little on the CPUs resflow targets, and the CPU path touches no cuDNN state.
@@ -250,7 +270,7 @@ def inference_context(device: torch.device) -> Iterator[None]:
             return
         configure_cuda_once()
         dtype = autocast_dtype(torch.cuda.get_device_capability(device))
-        with torch.autocast("cuda", dtype=dtype):
+        with torch.cuda.stream(thread_stream(device)), torch.autocast("cuda", dtype=dtype):
             yield
 
 

@@ -112,6 +112,8 @@ def _device_copy(model: nn.Module, device: torch.device) -> nn.Module:
             if device.type == "cuda":  # where inference_context always autocasts
                 cast_for_autocast(moved, autocast_dtype(
                     torch.cuda.get_device_capability(device)))
+                # every task thread reads the copy from its own stream: finish the casts
+                torch.cuda.current_stream(device).synchronize()
         return memo[id(model)]
 
 

@@ -78,3 +78,31 @@ def test_four_gpu_tasks_share_the_gpu_by_default(embedded, tmp_path: Path) -> No
     cpu = executor.collect(executor.map_partitions(
         parts, partial(hold_device, str(tmp_path / "cpu"), 0), name="cpushare"))
     assert {device for device, _ in cpu} == {None}
+
+
+def host_and_device(room: str, records: list[int], env: TaskEnv) -> list[tuple[int, str | None]]:
+    """Meet the other tasks (so the cluster must run them at once), then hold the device:
+    which process ran the task, and the GPU its ticket gave it."""
+    meet(room, f"task{records[0]}", want=TASKS - 1, patience=30, total=TASKS)
+    with env.gpu_held() as gpu:
+        return [(os.getpid(), gpu)]
+
+
+@pytest.mark.slow
+def test_processes_per_gpu_spread_a_gpus_tasks_over_processes(tmp_path: Path) -> None:
+    """``processes_per_gpu: 2`` on a host with one GPU (declared): two worker processes of 4
+    threads each share device "0" through tickets, so the 8 tasks of a GPU stage run at once
+    in two interpreters, each holding the device only inside ``gpu_held``."""
+    from resflow_dask import DaskExecutor
+
+    config = DaskConfig(processes_per_gpu=2, dashboard_address="127.0.0.1:0",
+                        ticket_dir=tmp_path / "tickets")
+    with DaskExecutor(config, gpus=["0"], progress=False) as executor:
+        shape = executor.describe()
+        assert shape["workers"] == 2 and shape["worker_resources"] == ["{'GPU': 1}"]
+        parts = executor.from_partitions([[i] for i in range(TASKS)])
+        ran = executor.collect(executor.map_partitions(
+            parts, partial(host_and_device, str(tmp_path / "room")), name="spread",
+            resources=StageResources(gpu=executor.gpu_share)))
+    assert len({pid for pid, _ in ran}) == 2 and {gpu for _, gpu in ran} == {"0"}
+    assert peak_together(meetings(tmp_path / "room")) == TASKS

@@ -65,7 +65,9 @@ def _embedded_cluster(config: DaskConfig, gpus: list[str], scratch: str) -> tupl
     whether each worker is pinned to one GPU.
 
     With GPUs every worker declares one ``GPU`` resource and runs several threads
-    (:meth:`DaskConfig.worker_threads`), so several GPU tasks share its device."""
+    (:meth:`DaskConfig.worker_threads`), so several GPU tasks share its device. dask-cuda,
+    where installed, runs one worker per GPU, unless ``processes_per_gpu`` asks for several
+    processes per GPU sharing them through device tickets."""
     from distributed import LocalCluster
 
     from resflow.devices import physical_gpu, visible_devices_env
@@ -78,18 +80,25 @@ def _embedded_cluster(config: DaskConfig, gpus: list[str], scratch: str) -> tupl
     }
     if gpus:
         common["resources"] = {"GPU": 1}
-        try:
-            from dask_cuda import LocalCUDACluster
-        except ImportError:
-            pass
-        else:
+        cuda_cluster = _local_cuda_cluster() if config.processes_per_gpu is None else None
+        if cuda_cluster is not None:
             # one worker per GPU, each seeing only its own device as cuda:0; ``gpus`` are
             # this process's torch numbers, the workers' CUDA_VISIBLE_DEVICES wants physical ids
             visible = ",".join(physical_gpu(gpu, visible_devices_env()) for gpu in gpus)
             with _spawn_environment():
-                return LocalCUDACluster(CUDA_VISIBLE_DEVICES=visible, **common), True
+                return cuda_cluster(CUDA_VISIBLE_DEVICES=visible, **common), True
     with _spawn_environment():
-        return LocalCluster(n_workers=config.workers, processes=True, **common), False
+        return LocalCluster(n_workers=config.worker_count(len(gpus)), processes=True,
+                            **common), False
+
+
+def _local_cuda_cluster() -> Any:
+    """dask-cuda's ``LocalCUDACluster``, or None where dask-cuda is not installed."""
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError:
+        return None
+    return LocalCUDACluster
 
 
 class DaskExecutor(Executor):

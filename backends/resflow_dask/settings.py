@@ -47,6 +47,22 @@ class DaskConfig(BaseModel):
         "None = <tmp>/resflow-tickets-<uid>, private to the user running the workers")
     worker_wait_s: float = Field(
         60, gt=0, description="joining a cluster: seconds to wait for its first worker")
+    processes_per_gpu: int | None = Field(
+        None, ge=1, le=64, description="embedded cluster on a GPU host: worker processes per "
+        "GPU, sharing the GPUs through device tickets held around device work only, so the "
+        "host work of one GPU's tasks runs under that many interpreter locks; None = one "
+        "dask-cuda worker per GPU where dask-cuda is installed, else `workers` processes")
+
+    def worker_count(self, gpus: int) -> int:
+        """Worker processes of an embedded cluster on a host with ``gpus`` GPUs that share
+        them through tickets (no dask-cuda worker per GPU).
+
+        >>> DaskConfig().worker_count(2), DaskConfig(processes_per_gpu=4).worker_count(2)
+        (2, 8)
+        """
+        if self.processes_per_gpu is not None and gpus:
+            return gpus * self.processes_per_gpu
+        return self.workers
 
     def worker_threads(self, has_gpus: bool) -> int:
         """Threads per worker of an embedded cluster on a host with or without GPUs.
