@@ -31,7 +31,7 @@ def test_the_check_runs_on_the_cpu_and_writes_its_summary(cropped_archive: Path,
     code = main(["run", "--archive", str(cropped_archive), "--out", str(out),
                  "--logs", str(tmp_path / "logs"), "--device", "cpu", "--quick",
                  "--engines", "local,nothing", "--batch-sizes", "1,2",
-                 "--compare-chips", "2", "--sweep-chips", "3"])
+                 "--compare-chips", "2", "--sweep-chips", "3", "--large-run-chips", "30"])
     summary = json.loads((out / "gpu-check.json").read_text())
     assert code == 1  # the unknown engine fails its runs; every step still ran
     assert all(step["status"] == "ok" for step in summary["steps"].values())
@@ -70,6 +70,9 @@ def test_the_check_runs_on_the_cpu_and_writes_its_summary(cropped_archive: Path,
     assert "--device cpu" in local["command"] and "--batch-size 8" in local["command"]
     assert "--set halo=128 --set window=4" in local["command"]  # what the stages ran
     assert local["km2_per_s"] == pytest.approx(local["km2"] / local["report_wall_s"])
+    large = summary["engines"]["dask large"]  # the archive's scenes twice: 2 x 18 chips
+    assert large["status"] == "ok" and large["chips"] == 2 * chips
+    assert "--backend dask" in large["command"] and len(large["runs"]) == 1
     assert summary["engines"]["nothing"]["status"] == "failed"
     assert "nothing" in summary["engines"]["nothing"]["error"]
 

@@ -12,12 +12,12 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.gpu_check.archive import find_archive
+from benchmarks.gpu_check.archive import find_archive, replicate
 from benchmarks.gpu_check.card import environment
 from benchmarks.gpu_check.compare import batch_invariance, compare_devices
 from benchmarks.gpu_check.engines import engine_runs
@@ -87,7 +87,22 @@ def run_check(options: CheckOptions, log: Callable[[str], None] = print) -> dict
                  lambda backend=backend: engine_runs(backend, archive, device, options,
                                                      Path(work)),
                  into=summary["engines"], key=backend)
+        if options.large_run_chips:
+            step("engine dask, large archive",
+                 lambda: large_run(archive, device, options, Path(work)),
+                 into=summary["engines"], key="dask large")
     return summary
+
+
+def large_run(archive: Any, device: Any, options: CheckOptions, work: Path) -> dict[str, Any]:
+    """One timed Dask run over the archive replicated to ``options.large_run_chips`` chips
+    (the kernels are warm from the engine runs before it)."""
+    from resflow.archive import Archive
+
+    large = Archive.open(replicate(archive.path, options.large_run_chips,
+                                   work / "large" / archive.path.name))
+    return engine_runs("dask", large, device, replace(options, repeats=1, cold_run=False),
+                       work, label="dask-large")
 
 
 def load_archive(options: CheckOptions, loaded: dict[str, Any]) -> dict[str, Any]:

@@ -84,7 +84,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cuda")
     run.add_argument("--quick", action="store_true",
                      help="batch sizes 1,4,8, 8 chips compared, 32 per sweep pass, one run "
-                     "each: a rehearsal of a few minutes on 2 CPU cores")
+                     "each, a large run of 72 chips: a rehearsal of a few minutes on 2 CPU "
+                     "cores")
     run.add_argument("--gallery", type=Path, help="model gallery (default: bundled)")
     run.add_argument("--batch-sizes", dest="batch_sizes", type=_sizes)
     run.add_argument("--compare-chips", dest="compare_chips", type=int)
@@ -98,6 +99,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--window", type=int, help="chips per side of a prediction window "
                      "(default: the graph's)")
     run.add_argument("--run-timeout-s", dest="run_timeout_s", type=float)
+    run.add_argument("--large-run-chips", dest="large_run_chips", type=int,
+                     help="one Dask run over the archive replicated to this many chips "
+                     "(0: none)")
     run.set_defaults(handler=run_command)
     return top
 

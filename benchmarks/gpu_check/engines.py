@@ -78,9 +78,10 @@ def one_run(args: list[str], out: Path, log: Path, timeout_s: float) -> dict[str
 
 
 def engine_runs(backend: str, archive: Archive, device: torch.device, options: CheckOptions,
-                work: Path) -> dict[str, Any]:
+                work: Path, label: str | None = None) -> dict[str, Any]:
     """``resflow run`` on ``backend`` (an untimed cold run, then ``repeats`` timed ones),
-    output stores under ``work``, logs under ``options.logs``; rates of the median run by its
+    output stores under ``work``, logs under ``options.logs`` named by ``label`` (default:
+    the backend); rates of the median run by its
     report's wall (planning to finalised store, as ``resflow bench`` times engines), and the
     median process wall (start-up included).
 
@@ -89,7 +90,8 @@ def engine_runs(backend: str, archive: Archive, device: torch.device, options: C
     """
     if backend == "spark" and (why := spark_missing()):
         return {"status": "skipped", "why": why}
-    out = work / f"{backend}.zarr"
+    label = label or backend
+    out = work / f"{label}.zarr"
     logs = options.logs
     # --no-stac: the STAC export needs pystac and geopandas, which the GPU host lacks
     args = [*resflow_command(), "run", str(archive.path), "--out", str(out), "--backend",
@@ -105,8 +107,8 @@ def engine_runs(backend: str, archive: Archive, device: torch.device, options: C
         args += ["--gallery", str(options.gallery)]
     result: dict[str, Any] = {"command": " ".join(args)}
     if options.cold_run:
-        result["cold"] = one_run(args, out, logs / f"{backend}-cold.log", options.run_timeout_s)
-    runs = [one_run(args, out, logs / f"{backend}-{i}.log", options.run_timeout_s)
+        result["cold"] = one_run(args, out, logs / f"{label}-cold.log", options.run_timeout_s)
+    runs = [one_run(args, out, logs / f"{label}-{i}.log", options.run_timeout_s)
             for i in range(1, options.repeats + 1)]
     result["runs"] = runs
     chips = len(archive.chips())

@@ -65,6 +65,10 @@ class CheckOptions:
         stage functions and the engine runs alike (default: the graph's).
     run_timeout_s
         Longest one ``resflow run`` may take before it is killed.
+    large_run_chips
+        One timed Dask run over the archive replicated on the host to at least this many
+        chips (:func:`benchmarks.gpu_check.archive.replicate`), long enough to time the
+        engine at the GPU's pace; 0: none.
     """
 
     archive: Path
@@ -83,6 +87,7 @@ class CheckOptions:
     halo: int = GRAPH_HALO
     window: int = GRAPH_WINDOW
     run_timeout_s: float = 600.0
+    large_run_chips: int = 5000
 #: ``--quick``: a small sweep and one run of each, a few minutes on 2 CPU cores.
 QUICK = {"batch_sizes": (1, 4, 8), "compare_chips": 8, "sweep_chips": 32, "repeats": 1,
-         "cold_run": False, "workers": 2}
+         "cold_run": False, "workers": 2, "large_run_chips": 72}

@@ -6,9 +6,9 @@ reflected beyond scene edges as ``boundary="reflect"``), *compute* on the padded
 *trim* the halo and cut the window back into its chips. The encoder runs once on that read
 and serves both stages (:mod:`resflow.stages`): stage 1 embeds the window from its maps,
 stage 3 decodes them. Only that device work holds the task's GPU (:func:`device_held`);
-reads, masks and writes do not. A window that cannot be read or mapped fails its chips. Both plans
-(:mod:`resflow.inference.fused`, :mod:`resflow.inference.regrouped`) are built from these
-steps, so they map every chip the same way.
+reads, masks and writes do not. A window that cannot be read or mapped fails its chips.
+Both plans (:mod:`resflow.inference.fused`, :mod:`resflow.inference.regrouped`) are built
+from these steps, so they map every chip the same way.
 """
 
 from __future__ import annotations
