@@ -101,7 +101,7 @@ def ingest(sources: Iterable[str | Path], out: str | Path, config: IngestConfig 
     """
     config = config or IngestConfig()
     out = storage.normalise(out)
-    _refuse_file(out)
+    _refuse_non_archive(out)
     result = IngestResult(path=out)
     dated: dict[Path | str, str] = {}
     files, result.refused = discover(sources, config.stac_asset,
@@ -120,8 +120,10 @@ def ingest(sources: Iterable[str | Path], out: str | Path, config: IngestConfig 
     return result
 
 
-def _refuse_file(out: Path | str) -> None:
-    """Refuse an archive location that is a file (or one object): an archive is a folder."""
+def _refuse_non_archive(out: Path | str) -> None:
+    """Refuse an archive location that is a file (or one object), or a folder holding
+    something other than a Zarr store: an archive is a folder of scenes, and ingest never
+    adopts someone else's folder."""
     if isinstance(out, Path):
         is_file = out.exists() and not out.is_dir()
     else:
@@ -131,6 +133,11 @@ def _refuse_file(out: Path | str) -> None:
         raise InputError(storage.display(out), "the archive location is a file, and an "
                          "archive is a folder of scenes", "give --out a new .zarr path or "
                          "an existing archive's folder")
+    if storage.occupied(out) and not storage.exists(storage.join(out, "zarr.json")):
+        raise InputError(storage.display(out), "the folder holds files but is not an archive "
+                         "(it has no zarr.json), and ingest writes only into archives",
+                         "give --out a new .zarr path, an empty folder or an existing "
+                         "archive's folder")
 
 
 def _ingest_into(out: Path | str, files: Sequence[Path | str], config: IngestConfig,

@@ -9,7 +9,9 @@ last, so an interrupted write never leaves a scene that looks finished.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
+import errno
+import os
+from contextlib import AbstractContextManager, nullcontext, suppress
 from typing import Any
 
 import numpy as np
@@ -25,7 +27,7 @@ from resflow import storage
 from resflow.archive_layout import SCENES, SceneInfo
 from resflow.chips import grid_shape
 from resflow.config import IngestConfig
-from resflow.errors import InputError
+from resflow.errors import InputError, ResflowError
 from resflow.harmonise import StatsSampler, apply_mask, valid_mask
 from resflow.retries import retrying
 from resflow.sources import NO_RAW_BANDS, Plan, raster_drivers
@@ -33,6 +35,18 @@ from resflow.sources import NO_RAW_BANDS, Plan, raster_drivers
 STREAM_CACHE_MB = 64
 """GDAL block cache while streaming, MiB. GDAL's default (5% of RAM) fills with every block
 read, which for a large raster of tiny (16 x 16) blocks grows far past the window itself."""
+
+
+#: errno values of a write the archive's disk refused: the archive's fault, which stops the
+#: ingest, not the source's, which would refuse that source alone.
+WRITE_REFUSED = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS,
+                           errno.EACCES})
+
+
+def _location(root: zarr.Group) -> str:
+    """The archive a root group belongs to, as messages name it."""
+    store = root.store
+    return str(getattr(store, "root", None) or getattr(store, "path", store))
 
 
 def write_scene(root: zarr.Group, plan: Plan, config: IngestConfig) -> None:
@@ -51,7 +65,14 @@ def write_scene(root: zarr.Group, plan: Plan, config: IngestConfig) -> None:
         stats, fractions = retrying(lambda: _stream(group, plan, config)) \
             if storage.is_url(plan.source) else _stream(group, plan, config)
     except (RasterioError, OSError) as exc:
-        del scenes[info.name]
+        with suppress(OSError):  # a full or read-only disk may refuse the removal too
+            del scenes[info.name]
+        if not isinstance(exc, RasterioError) and exc.errno in WRITE_REFUSED:
+            raise ResflowError(f"{_location(root)}: scenes/{info.name}", "writing the archive "
+                               f"failed ({os.strerror(exc.errno)}), so no scene can be added",
+                               "free space on the archive's disk (or give it a writable "
+                               "--out), then ingest again: the scenes already written are "
+                               "kept and skipped") from exc
         detail = exc.__cause__ or exc  # GDAL's own message sits on the cause
         raise InputError(storage.display(plan.source), f"the raster is truncated or corrupt: "
                          f"reading its pixels failed (GDAL: {detail})",

@@ -110,6 +110,37 @@ def test_each_bad_input_is_refused_and_others_ingest(case: str, tmp_path: Path) 
     assert list(archive.scenes) == ["ms1"] and archive.refused == result.refused
 
 
+DISK_FULL = """
+import resource, signal, sys
+from typer.testing import CliRunner
+from resflow.cli import app
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (32768, 32768))  # no file over 32 KiB: a full disk
+result = CliRunner().invoke(app, ["ingest", sys.argv[2], "--out", sys.argv[1]])
+print(result.exit_code, result.stderr, sep="\\n")
+"""
+
+
+def test_a_full_disk_stops_ingest_naming_the_archive_and_keeps_its_scenes(
+        tmp_path: Path) -> None:
+    """A write the archive's disk refuses (here: files capped at 32 KiB, as a full disk
+    would) is the archive's problem, not the source's: the ingest stops with exit code 2
+    naming the archive and the fix, the scenes already there stay, and once there is room
+    the same command adds the scene."""
+    out = tmp_path / "a.zarr"
+    assert ingest([sample_path(GOOD)], out).ingested == ["ms1"]
+    pan = str(sample_path("atlanta-pan"))
+    done = subprocess.run([sys.executable, "-c", DISK_FULL, str(out), pan],
+                          capture_output=True, text=True, timeout=300)
+    code, _, message = done.stdout.partition("\n")
+    assert code == "2", done.stdout + done.stderr[-2000:]
+    assert f"{out}: scenes/" in message and "writing the archive failed" in message
+    assert "truncated or corrupt" not in message and "free space" in message
+    assert list(Archive.open(out).scenes) == ["ms1"]
+    again = ingest([pan, sample_path(GOOD)], out)
+    assert again.skipped == ["ms1"] and len(again.ingested) == 1 and not again.refused
+
+
 def test_truncated_pixels_leave_no_scene(tmp_path: Path) -> None:
     bad = _truncated(tmp_path / "cut.tif")
     out = tmp_path / "a.zarr"
@@ -372,3 +403,17 @@ def test_ingest_onto_a_file_is_refused_and_the_file_kept(tmp_path: Path) -> None
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
     assert f"{out}: the archive location is a file" in result.stderr
     assert out.read_text() == "mine"
+
+
+def test_ingest_into_a_folder_that_is_not_an_archive_is_refused_and_left_alone(
+        tmp_path: Path) -> None:
+    out = tmp_path / "photos"
+    out.mkdir()
+    (out / "holiday.jpg").write_bytes(b"mine")
+    result = CliRunner().invoke(app, ["ingest", str(sample_path(GOOD)), "--out", str(out)])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert f"{out}: the folder holds files but is not an archive" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["holiday.jpg"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert ingest([sample_path(GOOD)], empty).ingested == ["ms1"]  # an empty folder will do
