@@ -192,23 +192,29 @@ def _progress(total: int, enabled: bool):
 
 
 def _open_for_writing(out: Path | str) -> zarr.Group:
-    """Open or create the archive root; refuse a folder that is some other Zarr store."""
-    root = zarr.open_group(storage.zarr_store(out), mode="a", zarr_format=3,
-                           use_consolidated=False)
-    kind = root.attrs.get("resflow_kind")
-    if kind not in (None, ARCHIVE_KIND):
-        raise InputError(storage.display(out), f"the store is a resflow '{kind}' store, not "
-                         "an archive", "choose another --out path")
-    if kind == ARCHIVE_KIND and root.attrs.get("format") != FORMAT_VERSION:
-        raise InputError(storage.display(out), f"the archive has format "
-                         f"{root.attrs.get('format')}, older than this resflow's "
-                         f"{FORMAT_VERSION} (working ground resolutions)",
-                         "ingest into a new --out path, or delete the old archive first")
-    # Rewriting the root attributes also drops consolidated metadata from an earlier run,
-    # which would otherwise describe scenes this run is about to redo.
-    root.attrs.update({"resflow_kind": ARCHIVE_KIND, "format": FORMAT_VERSION,
-                       "resflow_version": __version__})
-    root.require_group(SCENES)
+    """Open or create the archive root; refuse a folder that is some other Zarr store, or
+    one this process cannot write (a read-only or full disk, another user's folder)."""
+    try:
+        root = zarr.open_group(storage.zarr_store(out), mode="a", zarr_format=3,
+                               use_consolidated=False)
+        kind = root.attrs.get("resflow_kind")
+        if kind not in (None, ARCHIVE_KIND):
+            raise InputError(storage.display(out), f"the store is a resflow '{kind}' store, "
+                             "not an archive", "choose another --out path")
+        if kind == ARCHIVE_KIND and root.attrs.get("format") != FORMAT_VERSION:
+            raise InputError(storage.display(out), f"the archive has format "
+                             f"{root.attrs.get('format')}, older than this resflow's "
+                             f"{FORMAT_VERSION} (working ground resolutions)",
+                             "ingest into a new --out path, or delete the old archive first")
+        # Rewriting the root attributes also drops consolidated metadata from an earlier
+        # run, which would otherwise describe scenes this run is about to redo.
+        root.attrs.update({"resflow_kind": ARCHIVE_KIND, "format": FORMAT_VERSION,
+                           "resflow_version": __version__})
+        root.require_group(SCENES)
+    except OSError as exc:
+        raise InputError(storage.display(out), f"the archive cannot be created or written "
+                         f"({exc.strerror or exc})", "give --out a folder you can write, on "
+                         "a disk with free space") from exc
     return root
 
 

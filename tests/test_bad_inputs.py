@@ -115,7 +115,8 @@ import resource, signal, sys
 from typer.testing import CliRunner
 from resflow.cli import app
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-resource.setrlimit(resource.RLIMIT_FSIZE, (32768, 32768))  # no file over 32 KiB: a full disk
+limit = int(sys.argv[3])  # no file over this many bytes: a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 result = CliRunner().invoke(app, ["ingest", sys.argv[2], "--out", sys.argv[1]])
 print(result.exit_code, result.stderr, sep="\\n")
 """
@@ -130,7 +131,7 @@ def test_a_full_disk_stops_ingest_naming_the_archive_and_keeps_its_scenes(
     out = tmp_path / "a.zarr"
     assert ingest([sample_path(GOOD)], out).ingested == ["ms1"]
     pan = str(sample_path("atlanta-pan"))
-    done = subprocess.run([sys.executable, "-c", DISK_FULL, str(out), pan],
+    done = subprocess.run([sys.executable, "-c", DISK_FULL, str(out), pan, "32768"],
                           capture_output=True, text=True, timeout=300)
     code, _, message = done.stdout.partition("\n")
     assert code == "2", done.stdout + done.stderr[-2000:]
@@ -139,6 +140,12 @@ def test_a_full_disk_stops_ingest_naming_the_archive_and_keeps_its_scenes(
     assert list(Archive.open(out).scenes) == ["ms1"]
     again = ingest([pan, sample_path(GOOD)], out)
     assert again.skipped == ["ms1"] and len(again.ingested) == 1 and not again.refused
+    new = tmp_path / "new.zarr"  # not even the archive's own metadata fits: nothing is left
+    done = subprocess.run([sys.executable, "-c", DISK_FULL, str(new), pan, "8"],
+                          capture_output=True, text=True, timeout=300)
+    code, _, message = done.stdout.partition("\n")
+    assert code == "2" and f"{new}: the archive cannot be created or written" in message
+    assert not new.exists()
 
 
 def test_truncated_pixels_leave_no_scene(tmp_path: Path) -> None:
