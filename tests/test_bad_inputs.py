@@ -424,3 +424,12 @@ def test_ingest_into_a_folder_that_is_not_an_archive_is_refused_and_left_alone(
     empty = tmp_path / "empty"
     empty.mkdir()
     assert ingest([sample_path(GOOD)], empty).ingested == ["ms1"]  # an empty folder will do
+
+
+def test_an_output_where_nothing_can_be_written_is_refused_by_name(
+        two_archives: tuple[Archive, Archive]) -> None:
+    """/proc takes no new folders, even from root: the run is refused naming the output."""
+    out = Path("/proc/resflow-test/maps.zarr")
+    with pytest.raises(ResflowError, match="the output cannot be written here") as refused:
+        OutputStore.create(out, two_archives[0], run_config={})
+    assert refused.value.where == str(out) and "--out" in refused.value.fix

@@ -57,9 +57,8 @@ def acquire(out: Path | str) -> None:
     path = lock_path(out)
     if path in _HELD:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_lock(out, path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -79,6 +78,17 @@ def acquire(out: Path | str) -> None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(holder).encode(), 0)
     _HELD[path] = fd
+
+
+def _open_lock(out: Path, path: Path) -> int:
+    """A descriptor of the lock file, created with its folder where missing."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise ResflowError(str(out), f"the output cannot be written here ({exc.strerror})",
+                           "give --out a folder you can write, on a disk with free "
+                           "space") from exc
 
 
 def check_free(out: Path | str) -> None:
