@@ -122,6 +122,7 @@ print(result.exit_code, result.stderr, sep="\\n")
 """
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_ingest_naming_the_archive_and_keeps_its_scenes(
         tmp_path: Path) -> None:
     """A write the archive's disk refuses (here: files capped at 32 KiB, as a full disk
