@@ -155,6 +155,24 @@ def test_a_large_scene_is_downsampled_and_says_so(mapped_samples: Path, tmp_path
     assert 500 <= max(mask.shape[:2]) <= 530  # 500 strided, a little more once warped
 
 
+def test_footprints_past_the_page_cap_are_left_out_and_said(
+        mapped_samples: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the cap at the first scene's buildings, that scene is drawn whole and every
+    later scene's footprints are left out (never vectorised), each named in a note."""
+    from resflow.exports import map_page
+
+    store = OutputStore.open(mapped_samples)
+    first, *later = scene_maps(store)
+    count = len(scene_footprints(store, first, min_building_m2=default_min_building_m2(store)))
+    monkeypatch.setattr(map_page, "MAX_BUILDINGS", count)
+    page = write_map_page(mapped_samples, tmp_path / "capped.html")
+    shown = {scene.scene: scene for scene in page.scenes}
+    assert shown[first.scene].buildings == count and not shown[first.scene].footprints_left_out
+    assert later and all(shown[m.scene].footprints_left_out for m in later)
+    assert all(f"{m.scene}: footprints left out" in " ".join(page.notes) for m in later)
+    assert page_layers(page.path)[later[0].scene]["footprints"] is None
+
+
 def test_a_moved_archive_leaves_the_maps_without_imagery(mapped_samples: Path,
                                                          tmp_path: Path) -> None:
     moved = tmp_path / "maps.zarr"

@@ -174,8 +174,9 @@ def write_map_page(out_store: OutputStore | storage.Location, page: Path | str |
         logger.info("map page: scene %s, 1 pixel in %d along each side", maps.scene, step)
         rgb = (_imagery(archive, maps, step, mapped[maps.scene].get("sha256"))
                if archive else None)
-        frame = scene_footprints(store, maps, min_building_m2=min_building)
-        left_out = drawn + len(frame) > MAX_BUILDINGS
+        frame = (scene_footprints(store, maps, min_building_m2=min_building)
+                 if drawn < MAX_BUILDINGS else None)  # a full page vectorises nothing more
+        left_out = frame is None or drawn + len(frame) > MAX_BUILDINGS
         buildings = 0 if left_out else len(frame)
         drawn += buildings
         grid = _MercatorGrid.of(maps, step)
