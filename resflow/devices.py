@@ -236,6 +236,26 @@ def memory_format(device: torch.device) -> torch.memory_format:
 
 
 _STREAMS = threading.local()
+#: Whether CUDA stage calls autocast; False only inside :func:`cuda_float32`.
+_CUDA_AUTOCAST = True
+
+
+@contextmanager
+def cuda_float32() -> Iterator[None]:
+    """CUDA stage calls in float32 instead of autocast, in every thread of this process,
+    for the block: only to measure what autocast buys (the GPU check's sweep); runs always
+    autocast. Model copies made inside are float32 copies, kept apart from the others."""
+    global _CUDA_AUTOCAST
+    previous, _CUDA_AUTOCAST = _CUDA_AUTOCAST, False
+    try:
+        yield
+    finally:
+        _CUDA_AUTOCAST = previous
+
+
+def cuda_autocasts() -> bool:
+    """Whether CUDA stage calls autocast now (:func:`cuda_float32`)."""
+    return _CUDA_AUTOCAST
 
 
 def thread_stream(device: torch.device) -> torch.cuda.Stream:
@@ -270,7 +290,8 @@ def inference_context(device: torch.device) -> Iterator[None]:
             return
         configure_cuda_once()
         dtype = autocast_dtype(torch.cuda.get_device_capability(device))
-        with torch.cuda.stream(thread_stream(device)), torch.autocast("cuda", dtype=dtype):
+        with torch.cuda.stream(thread_stream(device)), torch.autocast(
+                "cuda", dtype=dtype, enabled=_CUDA_AUTOCAST):
             yield
 
 

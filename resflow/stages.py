@@ -28,6 +28,7 @@ from resflow.allocator import steady_malloc
 from resflow.devices import (
     autocast_dtype,
     cast_for_autocast,
+    cuda_autocasts,
     inference_context,
     memory_format,
     torch_threads,
@@ -101,15 +102,17 @@ def _device_copy(model: nn.Module, device: torch.device) -> nn.Module:
     gets its own deep copy instead and the original is never touched. One memo per device
     makes parts the models share (the encoder) one copy per device, as on the CPU. On CUDA
     the copy's convolution and linear weights are cast once to the autocast dtype
-    (:func:`resflow.devices.cast_for_autocast`), not on every forward.
+    (:func:`resflow.devices.cast_for_autocast`), not on every forward; inside
+    :func:`resflow.devices.cuda_float32` a separate float32 copy serves.
     """
-    key = str(device)
+    autocast = device.type == "cuda" and cuda_autocasts()
+    key = str(device) if autocast or device.type != "cuda" else f"{device}/float32"
     with _DEVICE_COPIES_LOCK:
         memo = _DEVICE_COPIES.setdefault(key, {})
         if id(model) not in memo:
             moved = copy.deepcopy(model, memo)
             moved.to(device, memory_format=memory_format(device)).eval()
-            if device.type == "cuda":  # where inference_context always autocasts
+            if autocast:  # inference_context autocasts these calls
                 cast_for_autocast(moved, autocast_dtype(
                     torch.cuda.get_device_capability(device)))
                 # every task thread reads the copy from its own stream: finish the casts

@@ -56,8 +56,8 @@ def test_the_check_runs_on_the_cpu_and_writes_its_summary(cropped_archive: Path,
     assert [p["batch_size"] for p in summary["batch_invariance"]["points"]] == [1, 2]
     assert all(p["bitwise_equal"] for p in summary["batch_invariance"]["points"])
 
-    sweep = summary["batch_sweep"]
-    assert [p["batch_size"] for p in sweep] == [1, 2]
+    sweep = summary["batch_sweep"]  # on the CPU one precision: float32
+    assert [(p["batch_size"], p["precision"]) for p in sweep] == [(1, "float32"), (2, "float32")]
     for point in sweep:
         assert point["windows"] == 1 and point["chips"] == comparison["chips"]
         assert point["chips_per_s"] > 0

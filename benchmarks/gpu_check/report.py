@@ -22,7 +22,8 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
     if summary.get("batch_sweep"):
         best = max(summary["batch_sweep"], key=lambda p: p["chips_per_s"])
         found["stages_best"] = {key: best[key] for key in (
-            "batch_size", "chips_per_s", "km2_per_s", "km2_per_s_at_0_5m", "of_resflow")}
+            "batch_size", "precision", "chips_per_s", "km2_per_s", "km2_per_s_at_0_5m",
+            "of_resflow")}
     found["engines"] = {name: {key: run.get(key) for key in (
         "status", "chips_per_s", "km2_per_s", "km2_per_s_at_0_5m", "of_resflow")}
         for name, run in summary.get("engines", {}).items()}
@@ -68,7 +69,8 @@ def markdown(summary: dict[str, Any]) -> str:
               "|---|---|---|---|---|"]
     if "stages_best" in top:
         best = top["stages_best"]
-        lines.append(f"| stage functions, preloaded, batch size {best['batch_size']} | "
+        lines.append(f"| stage functions, preloaded, batch size {best['batch_size']}, "
+                     f"{best['precision']} | "
                      f"{_num(best['chips_per_s'])} | {_num(best['km2_per_s'], 3)} | "
                      f"{_num(best['km2_per_s_at_0_5m'], 3)} | {_num(best['of_resflow'])} |")
     for name, engine in top.get("engines", {}).items():
@@ -113,13 +115,15 @@ def markdown(summary: dict[str, Any]) -> str:
     if summary.get("batch_sweep"):
         lines += ["", "## Batch sweep: stage functions on preloaded prediction windows, one "
                   "thread", "",
-                  "| batch size | chips | chips/s (min-max) | km^2/s | km^2/s at 0.5 m | "
-                  "stage 1 / 2 / 3 s | peak device MiB | GPU util mean / max, memory |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| batch size | precision | chips | chips/s (min-max) | km^2/s | "
+                  "km^2/s at 0.5 m | stage 1 / 2 / 3 s | peak device MiB | "
+                  "GPU util mean / max, memory |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for p in summary["batch_sweep"]:
             span, stages = p["chips_per_s_range"], p["stage_seconds"]
             lines.append(
-                f"| {p['batch_size']} | {p['chips']} | {_num(p['chips_per_s'])} "
+                f"| {p['batch_size']} | {p['precision']} | {p['chips']} | "
+                f"{_num(p['chips_per_s'])} "
                 f"({_num(span['min'])}-{_num(span['max'])}) | {_num(p['km2_per_s'], 3)} | "
                 f"{_num(p['km2_per_s_at_0_5m'], 3)} | {stages['stage1']:.2f} / "
                 f"{stages['stage2']:.2f} / {stages['stage3']:.2f} | "
