@@ -277,7 +277,7 @@ def thread_stream(device: torch.device) -> torch.cuda.Stream:
 @contextmanager
 def inference_context(device: torch.device) -> Iterator[None]:
     """Inference mode, plus, on CUDA only, the thread's own stream (:func:`thread_stream`),
-    bf16 (or fp16) autocast and deterministic cuDNN.
+    bf16 (or fp16) autocast (off inside :func:`cuda_float32`) and deterministic cuDNN.
 
     CPU inference stays in float32: autocast there would change results between machines
     and buys little on the CPUs resflow targets, and the CPU path touches no cuDNN state.

@@ -37,7 +37,7 @@ def split_at_antimeridian(footprint: Polygon) -> tuple[Polygon | MultiPolygon, l
         west, south, east, north = footprint.bounds
     inside = footprint.intersection(box(west, south, 180, north))
     beyond = affinity.translate(footprint.intersection(box(180, south, east, north)),
-                                        xoff=-360)
+                                xoff=-360)
     parts = [orient(p) for g in (inside, beyond) for p in getattr(g, "geoms", [g])
              if isinstance(p, Polygon) and not p.is_empty]
     if len(parts) == 1:

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from resflow import storage
-from resflow.store.lock import StoreLocked, refuse
+from resflow.store.lock import refuse
 
 #: Seconds a lease lasts unless renewed: how long the lock of a crashed run stays taken.
 LEASE_S = 120.0
@@ -93,7 +93,7 @@ def acquire(out: str, lease_s: float = LEASE_S) -> None:
 
     Raises
     ------
-    StoreLocked
+    resflow.store.lock.StoreLocked
         Another run's lease on the lock has not ended.
     """
     if out in _HELD:
@@ -161,5 +161,3 @@ def _live(holder: dict) -> bool:
 def _utc(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
 
-
-__all__ = ["LEASE_S", "StoreLocked", "acquire", "check_free", "lock_location", "release"]
