@@ -30,7 +30,7 @@ def test_the_check_runs_on_the_cpu_and_writes_its_summary(cropped_archive: Path,
     out = tmp_path / "results"
     code = main(["run", "--archive", str(cropped_archive), "--out", str(out),
                  "--logs", str(tmp_path / "logs"), "--device", "cpu", "--quick",
-                 "--engines", "local,nothing", "--batch-sizes", "1,2",
+                 "--engines", "nothing", "--batch-sizes", "1,2",
                  "--compare-chips", "2", "--sweep-chips", "3", "--large-run-chips", "30"])
     summary = json.loads((out / "gpu-check.json").read_text())
     assert code == 1  # the unknown engine fails its runs; every step still ran
@@ -65,26 +65,25 @@ def test_the_check_runs_on_the_cpu_and_writes_its_summary(cropped_archive: Path,
             point["km2_per_s_at_0_5m"] / RESFLOW_KM2_PER_S)
         assert point["nvidia_smi"] == {"skipped": "nvidia-smi not found"}
 
-    local = summary["engines"]["local"]
-    assert local["status"] == "ok" and local["chips"] == chips
-    assert "--device cpu" in local["command"] and "--batch-size 8" in local["command"]
-    assert "--set halo=128 --set window=4" in local["command"]  # what the stages ran
-    assert local["km2_per_s"] == pytest.approx(local["km2"] / local["report_wall_s"])
-    large = summary["engines"]["dask large"]  # the archive's scenes twice: 2 x 18 chips
-    assert large["status"] == "ok" and large["chips"] == 2 * chips
-    assert "--backend dask" in large["command"] and len(large["runs"]) == 1
+    # the one engine run that works: Dask over the archive's scenes twice (2 x 18 chips)
+    large = summary["engines"]["dask large"]
+    assert large["status"] == "ok" and large["chips"] == 2 * chips and len(large["runs"]) == 1
+    assert "--backend dask" in large["command"] and "--device cpu" in large["command"]
+    assert "--batch-size 8" in large["command"]
+    assert "--set halo=128 --set window=4" in large["command"]  # what the stages ran
+    assert large["km2_per_s"] == pytest.approx(large["km2"] / large["report_wall_s"])
     assert summary["engines"]["nothing"]["status"] == "failed"
     assert "nothing" in summary["engines"]["nothing"]["error"]
 
     top = summary["headline"]
     assert top["resflow_reported_km2_per_s"] == 5.245 and top["card"].startswith("CPU")
     assert top["stages_best"]["batch_size"] in (1, 2)
-    assert top["engines"]["local"]["status"] == "ok"
+    assert top["engines"]["dask large"]["status"] == "ok"
     text = (out / "gpu-check.md").read_text()
-    assert "Rehearsal on the CPU" in text and "| local end to end (ok) |" in text
+    assert "Rehearsal on the CPU" in text and "| dask large end to end (ok) |" in text
     assert "| stored dtype, harmonised on the device |" in text
     assert sorted(p.name for p in out.iterdir()) == ["gpu-check.json", "gpu-check.md"]
-    assert (tmp_path / "logs" / "local-1.log").is_file()
+    assert (tmp_path / "logs" / "dask-large-1.log").is_file()
 
 
 def test_the_check_predicts_the_graphs_windows() -> None:
