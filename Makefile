@@ -24,7 +24,7 @@ demo: install
 test: install
 	$(BIN)/python -m pytest
 
-# The edit loop (about 2 minutes on 2 cores): everything but the slow, Spark and S3 tests.
+# The edit loop (about 2.5 minutes on 2 cores): everything but the slow, Spark and S3 tests.
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow and not spark and not s3"
 
