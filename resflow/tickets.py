@@ -76,7 +76,7 @@ def ticket_path(ticket_dir: Path, device: str, slot: int) -> Path:
     return Path(ticket_dir) / f"gpu{device}.slot{slot}.lock"
 
 
-def _try_lock(path: Path) -> int | None:
+def try_lock(path: Path) -> int | None:
     """An open descriptor holding an exclusive lock on ``path``, or ``None`` if it is taken."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
@@ -132,7 +132,7 @@ def checkout(
     while True:
         for slot in range(per_device):
             for device in devices:
-                fd = _try_lock(ticket_path(ticket_dir, device, slot))
+                fd = try_lock(ticket_path(ticket_dir, device, slot))
                 if fd is None:
                     continue
                 try:

@@ -5,7 +5,6 @@ is four windows (whole, cut by the scene edge on one side and on two), spread ov
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import shutil
@@ -25,9 +24,9 @@ from resflow.graph import RunResult, run_graph
 from resflow.inference.fused import fused_stages
 from resflow.inference.settings import GraphSettings, settings_from_config
 from resflow.local import LocalExecutor
-from resflow.planning import plan
+from resflow.planning import Partition, plan
 from resflow.store.writer import OutputStore
-from resflow.tickets import SharedDevices, ticket_path
+from resflow.tickets import SharedDevices, ticket_path, try_lock
 
 BACKENDS = ("local", "dask", "spark")
 PLANS = ("fused", "regrouped")
@@ -131,15 +130,23 @@ def settings_for(config: RunConfig, out: Path) -> GraphSettings:
     return replace(settings_from_config(config), out=out)
 
 
-def test_a_task_run_twice_leaves_the_same_output(runs, cropped_archive: Path,
-                                                 tmp_path: Path) -> None:
-    """A re-executed task (a retried or speculative one) rewrites identical bytes."""
+def copied_run(runs, cropped_archive: Path, tmp_path: Path, index: int
+               ) -> tuple[RunConfig, Path, Partition]:
+    """The local run's config, a copy of its store to map into again, and its partition
+    ``index``."""
     config, _ = runs["local"]
     out = tmp_path / "copy.zarr"
     shutil.copytree(config.out, out)
-    store = OutputStore.open(out)
-    partition = plan(Archive.open(cropped_archive).scenes, shard_chips=store.shard_chips,
-                     partition_chips=PARTITION_CHIPS)[1]
+    partition = plan(Archive.open(cropped_archive).scenes,
+                     shard_chips=OutputStore.open(out).shard_chips,
+                     partition_chips=PARTITION_CHIPS)[index]
+    return config, out, partition
+
+
+def test_a_task_run_twice_leaves_the_same_output(runs, cropped_archive: Path,
+                                                 tmp_path: Path) -> None:
+    """A re-executed task (a retried or speculative one) rewrites identical bytes."""
+    config, out, partition = copied_run(runs, cropped_archive, tmp_path, 1)
     before = scene_arrays(out)
     env = TaskEnv("local", "stages-fused", 0)
     (first,) = fused_stages(settings_for(config, out), [partition], env)
@@ -157,12 +164,7 @@ def test_a_task_holds_its_gpu_ticket_for_device_work_only(runs, cropped_archive:
     each window's encoder, route and decoder, and gives it back for reads, masks and writes:
     a neighbour polling the only ticket finds it held, then free, then held again while the
     task runs. The GPU is declared (there is none), so the models run on the CPU."""
-    config, _ = runs["local"]
-    out = tmp_path / "copy.zarr"
-    shutil.copytree(config.out, out)
-    store = OutputStore.open(out)
-    partition = plan(Archive.open(cropped_archive).scenes, shard_chips=store.shard_chips,
-                     partition_chips=PARTITION_CHIPS)[0]
+    config, out, partition = copied_run(runs, cropped_archive, tmp_path, 0)
     settings = replace(settings_for(config, out), window=1)  # a window per chip: 4 here
     shared = SharedDevices(("0",), per_device=1, ticket_dir=str(tmp_path / "tickets"))
     env = TaskEnv("dask", "stages-fused", 0, tickets=shared)
@@ -180,14 +182,12 @@ def poll_ticket(path: Path, until: Callable[[], bool]) -> str:
     else, ``F`` each time it was free (taken and given back at once), runs collapsed."""
     seen = ""
     while not until():
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600) if path.parent.exists() else None
         state = "F"
-        if fd is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+        if path.parent.exists():  # the task makes the folder at its first checkout
+            fd = try_lock(path)
+            if fd is None:
                 state = "H"
-            finally:
+            else:
                 os.close(fd)
         if not seen.endswith(state):
             seen += state
