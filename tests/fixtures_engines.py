@@ -35,6 +35,20 @@ fi
 """
 
 
+SHORT_LIVED_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+"""JVM options for the suite's many short Spark JVMs: the quick compiler alone and one GC
+thread. Each test's JVM lives seconds, so the optimising compiler's work never pays back; on
+2 cores these cut the Spark tests' CPU time by about a quarter (188 to 142 CPU seconds for
+the resume and contract tests on Spark)."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Every JVM the session starts inherits it: the Spark session's driver and executors,
+    # and those of `resflow run` subprocesses and the standalone cluster. A user's own
+    # JAVA_TOOL_OPTIONS is left as it is.
+    os.environ.setdefault("JAVA_TOOL_OPTIONS", SHORT_LIVED_JVM)
+
+
 def java_missing() -> str | None:
     """Why Spark cannot start here (no Java), or None when a ``java`` is found."""
     home = os.environ.get("JAVA_HOME")
