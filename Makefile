@@ -21,12 +21,16 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/resflow demo --out demo-output
 
-test: install
-	$(BIN)/python -m pytest
+# Two pytest workers, each taking whole test files (so a module's fixtures are made once):
+# while one waits on a JVM, a cluster or a subprocess, the other computes.
+PYTEST = $(BIN)/python -m pytest -n 2 --dist loadfile
 
-# The edit loop (about 2.5 minutes on 2 cores): everything but the slow, Spark and S3 tests.
+test: install
+	$(PYTEST)
+
+# The edit loop: everything but the slow, Spark and S3 tests.
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow and not spark and not s3"
+	$(PYTEST) -m "not slow and not spark and not s3"
 
 lint: install
 	$(BIN)/ruff check resflow backends benchmarks tests

@@ -46,7 +46,7 @@ def local_maps(cropped_archive: Path, engine_gallery: Path,
     """The cropped archive mapped by ``resflow.run`` on the local engine: the store and report."""
     out = tmp_path_factory.mktemp("api") / "maps.zarr"
     report = resflow.run(cropped_archive, out, backend="local", gallery=engine_gallery,
-                         device="cpu", partition_chips=4, window=2)
+                         device="cpu", partition_chips=4, window=2, halo=64)
     return out, report
 
 
@@ -65,7 +65,8 @@ def test_local_engine_and_a_dask_client_write_the_same_maps(
     out = tmp_path / "maps.zarr"
     with caplog.at_level(logging.INFO, logger="resflow"):
         report = resflow.run(cropped_archive, out, client=dask_client, gallery=engine_gallery,
-                             device="cpu", partition_chips=4, window=2, plan="regrouped")
+                             device="cpu", partition_chips=4, window=2, halo=64,
+                             plan="regrouped")
     assert isinstance(report, RunReport)
     assert (report.backend, local_report.backend) == ("dask", "local")
     assert report.config["plan"] == "regrouped"

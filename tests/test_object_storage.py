@@ -39,9 +39,9 @@ from tests.fixtures_storage import SECRET
 from tests.objectstore import FaultyS3
 
 ARRAYS = ("probability", "mask", "chip_bucket")
-RUN = {"partition_chips": 4, "window": 2}
+RUN = {"partition_chips": 4, "window": 2, "halo": 64}
 """Partitions of one 2 x 2-chip window: each 3 x 3-chip scene is four tasks, so a run can be
-stopped part-way."""
+stopped part-way; half the default halo, since storage does not depend on the context."""
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +184,8 @@ def test_credentials_never_reach_messages_or_reports(s3_archive: str, bucket: st
                                                      engine_gallery: Path) -> None:
     out = f"s3://{bucket}/maps-cli.zarr"
     done = CliRunner().invoke(app, ["run", s3_archive, "--out", out, "--backend", "local",
-                                    "--gallery", str(engine_gallery), "--set", "window=2"])
+                                    "--gallery", str(engine_gallery), "--set", "window=2",
+                                    "--set", "halo=64"])
     assert done.exit_code == 0, done.output
     assert out in done.output
     report = storage.read_bytes(storage.join(out, "run_report.json")).decode()
@@ -258,7 +259,8 @@ def test_a_run_killed_mid_write_resumes_to_the_same_bytes(
 
     out = f"s3://{bucket}/maps-killed.zarr"
     args = ["run", s3_archive, "--out", out, "--backend", "local", "--gallery",
-            str(engine_gallery), "--set", "partition_chips=4", "--set", "window=2"]
+            str(engine_gallery), "--set", "partition_chips=4", "--set", "window=2",
+            "--set", "halo=64"]
     faults.fail("PUT", r"maps-killed\.zarr/.*/c/", 10_000, delay_s=0.3)
     with started([str(BIN / "resflow"), *args], tmp_path / "killed.log") as proc:
         wait_until(lambda: chips_done(out) >= 1, "a first chip", proc)

@@ -84,7 +84,8 @@ def test_a_run_counts_up_to_its_planned_chips_and_area(
         cropped_archive: Path, engine_gallery: Path, tmp_path: Path,
         caplog: pytest.LogCaptureFixture) -> None:
     config = RunConfig(archive=cropped_archive, out=tmp_path / "maps.zarr", backend="local",
-                       gallery=engine_gallery, device="cpu", partition_chips=4, window=2)
+                       gallery=engine_gallery, device="cpu", partition_chips=4, window=2,
+                       halo=64)
     with caplog.at_level(logging.INFO, logger="resflow"):
         result = run_graph(config, LocalExecutor(gpus=[], progress=True))
     records = progress_records(caplog)
