@@ -1,7 +1,8 @@
 """Shared pytest fixtures: one test archive, one Dask cluster, one Spark session per run.
 
 Fixtures live in topic modules so each layer owns its own; they are session-scoped so the
-suite stays within minutes on two cores.
+suite stays within minutes on two cores. ``make test`` runs two pytest-xdist workers, each
+taking whole files: each worker is a session of its own, with its own session fixtures.
 
 Markers (registered in pyproject.toml): ``slow`` (a test of many seconds: a training, whole
 runs, clusters of processes), ``spark`` (needs Java: a Spark session or cluster) and ``s3``

@@ -42,7 +42,7 @@ from resflow.samples import sample_path
 from resflow.store.format import NOT_MAPPED
 from resflow.store.writer import OutputStore
 from tests.fixtures_data import crop_raster
-from tests.test_export import write_blobs
+from tests.synthetic_stores import write_blobs
 
 EXTENSIONS = ("projection", "raster", "xarray-assets", "classification")
 
