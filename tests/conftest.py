@@ -51,3 +51,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.slow)
         if no_java and item.get_closest_marker("spark"):
             item.add_marker(pytest.mark.skip(reason=no_java))
+    # Files of whole runs in subprocesses (every test slow) first: with two workers taking
+    # whole files in order, the longest files then start early instead of running alone
+    # at the end.
+    items.sort(key=lambda item: not _slow_module(item))
+
+
+def _slow_module(item: pytest.Item) -> bool:
+    module = getattr(item, "module", None)
+    marks = getattr(module, "pytestmark", [])
+    return any(mark.name == "slow" for mark in (marks if isinstance(marks, list) else [marks]))
