@@ -1,25 +1,15 @@
 """The accuracy study: how good are resflow's maps on places the models never saw?
 
-The places are those of ``../shared/data/fair/places.json`` (OpenAerialMap drone imagery
-with OpenStreetMap footprints, 7-27 cm; :mod:`benchmarks.places`: a place added there is
-studied, one whose files are missing is skipped with a warning) and the SpaceNet Atlanta
-tile bundled with resflow (0.5 m). Every source is ingested at one working ground
-resolution (``--gsd``), then:
-
-* ``lopo``: leave one place out. For each place, a gallery is trained on the other places
-  (train and validation bands of their scenes) and scored on every pixel of the held-out
-  place: mono against the bucket ensemble, with building counts.
-* ``split``: one gallery trained on the train bands of all places and scored on the test
-  band (the bottom 20 % of rows) of each place.
-
-Scores are those of ``resflow eval``; objects match one-to-one at IoU >= 0.5. Masks split
-touching roofs at the run default ``split_dip`` and drop specks under the run default
-``min_building_m2``; the study also scores 0, 4 and 8 m^2 and the split dips of
-``SPLIT_DIPS``. So that the held-out place never chooses its own setting, ``lopo`` also
-scores each place at the dip that is best on the others (``split_chosen_elsewhere``).
-A fold whose gallery is already in ``--work`` is scored again without retraining.
-
-Usage (from the repository root; ``make accuracy`` runs the study behind docs/accuracy.md)::
+The places of ``../shared/data/fair/places.json`` (drone imagery at 7-27 cm, OpenStreetMap
+footprints; :mod:`benchmarks.places` skips one whose files are missing) and the bundled SpaceNet
+Atlanta tile (0.5 m), ingested at ``--gsd``. ``lopo`` (leave one place out): a gallery trained on
+the other places' train and validation bands, scored on all of the held-out place, mono against
+the bucket ensemble. ``split``: one gallery trained on every place's train band, scored on each
+place's test band (bottom 20 % of rows). Scores: ``resflow eval`` (objects matched one-to-one at
+IoU >= 0.5) at the run's ``split_dip`` and ``min_building_m2``, over ``SPLIT_DIPS`` and 0, 4 and
+8 m^2; ``lopo`` also scores each place at the dip best on the others (``split_chosen_elsewhere``)
+so a place never picks its own. A fold whose gallery is in ``--work`` is only rescored. From the
+repository root (``make accuracy`` runs the study behind docs/accuracy.md)::
 
     python -m benchmarks.accuracy --gsd 0.5 --study lopo --study split --jobs 2
 """

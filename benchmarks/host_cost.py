@@ -1,37 +1,17 @@
 """What the host costs per chip, end to end on every engine, with the models replayed.
 
-resflow should feed a GPU thousands of 256-px chips a second, so everything that is not the
-neural network must cost little. This benchmark maps the Dhaka and Banepa places
-(:mod:`benchmarks.host_archives`) once with the bundled gallery's real models on the local
-engine, keeping their outputs on a tape (:mod:`benchmarks.host_replay`), and then maps them
-again on each engine with the models replayed from it (:mod:`benchmarks.host_engines`):
-reads, harmonisation, routing, masks, quantisation, shard writes and scheduling run for
-real, the networks do not. Each replayed run's output store must equal the real run's, bit
-for bit, or the benchmark stops.
-
-All figures are CPU time, not wall time: each stage from the graph's own stage clocks
-switched to ``time.process_time`` in the worker process (one task slot per process), the
-mask step timed inside ``stage3`` the same way, and the whole run as the CPU seconds of this
-process and every process it started (workers, JVM; psutil). Per 256-px chip mapped:
-
-* read: ``read`` (the window with its halo, the finite check);
-* harmonise: ``stage1`` less the replayed encoder's lookup (chips scaled to the models'
-  input, batched, the embedding checked);
-* routing: ``stage2`` less the replayed head's lookup (codes to the nearest bucket);
-* mask: touching roofs split and specks dropped (:class:`resflow.store.mask_rule.MaskRule`);
-* quantise: ``stage3`` less mask and the replayed decoder's lookup (sigmoid, finite check,
-  uint8 and threshold: on a GPU this runs on the device);
-* write: ``write`` (cropping the halo, shard writes);
-* scheduling: everything else the processes spent (planning, dispatch, serialisation,
-  summaries, the store's metadata and report).
-
-Per-scene overhead: one square of Banepa as one scene against the same square as
-``tiles x tiles`` one-chip scenes, one chip per prediction window and no halo in both
-(:data:`PER_SCENE_RUN`), as CPU ms per extra scene. STAC export is off (``stac=False``):
-it follows the graph, once per run.
-
-``python -m benchmarks.host_cost --out benchmarks/results/host_cost.json`` (about 5 minutes
-on 2 cores; ``--quick``: 2 repeats, local and Dask); needs ``../shared/data/fair``.
+resflow should feed a GPU thousands of 256-px chips a second, so all but the network must cost
+little. The Dhaka and Banepa places (:mod:`benchmarks.host_archives`) are mapped once with the
+bundled gallery's models, their outputs taped (:mod:`benchmarks.host_replay`), then on each engine
+with the models replayed (:mod:`benchmarks.host_engines`), which must give the real store bit for
+bit. CPU ms per 256-px chip (stage clocks on ``time.process_time``, one task slot per process):
+read; harmonise, routing: ``stage1``, ``stage2`` less the replayed lookups; mask
+(:class:`resflow.store.mask_rule.MaskRule`, timed in ``stage3``); quantise: ``stage3`` less mask
+and lookup (sigmoid, uint8, threshold); write; scheduling: the rest of the CPU of this process and
+all it started (psutil). Per scene: a Banepa square as one scene against ``tiles x tiles``
+one-chip scenes (:data:`PER_SCENE_RUN`); STAC export off. Needs ``../shared/data/fair``:
+``python -m benchmarks.host_cost --out benchmarks/results/host_cost.json`` (about 5 minutes on
+2 cores; ``--quick``: 2 repeats, local and Dask).
 """
 
 from __future__ import annotations

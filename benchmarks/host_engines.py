@@ -1,19 +1,16 @@
 """Engines that run the graph with the models replayed, clocked in CPU time.
 
 :class:`ReplayingExecutor` wraps any engine (local, Dask, Spark) and hands its workers each
-task wrapped in :class:`Replayed`, which in whatever process runs it first puts a
+task wrapped in :class:`Replayed`, which, in whatever process runs it first, puts a
 :class:`~benchmarks.host_replay.ReplayGallery` where
-:func:`resflow.inference.caches.load_gallery` finds the run's gallery (its per-process
-cache), so the stages call the replayed models as they call the real ones. Tasks pickle by
-reference to this module, so worker processes must import ``benchmarks``: the repository
-root goes on ``PYTHONPATH`` before an engine starts (:func:`importable_here`).
-
-In each process that runs a replayed task, the graph's stage clocks
-(:mod:`resflow.inference.clock`) are switched from wall time to ``time.process_time`` and
-the mask rule (:meth:`resflow.store.mask_rule.MaskRule.apply`) is timed on its own, so the
-run report's stage seconds are CPU seconds (:func:`cpu_clocks`). Process CPU time is the
-task's only while a process runs one task at a time, so the measured engines get one task
-slot per worker process (:func:`start_engine`).
+:func:`resflow.inference.caches.load_gallery` finds the run's gallery (its per-process cache),
+so the stages call the replayed models as they call the real ones. Tasks pickle by reference
+to this module, so the repository root goes on workers' ``PYTHONPATH`` before an engine starts
+(:func:`importable_here`). :func:`cpu_clocks` switches the graph's stage clocks
+(:mod:`resflow.inference.clock`) to ``time.process_time`` and times the mask rule
+(:meth:`resflow.store.mask_rule.MaskRule.apply`) on its own, so the run report's stage seconds
+are CPU seconds. Process CPU time is a task's only while the process runs one task at a time,
+so :func:`start_engine` gives each worker process one task slot.
 """
 
 from __future__ import annotations

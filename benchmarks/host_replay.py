@@ -1,25 +1,17 @@
 """The models' outputs recorded once and replayed, so a run does all its host work for real.
 
-resflow must feed a GPU thousands of chips a second, so what the host spends per chip is
-measured with the models' device work out of the way (:mod:`benchmarks.host_cost`). The
-seam is the gallery each process caches (:func:`resflow.inference.caches.load_gallery`):
-the stages (:mod:`resflow.stages`) call ``gallery.feature_extractor()``,
-``hashing_head()`` and ``segmenter(bucket)`` as always and get models that look up what the
-real ones returned, so no hook is needed in resflow:
-
-* the encoder's embedding, keyed by a fingerprint of the harmonised window it is given; in
-  place of its feature maps it returns one small tensor holding that key (the maps only go
-  from the encoder to the decoder, so nothing else sees them);
-* the hashing head's signed codes, keyed by the embedding's bytes;
-* the decoder's logits, keyed by the window's key carried in the maps, with the name of the
-  model that made them (a window routed elsewhere fails instead of borrowing them).
-
-Everything around the models runs for real: reads, harmonisation (done before the encoder is
-called), routing, sigmoid and quantisation, masks, shard writes, scheduling. A :class:`Tape`
-is recorded by a real run through :class:`RecordingGallery` (the real models, their outputs
-kept) and replayed by :class:`ReplayGallery`; ``tests/test_host_replay.py`` holds the
-replayed maps equal to the real ones bit for bit. CPU only: on CUDA the stages pad batches
-with zero maps, which carry no key.
+:mod:`benchmarks.host_cost` measures what the host spends per chip with the models' device
+work out of the way. The seam is the gallery each process caches
+(:func:`resflow.inference.caches.load_gallery`): the stages (:mod:`resflow.stages`) call
+``gallery.feature_extractor()``, ``hashing_head()`` and ``segmenter(bucket)`` as always and
+get models that look up what the real ones returned, so resflow needs no hook. The encoder's
+embedding is keyed by a fingerprint of the harmonised window; for its feature maps (seen only
+by the decoder) it returns one small tensor holding that key. The head's codes are keyed by
+the embedding's bytes, the decoder's logits by the maps' key and the model's name (a window
+routed elsewhere fails). :class:`RecordingGallery` records a :class:`Tape` in a real run and
+:class:`ReplayGallery` replays it; ``tests/test_host_replay.py`` holds replayed maps equal to
+real ones bit for bit. CPU only: on CUDA the stages pad batches with zero maps, which carry
+no key.
 """
 
 from __future__ import annotations

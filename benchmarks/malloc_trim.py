@@ -3,17 +3,12 @@
 
 Each condition runs in a fresh Python process: stage 1 (Lite0 features) and stage 3 (the
 segmenter) over the same chips, one chip per call, one torch thread, calling the models
-directly (the stage functions would fix the thresholds themselves). Conditions:
-
-* ``plain``: glibc's moving threshold, nothing big freed yet (stays near 128 KiB);
-* ``after a 30 MB free``: the same, after freeing one 30 MB buffer, as a read of a wide
-  float64 slab did (the threshold rises to 30 MB);
-* ``MALLOC_TRIM_THRESHOLD_=65536``: what Dask's nanny exports to its workers (any malloc
-  tunable freezes the threshold at 128 KiB);
-
-each also with :func:`resflow.allocator.steady_malloc` applied first.
-
-Usage::
+directly (the stage functions would fix the thresholds themselves). Conditions: ``plain``
+(glibc's moving threshold, nothing big freed yet: near 128 KiB); ``after a 30 MB free`` (as
+a read of a wide float64 slab frees; the threshold rises to 30 MB);
+``MALLOC_TRIM_THRESHOLD_=65536`` (what Dask's nanny exports to its workers; any malloc tunable
+freezes the threshold at 128 KiB); each also with :func:`resflow.allocator.steady_malloc`
+applied first. Usage::
 
     python benchmarks/malloc_trim.py [--chips 12]
 """

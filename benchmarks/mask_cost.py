@@ -1,22 +1,17 @@
 """Host cost of the mask step, in core-ms per 256-pixel chip, before and after its rewrite.
 
-Every prediction window goes through :func:`resflow.masks.building_mask` on the host, so
-its cost bounds how fast one host can feed a GPU. The Dhaka and Banepa places of
-``places.json`` (dense settlements) are mapped with the bundled
-gallery on the in-process engine, with the defaults (4 x 4-chip windows, 128-pixel halo).
-Each prediction window is then cut from the stored probability with its halo, reflected
-beyond the scene's edge as the run reads it, and masked as a worker masks it (threshold,
-``min_building_m2`` at the scene's resolution, touching roofs split by ``split_dip`` or not
-at all), by the current module and by ``resflow/masks.py`` as of :data:`BEFORE` (read
-from git), which must give the same masks. Each pass over all windows is timed with
-``time.process_time`` (CPU time of this one process; numpy and scipy run these operations
-on one thread), alternating the two versions, with a worker's malloc thresholds
-(:func:`resflow.allocator.steady_malloc`); the median and the fastest of the passes are
-reported per chip mapped (a window's cost over the chips it maps, so the halo is paid for)
-and per 256 x 256 pixels processed, with the machine's load average while timing.
+Every prediction window goes through :func:`resflow.masks.building_mask` on the host, so its
+cost bounds how fast one host can feed a GPU. The Dhaka and Banepa places of ``places.json``
+are mapped with the bundled gallery on the in-process engine and defaults (4 x 4-chip windows,
+128-pixel halo); each window is cut from the stored probability with its halo (reflected past
+the scene's edge, as a run reads it) and masked as a worker masks it (``min_building_m2`` at
+the scene's resolution, roofs split by ``split_dip`` or not at all) by the current module and
+by ``resflow/masks.py`` at :data:`BEFORE` (from git), which must give the same masks. Passes
+alternate the two under a worker's malloc thresholds (:func:`resflow.allocator.steady_malloc`),
+timed by ``time.process_time`` (one thread); median and fastest per chip mapped (halo paid for)
+and per 256 x 256 pixels, with the load average. Needs ``../shared/data/fair`` and git history::
 
-``python -m benchmarks.mask_cost --out benchmarks/results/mask_cost.json`` (about 2
-minutes on 2 cores); needs ``../shared/data/fair`` and the git history.
+    python -m benchmarks.mask_cost --out benchmarks/results/mask_cost.json   # about 2 min, 2 cores
 """
 
 from __future__ import annotations

@@ -1,23 +1,17 @@
 """Driver cost as the archive grows: planning, output-store creation, per-scene overhead.
 
-Three measurements, each side by side in one run:
-
-1. **Planning** on synthetic archive metadata (no pixels are needed to plan): 1,000, 10,000
-   and 100,000 UTM scenes of 40 x 40 chips of 256 px (1,600 chips each). Each size is
-   planned in a fresh process, so its peak RSS is the planner's own. Targets: 10,000 scenes
-   (1.6 x 10^7 chips) in at most 60 s and 2 GiB, growing no faster than linearly.
+1. **Planning** on synthetic metadata (no pixels are needed to plan): 1,000, 10,000 and
+   100,000 UTM scenes of 40 x 40 chips of 256 px, each size in a fresh process so its peak
+   RSS is the planner's own. Target: 10,000 scenes in at most 60 s and 2 GiB, linear growth.
 2. **Output-store creation** for the same metadata: seconds, objects written and bytes.
-3. **Per-scene overhead** on real pixels: a mosaic of the Atlanta sample ingested and mapped
-   as one scene, and the same pixels as one-chip scenes (one GeoTIFF per chip), on the local
-   engine. The overhead per scene is the difference in wall time over the number of scenes.
-   Target: under 5 ms per scene for the run.
+3. **Per-scene overhead** on real pixels: a mosaic of the Atlanta sample mapped on the local
+   engine as one scene and as one-chip scenes (one GeoTIFF per chip): the difference in wall
+   time over the number of scenes. Target: under 5 ms per scene for the run.
 
-Usage::
+Usage (writes ``planning.json``, ``planning.md`` and ``planning.png`` to ``--out``)::
 
     python -m benchmarks.planning --out benchmarks/results            # about 10 minutes
     python -m benchmarks.planning --quick --out /tmp/planning          # a minute
-
-Writes ``planning.json``, ``planning.md`` and ``planning.png`` to ``--out``.
 """
 
 from __future__ import annotations

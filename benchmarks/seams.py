@@ -8,8 +8,7 @@ seam ratio (:mod:`resflow.seams`) of the probability and of the mask under both,
 chip grid shows (above 1.2 and above the same ratio on every off-grid line set, the
 ratio's own noise at the scene's size), and the imagery's own ratio (its first band): small
 or upsampled scenes vary by 0.8-1.9 before any model runs. Both runs' wall times are
-reported too (the compute cost is measured side by side by
-``python -m benchmarks.engine_study.limit``).
+reported too (``python -m benchmarks.engine_study.limit`` measures the compute cost).
 
 ``python -m benchmarks.seams --out benchmarks/results/seams.json`` (about 10 minutes on 2
 cores); needs ``../shared/data/fair``.

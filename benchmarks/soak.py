@@ -1,20 +1,16 @@
 """Soak: repeated SIGKILLs of workers during one long run, per engine, against a clean run.
 
-A x4 mosaic of the real Atlanta tile (derived imagery, see
-``benchmarks.engine_study.scaled_archive``) is ingested at chip 128 (225 chips). A clean run on
-the in-process reference engine gives the expected maps. Then, per engine, ``resflow run``
-runs as a subprocess with its own cluster (Dask: two worker processes; Spark:
-``local-cluster[2,1,1024]``, two executor JVMs) while this script SIGKILLs one worker or
-executor JVM once early in the run (a fixed delay after the workers are up) and then each
-time the chip ledger passes another share of the chips. It reports chips written, kills,
-the engine's recoveries read from its log (Dask nanny restarts, Spark lost tasks), wall
-time, and whether the output is complete and equal, bit for bit, to the clean run's.
-
-Usage::
+A x4 mosaic of the real Atlanta tile (``benchmarks.engine_study.scaled_archive``) is ingested
+at chip 128 (225 chips); a clean run on the in-process reference engine gives the expected
+maps. Per engine, ``resflow run`` then runs as a subprocess with its own cluster (Dask: two
+worker processes; Spark: ``local-cluster[2,1,1024]``, two executor JVMs) while this script
+SIGKILLs one worker or executor JVM once early in the run (a fixed delay after the workers
+are up) and each time the chip ledger passes another share of the chips. It reports chips
+written, kills, recoveries from the engine's log (Dask nanny restarts, Spark lost tasks),
+wall time, and whether the output is complete and bit for bit the clean run's. Everything
+binds to 127.0.0.1; every process started is killed by pid before exit. Usage::
 
     python -m benchmarks.soak --work-dir /tmp/soak --kills 3 --json benchmarks/results/soak.json
-
-Everything binds to 127.0.0.1; every process started is killed by pid before exit.
 """
 
 from __future__ import annotations

@@ -1,24 +1,17 @@
 """The pure-compute limit: the graph's model passes over preloaded prediction windows on
-every core.
+every core, the speed no engine can beat on a machine.
 
-This is the speed no engine can beat on a machine: the same stage calls the graph makes
-(:mod:`resflow.inference.window_work`, ``map_window`` and ``cut_window``), over the
-same prediction windows (:mod:`resflow.windows`), with every window already in memory as
-stored (harmonised where the models run, as the graph does), nothing read, written,
-serialised or scheduled.
-Per window: one encoder pass over the window and its halo, one route on its embedding, one
-decode with its bucket's model, quantised and thresholded, and its building mask over the
-whole window. Each stage call uses one torch thread (see the determinism notes in
-:mod:`resflow.stages`), so the limit runs one Python thread per core, each on its own
-interleaved share of the windows; torch releases the GIL inside its kernels, so the threads
-compute in parallel.
-
-Rates count chips with data (the chips an engine maps and reports), so an engine's area
-rate divided by this limit's is the fraction of the machine it turns into maps; the
-remainder is reading, writing, regrouping and scheduling. On a GPU (``device``) the threads
-share the one device. ``python -m benchmarks.engine_study.limit`` times window settings side
-by side (:func:`compare_settings`): by default chip by chip with a 32 px halo against the
-graph's ``window=4, halo=128``, the throughput cost of seamless maps.
+The same stage calls the graph makes (:mod:`resflow.inference.window_work`, ``map_window``
+and ``cut_window``) over the same prediction windows (:mod:`resflow.windows`), every window
+in memory as stored (harmonised where the models run, as the graph does); nothing read,
+written, serialised or scheduled. Per window: one encoder pass over it and its halo, one
+route, one decode with its bucket's model, quantised and thresholded, and its building mask.
+Each stage call uses one torch thread (:mod:`resflow.stages`), so one Python thread per core
+runs an interleaved share of the windows (torch releases the GIL in its kernels); on a GPU
+(``device``) they share the device. Rates count chips with data, as engines do, so an engine's
+rate over this limit's is the fraction of the machine it turns into maps.
+``python -m benchmarks.engine_study.limit ARCHIVE`` times window settings side by side
+(:func:`compare_settings`; by default ``window=1, halo=32`` against ``window=4, halo=128``).
 """
 
 from __future__ import annotations
