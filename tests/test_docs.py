@@ -1,10 +1,11 @@
-"""The documentation stays true: the examples in ``docs/architecture.md`` run as written, and
-every relative link and ``#anchor`` in the README, ``docs/`` and the benchmarks' README
-resolves."""
+"""The documentation stays true: the examples in ``docs/architecture.md`` and in the
+docstrings of resflow and its engine packages run as written, and every relative link and
+``#anchor`` in the README, ``docs/`` and the benchmarks' README resolves."""
 
 from __future__ import annotations
 
 import doctest
+import importlib
 import re
 from pathlib import Path
 
@@ -21,6 +22,28 @@ def test_architecture_examples_run() -> None:
                               raise_on_error=False, verbose=False)
     assert result.attempted > 0, "docs/architecture.md holds no examples"
     assert result.failed == 0, f"{result.failed} of the page's examples failed (output above)"
+
+
+def modules_with_examples() -> list[str]:
+    """Every module of ``resflow`` and the engine packages with an example that runs: a
+    ``>>>`` line not marked ``+SKIP`` (those need data or a cluster)."""
+    found = []
+    for root in (ROOT, ROOT / "backends"):
+        for package in ("resflow", "resflow_dask", "resflow_spark"):
+            for path in sorted((root / package).glob("**/*.py")):
+                lines = path.read_text().splitlines()
+                if any(">>> " in line and "+SKIP" not in line for line in lines):
+                    parts = path.relative_to(root).with_suffix("").parts
+                    found.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return found
+
+
+@pytest.mark.parametrize("name", modules_with_examples())
+def test_docstring_examples_run(name: str) -> None:
+    result = doctest.testmod(importlib.import_module(name),
+                             optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0, f"{name} has a '>>> ' line but doctest finds no example"
+    assert result.failed == 0, f"{result.failed} of {name}'s examples failed (output above)"
 
 
 def anchors(page: Path) -> set[str]:
