@@ -21,9 +21,10 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/resflow demo --out demo-output
 
-# Two pytest workers, each taking whole test files (so a module's fixtures are made once):
-# while one waits on a JVM, a cluster or a subprocess, the other computes.
-PYTEST = $(BIN)/python -m pytest -n 2 --dist loadfile
+# Two pytest workers, each taking whole test files (so a module's fixtures are made once)
+# in the order tests/conftest.py gives them, longest first: while one waits on a JVM, a
+# cluster or a subprocess, the other computes.
+PYTEST = $(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 test: install
 	$(PYTEST)

@@ -15,6 +15,8 @@ is missing, ``spark`` tests skip and say so.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 pytest_plugins = ["tests.fixtures_data", "tests.fixtures_engines", "tests.fixtures_storage"]
@@ -51,10 +53,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.slow)
         if no_java and item.get_closest_marker("spark"):
             item.add_marker(pytest.mark.skip(reason=no_java))
-    # Files of whole runs in subprocesses (every test slow) first: with two workers taking
-    # whole files in order, the longest files then start early instead of running alone
-    # at the end.
-    items.sort(key=lambda item: not _slow_module(item))
+    # Longest files first: those of whole runs in subprocesses (every test slow), then by
+    # their number of slow, Spark and S3 tests. `make test`'s two workers take whole files
+    # in this order (--no-loadscope-reorder), so no long file starts last and runs alone.
+    costly = Counter(item.path for item in items
+                     if any(item.get_closest_marker(m) for m in ("slow", "spark", "s3")))
+    items.sort(key=lambda item: (not _slow_module(item), -costly[item.path]))
 
 
 def _slow_module(item: pytest.Item) -> bool:
