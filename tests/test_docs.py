@@ -28,13 +28,13 @@ def modules_with_examples() -> list[str]:
     """Every module of ``resflow`` and the engine packages with an example that runs: a
     ``>>>`` line not marked ``+SKIP`` (those need data or a cluster)."""
     found = []
-    for root in (ROOT, ROOT / "backends"):
-        for package in ("resflow", "resflow_dask", "resflow_spark"):
-            for path in sorted((root / package).glob("**/*.py")):
-                lines = path.read_text().splitlines()
-                if any(">>> " in line and "+SKIP" not in line for line in lines):
-                    parts = path.relative_to(root).with_suffix("").parts
-                    found.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    for package in (ROOT / "resflow", ROOT / "backends" / "resflow_dask",
+                    ROOT / "backends" / "resflow_spark"):
+        for path in sorted(package.glob("**/*.py")):
+            lines = path.read_text().splitlines()
+            if any(">>> " in line and "+SKIP" not in line for line in lines):
+                parts = path.relative_to(package.parent).with_suffix("").parts
+                found.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
     return found
 
 
