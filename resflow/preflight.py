@@ -68,14 +68,14 @@ def check_exports_new(config: RunConfig, archive: Archive) -> None:
     """Refuse, before any work, a run whose exports would replace files already there: the
     footprints file, or a COG named after one of the archive's scenes in ``cog_dir``
     (``--overwrite`` replaces them, as it replaces the store)."""
-    from resflow.exports.cog import group_cog_files
+    from resflow.exports.cog import group_cog_names
     from resflow.exports.files import refuse_existing
     from resflow.store.format import group_names
 
     targets = [Path(config.footprints)] if config.footprints is not None else []
     if config.cog_dir is not None:
         for group in group_names(archive.scenes).values():
-            targets += group_cog_files(config.cog_dir, group)
+            targets += [Path(config.cog_dir) / name for name in group_cog_names(group)]
     refuse_existing(targets)
 
 

@@ -48,6 +48,10 @@ NATIVE = IngestConfig(chip=256, gsd=None, max_gsd=1e6)
 tests of the archive as a pixel-exact store (mapping needs the working resolution)."""
 
 
+SHORT_HALO = 64
+"""Half the default halo, for runs whose tests check engines, storage or recovery: what they
+assert does not depend on context, and a smaller halo is less to compute."""
+
 CROPS = {"atlanta-pan": 460, "rotterdam-ms1": 230}
 """Top-left crops (pixels a side) of two samples: each about 767 x 767 pixels at the working
 resolution, 3 x 3 chips of 256."""

@@ -35,6 +35,7 @@ from resflow.report import RunReport
 from resflow.samples import sample_path
 from resflow.store.format import PROBABILITY_SCALE
 from resflow.store.writer import OutputStore
+from tests.fixtures_data import SHORT_HALO
 from tests.objectstore import FaultyS3
 
 ARRAYS = ("probability", "mask", "chip_bucket")
@@ -46,7 +47,7 @@ def local_maps(cropped_archive: Path, engine_gallery: Path,
     """The cropped archive mapped by ``resflow.run`` on the local engine: the store and report."""
     out = tmp_path_factory.mktemp("api") / "maps.zarr"
     report = resflow.run(cropped_archive, out, backend="local", gallery=engine_gallery,
-                         device="cpu", partition_chips=4, window=2, halo=64)
+                         device="cpu", partition_chips=4, window=2, halo=SHORT_HALO)
     return out, report
 
 
@@ -65,7 +66,7 @@ def test_local_engine_and_a_dask_client_write_the_same_maps(
     out = tmp_path / "maps.zarr"
     with caplog.at_level(logging.INFO, logger="resflow"):
         report = resflow.run(cropped_archive, out, client=dask_client, gallery=engine_gallery,
-                             device="cpu", partition_chips=4, window=2, halo=64,
+                             device="cpu", partition_chips=4, window=2, halo=SHORT_HALO,
                              plan="regrouped")
     assert isinstance(report, RunReport)
     assert (report.backend, local_report.backend) == ("dask", "local")

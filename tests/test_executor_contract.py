@@ -21,6 +21,7 @@ from resflow.local import LocalExecutor
 from resflow.plugins import engine_models, list_backends
 from resflow.preflight import check_plan
 from resflow.report import ClusterShape
+from tests.fixtures_data import SHORT_HALO
 from tests.fixtures_engines import ON_SHARED_SESSION, build_engine
 
 BACKENDS = sorted(list_backends())
@@ -194,7 +195,7 @@ def test_an_engine_without_group_by_key_runs_fused_and_is_refused_regrouped(
     engine = FusedOnly()
     assert not FusedOnly.regroups() and LocalExecutor.regroups()
     settings = dict(archive=cropped_archive, gallery=engine_gallery, backend="local",
-                    device="cpu", window=2, halo=64, partition_chips=4)
+                    device="cpu", window=2, halo=SHORT_HALO, partition_chips=4)
     done = run_graph(RunConfig(out=tmp_path / "fused.zarr", **settings), engine)
     assert done.totals.complete and done.totals.chips > 0
     assert done.totals.chips + done.totals.empty_chips == len(Archive.open(cropped_archive).chips())

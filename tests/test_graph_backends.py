@@ -1,9 +1,9 @@
 """The real graph on the cropped samples: the same maps, bit for bit, on every engine.
 
-Runs use 2 x 2-chip prediction windows with a 64-pixel halo (half the default: equality
-across engines does not depend on the context, and the six runs cost less) and partitions of
-4 chips, so each 3 x 3-chip scene is four windows (whole, cut by the scene edge on one side
-and on two), spread over tasks."""
+Runs use 2 x 2-chip prediction windows with a short halo
+(:data:`~tests.fixtures_data.SHORT_HALO`: equality across engines does not depend on the
+context) and partitions of 4 chips, so each 3 x 3-chip scene is four windows (whole, cut by
+the scene edge on one side and on two), spread over tasks."""
 
 from __future__ import annotations
 
@@ -29,11 +29,11 @@ from resflow.local import LocalExecutor
 from resflow.planning import Partition, plan
 from resflow.store.writer import OutputStore
 from resflow.tickets import SharedDevices, ticket_path, try_lock
+from tests.fixtures_data import SHORT_HALO
 
 BACKENDS = ("local", "dask", "spark")
 PLANS = ("fused", "regrouped")
 WINDOW = 2
-HALO = 64
 PARTITION_CHIPS = 4
 
 
@@ -63,7 +63,7 @@ def runs(request: pytest.FixtureRequest, cropped_archive: Path,
             label = name if plan_name == "fused" else f"{name}-{plan_name}"
             config = RunConfig(archive=cropped_archive, out=out_dir / f"{label}.zarr",
                                backend=name, partition_chips=PARTITION_CHIPS, window=WINDOW,
-                               halo=HALO, plan=plan_name)
+                               halo=SHORT_HALO, plan=plan_name)
             with make_executor(name, request) as executor:
                 done[label] = (config, run_graph(config, executor))
     return done
@@ -205,7 +205,7 @@ def test_run_lists_the_exports_it_wrote(cropped_archive: Path, engine_gallery: P
     import pystac
 
     config = RunConfig(archive=cropped_archive, gallery=engine_gallery, out=tmp_path / "o.zarr",
-                       backend="local", window=WINDOW, halo=HALO, cog_dir=tmp_path / "cog",
+                       backend="local", window=WINDOW, halo=SHORT_HALO, cog_dir=tmp_path / "cog",
                        footprints=tmp_path / "buildings.geojson")
     with LocalExecutor(gpus=[], progress=False) as executor:
         result = run_graph(config, executor)

@@ -33,15 +33,17 @@ from resflow.local import LocalExecutor
 from resflow.store import lock, object_lock
 from resflow.store.lock import StoreLocked
 from resflow.store.writer import OutputStore
-from tests.fixtures_data import ATLANTA_LABELS, TINY_TRAINING
+from tests.fixtures_data import ATLANTA_LABELS, SHORT_HALO, TINY_TRAINING
 from tests.fixtures_engines import build_engine
 from tests.fixtures_storage import SECRET
 from tests.objectstore import FaultyS3
 
 ARRAYS = ("probability", "mask", "chip_bucket")
-RUN = {"partition_chips": 4, "window": 2, "halo": 64}
+RUN = {"partition_chips": 4, "window": 2, "halo": SHORT_HALO}
 """Partitions of one 2 x 2-chip window: each 3 x 3-chip scene is four tasks, so a run can be
-stopped part-way; half the default halo, since storage does not depend on the context."""
+stopped part-way."""
+RUN_SETS = [item for key, value in RUN.items() for item in ("--set", f"{key}={value}")]
+""":data:`RUN` as ``resflow run`` options."""
 
 
 @pytest.fixture(scope="module")
@@ -184,8 +186,7 @@ def test_credentials_never_reach_messages_or_reports(s3_archive: str, bucket: st
                                                      engine_gallery: Path) -> None:
     out = f"s3://{bucket}/maps-cli.zarr"
     done = CliRunner().invoke(app, ["run", s3_archive, "--out", out, "--backend", "local",
-                                    "--gallery", str(engine_gallery), "--set", "window=2",
-                                    "--set", "halo=64"])
+                                    "--gallery", str(engine_gallery), *RUN_SETS])
     assert done.exit_code == 0, done.output
     assert out in done.output
     report = storage.read_bytes(storage.join(out, "run_report.json")).decode()
@@ -259,8 +260,7 @@ def test_a_run_killed_mid_write_resumes_to_the_same_bytes(
 
     out = f"s3://{bucket}/maps-killed.zarr"
     args = ["run", s3_archive, "--out", out, "--backend", "local", "--gallery",
-            str(engine_gallery), "--set", "partition_chips=4", "--set", "window=2",
-            "--set", "halo=64"]
+            str(engine_gallery), *RUN_SETS]
     faults.fail("PUT", r"maps-killed\.zarr/.*/c/", 10_000, delay_s=0.3)
     with started([str(BIN / "resflow"), *args], tmp_path / "killed.log") as proc:
         wait_until(lambda: chips_done(out) >= 1, "a first chip", proc)

@@ -16,6 +16,7 @@ from resflow.config import RunConfig
 from resflow.executor import Executor, TaskEnv
 from resflow.graph import run_graph
 from resflow.local import LocalExecutor
+from tests.fixtures_data import SHORT_HALO
 from tests.fixtures_engines import ON_SHARED_SESSION, build_engine
 
 
@@ -85,7 +86,7 @@ def test_a_run_counts_up_to_its_planned_chips_and_area(
         caplog: pytest.LogCaptureFixture) -> None:
     config = RunConfig(archive=cropped_archive, out=tmp_path / "maps.zarr", backend="local",
                        gallery=engine_gallery, device="cpu", partition_chips=4, window=2,
-                       halo=64)
+                       halo=SHORT_HALO)
     with caplog.at_level(logging.INFO, logger="resflow"):
         result = run_graph(config, LocalExecutor(gpus=[], progress=True))
     records = progress_records(caplog)

@@ -38,23 +38,23 @@ def batch_sweep(data: Preloaded, archive: Archive, gallery: Gallery, device: tor
 
         autocast = str(autocast_dtype(torch.cuda.get_device_capability(device)))
         precisions = {autocast.removeprefix("torch."): nullcontext, "float32": cuda_float32}
+    scale = reference_scale(data.refs, archive)
     points = []
     for size in options.batch_sizes:
         for precision, context in precisions.items():
             with context():
                 points.append({"precision": precision,
-                               **_point(data, archive, gallery, device, options, size, precision)})
+                               **_point(data, scale, gallery, device, options, size, precision)})
     return points
 
 
-def _point(data: Preloaded, archive: Archive, gallery: Gallery, device: torch.device,
+def _point(data: Preloaded, scale: float, gallery: Gallery, device: torch.device,
            options: CheckOptions, size: int, precision: str) -> dict[str, Any]:
     """One point of the sweep: ``size`` windows a call, ``options.repeats`` timed passes."""
     import torch
 
     from benchmarks.engine_study.limit import one_pass, summarise_passes, warm_up
 
-    scale = reference_scale(data.refs, archive)
     warm_up(data, gallery, device, size)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

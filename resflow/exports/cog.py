@@ -11,7 +11,7 @@ out as a COG by GDAL.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -73,23 +73,18 @@ def aux_file(cog: Path) -> Path:
     return cog.with_name(f"{cog.name}.aux.xml")
 
 
-def group_cog_files(cog_dir: Path | str, group: str,
-                    place: Callable[[Path | str, str], Path] = lambda d, n: Path(d) / n
-                    ) -> list[Path]:
-    """The files :func:`export_cogs` writes into ``cog_dir`` for one scene group: the
-    probability COG, the mask COG and the mask's ``.aux.xml``, each at ``place(cog_dir,
-    name)``."""
+def group_cog_names(group: str) -> list[str]:
+    """The names of the files :func:`export_cogs` writes for one scene group: the
+    probability COG, the mask COG and the mask's ``.aux.xml``."""
     names = cog_names(group)
-    mask = place(cog_dir, names["mask"])
-    return [place(cog_dir, names["probability"]), mask, aux_file(mask)]
+    return [names["probability"], names["mask"], aux_file(Path(names["mask"])).name]
 
 
 def cog_files(store: OutputStore, cog_dir: Path | str) -> list[Path]:
-    """Every file :func:`export_cogs` writes into ``cog_dir``, each scene's
-    (:func:`group_cog_files`) refused if its group name would leave the folder."""
-    return [path for scene in scene_gsd_m(store)
-            for path in group_cog_files(cog_dir, store.groups[scene],
-                                        lambda d, n: scene_file(d, n, store))]
+    """Every file :func:`export_cogs` writes into ``cog_dir``, refused if a group name
+    would leave the folder."""
+    return [scene_file(cog_dir, name, store) for scene in scene_gsd_m(store)
+            for name in group_cog_names(store.groups[scene])]
 
 
 

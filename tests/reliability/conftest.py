@@ -17,13 +17,12 @@ import yaml
 from resflow.config import IngestConfig, RunConfig
 from resflow.ingestion import ingest
 from resflow.samples import sample_path
+from tests.fixtures_data import SHORT_HALO
 
 PARTITION_CHIPS = 4
 WINDOW = 2
 """2 x 2-chip prediction windows, so the 36-chip scene runs as 9 tasks and a run can be
 stopped part-way."""
-HALO = 64
-"""Half the default: these tests are about what survives a fault, not about context."""
 
 
 @pytest.fixture(scope="session")
@@ -39,12 +38,13 @@ def small_archive(cropped_sources: Path, tmp_path_factory: pytest.TempPathFactor
 @pytest.fixture(scope="session")
 def run_config_file(engine_gallery: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A YAML run config: the engine gallery, CPU, 4-chip partitions of 2 x 2-chip prediction
-    windows (9 tasks, so a run can be stopped part-way) with a halo of :data:`HALO`, 2
+    windows (9 tasks, so a run can be stopped part-way) with a halo of
+    :data:`~tests.fixtures_data.SHORT_HALO`, 2
     embedded workers."""
     path = tmp_path_factory.mktemp("reliability-config") / "run.yaml"
     path.write_text(yaml.safe_dump({
         "gallery": str(engine_gallery), "device": "cpu", "partition_chips": PARTITION_CHIPS,
-        "window": WINDOW, "halo": HALO,
+        "window": WINDOW, "halo": SHORT_HALO,
         "dask": {"workers": 2, "dashboard_address": "127.0.0.1:0"},
         "spark": {"master": "local[2]"},
     }))
@@ -61,6 +61,7 @@ def reference_maps(small_archive: Path, engine_gallery: Path,
 
     out = tmp_path_factory.mktemp("reliability-reference") / "clean.zarr"
     config = RunConfig(archive=small_archive, gallery=engine_gallery, out=out, backend="local",
-                       device="cpu", partition_chips=PARTITION_CHIPS, window=WINDOW, halo=HALO)
+                       device="cpu", partition_chips=PARTITION_CHIPS, window=WINDOW,
+                       halo=SHORT_HALO)
     run_graph(config, LocalExecutor(gpus=[], progress=False))
     return maps(out)
