@@ -53,12 +53,80 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.slow)
         if no_java and item.get_closest_marker("spark"):
             item.add_marker(pytest.mark.skip(reason=no_java))
-    # Longest files first: those of whole runs in subprocesses (every test slow), then by
-    # their number of slow, Spark and S3 tests. `make test`'s two workers take whole files
-    # in this order (--no-loadscope-reorder), so no long file starts last and runs alone.
-    costly = Counter(item.path for item in items
+    _check_shared_groups(items)
+    # Longest units first: files of whole runs in subprocesses (every test slow), then by
+    # their number of slow, Spark and S3 tests. `make test`'s two workers take whole units
+    # in this order (--no-loadscope-reorder), so no long unit starts last and runs alone.
+    costly = Counter(_unit(item.nodeid) for item in items
                      if any(item.get_closest_marker(m) for m in ("slow", "spark", "s3")))
-    items.sort(key=lambda item: (not _slow_module(item), -costly[item.path]))
+    items.sort(key=lambda item: (not _slow_module(item), -costly[_unit(item.nodeid)]))
+
+
+SHARED_GROUPS = {
+    "engines": ("test_api.py", "test_executor_contract.py", "test_graph_backends.py",
+                "test_host_replay.py", "test_object_storage.py", "test_progress.py",
+                "test_spark_gpu.py"),
+    "mapped": ("test_api_steps.py", "test_eval.py", "test_export.py", "test_seams.py",
+               "test_stac.py", "test_view.py"),
+}
+"""Test files that run on one pytest-xdist worker because they share a costly session
+fixture: the Spark session and Dask cluster (``engines``), the mapped samples (``mapped``).
+Each worker is a session of its own, so files split over two workers make it twice. The
+scheduler sees test ids only, hence a table; collection checks it against the fixtures the
+files really use (:func:`_check_shared_groups`)."""
+
+ENGINE_FIXTURES = {"spark_session", "dask_client", "test_graph_backends.py::runs"}
+"""Fixtures on the session's shared Spark session or Dask cluster (a module's own as
+``file::name``); ``build_engine`` asks for them too."""
+
+_GROUP_OF_FILE = {name: group for group, names in SHARED_GROUPS.items() for name in names}
+
+
+def _unit(nodeid: str) -> str:
+    """What one worker runs whole: the test's file, or its file's shared group."""
+    path = nodeid.split("::", 1)[0]
+    return _GROUP_OF_FILE.get(path.rsplit("/", 1)[-1], path)
+
+
+def _shared_group(item: pytest.Item) -> str | None:
+    """The :data:`SHARED_GROUPS` name whose fixture ``item`` uses, if any."""
+    from tests import fixtures_engines
+
+    names = set(getattr(item, "fixturenames", ()))
+    names |= {f"{item.path.name}::{n}" for n in names}
+    module = getattr(item, "module", None)
+    if names & ENGINE_FIXTURES or getattr(module, "build_engine", None) is \
+            fixtures_engines.build_engine:
+        return "engines"
+    return "mapped" if "mapped_samples" in names else None
+
+
+def _check_shared_groups(items: list[pytest.Item]) -> None:
+    """Refuse a :data:`SHARED_GROUPS` table that no longer matches the files' fixtures."""
+    used: dict[str, str | None] = {}
+    for item in items:
+        group = _shared_group(item)
+        if used.get(item.path.name) is None:
+            used[item.path.name] = group
+    for name, group in used.items():
+        if _GROUP_OF_FILE.get(name) != group:
+            raise pytest.UsageError(
+                f"tests/conftest.py: {name} uses the fixtures of group {group!r} but "
+                f"SHARED_GROUPS puts it in {_GROUP_OF_FILE.get(name)!r}; move it there")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own choice of scheduler
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """``--dist loadfile`` hands out whole files, the files of a shared group as one unit."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedFixtureScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(nodeid)
+
+    return SharedFixtureScheduling(config, log)
 
 
 def _slow_module(item: pytest.Item) -> bool:

@@ -22,6 +22,7 @@ from benchmarks.gpu_check.wheels import (
     unmet_requirements,
 )
 from resflow.archive import Archive
+from tests.fixtures_data import SHORT_HALO
 
 
 @pytest.mark.slow
@@ -31,7 +32,8 @@ def test_the_check_runs_on_the_cpu_and_writes_its_summary(cropped_archive: Path,
     code = main(["run", "--archive", str(cropped_archive), "--out", str(out),
                  "--logs", str(tmp_path / "logs"), "--device", "cpu", "--quick",
                  "--engines", "nothing", "--batch-sizes", "1,2",
-                 "--compare-chips", "2", "--sweep-chips", "3", "--large-run-chips", "30"])
+                 "--compare-chips", "2", "--sweep-chips", "3", "--large-run-chips", "30",
+                 "--halo", str(SHORT_HALO), "--window", "2"])
     summary = json.loads((out / "gpu-check.json").read_text())
     assert code == 1  # the unknown engine fails its runs; every step still ran
     assert all(step["status"] == "ok" for step in summary["steps"].values())
@@ -70,7 +72,7 @@ def test_the_check_runs_on_the_cpu_and_writes_its_summary(cropped_archive: Path,
     assert large["status"] == "ok" and large["chips"] == 2 * chips and len(large["runs"]) == 1
     assert "--backend dask" in large["command"] and "--device cpu" in large["command"]
     assert "--batch-size 8" in large["command"]
-    assert "--set halo=128 --set window=4" in large["command"]  # what the stages ran
+    assert f"--set halo={SHORT_HALO} --set window=2" in large["command"]  # what stages ran
     assert large["km2_per_s"] == pytest.approx(large["km2"] / large["report_wall_s"])
     assert summary["engines"]["nothing"]["status"] == "failed"
     assert "nothing" in summary["engines"]["nothing"]["error"]

@@ -24,6 +24,7 @@ from resflow.config import RunConfig
 from resflow.plugins import engine_models
 from resflow.store.writer import OutputStore
 from tests import processes
+from tests.fixtures_data import SHORT_HALO
 from tests.processes import BIN, free_port, port_open, wait_until
 
 pytestmark = pytest.mark.slow  # clusters of processes started apart, and whole runs on them
@@ -39,9 +40,10 @@ def started(cmd: list[str], log: Path) -> Iterator[subprocess.Popen]:
 
 
 def resflow_run(archive: Path, gallery: Path, out: Path, *flags: str) -> str:
+    """``resflow run`` to its end (with the tests' short halo), its summary line."""
     done = subprocess.run([str(BIN / "resflow"), "run", str(archive), "--gallery", str(gallery),
-                           "--out", str(out), *flags], capture_output=True, text=True,
-                          env=LOCAL, timeout=300)
+                           "--out", str(out), "--set", f"halo={SHORT_HALO}", *flags],
+                          capture_output=True, text=True, env=LOCAL, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout.strip().splitlines()[-1]
 

@@ -221,7 +221,8 @@ def test_a_gallery_in_the_bucket_is_read_through_a_verified_local_copy(
 def test_train_and_gallery_show_read_an_archive_and_a_gallery_by_url(
         bucket: str, tiny_archive: Path, tmp_path: Path) -> None:
     """``resflow train`` reads its archive from the bucket and writes the gallery to local
-    disk; ``resflow gallery show`` reads that gallery back from the bucket."""
+    disk; ``resflow gallery show`` reads that gallery back from the bucket, prints its test
+    scores and draws its mosaic."""
     import fsspec
 
     fs = fsspec.filesystem("s3", skip_instance_cache=True)
@@ -239,6 +240,7 @@ def test_train_and_gallery_show_read_an_archive_and_a_gallery_by_url(
     shown = runner.invoke(app, ["gallery", "show", f"s3://{bucket}/gallery-trained",
                                 "--archive", archive, "--out", str(png)])
     assert shown.exit_code == 0, shown.output
+    assert "ensemble" in shown.output and "pixel_iou" in shown.output  # the test scores
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -61,15 +61,6 @@ def test_same_seed_same_gallery(trained, sample_archive, tmp_path):
     assert again.manifest["buckets"] == trained.manifest["buckets"]
 
 
-def test_gallery_show_prints_scores_and_writes_a_mosaic(trained, sample_archive, tmp_path):
-    png = tmp_path / "mosaic.png"
-    result = CliRunner().invoke(app, ["gallery", "show", str(trained.path), "--archive",
-                                      str(sample_archive), "--out", str(png)])
-    assert result.exit_code == 0, result.output
-    assert "ensemble" in result.output and "pixel_iou" in result.output
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
 def test_cli_refusals_are_one_line_and_exit_2(sample_archive, tmp_path):
     runner = CliRunner()
     bad = runner.invoke(app, ["train", str(sample_archive), "--labels", str(LABELS),
@@ -140,9 +131,11 @@ def test_training_refuses_a_label_file_of_a_missing_scene(sample_archive, tmp_pa
 
 
 def test_a_saved_gallery_scores_as_its_training_did(trained, sample_archive):
-    """evaluate_gallery rebuilds routing and models from the files: same test scores."""
+    """evaluate_gallery rebuilds routing and models from the files: same test scores, in
+    the windows the training scored."""
     metrics = json.loads((trained.path / "metrics.json").read_text())
-    again = evaluate_gallery(sample_archive, [LABELS], trained.path, sweep=(0.0,))
+    windows = {key: TINY[key] for key in ("window", "window_halo")}
+    again = evaluate_gallery(sample_archive, [LABELS], trained.path, sweep=(0.0,), **windows)
     assert again["test"] == metrics["test"]
     assert again["test_chips_served_by"] == metrics["test_chips_served_by"]
     assert set(again["min_building_sweep"]["0"]["test"]) == {"ensemble", "mono"}
