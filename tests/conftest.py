@@ -115,7 +115,7 @@ def _check_shared_groups(items: list[pytest.Item]) -> None:
                 f"SHARED_GROUPS puts it in {_GROUP_OF_FILE.get(name)!r}; move it there")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own choice of scheduler
+@pytest.hookimpl(tryfirst=True, optionalhook=True)  # before xdist picks; without xdist: unused
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
     """``--dist loadfile`` hands out whole files, the files of a shared group as one unit."""
     if config.getvalue("dist") != "loadfile":
