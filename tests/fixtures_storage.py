@@ -54,3 +54,13 @@ def faults(s3: FaultyS3) -> Iterator[FaultyS3]:
     s3.clear()
     yield s3
     s3.clear()
+
+
+@pytest.fixture
+def no_s3_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test runs without the session's AWS credentials in the environment. For modules
+    that read no bucket yet call rasterio many times: while credentials are set, each such
+    call builds a boto3 session inside rasterio (12-30 ms, however the caller sets up its
+    GDAL environment), which is most of a vectorisation test's time."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)

@@ -46,6 +46,8 @@ from resflow.training.metrics import (
     score_scene,
 )
 
+pytestmark = pytest.mark.usefixtures("no_s3_credentials")  # reads no bucket
+
 runner = CliRunner()
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -44,6 +44,8 @@ from resflow.store.reader import SceneMaps, scene_gsd_m
 from resflow.store.writer import OutputStore
 from tests.synthetic_stores import EMPTY_CHIP, MODELS, RUN, write_blobs
 
+pytestmark = pytest.mark.usefixtures("no_s3_credentials")  # reads no bucket
+
 
 @pytest.fixture(scope="module")
 def mapped(mapped_samples: Path) -> OutputStore:

@@ -13,6 +13,8 @@ from rasterio.warp import transform_geom
 from resflow.errors import InputError
 from resflow.training.labels import load_labels, rasterise
 
+pytestmark = pytest.mark.usefixtures("no_s3_credentials")  # reads no bucket
+
 ATLANTA = Path(__file__).parents[1] / "resflow/samples/data/spacenet-atlanta"
 GEOJSON = ATLANTA / "geotiff_labels.geojson"
 
