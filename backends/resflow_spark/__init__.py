@@ -6,7 +6,8 @@ carry a stage-level ``ResourceProfile`` asking a fractional ``gpu`` per task, an
 reads its device from ``TaskContext.get().resources()["gpu"].addresses``. Under ``local[N]``
 Spark schedules no GPUs, so the tasks of a GPU stage are spread over the driver's GPUs by
 partition instead (``SparkConfig.gpus``). Python workers are reused
-(``spark.python.worker.reuse``) so the per-process model cache lives across tasks.
+(``spark.python.worker.reuse``) so the per-process model cache lives across tasks, and are
+forked from a daemon that has imported the task code once (:mod:`resflow_spark.daemon`).
 
 pyspark is imported only when an executor is built, so resflow reads this engine's settings
 and flags (:mod:`resflow_spark.settings`) without it.
@@ -100,6 +101,7 @@ def _build_session(config: SparkConfig) -> SparkSession:
         .appName("resflow")
         .config("spark.task.maxFailures", str(config.task_max_failures))
         .config("spark.python.worker.reuse", "true")
+        .config("spark.python.daemon.module", "resflow_spark.daemon")
         .config("spark.ui.showConsoleProgress", "false")
     )
     python = executor_python(config)

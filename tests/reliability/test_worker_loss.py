@@ -38,8 +38,8 @@ pytestmark = pytest.mark.slow  # whole runs in subprocesses, killed and recovere
 VICTIMS = {
     # Dask's nanny runs each worker as a multiprocessing child of the driver
     "dask": ("spawn_main", ["--backend", "dask"]),
-    # Spark's Python workers are forked by the pyspark.daemon process, one per task slot
-    "spark": ("pyspark.daemon", ["--backend", "spark", "--spark-master", "local[2]"]),
+    # Spark's Python workers are forked by resflow's daemon process, one per task slot
+    "spark": ("resflow_spark.daemon", ["--backend", "spark", "--spark-master", "local[2]"]),
 }
 RECOVERED = {"dask": "Restarting worker", "spark": "Lost task"}
 """What each engine logs when it recovers from the kill: proof the kill hit the run. Spark logs
