@@ -72,8 +72,8 @@ SHARED_GROUPS = {
 """Test files that run on one pytest-xdist worker because they share a costly session
 fixture: the Spark session and Dask cluster (``engines``), the mapped samples (``mapped``).
 Each worker is a session of its own, so files split over two workers make it twice. The
-scheduler sees test ids only, hence a table; collection checks it against the fixtures the
-files really use (:func:`_check_shared_groups`)."""
+scheduler sees test ids only, hence a table; collection checks that every file using the
+fixtures is in it (:func:`_check_shared_groups`)."""
 
 ENGINE_FIXTURES = {"spark_session", "dask_client", "test_graph_backends.py::runs"}
 """Fixtures on the session's shared Spark session or Dask cluster (a module's own as
