@@ -41,7 +41,7 @@ from resflow.redaction import MASK, redact, redact_text
 from resflow.report import ClusterShape, RunReport
 from resflow.samples import sample_path
 from resflow.store.writer import OutputStore
-from tests.fixtures_data import ATLANTA_LABELS
+from tests.fixtures_data import ATLANTA_LABELS, SHORT_HALO
 from tests.objectstore import FaultyS3
 
 PLANTED = "planted-s3cr3t-9f2c"
@@ -218,7 +218,7 @@ def test_a_planted_or_shared_cache_folder_is_refused(gallery_bucket: str, privat
 # --- a real small run with planted secrets --------------------------------------------------
 
 @pytest.fixture(scope="module")
-def secret_run(sample_archive: Path, engine_gallery: Path,
+def secret_run(cropped_archive: Path, engine_gallery: Path,
                tmp_path_factory: pytest.TempPathFactory) -> dict:
     """``resflow run`` on the local engine, its config planting a secret in every setting
     that takes one: the Spark section's ``conf`` (kept in the run config whatever the
@@ -229,9 +229,10 @@ def secret_run(sample_archive: Path, engine_gallery: Path,
         "spark": {"master": f"k8s://https://admin:{PLANTED}@k8s.example:6443",
                   "conf": SECRET_CONF},
         "dask": {"scheduler_address": f"tls://user:{PLANTED}@scheduler.example:8786"},
+        "halo": SHORT_HALO,
     }))
     out = folder / "maps.zarr"
-    done = CliRunner().invoke(app, ["run", str(sample_archive), "--out", str(out),
+    done = CliRunner().invoke(app, ["run", str(cropped_archive), "--out", str(out),
                                     "--backend", "local", "--gallery", str(engine_gallery),
                                     "--config", str(config), "--device", "cpu"])
     assert done.exit_code == 0, done.output
@@ -262,11 +263,11 @@ def test_secrets_reach_no_report_attribute_or_message_of_a_real_run(secret_run: 
 
 @pytest.mark.slow
 def test_a_resumed_run_with_the_same_secrets_is_accepted(secret_run: dict,
-                                                         sample_archive: Path,
+                                                         cropped_archive: Path,
                                                          engine_gallery: Path) -> None:
     """The store keeps settings masked, and resuming compares them masked: the same
     settings, secrets included, resume the same output."""
-    config = RunConfig(archive=sample_archive, out=secret_run["out"], gallery=engine_gallery,
+    config = RunConfig(archive=cropped_archive, out=secret_run["out"], gallery=engine_gallery,
                        backend="local", resume=True,
                        **yaml.safe_load(secret_run["config"].read_text()))
     from resflow.store.targets import OutputComplete
@@ -276,14 +277,14 @@ def test_a_resumed_run_with_the_same_secrets_is_accepted(secret_run: dict,
 
 
 @pytest.mark.slow
-def test_the_library_logs_no_secret(sample_archive: Path, engine_gallery: Path,
+def test_the_library_logs_no_secret(cropped_archive: Path, engine_gallery: Path,
                                     tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     import resflow
 
     caplog.set_level(logging.DEBUG)
     out = tmp_path / "maps.zarr"
-    report = resflow.run(sample_archive, out, backend="local", gallery=engine_gallery,
-                         device="cpu", progress=False,
+    report = resflow.run(cropped_archive, out, backend="local", gallery=engine_gallery,
+                         device="cpu", progress=False, halo=SHORT_HALO,
                          spark={"conf": SECRET_CONF,
                                 "master": f"k8s://https://admin:{PLANTED}@k8s.example:6443"})
     no_secret(caplog.text, json.dumps(report.to_dict()), report.summary_line(),

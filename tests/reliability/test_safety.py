@@ -20,6 +20,7 @@ from resflow.config import RunConfig
 from resflow.ingestion import ingest
 from resflow.samples import sample_path
 from resflow.store.writer import OutputStore
+from tests.fixtures_data import SHORT_HALO
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = sorted([*(ROOT / "resflow").rglob("*.py"), *(ROOT / "backends").rglob("*.py"),
@@ -70,7 +71,7 @@ def test_hostile_file_names_cannot_escape_the_output(engine_gallery: Path, cropp
     assert result.ok and len(result.ingested) == len(HOSTILE), result
     before = {p for p in tmp_path.rglob("*") if not p.is_relative_to(out)}
     config = RunConfig(archive=archive, gallery=engine_gallery, out=out, backend="local",
-                       device="cpu", partition_chips=8)
+                       device="cpu", partition_chips=8, halo=SHORT_HALO)
     run_graph(config, LocalExecutor(gpus=[], progress=False))
     after = {p for p in tmp_path.rglob("*") if not p.is_relative_to(out)}
     assert after - before == {out.parent}, "the run wrote outside its output directory"
