@@ -32,9 +32,14 @@ SLOW_FIXTURES = {"trained_gallery", "mapped_samples"}
 """Session fixtures of many seconds on 2 cores: a training, and a run over the whole samples."""
 
 
-def _on_spark(item: pytest.Item) -> bool:
+def _fixture_names(item: pytest.Item) -> set[str]:
+    """The fixtures ``item`` uses, each also as ``file::name`` (a module's own fixture)."""
     names = set(getattr(item, "fixturenames", ()))
-    if names & SPARK_FIXTURES or {f"{item.path.name}::{n}" for n in names} & SPARK_FIXTURES:
+    return names | {f"{item.path.name}::{n}" for n in names}
+
+
+def _on_spark(item: pytest.Item) -> bool:
+    if _fixture_names(item) & SPARK_FIXTURES:
         return True
     params = getattr(getattr(item, "callspec", None), "params", {})
     return any(params.get(name) == "spark" for name in ENGINE_PARAMS)
@@ -92,8 +97,7 @@ def _shared_group(item: pytest.Item) -> str | None:
     """The :data:`SHARED_GROUPS` name whose fixture ``item`` uses, if any."""
     from tests import fixtures_engines
 
-    names = set(getattr(item, "fixturenames", ()))
-    names |= {f"{item.path.name}::{n}" for n in names}
+    names = _fixture_names(item)
     module = getattr(item, "module", None)
     if names & ENGINE_FIXTURES or getattr(module, "build_engine", None) is \
             fixtures_engines.build_engine:

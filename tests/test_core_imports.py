@@ -90,3 +90,18 @@ def test_engine_settings_and_flags_without_engines_or_torch(tmp_path) -> None:
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("ok")
+
+
+def test_a_runs_checks_and_catalogue_do_not_import_geopandas() -> None:
+    """``resflow run`` checks its export targets and writes its STAC without GeoPandas
+    (about 0.6 s a command); only footprint files import it."""
+    script = textwrap.dedent("""
+        import sys
+        import resflow.exports, resflow.exports.stac, resflow.preflight, resflow.graph
+        assert "geopandas" not in sys.modules, "imported for a run"
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ok")
