@@ -20,25 +20,20 @@ import json
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 
+from resflow.encoder_file import EMBEDDING_DIM, file_sha256, imagenet_weights_path
 from resflow.errors import GalleryError
-from resflow.models.efficientnet import (
-    EMBEDDING_DIM,
-    EfficientNetLite0,
-    FeatureExtractor,
-    file_sha256,
-    imagenet_weights_path,
-    load_imagenet_lite0,
-)
-from resflow.models.hashing import HashingHead
-from resflow.models.segmentation import BuildingSegmenter, SegmentationDecoder
 from resflow.paths import confined
+
+if TYPE_CHECKING:
+    import torch
+
+    from resflow.models.efficientnet import EfficientNetLite0, FeatureExtractor
+    from resflow.models.hashing import HashingHead
+    from resflow.models.segmentation import BuildingSegmenter, SegmentationDecoder
 
 #: Manifest schema this resflow reads and writes; bump on any incompatible change.
 #: 2: ``resolution.gsd_m``, the working ground resolution the models were trained at.
@@ -143,6 +138,8 @@ class Gallery:
         return self._segmenter(MONO)
 
     def _segmenter(self, name: str) -> BuildingSegmenter:
+        from resflow.models.segmentation import BuildingSegmenter, SegmentationDecoder
+
         if name not in self._segmenters:
             decoder = SegmentationDecoder()
             decoder.load_state_dict(self._weights(name), strict=True)
@@ -151,20 +148,28 @@ class Gallery:
 
     @cached_property
     def _encoder(self) -> EfficientNetLite0:
+        from resflow.models.efficientnet import load_imagenet_lite0
+
         return load_imagenet_lite0(verify=False)  # its sha256 was checked against the manifest
 
     @cached_property
     def _feature_extractor(self) -> FeatureExtractor:
+        from resflow.models.efficientnet import FeatureExtractor
+
         return FeatureExtractor(self._encoder).eval()
 
     @cached_property
     def _hashing_head(self) -> HashingHead:
+        from resflow.models.hashing import HashingHead
+
         head = HashingHead(**self.manifest["models"][HEAD]["config"])
         head.load_state_dict(self._weights(HEAD), strict=True)
         return head.eval()
 
     def _weights(self, model: str) -> dict[str, torch.Tensor]:
         # Re-read and re-check at build time so the bytes loaded are the bytes verified.
+        from safetensors.torch import load as load_safetensors
+
         file = self.manifest["models"][model]["file"]
         return load_safetensors(_verified_bytes(self.path, file, self.manifest["files"][file]))
 
@@ -194,6 +199,9 @@ def write_gallery(out: Path | str, *, bucket_codes: np.ndarray, buckets: list[di
         Provenance merged into the manifest: ``training`` (config), ``seed``, ``data``,
         ``metrics``, ``normalisation``.
     """
+    import torch
+    from safetensors.torch import save as save_safetensors
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if MONO not in decoders:

@@ -1,5 +1,6 @@
 """The core imports, and lists backends, with dask, distributed and pyspark unimportable; the
-CLI and config validation (engine sections and flags included) import none of them, nor torch.
+CLI and config validation (engine sections and flags included) import none of them, nor torch;
+a cluster run's driver imports no torch.
 """
 
 from __future__ import annotations
@@ -99,6 +100,31 @@ def test_a_runs_checks_and_catalogue_do_not_import_geopandas() -> None:
         import sys
         import resflow.exports, resflow.exports.stac, resflow.preflight, resflow.graph
         assert "geopandas" not in sys.modules, "imported for a run"
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ok")
+
+
+def test_a_cluster_runs_driver_verifies_its_gallery_without_torch() -> None:
+    """Under Dask or Spark the driver plans, verifies the gallery and starts the engine but
+    never runs a model, so it does not import torch (about 2 s a command); the workers do."""
+    script = textwrap.dedent("""
+        import sys
+
+        class Blocker:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "torch":
+                    raise ImportError(f"{name} is blocked for this test")
+                return None
+
+        sys.meta_path.insert(0, Blocker())
+        import resflow.graph, resflow.service, resflow.commands.run, resflow_dask, resflow_spark
+        from resflow.inference.caches import load_gallery
+        gallery = load_gallery(None)
+        assert len(gallery.bucket_codes) > 0 and gallery.gsd_m > 0
         print("ok")
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,

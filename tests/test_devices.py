@@ -21,11 +21,10 @@ from resflow.devices import (
     autocast_dtype,
     configure_cuda_once,
     inference_context,
-    physical_gpu,
-    torch_ordinal,
     use_device,
 )
 from resflow.errors import ConfigError, ResflowError
+from resflow.gpu_numbers import physical_gpu, torch_ordinal
 
 CPU = torch.device("cpu")
 META = torch.device("meta")

