@@ -221,9 +221,13 @@ def test_a_gallery_in_the_bucket_is_read_through_a_verified_local_copy(
 def test_train_and_gallery_show_read_an_archive_and_a_gallery_by_url(
         bucket: str, tiny_archive: Path, tmp_path: Path) -> None:
     """``resflow train`` reads its archive from the bucket and writes the gallery to local
-    disk; ``resflow gallery show`` reads that gallery back from the bucket, prints its test
-    scores and draws its mosaic."""
+    disk: the same gallery files, byte for byte, as training on the archive on local disk
+    with the same seed (training is deterministic, wherever its inputs live). ``resflow
+    gallery show`` reads that gallery back from the bucket, prints its test scores and draws
+    its mosaic."""
     import fsspec
+
+    from resflow.training.train import train
 
     fs = fsspec.filesystem("s3", skip_instance_cache=True)
     fs.put(str(tiny_archive), f"{bucket}/tiny.zarr", recursive=True)
@@ -235,6 +239,9 @@ def test_train_and_gallery_show_read_an_archive_and_a_gallery_by_url(
     assert trained.exit_code == 0, trained.output
     manifest = json.loads((tmp_path / "gallery" / "manifest.json").read_text())
     assert manifest["data"]["archive"] == archive
+    local = train(tiny_archive, [ATLANTA_LABELS], tmp_path / "local", seed=0, **TINY_TRAINING)
+    assert manifest["files"] == local.manifest["files"]
+    assert manifest["buckets"] == local.manifest["buckets"]
     fs.put(str(tmp_path / "gallery"), f"{bucket}/gallery-trained", recursive=True)
     png = tmp_path / "mosaic.png"
     shown = runner.invoke(app, ["gallery", "show", f"s3://{bucket}/gallery-trained",
