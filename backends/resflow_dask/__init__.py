@@ -77,6 +77,7 @@ def _embedded_cluster(config: DaskConfig, gpus: list[str], scratch: str) -> tupl
         "dashboard_address": config.dashboard_address,
         "host": "127.0.0.1",
         "local_directory": scratch,
+        "preload": ["resflow_dask.worker_signals"],
     }
     if gpus:
         common["resources"] = {"GPU": 1}

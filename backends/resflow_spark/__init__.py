@@ -251,12 +251,13 @@ class SparkExecutor(Executor):
         return SparkCollection(rdd.setName(stage_key("regroup")), segments)
 
     def collect(self, coll: SparkCollection) -> list[Any]:
+        from resflow_spark.interrupts import cancel_on_interrupt
         from resflow_spark.progress import TaskReports
 
         labels = [stage_key("+".join(seg) or "partitions") for seg in coll.segments]
         self.sc.setJobDescription(" -> ".join(labels))
         reports, self._reports = self._reports, []
-        with TaskReports(reports):
+        with TaskReports(reports), cancel_on_interrupt(self.sc):
             return coll.rdd.collect()
 
     def on_task_done(self, name: str, done: Callable[[int], None]) -> None:
