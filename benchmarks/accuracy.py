@@ -65,8 +65,10 @@ def build_archive(work: Path, gsd: float, chip: int, places: list[Place]) -> Pat
 
 
 def _fold(archive: Path, labels: list[Path], out: Path, scenes: list[str],
-          holdout: list[str], settings: dict[str, Any]) -> dict[str, Any]:
-    """Train one fold's gallery (unless ``out`` already holds it) and score it.
+          holdout: list[str], settings: dict[str, Any],
+          places: dict[str, list[str]]) -> dict[str, Any]:
+    """Train one fold's gallery (unless ``out`` already holds it) and score it. ``places``
+    (the training places' scenes) are what ``bucket_rule="nested"`` holds out in turn.
 
     The scores come from :func:`resflow.training.scoring.evaluate_gallery`, so a fold trained
     earlier is scored again with the current masking, at every ``MIN_AREAS`` value.
@@ -77,7 +79,7 @@ def _fold(archive: Path, labels: list[Path], out: Path, scenes: list[str],
     start = time.perf_counter()
     if not (out / "metrics.json").is_file():
         train(archive, labels, out, seed=0, scenes=scenes or None, holdout=holdout,
-              **settings)
+              places=places, **settings)
     trained = json.loads((out / "metrics.json").read_text())
     metrics = evaluate_gallery(archive, labels, out, scenes=scenes or None,
                                holdout=holdout, sweep=MIN_AREAS, split_sweep=SPLIT_DIPS,
@@ -110,7 +112,8 @@ def lopo(archive: Path, work: Path, jobs: int, settings: dict[str, Any],
         futures = {place: pool.submit(
             _fold, archive, label_files(places), work / f"lopo-{place}",
             [s for p, held in scenes.items() if p != place for s in held], scenes[place],
-            settings) for place in names}
+            settings, {p: held for p, held in scenes.items() if p != place})
+            for place in names}
         for place, future in futures.items():
             folds[place] = future.result()
     rows = [_row(place, kind, folds[place]["test"][kind])
@@ -149,7 +152,8 @@ def chosen_elsewhere(dips: dict[str, list[dict[str, Any]]]) -> dict[str, dict[st
 def split(archive: Path, work: Path, settings: dict[str, Any],
           places: list[Place]) -> dict[str, Any]:
     """One gallery on the train bands of all places, scored on each place's test band."""
-    metrics = _fold(archive, label_files(places), work / "split", [], [], settings)
+    metrics = _fold(archive, label_files(places), work / "split", [], [], settings,
+                    place_scenes(places))
 
     def rows_of(scored: dict[str, Any]) -> list[dict[str, Any]]:
         return [_row(place, kind, combine([scored["test_scenes"][n][kind] for n in names

@@ -7,7 +7,7 @@ import dataclasses
 import functools
 import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -15,6 +15,8 @@ from resflow.config import MIN_BUILDING_M2, SPLIT_DIP
 from resflow.errors import InputError
 from resflow.training.regions import DEFAULT_FRACTIONS
 from resflow.windows import WINDOW_CHIPS, WINDOW_HALO
+
+BUCKET_RULES = ("validation", "nested")
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,10 @@ class TrainConfig:
     rotations, each also radiometrically jittered
     (:func:`resflow.training.segmentation.encode_training`); off, each chip is encoded once
     as read: 16 times less encoding, for quick trial runs, with models that transfer worse.
+    ``bucket_rule`` decides whether a bucket keeps its own decoder: ``validation`` if it
+    beats mono on the bucket's validation chips, which come from the places it trained on;
+    ``nested`` if it beats mono on places it did not train on, by a leave-one-place-out
+    inside the training places (:mod:`resflow.training.nested`).
     """
 
     seed: int = 0
@@ -61,8 +67,12 @@ class TrainConfig:
     split_dip: float = SPLIT_DIP
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
     augment: bool = True
+    bucket_rule: Literal["validation", "nested"] = "validation"
 
     def __post_init__(self) -> None:
+        if self.bucket_rule not in BUCKET_RULES:
+            raise InputError("bucket_rule", f"{self.bucket_rule!r} is not a bucket rule",
+                             f"use one of {list(BUCKET_RULES)}")
         if self.context < 0 or self.context % 32:
             raise InputError("context", f"{self.context} pixels is not a multiple of 32, the "
                              "encoder's deepest stride", "use 0, 32, 64 or another multiple")

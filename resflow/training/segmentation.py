@@ -153,17 +153,21 @@ def chip_maps(encoder: EfficientNetLite0, images: torch.Tensor, context: int,
     return cut
 
 
-def positive_weight(data: Encoded) -> float:
-    """Square root of the negative/positive ratio of the scored pixels, capped at
-    :data:`MAX_POS_WEIGHT`.
+def positive_weight(data: Encoded, rows: np.ndarray | None = None) -> float:
+    """Square root of the negative/positive ratio of the scored pixels (of chips ``rows``
+    only, when given), capped at :data:`MAX_POS_WEIGHT`.
 
     The full ratio, on top of the Dice term, made maps too fat: neighbouring roofs merged
     into one footprint. The square root keeps sparse buildings from being ignored without
     that bias.
     """
-    scored = (data.weight > 0).float()
-    pos = float((data.target * scored).sum())
-    neg = float(((1 - data.target) * scored).sum())
+    target, weight = data.target, data.weight
+    if rows is not None:
+        index = torch.as_tensor(rows, dtype=torch.long)
+        target, weight = target[:, index], weight[:, index]
+    scored = (weight > 0).float()
+    pos = float((target * scored).sum())
+    neg = float(((1 - target) * scored).sum())
     return float(min(MAX_POS_WEIGHT, max(1.0, (neg / max(pos, 1.0)) ** 0.5)))
 
 
@@ -187,9 +191,10 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
 
 
 def train_decoder(train: Encoded, validation: Encoded | None, *,
-                  init: SegmentationDecoder | None = None, steps: int = 200,
-                  batch: int = 4, lr: float = 1e-3, eval_every: int = 25, patience: int = 0,
-                  seed: int = 0, desc: str = "decoder") -> tuple[SegmentationDecoder, dict]:
+                  init: SegmentationDecoder | None = None, rows: np.ndarray | None = None,
+                  steps: int = 200, batch: int = 4, lr: float = 1e-3, eval_every: int = 25,
+                  patience: int = 0, seed: int = 0,
+                  desc: str = "decoder") -> tuple[SegmentationDecoder, dict]:
     """Train one decoder on pre-encoded chips; keep the best checkpoint on validation.
 
     The checkpoint kept is the one with the lowest validation loss, evaluated every
@@ -203,6 +208,9 @@ def train_decoder(train: Encoded, validation: Encoded | None, *,
         From :func:`encode_training`; without validation the last step is kept.
     init
         Decoder to fine-tune (copied, never modified); a fresh one when ``None``.
+    rows
+        Train on these chips of ``train`` only (indices; all when ``None``): a subset
+        without copying the encoder maps, as nested bucket decisions train many.
     steps, batch, lr
         Adam steps, chips per step, learning rate.
     patience
@@ -220,17 +228,19 @@ def train_decoder(train: Encoded, validation: Encoded | None, *,
     torch.manual_seed(seed)
     decoder = copy.deepcopy(init) if init is not None else SegmentationDecoder()
     generator = torch.Generator().manual_seed(seed)
-    pos_weight = positive_weight(train)
+    pos_weight = positive_weight(train, rows)
+    chosen = torch.as_tensor(rows if rows is not None else np.arange(len(train)),
+                             dtype=torch.long)
     optimiser = torch.optim.Adam(decoder.parameters(), lr=lr)
     initial = evaluate_loss(decoder, validation, pos_weight) if validation is not None else None
     # A fine-tune starts from its init's own validation loss, so it never ends worse than it.
     start = initial if initial is not None and init is not None else float("inf")
     best = (start, 0, copy.deepcopy(decoder.state_dict()))
-    n_aug, n = train.target.shape[:2]
+    n_aug, n = train.target.shape[0], len(chosen)
     for step in tqdm(range(1, steps + 1), desc=desc, leave=False):
         decoder.train()
         aug = int(torch.randint(n_aug, (1,), generator=generator))
-        idx = torch.randperm(n, generator=generator)[:batch]
+        idx = chosen[torch.randperm(n, generator=generator)[:batch]]
         logits = _decode(decoder, [m[idx] for m in train.maps[aug]], train.size)
         loss = loss_fn(logits, train.target[aug, idx], train.weight[aug, idx], pos_weight)
         optimiser.zero_grad()

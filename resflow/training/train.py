@@ -3,9 +3,10 @@
 ``train`` runs the whole offline pipeline: Lite0 features of the training chips ->
 k-means buckets and the hashing head, fitted on training chips only -> the mono decoder on
 the train region of every labelled scene -> a decoder fine-tuned from mono for each bucket,
-kept only where it beats mono on that bucket's own validation chips -> scores on the test
-chips for the bucket ensemble and mono side by side -> the gallery and its
-``metrics.json``.
+kept only where it beats mono on that bucket's own validation chips (or, with
+``bucket_rule="nested"``, on training places held out: :mod:`resflow.training.nested`) ->
+scores on the test chips for the bucket ensemble and mono side by side -> the gallery and
+its ``metrics.json``.
 
 Test chips are either a spatial band of every labelled scene (:mod:`resflow.training.regions`)
 or, with ``holdout``, whole scenes the models never see (a held-out place). Routing and
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from resflow.training.config import TrainConfig
 from resflow.training.determinism import CPU, deterministic
 from resflow.training.gaps import gap_weight, separated
 from resflow.training.labels import Labels, load_labels
+from resflow.training.nested import nested_decisions
 from resflow.training.regions import Chips, region_rows, split_regions
 from resflow.training.scoring import evaluate
 from resflow.training.segmentation import (
@@ -60,7 +62,7 @@ NORMALISATION = (
 
 def train(archive_path: Path | str, labels: Sequence[Path | str], out: Path | str, *,
           seed: int = 0, scenes: Sequence[str] | None = None, holdout: Sequence[str] = (),
-          **settings: Any) -> Gallery:
+          places: Mapping[str, Sequence[str]] | None = None, **settings: Any) -> Gallery:
     """Train a gallery and write it, with ``metrics.json``, to ``out``.
 
     With ``holdout``, the other scenes split into train and validation bands only. Chip
@@ -92,6 +94,9 @@ def train(archive_path: Path | str, labels: Sequence[Path | str], out: Path | st
         scenes then split into train and validation bands by ``fractions[:2]``. Without
         holdout scenes, ``fractions=(0.8, 0.2, 0.0)`` trains on every labelled scene with
         no test band (a gallery for production, scored by a study beforehand).
+    places
+        Place name -> its scenes, for ``bucket_rule="nested"``, which holds out one
+        training place at a time; a scene not listed is a place of its own.
     **settings
         Any other :class:`TrainConfig` field (``buckets``, ``mono_steps`` ...).
 
@@ -108,11 +113,12 @@ def train(archive_path: Path | str, labels: Sequence[Path | str], out: Path | st
     config = TrainConfig(seed=seed, **settings)
     with deterministic():
         return _train(Archive.open(archive_path), [load_labels(p) for p in labels], Path(out),
-                      config, scenes, list(holdout))
+                      config, scenes, list(holdout), places or {})
 
 
 def _train(archive: Archive, labels: list[Labels], out: Path, config: TrainConfig,
-           scenes: Sequence[str] | None, holdout: list[str]) -> Gallery:
+           scenes: Sequence[str] | None, holdout: list[str],
+           places: Mapping[str, Sequence[str]]) -> Gallery:
     clock = {"started": time.perf_counter()}
     archive.check()  # a damaged scene: one refusal naming its file, before any work
     covers = {lab.path: [name for name, s in archive.scenes.items()
@@ -179,7 +185,18 @@ def _train(archive: Archive, labels: list[Labels], out: Path, config: TrainConfi
     decoders[MONO], history[MONO] = train_decoder(
         train_set, val_set, steps=config.mono_steps, batch=config.batch, lr=config.lr,
         eval_every=config.eval_every, patience=config.patience, seed=config.seed, desc="mono")
-    decisions = [_bucket_decoder(k, data, train_set, val_set, decoders, history, config)
+    nested = None
+    if config.bucket_rule == "nested":
+        place_of = {scene: place for place, names in places.items() for scene in names}
+
+        def place_array(chips: Chips) -> np.ndarray:
+            return np.array([place_of.get(r.scene, r.scene) for r in chips.refs], object)
+
+        nested = nested_decisions(train_set, val_set, place_array(data["train"]),
+                                  place_array(data["validation"]), data["train"].buckets,
+                                  data["validation"].buckets, len(found.codes), config)
+    decisions = [_bucket_decoder(k, data, train_set, val_set, decoders, history, config,
+                                 nested[k] if nested else None)
                  for k in range(len(found.codes))]
     clock["decoders"] = time.perf_counter()
 
@@ -237,9 +254,12 @@ def _working_gsd(archive: Archive, scenes: Sequence[str]) -> float:
 
 def _bucket_decoder(k: int, data: dict[str, Chips], train_set: Encoded,
                     val_set: Encoded | None, decoders: dict[str, SegmentationDecoder],
-                    history: dict[str, dict], config: TrainConfig) -> dict[str, Any]:
+                    history: dict[str, dict], config: TrainConfig,
+                    nested: dict[str, Any] | None) -> dict[str, Any]:
     """Fine-tune bucket ``k``'s decoder from mono; keep it only if it beats mono on the
-    bucket's own validation chips. Returns the decision, recorded in the manifest."""
+    bucket's own validation chips, or with ``nested`` (the bucket's
+    :func:`~resflow.training.nested.nested_decisions` result) on training places held out.
+    Returns the decision, recorded in the manifest."""
     name = f"bucket-{k}"
     idx = np.flatnonzero(data["train"].buckets == k)
     val_idx = np.flatnonzero(data["validation"].buckets == k) if val_set else np.zeros(0, int)
@@ -259,6 +279,19 @@ def _bucket_decoder(k: int, data: dict[str, Chips], train_set: Encoded,
     mono_loss = evaluate_loss(decoders[MONO], bucket_val, pos_weight)
     own_loss = evaluate_loss(decoder, bucket_val, pos_weight)
     decision.update(mono_validation_loss=mono_loss, own_validation_loss=own_loss)
+    if nested is not None:
+        decision["nested"] = nested
+        if not nested["keep"]:
+            decision["reason"] = f"mono: on training places held out, {nested['reason']}"
+            return decision
+        if history[name]["best_step"] == 0:  # its weights are still mono's
+            decision["reason"] = ("mono: its fine-tune on every training place never beat "
+                                  "mono on its validation chips")
+            return decision
+        decoders[name] = decoder
+        decision.update(model=name, reason=f"own decoder: on training places held out, "
+                        f"{nested['reason']}")
+        return decision
     if history[name]["best_step"] == 0 or own_loss >= mono_loss:
         decision["reason"] = (f"mono: its fine-tune did not beat mono on its {len(val_idx)} "
                               f"validation chips (loss {own_loss:.4f} vs {mono_loss:.4f})")
