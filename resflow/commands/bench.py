@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
 @exit_2_on_refusal
 def bench_command(
     quick: Annotated[bool, typer.Option(
-        "--quick", help="x4 archive, no sweeps: about 26 minutes on 2 cores")] = False,
+        "--quick", help="x4 archive, no sweeps: about 30 minutes on 2 cores")] = False,
     backend: Annotated[list[str] | None, typer.Option(
         parser=parse_backend, metavar=BACKEND_METAVAR,
         help="an engine to compare side by side (repeatable; default: local, dask and "
