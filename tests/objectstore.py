@@ -1,8 +1,6 @@
 """A real S3-compatible server on loopback (moto's server mode) that can be told to fail.
 
-The server is moto's own S3 WSGI application (S3 alone: moto's all-service dispatcher
-would search its service modules on disk for every request, a third of the server's time)
-behind a small middleware that injects faults:
+The server is moto's own WSGI application behind a small middleware that injects faults:
 the next ``n`` requests matching a method and a key pattern get an HTTP error (503
 ``SlowDown``, 500) or a delay, as a throttled or flaky object store would give them. Every
 request is counted, so tests can see what the store was asked, and the requests being served
@@ -50,11 +48,11 @@ class FaultyS3:
     """moto's S3 on ``127.0.0.1:port``, with faults injected on request."""
 
     def __init__(self, port: int) -> None:
-        from moto.server import create_backend_app
+        from moto.server import DomainDispatcherApplication, create_backend_app
 
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        self._app = create_backend_app("s3")
+        self._app = DomainDispatcherApplication(create_backend_app)
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
         self.requests: Counter[str] = Counter()
