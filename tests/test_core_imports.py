@@ -9,18 +9,33 @@ import subprocess
 import sys
 import textwrap
 
+BLOCKER = textwrap.dedent("""
+    import sys
+
+    class Blocker:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in {blocked!r}:
+                raise ImportError(f"{{name}} is blocked for this test")
+            return None
+
+    sys.meta_path.insert(0, Blocker())
+""")
+"""Prepended to a script: the packages ``blocked`` cannot be imported."""
+
+
+def run_script(body: str, blocked: tuple[str, ...] = ()) -> None:
+    """Run ``body`` in a fresh interpreter, with ``blocked`` unimportable; it must print
+    ``ok``."""
+    script = (BLOCKER.format(blocked=blocked) if blocked else "") + textwrap.dedent(body)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ok")
+
 
 def test_core_imports_without_engines() -> None:
-    script = textwrap.dedent("""
-        import sys, warnings
-
-        class Blocker:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("dask", "distributed", "pyspark"):
-                    raise ImportError(f"{name} is blocked for this test")
-                return None
-
-        sys.meta_path.insert(0, Blocker())
+    run_script("""
+        import warnings
         import resflow, resflow.archive, resflow.ingestion, resflow.chips, resflow.harmonise
         import resflow.samples, resflow.cli
         from resflow.plugins import list_backends
@@ -33,11 +48,7 @@ def test_core_imports_without_engines() -> None:
         assert not any(m.split(".")[0] in ("dask", "distributed", "pyspark")
                        for m in sys.modules)
         print("ok", names)
-    """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("ok")
+    """, blocked=("dask", "distributed", "pyspark"))
 
 
 def test_engine_settings_and_flags_without_engines_or_torch(tmp_path) -> None:
@@ -46,16 +57,7 @@ def test_engine_settings_and_flags_without_engines_or_torch(tmp_path) -> None:
     training settings, while dask, pyspark and torch cannot be imported."""
     config = tmp_path / "run.yaml"
     config.write_text("backend: spark\ndask: {workers: 3}\nspark: {master: 'local[4]'}\n")
-    script = textwrap.dedent(f"""
-        import sys
-
-        class Blocker:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("dask", "distributed", "pyspark", "torch"):
-                    raise ImportError(f"{{name}} is blocked for this test")
-                return None
-
-        sys.meta_path.insert(0, Blocker())
+    run_script(f"""
         import typer
         from typer.testing import CliRunner
         from resflow.cli import app
@@ -86,48 +88,27 @@ def test_engine_settings_and_flags_without_engines_or_torch(tmp_path) -> None:
         assert not any(m.split(".")[0] in ("dask", "distributed", "pyspark", "torch")
                        for m in sys.modules)
         print("ok")
-    """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("ok")
+    """, blocked=("dask", "distributed", "pyspark", "torch"))
 
 
 def test_a_runs_checks_and_catalogue_do_not_import_geopandas() -> None:
     """``resflow run`` checks its export targets and writes its STAC without GeoPandas
     (about 0.6 s a command); only footprint files import it."""
-    script = textwrap.dedent("""
+    run_script("""
         import sys
         import resflow.exports, resflow.exports.stac, resflow.preflight, resflow.graph
         assert "geopandas" not in sys.modules, "imported for a run"
         print("ok")
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("ok")
 
 
 def test_a_cluster_runs_driver_verifies_its_gallery_without_torch() -> None:
     """Under Dask or Spark the driver plans, verifies the gallery and starts the engine but
     never runs a model, so it does not import torch (about 2 s a command); the workers do."""
-    script = textwrap.dedent("""
-        import sys
-
-        class Blocker:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] == "torch":
-                    raise ImportError(f"{name} is blocked for this test")
-                return None
-
-        sys.meta_path.insert(0, Blocker())
+    run_script("""
         import resflow.graph, resflow.service, resflow.commands.run, resflow_dask, resflow_spark
         from resflow.inference.caches import load_gallery
         gallery = load_gallery(None)
         assert len(gallery.bucket_codes) > 0 and gallery.gsd_m > 0
         print("ok")
-    """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("ok")
+    """, blocked=("torch",))
