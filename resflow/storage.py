@@ -285,19 +285,28 @@ def find(location: str, suffixes: frozenset[str]) -> list[str] | None:
                   if PurePosixPath(p).suffix.lower() in suffixes)
 
 
+#: GDAL's HTTP limits for a URL: seconds to connect, seconds one request may take, and
+#: retries (after 1 s, then doubling) of a request that timed out or got a 429 or a 5xx, as
+#: the storage library's (:data:`STORAGE_OPTIONS`). Without them GDAL waits for a stalled
+#: server forever. GDAL's variables of the same names in the environment take precedence.
+GDAL_HTTP_LIMITS = {"GDAL_HTTP_CONNECTTIMEOUT": "10", "GDAL_HTTP_TIMEOUT": "60",
+                    "GDAL_HTTP_MAX_RETRY": "2", "GDAL_HTTP_RETRY_DELAY": "1"}
+
+
 def gdal_options(location: Path | str) -> dict[str, str]:
-    """GDAL settings to read a URL through its own virtual file systems (``/vsis3/``...),
-    from the same standard environment the storage library reads: an S3-compatible
-    endpoint given as ``AWS_ENDPOINT_URL`` becomes GDAL's ``AWS_S3_ENDPOINT`` (GDAL reads the
-    credentials and profile variables itself)."""
-    if isinstance(location, Path) or urlsplit(location).scheme != "s3":
+    """GDAL settings to read a URL through its own virtual file systems (``/vsis3/``...):
+    :data:`GDAL_HTTP_LIMITS`, and from the same standard environment the storage library
+    reads, an S3-compatible endpoint given as ``AWS_ENDPOINT_URL`` as GDAL's
+    ``AWS_S3_ENDPOINT`` (GDAL reads the credentials and profile variables itself)."""
+    if not is_url(location):
         return {}
+    limits = {name: value for name, value in GDAL_HTTP_LIMITS.items() if name not in os.environ}
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if not endpoint:
-        return {}
+    if urlsplit(os.fspath(location)).scheme != "s3" or not endpoint:
+        return limits
     parts = urlsplit(endpoint)
-    return {"AWS_S3_ENDPOINT": parts.netloc, "AWS_HTTPS": "YES" if parts.scheme == "https"
-            else "NO", "AWS_VIRTUAL_HOSTING": "FALSE"}
+    return {**limits, "AWS_S3_ENDPOINT": parts.netloc,
+            "AWS_HTTPS": "YES" if parts.scheme == "https" else "NO", "AWS_VIRTUAL_HOSTING": "FALSE"}
 
 
 def open_raster(location: Path | str, drivers: Sequence[str] = ()) -> Any:

@@ -1,8 +1,9 @@
 """A real S3-compatible server on loopback (moto's server mode) that can be told to fail.
 
 The server is moto's own WSGI application behind a small middleware that injects faults:
-the next ``n`` requests matching a method and a key pattern get an HTTP error (503
-``SlowDown``, 500) or a delay, as a throttled or flaky object store would give them. Every
+the next ``n`` requests matching a method, a key pattern and optionally a client (its
+User-Agent) get an HTTP error (503 ``SlowDown``, 500), a delay, or no answer until the test
+releases them, as a throttled, flaky or stalled object store would give them. Every
 request is counted, so tests can see what the store was asked, and the requests being served
 are counted, so a test can wait until those it held back have landed.
 
@@ -35,13 +36,15 @@ class _QuietHandler(WSGIRequestHandler):
 
 @dataclass
 class Fault:
-    """Fail (or delay) the next ``times`` requests whose method and path match."""
+    """Fail, delay or hold the next ``times`` requests whose method, path and client match."""
 
     method: str
     pattern: re.Pattern[str]
     times: int
     status: int = 503
     delay_s: float = 0.0
+    agent: str = ""
+    held: threading.Event | None = None
 
 
 class FaultyS3:
@@ -66,13 +69,15 @@ class FaultyS3:
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
-        fault = self._take_fault(method, path)
+        fault = self._take_fault(method, path, environ.get("HTTP_USER_AGENT", ""))
         with self._lock:
             self.requests[method] += 1
             self.in_flight += 1
             self._last_request = time.monotonic()
         try:
-            if fault is not None and fault.delay_s:
+            if fault is not None and fault.held is not None:
+                fault.held.wait(timeout=120)
+            elif fault is not None and fault.delay_s:
                 time.sleep(fault.delay_s)
             elif fault is not None:
                 start_response(f"{fault.status} Injected",
@@ -90,25 +95,40 @@ class FaultyS3:
         with self._lock:
             return self.in_flight == 0 and time.monotonic() - self._last_request >= for_s
 
-    def _take_fault(self, method: str, path: str) -> Fault | None:
+    def _take_fault(self, method: str, path: str, agent: str) -> Fault | None:
         with self._lock:
             for fault in self._faults:
-                if fault.times > 0 and fault.method == method and fault.pattern.search(path):
+                if fault.times > 0 and fault.method == method and fault.pattern.search(path) \
+                        and agent.startswith(fault.agent):
                     fault.times -= 1
                     self.injected += 1
                     return fault
         return None
 
     def fail(self, method: str, pattern: str, times: int, *, status: int = 503,
-             delay_s: float = 0.0) -> None:
-        """Make the next ``times`` ``method`` requests whose path matches ``pattern`` fail with
-        ``status`` (or wait ``delay_s`` seconds first, when given)."""
+             delay_s: float = 0.0, agent: str = "") -> None:
+        """Make the next ``times`` ``method`` requests whose path matches ``pattern``, from a
+        client whose User-Agent starts with ``agent``, fail with ``status`` (or wait
+        ``delay_s`` seconds first, when given)."""
         with self._lock:
-            self._faults.append(Fault(method, re.compile(pattern), times, status, delay_s))
+            self._faults.append(Fault(method, re.compile(pattern), times, status, delay_s,
+                                      agent))
+
+    def hold(self, method: str, pattern: str, times: int, *, agent: str = "") -> threading.Event:
+        """Leave the next ``times`` matching requests unanswered, as a stalled server does,
+        until the returned event is set; then they are served (to a client that may be gone)."""
+        release = threading.Event()
+        with self._lock:
+            self._faults.append(Fault(method, re.compile(pattern), times, agent=agent,
+                                      held=release))
+        return release
 
     def clear(self) -> None:
-        """Drop every fault still pending."""
+        """Drop every fault still pending, and answer the requests still held."""
         with self._lock:
+            for fault in self._faults:
+                if fault.held is not None:
+                    fault.held.set()
             self._faults.clear()
             self.injected = 0
 

@@ -148,6 +148,33 @@ def test_transient_errors_are_retried_and_counted(faults: FaultyS3, s3_archive: 
     assert_same_maps(out, reference)
 
 
+def test_gdal_reads_of_urls_have_time_limits_the_environment_may_change(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GDAL_HTTP_TIMEOUT", "5")  # GDAL reads it from the environment
+    options = storage.gdal_options("https://example.org/scene.tif")
+    assert options == {"GDAL_HTTP_CONNECTTIMEOUT": "10", "GDAL_HTTP_MAX_RETRY": "2",
+                       "GDAL_HTTP_RETRY_DELAY": "1"}
+    assert storage.gdal_options(Path("scene.tif")) == {}
+
+
+def test_a_stalled_raster_read_is_abandoned_and_tried_again(
+        faults: FaultyS3, bucket: str, cropped_sources: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # GDAL's own variable wins over resflow's 60 s, so the stall ends within a second
+    monkeypatch.setenv("GDAL_HTTP_TIMEOUT", "1")
+    import fsspec
+
+    source = min(cropped_sources.iterdir())  # under a key of its own: GDAL caches what it read
+    url = f"s3://{bucket}/stalled/{source.name}"
+    fsspec.filesystem("s3", skip_instance_cache=True).put(str(source), url)
+    release = faults.hold("GET", rf"/stalled/{source.name}$", 1, agent="GDAL/")  # first read
+    result = ingest([url], tmp_path / "a.zarr", IngestConfig(chip=256))
+    assert result.ok and len(result.ingested) == 1, result
+    assert faults.injected == 1 and faults.in_flight == 1  # ingest went on without its answer
+    release.set()
+    assert wait_for(faults.quiet, within_s=30)
+
+
 def test_a_run_that_could_not_write_resumes_to_the_same_bytes(
         faults: FaultyS3, request: pytest.FixtureRequest, s3_archive: str, bucket: str,
         engine_gallery: Path, reference: Path) -> None:
