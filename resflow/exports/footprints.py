@@ -22,7 +22,7 @@ from affine import Affine
 from pyproj import CRS
 from rasterio.features import shapes
 from scipy import ndimage
-from shapely.geometry import Polygon, shape
+from shapely.geometry import Polygon
 
 from resflow import storage
 from resflow.errors import ResflowError
@@ -184,7 +184,8 @@ def _pieces(labels: np.ndarray, count: int, stored: np.ndarray, y0: int,
     flat = labels.ravel()
     pixels = np.bincount(flat, minlength=count + 1)
     sums = np.bincount(flat, weights=stored.ravel(), minlength=count + 1)
-    maxima = ndimage.maximum(stored, labels, index)
+    maxima = np.zeros(count + 1, stored.dtype)  # stored values are >= 0; no sort, unlike
+    np.maximum.at(maxima, flat, stored.ravel())  # ndimage.maximum
     firsts = {}
     for label, box in zip(index, ndimage.find_objects(labels), strict=True):
         row = box[0].start
@@ -192,10 +193,16 @@ def _pieces(labels: np.ndarray, count: int, stored: np.ndarray, y0: int,
         firsts[int(label)] = (y0 + row, x0 + col)
     outlines = shapes(labels.astype(np.int32), mask=labels > 0, connectivity=4,
                       transform=Affine.translation(x0, y0))
-    return {int(value): _Piece(shape(geometry), int(pixels[int(value)]),
-                               float(sums[int(value)]), int(maxima[int(value) - 1]),
+    return {int(value): _Piece(_polygon(geometry["coordinates"]), int(pixels[int(value)]),
+                               float(sums[int(value)]), int(maxima[int(value)]),
                                firsts[int(value)])
             for geometry, value in outlines}
+
+
+def _polygon(rings: list[list[tuple[float, float]]]) -> Polygon:
+    """A polygon from an outline's GeoJSON rings, given to shapely as arrays (a list of
+    tuples is converted point by point in Python, most of vectorising's time)."""
+    return Polygon(np.asarray(rings[0]), [np.asarray(ring) for ring in rings[1:]])
 
 
 def _merge(parts: list[_Piece], encoding: Encoding) -> Building:
