@@ -25,7 +25,7 @@ from affine import Affine
 from torch.utils.data import Dataset
 
 from resflow.archive import Archive
-from resflow.chips import ChipRef, grid_shape
+from resflow.chips import ChipPixels, ChipRef, grid_shape
 from resflow.errors import InputError
 from resflow.training.labels import Labels, load_labels, rasterise
 
@@ -98,8 +98,19 @@ class ChipDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         ref = self.chips[index]
+        return self._item(ref, self._reader().read_chip(ref, self.halo))
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """Items ``indices`` at once, as a ``DataLoader`` fetches a batch: neighbouring chips
+        are read as one slab (:meth:`~resflow.archive.Archive.read_chips`), so the chunks
+        they share are fetched and decoded once, not once per chip (a chip with its halo
+        spans up to 3 x 3 chunks), which matters most for an archive in a bucket."""
+        refs = [self.chips[i] for i in indices]
+        pixels = self._reader().read_chips(refs, self.halo)
+        return [self._item(ref, chip) for ref, chip in zip(refs, pixels, strict=True)]
+
+    def _item(self, ref: ChipRef, pixels: ChipPixels) -> dict[str, Any]:
         info = self.archive.scenes[ref.scene]
-        pixels = self._reader().read_chip(ref, self.halo)
         size = ref.chip + 2 * self.halo
         y0, x0 = ref.y0 - self.halo, ref.x0 - self.halo
         rows = np.arange(y0, y0 + size)

@@ -57,6 +57,15 @@ def test_two_workers_yield_the_batches_of_one_process(chips):
     assert first["col"].tolist() == [0, 1, 2]
 
 
+def test_chips_fetched_together_are_the_chips_fetched_one_by_one(chips):
+    """A batch (``__getitems__``, which DataLoader calls) reads neighbours as one slab."""
+    indices = [5, 4, 0, 15, 1]  # out of order, neighbours and a chip apart
+    for index, item in zip(indices, chips.__getitems__(indices), strict=True):
+        for key, value in chips[index].items():
+            assert (torch.equal(value, item[key]) if isinstance(value, torch.Tensor)
+                    else value == item[key]), key
+
+
 def test_a_pickled_dataset_reads_the_same_chips(chips):
     again = pickle.loads(pickle.dumps(chips))
     for index in (0, 15):

@@ -319,8 +319,7 @@ def _read(archive: Archive, refs: list[ChipRef], labels: list[Labels],
     images, targets, weights = [], [], []
     h = config.context
     chips = ChipDataset(archive, labels, chips=refs, halo=h)
-    for i, ref in enumerate(refs):
-        chip = chips[i]
+    for ref, chip in zip(refs, chips.__getitems__(range(len(refs))), strict=True):
         ids = chip["mask"].numpy()
         target = separated(ids)
         sigma_px = config.gap_sigma_m / archive.scenes[ref.scene].gsd_m
