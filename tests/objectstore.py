@@ -1,9 +1,9 @@
 """A real S3-compatible server on loopback (moto's server mode) that can be told to fail.
 
 The server is moto's own WSGI application behind a small middleware that injects faults:
-the next ``n`` requests matching a method, a key pattern and optionally a client (its
-User-Agent) get an HTTP error (503 ``SlowDown``, 500), a delay, or no answer until the test
-releases them, as a throttled, flaky or stalled object store would give them. Every
+the next ``n`` requests matching a method and a key pattern get an HTTP error (503
+``SlowDown``, 500) or a delay, or (those of one client, by its User-Agent) no answer until
+the test releases them, as a throttled, flaky or stalled object store would give them. Every
 request is counted, so tests can see what the store was asked, and the requests being served
 are counted, so a test can wait until those it held back have landed.
 
@@ -106,13 +106,11 @@ class FaultyS3:
         return None
 
     def fail(self, method: str, pattern: str, times: int, *, status: int = 503,
-             delay_s: float = 0.0, agent: str = "") -> None:
-        """Make the next ``times`` ``method`` requests whose path matches ``pattern``, from a
-        client whose User-Agent starts with ``agent``, fail with ``status`` (or wait
-        ``delay_s`` seconds first, when given)."""
+             delay_s: float = 0.0) -> None:
+        """Make the next ``times`` ``method`` requests whose path matches ``pattern`` fail with
+        ``status`` (or wait ``delay_s`` seconds first, when given)."""
         with self._lock:
-            self._faults.append(Fault(method, re.compile(pattern), times, status, delay_s,
-                                      agent))
+            self._faults.append(Fault(method, re.compile(pattern), times, status, delay_s))
 
     def hold(self, method: str, pattern: str, times: int, *, agent: str = "") -> threading.Event:
         """Leave the next ``times`` matching requests unanswered, as a stalled server does,
