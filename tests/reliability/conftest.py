@@ -39,13 +39,13 @@ def small_archive(cropped_sources: Path, tmp_path_factory: pytest.TempPathFactor
 def run_config_file(engine_gallery: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A YAML run config: the engine gallery, CPU, 4-chip partitions of 2 x 2-chip prediction
     windows (9 tasks, so a run can be stopped part-way) with a halo of
-    :data:`~tests.fixtures_data.SHORT_HALO`, 2
-    embedded workers."""
+    :data:`~tests.fixtures_data.SHORT_HALO`, one embedded Dask worker (each one imports
+    torch and the stages, about 4 CPU-s; the worker-loss test asks for two)."""
     path = tmp_path_factory.mktemp("reliability-config") / "run.yaml"
     path.write_text(yaml.safe_dump({
         "gallery": str(engine_gallery), "device": "cpu", "partition_chips": PARTITION_CHIPS,
         "window": WINDOW, "halo": SHORT_HALO,
-        "dask": {"workers": 2, "dashboard_address": "127.0.0.1:0"},
+        "dask": {"workers": 1, "dashboard_address": "127.0.0.1:0"},
         "spark": {"master": "local[2]"},
     }))
     return path

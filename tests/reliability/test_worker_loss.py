@@ -37,7 +37,7 @@ pytestmark = pytest.mark.slow  # whole runs in subprocesses, killed and recovere
 
 VICTIMS = {
     # Dask's nanny runs each worker as a multiprocessing child of the driver
-    "dask": ("spawn_main", ["--backend", "dask"]),
+    "dask": ("spawn_main", ["--backend", "dask", "--set", "dask.workers=2"]),
     # Spark's Python workers are forked by resflow's daemon process, one per task slot
     "spark": ("resflow_spark.daemon", ["--backend", "spark", "--spark-master", "local[2]"]),
 }
