@@ -245,11 +245,15 @@ def _inspect_once(path: Path | str, name: str, config: IngestConfig,
             if ds.driver == "VRT":
                 _refuse_raw_bands(path, where, ds.files)
     except RasterioError as exc:
+        # GDAL opening a URL whose server stopped answering reads no bytes and reports an
+        # unknown format, so the fix names that cause too
+        stalled = (" If a copy on local disk opens, the server stopped answering: ingest "
+                   "again, or raise GDAL_HTTP_TIMEOUT" if storage.is_url(path) else "")
         raise InputError(where, "not a readable raster in a format ingest opens (GeoTIFF, "
                          "JPEG 2000, VRT, Erdas IMG, netCDF, HDF, PNG, JPEG, ...), or "
                          f"truncated or corrupt (GDAL: {exc})",
                          "convert it to a GeoTIFF (gdal_translate), or re-download it if a "
-                         "transfer was cut short") from exc
+                         f"transfer was cut short.{stalled}") from exc
     if count == 0:
         inside = f" (it is a container of {len(subdatasets)} subdatasets)" if subdatasets else ""
         raise InputError(where, f"the raster has zero bands{inside}",

@@ -175,6 +175,23 @@ def test_a_stalled_raster_read_is_abandoned_and_tried_again(
     assert wait_for(faults.quiet, within_s=30)
 
 
+def test_a_raster_whose_server_never_answers_is_refused_naming_that_cause(
+        faults: FaultyS3, bucket: str, cropped_sources: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import fsspec
+
+    monkeypatch.setenv("GDAL_HTTP_TIMEOUT", "1")
+    monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "0")
+    source = min(cropped_sources.iterdir())
+    url = f"s3://{bucket}/unanswered/{source.name}"
+    fsspec.filesystem("s3", skip_instance_cache=True).put(str(source), url)
+    faults.hold("GET", rf"/unanswered/{source.name}$", 1, agent="GDAL/")
+    result = ingest([url], tmp_path / "a.zarr", IngestConfig(chip=256))
+    (refusal,) = result.refused
+    assert refusal["source"] == url and "the server stopped answering" in refusal["fix"]
+    assert "GDAL_HTTP_TIMEOUT" in refusal["fix"]
+
+
 def test_a_run_that_could_not_write_resumes_to_the_same_bytes(
         faults: FaultyS3, request: pytest.FixtureRequest, s3_archive: str, bucket: str,
         engine_gallery: Path, reference: Path) -> None:
