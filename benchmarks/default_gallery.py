@@ -116,8 +116,9 @@ def card(gallery: Gallery, study: dict[str, Any] | None, places: list[Place]) ->
               f"satellite imagery has one labelled tile (Atlanta){atlanta}.",
               "- Each bucket keeps its own decoder where it beat mono on its validation "
               "chips, which come from the training places. Decided on training places held "
-              "out instead (`bucket_rule: nested`), no bucket decoder was kept in the folds "
-              "measured so far (`docs/accuracy.md`): on a new place mono may serve as well.",
+              "out instead (`bucket_rule: nested`), one of the four such decoders of the "
+              "folds measured so far was kept (`docs/accuracy.md`): on a new place mono may "
+              "serve as well.",
               "- RGB or panchromatic only; the fourth band of a 4-band image is ignored.",
               "- Scenes coarser than 2 m are skipped; far finer imagery is averaged to "
               f"{gallery.gsd_m:g} m, so detail finer than that is not used.", ""]
