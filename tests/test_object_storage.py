@@ -157,17 +157,24 @@ def test_gdal_reads_of_urls_have_time_limits_the_environment_may_change(
     assert storage.gdal_options(Path("scene.tif")) == {}
 
 
+def _uploaded(bucket: str, folder: str, cropped_sources: Path) -> tuple[str, str]:
+    """A cropped source under a key of its own (GDAL caches what it read of a URL): its URL
+    and the pattern of its object's path."""
+    import fsspec
+
+    source = min(cropped_sources.iterdir())
+    url = f"s3://{bucket}/{folder}/{source.name}"
+    fsspec.filesystem("s3", skip_instance_cache=True).put(str(source), url)
+    return url, rf"/{folder}/{source.name}$"
+
+
 def test_a_stalled_raster_read_is_abandoned_and_tried_again(
         faults: FaultyS3, bucket: str, cropped_sources: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     # GDAL's own variable wins over resflow's 60 s, so the stall ends within a second
     monkeypatch.setenv("GDAL_HTTP_TIMEOUT", "1")
-    import fsspec
-
-    source = min(cropped_sources.iterdir())  # under a key of its own: GDAL caches what it read
-    url = f"s3://{bucket}/stalled/{source.name}"
-    fsspec.filesystem("s3", skip_instance_cache=True).put(str(source), url)
-    release = faults.hold("GET", rf"/stalled/{source.name}$", 1, agent="GDAL/")  # first read
+    url, key = _uploaded(bucket, "stalled", cropped_sources)
+    release = faults.hold("GET", key, 1, agent="GDAL/")  # GDAL's first read
     result = ingest([url], tmp_path / "a.zarr", IngestConfig(chip=256))
     assert result.ok and len(result.ingested) == 1, result
     assert faults.injected == 1 and faults.in_flight == 1  # ingest went on without its answer
@@ -178,14 +185,10 @@ def test_a_stalled_raster_read_is_abandoned_and_tried_again(
 def test_a_raster_whose_server_never_answers_is_refused_naming_that_cause(
         faults: FaultyS3, bucket: str, cropped_sources: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import fsspec
-
     monkeypatch.setenv("GDAL_HTTP_TIMEOUT", "1")
     monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "0")
-    source = min(cropped_sources.iterdir())
-    url = f"s3://{bucket}/unanswered/{source.name}"
-    fsspec.filesystem("s3", skip_instance_cache=True).put(str(source), url)
-    faults.hold("GET", rf"/unanswered/{source.name}$", 1, agent="GDAL/")
+    url, key = _uploaded(bucket, "unanswered", cropped_sources)
+    faults.hold("GET", key, 1, agent="GDAL/")  # released when the test's faults are cleared
     result = ingest([url], tmp_path / "a.zarr", IngestConfig(chip=256))
     (refusal,) = result.refused
     assert refusal["source"] == url and "the server stopped answering" in refusal["fix"]

@@ -16,7 +16,8 @@ from resflow.errors import InputError
 from resflow.training.regions import DEFAULT_FRACTIONS
 from resflow.windows import WINDOW_CHIPS, WINDOW_HALO
 
-BUCKET_RULES = ("validation", "nested")
+BucketRule = Literal["validation", "nested"]
+BUCKET_RULES = typing.get_args(BucketRule)
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ class TrainConfig:
     split_dip: float = SPLIT_DIP
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
     augment: bool = True
-    bucket_rule: Literal["validation", "nested"] = "validation"
+    bucket_rule: BucketRule = "validation"
 
     def __post_init__(self) -> None:
         if self.bucket_rule not in BUCKET_RULES:
